@@ -1,0 +1,87 @@
+"""The audit trail: one JSON line per login decision, from one call site.
+
+The schema is fixed by `AuditEvent`; nothing else is ever written, so a
+password or secret cannot slip in through a stray field. A write error (disk
+full, file removed) is logged and counted and never breaks a login.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from pushproxy import logs
+from pushproxy.metrics import Counters
+
+log = logging.getLogger("pushproxy.audit")
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One decision about one login; the fixed schema of the audit trail."""
+
+    time: str  # RFC 3339, UTC
+    protocol: str  # "radius"
+    user: str | None
+    client: str  # configured client name
+    source: str  # address the request came from
+    calling_station: str | None
+    nas: str | None
+    outcome: str  # accept | reject
+    reason: str
+    latency_ms: float
+    txid: str | None
+    device: str | None
+    joined: bool  # the login joined a push already pending for the same user
+
+
+def utc_stamp(epoch: float) -> str:
+    """RFC 3339 UTC time with milliseconds."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    return f"{whole}.{int((epoch % 1) * 1000):03d}Z"
+
+
+class AuditLog:
+    """Appends audit events to a file (or stdout when ``path`` is None)."""
+
+    def __init__(self, path: str | None, counters: Counters):
+        self.path = path
+        self.counters = counters
+        self._file = None
+
+    def _open(self):
+        if self._file is None:
+            self._file = sys.stdout if self.path is None else open(
+                self.path, "a", encoding="utf-8", buffering=1)
+        return self._file
+
+    def record(self, event: AuditEvent) -> None:
+        """Write one event; errors are logged and counted, never raised."""
+        line = json.dumps(asdict(event), ensure_ascii=True, separators=(",", ":"))
+        try:
+            f = self._open()
+            f.write(line + "\n")
+            f.flush()
+        except OSError as exc:
+            self.counters.inc("audit_write_errors")
+            logs.event(log, logging.ERROR, "audit.write_failed", path=self.path,
+                       error=exc.strerror or str(exc))
+            self.close()
+            return
+        self.counters.inc("audit_events")
+
+    def reopen(self) -> None:
+        """Close the file so the next event opens it again (log rotation)."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the file if it is ours."""
+        f, self._file = self._file, None
+        if f is not None and f is not sys.stdout:
+            try:
+                f.close()
+            except OSError:
+                pass

@@ -1,0 +1,89 @@
+"""The ``pushproxy`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from pushproxy import __version__, logs
+from pushproxy.config import ConfigError, load_config
+
+log = logging.getLogger("pushproxy.cli")
+
+
+def cmd_check_config(args) -> int:
+    """Validate a config file; print every problem, or the timeout advice."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(config.radius.clients)} RADIUS client(s), "
+          f"{len(config.ldap.servers)} LDAP server(s), push timeout {config.push.timeout:g} s)")
+    for advice in config.timeout_advice():
+        print(f"  advice: {advice}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return 1
+    logs.setup(config.log_level)
+    from twisted.internet import reactor
+
+    from pushproxy.wiring import build_daemon
+
+    try:
+        daemon = build_daemon(config, reactor)
+    except Exception as exc:  # startup failures: say what, exit non-zero
+        logs.event(log, logging.ERROR, "startup.failed", error=str(exc))
+        return 1
+    exit_code = [0]
+
+    def start():
+        try:
+            daemon.start()
+        except Exception as exc:
+            logs.event(log, logging.ERROR, "startup.failed", error=str(exc))
+            exit_code[0] = 1
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(daemon.audit.reopen))
+    reactor.run()
+    return exit_code[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="pushproxy",
+                                     description="Push-MFA proxy for RADIUS and LDAP.")
+    parser.add_argument("--version", action="version", version=f"pushproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the daemon in the foreground")
+    p.add_argument("--config", "-c", required=True, help="path to config.yaml")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("check-config", help="validate a config file and print advice")
+    p.add_argument("config", help="path to config.yaml")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""The configuration: YAML in, typed frozen objects out, every problem at once.
+
+`load_config` reads the file, checks it as a whole and either returns a
+`Config` or raises `ConfigError` carrying every problem with its path and line
+(``radius.clients[1].secret_file: cannot read /etc/x: No such file (line 9)``).
+Unknown keys are errors, so a typo never silently falls back to a default.
+Secrets are read from files or environment variables, never from the YAML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pushproxy import yamlsource
+from pushproxy.checker import Checker
+
+
+class ConfigError(Exception):
+    """The configuration has problems; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class FailMode(Enum):
+    """What a login gets when the push layer cannot be reached."""
+
+    SECURE = "secure"  # deny
+    SAFE = "safe"  # allow on the primary factor alone
+
+
+class GroupMode(Enum):
+    """How required-group membership is read from the directory."""
+
+    MEMBER_OF = "member_of"  # memberOf attribute on the user (AD, slapd memberof overlay)
+    AD_NESTED = "ad_nested"  # AD LDAP_MATCHING_RULE_IN_CHAIN: nested groups
+    GROUP_SEARCH = "group_search"  # search groups whose member/uniqueMember is the user
+
+
+class NoDeviceMode(Enum):
+    """What a user without an enrolled device gets."""
+
+    REJECT = "reject"
+    ALLOW = "allow"  # primary factor only, for a rollout period
+
+
+@dataclass(frozen=True)
+class RadiusClient:
+    """A RADIUS client (NAS) allowed to talk to us."""
+
+    name: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    secret: bytes
+    require_message_authenticator: bool
+    no_device: NoDeviceMode | None  # None: follow push.no_device
+
+
+@dataclass(frozen=True)
+class RadiusConfig:
+    """The RADIUS front end."""
+
+    listen: tuple[tuple[str, int], ...]
+    clients: tuple[RadiusClient, ...]
+    receive_buffer: int
+    reply_cache_seconds: float
+
+
+@dataclass(frozen=True)
+class LdapServer:
+    """One directory server, in failover order."""
+
+    url: str
+    host: str
+    port: int
+    use_ssl: bool
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    """Primary authentication against the directory."""
+
+    servers: tuple[LdapServer, ...]
+    start_tls: bool
+    ca_file: str | None
+    bind_dn: str | None
+    bind_password: str | None
+    user_base: str
+    user_filter: str
+    bind_template: str | None
+    required_groups: tuple[str, ...]
+    group_mode: GroupMode
+    group_base: str | None
+    connect_timeout: float
+    response_timeout: float
+    backoff: float
+    pool_size: int
+    max_queue: int
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """The push step."""
+
+    timeout: float
+    failmode: FailMode
+    no_device: NoDeviceMode
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Where the audit trail goes; ``path`` None means standard output."""
+
+    path: str | None
+
+
+@dataclass(frozen=True)
+class ApprovalConfig:
+    """The built-in approval service (API for devices, enrollment, delivery)."""
+
+    listen: tuple[str, int]
+    public_url: str
+    tls_cert: str | None
+    tls_key: str | None
+    database: str
+    enrollment_ttl: float
+    vapid_subject: str
+    alert_webhook: str | None
+    alert_syslog: bool
+    max_body: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    radius: RadiusConfig
+    ldap: LdapConfig
+    push: PushConfig
+    audit: AuditConfig
+    approval: ApprovalConfig | None
+    log_level: str
+    source: str
+
+    def timeout_advice(self) -> list[str]:
+        """What a network admin must set on each gateway so logins can finish."""
+        need = self.push.timeout + self.ldap.response_timeout
+        return [
+            f"radius.clients[{i}] ({c.name}): set the gateway's RADIUS timeout x "
+            f"(retries + 1) to at least {need:.0f} s (push.timeout {self.push.timeout:.0f} s "
+            f"+ ldap.response_timeout {self.ldap.response_timeout:.0f} s); many gateways "
+            "default to 5 s x 3, which rejects every login that waits for a phone"
+            for i, c in enumerate(self.radius.clients)
+        ]
+
+
+def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
+    """Read and validate the YAML file at ``path``; raise ConfigError on problems."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return parse_config(text, base_dir=path.parent, env=os.environ if env is None else env,
+                        source=str(path))
+
+
+def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") -> Config:
+    """Validate YAML text; relative file paths are taken from ``base_dir``."""
+    try:
+        doc = yamlsource.load(text)
+    except yamlsource.YamlSourceError as exc:
+        raise ConfigError([str(exc)]) from None
+    c = Checker(doc, base_dir=base_dir, env=env)
+    root = c.mapping(doc.data, "", required=("radius", "ldap"),
+                     optional=("push", "audit", "approval", "log"))
+    if root is None:
+        raise ConfigError(c.problems)
+    radius = _radius(c, root.get("radius"))
+    ldap = _ldap(c, root.get("ldap"))
+    push = _push(c, root.get("push", {}))
+    audit = _audit(c, root.get("audit", {}))
+    approval = _approval(c, root["approval"]) if "approval" in root else None
+    log = c.mapping(root.get("log", {}), "log", optional=("level",)) or {}
+    level = c.choice(log, "level", "log.level", ("debug", "info", "warning", "error"), "info")
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
+                  log_level=level, source=source)
+
+
+def _radius(c: Checker, value) -> RadiusConfig | None:
+    m = c.mapping(value, "radius", required=("clients",),
+                  optional=("listen", "receive_buffer", "reply_cache_seconds"))
+    if m is None:
+        return None
+    listen = []
+    for i, item in enumerate(c.seq(m, "listen", "radius.listen", ["0.0.0.0:1812"])):
+        addr = c.host_port(item, f"radius.listen[{i}]")
+        if addr:
+            listen.append(addr)
+    clients = []
+    for i, item in enumerate(c.seq(m, "clients", "radius.clients", None, min_len=1)):
+        client = _radius_client(c, item, f"radius.clients[{i}]")
+        if client:
+            clients.append(client)
+    names = [cl.name for cl in clients]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        c.problem("radius.clients", f"client name {name!r} is used more than once")
+    nets = [cl.network for cl in clients]
+    for net in sorted({str(n) for n in nets if nets.count(n) > 1}):
+        c.problem("radius.clients", f"address {net} is listed more than once")
+    return RadiusConfig(
+        listen=tuple(listen),
+        clients=tuple(clients),
+        receive_buffer=c.number(m, "receive_buffer", "radius.receive_buffer", 4 * 1024 * 1024,
+                                minimum=65536, integer=True),
+        reply_cache_seconds=c.number(m, "reply_cache_seconds", "radius.reply_cache_seconds",
+                                     30, minimum=1, maximum=600),
+    )
+
+
+def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
+    m = c.mapping(value, path, required=("name", "address"),
+                  optional=("secret_file", "secret_env", "require_message_authenticator",
+                            "no_device"),
+                  secret_keys=("secret",))
+    if m is None:
+        return None
+    name = c.string(m, "name", f"{path}.name")
+    network = c.network(m.get("address"), f"{path}.address") if "address" in m else None
+    secret = c.secret(m, path, "secret")
+    if secret is not None and len(secret) < 12:
+        c.problem(f"{path}.secret", "shorter than 12 characters; use a long random secret")
+    mauth = c.boolean(m, "require_message_authenticator",
+                      f"{path}.require_message_authenticator", True)
+    no_device = None
+    if "no_device" in m:
+        no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
+                                          [e.value for e in NoDeviceMode], "reject"))
+    if name is None or network is None or secret is None:
+        return None
+    return RadiusClient(name=name, network=network, secret=secret.encode("utf-8"),
+                        require_message_authenticator=mauth, no_device=no_device)
+
+
+def _ldap(c: Checker, value) -> LdapConfig | None:
+    m = c.mapping(value, "ldap", required=("servers", "user_base"),
+                  optional=("start_tls", "ca_file", "bind_dn", "bind_password_file",
+                            "bind_password_env", "user_filter", "bind_template",
+                            "required_groups", "group_membership", "group_base",
+                            "connect_timeout", "response_timeout", "backoff", "pool_size",
+                            "max_queue"),
+                  secret_keys=("bind_password",))
+    if m is None:
+        return None
+    servers = []
+    for i, item in enumerate(c.seq(m, "servers", "ldap.servers", None, min_len=1)):
+        server = _ldap_url(c, item, f"ldap.servers[{i}]")
+        if server:
+            servers.append(server)
+    start_tls = c.boolean(m, "start_tls", "ldap.start_tls", False)
+    if start_tls and any(s.use_ssl for s in servers):
+        c.problem("ldap.start_tls", "cannot be combined with ldaps:// servers")
+    bind_dn = c.string(m, "bind_dn", "ldap.bind_dn", required=False)
+    password = c.secret(m, "ldap", "bind_password", required=bind_dn is not None)
+    if password is not None and bind_dn is None:
+        c.problem("ldap.bind_dn", "missing (a bind password was given)")
+    template = c.string(m, "bind_template", "ldap.bind_template", required=False)
+    if template is not None and "{username}" not in template:
+        c.problem("ldap.bind_template", "must contain {username}")
+    if template is None and bind_dn is None:
+        c.problem("ldap", "set bind_dn (search, then bind as the user) or bind_template "
+                          "(direct bind)")
+    user_filter = c.string(m, "user_filter", "ldap.user_filter", required=False) \
+        or "(&(objectClass=person)(uid={username}))"
+    if "{username}" not in user_filter:
+        c.problem("ldap.user_filter", "must contain {username}")
+    elif not (user_filter.startswith("(") and user_filter.endswith(")")):
+        c.problem("ldap.user_filter", "must be an LDAP filter in parentheses")
+    groups = tuple(c.string({"g": g}, "g", f"ldap.required_groups[{i}]") or ""
+                   for i, g in enumerate(c.seq(m, "required_groups", "ldap.required_groups", [])))
+    mode = c.choice(m, "group_membership", "ldap.group_membership",
+                    [e.value for e in GroupMode], GroupMode.MEMBER_OF.value)
+    group_base = c.string(m, "group_base", "ldap.group_base", required=False)
+    ca_file = c.readable_file(m, "ca_file", "ldap.ca_file")
+    if ca_file is None and (start_tls or any(s.use_ssl for s in servers)):
+        c.problem("ldap.ca_file", "missing: TLS to the directory needs the CA that signed "
+                                  "its certificate")
+    return LdapConfig(
+        servers=tuple(servers), start_tls=start_tls, ca_file=ca_file, bind_dn=bind_dn,
+        bind_password=password,
+        user_base=c.string(m, "user_base", "ldap.user_base") or "",
+        user_filter=user_filter, bind_template=template, required_groups=groups,
+        group_mode=GroupMode(mode) if mode else GroupMode.MEMBER_OF, group_base=group_base,
+        connect_timeout=c.number(m, "connect_timeout", "ldap.connect_timeout", 3,
+                                 minimum=0.1, maximum=60),
+        response_timeout=c.number(m, "response_timeout", "ldap.response_timeout", 5,
+                                  minimum=0.1, maximum=120),
+        backoff=c.number(m, "backoff", "ldap.backoff", 30, minimum=0, maximum=3600),
+        pool_size=c.number(m, "pool_size", "ldap.pool_size", 8, minimum=1, maximum=256,
+                           integer=True),
+        max_queue=c.number(m, "max_queue", "ldap.max_queue", 1000, minimum=1, integer=True),
+    )
+
+
+def _ldap_url(c: Checker, value, path: str) -> LdapServer | None:
+    if not isinstance(value, str):
+        c.problem(path, "must be a URL like ldaps://dc1.example.com")
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+        c.problem(path, f"{value!r} is not an ldap:// or ldaps:// URL")
+        return None
+    if parts.path not in ("", "/") or parts.query:
+        c.problem(path, "must not carry a path or query")
+        return None
+    try:
+        port = parts.port or (636 if parts.scheme == "ldaps" else 389)
+    except ValueError:
+        c.problem(path, "has an invalid port")
+        return None
+    return LdapServer(url=value, host=parts.hostname, port=port,
+                      use_ssl=parts.scheme == "ldaps")
+
+
+def _push(c: Checker, value) -> PushConfig | None:
+    m = c.mapping(value, "push", optional=("timeout", "failmode", "no_device"))
+    if m is None:
+        return None
+    return PushConfig(
+        timeout=c.number(m, "timeout", "push.timeout", 60, minimum=5, maximum=600),
+        failmode=FailMode(c.choice(m, "failmode", "push.failmode",
+                                   [e.value for e in FailMode], "secure")),
+        no_device=NoDeviceMode(c.choice(m, "no_device", "push.no_device",
+                                        [e.value for e in NoDeviceMode], "reject")),
+    )
+
+
+def _audit(c: Checker, value) -> AuditConfig | None:
+    m = c.mapping(value, "audit", optional=("path",))
+    if m is None:
+        return None
+    path = c.string(m, "path", "audit.path", required=False)
+    if path is not None:
+        path = str(c.resolve(path))
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            c.problem("audit.path", f"directory {parent} does not exist")
+    return AuditConfig(path=path)
+
+
+def _approval(c: Checker, value) -> ApprovalConfig | None:
+    m = c.mapping(value, "approval", required=("public_url", "database"),
+                  optional=("listen", "tls_cert", "tls_key", "enrollment_ttl",
+                            "vapid_subject", "alert_webhook", "alert_syslog", "max_body"))
+    if m is None:
+        return None
+    listen = c.host_port(m.get("listen", "127.0.0.1:8443"), "approval.listen")
+    public_url = c.string(m, "public_url", "approval.public_url") or ""
+    if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+        c.problem("approval.public_url", "must start with https:// (or http:// behind a proxy)")
+    cert = c.readable_file(m, "tls_cert", "approval.tls_cert")
+    key = c.readable_file(m, "tls_key", "approval.tls_key")
+    if (cert is None) != (key is None):
+        c.problem("approval", "tls_cert and tls_key go together")
+    database = c.string(m, "database", "approval.database") or ""
+    if database and database != ":memory:":
+        database = str(c.resolve(database))
+        if not os.path.isdir(os.path.dirname(database) or "."):
+            c.problem("approval.database", f"directory {os.path.dirname(database)} does not exist")
+    webhook = c.string(m, "alert_webhook", "approval.alert_webhook", required=False)
+    if webhook and urlsplit(webhook).scheme not in ("http", "https"):
+        c.problem("approval.alert_webhook", "must be an http(s) URL")
+    return ApprovalConfig(
+        listen=listen or ("127.0.0.1", 8443), public_url=public_url.rstrip("/"),
+        tls_cert=cert, tls_key=key, database=database,
+        enrollment_ttl=c.number(m, "enrollment_ttl", "approval.enrollment_ttl", 900,
+                                minimum=60, maximum=7 * 86400),
+        vapid_subject=c.string(m, "vapid_subject", "approval.vapid_subject", required=False)
+        or "mailto:admin@localhost",
+        alert_webhook=webhook,
+        alert_syslog=c.boolean(m, "alert_syslog", "approval.alert_syslog", False),
+        max_body=c.number(m, "max_body", "approval.max_body", 16384, minimum=1024,
+                          maximum=1048576, integer=True),
+    )

@@ -1,0 +1,163 @@
+"""Pure decision logic: typed results in, one `Decision` out.
+
+Every way a login can end is a `Reason`; `decide` is the single function that
+maps the primary-auth result and the push result (or push error) to Accept or
+Reject. Nothing here does I/O or reads the clock, so every branch is a plain
+unit test.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pushproxy.config import FailMode, NoDeviceMode
+
+
+class Outcome(enum.Enum):
+    """The answer the client gets."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
+class Reason(enum.Enum):
+    """Why a login ended the way it did (the audit trail's ``reason``)."""
+
+    PUSH_APPROVED = "push_approved"
+    PUSH_DENIED = "push_denied"
+    PUSH_FRAUD = "push_reported_fraud"
+    PUSH_TIMEOUT = "push_timeout"
+    PUSH_UNAVAILABLE_SECURE = "push_unavailable_failmode_secure"
+    PUSH_UNAVAILABLE_SAFE = "push_unavailable_failmode_safe"
+    NO_DEVICE = "no_enrolled_device"
+    NO_DEVICE_ALLOWED = "no_enrolled_device_allowed"
+    BAD_CREDENTIALS = "bad_credentials"
+    UNKNOWN_USER = "unknown_user"
+    AMBIGUOUS_USER = "ambiguous_user"
+    NOT_IN_GROUP = "not_in_required_group"
+    INVALID_USERNAME = "invalid_username"
+    EMPTY_PASSWORD = "empty_password"
+    NO_PASSWORD = "no_usable_password"
+    DIRECTORY_UNAVAILABLE = "directory_unavailable"
+    DIRECTORY_BUSY = "directory_busy"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
+
+
+ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,
+                            Reason.NO_DEVICE_ALLOWED})
+
+
+class PrimaryStatus(enum.Enum):
+    """Result of the first factor (password against the directory)."""
+
+    OK = "ok"
+    BAD_CREDENTIALS = "bad_credentials"
+    UNKNOWN_USER = "unknown_user"
+    AMBIGUOUS_USER = "ambiguous_user"
+    NOT_IN_GROUP = "not_in_group"
+    UNAVAILABLE = "unavailable"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class PrimaryResult:
+    """What the directory said about a username and password."""
+
+    status: PrimaryStatus
+    dn: str | None = None
+    server: str | None = None
+    detail: str = ""
+
+
+class PushStatus(enum.Enum):
+    """What the push layer answered."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
+    FRAUD = "fraud"  # denied and reported as "this wasn't me"
+    NO_DEVICE = "no_device"
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The push layer's answer for one approval request."""
+
+    status: PushStatus
+    txid: str | None = None
+    device: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The final answer for one login."""
+
+    outcome: Outcome
+    reason: Reason
+    txid: str | None = None
+    device: str | None = None
+
+    @classmethod
+    def of(cls, reason: Reason, push: PushResult | None = None) -> "Decision":
+        """A decision whose outcome follows from its reason."""
+        outcome = Outcome.ACCEPT if reason in ACCEPT_REASONS else Outcome.REJECT
+        return cls(outcome, reason, push.txid if push else None,
+                   push.device if push else None)
+
+
+_PRIMARY_REASONS = {
+    PrimaryStatus.BAD_CREDENTIALS: Reason.BAD_CREDENTIALS,
+    PrimaryStatus.UNKNOWN_USER: Reason.UNKNOWN_USER,
+    PrimaryStatus.AMBIGUOUS_USER: Reason.AMBIGUOUS_USER,
+    PrimaryStatus.NOT_IN_GROUP: Reason.NOT_IN_GROUP,
+    PrimaryStatus.UNAVAILABLE: Reason.DIRECTORY_UNAVAILABLE,
+    PrimaryStatus.BUSY: Reason.DIRECTORY_BUSY,
+}
+
+
+def check_credentials(username: str | None, password: str | None) -> Reason | None:
+    """Input that must be refused before any directory traffic, or None."""
+    if not username or len(username) > 253:
+        return Reason.INVALID_USERNAME
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in username):
+        # NUL and control characters: truncation tricks in C directories and logs.
+        return Reason.INVALID_USERNAME
+    if password is None:
+        return Reason.NO_PASSWORD
+    if password == "":
+        # An empty password turns an LDAP simple bind into an anonymous bind
+        # that "succeeds" (RFC 4513 5.1.2).
+        return Reason.EMPTY_PASSWORD
+    if "\x00" in password:
+        return Reason.NO_PASSWORD
+    return None
+
+
+def primary_decision(result: PrimaryResult) -> Decision | None:
+    """The decision when the first factor already ends the login, else None."""
+    if result.status is PrimaryStatus.OK:
+        return None
+    return Decision.of(_PRIMARY_REASONS[result.status])
+
+
+def push_decision(result: PushResult, failmode: FailMode, no_device: NoDeviceMode) -> Decision:
+    """The decision once the push layer answered (or failed to)."""
+    status = result.status
+    if status is PushStatus.APPROVED:
+        return Decision.of(Reason.PUSH_APPROVED, result)
+    if status is PushStatus.DENIED:
+        return Decision.of(Reason.PUSH_DENIED, result)
+    if status is PushStatus.FRAUD:
+        return Decision.of(Reason.PUSH_FRAUD, result)
+    if status is PushStatus.TIMEOUT:
+        return Decision.of(Reason.PUSH_TIMEOUT, result)
+    if status is PushStatus.NO_DEVICE:
+        allowed = no_device is NoDeviceMode.ALLOW
+        return Decision.of(Reason.NO_DEVICE_ALLOWED if allowed else Reason.NO_DEVICE, result)
+    safe = failmode is FailMode.SAFE
+    return Decision.of(Reason.PUSH_UNAVAILABLE_SAFE if safe else Reason.PUSH_UNAVAILABLE_SECURE,
+                       result)

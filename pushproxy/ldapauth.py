@@ -1,0 +1,278 @@
+"""Primary authentication against LDAP / Active Directory.
+
+ldap3 is synchronous, so every directory conversation runs in a dedicated,
+bounded thread pool that nothing else uses (a slow directory must not starve
+other work, and other work must not starve binds). Each worker thread keeps its
+own connections per server: ldap3 connections are not thread-safe, and
+reconnecting (TCP + TLS) for every login would cost more than the bind itself.
+
+Failover is a plain ordered list rather than ldap3's ServerPool (which keeps
+every connection and has no lock): servers are tried in order, a server that
+fails is skipped for ``backoff`` seconds, and connect and response timeouts
+bound how long one server can hold a login.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+
+import ldap3
+from ldap3.core import exceptions as lexc
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import escape_rdn, parse_dn
+from twisted.internet import threads
+from twisted.internet.defer import succeed
+from twisted.python.threadpool import ThreadPool
+
+from pushproxy import logs
+from pushproxy.config import GroupMode, LdapConfig, LdapServer
+from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.metrics import Counters
+
+log = logging.getLogger("pushproxy.ldap")
+
+# Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups.
+AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
+INVALID_CREDENTIALS = 49
+
+
+class ServerFailed(Exception):
+    """This server could not serve the request; try the next one."""
+
+
+def normalize_dn(dn: str) -> str:
+    """A DN in a form where equal DNs compare equal (case, spacing)."""
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+    except (lexc.LDAPInvalidDnError, ValueError):
+        return dn.strip().lower()
+    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+
+
+def user_filter(template: str, username: str) -> str:
+    """The search filter for ``username``, escaped per RFC 4515."""
+    return template.replace("{username}", escape_filter_chars(username))
+
+
+def direct_bind_name(template: str, username: str) -> str:
+    """The bind name of a direct-bind template: DN-escaped when it is a DN."""
+    if "=" in template.split("{username}")[0]:
+        return template.replace("{username}", escape_rdn(username))
+    return template.replace("{username}", username)
+
+
+@dataclass
+class _ServerState:
+    server: LdapServer
+    down_until: float = 0.0
+
+
+class LdapDirectory:
+    """`Directory` implementation: search-then-bind or direct bind, with failover."""
+
+    def __init__(self, config: LdapConfig, reactor, counters: Counters,
+                 monotonic=time.monotonic):
+        self.config = config
+        self.reactor = reactor
+        self.counters = counters
+        self.monotonic = monotonic
+        self.pool = ThreadPool(minthreads=1, maxthreads=config.pool_size, name="ldap")
+        self._servers = [_ServerState(s) for s in config.servers]
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._outstanding = 0
+        self._tls = None
+        if config.ca_file:
+            self._tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
+                                  version=ssl.PROTOCOL_TLS_CLIENT)
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        self.pool.start()
+
+    def stop(self) -> None:
+        """Stop the worker threads (waits for running binds)."""
+        self.pool.stop()
+
+    def authenticate(self, username: str, password: str):
+        """Check ``username``/``password``; fires with a PrimaryResult, never errbacks."""
+        limit = self.config.pool_size + self.config.max_queue
+        if self._outstanding >= limit:
+            self.counters.inc("ldap_busy")
+            return succeed(PrimaryResult(PrimaryStatus.BUSY, detail="queue full"))
+        self._outstanding += 1
+        d = threads.deferToThreadPool(self.reactor, self.pool, self._authenticate_sync,
+                                      username, password)
+
+        def finished(result):
+            self._outstanding -= 1
+            return result
+
+        def crashed(failure):
+            log.error("ldap.internal_error %s", failure.getTraceback())
+            return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="internal error")
+
+        return d.addErrback(crashed).addBoth(finished)
+
+    # -- in the worker threads from here on --
+
+    def _order(self) -> list[_ServerState]:
+        now = self.monotonic()
+        with self._lock:
+            up = [s for s in self._servers if s.down_until <= now]
+        # Every server in backoff: try them all anyway rather than fail outright.
+        return up or list(self._servers)
+
+    def _authenticate_sync(self, username: str, password: str) -> PrimaryResult:
+        errors = []
+        for state in self._order():
+            started = self.monotonic()
+            try:
+                result = self._on_server(state.server, username, password)
+            except ServerFailed as exc:
+                self._drop_connections(state.server)
+                with self._lock:
+                    state.down_until = self.monotonic() + self.config.backoff
+                self.counters.inc("ldap_server_errors", server=state.server.url)
+                logs.event(log, logging.WARNING, "ldap.server_failed", server=state.server.url,
+                           error=str(exc), elapsed_ms=round((self.monotonic() - started) * 1e3))
+                errors.append(f"{state.server.url}: {exc}")
+                continue
+            with self._lock:
+                state.down_until = 0.0
+            return result
+        return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
+
+    def _on_server(self, server: LdapServer, username: str, password: str) -> PrimaryResult:
+        for attempt in range(2):
+            # A kept connection may have been closed by the server's idle
+            # timeout; that says nothing about the server, so retry once on
+            # fresh connections before calling the server failed.
+            reused = any(url == server.url for url, _ in self._conns())
+            try:
+                if self.config.bind_template:
+                    return self._direct(server, username, password)
+                return self._search_then_bind(server, username, password)
+            except ServerFailed:
+                raise
+            except (lexc.LDAPException, OSError, ssl.SSLError) as exc:
+                self._drop_connections(server)
+                if reused and attempt == 0:
+                    continue
+                raise ServerFailed(f"{type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _search_then_bind(self, server, username, password) -> PrimaryResult:
+        search = self._connection(server, "search")
+        entries = self._find_user(search, username)
+        if not entries:
+            return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server.url)
+        if len(entries) > 1:
+            return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
+        dn, attrs = entries[0]
+        if not self._bind(self._connection(server, "user"), dn, password):
+            return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
+        if not self._in_groups(search, dn, username, attrs):
+            return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url)
+        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url)
+
+    def _direct(self, server, username, password) -> PrimaryResult:
+        conn = self._connection(server, "user")
+        if not self._bind(conn, direct_bind_name(self.config.bind_template, username), password):
+            return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server.url)
+        # Read our own entry as the user: we need its DN for the group check.
+        entries = self._find_user(conn, username)
+        if len(entries) != 1:
+            status = PrimaryStatus.UNKNOWN_USER if not entries else PrimaryStatus.AMBIGUOUS_USER
+            return PrimaryResult(status, server=server.url)
+        dn, attrs = entries[0]
+        if not self._in_groups(conn, dn, username, attrs):
+            return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url)
+        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url)
+
+    def _find_user(self, conn, username) -> list[tuple[str, dict]]:
+        wanted = ["memberOf"] if self.config.group_mode is GroupMode.MEMBER_OF else []
+        ok = conn.search(self.config.user_base, user_filter(self.config.user_filter, username),
+                         search_scope=ldap3.SUBTREE, attributes=wanted or ldap3.NO_ATTRIBUTES,
+                         size_limit=2)
+        code = conn.result.get("result", 0)
+        if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
+            raise ServerFailed(f"user search failed: {conn.result.get('description')}")
+        return [(e["dn"], e.get("attributes", {})) for e in conn.response or []
+                if e.get("type") == "searchResEntry"]
+
+    def _bind(self, conn, name: str, password: str) -> bool:
+        self.counters.inc("ldap_user_binds")
+        conn.user, conn.password = name, password
+        if conn.bind():
+            return True
+        code = conn.result.get("result")
+        if code == INVALID_CREDENTIALS:
+            return False
+        raise ServerFailed(f"user bind failed: {conn.result.get('description')}")
+
+    def _in_groups(self, conn, dn: str, username: str, attrs: dict) -> bool:
+        required = self.config.required_groups
+        if not required:
+            return True
+        mode = self.config.group_mode
+        if mode is GroupMode.MEMBER_OF:
+            have = {normalize_dn(g) for g in attrs.get("memberOf", [])}
+            return any(normalize_dn(g) in have for g in required)
+        for group in required:
+            if mode is GroupMode.AD_NESTED:
+                base, flt = dn, f"(memberOf:{AD_IN_CHAIN}:={escape_filter_chars(group)})"
+            else:
+                esc = escape_filter_chars(dn)
+                base = group
+                flt = (f"(|(member={esc})(uniqueMember={esc})"
+                       f"(memberUid={escape_filter_chars(username)}))")
+            conn.search(base, flt, search_scope=ldap3.BASE, attributes=ldap3.NO_ATTRIBUTES)
+            if any(e.get("type") == "searchResEntry" for e in conn.response or []):
+                return True
+        return False
+
+    def _connection(self, server: LdapServer, role: str):
+        """This thread's open connection to ``server`` for ``role`` (search/user)."""
+        conns = self._conns()
+        conn = conns.get((server.url, role))
+        if conn is not None and not conn.closed:
+            return conn
+        srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=self._tls,
+                           connect_timeout=self.config.connect_timeout, get_info=ldap3.NONE)
+        user = password = None
+        if role == "search":
+            user, password = self.config.bind_dn, self.config.bind_password
+        conn = ldap3.Connection(srv, user=user, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
+                                read_only=True, raise_exceptions=False,
+                                receive_timeout=self.config.response_timeout,
+                                client_strategy=ldap3.SYNC)
+        conn.open(read_server_info=False)
+        # ldap3 never sets TCP_NODELAY: without it every bind waits ~40 ms on
+        # Nagle + delayed ACK.
+        conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.start_tls and not conn.start_tls(read_server_info=False):
+            raise ServerFailed("StartTLS failed")
+        if role == "search" and user is not None and not conn.bind():
+            raise ServerFailed(f"service account bind failed: {conn.result.get('description')}")
+        conns[(server.url, role)] = conn
+        return conn
+
+    def _conns(self) -> dict:
+        """This worker thread's connections, keyed by (server URL, role)."""
+        return self._local.__dict__.setdefault("conns", {})
+
+    def _drop_connections(self, server: LdapServer) -> None:
+        conns = self._conns()
+        for role in ("search", "user"):
+            conn = conns.pop((server.url, role), None)
+            if conn is not None:
+                try:
+                    conn.unbind()
+                except Exception:  # closing a broken socket: nothing left to do
+                    pass

@@ -1,0 +1,183 @@
+"""Pure RADIUS codec: bytes and a client's secret in, typed values or a drop out.
+
+Nothing here touches the network or the clock. `decode_request` either returns
+an `AccessRequest` or raises `DropPacket` with the reason the datagram must be
+dropped silently (RFC 2865 says to drop what cannot be verified rather than
+answer it). `encode_reply` builds a reply with Message-Authenticator first and
+the request's Proxy-State copied, as the Blast-RADIUS advisories ask.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass
+from importlib import resources
+
+from pyrad import packet as rpacket
+from pyrad.dictionary import Dictionary
+
+ACCESS_REQUEST = rpacket.AccessRequest
+ACCESS_ACCEPT = rpacket.AccessAccept
+ACCESS_REJECT = rpacket.AccessReject
+ACCESS_CHALLENGE = rpacket.AccessChallenge
+STATUS_SERVER = rpacket.StatusServer
+
+# RFC 2865 section 3: a packet is at most 4096 octets; pyrad would accept 8192.
+MAX_PACKET = 4096
+MAX_USERNAME = 253
+
+
+class DropReason(enum.Enum):
+    """Why a datagram was dropped without an answer (also the counter name)."""
+
+    UNKNOWN_CLIENT = "unknown_client"
+    MALFORMED = "malformed"
+    UNSUPPORTED_CODE = "unsupported_code"
+    MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
+    BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
+    RETRANSMIT_IN_FLIGHT = "retransmit_in_flight"
+    OVERLOADED = "overloaded"
+
+
+class DropPacket(Exception):
+    """The datagram must be dropped; ``reason`` says why, ``detail`` is for the log."""
+
+    def __init__(self, reason: DropReason, detail: str = ""):
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+def load_dictionary() -> Dictionary:
+    """The attribute dictionary shipped with pushproxy."""
+    path = resources.files("pushproxy.radius").joinpath("dictionary")
+    with resources.as_file(path) as real:
+        return Dictionary(str(real))
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """A verified Access-Request (or Status-Server) from a known client."""
+
+    code: int
+    id: int
+    authenticator: bytes
+    username: str | None
+    password: str | None  # None when absent or not decodable
+    password_present: bool
+    calling_station: str | None
+    called_station: str | None
+    nas_ip: str | None
+    nas_identifier: str | None
+    has_message_authenticator: bool
+    packet: rpacket.AuthPacket  # kept to build the reply (Proxy-State, authenticator)
+
+    @property
+    def nas(self) -> str | None:
+        """The NAS as the admin knows it: its identifier, else its address."""
+        return self.nas_identifier or self.nas_ip
+
+
+def peek_header(data: bytes) -> tuple[int, int, bytes]:
+    """Code, identifier and authenticator of a datagram, or DropPacket."""
+    if len(data) < 20:
+        raise DropPacket(DropReason.MALFORMED, f"{len(data)} octets is shorter than a header")
+    code, ident, length = struct.unpack("!BBH", data[:4])
+    if length < 20 or length > MAX_PACKET or length > len(data):
+        raise DropPacket(DropReason.MALFORMED, f"length field {length} does not fit "
+                                               f"{len(data)} octets received")
+    return code, ident, data[4:20]
+
+
+def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
+                   require_message_authenticator: bool) -> AccessRequest:
+    """Decode and verify a request from a client that shares ``secret``."""
+    code, _, _ = peek_header(data)
+    if code not in (ACCESS_REQUEST, STATUS_SERVER):
+        raise DropPacket(DropReason.UNSUPPORTED_CODE, f"code {code}")
+    try:
+        pkt = rpacket.AuthPacket(packet=data, secret=secret, dict=dictionary)
+    except (rpacket.PacketError, struct.error, ValueError, KeyError, IndexError) as exc:
+        raise DropPacket(DropReason.MALFORMED, str(exc)) from None
+    has_ma = 80 in dict.keys(pkt)
+    if has_ma:
+        values = dict.__getitem__(pkt, 80)
+        if len(values) != 1 or len(values[0]) != 16:
+            raise DropPacket(DropReason.MALFORMED, "Message-Authenticator is not one "
+                                                   "16-octet attribute")
+        if not pkt.verify_message_authenticator():
+            raise DropPacket(DropReason.BAD_MESSAGE_AUTHENTICATOR)
+    elif require_message_authenticator or code == STATUS_SERVER:
+        # RFC 5997 requires it on Status-Server; the client policy on the rest.
+        raise DropPacket(DropReason.MISSING_MESSAGE_AUTHENTICATOR)
+    return AccessRequest(
+        code=code, id=pkt.id, authenticator=pkt.authenticator,
+        username=_text(pkt, 1, "User-Name"),
+        password=_password(pkt),
+        password_present=2 in dict.keys(pkt),
+        calling_station=_text(pkt, 31, "Calling-Station-Id"),
+        called_station=_text(pkt, 30, "Called-Station-Id"),
+        nas_ip=_nas_ip(pkt),
+        nas_identifier=_text(pkt, 32, "NAS-Identifier"),
+        has_message_authenticator=has_ma,
+        packet=pkt,
+    )
+
+
+def _raw_values(pkt: rpacket.Packet, code: int) -> list[bytes]:
+    return list(dict.get(pkt, code, []))
+
+
+def _text(pkt: rpacket.Packet, code: int, name: str) -> str | None:
+    values = _raw_values(pkt, code)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise DropPacket(DropReason.MALFORMED, f"{name} appears {len(values)} times")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise DropPacket(DropReason.MALFORMED, f"{name} is not UTF-8") from None
+
+
+def _password(pkt: rpacket.AuthPacket) -> str | None:
+    values = _raw_values(pkt, 2)
+    if len(values) != 1:
+        return None
+    raw = values[0]
+    # RFC 2865 5.2: 16 to 128 octets, a multiple of 16.
+    if not 16 <= len(raw) <= 128 or len(raw) % 16:
+        return None
+    try:
+        return pkt.PwDecrypt(raw)
+    except UnicodeDecodeError:
+        # A wrong shared secret looks exactly like this when no
+        # Message-Authenticator is present: garbage, never a usable password.
+        return None
+
+
+def _nas_ip(pkt: rpacket.Packet) -> str | None:
+    v4 = _raw_values(pkt, 4)
+    if v4 and len(v4[0]) == 4:
+        return str(ipaddress.IPv4Address(v4[0]))
+    v6 = _raw_values(pkt, 95)
+    if v6 and len(v6[0]) == 16:
+        return str(ipaddress.IPv6Address(v6[0]))
+    return None
+
+
+def encode_reply(request: AccessRequest, code: int, *,
+                 reply_message: str | None = None,
+                 attributes: tuple[tuple[str, object], ...] = ()) -> bytes:
+    """A signed reply: Message-Authenticator first, Proxy-State copied in order."""
+    reply = request.packet.CreateReply()
+    reply.code = code
+    if reply_message:
+        # Reply-Message is at most 253 octets per attribute.
+        reply.AddAttribute("Reply-Message", reply_message.encode("utf-8")[:253])
+    for name, value in attributes:
+        reply.AddAttribute(name, value)
+    reply.add_message_authenticator()
+    return reply.ReplyPacket()

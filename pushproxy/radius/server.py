@@ -1,0 +1,148 @@
+"""The RADIUS front end: a thin UDP layer between datagrams and the engine.
+
+    datagram -> client by source address -> header -> retransmit table
+    -> decode + verify -> engine.login -> encoded reply (cached for retransmits)
+
+Bad input is dropped here with a log line and a counter, never answered and
+never able to stop the listener.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+from twisted.internet.protocol import DatagramProtocol
+
+from pushproxy import logs
+from pushproxy.config import RadiusClient
+from pushproxy.decision import Decision, Outcome
+from pushproxy.engine import Engine, LoginRequest
+from pushproxy.metrics import Counters
+from pushproxy.radius import codec
+from pushproxy.radius.codec import DropPacket, DropReason
+from pushproxy.radius.retransmit import RequestKey, RetransmitTable, State
+
+log = logging.getLogger("pushproxy.radius")
+
+# Shown on the user's VPN client; deliberately vague about which factor failed.
+REPLY_MESSAGES = {
+    Outcome.ACCEPT: "Login approved",
+    Outcome.REJECT: "Login denied",
+}
+
+
+class ClientTable:
+    """Finds the configured client for a source address; the most specific network wins."""
+
+    def __init__(self, clients: tuple[RadiusClient, ...]):
+        self._clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
+
+    def match(self, host: str) -> RadiusClient | None:
+        """The client for ``host``, or None for an unknown source."""
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # a dual-stack socket reports IPv4 peers this way
+        for client in self._clients:
+            if addr.version == client.network.version and addr in client.network:
+                return client
+        return None
+
+
+class RadiusProtocol(DatagramProtocol):
+    """One UDP listener; several may share one table, engine and counters."""
+
+    def __init__(self, *, clients: ClientTable, engine: Engine, dictionary,
+                 table: RetransmitTable, clock, counters: Counters,
+                 default_no_device, max_pending: int = 100_000,
+                 receive_buffer: int | None = None):
+        self.clients = clients
+        self.engine = engine
+        self.dictionary = dictionary
+        self.table = table
+        self.clock = clock
+        self.counters = counters
+        self.default_no_device = default_no_device
+        self.max_pending = max_pending
+        self.receive_buffer = receive_buffer
+
+    def startProtocol(self) -> None:
+        """Enlarge the receive buffer: a login storm arrives in bursts."""
+        if self.receive_buffer and self.transport is not None:
+            try:
+                self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                 self.receive_buffer)
+            except (OSError, AttributeError) as exc:
+                logs.event(log, logging.WARNING, "radius.rcvbuf_failed", error=str(exc))
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        """Every datagram ends here: answered, handed off, or dropped and counted."""
+        host, port = addr[0], addr[1]
+        client = self.clients.match(host)
+        if client is None:
+            return self._drop(DropReason.UNKNOWN_CLIENT, host, None)
+        try:
+            code, ident, authenticator = codec.peek_header(data)
+        except DropPacket as exc:
+            return self._drop(exc.reason, host, client, exc.detail)
+        key = RequestKey(host, port, ident, authenticator)
+        now = self.clock.seconds()
+        lookup = self.table.receive(key, now)
+        if lookup.state is State.ANSWERED:
+            self.counters.inc("radius_retransmits", client=client.name, state="answered")
+            self.transport.write(lookup.reply, addr)
+            return None
+        if lookup.state is State.IN_FLIGHT:
+            self.counters.inc("radius_retransmits", client=client.name, state="in_flight")
+            return self._drop(DropReason.RETRANSMIT_IN_FLIGHT, host, client,
+                              level=logging.DEBUG)
+        try:
+            request = codec.decode_request(
+                data, client.secret, self.dictionary,
+                require_message_authenticator=client.require_message_authenticator)
+            if request.code != codec.STATUS_SERVER and self.engine.pending >= self.max_pending:
+                raise DropPacket(DropReason.OVERLOADED, f"{self.engine.pending} pending")
+        except DropPacket as exc:
+            self.table.abandon(key)
+            return self._drop(exc.reason, host, client, exc.detail)
+        self.counters.inc("radius_requests", client=client.name)
+        if request.code == codec.STATUS_SERVER:
+            # RFC 5997: a verified Status-Server is answered with Access-Accept.
+            return self._send(key, addr, codec.encode_reply(request, codec.ACCESS_ACCEPT))
+        login = LoginRequest(
+            protocol="radius", username=request.username,
+            password=request.password, client_name=client.name, source=host,
+            calling_station=request.calling_station, nas=request.nas,
+            no_device=client.no_device or self.default_no_device)
+        d = self.engine.login(login)
+        d.addCallback(self._decided, request, key, addr)
+        d.addErrback(self._failed, key)
+        return None
+
+    def _decided(self, decision: Decision, request: codec.AccessRequest, key, addr) -> None:
+        code = codec.ACCESS_ACCEPT if decision.outcome is Outcome.ACCEPT else codec.ACCESS_REJECT
+        self._send(key, addr, codec.encode_reply(request, code,
+                                                 reply_message=REPLY_MESSAGES[decision.outcome]))
+
+    def _send(self, key: RequestKey, addr, reply: bytes) -> None:
+        self.table.answer(key, reply, self.clock.seconds())
+        self.counters.inc("radius_replies")
+        if self.transport is not None:
+            self.transport.write(reply, addr)
+
+    def _failed(self, failure, key: RequestKey) -> None:
+        # The engine never errbacks; if it did, no reply (the NAS retries),
+        # and never an Accept.
+        log.error("radius.reply_failed %s", failure.getTraceback())
+        self.counters.inc("internal_errors")
+        self.table.abandon(key)
+
+    def _drop(self, reason: DropReason, host: str, client: RadiusClient | None,
+              detail: str = "", level: int = logging.INFO) -> None:
+        self.counters.inc("radius_drops", reason=reason.value)
+        logs.event(log, level, "radius.drop", reason=reason.value, source=host,
+                   client=client.name if client else None, detail=detail or None)
