@@ -49,13 +49,13 @@ def cmd_serve(args) -> int:
         return 1
     exit_code = [0]
 
+    def failed(failure):
+        logs.event(log, logging.ERROR, "startup.failed", error=failure.getErrorMessage())
+        exit_code[0] = 1
+        reactor.stop()
+
     def start():
-        try:
-            daemon.start()
-        except Exception as exc:
-            logs.event(log, logging.ERROR, "startup.failed", error=str(exc))
-            exit_code[0] = 1
-            reactor.stop()
+        daemon.start().addErrback(failed)
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)

@@ -208,6 +208,7 @@ class LdapDirectory:
 
     def _bind(self, conn, name: str, password: str) -> bool:
         self.counters.inc("ldap_user_binds")
+        conn.authentication = ldap3.SIMPLE
         conn.user, conn.password = name, password
         if conn.bind():
             return True

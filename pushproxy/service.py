@@ -44,6 +44,7 @@ class Daemon:
         self.table = RetransmitTable(hold=config.radius.reply_cache_seconds)
         self.dictionary = codec.load_dictionary()
         self.ports = []
+        self.components = []  # started before and stopped after the listeners
 
     def protocol(self) -> RadiusProtocol:
         """A RADIUS protocol instance sharing this daemon's state."""
@@ -53,8 +54,11 @@ class Daemon:
             counters=self.counters, default_no_device=self.config.push.no_device,
             receive_buffer=self.config.radius.receive_buffer)
 
-    def start(self) -> None:
-        """Start the directory pool, then bind every RADIUS listener."""
+    @defer.inlineCallbacks
+    def start(self):
+        """Start components (approval service), the directory pool, then RADIUS listeners."""
+        for component in self.components:
+            yield component.start()
         if hasattr(self.directory, "start"):
             self.directory.start()
         for host, port in self.config.radius.listen:
@@ -65,13 +69,13 @@ class Daemon:
 
     @defer.inlineCallbacks
     def stop(self):
-        """Reject and answer pending logins, then close listeners and the pool."""
+        """Reject and answer pending logins, then close listeners, components and pools."""
         self.engine.stop()
-        # Let the rejections reach the wire before the sockets close.
-        yield defer.succeed(None)
         for port in self.ports:
             yield port.stopListening()
         self.ports = []
+        for component in reversed(self.components):
+            yield component.stop()
         if hasattr(self.directory, "stop"):
             self.directory.stop()
         self.audit.close()

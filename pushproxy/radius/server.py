@@ -131,8 +131,11 @@ class RadiusProtocol(DatagramProtocol):
     def _send(self, key: RequestKey, addr, reply: bytes) -> None:
         self.table.answer(key, reply, self.clock.seconds())
         self.counters.inc("radius_replies")
-        if self.transport is not None:
+        try:
             self.transport.write(reply, addr)
+        except (OSError, AttributeError) as exc:
+            # The listener closed while this login was decided (shutdown).
+            logs.event(log, logging.WARNING, "radius.send_failed", error=str(exc))
 
     def _failed(self, failure, key: RequestKey) -> None:
         # The engine never errbacks; if it did, no reply (the NAS retries),

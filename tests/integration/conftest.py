@@ -1,0 +1,31 @@
+"""Shared fixtures for integration tests against real peers (slapd, radclient)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+try:  # tests/integration as a package (with __init__.py files)
+    from .slapd import Slapd, slapd_available
+except ImportError:  # rootdir-relative "prepend" import mode without packages
+    from slapd import Slapd, slapd_available
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """One private slapd for the whole session (skipped if slapd is missing).
+
+    Tests must not change the seeded data in a way other tests can observe;
+    use a function-scoped ``Slapd`` for destructive tests.  The state
+    directory (config, certificates, ``slapd.log``) is left under pytest's
+    basetemp for post-mortem debugging.
+    """
+    if not slapd_available():
+        pytest.skip("OpenLDAP slapd/slapadd not installed (apt-get install slapd)")
+    server = Slapd(base_dir=tmp_path_factory.mktemp("slapd"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

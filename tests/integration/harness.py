@@ -1,0 +1,93 @@
+"""Runs a real pushproxy Daemon in the test's reactor against the test slapd."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+
+from pushproxy.config import parse_config
+from pushproxy.service import Daemon
+
+SECRET = "integration-secret-0123"
+
+
+def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extra="", clients=None,
+                 approval="") -> Path:
+    """A config.yaml for a daemon on 127.0.0.1 (free port) using the test slapd."""
+    (tmp / "radius.secret").write_text(SECRET + "\n")
+    (tmp / "ldap.secret").write_text(slapd.service_password + "\n")
+    servers = servers or [slapd.url]
+    clients = clients or textwrap.dedent("""\
+        - name: test-nas
+          address: 127.0.0.1
+          secret_file: radius.secret
+    """)
+    text = textwrap.dedent("""\
+        radius:
+          listen: ["127.0.0.1:0"]
+          clients:
+        {clients}
+        ldap:
+          servers: {servers}
+          bind_dn: "{bind_dn}"
+          bind_password_file: ldap.secret
+          user_base: "{people}"
+          user_filter: "(&(objectClass=inetOrgPerson)(uid={{username}}))"
+          required_groups: ["{group}"]
+          connect_timeout: 2
+          response_timeout: 2
+        {ldap_extra}
+        push:
+        {push}
+        audit:
+          path: audit.jsonl
+        {approval}
+    """).format(clients=textwrap.indent(clients, "    "),
+                servers="[" + ", ".join(f'"{s}"' for s in servers) + "]",
+                bind_dn=slapd.service_dn, people=slapd.people_dn,
+                group=slapd.group_dn("vpn-users"),
+                ldap_extra=textwrap.indent(textwrap.dedent(ldap_extra), "  "),
+                push=textwrap.indent(textwrap.dedent(push), "  "),
+                approval=textwrap.dedent(approval))
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def load(path: Path):
+    """Parse a config file written by write_config."""
+    return parse_config(path.read_text(), base_dir=path.parent, env={}, source=str(path))
+
+
+@defer.inlineCallbacks
+def start_daemon(config, provider, **kwargs):
+    """Start a Daemon on the global reactor; returns (daemon, "127.0.0.1:port")."""
+    daemon = Daemon(config, reactor, provider, **kwargs)
+    yield daemon.start()
+    port = daemon.ports[0].getHost().port
+    return daemon, f"127.0.0.1:{port}"
+
+
+def closed_port() -> int:
+    """A loopback TCP port with nothing listening (connections are refused)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class SilentServer:
+    """A TCP listener that accepts connections and never answers (a hung directory)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
