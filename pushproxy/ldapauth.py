@@ -86,10 +86,9 @@ class LdapDirectory:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._outstanding = 0
-        self._tls = None
-        if config.ca_file:
-            self._tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
-                                  version=ssl.PROTOCOL_TLS_CLIENT)
+        # Certificates are always verified: against ca_file, else the system's trust store.
+        self._tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
+                              version=ssl.PROTOCOL_TLS_CLIENT)
 
     def start(self) -> None:
         """Start the worker threads."""

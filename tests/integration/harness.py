@@ -15,11 +15,17 @@ SECRET = "integration-secret-0123"
 
 
 def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extra="", clients=None,
-                 approval="") -> Path:
+                 approval=None) -> Path:
     """A config.yaml for a daemon on 127.0.0.1 (free port) using the test slapd."""
     (tmp / "radius.secret").write_text(SECRET + "\n")
     (tmp / "ldap.secret").write_text(slapd.service_password + "\n")
     servers = servers or [slapd.url]
+    approval = approval or textwrap.dedent("""\
+        approval:
+          listen: "127.0.0.1:0"
+          public_url: "http://127.0.0.1"
+          database: ":memory:"
+    """)
     clients = clients or textwrap.dedent("""\
         - name: test-nas
           address: 127.0.0.1
