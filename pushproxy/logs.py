@@ -25,7 +25,7 @@ def _value(value: object) -> str:
     return json.dumps(text, ensure_ascii=True)
 
 
-def event(logger: logging.Logger, level: int, name: str, **fields: object) -> None:
+def event(logger: logging.Logger, level: int, name: str, /, **fields: object) -> None:
     """Log one structured event; None values are left out."""
     if not logger.isEnabledFor(level):
         return

@@ -1,0 +1,86 @@
+"""Device keys and the signed texts of the approval protocol (docs/approval-protocol.md).
+
+Devices sign with ECDSA P-256 / SHA-256 in WebCrypto's raw ``r || s`` form, so
+the same code serves the web authenticator and the command-line one. Every
+signed text starts with a purpose label ("pushproxy-answer-v1"), so a
+signature made for one purpose can never be replayed as another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (decode_dss_signature,
+                                                             encode_dss_signature)
+
+from pushproxy.approval.webpush import b64url_decode, b64url_encode
+
+DECISIONS = ("approve", "deny", "fraud")
+
+
+class BadKey(ValueError):
+    """A public key that is not an uncompressed P-256 point."""
+
+
+def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """A device public key from its b64u uncompressed point."""
+    try:
+        raw = b64url_decode(text)
+        if len(raw) != 65 or raw[0] != 4:
+            raise ValueError("not an uncompressed point")
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+    except (ValueError, TypeError) as exc:
+        raise BadKey(f"invalid device public key: {exc}") from None
+
+
+def public_key_text(key: ec.EllipticCurvePublicKey) -> str:
+    """The b64u uncompressed point of ``key``."""
+    return b64url_encode(key.public_bytes(serialization.Encoding.X962,
+                                          serialization.PublicFormat.UncompressedPoint))
+
+
+def sign(private_key: ec.EllipticCurvePrivateKey, text: str) -> str:
+    """Sign ``text`` (UTF-8) the way a WebCrypto device does: b64u of r || s."""
+    der = private_key.sign(text.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    return b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+def verify(public_key: ec.EllipticCurvePublicKey, text: str, signature: str) -> bool:
+    """Whether ``signature`` (b64u r || s) signs ``text`` under ``public_key``."""
+    try:
+        raw = b64url_decode(signature)
+    except (ValueError, TypeError):
+        return False
+    if len(raw) != 64:
+        return False
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    try:
+        public_key.verify(der, text.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def enroll_text(token: str, public_key: str, name: str) -> str:
+    """What a device signs to enroll: proves it holds the key it registers."""
+    return f"pushproxy-enroll-v1\n{token}\n{public_key}\n{name}"
+
+
+def request_text(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> str:
+    """What a device signs for every authenticated request."""
+    digest = b64url_encode(hashlib.sha256(body).digest())
+    return f"pushproxy-request-v1\n{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{digest}"
+
+
+def answer_text(txid: str, nonce: str, decision: str, username: str, device_id: str) -> str:
+    """What a device signs to answer one transaction."""
+    return f"pushproxy-answer-v1\n{txid}\n{nonce}\n{decision}\n{username}\n{device_id}"
+
+
+def token_hash(token: str) -> str:
+    """How an enrollment token is stored: only its SHA-256."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

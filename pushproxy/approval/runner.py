@@ -1,0 +1,62 @@
+"""Runs store calls: on one dedicated thread in the daemon, inline in tests.
+
+SQLite calls block. On the reactor thread a CLI holding the write lock could
+stall every login for up to the busy timeout, so the daemon gives the store a
+thread of its own; the store object is created on that thread too, since an
+sqlite3 connection belongs to the thread that opened it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
+
+
+class InlineRunner:
+    """Calls the store directly (tests with a Clock, the admin CLI)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(self, method: str, *args) -> defer.Deferred:
+        """``store.method(*args)`` as a Deferred."""
+        return defer.maybeDeferred(getattr(self.store, method), *args)
+
+    def start(self) -> defer.Deferred:
+        """Nothing to start."""
+        return defer.succeed(None)
+
+    def stop(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+
+class ThreadRunner:
+    """Calls the store on one dedicated thread, which also opens it."""
+
+    def __init__(self, reactor, factory: Callable[[], object]):
+        self.reactor = reactor
+        self.factory = factory
+        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="store")
+        self._store = None
+
+    def _call(self, method: str, args: tuple):
+        if self._store is None:
+            self._store = self.factory()
+        return getattr(self._store, method)(*args)
+
+    def __call__(self, method: str, *args) -> defer.Deferred:
+        """``store.method(*args)`` on the store thread, as a Deferred."""
+        return threads.deferToThreadPool(self.reactor, self.pool, self._call, method, args)
+
+    def start(self) -> defer.Deferred:
+        """Start the thread and open the store (errors surface here, at start-up)."""
+        self.pool.start()
+        return self("setting", "schema-check")
+
+    def stop(self) -> None:
+        """Close the store on its thread, then stop the thread (queued calls finish first)."""
+        self.pool.callInThread(lambda: self._store.close() if self._store else None)
+        self.pool.stop()

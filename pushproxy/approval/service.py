@@ -1,0 +1,322 @@
+"""The built-in approval service: the push provider and what devices talk to.
+
+One object plays both sides. Towards the engine it is a `PushProvider`: each
+login becomes a transaction (random id and nonce, expiry = push timeout) that
+every enrolled device of the user can see, by long-poll and by Web Push. Towards
+devices it checks enrollment, request signatures (time window + nonce replay
+protection) and answer signatures, and lets the first valid answer win through
+the store's compare-and-set. A denial ends the wait at once and raises an alert.
+
+The store is synchronous (SQLite); every call goes through a `runner` so the
+daemon can keep it on one dedicated thread while tests run it inline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections import OrderedDict, defaultdict
+from typing import Callable
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from pushproxy import logs
+from pushproxy.approval import crypto
+from pushproxy.approval.store import Device, StoreError, Transaction
+from pushproxy.decision import PushResult, PushStatus
+from pushproxy.metrics import Counters
+from pushproxy.push import ApprovalRequest, ProviderUnavailable
+
+log = logging.getLogger("pushproxy.approval")
+
+CLOCK_SKEW = 60.0  # seconds a device request's timestamp may differ from ours
+NONCE_MEMORY = 2 * CLOCK_SKEW  # a nonce older than this is refused by its timestamp anyway
+MAX_WAIT = 30.0
+_STATES = {"approve": "approved", "deny": "denied", "fraud": "fraud"}
+_RESULTS = {"approved": PushStatus.APPROVED, "denied": PushStatus.DENIED,
+            "fraud": PushStatus.FRAUD}
+
+
+class ApprovalError(Exception):
+    """A refused device request: HTTP ``status``, machine ``code``, human ``message``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def transaction_view(tx: Transaction) -> dict:
+    """What a device sees of a transaction (the `pending` list, the Web Push payload)."""
+    return {"txid": tx.id, "nonce": tx.nonce, "username": tx.username,
+            "application": tx.context.get("application"),
+            "client_ip": tx.context.get("client_ip"), "nas": tx.context.get("nas"),
+            "created": tx.created, "expires": tx.expires}
+
+
+def enrollment_link(public_url: str, token: str) -> str:
+    """The one-time link a user opens (or scans) to enroll a device."""
+    return f"{public_url.rstrip('/')}/app/enroll#{token}"
+
+
+def new_enrollment(store, username: str, public_url: str, ttl: float, now: float) -> str:
+    """Create a one-time enrollment for ``username``; returns the link (synchronous)."""
+    token = secrets.token_urlsafe(32)
+    store.create_enrollment(username, crypto.token_hash(token), now, now + ttl)
+    return enrollment_link(public_url, token)
+
+
+class ApprovalService:
+    """The push provider and the device-facing logic of the approval API."""
+
+    def __init__(self, *, run: Callable[..., Deferred], reactor, counters: Counters,
+                 vapid_public_key: str, sender=None, alerter=None,
+                 wallclock: Callable[[], float] | None = None):
+        self.run = run  # run(store_method_name, *args) -> Deferred of the result
+        self.reactor = reactor
+        self.counters = counters
+        self.vapid_public_key = vapid_public_key
+        self.sender = sender
+        self.alerter = alerter
+        self.wallclock = wallclock or reactor.seconds
+        self._waiting: dict[str, Deferred] = {}  # txid -> the engine's Deferred
+        self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
+        self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    # -- provider side (the engine) --
+
+    def request_approval(self, request: ApprovalRequest) -> Deferred[PushResult]:
+        """Open a transaction for this login and wait for the first valid answer."""
+        return defer.ensureDeferred(self._request(request))
+
+    async def _request(self, request: ApprovalRequest) -> PushResult:
+        try:
+            devices = await self.run("devices", request.username)
+            if not devices:
+                return PushResult(PushStatus.NO_DEVICE, request.txid)
+            tx = Transaction(
+                id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
+                context={"application": request.application, "client_ip": request.client_ip,
+                         "nas": request.nas},
+                created=request.created, expires=request.expires, state="pending",
+                decided_by=None, decided_at=None)
+            await self.run("create_transaction", tx)
+        except StoreError as exc:
+            raise ProviderUnavailable(f"store: {exc}") from None
+        waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
+        self._waiting[tx.id] = waiter
+        self.counters.inc("approval_transactions")
+        self._wake(request.username)
+        for device in devices:
+            if device.push_subscription and self.sender is not None:
+                self._deliver(device, tx)
+        return await waiter
+
+    def _withdraw(self, txid: str) -> None:
+        """The engine stopped waiting (timeout, shutdown): close the transaction."""
+        self._waiting.pop(txid, None)
+        d = self.run("decide_transaction", txid, "expired", None, self.wallclock())
+        d.addErrback(lambda f: logs.event(log, logging.WARNING, "approval.close_failed",
+                                          txid=txid, error=f.getErrorMessage()))
+
+    def _deliver(self, device: Device, tx: Transaction) -> None:
+        payload = json.dumps(transaction_view(tx)).encode("utf-8")
+        host = urlsplit(device.push_subscription.get("endpoint", "")).hostname
+
+        def delivered(result):
+            outcome = "ok" if result.ok else ("gone" if result.gone else "failed")
+            self.counters.inc("push_deliveries", outcome=outcome)
+            if not result.ok:
+                logs.event(log, logging.WARNING, "approval.delivery_failed", device=device.id,
+                           endpoint_host=host, status=result.status, error=result.error)
+            if result.gone:
+                # The browser dropped the subscription: stop sending to it.
+                return self.run("set_subscription", device.id, None)
+            return None
+
+        d = self.sender.send(device.push_subscription, payload)
+        d.addCallback(delivered)
+        d.addErrback(lambda f: log.error("approval.delivery_error %s", f.getTraceback()))
+
+    # -- device side (the HTTP API) --
+
+    def info(self) -> dict:
+        """Public facts a device needs before enrolling."""
+        return {"version": 1, "vapid_public_key": self.vapid_public_key,
+                "server_time": self.wallclock()}
+
+    def enroll(self, token: str, public_key: str, name: str, subscription: dict | None,
+               signature: str) -> Deferred[Device]:
+        """Redeem a one-time enrollment link for a device key."""
+        return defer.ensureDeferred(self._enroll(token, public_key, name, subscription,
+                                                 signature))
+
+    async def _enroll(self, token, public_key, name, subscription, signature) -> Device:
+        if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
+            raise ApprovalError(400, "bad_request", "name must be 1-64 printable characters")
+        try:
+            key = crypto.load_public_key(public_key)
+        except crypto.BadKey as exc:
+            raise ApprovalError(400, "bad_request", str(exc)) from None
+        check_subscription(subscription)
+        if not crypto.verify(key, crypto.enroll_text(token, public_key, name), signature):
+            raise ApprovalError(400, "bad_signature", "the enrollment is not signed by this key")
+        now = self.wallclock()
+        hashed = crypto.token_hash(token)
+        enrollment = await self.run("enrollment", hashed)
+        device = None
+        if enrollment is not None:
+            device = Device(id=secrets.token_urlsafe(12), username=enrollment.username,
+                            name=name, public_key=public_key, push_subscription=subscription,
+                            created=now, last_seen=None, revoked=None)
+            device = await self.run("redeem_enrollment", hashed, now, device)
+        if device is None:
+            self.counters.inc("enrollments", outcome="refused")
+            logs.event(log, logging.WARNING, "approval.enroll_refused")
+            raise ApprovalError(403, "invalid_enrollment",
+                                "this enrollment link is unknown, used or expired")
+        self.counters.inc("enrollments", outcome="ok")
+        logs.event(log, logging.INFO, "approval.enrolled", user=device.username,
+                   device=device.id, name=device.name)
+        return device
+
+    def authenticate(self, device_id: str, timestamp: str, nonce: str, signature: str,
+                     method: str, path: str, body: bytes) -> Deferred[Device]:
+        """Check a device request's signature, time window and nonce."""
+        return defer.ensureDeferred(self._authenticate(device_id, timestamp, nonce, signature,
+                                                       method, path, body))
+
+    async def _authenticate(self, device_id, timestamp, nonce, signature, method, path,
+                            body) -> Device:
+        now = self.wallclock()
+        try:
+            stamp = int(timestamp)
+        except (TypeError, ValueError):
+            raise self._unauthenticated(device_id, "bad timestamp") from None
+        if abs(now - stamp) > CLOCK_SKEW:
+            raise self._unauthenticated(device_id, "timestamp outside the allowed window")
+        if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
+            raise self._unauthenticated(device_id, "bad nonce")
+        device = await self.run("device", device_id)
+        if device is None or device.revoked is not None:
+            raise self._unauthenticated(device_id, "unknown or revoked device")
+        self._forget_nonces(now)
+        if (device_id, nonce) in self._nonces:
+            raise self._unauthenticated(device_id, "replayed request")
+        text = crypto.request_text(method, path, timestamp, nonce, body)
+        if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
+            raise self._unauthenticated(device_id, "bad signature")
+        self._nonces[(device_id, nonce)] = now + NONCE_MEMORY
+        return device
+
+    def _unauthenticated(self, device_id, why: str) -> ApprovalError:
+        self.counters.inc("device_auth_failures")
+        logs.event(log, logging.WARNING, "approval.device_refused", device=device_id, why=why)
+        return ApprovalError(401, "unauthenticated", why)
+
+    def _forget_nonces(self, now: float) -> None:
+        while self._nonces:
+            key, expires = next(iter(self._nonces.items()))
+            if expires > now:
+                break
+            del self._nonces[key]
+
+    def pending(self, device: Device, wait: float) -> Deferred[list[dict]]:
+        """Open requests for the device's user; with ``wait``, a long-poll."""
+        return defer.ensureDeferred(self._pending(device, min(max(wait, 0.0), MAX_WAIT)))
+
+    async def _pending(self, device: Device, wait: float) -> list[dict]:
+        txs = await self.run("pending_transactions", device.username, self.wallclock())
+        if txs or wait <= 0:
+            return [transaction_view(tx) for tx in txs]
+        poll: Deferred = Deferred(lambda d: self._unpoll(device.username, d))
+        self._pollers[device.username].append(poll)
+        timer = self.reactor.callLater(wait, self._end_poll, device.username, poll)
+        try:
+            await poll
+        finally:
+            if timer.active():
+                timer.cancel()
+        txs = await self.run("pending_transactions", device.username, self.wallclock())
+        return [transaction_view(tx) for tx in txs]
+
+    def _end_poll(self, username: str, poll: Deferred) -> None:
+        self._unpoll(username, poll)
+        if not poll.called:
+            poll.callback(None)
+
+    def _unpoll(self, username: str, poll: Deferred) -> None:
+        polls = self._pollers.get(username)
+        if polls and poll in polls:
+            polls.remove(poll)
+            if not polls:
+                del self._pollers[username]
+
+    def _wake(self, username: str) -> None:
+        """Something changed for ``username``: answer every long-poll now."""
+        for poll in self._pollers.pop(username, []):
+            if not poll.called:
+                poll.callback(None)
+
+    def answer(self, device: Device, txid: str, decision: str, signature: str) -> Deferred[None]:
+        """A device's signed answer; the first valid one decides the login."""
+        return defer.ensureDeferred(self._answer(device, txid, decision, signature))
+
+    async def _answer(self, device: Device, txid: str, decision: str, signature: str) -> None:
+        if decision not in _STATES:
+            raise ApprovalError(400, "bad_request", "decision must be approve, deny or fraud")
+        tx = await self.run("transaction", txid) if isinstance(txid, str) else None
+        if tx is None or tx.username != device.username:
+            if tx is not None:
+                logs.event(log, logging.WARNING, "approval.cross_user_answer", device=device.id,
+                           user=device.username, txid=txid)
+            self.counters.inc("answers", outcome="unknown")
+            raise ApprovalError(404, "unknown_transaction", "no such request for this user")
+        text = crypto.answer_text(tx.id, tx.nonce, decision, tx.username, device.id)
+        if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
+            self.counters.inc("answers", outcome="bad_signature")
+            logs.event(log, logging.WARNING, "approval.bad_answer_signature", device=device.id,
+                       txid=txid)
+            raise ApprovalError(403, "bad_signature", "the answer is not signed by this device")
+        now = self.wallclock()
+        won = tx.state == "pending" and now < tx.expires and await self.run(
+            "decide_transaction", txid, _STATES[decision], device.id, now)
+        if not won:
+            current = await self.run("transaction", txid)
+            self.counters.inc("answers", outcome="late")
+            if current.state in ("expired", "cancelled") or now >= current.expires:
+                raise ApprovalError(410, "expired", "this request has expired")
+            raise ApprovalError(409, "already_decided", "this request was already answered")
+        self.counters.inc("answers", outcome=_STATES[decision])
+        logs.event(log, logging.INFO, "approval.answered", user=tx.username, device=device.id,
+                   txid=txid, decision=_STATES[decision])
+        waiter = self._waiting.pop(txid, None)
+        if waiter is not None and not waiter.called:
+            waiter.callback(PushResult(_RESULTS[_STATES[decision]], txid, device.id))
+        self._wake(tx.username)  # other devices see it closed
+        if decision != "approve" and self.alerter is not None:
+            self.alerter.alert(_STATES[decision], tx, device, now)
+
+    def set_subscription(self, device: Device, subscription: dict | None) -> Deferred[None]:
+        """Replace the device's Web Push subscription (None: long-poll only)."""
+        check_subscription(subscription)
+        return self.run("set_subscription", device.id, subscription).addCallback(lambda _: None)
+
+
+def check_subscription(subscription) -> None:
+    """A Web Push subscription as browsers give it, or None; else ApprovalError 400."""
+    if subscription is None:
+        return
+    ok = (isinstance(subscription, dict) and isinstance(subscription.get("endpoint"), str)
+          and urlsplit(subscription["endpoint"]).scheme in ("https", "http")
+          and len(subscription["endpoint"]) <= 2048
+          and isinstance(subscription.get("keys"), dict)
+          and isinstance(subscription["keys"].get("p256dh"), str)
+          and isinstance(subscription["keys"].get("auth"), str))
+    if not ok:
+        raise ApprovalError(400, "bad_request", "push_subscription must have an http(s) "
+                                                "endpoint and keys.p256dh and keys.auth")
