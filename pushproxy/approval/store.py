@@ -1,0 +1,415 @@
+"""The approval service's store: devices, enrollment links, push transactions, settings.
+
+`Store` is the interface the service is written against; `SQLiteStore` implements
+it. Time never comes from a clock in here: every call that needs "now" takes it,
+so expiry is decided by the caller and tests are deterministic.
+
+The daemon and the command line (``pushproxy enroll``, ``devices``, ``revoke``)
+open the same file from different processes, so every guarantee that matters --
+a link works once, the first valid answer wins -- is made by SQLite itself, in
+one statement or one ``BEGIN IMMEDIATE`` transaction, never by in-process state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass
+from importlib import resources
+from typing import Callable, Iterator, Protocol
+
+STATES = ("pending", "approved", "denied", "fraud", "expired", "cancelled")
+ANSWERS = ("approved", "denied", "fraud")  # states a device's answer sets; they name it
+
+
+class StoreError(Exception):
+    """The database failed: locked past busy_timeout, unreadable, or of an unknown schema."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """An enrolled authenticator of one user."""
+
+    id: str  # random, e.g. secrets.token_urlsafe(12)
+    username: str
+    name: str
+    public_key: str  # b64u uncompressed P-256 point
+    push_subscription: dict | None  # {"endpoint": ..., "keys": {"p256dh": ..., "auth": ...}}
+    created: float
+    last_seen: float | None
+    revoked: float | None
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """A one-time enrollment link, known only by the SHA-256 of its token."""
+
+    token_hash: str
+    username: str
+    created: float
+    expires: float
+    used: float | None
+    device_id: str | None  # the device it enrolled, once used
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One request to approve a login, and its outcome."""
+
+    id: str
+    username: str
+    nonce: str
+    context: dict
+    created: float
+    expires: float
+    state: str  # one of STATES
+    decided_by: str | None  # device id
+    decided_at: float | None
+
+
+class Store(Protocol):
+    """What the approval service needs from its storage. Time is always passed in as ``now``."""
+
+    def create_enrollment(self, username: str, token_hash: str, now: float,
+                          expires: float) -> Enrollment:
+        """Record a new, unused enrollment link valid until ``expires``."""
+
+    def enrollment(self, token_hash: str) -> Enrollment | None:
+        """The enrollment link with this token hash, used or not, or None."""
+
+    def redeem_enrollment(self, token_hash: str, now: float, device: Device) -> Device | None:
+        """Mark the link used by ``device`` and insert it, atomically; None if the link is
+        unknown, used, expired (``now >= expires``) or for another user. One redeem wins."""
+
+    def devices(self, username: str | None = None,
+                include_revoked: bool = False) -> list[Device]:
+        """Devices, of one user or of all, oldest first; revoked ones only if asked."""
+
+    def device(self, device_id: str) -> Device | None:
+        """The device with this id, revoked or not (the caller checks .revoked), or None."""
+
+    def revoke_device(self, device_id: str, now: float) -> bool:
+        """Revoke a device; False if it is unknown or already revoked."""
+
+    def touch_device(self, device_id: str, now: float) -> None:
+        """Note that the device was heard from at ``now`` (last_seen)."""
+
+    def set_subscription(self, device_id: str, subscription: dict | None) -> bool:
+        """Replace the device's Web Push subscription; False if unknown or revoked."""
+
+    def create_transaction(self, tx: Transaction) -> None:
+        """Record a new transaction (normally in state 'pending')."""
+
+    def transaction(self, txid: str) -> Transaction | None:
+        """The transaction with this id, in whatever state, or None."""
+
+    def pending_transactions(self, username: str, now: float) -> list[Transaction]:
+        """The user's transactions still open at ``now`` (expires > now), oldest first."""
+
+    def decide_transaction(self, txid: str, state: str, device_id: str | None,
+                           now: float) -> bool:
+        """Compare-and-set 'pending' to a final ``state``; whether this call changed it.
+
+        An answer (ANSWERS) needs device_id and counts only while ``now < expires``;
+        'expired'/'cancelled' need neither (a login ends at or past its deadline)."""
+
+    def cancel_pending(self, now: float) -> int:
+        """At daemon start, cancel every pending transaction (its login died with the
+        previous process: waiting logins live in memory); return how many."""
+
+    def purge(self, now: float, keep: float = 30 * 86400) -> int:
+        """Delete decided transactions and used or expired links older than ``now - keep``."""
+
+    def setting(self, key: str) -> str | None:
+        """The stored value of ``key``, or None."""
+
+    def setting_or_create(self, key: str, make: Callable[[], str]) -> str:
+        """The value of ``key``, storing ``make()`` first if absent; racing processes agree."""
+
+    def close(self) -> None:
+        """Release the database; the store is unusable afterwards."""
+
+
+_DEVICE = "id, username, name, public_key, push_subscription, created, last_seen, revoked"
+_ENROLLMENT = "token_hash, username, created, expires, used, device_id"
+_TRANSACTION = "id, username, nonce, context, created, expires, state, decided_by, decided_at"
+_MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.sql$")
+
+
+def _device(row: tuple) -> Device:
+    sub = None if row[4] is None else json.loads(row[4])
+    return Device(row[0], row[1], row[2], row[3], sub, *row[5:])
+
+
+def _json(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _transaction(row: tuple) -> Transaction:
+    return Transaction(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
+
+
+def _load_migrations() -> list[tuple[int, str]]:
+    """The packaged migrations as (version, sql) in order; versions must run 1..N."""
+    found: dict[int, str] = {}
+    for entry in resources.files("pushproxy.approval").joinpath("migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            version = int(match.group(1))
+            if version in found:
+                raise StoreError(f"two migrations numbered {version}")
+            found[version] = entry.read_text(encoding="utf-8")
+    if sorted(found) != list(range(1, len(found) + 1)):
+        raise StoreError(f"migrations are not numbered 1..N: {sorted(found)}")
+    return sorted(found.items())
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements, each ending at the end of a line.
+
+    (executescript() would COMMIT first, taking the migration out of our transaction.)"""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    leftover = [ln for ln in pending.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+    if leftover:
+        raise StoreError(f"migration ends in an incomplete statement: {leftover[0]!r}")
+
+
+def _create_private(path: str) -> None:
+    """Create the file mode 0600 unless it exists: it holds enrollment hashes and device
+    keys, and SQLite would make it (and, following it, -wal and -shm) 0644."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # an empty file is a valid empty database
+
+
+class SQLiteStore(Store):
+    """The Store on one SQLite file (or ``:memory:``, for tests); method contracts are on Store.
+
+    One connection per instance, used only from the thread that created it
+    (sqlite3's default check, kept on purpose): the daemon creates and uses
+    its store on one dedicated thread, the CLI in its own process. Processes
+    coordinate through SQLite's locks, waiting up to ``busy_timeout`` seconds.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        memory = path in (":memory:", "")
+        try:
+            if not memory:
+                _create_private(path)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the
+            # module never opens a weaker deferred transaction behind our back
+            self._db = sqlite3.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open approval store {path!r}: {exc}") from exc
+        try:
+            with self._guard():
+                self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                self._db.execute("PRAGMA foreign_keys = ON")
+                self._db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL
+                if not memory:
+                    self._wal(busy_timeout)
+                self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        # database failures become StoreError; misuse (ProgrammingError) stays a bug
+        try:
+            yield
+        except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"approval store: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock before the first read, so two
+        # processes doing the same check-then-write serialize (the second
+        # waits under busy_timeout) instead of both passing the check
+        with self._guard():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.rollback()
+                raise
+
+    def _wal(self, timeout: float) -> None:
+        # WAL, so the CLI's reads never block the daemon's writes. Converting
+        # a fresh file takes a lock SQLite does not wait for under busy_timeout,
+        # and two processes creating the store at once would fail: so retry.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY \
+                        or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
+
+    def _migrate(self) -> None:
+        migrations = _load_migrations()
+        known = migrations[-1][0] if migrations else 0
+
+        def check(current: int) -> int:
+            if current > known:
+                raise StoreError(f"the approval store has schema version {current}, this "
+                                 f"pushproxy knows up to {known}: a newer pushproxy wrote it")
+            return current
+
+        if check(self._db.execute("PRAGMA user_version").fetchone()[0]) == known:
+            return
+        with self._write() as db:
+            # read again under the lock: another process may have migrated meanwhile
+            current = check(db.execute("PRAGMA user_version").fetchone()[0])
+            for version, sql in migrations:
+                if version > current:
+                    for statement in _statements(sql):
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {known}")  # transactional, like the DDL
+
+    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._guard():
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._guard():
+            return self._db.execute(sql, args).fetchall()
+
+    def _change(self, sql: str, args: tuple = ()) -> int:
+        # one statement is atomic by itself: no explicit transaction needed
+        with self._guard():
+            return self._db.execute(sql, args).rowcount
+
+    def create_enrollment(self, username: str, token_hash: str, now: float,
+                          expires: float) -> Enrollment:
+        enrollment = Enrollment(token_hash, username, now, expires, None, None)
+        self._change(f"INSERT INTO enrollments ({_ENROLLMENT}) VALUES (?, ?, ?, ?, ?, ?)",
+                     astuple(enrollment))
+        return enrollment
+
+    def enrollment(self, token_hash: str) -> Enrollment | None:
+        row = self._one(f"SELECT {_ENROLLMENT} FROM enrollments WHERE token_hash = ?",
+                        (token_hash,))
+        return None if row is None else Enrollment(*row)
+
+    def redeem_enrollment(self, token_hash: str, now: float, device: Device) -> Device | None:
+        with self._write() as db:
+            row = db.execute("SELECT username, expires, used FROM enrollments "
+                             "WHERE token_hash = ?", (token_hash,)).fetchone()
+            if row is None or row[0] != device.username or not now < row[1] \
+                    or row[2] is not None:
+                return None
+            # the device first: the enrollment's foreign key points at it
+            db.execute(f"INSERT INTO devices ({_DEVICE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (device.id, device.username, device.name, device.public_key,
+                        _json(device.push_subscription), device.created, device.last_seen,
+                        device.revoked))
+            db.execute("UPDATE enrollments SET used = ?, device_id = ? WHERE token_hash = ?",
+                       (now, device.id, token_hash))
+        return device
+
+    def devices(self, username: str | None = None,
+                include_revoked: bool = False) -> list[Device]:
+        rows = self._all(f"SELECT {_DEVICE} FROM devices WHERE (? IS NULL OR username = ?) "
+                         "AND (? OR revoked IS NULL) ORDER BY created, id",
+                         (username, username, include_revoked))
+        return [_device(row) for row in rows]
+
+    def device(self, device_id: str) -> Device | None:
+        row = self._one(f"SELECT {_DEVICE} FROM devices WHERE id = ?", (device_id,))
+        return None if row is None else _device(row)
+
+    def revoke_device(self, device_id: str, now: float) -> bool:
+        return self._change("UPDATE devices SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                            (now, device_id)) == 1
+
+    def touch_device(self, device_id: str, now: float) -> None:
+        self._change("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
+
+    def set_subscription(self, device_id: str, subscription: dict | None) -> bool:
+        # a revoked device can no longer authenticate, so nothing may change it
+        return self._change("UPDATE devices SET push_subscription = ? WHERE id = ? "
+                            "AND revoked IS NULL", (_json(subscription), device_id)) == 1
+
+    def create_transaction(self, tx: Transaction) -> None:
+        if tx.state not in STATES:
+            raise ValueError(f"not a transaction state: {tx.state!r}")
+        self._change(f"INSERT INTO transactions ({_TRANSACTION}) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (tx.id, tx.username, tx.nonce, json.dumps(tx.context), tx.created,
+                      tx.expires, tx.state, tx.decided_by, tx.decided_at))
+
+    def transaction(self, txid: str) -> Transaction | None:
+        row = self._one(f"SELECT {_TRANSACTION} FROM transactions WHERE id = ?", (txid,))
+        return None if row is None else _transaction(row)
+
+    def pending_transactions(self, username: str, now: float) -> list[Transaction]:
+        rows = self._all(f"SELECT {_TRANSACTION} FROM transactions WHERE username = ? "
+                         "AND state = 'pending' AND expires > ? ORDER BY created, id",
+                         (username, now))
+        return [_transaction(row) for row in rows]
+
+    def decide_transaction(self, txid: str, state: str, device_id: str | None,
+                           now: float) -> bool:
+        if state not in STATES or state == "pending":
+            raise ValueError(f"not a final transaction state: {state!r}")
+        if state in ANSWERS and not device_id:
+            raise ValueError(f"state {state!r} needs the deciding device")
+        # one conditional UPDATE is the compare-and-set: of racing answers,
+        # from any process, exactly one finds the row still pending
+        deadline = " AND expires > ?" if state in ANSWERS else ""
+        args = (state, device_id, now, txid) + ((now,) if deadline else ())
+        return self._change("UPDATE transactions SET state = ?, decided_by = ?, decided_at = ? "
+                            "WHERE id = ? AND state = 'pending'" + deadline, args) == 1
+
+    def cancel_pending(self, now: float) -> int:
+        return self._change("UPDATE transactions SET state = 'cancelled', decided_by = NULL, "
+                            "decided_at = ? WHERE state = 'pending'", (now,))
+
+    def purge(self, now: float, keep: float = 30 * 86400) -> int:
+        # Pending transactions long past their deadline go too: nothing can
+        # answer them. Devices stay: revocation keeps their record for audit.
+        cutoff = now - keep
+        with self._write() as db:
+            gone = db.execute("DELETE FROM transactions WHERE (state != 'pending' AND "
+                              "COALESCE(decided_at, expires) < ?) OR (state = 'pending' "
+                              "AND expires < ?)", (cutoff, cutoff)).rowcount
+            gone += db.execute("DELETE FROM enrollments WHERE used < ? OR "
+                               "(used IS NULL AND expires < ?)", (cutoff, cutoff)).rowcount
+        return gone
+
+    def setting(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
+        return None if row is None else row[0]
+
+    def setting_or_create(self, key: str, make: Callable[[], str]) -> str:
+        value = self.setting(key)
+        if value is not None:
+            return value
+        candidate = make()  # outside the lock: making a key may be slow
+        with self._write() as db:
+            # insert-if-absent then read back: whoever got in first, all agree
+            db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)",
+                       (key, candidate))
+            return db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
