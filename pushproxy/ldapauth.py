@@ -206,6 +206,9 @@ class LdapDirectory:
                 if e.get("type") == "searchResEntry"]
 
     def _bind(self, conn, name: str, password: str) -> bool:
+        if not password:
+            # Never an unauthenticated bind (RFC 4513 5.1.2), whoever the caller is.
+            return False
         self.counters.inc("ldap_user_binds")
         conn.authentication = ldap3.SIMPLE
         conn.user, conn.password = name, password
