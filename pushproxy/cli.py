@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and print advice")
     p.add_argument("config", help="path to config.yaml")
     p.set_defaults(func=cmd_check_config)
+    from pushproxy import demo, radtest
+    from pushproxy.approval import authenticator
+
+    demo.add_parser(sub)
+    radtest.add_parser(sub)
+    authenticator.add_parser(sub)
+    from pushproxy import admin
+
+    admin.add_parsers(sub)
     return parser
 
 
