@@ -35,6 +35,7 @@ log = logging.getLogger("pushproxy.approval")
 CLOCK_SKEW = 60.0  # seconds a device request's timestamp may differ from ours
 NONCE_MEMORY = 2 * CLOCK_SKEW  # a nonce older than this is refused by its timestamp anyway
 MAX_WAIT = 30.0
+LAST_SEEN_EVERY = 300.0  # seconds between last_seen updates of one device
 _STATES = {"approve": "approved", "deny": "denied", "fraud": "fraud"}
 _RESULTS = {"approved": PushStatus.APPROVED, "denied": PushStatus.DENIED,
             "fraud": PushStatus.FRAUD}
@@ -211,6 +212,9 @@ class ApprovalService:
         if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
             raise self._unauthenticated(device_id, "bad signature")
         self._nonces[(device_id, nonce)] = now + NONCE_MEMORY
+        if device.last_seen is None or now - device.last_seen > LAST_SEEN_EVERY:
+            # For `pushproxy devices list`; throttled so long-polls do not write constantly.
+            self.run("touch_device", device.id, now).addErrback(lambda _: None)
         return device
 
     def _unauthenticated(self, device_id, why: str) -> ApprovalError:

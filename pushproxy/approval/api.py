@@ -1,0 +1,463 @@
+"""The approval HTTP API (docs/approval-protocol.md) as twisted.web resources.
+
+A thin layer over `ApprovalService`: it parses and type-checks JSON, enforces
+the body limit, collects the device-authentication headers, and turns results
+and `ApprovalError`s into JSON answers. Every decision about enrollment,
+signatures and transactions is the service's.
+
+The site's root serves ``/v1/...`` only; ``/app`` is deliberately left free so
+the web authenticator can be mounted there::
+
+    site = build_site(service, max_body=16384, reactor=reactor)
+    site.resource.putChild(b"app", static.File(...))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from io import BytesIO
+from typing import Any, Awaitable, Callable
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+
+from pushproxy import logs
+from pushproxy.approval.crypto import DECISIONS
+from pushproxy.approval.service import MAX_WAIT, ApprovalError
+
+log = logging.getLogger("pushproxy.approval.api")
+
+#: The Content-Type of every answer.
+JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
+
+#: Sent on every response, including errors and whatever is mounted at /app.
+SECURITY_HEADERS = (
+    (b"Cache-Control", b"no-store"),  # answers hold per-user data: never cache them
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),  # /app/enroll#token pages must not leak their URL
+)
+
+#: The headers of a device-authenticated request, in the order the service takes them.
+AUTH_HEADERS = ("X-Device-Id", "X-Timestamp", "X-Nonce", "X-Signature")
+
+#: Seconds an idle connection (or one dribbling its headers/body) may stay open.
+#: Long-polls are not affected: Twisted suspends the idle timer while a request is handled.
+IDLE_TIMEOUT = 60
+
+# Plain decimal only: float() would also take "nan", "inf" and "1e1".
+_WAIT = re.compile(rb"[0-9]{1,2}(?:\.[0-9]{1,3})?")
+
+_Handler = Callable[[server.Request], Awaitable[tuple[int, dict]]]
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def _error(code: str, message: str) -> dict:
+    return {"error": code, "message": message}
+
+
+def _bad_request(message: str) -> ApprovalError:
+    return ApprovalError(400, "bad_request", message)
+
+
+def _set_json(request: server.Request, status: int, obj: dict) -> bytes:
+    """Set status and headers for a JSON answer; returns the body to write."""
+    body = _json_bytes(obj)
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+#: Only used when an ApiRequest is served by some other Site; matches the config default.
+DEFAULT_MAX_BODY = 16384
+
+
+def _site_max_body(request: server.Request) -> int:
+    site = getattr(request.channel, "site", None) if request.channel is not None else None
+    return getattr(site, "max_body", DEFAULT_MAX_BODY)
+
+
+class ApiRequest(server.Request):
+    """A request that enforces the body limit while the body arrives and never leaks internals.
+
+    Twisted reads a whole body before any resource sees the request, so the limit
+    has to live here: a declared Content-Length over the limit is answered 413 as
+    soon as the headers are in, and a chunked body is cut off once it passes it.
+    """
+
+    _too_large = False
+    _answered_early = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        """Headers are in: refuse an oversized declared body before reading any of it."""
+        # Bodies are capped at max_body, so memory is enough; Twisted would use a temp file.
+        self.content = BytesIO()
+        if length is not None and length > _site_max_body(self):
+            self._refuse_too_large()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Keep body data up to the limit; past it, answer 413 and drop the rest."""
+        if self._too_large:
+            return
+        self._received += len(data)
+        if self._received > _site_max_body(self):
+            self._refuse_too_large()
+            return
+        self.content.write(data)
+
+    def _refuse_too_large(self) -> None:
+        self._too_large = True
+        self.content = BytesIO()
+        limit = _site_max_body(self)
+        logs.event(log, logging.INFO, "approval.http.too_large", limit=limit,
+                   client=_client(self))
+        channel = self.channel
+        if not isinstance(channel, http.HTTPChannel) or channel.transport is None:
+            # Not HTTP/1.x: the body is discarded as it comes and render() answers 413.
+            return
+        body = _json_bytes(_error("too_large", f"request body over {limit} octets"))
+        head = [b"HTTP/1.1 413 Request Entity Too Large",
+                b"Content-Type: " + JSON_CONTENT_TYPE,
+                b"Content-Length: %d" % len(body),
+                b"Connection: close"]
+        head += [name + b": " + value for name, value in SECURITY_HEADERS]
+        # Answer now and hang up instead of reading (and buffering) what the client sends.
+        channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        # Otherwise Twisted would send "100 Continue" after our final answer.
+        self.requestHeaders.removeHeader(b"Expect")
+        self._answered_early = True
+        channel.loseConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The whole request is in; skip it if it was already answered 413."""
+        if self._answered_early:
+            # Can only happen when the whole oversized body came in one read.
+            return
+        super().requestReceived(command, path, version)
+
+    def write(self, data: bytes) -> None:
+        """Write response data; the first write adds the security headers.
+
+        Hooked here rather than in render() so that every answer gets them:
+        errors, ``OPTIONS *``, and whatever is mounted at /app.
+        """
+        if not self.startedWriting:
+            for name, value in SECURITY_HEADERS:
+                self.setHeader(name, value)
+            # The Server header would tell every scanner the exact Twisted version.
+            self.responseHeaders.removeHeader(b"Server")
+        super().write(data)
+
+    def render(self, resrc: resource.IResource) -> None:
+        """Render ``resrc``, or the 413 of a body cut off on a non-HTTP/1 channel."""
+        if self._too_large:
+            limit = _site_max_body(self)
+            body = _set_json(self, 413, _error("too_large",
+                                               f"request body over {limit} octets"))
+            self.write(body)
+            self.finish()
+            return
+        super().render(resrc)
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """An exception escaped a resource: log it, answer a bare JSON 500."""
+        logs.event(log, logging.ERROR, "approval.http.internal_error",
+                   method=_text(self.method), path=_text(self.path),
+                   error=f"{reason.type.__name__}: {reason.getErrorMessage()}",
+                   traceback=reason.getTraceback())
+        if self._disconnected or self.finished:
+            return reason
+        if self.startedWriting:
+            # Too late for a status line: cut the answer short rather than send half of it.
+            self.loseConnection()
+            return reason
+        self.write(_set_json(self, 500, {"error": "internal"}))
+        self.finish()
+        return reason
+
+
+class ApiSite(server.Site):
+    """The approval API's Site: body limit, short idle timeout, structured access log."""
+
+    requestFactory = ApiRequest
+
+    def __init__(self, root: resource.IResource, *, max_body: int, reactor: Any,
+                 timeout: float = IDLE_TIMEOUT):
+        # parsePOSTFormSubmission=False: no form bodies here, and parsing them costs memory.
+        super().__init__(root, logPath=None, timeout=timeout, reactor=reactor,
+                         parsePOSTFormSubmission=False)
+        self.max_body = max_body
+
+    def log(self, request: server.Request) -> None:
+        """One structured line per request, without query string or any body.
+
+        Successful requests go at debug level: every device long-polls every 25 s.
+        """
+        code = request.code
+        level = logging.DEBUG if code < 400 else logging.INFO if code < 500 else logging.WARNING
+        device = request.requestHeaders.getRawHeaders(b"X-Device-Id", [None])[-1]
+        logs.event(log, level, "approval.http", method=_text(request.method),
+                   path=_text(request.path), status=code, client=_client(request),
+                   device=_text(device) if device is not None else None,
+                   sent=request.sentLength)
+
+
+def _text(value: bytes | None) -> str:
+    return (value or b"").decode("ascii", "replace")
+
+
+def _client(request: server.Request) -> str | None:
+    try:
+        return getattr(request.getClientAddress(), "host", None)
+    except Exception:  # a request whose channel is already gone
+        return None
+
+
+class NotFound(resource.Resource):
+    """Any unknown path: a JSON 404."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        """The 404 answer, whatever the method."""
+        return _set_json(request, 404, _error("not_found", "no such endpoint"))
+
+
+class Endpoint(resource.Resource):
+    """One API path: dispatches by method to async handlers returning (status, JSON object).
+
+    Handlers raise `ApprovalError` for refusals; anything else is a 500 with nothing
+    of the exception in the answer (it goes to the log).
+    """
+
+    isLeaf = True
+
+    def __init__(self, handlers: dict[bytes, _Handler]):
+        super().__init__()
+        self.handlers = handlers
+
+    def render(self, request: server.Request) -> bytes | int:
+        """Answer 404/405 at once, or run the handler and answer when it is done."""
+        if request.postpath:  # "/v1/info/" or "/v1/info/x": not this endpoint
+            return NotFound().render(request)
+        handler = self.handlers.get(request.method)
+        if handler is None:
+            allowed = b", ".join(sorted(self.handlers))
+            request.setHeader(b"Allow", allowed)
+            return _set_json(request, 405, _error("method_not_allowed",
+                                                  f"allowed: {allowed.decode()}"))
+        d = defer.ensureDeferred(_serve(request, handler))
+        # _serve catches everything itself; this only keeps a bug there from vanishing.
+        d.addErrback(lambda f: logs.event(log, logging.ERROR, "approval.http.serve_failed",
+                                          traceback=f.getTraceback()))
+        return server.NOT_DONE_YET
+
+
+async def _serve(request: server.Request, handler: _Handler) -> None:
+    gone = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+    try:
+        status, obj = await handler(request)
+    except ApprovalError as exc:
+        status = exc.status if isinstance(exc.status, int) and 400 <= exc.status <= 599 else 500
+        obj = _error(exc.code, exc.message)
+    except defer.CancelledError:
+        if gone:  # the long-poll was withdrawn because the client left: nobody to answer
+            return
+        _log_internal(request, Failure())
+        status, obj = 500, {"error": "internal"}
+    except Exception:
+        _log_internal(request, Failure())
+        status, obj = 500, {"error": "internal"}
+    if gone:
+        return
+    request.write(_set_json(request, status, obj))
+    request.finish()
+
+
+def _log_internal(request: server.Request, failure: Failure) -> None:
+    logs.event(log, logging.ERROR, "approval.http.internal_error",
+               method=_text(request.method), path=_text(request.path),
+               error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
+               traceback=failure.getTraceback())
+
+
+def _read_body(request: server.Request) -> bytes:
+    limit = _site_max_body(request)
+    request.content.seek(0)
+    # ApiRequest already capped it; read one more octet so another Request class can't slip by.
+    data = request.content.read(limit + 1)
+    if len(data) > limit:
+        raise ApprovalError(413, "too_large", f"request body over {limit} octets")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(data: bytes) -> dict:
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _bad_request("the body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad_request("the body must be a JSON object")
+    return obj
+
+
+def _string(body: dict, key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise _bad_request(f"{key} must be a string")
+    return value
+
+
+def _subscription(body: dict, *, required: bool) -> dict | None:
+    if required and "push_subscription" not in body:
+        raise _bad_request("push_subscription is required (null for none)")
+    value = body.get("push_subscription")
+    if value is not None and not isinstance(value, dict):
+        raise _bad_request("push_subscription must be an object or null")
+    return value
+
+
+class ApprovalApi:
+    """The handlers of the five endpoints, bound to one `ApprovalService`."""
+
+    def __init__(self, service: Any):
+        self.service = service
+
+    async def info(self, request: server.Request) -> tuple[int, dict]:
+        """``GET /v1/info``: version, VAPID key, server time (no authentication)."""
+        return 200, self.service.info()
+
+    async def enroll(self, request: server.Request) -> tuple[int, dict]:
+        """``POST /v1/enroll``: redeem a one-time link for a device key."""
+        body = _json_object(_read_body(request))
+        fields = {key: _string(body, key) for key in ("token", "public_key", "name", "signature")}
+        subscription = _subscription(body, required=False)  # absent: same as null
+        device = await self.service.enroll(fields["token"], fields["public_key"], fields["name"],
+                                           subscription, fields["signature"])
+        return 201, {"device_id": device.id, "username": device.username,
+                     "vapid_public_key": self.service.info()["vapid_public_key"]}
+
+    async def _device(self, request: server.Request) -> tuple[Any, bytes]:
+        """Authenticate the request's device; returns it and the raw body."""
+        values = []
+        for name in AUTH_HEADERS:
+            raw = request.requestHeaders.getRawHeaders(name.encode("ascii"))  # bytes in, bytes out
+            # Exactly one: with two, which one got signed would be ambiguous.
+            if not raw or len(raw) != 1 or not raw[0]:
+                raise ApprovalError(401, "unauthenticated", f"missing or repeated {name} header")
+            try:
+                values.append(raw[0].decode("ascii"))
+            except UnicodeDecodeError:
+                raise ApprovalError(401, "unauthenticated", f"bad {name} header") from None
+        body = _read_body(request)
+        try:
+            # The signed text has the request target exactly as sent: path and query.
+            path = request.uri.decode("ascii")
+            method = request.method.decode("ascii")
+        except UnicodeDecodeError:
+            raise _bad_request("the request line is not ASCII") from None
+        device_id, timestamp, nonce, signature = values
+        device = await self.service.authenticate(device_id, timestamp, nonce, signature,
+                                                 method, path, body)
+        return device, body
+
+    async def pending(self, request: server.Request) -> tuple[int, dict]:
+        """``GET /v1/device/pending?wait=N``: the open requests; with wait, a long-poll."""
+        device, _ = await self._device(request)
+        wait = _wait_seconds(request)
+        poll = self.service.pending(device, wait)
+        # The client gave up (closed the connection): stop waiting for it.
+        request.notifyFinish().addErrback(lambda _: poll.cancel())
+        requests = await poll
+        return 200, {"requests": requests, "server_time": self.service.info()["server_time"]}
+
+    async def answer(self, request: server.Request) -> tuple[int, dict]:
+        """``POST /v1/device/answer``: a signed approve / deny / fraud."""
+        device, body = await self._device(request)
+        fields = _json_object(body)
+        txid = _string(fields, "txid")
+        decision = _string(fields, "decision")
+        signature = _string(fields, "signature")
+        if decision not in DECISIONS:
+            raise _bad_request(f"decision must be one of {', '.join(DECISIONS)}")
+        # Deliberately not cancelled on disconnect: a half-recorded answer could
+        # leave the waiting login hanging until its timeout.
+        await self.service.answer(device, txid, decision, signature)
+        return 200, {"status": "recorded"}
+
+    async def subscription(self, request: server.Request) -> tuple[int, dict]:
+        """``PUT /v1/device/subscription``: replace (or clear) the Web Push subscription."""
+        device, body = await self._device(request)
+        subscription = _subscription(_json_object(body), required=True)
+        await self.service.set_subscription(device, subscription)
+        return 200, {"status": "updated"}
+
+
+def _wait_seconds(request: server.Request) -> float:
+    values = request.args.get(b"wait")
+    if values is None:
+        return 0.0
+    if len(values) != 1 or not _WAIT.fullmatch(values[0]):
+        raise _bad_request(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
+    wait = float(values[0])
+    if wait > MAX_WAIT:
+        raise _bad_request(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
+    return wait
+
+
+class ApiRoot(resource.Resource):
+    """The site root: ``/v1`` is the API, anything unknown is a JSON 404.
+
+    ``/app`` is not taken: ``putChild(b"app", ...)`` mounts the web authenticator.
+    """
+
+    def __init__(self, api: ApprovalApi):
+        super().__init__()
+        v1 = _Directory()
+        v1.putChild(b"info", Endpoint({b"GET": api.info}))
+        v1.putChild(b"enroll", Endpoint({b"POST": api.enroll}))
+        device = _Directory()
+        device.putChild(b"pending", Endpoint({b"GET": api.pending}))
+        device.putChild(b"answer", Endpoint({b"POST": api.answer}))
+        device.putChild(b"subscription", Endpoint({b"PUT": api.subscription}))
+        v1.putChild(b"device", device)
+        self.putChild(b"v1", v1)
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
+        """Unknown child: 404."""
+        return NotFound()
+
+    def render(self, request: server.Request) -> bytes:
+        """``/`` itself: 404 (nothing lives there)."""
+        return NotFound().render(request)
+
+
+class _Directory(resource.Resource):
+    """An inner path segment (``/v1``, ``/v1/device``): only its children exist."""
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
+        return NotFound()
+
+    def render(self, request: server.Request) -> bytes:
+        return NotFound().render(request)
+
+
+def build_site(service: Any, *, max_body: int, reactor: Any) -> ApiSite:
+    """The approval API as a Site for ``reactor.listenTCP`` / ``listenSSL``.
+
+    ``max_body`` is ``approval.max_body``. ``site.resource`` is the `ApiRoot`;
+    mount the web authenticator with ``site.resource.putChild(b"app", ...)``.
+    """
+    return ApiSite(ApiRoot(ApprovalApi(service)), max_body=max_body, reactor=reactor)

@@ -1,0 +1,86 @@
+"""Builds the daemon from a validated config: the built-in approval service by default."""
+
+from __future__ import annotations
+
+import logging
+
+from twisted.internet import defer, ssl
+
+from pushproxy import logs
+from pushproxy.approval.alerts import Alerter
+from pushproxy.approval.runner import ThreadRunner
+from pushproxy.approval.service import ApprovalService
+from pushproxy.approval.store import SQLiteStore
+from pushproxy.approval.webpush import VapidKeys, WebPushSender
+from pushproxy.config import ApprovalConfig, Config
+from pushproxy.metrics import Counters
+from pushproxy.service import Daemon
+
+log = logging.getLogger("pushproxy.wiring")
+
+
+class ApprovalComponent:
+    """The approval service with its store thread, Web Push sender and HTTP listener."""
+
+    def __init__(self, config: ApprovalConfig, reactor, counters: Counters, *,
+                 insecure_push_endpoints: bool = False):
+        self.config = config
+        self.reactor = reactor
+        self.counters = counters
+        self.insecure_push_endpoints = insecure_push_endpoints
+        self.runner = ThreadRunner(reactor, lambda: SQLiteStore(config.database))
+        self.service = ApprovalService(
+            run=self.runner, reactor=reactor, counters=counters, vapid_public_key="",
+            alerter=Alerter(reactor, counters, webhook=config.alert_webhook,
+                            use_syslog=config.alert_syslog),
+            wallclock=reactor.seconds)
+        self.port = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Open the store, retire transactions of a previous run, load keys, listen."""
+        from pushproxy.approval.api import build_site
+
+        yield self.runner.start()
+        now = self.reactor.seconds()
+        cancelled = yield self.runner("cancel_pending", now)
+        if cancelled:
+            logs.event(log, logging.INFO, "approval.cancelled_stale", count=cancelled)
+        pem = yield self.runner("setting_or_create", "vapid_private_pem",
+                                lambda: VapidKeys.generate().to_pem().decode("ascii"))
+        keys = VapidKeys.from_pem(pem.encode("ascii"))
+        self.service.vapid_public_key = keys.public_key_b64url
+        self.service.sender = WebPushSender(
+            self.reactor, keys, self.config.vapid_subject,
+            allow_insecure_endpoints=self.insecure_push_endpoints)
+        site = build_site(self.service, max_body=self.config.max_body, reactor=self.reactor)
+        host, port = self.config.listen
+        if self.config.tls_cert:
+            with open(self.config.tls_cert, "rb") as cert_file, \
+                    open(self.config.tls_key, "rb") as key_file:
+                cert = ssl.PrivateCertificate.loadPEM(cert_file.read() + key_file.read())
+            self.port = self.reactor.listenSSL(port, site, cert.options(), interface=host)
+        else:
+            self.port = self.reactor.listenTCP(port, site, interface=host)
+        bound = self.port.getHost()
+        logs.event(log, logging.INFO, "approval.listening", address=bound.host, port=bound.port,
+                   public_url=self.config.public_url)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Close the listener, then the store thread."""
+        if self.port is not None:
+            yield self.port.stopListening()
+        self.runner.stop()
+
+
+def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
+                 directory=None, insecure_push_endpoints: bool = False) -> Daemon:
+    """The daemon for ``config`` with the built-in approval service as its provider."""
+    counters = counters or Counters()
+    approval = ApprovalComponent(config.approval, reactor, counters,
+                                 insecure_push_endpoints=insecure_push_endpoints)
+    daemon = Daemon(config, reactor, approval.service, counters=counters, directory=directory)
+    daemon.components.append(approval)
+    return daemon
+
