@@ -66,6 +66,16 @@ def direct_bind_name(template: str, username: str) -> str:
     return template.replace("{username}", username)
 
 
+def group_query(mode: GroupMode, dn: str, username: str, group: str) -> tuple[str, str]:
+    """The base-scope search (base DN, filter) that finds something iff the user is in ``group``."""
+    if mode is GroupMode.AD_NESTED:
+        # Read the user's own entry, matching memberOf through nested groups.
+        return dn, f"(memberOf:{AD_IN_CHAIN}:={escape_filter_chars(group)})"
+    esc = escape_filter_chars(dn)
+    return group, (f"(|(member={esc})(uniqueMember={esc})"
+                   f"(memberUid={escape_filter_chars(username)}))")
+
+
 @dataclass
 class _ServerState:
     server: LdapServer
@@ -228,13 +238,7 @@ class LdapDirectory:
             have = {normalize_dn(g) for g in attrs.get("memberOf", [])}
             return any(normalize_dn(g) in have for g in required)
         for group in required:
-            if mode is GroupMode.AD_NESTED:
-                base, flt = dn, f"(memberOf:{AD_IN_CHAIN}:={escape_filter_chars(group)})"
-            else:
-                esc = escape_filter_chars(dn)
-                base = group
-                flt = (f"(|(member={esc})(uniqueMember={esc})"
-                       f"(memberUid={escape_filter_chars(username)}))")
+            base, flt = group_query(mode, dn, username, group)
             conn.search(base, flt, search_scope=ldap3.BASE, attributes=ldap3.NO_ATTRIBUTES)
             if any(e.get("type") == "searchResEntry" for e in conn.response or []):
                 return True

@@ -203,3 +203,16 @@ def test_most_specific_client_network_wins():
     assert table.match("::ffff:10.1.2.3").name == "narrow"
     assert table.match("192.0.2.1") is None
     assert table.match("not-an-ip") is None
+
+
+def test_drop_log_lines_are_rate_limited_but_every_drop_is_counted(caplog):
+    proto, clock = make()
+    pkt, raw = request()
+    with caplog.at_level("INFO", logger="pushproxy.radius"):
+        for _ in range(50):
+            proto.datagramReceived(raw, ("192.0.2.1", 1812))
+        clock.advance(61)
+        proto.datagramReceived(raw, ("192.0.2.1", 1812))
+    lines = [r.getMessage() for r in caplog.records if "radius.drop" in r.getMessage()]
+    assert proto.counters.get("radius_drops", reason="unknown_client") == 51
+    assert len(lines) == 2 and "suppressed=49" in lines[1]

@@ -69,6 +69,7 @@ class RadiusProtocol(DatagramProtocol):
         self.default_no_device = default_no_device
         self.max_pending = max_pending
         self.receive_buffer = receive_buffer
+        self._drop_log = LogLimiter()
 
     def startProtocol(self) -> None:
         """Enlarge the receive buffer: a login storm arrives in bursts."""
@@ -147,5 +148,31 @@ class RadiusProtocol(DatagramProtocol):
     def _drop(self, reason: DropReason, host: str, client: RadiusClient | None,
               detail: str = "", level: int = logging.INFO) -> None:
         self.counters.inc("radius_drops", reason=reason.value)
+        # Counted always, logged once a minute per source and reason: a flood
+        # of junk must not turn into a flood of log lines.
+        suppressed = self._drop_log.note((reason, host), self.clock.seconds())
+        if suppressed is None:
+            return
         logs.event(log, level, "radius.drop", reason=reason.value, source=host,
-                   client=client.name if client else None, detail=detail or None)
+                   client=client.name if client else None, detail=detail or None,
+                   suppressed=suppressed or None)
+
+
+class LogLimiter:
+    """Lets one log line per key through every ``every`` seconds; counts the rest."""
+
+    def __init__(self, every: float = 60.0, max_keys: int = 10_000):
+        self.every = every
+        self.max_keys = max_keys
+        self._last: dict = {}
+
+    def note(self, key, now: float) -> int | None:
+        """None: stay quiet. A number: log now, this many were suppressed since the last line."""
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self.every:
+            entry[1] += 1
+            return None
+        if len(self._last) >= self.max_keys:
+            self._last.clear()  # thousands of spoofed sources: forget, never grow unbounded
+        self._last[key] = [now, 0]
+        return entry[1] if entry is not None else 0
