@@ -30,16 +30,17 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    """Run the daemon in the foreground until SIGTERM/SIGINT; SIGHUP reloads the config."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
         return 1
-    logs.setup(config.log_level)
-    from twisted.internet import reactor
+    logs.setup(config.log.level, fmt=config.log.format, use_syslog=config.log.syslog)
+    from twisted.internet import reactor, task
 
+    from pushproxy import sdnotify
     from pushproxy.wiring import build_daemon
 
     try:
@@ -54,12 +55,36 @@ def cmd_serve(args) -> int:
         exit_code[0] = 1
         reactor.stop()
 
-    def start():
-        daemon.start().addErrback(failed)
+    def ready(_):
+        # Every listener is bound and the store is open: only now may systemd
+        # (and whatever is ordered after us) send traffic.
+        sdnotify.notify("READY=1\nSTATUS=serving")
+        logs.event(log, logging.INFO, "daemon.ready", config=args.config)
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            task.LoopingCall(sdnotify.notify, "WATCHDOG=1").start(interval)
 
-    reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(daemon.audit.reopen))
+    def reload():
+        sdnotify.notify(sdnotify.reloading_message())
+        try:
+            new = load_config(args.config)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                logs.event(log, logging.ERROR, "reload.refused", problem=problem)
+            logs.event(log, logging.ERROR, "reload.kept_old_config", problems=len(exc.problems))
+        else:
+            for note in daemon.reload(new):
+                logs.event(log, logging.WARNING, "reload.needs_restart", what=note)
+            logs.event(log, logging.INFO, "reload.applied", config=args.config)
+        sdnotify.notify("READY=1\nSTATUS=serving")
+
+    def stopping():
+        sdnotify.notify("STOPPING=1")
+        return daemon.stop()
+
+    reactor.callWhenRunning(lambda: daemon.start().addCallbacks(ready, failed))
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
     reactor.run()
     return exit_code[0]
 

@@ -136,6 +136,23 @@ class ApprovalConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Where operational logs go (the audit trail is separate)."""
+
+    level: str
+    format: str  # text | json
+    syslog: bool
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Process-level settings."""
+
+    stop_grace: float  # seconds pending logins may still finish after SIGTERM
+    metrics_listen: tuple[str, int] | None  # /metrics and /healthz; None: off
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -144,7 +161,8 @@ class Config:
     push: PushConfig
     audit: AuditConfig
     approval: ApprovalConfig
-    log_level: str
+    log: LogConfig
+    daemon: DaemonConfig
     source: str
 
     def timeout_advice(self) -> list[str]:
@@ -180,7 +198,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError([str(exc)]) from None
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
-                     optional=("push", "audit", "log"))
+                     optional=("push", "audit", "log", "daemon"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -188,12 +206,33 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     push = _push(c, root.get("push", {}))
     audit = _audit(c, root.get("audit", {}))
     approval = _approval(c, root.get("approval"))
-    log = c.mapping(root.get("log", {}), "log", optional=("level",)) or {}
-    level = c.choice(log, "level", "log.level", ("debug", "info", "warning", "error"), "info")
+    log = _log(c, root.get("log", {}))
+    daemon = _daemon(c, root.get("daemon", {}))
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
-                  log_level=level, source=source)
+                  log=log, daemon=daemon, source=source)
+
+
+def _log(c: Checker, value) -> LogConfig | None:
+    m = c.mapping(value, "log", optional=("level", "format", "syslog"))
+    if m is None:
+        return None
+    return LogConfig(
+        level=c.choice(m, "level", "log.level", ("debug", "info", "warning", "error"), "info"),
+        format=c.choice(m, "format", "log.format", ("text", "json"), "text"),
+        syslog=c.boolean(m, "syslog", "log.syslog", False))
+
+
+def _daemon(c: Checker, value) -> DaemonConfig | None:
+    m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen"))
+    if m is None:
+        return None
+    metrics = c.host_port(m["metrics_listen"], "daemon.metrics_listen") \
+        if "metrics_listen" in m else None
+    return DaemonConfig(
+        stop_grace=c.number(m, "stop_grace", "daemon.stop_grace", 15, minimum=0, maximum=600),
+        metrics_listen=metrics)
 
 
 def _radius(c: Checker, value) -> RadiusConfig | None:

@@ -196,9 +196,11 @@ class Engine:
     def _finish(self, decision: Decision, req: LoginRequest, started: float,
                 joined: bool) -> Decision:
         """The one place a decision is counted, logged and audited."""
-        latency = (self.clock.seconds() - started) * 1000.0
-        self.counters.inc("decisions", outcome=decision.outcome.value,
+        elapsed = self.clock.seconds() - started
+        latency = elapsed * 1000.0
+        self.counters.inc("decisions", client=req.client_name, outcome=decision.outcome.value,
                           reason=decision.reason.value)
+        self.counters.observe("decision_seconds", elapsed, outcome=decision.outcome.value)
         fields = dict(protocol=req.protocol, user=req.username, client=req.client_name,
                       source=req.source, calling_station=req.calling_station, nas=req.nas,
                       outcome=decision.outcome.value, reason=decision.reason.value,

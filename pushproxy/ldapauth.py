@@ -154,6 +154,8 @@ class LdapDirectory:
                 continue
             with self._lock:
                 state.down_until = 0.0
+            self.counters.observe("ldap_seconds", self.monotonic() - started,
+                                  server=state.server.url)
             return result
         return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
 
@@ -250,6 +252,11 @@ class LdapDirectory:
         conn = conns.get((server.url, role))
         if conn is not None and not conn.closed:
             return conn
+        conn = conns[(server.url, role)] = self._open(server, role)
+        return conn
+
+    def _open(self, server: LdapServer, role: str):
+        """A new connection to ``server``: TCP (+TLS), and the service bind for "search"."""
         srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=self._tls,
                            connect_timeout=self.config.connect_timeout, get_info=ldap3.NONE)
         user = password = None
@@ -267,8 +274,21 @@ class LdapDirectory:
             raise ServerFailed("StartTLS failed")
         if role == "search" and user is not None and not conn.bind():
             raise ServerFailed(f"service account bind failed: {conn.result.get('description')}")
-        conns[(server.url, role)] = conn
         return conn
+
+    def probe(self):
+        """Whether each server answers right now: Deferred of {url: None or the error}."""
+        return threads.deferToThreadPool(self.reactor, self.pool, self._probe_sync)
+
+    def _probe_sync(self) -> dict[str, str | None]:
+        found = {}
+        for state in self._servers:
+            try:
+                self._open(state.server, "search").unbind()
+                found[state.server.url] = None
+            except (ServerFailed, lexc.LDAPException, OSError, ssl.SSLError) as exc:
+                found[state.server.url] = f"{type(exc).__name__}: {exc}"
+        return found
 
     def _conns(self) -> dict:
         """This worker thread's connections, keyed by (server URL, role)."""

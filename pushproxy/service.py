@@ -1,9 +1,14 @@
 """Service wiring: the only place that builds the pieces and touches the reactor.
 
 `Daemon` takes a validated `Config`, a reactor and a push provider, and owns
-the start and stop order: the directory pool and provider before the
-listeners, and on stop the engine first (pending logins are rejected and
-answered) before the listeners close.
+the life cycle:
+
+- start: components (approval service, metrics), the directory pool, then the
+  RADIUS listeners;
+- reload: a new validated config is applied in place (clients and secrets,
+  LDAP settings, push policy, audit path) while pending logins carry on;
+- stop: new requests are refused, pending logins get ``daemon.stop_grace``
+  seconds to finish, the rest are rejected and answered, then everything closes.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, task, threads
 
 from pushproxy import logs
 from pushproxy.audit import AuditLog
@@ -25,6 +30,8 @@ from pushproxy.radius.retransmit import RetransmitTable
 from pushproxy.radius.server import ClientTable, RadiusProtocol
 
 log = logging.getLogger("pushproxy.service")
+
+POLL = 0.05  # seconds between checks while draining pending logins
 
 
 class Daemon:
@@ -43,16 +50,20 @@ class Daemon:
                              wallclock=wallclock)
         self.table = RetransmitTable(hold=config.radius.reply_cache_seconds)
         self.dictionary = codec.load_dictionary()
+        self.clients = ClientTable(config.radius.clients)
+        self.protocols: list[RadiusProtocol] = []
         self.ports = []
         self.components = []  # started before and stopped after the listeners
 
     def protocol(self) -> RadiusProtocol:
         """A RADIUS protocol instance sharing this daemon's state."""
-        return RadiusProtocol(
-            clients=ClientTable(self.config.radius.clients), engine=self.engine,
+        proto = RadiusProtocol(
+            clients=self.clients, engine=self.engine,
             dictionary=self.dictionary, table=self.table, clock=self.reactor,
             counters=self.counters, default_no_device=self.config.push.no_device,
             receive_buffer=self.config.radius.receive_buffer)
+        self.protocols.append(proto)
+        return proto
 
     @defer.inlineCallbacks
     def start(self):
@@ -67,15 +78,78 @@ class Daemon:
             bound = listening.getHost()
             logs.event(log, logging.INFO, "radius.listening", address=bound.host, port=bound.port)
 
+    def reload(self, new: Config) -> list[str]:
+        """Apply ``new`` in place; returns what still needs a restart to take effect."""
+        old = self.config
+        restart = [f"{section} changed: restart to apply" for section, a, b in (
+            ("radius.listen", old.radius.listen, new.radius.listen),
+            ("approval", old.approval, new.approval),
+            ("daemon.metrics_listen", old.daemon.metrics_listen, new.daemon.metrics_listen),
+            ("log.format/log.syslog", (old.log.format, old.log.syslog),
+             (new.log.format, new.log.syslog))) if a != b]
+        self.clients = ClientTable(new.radius.clients)
+        for proto in self.protocols:
+            proto.clients = self.clients
+            proto.default_no_device = new.push.no_device
+        self.table.hold = new.radius.reply_cache_seconds
+        if new.ldap != old.ldap and isinstance(self.directory, LdapDirectory):
+            retired, self.directory = self.directory, LdapDirectory(new.ldap, self.reactor,
+                                                                    self.counters)
+            self.directory.start()
+            self.engine.directory = self.directory
+            # Logins already talking to the old directory finish there; its
+            # threads are joined off the reactor thread.
+            threads.deferToThread(retired.stop)
+        self.engine.push = new.push
+        self.audit.path = new.audit.path
+        self.audit.reopen()  # also the log-rotation hook
+        logging.getLogger().setLevel(new.log.level.upper())
+        self.config = new
+        return restart
+
+    def health(self) -> defer.Deferred:
+        """Whether the directory (any server) and the store answer now, with details."""
+        return defer.ensureDeferred(self._health())
+
+    async def _health(self) -> dict:
+        servers = await self.directory.probe() if hasattr(self.directory, "probe") else {}
+        directory_ok = any(error is None for error in servers.values())
+        store = {"ok": True}
+        run = getattr(self.provider, "run", None)
+        if run is not None:
+            try:
+                await run("setting", "health-check")
+            except Exception as exc:  # any store failure means unhealthy, with the reason
+                store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"healthy": directory_ok and store["ok"],
+                "directory": {"ok": directory_ok,
+                              "servers": {url: err or "ok" for url, err in servers.items()}},
+                "store": store, "pending_logins": self.engine.pending}
+
     @defer.inlineCallbacks
     def stop(self):
-        """Reject and answer pending logins, then close listeners, components and pools."""
-        self.engine.stop()
+        """Refuse new requests, let pending logins finish within the grace, reject the rest."""
+        for proto in self.protocols:
+            proto.accepting = False
+        grace = self.config.daemon.stop_grace
+        if self.engine.pending:
+            logs.event(log, logging.INFO, "daemon.draining", pending=self.engine.pending,
+                       grace_s=grace)
+        yield self._drain(grace)
+        self.engine.stop()  # withdraws pushes: those logins are rejected and answered now
+        # Logins still in the directory stage end as soon as their bind returns.
+        yield self._drain(self.config.ldap.connect_timeout + self.config.ldap.response_timeout)
         for port in self.ports:
             yield port.stopListening()
         self.ports = []
         for component in reversed(self.components):
             yield component.stop()
         if hasattr(self.directory, "stop"):
-            self.directory.stop()
+            yield threads.deferToThread(self.directory.stop)
         self.audit.close()
+
+    @defer.inlineCallbacks
+    def _drain(self, limit: float):
+        deadline = self.reactor.seconds() + limit
+        while self.engine.pending and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, POLL, lambda: None)

@@ -74,6 +74,37 @@ class ApprovalComponent:
         self.runner.stop()
 
 
+class MetricsComponent:
+    """The admin listener: /metrics (Prometheus) and /healthz."""
+
+    def __init__(self, listen: tuple[str, int], daemon: Daemon, approval: ApprovalComponent):
+        self.listen = listen
+        self.daemon = daemon
+        self.approval = approval
+        self.port = None
+
+    def start(self):
+        """Listen; the gauges read live state at scrape time."""
+        from pushproxy import metrics_http
+
+        gauges = {
+            "pending_logins": ("Logins waiting for a decision", lambda: self.daemon.engine.pending),
+            "pending_approvals": ("Approval requests waiting for a device answer",
+                                  lambda: self.approval.service.waiting),
+        }
+        site = metrics_http.build_site(self.daemon.counters, gauges, self.daemon.health,
+                                       self.daemon.reactor)
+        host, port = self.listen
+        self.port = self.daemon.reactor.listenTCP(port, site, interface=host)
+        bound = self.port.getHost()
+        logs.event(log, logging.INFO, "metrics.listening", address=bound.host, port=bound.port)
+        return defer.succeed(None)
+
+    def stop(self):
+        """Close the listener."""
+        return self.port.stopListening() if self.port is not None else defer.succeed(None)
+
+
 def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
                  directory=None, insecure_push_endpoints: bool = False) -> Daemon:
     """The daemon for ``config`` with the built-in approval service as its provider."""
@@ -82,5 +113,8 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
                                  insecure_push_endpoints=insecure_push_endpoints)
     daemon = Daemon(config, reactor, approval.service, counters=counters, directory=directory)
     daemon.components.append(approval)
+    if config.daemon.metrics_listen:
+        daemon.components.append(MetricsComponent(config.daemon.metrics_listen, daemon,
+                                                  approval))
     return daemon
 

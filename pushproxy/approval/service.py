@@ -88,6 +88,11 @@ class ApprovalService:
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
 
+    @property
+    def waiting(self) -> int:
+        """Approval requests waiting for a device's answer."""
+        return len(self._waiting)
+
     # -- provider side (the engine) --
 
     def request_approval(self, request: ApprovalRequest) -> Deferred[PushResult]:

@@ -39,6 +39,7 @@ class DropReason(enum.Enum):
     BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
     RETRANSMIT_IN_FLIGHT = "retransmit_in_flight"
     OVERLOADED = "overloaded"
+    SHUTTING_DOWN = "shutting_down"
 
 
 class DropPacket(Exception):

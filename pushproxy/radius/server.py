@@ -70,6 +70,7 @@ class RadiusProtocol(DatagramProtocol):
         self.max_pending = max_pending
         self.receive_buffer = receive_buffer
         self._drop_log = LogLimiter()
+        self.accepting = True
 
     def startProtocol(self) -> None:
         """Enlarge the receive buffer: a login storm arrives in bursts."""
@@ -101,6 +102,11 @@ class RadiusProtocol(DatagramProtocol):
             self.counters.inc("radius_retransmits", client=client.name, state="in_flight")
             return self._drop(DropReason.RETRANSMIT_IN_FLIGHT, host, client,
                               level=logging.DEBUG)
+        if not self.accepting:
+            # Stopping: answered retransmits above still get their reply, but
+            # nothing new starts (the NAS fails over to another server).
+            self.table.abandon(key)
+            return self._drop(DropReason.SHUTTING_DOWN, host, client)
         try:
             request = codec.decode_request(
                 data, client.secret, self.dictionary,

@@ -15,7 +15,7 @@ SECRET = "integration-secret-0123"
 
 
 def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extra="", clients=None,
-                 approval=None) -> Path:
+                 approval=None, stop_grace=1) -> Path:
     """A config.yaml for a daemon on 127.0.0.1 (free port) using the test slapd."""
     (tmp / "radius.secret").write_text(SECRET + "\n")
     (tmp / "ldap.secret").write_text(slapd.service_password + "\n")
@@ -50,6 +50,8 @@ def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extr
         {push}
         audit:
           path: audit.jsonl
+        daemon:
+          stop_grace: {stop_grace}
         {approval}
     """).format(clients=textwrap.indent(clients, "    "),
                 servers="[" + ", ".join(f'"{s}"' for s in servers) + "]",
@@ -57,7 +59,7 @@ def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extr
                 group=slapd.group_dn("vpn-users"),
                 ldap_extra=textwrap.indent(textwrap.dedent(ldap_extra), "  "),
                 push=textwrap.indent(textwrap.dedent(push), "  "),
-                approval=textwrap.dedent(approval))
+                approval=textwrap.dedent(approval), stop_grace=stop_grace)
     path = tmp / "config.yaml"
     path.write_text(text)
     return path

@@ -281,7 +281,7 @@ def test_tls_with_the_wrong_ca_is_refused(run, slapd, tmp_path):
                              ldap_extra=f"ca_file: {other / 'ca.pem'}\n")
     result = yield radclient(addr, SECRET, login_attrs())
     assert result.code == "Access-Reject"
-    assert daemon.counters.get("decisions", outcome="reject",
+    assert daemon.counters.get("decisions", client="test-nas", outcome="reject",
                                reason="directory_unavailable") == 1
 
 

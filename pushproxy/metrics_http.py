@@ -1,0 +1,150 @@
+"""The admin HTTP listener: Prometheus metrics at /metrics and health at /healthz.
+
+Metrics are rendered at scrape time from the daemon's `Counters` by a
+prometheus-client collector, so the hot path only bumps plain counters. The
+health check asks the directory and the store right now (cached for a second,
+so a scraper cannot turn it into load) and answers 200 or 503 with JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable
+
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from pushproxy.metrics import Counters
+
+log = logging.getLogger("pushproxy.metrics")
+
+HELP = {
+    "radius_requests": "RADIUS requests accepted for processing, by client",
+    "radius_drops": "Datagrams dropped without an answer, by reason",
+    "radius_retransmits": "Retransmitted requests, by client and state (in_flight: dropped; "
+                          "answered: cached reply resent)",
+    "radius_replies": "RADIUS replies sent",
+    "decisions": "Login decisions, by client, outcome and reason",
+    "logins_joined": "Logins that joined an identical pending login",
+    "pushes_requested": "Push approvals requested",
+    "pushes_joined": "Logins that joined a pending push",
+    "push_provider_errors": "Push requests the provider could not take",
+    "push_deliveries": "Web Push deliveries, by outcome",
+    "ldap_user_binds": "LDAP binds as a user",
+    "ldap_server_errors": "LDAP server failures, by server",
+    "ldap_busy": "Logins refused because the LDAP queue was full",
+    "audit_events": "Audit events written",
+    "audit_write_errors": "Audit events that could not be written",
+    "approval_transactions": "Approval transactions opened",
+    "answers": "Device answers, by outcome",
+    "enrollments": "Device enrollments, by outcome",
+    "device_auth_failures": "Device requests refused (signature, time window, replay)",
+    "alerts": "Alerts raised, by kind",
+    "alert_webhooks": "Alert webhook posts, by outcome",
+    "internal_errors": "Unexpected errors (bugs); each is logged with a traceback",
+    "decision_seconds": "Time from request to decision, by outcome",
+    "ldap_seconds": "Time of one LDAP conversation (search + bind + groups), by server",
+}
+
+
+class CountersCollector:
+    """Renders `Counters` and live gauges for prometheus-client."""
+
+    def __init__(self, counters: Counters, gauges: dict[str, tuple[str, Callable[[], float]]]):
+        self.counters = counters
+        self.gauges = gauges
+
+    def collect(self):
+        """Called by prometheus-client at every scrape."""
+        families: dict[str, CounterMetricFamily] = {}
+        for name, labels, value in self.counters.counters():
+            family = families.get(name)
+            if family is None:
+                family = families[name] = CounterMetricFamily(
+                    f"pushproxy_{name}", HELP.get(name, name), labels=sorted(labels))
+            family.add_metric([labels[k] for k in sorted(labels)], value)
+        yield from families.values()
+        hist_families: dict[str, HistogramMetricFamily] = {}
+        for name, labels, hist in self.counters.histograms():
+            family = hist_families.get(name)
+            if family is None:
+                family = hist_families[name] = HistogramMetricFamily(
+                    f"pushproxy_{name}", HELP.get(name, name), labels=sorted(labels))
+            family.add_metric([labels[k] for k in sorted(labels)], hist.cumulative(), hist.sum)
+        yield from hist_families.values()
+        for name, (doc, read) in self.gauges.items():
+            gauge = GaugeMetricFamily(f"pushproxy_{name}", doc)
+            gauge.add_metric([], read())
+            yield gauge
+
+
+class MetricsResource(resource.Resource):
+    """GET /metrics: the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry):
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.registry)
+
+
+class HealthResource(resource.Resource):
+    """GET /healthz: 200 when the directory and the store answer, else 503; JSON details."""
+
+    isLeaf = True
+
+    def __init__(self, check: Callable[[], defer.Deferred], clock, cache_seconds: float = 1.0):
+        super().__init__()
+        self.check = check
+        self.clock = clock
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, dict] | None = None
+
+    def _result(self) -> defer.Deferred:
+        now = self.clock.seconds()
+        if self._cached and now - self._cached[0] < self.cache_seconds:
+            return defer.succeed(self._cached[1])
+
+        def keep(result):
+            self._cached = (self.clock.seconds(), result)
+            return result
+
+        return self.check().addCallback(keep)
+
+    def render_GET(self, request):
+        def answer(result):
+            request.setResponseCode(200 if result.get("healthy") else 503)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.write(json.dumps(result, sort_keys=True).encode("utf-8") + b"\n")
+            request.finish()
+
+        def failed(failure):
+            log.error("health.check_failed %s", failure.getTraceback())
+            answer({"healthy": False, "error": "health check failed"})
+
+        self._result().addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+
+def build_site(counters: Counters, gauges: dict, health: Callable[[], defer.Deferred],
+               clock) -> server.Site:
+    """The admin site: /metrics and /healthz."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CountersCollector(counters, gauges))
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"healthz", HealthResource(health, clock))
+    site = server.Site(root)
+    site.noisy = False
+    site.log = lambda request: None  # scrapes every few seconds: no access log
+    return site
