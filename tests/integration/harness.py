@@ -99,3 +99,61 @@ class SilentServer:
 
     def close(self):
         self.sock.close()
+
+
+class ServeProcess:
+    """`pushproxy serve` as a child process; its stderr is read without ever blocking forever."""
+
+    def __init__(self, config_path: Path, env: dict | None = None):
+        import os
+        import subprocess
+        import sys
+
+        self.lines: list[str] = []
+        self._buffer = b""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pushproxy.cli", "serve", "--config", str(config_path)],
+            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+
+    def _read(self, timeout: float) -> bool:
+        import os
+        import select
+
+        ready, _, _ = select.select([self.proc.stderr], [], [], max(timeout, 0))
+        if not ready:
+            return False
+        chunk = os.read(self.proc.stderr.fileno(), 65536)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        *complete, self._buffer = self._buffer.split(b"\n")
+        self.lines.extend(line.decode("utf-8", "replace") for line in complete)
+        return True
+
+    def wait_for(self, needle: str, deadline: float = 15.0, start: int = 0) -> str:
+        """Wait until a log line (from index ``start`` on) contains ``needle``; return it."""
+        import time
+
+        end = time.monotonic() + deadline
+        while True:
+            for line in self.lines[start:]:
+                if needle in line:
+                    return line
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            if not self._read(min(remaining, 0.5)) and self.proc.poll() is not None:
+                break
+        raise AssertionError(f"{needle!r} not logged; got:\n" + "\n".join(self.lines))
+
+    def output(self) -> str:
+        """Everything logged so far (reads what is waiting)."""
+        while self._read(0.05):
+            pass
+        return "\n".join(self.lines)
+
+    def close(self) -> None:
+        """Kill the process if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
