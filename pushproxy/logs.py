@@ -17,6 +17,7 @@ import time
 
 from twisted.logger import globalLogBeginner, STDLibLogObserver
 
+_twisted_routed = False
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@[]+=,")
 
 
@@ -93,5 +94,8 @@ def setup(level: str = "info", stream=None, *, fmt: str = "text",
     root.setLevel(level.upper())
     if use_syslog and len(handlers) == 1:
         root.warning("log.syslog_unavailable path=/dev/log")
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")],
-                                     redirectStandardIO=False)
+    global _twisted_routed
+    if not _twisted_routed:  # Twisted allows choosing its log target once per process
+        _twisted_routed = True
+        globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")],
+                                         redirectStandardIO=False)

@@ -1,0 +1,76 @@
+"""Counters, histograms, the Prometheus rendering and the log formats."""
+
+import io
+import json
+import logging
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pushproxy import logs, sdnotify
+from pushproxy.metrics import Counters
+from pushproxy.metrics_http import CountersCollector
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+
+def test_histogram_buckets_are_cumulative_and_end_with_inf():
+    c = Counters()
+    for value in (0.0005, 0.003, 0.003, 7.0, 500.0):
+        c.observe("decision_seconds", value, outcome="accept")
+    h = c.histogram("decision_seconds", outcome="accept")
+    pairs = dict(h.cumulative())
+    assert pairs["0.001"] == 1 and pairs["0.005"] == 3 and pairs["10.0"] == 4
+    assert pairs["+Inf"] == 5 == h.count
+    assert abs(h.sum - 507.0065) < 1e-9
+
+
+def test_prometheus_exposition_parses_with_labels_histograms_and_gauges():
+    c = Counters()
+    c.inc("decisions", client="vpn", outcome="reject", reason="bad_credentials")
+    c.inc("decisions", client="vpn", outcome="reject", reason="bad_credentials")
+    c.inc("radius_drops", reason="unknown_client")
+    c.observe("ldap_seconds", 0.004, server="ldap://a")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CountersCollector(c, {"pending_logins": ("doc", lambda: 7)}))
+    families = {f.name: f for f in text_string_to_metric_families(
+        generate_latest(registry).decode())}
+    (sample,) = [s for s in families["pushproxy_decisions"].samples if s.name.endswith("_total")]
+    assert sample.labels == {"client": "vpn", "outcome": "reject", "reason": "bad_credentials"}
+    assert sample.value == 2
+    ldap = {s.name: s.value for s in families["pushproxy_ldap_seconds"].samples
+            if s.labels.get("le") in (None, "+Inf")}
+    assert ldap["pushproxy_ldap_seconds_count"] == 1
+    assert families["pushproxy_pending_logins"].samples[0].value == 7
+
+
+def _capture(fmt):
+    stream = io.StringIO()
+    logs.setup("info", stream, fmt=fmt)
+    logs.event(logging.getLogger("pushproxy.test"), logging.INFO, "login.decision",
+               user='eve" injected=1\nsecond line', outcome="reject", latency_ms=1.5, txid=None)
+    return stream.getvalue()
+
+
+def test_text_log_lines_cannot_be_forged_by_hostile_values():
+    out = _capture("text")
+    assert out.count("\n") == 1
+    assert 'user="eve\\" injected=1\\nsecond line"' in out
+    assert "txid" not in out
+
+
+def test_json_log_lines_carry_the_event_and_fields():
+    record = json.loads(_capture("json"))
+    assert record["event"] == "login.decision" and record["outcome"] == "reject"
+    assert record["user"] == 'eve" injected=1\nsecond line' and record["latency_ms"] == 1.5
+
+
+def test_sdnotify_is_silent_without_a_socket_and_sends_to_abstract_ones():
+    assert sdnotify.notify("READY=1", env={}) is False
+    import socket
+    name = "pushproxy-test-notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        assert sdnotify.notify("READY=1", env={"NOTIFY_SOCKET": "@" + name})
+        assert s.recv(100) == b"READY=1"
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
