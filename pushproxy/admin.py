@@ -1,23 +1,30 @@
-"""Admin commands on the approval store: ``enroll``, ``devices list``, ``devices revoke``.
+"""Admin commands on the approval store: ``enroll``, ``devices list``, ``devices revoke``,
+``bypass``, ``unlock``, ``locks``.
 
 They open the same SQLite database as the daemon (WAL mode, busy timeout), so
-they work while the daemon is serving logins; the daemon reads devices from
-the store for every login, so a revocation takes effect on the next login.
+they work while the daemon is serving logins; the daemon reads devices, bypass
+codes and fraud locks from the store for every login, so a change takes effect
+on the next login. (A denial pause is the daemon's own memory: ``unlock`` ends
+the fraud lock at once, a denial pause only when it runs out.)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 import segno
 
+from pushproxy import passcodes
 from pushproxy.approval.service import new_enrollment
 from pushproxy.approval.store import SQLiteStore, StoreError
 from pushproxy.audit import utc_stamp
 from pushproxy.config import ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/pushproxy/config.yaml"
+BYPASS_TTL = 7 * 86400.0
+MAX_BYPASS_CODES = 100  # each is hashed with scrypt: tens of milliseconds apiece
 
 
 def _store(args):
@@ -93,8 +100,98 @@ def cmd_devices_revoke(args) -> int:
     return 0
 
 
+def cmd_bypass(args) -> int:
+    """Issue one-time bypass codes for a user; printed once, stored only hashed."""
+    config, store = _store(args)
+    if store is None:
+        return 1
+    codes = [passcodes.new_bypass_code() for _ in range(args.count)]
+    hashes = [passcodes.hash_bypass_code(code) for code in codes]  # slow: before the lock
+    now = time.time()
+    try:
+        store.add_bypass_codes(args.user, hashes, now, now + args.ttl, replace=args.replace)
+        remaining = len(store.bypass_candidates(args.user, now)) - len(codes)
+    except StoreError as exc:
+        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"Bypass codes for {args.user}, each works once, valid until "
+          f"{utc_stamp(now + args.ttl)}; type one after the password (password,CODE).")
+    print("They are shown only now: the server keeps only their hashes.")
+    for code in codes:
+        print(f"  {code}")
+    if remaining > 0:
+        print(f"{remaining} earlier code(s) stay valid (--replace revokes them).")
+    return 0
+
+
+def cmd_unlock(args) -> int:
+    """Lift a fraud lock: pushes to the user resume on the next login."""
+    config, store = _store(args)
+    if store is None:
+        return 1
+    try:
+        lock = store.user_lock(args.user)
+        unlocked = store.unlock_user(args.user)
+    except StoreError as exc:
+        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if not unlocked:
+        print(f"{args.user} is not locked", file=sys.stderr)
+        return 1
+    since = f" (locked {utc_stamp(lock.locked_at)}: {lock.reason})" if lock else ""
+    print(f"unlocked {args.user}{since}")
+    return 0
+
+
+def cmd_locks(args) -> int:
+    """List users whose pushes are locked after a fraud report."""
+    config, store = _store(args)
+    if store is None:
+        return 1
+    try:
+        locks = store.locked_users()
+    except StoreError as exc:
+        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if not locks:
+        print("no locked users")
+        return 0
+    print(f"{'USER':16} {'LOCKED':24} {'TXID':24} REASON")
+    for lock in locks:
+        print(f"{lock.username:16} {utc_stamp(lock.locked_at):24} {lock.txid or '-':24} "
+              f"{lock.reason}")
+    return 0
+
+
+def _bypass_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number") from None
+    if not 1 <= value <= MAX_BYPASS_CODES:
+        raise argparse.ArgumentTypeError(f"from 1 to {MAX_BYPASS_CODES}")
+    return value
+
+
+def _ttl(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("a positive number of seconds")
+    return value
+
+
 def add_parsers(sub) -> None:
-    """Register ``enroll`` and ``devices`` on the CLI's subparsers."""
+    """Register ``enroll``, ``devices``, ``bypass``, ``unlock`` and ``locks`` on the CLI's
+    subparsers."""
     p = sub.add_parser("enroll", help="create a one-time enrollment link (and QR code) for a user")
     p.add_argument("user")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
@@ -114,3 +211,20 @@ def add_parsers(sub) -> None:
     p.add_argument("device_id")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_devices_revoke)
+    p = sub.add_parser("bypass", help="issue one-time bypass codes for a user (shown once)")
+    p.add_argument("user")
+    p.add_argument("--count", "-n", type=_bypass_count, default=5,
+                   help="how many codes (default %(default)s)")
+    p.add_argument("--ttl", type=_ttl, default=BYPASS_TTL,
+                   help="seconds the codes stay valid (default %(default)g, 7 days)")
+    p.add_argument("--replace", action="store_true",
+                   help="delete the user's earlier codes first")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
+    p.set_defaults(func=cmd_bypass)
+    p = sub.add_parser("unlock", help="lift the push lock a fraud report put on a user")
+    p.add_argument("user")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
+    p.set_defaults(func=cmd_unlock)
+    p = sub.add_parser("locks", help="list users locked after a fraud report")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
+    p.set_defaults(func=cmd_locks)

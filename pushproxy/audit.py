@@ -30,8 +30,9 @@ class AuditEvent:
     source: str  # address the request came from
     calling_station: str | None
     nas: str | None
-    outcome: str  # accept | reject
+    outcome: str  # accept | reject | challenge
     reason: str
+    rule: str | None  # the policy rule that decided, if one did
     latency_ms: float
     txid: str | None
     device: str | None

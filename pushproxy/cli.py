@@ -107,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     radtest.add_parser(sub)
     authenticator.add_parser(sub)
-    from pushproxy import admin
+    from pushproxy import admin, connectivity, policy
 
     admin.add_parsers(sub)
+    policy.add_parser(sub)
+    connectivity.add_parser(sub)
     return parser
 
 

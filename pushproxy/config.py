@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from pushproxy import yamlsource
 from pushproxy.checker import Checker
+from pushproxy.fatigue import FatigueLimits
+from pushproxy.policy import Policy, Verification, parse_policy
 
 
 class ConfigError(Exception):
@@ -59,6 +61,7 @@ class RadiusClient:
     secret: bytes
     require_message_authenticator: bool
     no_device: NoDeviceMode | None  # None: follow push.no_device
+    verification: "Verification | None" = None  # None: the policy decides
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class PushConfig:
     timeout: float
     failmode: FailMode
     no_device: NoDeviceMode
+    passcode_delimiter: str = ","  # "password,123456"; empty: no suffix parsing
+    limits: FatigueLimits = FatigueLimits()
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ class Config:
     approval: ApprovalConfig
     log: LogConfig
     daemon: DaemonConfig
+    policy: Policy
     source: str
 
     def timeout_advice(self) -> list[str]:
@@ -198,7 +204,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError([str(exc)]) from None
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
-                     optional=("push", "audit", "log", "daemon"))
+                     optional=("push", "audit", "log", "daemon", "policy"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -208,10 +214,12 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     approval = _approval(c, root.get("approval"))
     log = _log(c, root.get("log", {}))
     daemon = _daemon(c, root.get("daemon", {}))
+    policy = parse_policy(c, root.get("policy"), "policy",
+                          client_names={cl.name for cl in radius.clients} if radius else None)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
-                  log=log, daemon=daemon, source=source)
+                  log=log, daemon=daemon, policy=policy, source=source)
 
 
 def _log(c: Checker, value) -> LogConfig | None:
@@ -269,7 +277,7 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
 def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     m = c.mapping(value, path, required=("name", "address"),
                   optional=("secret_file", "secret_env", "require_message_authenticator",
-                            "no_device"),
+                            "no_device", "verification"),
                   secret_keys=("secret",))
     if m is None:
         return None
@@ -284,10 +292,15 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     if "no_device" in m:
         no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
                                           [e.value for e in NoDeviceMode], "reject"))
+    verification = None
+    if "verification" in m:
+        verification = Verification(c.choice(m, "verification", f"{path}.verification",
+                                             [v.value for v in Verification], "none"))
     if name is None or network is None or secret is None:
         return None
     return RadiusClient(name=name, network=network, secret=secret.encode("utf-8"),
-                        require_message_authenticator=mauth, no_device=no_device)
+                        require_message_authenticator=mauth, no_device=no_device,
+                        verification=verification)
 
 
 def _ldap(c: Checker, value) -> LdapConfig | None:
@@ -369,15 +382,44 @@ def _ldap_url(c: Checker, value, path: str) -> LdapServer | None:
 
 
 def _push(c: Checker, value) -> PushConfig | None:
-    m = c.mapping(value, "push", optional=("timeout", "failmode", "no_device"))
+    m = c.mapping(value, "push", optional=("timeout", "failmode", "no_device",
+                                           "passcode_delimiter", "limits"))
     if m is None:
         return None
+    delimiter = m.get("passcode_delimiter", ",")
+    if not isinstance(delimiter, str) or len(delimiter) > 1 or delimiter.isalnum():
+        c.problem("push.passcode_delimiter", "must be one non-alphanumeric character, "
+                                             "or \"\" to turn passcode suffixes off")
+        delimiter = ","
     return PushConfig(
         timeout=c.number(m, "timeout", "push.timeout", 60, minimum=5, maximum=600),
         failmode=FailMode(c.choice(m, "failmode", "push.failmode",
                                    [e.value for e in FailMode], "secure")),
         no_device=NoDeviceMode(c.choice(m, "no_device", "push.no_device",
                                         [e.value for e in NoDeviceMode], "reject")),
+        passcode_delimiter=delimiter,
+        limits=_limits(c, m.get("limits", {})),
+    )
+
+
+def _limits(c: Checker, value) -> FatigueLimits:
+    m = c.mapping(value, "push.limits", optional=("max_pending", "max_pushes", "window",
+                                                  "max_denials", "denial_window", "pause"))
+    if m is None:
+        return FatigueLimits()
+    d = FatigueLimits()
+    return FatigueLimits(
+        max_pending=c.number(m, "max_pending", "push.limits.max_pending", d.max_pending,
+                             minimum=1, maximum=100, integer=True),
+        max_pushes=c.number(m, "max_pushes", "push.limits.max_pushes", d.max_pushes,
+                            minimum=1, maximum=1000, integer=True),
+        window=c.number(m, "window", "push.limits.window", d.window, minimum=1,
+                        maximum=86400),
+        max_denials=c.number(m, "max_denials", "push.limits.max_denials", d.max_denials,
+                             minimum=1, maximum=1000, integer=True),
+        denial_window=c.number(m, "denial_window", "push.limits.denial_window",
+                               d.denial_window, minimum=1, maximum=86400),
+        pause=c.number(m, "pause", "push.limits.pause", d.pause, minimum=1, maximum=86400),
     )
 
 

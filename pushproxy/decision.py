@@ -19,6 +19,7 @@ class Outcome(enum.Enum):
 
     ACCEPT = "accept"
     REJECT = "reject"
+    CHALLENGE = "challenge"  # Access-Challenge: the login continues with a second request
 
 
 class Reason(enum.Enum):
@@ -43,10 +44,28 @@ class Reason(enum.Enum):
     DIRECTORY_BUSY = "directory_busy"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
+    POLICY_ALLOW = "policy_allow"
+    POLICY_DENY = "policy_deny"
+    REMEMBERED = "remembered_login"
+    PASSCODE_TOTP = "passcode_totp"
+    PASSCODE_BYPASS = "passcode_bypass"
+    BAD_PASSCODE = "bad_passcode"
+    USER_LOCKED = "user_locked_after_fraud_report"
+    PUSHES_PAUSED = "pushes_paused_after_denials"
+    TOO_MANY_PENDING = "too_many_pending_pushes"
+    RATE_LIMITED = "push_rate_limited"
+    CHALLENGE_SENT = "challenge_sent"
+    CHALLENGE_INVALID = "challenge_state_invalid"
+    NUMBER_MISMATCH = "number_mismatch"
+    WRONG_LOGIN_CODE = "wrong_login_code"
 
 
 ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,
-                            Reason.NO_DEVICE_ALLOWED})
+                            Reason.NO_DEVICE_ALLOWED, Reason.POLICY_ALLOW, Reason.REMEMBERED,
+                            Reason.PASSCODE_TOTP, Reason.PASSCODE_BYPASS})
+# Reasons that count as the user saying no (MFA-fatigue accounting).
+DENIAL_REASONS = frozenset({Reason.PUSH_DENIED, Reason.PUSH_FRAUD, Reason.NUMBER_MISMATCH,
+                            Reason.WRONG_LOGIN_CODE})
 
 
 class PrimaryStatus(enum.Enum):
@@ -69,6 +88,7 @@ class PrimaryResult:
     dn: str | None = None
     server: str | None = None
     detail: str = ""
+    groups: frozenset[str] = frozenset()  # normalized DNs of the groups asked about that hold the user
 
 
 class PushStatus(enum.Enum):
@@ -77,6 +97,7 @@ class PushStatus(enum.Enum):
     APPROVED = "approved"
     DENIED = "denied"
     FRAUD = "fraud"  # denied and reported as "this wasn't me"
+    NUMBER_MISMATCH = "number_mismatch"  # number matching: the user typed another number
     NO_DEVICE = "no_device"
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
@@ -90,6 +111,7 @@ class PushResult:
     txid: str | None = None
     device: str | None = None
     detail: str = ""
+    code: str | None = None  # code_to_login: what the device showed after approval
 
 
 @dataclass(frozen=True)
@@ -100,13 +122,17 @@ class Decision:
     reason: Reason
     txid: str | None = None
     device: str | None = None
+    rule: str | None = None  # the policy rule that decided, if one did
+    message: str | None = None  # Access-Challenge: what the gateway shows the user
+    state: bytes | None = None  # Access-Challenge: the State the follow-up must return
 
     @classmethod
-    def of(cls, reason: Reason, push: PushResult | None = None) -> "Decision":
+    def of(cls, reason: Reason, push: PushResult | None = None, *,
+           rule: str | None = None) -> "Decision":
         """A decision whose outcome follows from its reason."""
         outcome = Outcome.ACCEPT if reason in ACCEPT_REASONS else Outcome.REJECT
         return cls(outcome, reason, push.txid if push else None,
-                   push.device if push else None)
+                   push.device if push else None, rule=rule)
 
 
 _PRIMARY_REASONS = {
@@ -153,6 +179,8 @@ def push_decision(result: PushResult, failmode: FailMode, no_device: NoDeviceMod
         return Decision.of(Reason.PUSH_DENIED, result)
     if status is PushStatus.FRAUD:
         return Decision.of(Reason.PUSH_FRAUD, result)
+    if status is PushStatus.NUMBER_MISMATCH:
+        return Decision.of(Reason.NUMBER_MISMATCH, result)
     if status is PushStatus.TIMEOUT:
         return Decision.of(Reason.PUSH_TIMEOUT, result)
     if status is PushStatus.NO_DEVICE:

@@ -1,17 +1,20 @@
 """The engine: one login from credentials to decision, readable top to bottom.
 
-    check input -> join a pending identical login? -> primary auth (directory)
-    -> join a pending push for the same user/client/station? -> push with
-    timeout -> decision -> one audit event
+    split "password,passcode" -> check input -> join an identical pending login?
+    -> primary auth (directory) -> policy (allow / deny / push + verification)
+    -> passcode? -> fraud lock? -> remembered login? -> fatigue limits
+    -> push (plain: wait here; verified: Access-Challenge now, the follow-up
+       request with the State waits) -> decision -> one audit event
 
 This is the only module that turns decisions into Deferreds and timers. The
-decisions themselves come from the pure functions in `pushproxy.decision`;
-the clock and every backend are passed in, so tests drive time with
-`twisted.internet.task.Clock` and scripted backends.
+decisions themselves come from the pure functions in `pushproxy.decision`,
+`pushproxy.policy` and `pushproxy.fatigue`; the clock and every backend are
+passed in, so tests drive time with `twisted.internet.task.Clock`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -25,13 +28,26 @@ from twisted.internet.interfaces import IReactorTime
 
 from pushproxy import logs
 from pushproxy.audit import AuditEvent, AuditLog, utc_stamp
+from pushproxy.challenges import Challenge, ChallengeError, ChallengeTable, RememberedLogins
 from pushproxy.config import NoDeviceMode, PushConfig
-from pushproxy.decision import (Decision, PrimaryResult, PushResult, PushStatus, Reason,
-                                check_credentials, primary_decision, push_decision)
+from pushproxy.decision import (DENIAL_REASONS, Decision, Outcome, PrimaryResult, PushResult,
+                                PushStatus, Reason, check_credentials, primary_decision,
+                                push_decision)
+from pushproxy.fatigue import FatigueGuard, FatigueLimits
 from pushproxy.metrics import Counters
-from pushproxy.push import ApprovalRequest, ProviderUnavailable, PushProvider
+from pushproxy.passcodes import Factor, is_bypass_code, is_totp_code, parse_password
+from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluate
+from pushproxy.push import ApprovalRequest, ProviderUnavailable, PushProvider, SecondFactors
 
 log = logging.getLogger("pushproxy.engine")
+
+_BLOCKS = {"PAUSED": Reason.PUSHES_PAUSED, "TOO_MANY_PENDING": Reason.TOO_MANY_PENDING,
+           "RATE_LIMITED": Reason.RATE_LIMITED}
+_MESSAGES = {
+    Verification.NUMBER_MATCH: "Enter {number} in your authenticator app, then continue here.",
+    Verification.CODE_TO_LOGIN: "Approve the request in your authenticator app, then enter "
+                                "the code it shows.",
+}
 
 
 class Directory(Protocol):
@@ -53,6 +69,8 @@ class LoginRequest:
     calling_station: str | None
     nas: str | None
     no_device: NoDeviceMode
+    state: bytes | None = None  # the answer to an Access-Challenge carries its State
+    verification: Verification | None = None  # the client's setting; None: policy decides
 
 
 class _Fanout:
@@ -84,7 +102,9 @@ class Engine:
     def __init__(self, *, clock: IReactorTime, directory: Directory, provider: PushProvider,
                  push: PushConfig, audit: AuditLog, counters: Counters,
                  wallclock: Callable[[], float] | None = None,
-                 new_txid: Callable[[], str] = lambda: secrets.token_urlsafe(16)):
+                 new_txid: Callable[[], str] = lambda: secrets.token_urlsafe(16),
+                 policy: Policy | None = None, factors: SecondFactors | None = None,
+                 limits: FatigueLimits | None = None, delimiter: str = ","):
         self.clock = clock
         self.directory = directory
         self.provider = provider
@@ -93,6 +113,13 @@ class Engine:
         self.counters = counters
         self.wallclock = wallclock or clock.seconds
         self.new_txid = new_txid
+        self.policy = policy or Policy(rules=(), default_verification=Verification.NONE,
+                                       timezone="UTC", remember_minutes=0)
+        self.factors = factors
+        self.fatigue = FatigueGuard(limits or FatigueLimits())
+        self.delimiter = delimiter
+        self.challenges = ChallengeTable()
+        self.remembered = RememberedLogins()
         # Keyed HMAC so that equal passwords can be recognised without keeping them.
         self._digest_key = secrets.token_bytes(32)
         self._logins: dict[tuple, _PendingLogin] = {}
@@ -102,13 +129,16 @@ class Engine:
 
     @property
     def pending(self) -> int:
-        """Logins waiting for a decision right now."""
+        """Logins and challenge answers waiting for a decision right now."""
         return len(self._logins)
 
     def login(self, req: LoginRequest) -> Deferred[Decision]:
         """Decide one login; the Deferred always fires with a Decision."""
         started = self.clock.seconds()
-        bad = check_credentials(req.username, req.password)
+        if req.state is not None:
+            return self._respond(req, started)
+        cred = parse_password(req.password, self.delimiter) if req.password is not None else None
+        bad = check_credentials(req.username, cred.password if cred else None)
         if bad is not None:
             return defer.succeed(self._finish(Decision.of(bad), req, started, False))
         key = (req.client_name, req.username.casefold(), req.calling_station)
@@ -131,52 +161,141 @@ class Engine:
             mine.fanout.fire(decision)
             return self._finish(decision, req, started, False)
 
-        return self._run(req, key).addCallback(done)
+        return self._guarded(self._run(req, cred, key)).addCallback(done)
 
-    @defer.inlineCallbacks
-    def _run(self, req: LoginRequest, key: tuple):
-        try:
-            primary = yield self.directory.authenticate(req.username, req.password)
-            decision = primary_decision(primary)
-            if decision is not None:
-                return decision
-            if self._stopping:
-                return Decision.of(Reason.SHUTTING_DOWN)
-            result = yield self._push_for(req, key)
-            if self._stopping:
-                return Decision.of(Reason.SHUTTING_DOWN, result)
-            return push_decision(result, self.push.failmode, req.no_device)
-        except Exception:
-            log.exception("engine.internal_error")
+    def _guarded(self, d: Deferred) -> Deferred[Decision]:
+        """Any unexpected error becomes a Reject, never an Accept and never a hang."""
+        def crashed(failure):
+            log.error("engine.internal_error %s", failure.getTraceback())
             self.counters.inc("internal_errors")
             return Decision.of(Reason.INTERNAL_ERROR)
+        return d.addErrback(crashed)
 
-    def _push_for(self, req: LoginRequest, key: tuple) -> Deferred[PushResult]:
+    @defer.inlineCallbacks
+    def _run(self, req: LoginRequest, cred, key: tuple):
+        primary = yield self.directory.authenticate(req.username, cred.password)
+        decision = primary_decision(primary)
+        if decision is not None:
+            return decision
+        now = self.wallclock()
+        policy = evaluate(self.policy, LoginContext(
+            username=req.username, client_name=req.client_name, client_ip=req.calling_station,
+            groups=primary.groups, now=now))
+        if policy.action is Action.DENY:
+            return Decision.of(Reason.POLICY_DENY, rule=policy.rule)
+        if policy.action is Action.ALLOW:
+            return Decision.of(Reason.POLICY_ALLOW, rule=policy.rule)
+        if cred.factor is Factor.PASSCODE:
+            return (yield self._passcode(req.username, cred.code, now, policy.rule))
+        try:
+            if self.factors is not None and (yield self.factors.lock_of(req.username)):
+                return Decision.of(Reason.USER_LOCKED, rule=policy.rule)
+        except ProviderUnavailable:
+            return push_decision(PushResult(PushStatus.UNAVAILABLE), self.push.failmode,
+                                 req.no_device)
+        if cred.factor is not Factor.PUSH_FORCED and self._is_remembered(req, now):
+            return Decision.of(Reason.REMEMBERED, rule=policy.rule)
+        if self._stopping:
+            return Decision.of(Reason.SHUTTING_DOWN)
+        verification = self._verification(req, policy)
+        if verification is not Verification.NONE:
+            return self._challenge(req, verification, policy.rule, now)
+        result = yield self._push_for(req, key)
+        if isinstance(result, Decision):  # refused by the fatigue limits
+            return dataclasses.replace(result, rule=policy.rule)
+        return self._after_push(req, result, policy.rule, response=None)
+
+    def _after_push(self, req: LoginRequest, result: PushResult, rule: str | None, *,
+                    response: str | None, mode: Verification = Verification.NONE) -> Decision:
+        """The decision once the push answered; fatigue and remembered-login bookkeeping."""
+        if self._stopping:
+            return Decision.of(Reason.SHUTTING_DOWN, result)
+        decision = dataclasses.replace(
+            push_decision(result, self.push.failmode, req.no_device), rule=rule)
+        if (mode is Verification.CODE_TO_LOGIN and decision.reason is Reason.PUSH_APPROVED
+                and not (result.code and response is not None
+                         and hmac.compare_digest(result.code.encode(), response.encode()))):
+            decision = Decision.of(Reason.WRONG_LOGIN_CODE, result, rule=rule)
+        now = self.wallclock()
+        if decision.reason in DENIAL_REASONS:
+            self.remembered.forget_user(req.username)
+            if self.fatigue.record_denial(req.username, now) and self.factors is not None:
+                self.factors.fatigue_alert(req.username, now)
+        elif decision.reason is Reason.PUSH_APPROVED and self.policy.remember_minutes > 0 \
+                and req.calling_station:
+            self.remembered.remember(self._remember_key(req),
+                                     now + self.policy.remember_minutes * 60)
+        return decision
+
+    @defer.inlineCallbacks
+    def _passcode(self, username: str, code: str, now: float, rule: str | None):
+        kind = None
+        if self.factors is not None:
+            try:
+                kind = yield self.factors.verify_passcode(username, code, now)
+            except ProviderUnavailable:
+                kind = None  # a passcode never passes on failmode: it is the second factor
+        reason = {"totp": Reason.PASSCODE_TOTP, "bypass": Reason.PASSCODE_BYPASS}.get(
+            kind, Reason.BAD_PASSCODE)
+        return Decision.of(reason, rule=rule)
+
+    def _verification(self, req: LoginRequest, policy) -> Verification:
+        """A rule that names a verification wins, then the client's setting, then the default."""
+        rule = next((r for r in self.policy.rules if r.name == policy.rule), None)
+        if rule is not None and rule.verification is not None:
+            return rule.verification
+        return req.verification or policy.verification
+
+    @staticmethod
+    def _remember_key(req: LoginRequest) -> tuple:
+        return (req.client_name, req.username.casefold(), req.calling_station)
+
+    def _is_remembered(self, req: LoginRequest, now: float) -> bool:
+        return (self.policy.remember_minutes > 0 and req.calling_station is not None
+                and self.remembered.active(self._remember_key(req), now))
+
+    # -- pushes --
+
+    def _push_for(self, req: LoginRequest, key: tuple) -> Deferred:
         """One push per user/client/station at a time; later logins join it."""
         fanout = self._pushes.get(key)
         if fanout is not None:
             self.counters.inc("pushes_joined")
             return fanout.wait()
+        block = self.fatigue.check(req.username, self.wallclock())
+        if block is not None:
+            return defer.succeed(Decision.of(_BLOCKS[block.reason.name]))
         fanout = self._pushes[key] = _Fanout()
+        waiter = fanout.wait()
+
+        def settle(result: PushResult) -> None:
+            del self._pushes[key]
+            fanout.fire(result)
+
+        self._start_push(req, Verification.NONE, None)[1].addCallback(settle)
+        return waiter
+
+    def _start_push(self, req: LoginRequest, mode: Verification,
+                    number: str | None) -> tuple[str, Deferred]:
+        """Ask the provider; the Deferred fires with a PushResult at the latest at the timeout."""
         now = self.wallclock()
         request = ApprovalRequest(
             txid=self.new_txid(), username=req.username, application=req.client_name,
             client_ip=req.calling_station, nas=req.nas, created=now,
-            expires=now + self.push.timeout)
+            expires=now + self.push.timeout, verification=mode.value, number=number)
         self.counters.inc("pushes_requested")
+        self.fatigue.push_started(req.username, now)
         call = defer.maybeDeferred(self.provider.request_approval, request)
         self._push_calls[request.txid] = call
         call.addTimeout(self.push.timeout, self.clock)
         call.addErrback(self._push_failed, request)
 
-        def settle(result: PushResult) -> None:
+        def finished(result: PushResult) -> PushResult:
             self._push_calls.pop(request.txid, None)
-            del self._pushes[key]
-            fanout.fire(result)
+            self.fatigue.push_finished(req.username)
+            return result
 
-        waiter = fanout.wait()
-        call.addCallback(settle)
-        return waiter
+        return request.txid, call.addCallback(finished)
 
     def _push_failed(self, failure, request: ApprovalRequest) -> PushResult:
         """Classify a push error: timeout, unreachable provider, or a bug there."""
@@ -193,19 +312,88 @@ class Engine:
         logs.event(log, logging.WARNING, "push.unavailable", txid=request.txid, detail=detail)
         return PushResult(PushStatus.UNAVAILABLE, request.txid, detail=detail)
 
+    # -- verified push: Access-Challenge and its answer --
+
+    def _challenge(self, req: LoginRequest, mode: Verification, rule: str | None,
+                   now: float) -> Decision:
+        """Open a challenge, start its push, and answer the first request with the State."""
+        block = self.fatigue.check(req.username, now)
+        if block is not None:
+            return Decision.of(_BLOCKS[block.reason.name], rule=rule)
+        challenge = self.challenges.open(req.client_name, req.username, mode.value, now,
+                                         ttl=self.push.timeout)
+        txid, d = self._start_push(req, mode, challenge.number)
+        challenge.txid, challenge.rule, challenge.request = txid, rule, req
+
+        def settle(result: PushResult) -> None:
+            challenge.result, challenge.settled = result, True
+            for waiter in challenge.waiters:
+                waiter.callback(result)
+            challenge.waiters = []
+
+        d.addCallback(settle)
+        return Decision(Outcome.CHALLENGE, Reason.CHALLENGE_SENT, txid=txid, rule=rule,
+                        message=_MESSAGES[mode].format(number=challenge.number),
+                        state=challenge.state)
+
+    def _respond(self, req: LoginRequest, started: float) -> Deferred[Decision]:
+        """The follow-up request that returns a challenge's State."""
+        try:
+            challenge = self.challenges.find(req.state, req.client_name, req.username,
+                                             self.wallclock())
+        except ChallengeError as exc:
+            logs.event(log, logging.WARNING, "challenge.refused", user=req.username,
+                       client=req.client_name, why=str(exc))
+            return defer.succeed(self._finish(Decision.of(Reason.CHALLENGE_INVALID), req,
+                                              started, False))
+        key = ("challenge", challenge.state)
+        self._logins[key] = _PendingLogin(b"", _Fanout())
+
+        def done(decision: Decision) -> Decision:
+            self._logins.pop(key, None)
+            self.challenges.close(challenge.state)  # single use: a replay finds nothing
+            return self._finish(decision, req, started, False)
+
+        return self._guarded(defer.ensureDeferred(self._answer(challenge, req))).addCallback(done)
+
+    async def _answer(self, challenge: Challenge, req: LoginRequest) -> Decision:
+        response = (req.password or "").strip()
+        mode = Verification(challenge.mode)
+        own_code = (mode is Verification.CODE_TO_LOGIN and challenge.settled
+                    and challenge.result.code == response)
+        if (is_totp_code(response) or is_bypass_code(response)) and not own_code:
+            # Phone offline: a TOTP or bypass code at the prompt replaces the push.
+            decision = await self._passcode(req.username, response, self.wallclock(),
+                                            challenge.rule)
+            if decision.outcome is Outcome.ACCEPT or mode is Verification.NUMBER_MATCH:
+                self._withdraw(challenge.txid)
+                return decision
+        if not challenge.settled:
+            waiter: Deferred = Deferred()
+            challenge.waiters.append(waiter)
+            await waiter
+        return self._after_push(challenge.request, challenge.result, challenge.rule,
+                                response=response, mode=mode)
+
+    def _withdraw(self, txid: str | None) -> None:
+        call = self._push_calls.get(txid) if txid else None
+        if call is not None:
+            call.cancel()
+
+    # -- the one place a decision leaves the engine --
+
     def _finish(self, decision: Decision, req: LoginRequest, started: float,
                 joined: bool) -> Decision:
         """The one place a decision is counted, logged and audited."""
         elapsed = self.clock.seconds() - started
-        latency = elapsed * 1000.0
         self.counters.inc("decisions", client=req.client_name, outcome=decision.outcome.value,
                           reason=decision.reason.value)
         self.counters.observe("decision_seconds", elapsed, outcome=decision.outcome.value)
         fields = dict(protocol=req.protocol, user=req.username, client=req.client_name,
                       source=req.source, calling_station=req.calling_station, nas=req.nas,
                       outcome=decision.outcome.value, reason=decision.reason.value,
-                      latency_ms=round(latency, 1), txid=decision.txid,
-                      device=decision.device, joined=joined)
+                      rule=decision.rule, latency_ms=round(elapsed * 1000.0, 1),
+                      txid=decision.txid, device=decision.device, joined=joined)
         logs.event(log, logging.INFO, "login.decision", **fields)
         self.audit.record(AuditEvent(time=utc_stamp(self.wallclock()), **fields))
         return decision

@@ -86,8 +86,12 @@ class LdapDirectory:
     """`Directory` implementation: search-then-bind or direct bind, with failover."""
 
     def __init__(self, config: LdapConfig, reactor, counters: Counters,
-                 monotonic=time.monotonic):
+                 monotonic=time.monotonic, policy_groups: frozenset[str] = frozenset()):
         self.config = config
+        # Groups whose membership the result reports: the required ones (access)
+        # and those the policy's rules name (normalized DNs).
+        self._required = frozenset(normalize_dn(g) for g in config.required_groups)
+        self._candidates = self._required | frozenset(policy_groups)
         self.reactor = reactor
         self.counters = counters
         self.monotonic = monotonic
@@ -188,9 +192,10 @@ class LdapDirectory:
         dn, attrs = entries[0]
         if not self._bind(self._connection(server, "user"), dn, password):
             return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
-        if not self._in_groups(search, dn, username, attrs):
+        groups = self._member_groups(search, dn, username, attrs)
+        if self._required and not groups & self._required:
             return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url)
-        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url)
+        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url, groups=groups)
 
     def _direct(self, server, username, password) -> PrimaryResult:
         conn = self._connection(server, "user")
@@ -202,9 +207,10 @@ class LdapDirectory:
             status = PrimaryStatus.UNKNOWN_USER if not entries else PrimaryStatus.AMBIGUOUS_USER
             return PrimaryResult(status, server=server.url)
         dn, attrs = entries[0]
-        if not self._in_groups(conn, dn, username, attrs):
+        groups = self._member_groups(conn, dn, username, attrs)
+        if self._required and not groups & self._required:
             return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url)
-        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url)
+        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url, groups=groups)
 
     def _find_user(self, conn, username) -> list[tuple[str, dict]]:
         wanted = ["memberOf"] if self.config.group_mode is GroupMode.MEMBER_OF else []
@@ -231,20 +237,19 @@ class LdapDirectory:
             return False
         raise ServerFailed(f"user bind failed: {conn.result.get('description')}")
 
-    def _in_groups(self, conn, dn: str, username: str, attrs: dict) -> bool:
-        required = self.config.required_groups
-        if not required:
-            return True
-        mode = self.config.group_mode
-        if mode is GroupMode.MEMBER_OF:
-            have = {normalize_dn(g) for g in attrs.get("memberOf", [])}
-            return any(normalize_dn(g) in have for g in required)
-        for group in required:
-            base, flt = group_query(mode, dn, username, group)
+    def _member_groups(self, conn, dn: str, username: str, attrs: dict) -> frozenset[str]:
+        """Which of the groups we care about hold the user (normalized DNs)."""
+        if not self._candidates:
+            return frozenset()
+        if self.config.group_mode is GroupMode.MEMBER_OF:
+            return self._candidates & {normalize_dn(g) for g in attrs.get("memberOf", [])}
+        found = set()
+        for group in sorted(self._candidates):
+            base, flt = group_query(self.config.group_mode, dn, username, group)
             conn.search(base, flt, search_scope=ldap3.BASE, attributes=ldap3.NO_ATTRIBUTES)
             if any(e.get("type") == "searchResEntry" for e in conn.response or []):
-                return True
-        return False
+                found.add(group)
+        return frozenset(found)
 
     def _connection(self, server: LdapServer, role: str):
         """This thread's open connection to ``server`` for ``role`` (search/user)."""

@@ -33,6 +33,8 @@ class ApprovalRequest:
     nas: str | None  # NAS-Identifier or NAS-IP-Address
     created: float  # epoch seconds
     expires: float  # epoch seconds; the engine's timeout
+    verification: str = "none"  # none | number_match | code_to_login
+    number: str | None = None  # number_match: the number the login screen shows (never sent)
 
 
 class PushProvider(Protocol):
@@ -40,3 +42,19 @@ class PushProvider(Protocol):
 
     def request_approval(self, request: ApprovalRequest) -> Deferred[PushResult]:
         """Start the approval; cancel the Deferred to withdraw it."""
+
+
+class SecondFactors(Protocol):
+    """Offline passcodes, fraud locks and fatigue alerts (the approval service implements it).
+
+    Each method errbacks with ProviderUnavailable when its store cannot be reached.
+    """
+
+    def verify_passcode(self, username: str, code: str, now: float) -> Deferred[str | None]:
+        """"totp" or "bypass" when ``code`` is a valid unused passcode (now used up), else None."""
+
+    def lock_of(self, username: str) -> Deferred[object | None]:
+        """The user's fraud lock, or None."""
+
+    def fatigue_alert(self, username: str, now: float) -> None:
+        """Pushes for ``username`` were paused after repeated denials: raise an alert."""

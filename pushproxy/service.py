@@ -24,6 +24,7 @@ from pushproxy.config import Config
 from pushproxy.engine import Engine
 from pushproxy.ldapauth import LdapDirectory
 from pushproxy.metrics import Counters
+from pushproxy.policy import interesting_groups
 from pushproxy.push import PushProvider
 from pushproxy.radius import codec
 from pushproxy.radius.retransmit import RetransmitTable
@@ -44,16 +45,23 @@ class Daemon:
         self.counters = counters or Counters()
         self.provider = provider
         self.audit = AuditLog(config.audit.path, self.counters)
-        self.directory = directory or LdapDirectory(config.ldap, reactor, self.counters)
+        self.directory = directory or self._directory(config)
         self.engine = Engine(clock=reactor, directory=self.directory, provider=provider,
                              push=config.push, audit=self.audit, counters=self.counters,
-                             wallclock=wallclock)
+                             wallclock=wallclock, policy=config.policy,
+                             factors=provider if hasattr(provider, "verify_passcode") else None,
+                             limits=config.push.limits,
+                             delimiter=config.push.passcode_delimiter)
         self.table = RetransmitTable(hold=config.radius.reply_cache_seconds)
         self.dictionary = codec.load_dictionary()
         self.clients = ClientTable(config.radius.clients)
         self.protocols: list[RadiusProtocol] = []
         self.ports = []
         self.components = []  # started before and stopped after the listeners
+
+    def _directory(self, config: Config) -> LdapDirectory:
+        return LdapDirectory(config.ldap, self.reactor, self.counters,
+                             policy_groups=interesting_groups(config.policy))
 
     def protocol(self) -> RadiusProtocol:
         """A RADIUS protocol instance sharing this daemon's state."""
@@ -92,15 +100,18 @@ class Daemon:
             proto.clients = self.clients
             proto.default_no_device = new.push.no_device
         self.table.hold = new.radius.reply_cache_seconds
-        if new.ldap != old.ldap and isinstance(self.directory, LdapDirectory):
-            retired, self.directory = self.directory, LdapDirectory(new.ldap, self.reactor,
-                                                                    self.counters)
+        groups_changed = interesting_groups(new.policy) != interesting_groups(old.policy)
+        if (new.ldap != old.ldap or groups_changed) and isinstance(self.directory, LdapDirectory):
+            retired, self.directory = self.directory, self._directory(new)
             self.directory.start()
             self.engine.directory = self.directory
             # Logins already talking to the old directory finish there; its
             # threads are joined off the reactor thread.
             threads.deferToThread(retired.stop)
         self.engine.push = new.push
+        self.engine.policy = new.policy
+        self.engine.delimiter = new.push.passcode_delimiter
+        self.engine.fatigue.limits = new.push.limits
         self.audit.path = new.audit.path
         self.audit.reopen()  # also the log-rotation hook
         logging.getLogger().setLevel(new.log.level.upper())

@@ -9,6 +9,7 @@ from pushproxy.audit import AuditLog
 from pushproxy.config import FailMode, NoDeviceMode, PushConfig
 from pushproxy.decision import Outcome, PushStatus, Reason
 from pushproxy.engine import Engine, LoginRequest
+from pushproxy.fatigue import FatigueLimits
 from pushproxy.metrics import Counters
 from tests.support import ScriptedDirectory, ScriptedProvider
 
@@ -150,11 +151,14 @@ def test_second_correct_login_during_primary_auth_shares_one_push(tmp_path):
     assert a[0].reason is b[0].reason is Reason.PUSH_DENIED
 
 
-def test_other_station_gets_its_own_push(tmp_path):
+def test_other_station_gets_its_own_push_within_the_pending_limit(tmp_path):
     engine, clock = make(tmp_path)
+    engine.fatigue.limits = FatigueLimits(max_pending=2)
     engine.login(login(station="1.1.1.1"))
     engine.login(login(station="2.2.2.2"))
+    third = result_of(engine.login(login(station="3.3.3.3")))
     assert len(engine.provider.requests) == 2
+    assert third[0].reason is Reason.TOO_MANY_PENDING
 
 
 def test_after_a_decision_a_new_login_starts_a_new_push(tmp_path):

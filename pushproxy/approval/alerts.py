@@ -21,6 +21,10 @@ from pushproxy.metrics import Counters
 
 log = logging.getLogger("pushproxy.alerts")
 
+# A fraud report means someone else has the password: page someone.
+SEVERITY = {"denied": "medium", "number_mismatch": "medium", "fraud": "high",
+            "pushes_paused": "high", "user_locked": "high"}
+
 
 class Alerter:
     """Sends one alert per denied or fraud-reported push."""
@@ -37,13 +41,25 @@ class Alerter:
     def alert(self, kind: str, tx, device, now: float) -> defer.Deferred:
         """Raise the alert for transaction ``tx`` answered ``kind`` by ``device``."""
         body = {"event": "push_" + kind, "time": utc_stamp(now), "user": tx.username,
+                "severity": SEVERITY.get(kind, "medium"),
                 "application": tx.context.get("application"),
                 "client_ip": tx.context.get("client_ip"), "nas": tx.context.get("nas"),
                 "txid": tx.id, "device": device.id, "device_name": device.name}
+        return self._send(body)
+
+    def user_alert(self, event: str, username: str, now: float, **details) -> defer.Deferred:
+        """Raise an alert about a user rather than one push (pushes paused, user locked)."""
+        body = {"event": event, "time": utc_stamp(now), "user": username,
+                "severity": SEVERITY.get(event, "high"), **details}
+        return self._send(body)
+
+    def _send(self, body: dict) -> defer.Deferred:
+        kind = body["event"]
         self.counters.inc("alerts", kind=kind)
-        logs.event(log, logging.WARNING, "alert." + body["event"], user=tx.username,
-                   application=body["application"], client_ip=body["client_ip"],
-                   txid=tx.id, device=device.id)
+        logs.event(log, logging.WARNING, "alert." + kind, severity=body["severity"],
+                   user=body.get("user"), application=body.get("application"),
+                   client_ip=body.get("client_ip"), txid=body.get("txid"),
+                   device=body.get("device"))
         if self.use_syslog:
             syslog.syslog(syslog.LOG_AUTH | syslog.LOG_WARNING,
                           "pushproxy " + json.dumps(body, ensure_ascii=True))

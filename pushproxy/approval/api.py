@@ -5,26 +5,27 @@ the body limit, collects the device-authentication headers, and turns results
 and `ApprovalError`s into JSON answers. Every decision about enrollment,
 signatures and transactions is the service's.
 
-The site's root serves ``/v1/...`` only; ``/app`` is deliberately left free so
-the web authenticator can be mounted there::
-
-    site = build_site(service, max_body=16384, reactor=reactor)
-    site.resource.putChild(b"app", static.File(...))
+The site's root serves ``/v1/...``; `build_site` mounts the web authenticator
+(the static files of ``pushproxy/webapp``) at ``/app``, with a strict
+Content-Security-Policy. ``/app/enroll`` is the app's page too: enrollment links
+are ``{public_url}/app/enroll#TOKEN``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from io import BytesIO
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server
+from twisted.web import http, resource, server, static
 
-from pushproxy import logs
+from pushproxy import logs, passcodes
 from pushproxy.approval.crypto import DECISIONS
 from pushproxy.approval.service import MAX_WAIT, ApprovalError
 
@@ -346,8 +347,13 @@ class ApprovalApi:
         subscription = _subscription(body, required=False)  # absent: same as null
         device = await self.service.enroll(fields["token"], fields["public_key"], fields["name"],
                                            subscription, fields["signature"])
-        return 201, {"device_id": device.id, "username": device.username,
-                     "vapid_public_key": self.service.info()["vapid_public_key"]}
+        answer = {"device_id": device.id, "username": device.username,
+                  "vapid_public_key": self.service.info()["vapid_public_key"]}
+        if device.totp_secret:
+            # the only time the server sends the secret: the device keeps it for offline codes
+            answer["totp_secret"] = device.totp_secret
+            answer["otpauth_uri"] = passcodes.otpauth_uri(device.totp_secret, device.username)
+        return 201, answer
 
     async def _device(self, request: server.Request) -> tuple[Any, bytes]:
         """Authenticate the request's device; returns it and the raw body."""
@@ -390,12 +396,15 @@ class ApprovalApi:
         txid = _string(fields, "txid")
         decision = _string(fields, "decision")
         signature = _string(fields, "signature")
+        number = fields.get("number")
+        if number is not None and not isinstance(number, str):
+            raise _bad_request("number must be a string of digits")
         if decision not in DECISIONS:
             raise _bad_request(f"decision must be one of {', '.join(DECISIONS)}")
         # Deliberately not cancelled on disconnect: a half-recorded answer could
         # leave the waiting login hanging until its timeout.
-        await self.service.answer(device, txid, decision, signature)
-        return 200, {"status": "recorded"}
+        answer = await self.service.answer(device, txid, decision, signature, number)
+        return 200, answer or {"status": "recorded"}
 
     async def subscription(self, request: server.Request) -> tuple[int, dict]:
         """``PUT /v1/device/subscription``: replace (or clear) the Web Push subscription."""
@@ -420,7 +429,7 @@ def _wait_seconds(request: server.Request) -> float:
 class ApiRoot(resource.Resource):
     """The site root: ``/v1`` is the API, anything unknown is a JSON 404.
 
-    ``/app`` is not taken: ``putChild(b"app", ...)`` mounts the web authenticator.
+    `build_site` mounts the web authenticator at ``/app`` with ``putChild``.
     """
 
     def __init__(self, api: ApprovalApi):
@@ -454,10 +463,76 @@ class _Directory(resource.Resource):
         return NotFound().render(request)
 
 
-def build_site(service: Any, *, max_body: int, reactor: Any) -> ApiSite:
+#: The web authenticator's files (index.html, app.js, sw.js, ...), shipped as package data.
+WEBAPP_DIR = Path(__file__).resolve().parent.parent / "webapp"
+
+#: The policy of every page and file under /app: nothing inline, nothing from elsewhere.
+APP_CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+           b"connect-src 'self'; worker-src 'self'; manifest-src 'self'; object-src 'none'; "
+           b"base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+
+class WebApp(static.File):
+    """The web authenticator's static files at ``/app``.
+
+    Only files with a known type are served (anything else, and every directory
+    listing, is a JSON 404); ``/app/enroll`` is ``index.html``, the page that an
+    enrollment link opens. Each answer carries `APP_CSP`.
+    """
+
+    #: By extension; a file whose extension is not here is not served.
+    contentTypes = {
+        ".html": "text/html; charset=utf-8",
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+        ".webmanifest": "application/manifest+json",
+        ".svg": "image/svg+xml",
+        ".png": "image/png",
+    }
+    #: Served as index.html (a page of the app, not a file).
+    pages = (b"enroll",)
+
+    def __init__(self, path: str | os.PathLike = WEBAPP_DIR,
+                 defaultType: str = "application/octet-stream", *args: Any, **kwargs: Any):
+        super().__init__(os.fspath(path), defaultType, *args, **kwargs)
+        self.childNotFound = NotFound()
+        self.top = True  # the app's own folder, where the pages live
+
+    def createSimilarFile(self, path: str) -> static.File:
+        """A file or folder inside the app (not its top folder)."""
+        child = super().createSimilarFile(path)
+        child.top = False
+        return child
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
+        """A file of the app, ``index.html`` for the app's pages, or a JSON 404."""
+        if self.top and path in self.pages:
+            return self.createSimilarFile(os.path.join(self.path, "index.html"))
+        child = super().getChild(path, request)
+        if isinstance(child, static.File) and child.isfile() \
+                and child.splitext()[1] not in self.contentTypes:
+            return self.childNotFound
+        return child
+
+    def directoryListing(self) -> resource.IResource:
+        """No listings: a folder without index.html is a 404."""
+        return self.childNotFound
+
+    def render(self, request: server.Request) -> bytes | int:
+        """Serve the file with the app's Content-Security-Policy."""
+        request.setHeader(b"Content-Security-Policy", APP_CSP)
+        return super().render(request)
+
+
+def build_site(service: Any, *, max_body: int, reactor: Any,
+               app: str | os.PathLike | None = WEBAPP_DIR) -> ApiSite:
     """The approval API as a Site for ``reactor.listenTCP`` / ``listenSSL``.
 
-    ``max_body`` is ``approval.max_body``. ``site.resource`` is the `ApiRoot`;
-    mount the web authenticator with ``site.resource.putChild(b"app", ...)``.
+    ``max_body`` is ``approval.max_body``. ``site.resource`` is the `ApiRoot`,
+    with the web authenticator (`WebApp` of the folder ``app``) at ``/app``;
+    ``app=None`` leaves ``/app`` free (a 404).
     """
-    return ApiSite(ApiRoot(ApprovalApi(service)), max_body=max_body, reactor=reactor)
+    root = ApiRoot(ApprovalApi(service))
+    if app is not None:
+        root.putChild(b"app", WebApp(app))
+    return ApiSite(root, max_body=max_body, reactor=reactor)

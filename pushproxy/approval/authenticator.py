@@ -7,10 +7,12 @@ authenticator, over `requests`::
     pushproxy authenticator enroll 'https://mfa.example.com/app/enroll#TOKEN' --state ~/.mfa
     pushproxy authenticator watch --state ~/.mfa
     pushproxy authenticator approve --state ~/.mfa
+    pushproxy authenticator code --state ~/.mfa   # offline: the current TOTP code
 
-The state directory holds ``device.json`` (where the server is and who this
-device is) and ``key.pem`` (the private key, PKCS#8, mode 0600). A key file
-that others can read is refused: whoever reads it can approve logins.
+The state directory holds ``device.json`` (where the server is, who this
+device is, and its TOTP secret for offline codes; mode 0600) and ``key.pem``
+(the private key, PKCS#8, mode 0600). A key file that others can read is
+refused: whoever reads it can approve logins.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import stat
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, TextIO
 from urllib.parse import urlsplit
 
@@ -31,6 +33,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pushproxy import passcodes
 from pushproxy.approval import crypto
 from pushproxy.approval.webpush import b64url_encode
 
@@ -78,6 +81,9 @@ class DeviceState:
     name: str
     public_key: str  # b64u uncompressed point, as registered
     ca_file: str | None = None  # the private CA given at enrollment, reused later
+    # base32 TOTP secret from the enroll answer (None: the server sent none); kept
+    # out of repr: whoever has it can log in with the user's password
+    totp_secret: str | None = field(default=None, repr=False)
 
 
 # -- the state directory
@@ -102,8 +108,10 @@ def load_state(state_dir: str) -> tuple[DeviceState, ec.EllipticCurvePrivateKey]
     try:
         with open(state_path, encoding="utf-8") as f:
             raw = json.load(f)
+        secret = raw.get("totp_secret")
         state = DeviceState(**{k: raw[k] for k in ("base_url", "device_id", "username", "name",
-                                                   "public_key")}, ca_file=raw.get("ca_file"))
+                                                   "public_key")}, ca_file=raw.get("ca_file"),
+                            totp_secret=secret if isinstance(secret, str) else None)
     except FileNotFoundError:
         raise AuthenticatorError(f"{state_path}: not enrolled (run 'enroll' first)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -272,7 +280,8 @@ def enroll(url: str, state_dir: str, name: str | None = None, verify: bool | str
     """Enroll a new device with the link ``url``; writes the state into ``state_dir``.
 
     Returns the saved state (``base_url``, ``device_id``, ``username``, ``name``,
-    ``public_key``, ``ca_file``). Raises ApiError if the server refuses the link.
+    ``public_key``, ``ca_file``, ``totp_secret``). Raises ApiError if the server
+    refuses the link.
     """
     base_url, token = parse_enrollment_url(url)
     name = default_name() if name is None else name
@@ -306,9 +315,33 @@ def enroll(url: str, state_dir: str, name: str | None = None, verify: bool | str
         raise
     ca_file = os.path.abspath(verify) if isinstance(verify, str) else None
     state = DeviceState(base_url=base_url, device_id=device_id, username=username, name=name,
-                        public_key=public_key, ca_file=ca_file)
+                        public_key=public_key, ca_file=ca_file,
+                        totp_secret=_totp_secret(answer.get("totp_secret")))
     _write_private(state_path, (json.dumps(asdict(state), indent=2) + "\n").encode("utf-8"))
     return asdict(state)
+
+
+def _totp_secret(value: Any) -> str | None:
+    """The enroll answer's TOTP secret if usable; the server sends it only this once."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        passcodes.totp(value, 0)
+    except ValueError:
+        # Enrolled anyway (the link is spent): the device still works for pushes.
+        return None
+    return value
+
+
+def current_code(state_dir: str, now: float | None = None) -> tuple[str, int]:
+    """The device's current TOTP code and the seconds it stays valid; no network needed."""
+    state, _ = load_state(state_dir)
+    if state.totp_secret is None:
+        raise AuthenticatorError("this device has no TOTP secret (its server did not send "
+                                 "one at enrollment): enroll it again for offline codes")
+    now = time.time() if now is None else now
+    return (passcodes.totp(state.totp_secret, passcodes.totp_step(now)),
+            passcodes.totp_seconds_left(now))
 
 
 def pending(state_dir: str, wait: float = 0, verify: Verify = None) -> list[dict]:
@@ -403,6 +436,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return _fail(exc)
     print(f"enrolled device {state['device_id']} ({state['name']}) for user {state['username']}")
     print(f"state saved in {os.path.abspath(args.state)}")
+    return 0
+
+
+def cmd_code(args: argparse.Namespace) -> int:
+    """``authenticator code``: the current offline code (for ``password,CODE``)."""
+    try:
+        code, left = current_code(args.state)
+    except AuthenticatorError as exc:
+        return _fail(exc)
+    print(f"{code}  ({left} s left)")
     return 0
 
 
@@ -648,6 +691,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fraud", action="store_true",
                    help="report it: this login attempt was not me")
     p.set_defaults(func=cmd_deny)
+
+    # Offline: no server, so no TLS options.
+    p = sub.add_parser("code", help="show the current passcode (works offline)",
+                       description="Print the current 6-digit passcode and the seconds it "
+                                   "stays valid. Type it after your password, "
+                                   "e.g. 'password,123456', when no push arrives.")
+    p.add_argument("--state", required=True, metavar="DIR",
+                   help="the device's state directory (device.json, key.pem)")
+    p.set_defaults(func=cmd_code)
 
     p = sub.add_parser("watch", parents=[common], help="wait for requests and answer them")
     p.add_argument("--auto", choices=("approve", "deny"),

@@ -76,9 +76,11 @@ def request_text(method: str, path: str, timestamp: str, nonce: str, body: bytes
     return f"pushproxy-request-v1\n{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{digest}"
 
 
-def answer_text(txid: str, nonce: str, decision: str, username: str, device_id: str) -> str:
-    """What a device signs to answer one transaction."""
-    return f"pushproxy-answer-v1\n{txid}\n{nonce}\n{decision}\n{username}\n{device_id}"
+def answer_text(txid: str, nonce: str, decision: str, username: str, device_id: str,
+                number: str | None = None) -> str:
+    """What a device signs to answer one transaction (number matching adds the typed number)."""
+    text = f"pushproxy-answer-v1\n{txid}\n{nonce}\n{decision}\n{username}\n{device_id}"
+    return text if number is None else f"{text}\n{number}"
 
 
 def token_hash(token: str) -> str:

@@ -13,6 +13,7 @@ daemon can keep it on one dedicated thread while tests run it inline.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import secrets
@@ -20,10 +21,10 @@ from collections import OrderedDict, defaultdict
 from typing import Callable
 from urllib.parse import urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 
-from pushproxy import logs
+from pushproxy import logs, passcodes
 from pushproxy.approval import crypto
 from pushproxy.approval.store import Device, StoreError, Transaction
 from pushproxy.decision import PushResult, PushStatus
@@ -52,11 +53,16 @@ class ApprovalError(Exception):
 
 
 def transaction_view(tx: Transaction) -> dict:
-    """What a device sees of a transaction (the `pending` list, the Web Push payload)."""
+    """What a device sees of a transaction (the `pending` list, the Web Push payload).
+
+    Never the number of a number-matching request: the user must read it on
+    the login screen, or the check proves nothing.
+    """
     return {"txid": tx.id, "nonce": tx.nonce, "username": tx.username,
             "application": tx.context.get("application"),
             "client_ip": tx.context.get("client_ip"), "nas": tx.context.get("nas"),
-            "created": tx.created, "expires": tx.expires}
+            "created": tx.created, "expires": tx.expires,
+            "verification": tx.context.get("verification", "none")}
 
 
 def enrollment_link(public_url: str, token: str) -> str:
@@ -76,7 +82,7 @@ class ApprovalService:
 
     def __init__(self, *, run: Callable[..., Deferred], reactor, counters: Counters,
                  vapid_public_key: str, sender=None, alerter=None,
-                 wallclock: Callable[[], float] | None = None):
+                 wallclock: Callable[[], float] | None = None, cpu=None):
         self.run = run  # run(store_method_name, *args) -> Deferred of the result
         self.reactor = reactor
         self.counters = counters
@@ -84,6 +90,8 @@ class ApprovalService:
         self.sender = sender
         self.alerter = alerter
         self.wallclock = wallclock or reactor.seconds
+        # CPU-heavy checks (scrypt) run here; tests pass an inline runner.
+        self.cpu = cpu or (lambda f, *args: threads.deferToThread(f, *args))
         self._waiting: dict[str, Deferred] = {}  # txid -> the engine's Deferred
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -107,7 +115,8 @@ class ApprovalService:
             tx = Transaction(
                 id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
                 context={"application": request.application, "client_ip": request.client_ip,
-                         "nas": request.nas},
+                         "nas": request.nas, "verification": request.verification,
+                         "number": request.number},
                 created=request.created, expires=request.expires, state="pending",
                 decided_by=None, decided_at=None)
             await self.run("create_transaction", tx)
@@ -176,9 +185,13 @@ class ApprovalService:
         enrollment = await self.run("enrollment", hashed)
         device = None
         if enrollment is not None:
-            device = Device(id=secrets.token_urlsafe(12), username=enrollment.username,
+            # the TOTP secret leaves the server once, in the enroll answer: the
+            # device shows codes from it when it cannot get a push
+            # Hex: an id never starts with "-", which command lines would take for an option.
+            device = Device(id=secrets.token_hex(9), username=enrollment.username,
                             name=name, public_key=public_key, push_subscription=subscription,
-                            created=now, last_seen=None, revoked=None)
+                            created=now, last_seen=None, revoked=None,
+                            totp_secret=passcodes.new_totp_secret())
             device = await self.run("redeem_enrollment", hashed, now, device)
         if device is None:
             self.counters.inc("enrollments", outcome="refused")
@@ -271,11 +284,18 @@ class ApprovalService:
             if not poll.called:
                 poll.callback(None)
 
-    def answer(self, device: Device, txid: str, decision: str, signature: str) -> Deferred[None]:
-        """A device's signed answer; the first valid one decides the login."""
-        return defer.ensureDeferred(self._answer(device, txid, decision, signature))
+    def answer(self, device: Device, txid: str, decision: str, signature: str,
+               number: str | None = None) -> Deferred[dict]:
+        """A device's signed answer; the first valid one decides the login.
 
-    async def _answer(self, device: Device, txid: str, decision: str, signature: str) -> None:
+        Fires with the body for the device: ``{"status": "recorded"}``, plus
+        ``"code"`` (what the user types at the gateway) for an approved
+        code-to-login request.
+        """
+        return defer.ensureDeferred(self._answer(device, txid, decision, signature, number))
+
+    async def _answer(self, device: Device, txid: str, decision: str, signature: str,
+                      number: str | None) -> dict:
         if decision not in _STATES:
             raise ApprovalError(400, "bad_request", "decision must be approve, deny or fraud")
         tx = await self.run("transaction", txid) if isinstance(txid, str) else None
@@ -285,13 +305,22 @@ class ApprovalService:
                            user=device.username, txid=txid)
             self.counters.inc("answers", outcome="unknown")
             raise ApprovalError(404, "unknown_transaction", "no such request for this user")
-        text = crypto.answer_text(tx.id, tx.nonce, decision, tx.username, device.id)
+        matching = tx.context.get("verification") == "number_match" and decision == "approve"
+        if matching and not (isinstance(number, str) and number.isdigit() and len(number) <= 4):
+            raise ApprovalError(400, "number_required",
+                                "type the number shown on the login screen")
+        text = crypto.answer_text(tx.id, tx.nonce, decision, tx.username, device.id,
+                                  number if matching else None)
         if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
             self.counters.inc("answers", outcome="bad_signature")
             logs.event(log, logging.WARNING, "approval.bad_answer_signature", device=device.id,
                        txid=txid)
             raise ApprovalError(403, "bad_signature", "the answer is not signed by this device")
         now = self.wallclock()
+        status = _RESULTS[_STATES[decision]]
+        if matching and not hmac.compare_digest(number, tx.context.get("number") or ""):
+            # A wrong number is a "no": most likely a login the user did not start.
+            decision, status = "deny", PushStatus.NUMBER_MISMATCH
         won = tx.state == "pending" and now < tx.expires and await self.run(
             "decide_transaction", txid, _STATES[decision], device.id, now)
         if not won:
@@ -300,15 +329,68 @@ class ApprovalService:
             if current.state in ("expired", "cancelled") or now >= current.expires:
                 raise ApprovalError(410, "expired", "this request has expired")
             raise ApprovalError(409, "already_decided", "this request was already answered")
-        self.counters.inc("answers", outcome=_STATES[decision])
+        self.counters.inc("answers", outcome=status.value)
         logs.event(log, logging.INFO, "approval.answered", user=tx.username, device=device.id,
-                   txid=txid, decision=_STATES[decision])
+                   txid=txid, decision=status.value)
+        body = {"status": "recorded"}
+        code = None
+        if status is PushStatus.APPROVED and tx.context.get("verification") == "code_to_login":
+            code = body["code"] = f"{secrets.randbelow(10 ** 6):06d}"
         waiter = self._waiting.pop(txid, None)
         if waiter is not None and not waiter.called:
-            waiter.callback(PushResult(_RESULTS[_STATES[decision]], txid, device.id))
+            waiter.callback(PushResult(status, txid, device.id, code=code))
         self._wake(tx.username)  # other devices see it closed
-        if decision != "approve" and self.alerter is not None:
-            self.alerter.alert(_STATES[decision], tx, device, now)
+        if status is PushStatus.FRAUD:
+            # "This wasn't me": someone has the password. No more pushes until an admin looks.
+            try:
+                await self.run("lock_user", tx.username, now, "fraud report", tx.id)
+            except StoreError as exc:
+                logs.event(log, logging.ERROR, "approval.lock_failed", user=tx.username,
+                           error=str(exc))
+        if status is not PushStatus.APPROVED and self.alerter is not None:
+            self.alerter.alert(status.value, tx, device, now)
+        return body
+
+    # -- second factors without a push (SecondFactors) --
+
+    def verify_passcode(self, username: str, code: str, now: float) -> Deferred[str | None]:
+        """"totp" or "bypass" for a valid, unused passcode of ``username`` (used up now)."""
+        return defer.ensureDeferred(self._verify_passcode(username, code, now))
+
+    async def _verify_passcode(self, username: str, code: str, now: float) -> str | None:
+        try:
+            if passcodes.is_totp_code(code):
+                for device in await self.run("devices", username):
+                    step = (passcodes.totp_matches(device.totp_secret, code, now)
+                            if device.totp_secret else None)
+                    # Accepted once: the store refuses a step it has seen for this device.
+                    if step is not None and await self.run("use_totp_step", device.id, step):
+                        return "totp"
+            elif passcodes.is_bypass_code(code):
+                for code_id, stored in await self.run("bypass_candidates", username, now):
+                    # scrypt costs ~50 ms: never on the reactor thread.
+                    if await self.cpu(passcodes.bypass_code_matches, code, stored) and \
+                            await self.run("consume_bypass_code", code_id, now):
+                        return "bypass"
+        except StoreError as exc:
+            raise ProviderUnavailable(f"store: {exc}") from None
+        self.counters.inc("passcode_failures")
+        return None
+
+    def lock_of(self, username: str) -> Deferred:
+        """The user's fraud lock, or None."""
+        d = self.run("user_lock", username)
+
+        def unavailable(failure):
+            failure.trap(StoreError)
+            raise ProviderUnavailable(f"store: {failure.value}")
+
+        return d.addErrback(unavailable)
+
+    def fatigue_alert(self, username: str, now: float) -> None:
+        """Pushes for ``username`` were paused after repeated denials."""
+        if self.alerter is not None:
+            self.alerter.user_alert("pushes_paused", username, now)
 
     def set_subscription(self, device: Device, subscription: dict | None) -> Deferred[None]:
         """Replace the device's Web Push subscription (None: long-poll only)."""

@@ -1,4 +1,5 @@
-"""The approval service's store: devices, enrollment links, push transactions, settings.
+"""The approval service's store: devices, enrollment links, push transactions, settings,
+bypass codes and fraud locks.
 
 `Store` is the interface the service is written against; `SQLiteStore` implements
 it. Time never comes from a clock in here: every call that needs "now" takes it,
@@ -18,7 +19,7 @@ import re
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from importlib import resources
 from typing import Callable, Iterator, Protocol
 
@@ -34,7 +35,7 @@ class StoreError(Exception):
 class Device:
     """An enrolled authenticator of one user."""
 
-    id: str  # random, e.g. secrets.token_urlsafe(12)
+    id: str  # random, e.g. secrets.token_hex(9)
     username: str
     name: str
     public_key: str  # b64u uncompressed P-256 point
@@ -42,6 +43,9 @@ class Device:
     created: float
     last_seen: float | None
     revoked: float | None
+    # base32 TOTP secret (None: enrolled before passcodes existed); never in repr,
+    # so a logged or printed Device does not hand out its codes
+    totp_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ class Transaction:
     state: str  # one of STATES
     decided_by: str | None  # device id
     decided_at: float | None
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A user whose pushes are locked after a fraud report, until an admin unlocks."""
+
+    username: str
+    locked_at: float
+    reason: str
+    txid: str | None  # the reported transaction, if any
 
 
 class Store(Protocol):
@@ -122,7 +136,40 @@ class Store(Protocol):
         previous process: waiting logins live in memory); return how many."""
 
     def purge(self, now: float, keep: float = 30 * 86400) -> int:
-        """Delete decided transactions and used or expired links older than ``now - keep``."""
+        """Delete decided transactions, used or expired links and used or expired bypass
+        codes older than ``now - keep``."""
+
+    def use_totp_step(self, device_id: str, step: int) -> bool:
+        """Claim TOTP ``step`` for the device: compare-and-set that succeeds only if
+        ``step`` is greater than every step accepted before (so each code works once,
+        and no older code after a newer one) and the device is active with a secret."""
+
+    def add_bypass_codes(self, username: str, hashes: list[str], now: float,
+                         expires: float, *, replace: bool = False) -> None:
+        """Store bypass codes (their hashes) valid until ``expires``, in one transaction;
+        with ``replace``, the user's earlier codes are deleted in the same transaction."""
+
+    def bypass_candidates(self, username: str, now: float) -> list[tuple[int, str]]:
+        """(id, stored hash) of the user's unused codes still valid at ``now``, oldest first."""
+
+    def consume_bypass_code(self, code_id: int, now: float) -> bool:
+        """Compare-and-set: mark the code used, only if unused and ``now < expires``;
+        whether this call spent it (of racing logins, exactly one wins)."""
+
+    def delete_bypass_codes(self, username: str) -> int:
+        """Delete all of the user's bypass codes, used or not; how many."""
+
+    def lock_user(self, username: str, now: float, reason: str, txid: str | None) -> bool:
+        """Lock the user's pushes; False if already locked (the first lock is kept)."""
+
+    def user_lock(self, username: str) -> Lock | None:
+        """The user's lock, or None if the user is not locked."""
+
+    def unlock_user(self, username: str) -> bool:
+        """Remove the user's lock; False if there was none."""
+
+    def locked_users(self) -> list[Lock]:
+        """Every lock, oldest first."""
 
     def setting(self, key: str) -> str | None:
         """The stored value of ``key``, or None."""
@@ -134,9 +181,11 @@ class Store(Protocol):
         """Release the database; the store is unusable afterwards."""
 
 
-_DEVICE = "id, username, name, public_key, push_subscription, created, last_seen, revoked"
+_DEVICE = ("id, username, name, public_key, push_subscription, created, last_seen, revoked, "
+           "totp_secret")
 _ENROLLMENT = "token_hash, username, created, expires, used, device_id"
 _TRANSACTION = "id, username, nonce, context, created, expires, state, decided_by, decided_at"
+_LOCK = "username, locked_at, reason, txid"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.sql$")
 
 
@@ -318,10 +367,10 @@ class SQLiteStore(Store):
                     or row[2] is not None:
                 return None
             # the device first: the enrollment's foreign key points at it
-            db.execute(f"INSERT INTO devices ({_DEVICE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute(f"INSERT INTO devices ({_DEVICE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (device.id, device.username, device.name, device.public_key,
                         _json(device.push_subscription), device.created, device.last_seen,
-                        device.revoked))
+                        device.revoked, device.totp_secret))
             db.execute("UPDATE enrollments SET used = ?, device_id = ? WHERE token_hash = ?",
                        (now, device.id, token_hash))
         return device
@@ -394,7 +443,53 @@ class SQLiteStore(Store):
                               "AND expires < ?)", (cutoff, cutoff)).rowcount
             gone += db.execute("DELETE FROM enrollments WHERE used < ? OR "
                                "(used IS NULL AND expires < ?)", (cutoff, cutoff)).rowcount
+            gone += db.execute("DELETE FROM bypass_codes WHERE COALESCE(used, expires) < ?",
+                               (cutoff,)).rowcount
         return gone
+
+    def use_totp_step(self, device_id: str, step: int) -> bool:
+        # one conditional UPDATE: of two logins racing with the same code, from
+        # any process, exactly one moves totp_last_step
+        return self._change("UPDATE devices SET totp_last_step = ? WHERE id = ? "
+                            "AND revoked IS NULL AND totp_secret IS NOT NULL "
+                            "AND (totp_last_step IS NULL OR totp_last_step < ?)",
+                            (step, device_id, step)) == 1
+
+    def add_bypass_codes(self, username: str, hashes: list[str], now: float,
+                         expires: float, *, replace: bool = False) -> None:
+        with self._write() as db:
+            if replace:
+                db.execute("DELETE FROM bypass_codes WHERE username = ?", (username,))
+            db.executemany("INSERT INTO bypass_codes (username, code_hash, created, expires) "
+                           "VALUES (?, ?, ?, ?)", [(username, h, now, expires) for h in hashes])
+
+    def bypass_candidates(self, username: str, now: float) -> list[tuple[int, str]]:
+        rows = self._all("SELECT id, code_hash FROM bypass_codes WHERE username = ? "
+                         "AND used IS NULL AND expires > ? ORDER BY id", (username, now))
+        return [(row[0], row[1]) for row in rows]
+
+    def consume_bypass_code(self, code_id: int, now: float) -> bool:
+        return self._change("UPDATE bypass_codes SET used = ? WHERE id = ? AND used IS NULL "
+                            "AND expires > ?", (now, code_id, now)) == 1
+
+    def delete_bypass_codes(self, username: str) -> int:
+        return self._change("DELETE FROM bypass_codes WHERE username = ?", (username,))
+
+    def lock_user(self, username: str, now: float, reason: str, txid: str | None) -> bool:
+        # the first report is kept: it is the one that names the attack
+        return self._change(f"INSERT OR IGNORE INTO user_locks ({_LOCK}) VALUES (?, ?, ?, ?)",
+                            (username, now, reason, txid)) == 1
+
+    def user_lock(self, username: str) -> Lock | None:
+        row = self._one(f"SELECT {_LOCK} FROM user_locks WHERE username = ?", (username,))
+        return None if row is None else Lock(*row)
+
+    def unlock_user(self, username: str) -> bool:
+        return self._change("DELETE FROM user_locks WHERE username = ?", (username,)) == 1
+
+    def locked_users(self) -> list[Lock]:
+        return [Lock(*row) for row in
+                self._all(f"SELECT {_LOCK} FROM user_locks ORDER BY locked_at, username")]
 
     def setting(self, key: str) -> str | None:
         row = self._one("SELECT value FROM settings WHERE key = ?", (key,))

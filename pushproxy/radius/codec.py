@@ -73,6 +73,7 @@ class AccessRequest:
     nas_ip: str | None
     nas_identifier: str | None
     has_message_authenticator: bool
+    state: bytes | None  # State (24): present in the answer to an Access-Challenge
     packet: rpacket.AuthPacket  # kept to build the reply (Proxy-State, authenticator)
 
     @property
@@ -123,6 +124,7 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
         nas_ip=_nas_ip(pkt),
         nas_identifier=_text(pkt, 32, "NAS-Identifier"),
         has_message_authenticator=has_ma,
+        state=_single_octets(pkt, 24, "State"),
         packet=pkt,
     )
 
@@ -141,6 +143,13 @@ def _text(pkt: rpacket.Packet, code: int, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise DropPacket(DropReason.MALFORMED, f"{name} is not UTF-8") from None
+
+
+def _single_octets(pkt: rpacket.Packet, code: int, name: str) -> bytes | None:
+    values = _raw_values(pkt, code)
+    if len(values) > 1:
+        raise DropPacket(DropReason.MALFORMED, f"{name} appears {len(values)} times")
+    return values[0] if values else None
 
 
 def _password(pkt: rpacket.AuthPacket) -> str | None:
@@ -170,7 +179,7 @@ def _nas_ip(pkt: rpacket.Packet) -> str | None:
 
 
 def encode_reply(request: AccessRequest, code: int, *,
-                 reply_message: str | None = None,
+                 reply_message: str | None = None, state: bytes | None = None,
                  attributes: tuple[tuple[str, object], ...] = ()) -> bytes:
     """A signed reply: Message-Authenticator first, Proxy-State copied in order."""
     reply = request.packet.CreateReply()
@@ -178,6 +187,8 @@ def encode_reply(request: AccessRequest, code: int, *,
     if reply_message:
         # Reply-Message is at most 253 octets per attribute.
         reply.AddAttribute("Reply-Message", reply_message.encode("utf-8")[:253])
+    if state is not None:
+        reply.AddAttribute("State", state)
     for name, value in attributes:
         reply.AddAttribute(name, value)
     reply.add_message_authenticator()

@@ -30,7 +30,10 @@ log = logging.getLogger("pushproxy.radius")
 REPLY_MESSAGES = {
     Outcome.ACCEPT: "Login approved",
     Outcome.REJECT: "Login denied",
+    Outcome.CHALLENGE: "Continue in your authenticator app",
 }
+_CODES = {Outcome.ACCEPT: codec.ACCESS_ACCEPT, Outcome.REJECT: codec.ACCESS_REJECT,
+          Outcome.CHALLENGE: codec.ACCESS_CHALLENGE}
 
 
 class ClientTable:
@@ -124,16 +127,18 @@ class RadiusProtocol(DatagramProtocol):
             protocol="radius", username=request.username,
             password=request.password, client_name=client.name, source=host,
             calling_station=request.calling_station, nas=request.nas,
-            no_device=client.no_device or self.default_no_device)
+            no_device=client.no_device or self.default_no_device,
+            state=request.state, verification=client.verification)
         d = self.engine.login(login)
         d.addCallback(self._decided, request, key, addr)
         d.addErrback(self._failed, key)
         return None
 
     def _decided(self, decision: Decision, request: codec.AccessRequest, key, addr) -> None:
-        code = codec.ACCESS_ACCEPT if decision.outcome is Outcome.ACCEPT else codec.ACCESS_REJECT
-        self._send(key, addr, codec.encode_reply(request, code,
-                                                 reply_message=REPLY_MESSAGES[decision.outcome]))
+        self._send(key, addr, codec.encode_reply(
+            request, _CODES[decision.outcome],
+            reply_message=decision.message or REPLY_MESSAGES[decision.outcome],
+            state=decision.state))
 
     def _send(self, key: RequestKey, addr, reply: bytes) -> None:
         self.table.answer(key, reply, self.clock.seconds())

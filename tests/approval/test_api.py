@@ -71,9 +71,9 @@ class StandInService:
         self.polls.append(d)
         return d
 
-    def answer(self, device, txid, decision, signature):
+    def answer(self, device, txid, decision, signature, number=None):
         self.calls.append(("answer", device.id, txid, decision, signature))
-        return self._result("answer", None)
+        return self._result("answer", {"status": "recorded"})
 
     def set_subscription(self, device, subscription):
         self.calls.append(("set_subscription", device.id, subscription))

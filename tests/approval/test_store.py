@@ -381,21 +381,23 @@ def test_migrations_run_once_and_set_user_version(dbpath, monkeypatch):
     s = SQLiteStore(dbpath)
     enrolled(s)
     s.close()
-    assert user_version(dbpath) == 1
     real = store_module._load_migrations()
-    extra = (2, "-- counts its runs\nINSERT INTO settings (key, value) VALUES ('m2', 'ran');\n")
+    latest = real[-1][0]
+    assert user_version(dbpath) == latest
+    extra = (latest + 1,
+             "-- counts its runs\nINSERT INTO settings (key, value) VALUES ('m2', 'ran');\n")
     monkeypatch.setattr(store_module, "_load_migrations", lambda: real + [extra])
     for _ in range(3):  # an INSERT of a fixed key fails if the migration ran twice
         s = SQLiteStore(dbpath)
         assert s.setting("m2") == "ran"
         assert s.device("dev1") is not None  # 0001 did not run again over the data
         s.close()
-    assert user_version(dbpath) == 2
+    assert user_version(dbpath) == latest + 1
 
 
 def test_failed_migration_leaves_database_untouched(dbpath, monkeypatch):
     real = store_module._load_migrations()
-    broken = (2, "CREATE TABLE half (x);\nINSERT INTO no_such_table VALUES (1);\n")
+    broken = (real[-1][0] + 1, "CREATE TABLE half (x);\nINSERT INTO no_such_table VALUES (1);\n")
     monkeypatch.setattr(store_module, "_load_migrations", lambda: real + [broken])
     with pytest.raises(StoreError):
         SQLiteStore(dbpath)
@@ -406,7 +408,7 @@ def test_failed_migration_leaves_database_untouched(dbpath, monkeypatch):
 
 
 def test_packaged_migrations_are_numbered_from_one():
-    assert [v for v, _ in store_module._load_migrations()] == [1]
+    assert [v for v, _ in store_module._load_migrations()] == [1, 2]
 
 
 def test_database_from_the_future_is_refused(dbpath):

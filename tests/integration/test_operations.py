@@ -41,7 +41,8 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def served_config(tmp_path: Path, slapd, *, stop_grace=1, metrics=False, push="timeout: 20"):
+def served_config(tmp_path: Path, slapd, *, stop_grace=1, metrics=False,
+                  push="timeout: 20\nlimits: {max_pending: 10}"):
     """A config on fixed free ports (a child process cannot report port 0 back)."""
     http_port, radius_port = free_port(), free_port(socket.SOCK_DGRAM)
     approval = textwrap.dedent(f"""\
@@ -136,7 +137,8 @@ class _Responses(protocol.DatagramProtocol):
 def test_reload_with_a_new_secret_while_50_logins_are_pending(slapd, tmp_path):
     """All 50 pending logins complete (signed with the secret they came with); new ones use the new secret."""
     provider = ScriptedProvider()
-    path = write_config(tmp_path, slapd, push="timeout: 30")
+    path = write_config(tmp_path, slapd,
+                        push="timeout: 30\nlimits: {max_pending: 100, max_pushes: 100}")
     daemon, addr = yield start_daemon(load(path), provider)
     port = int(addr.rsplit(":", 1)[1])
     client = _Responses()
