@@ -255,18 +255,28 @@ class DeviceClient:
             raise AuthenticatorError("the server's pending list is malformed")
         return requests_, float(server_time)
 
-    def answer(self, entry: dict, decision: str) -> dict:
-        """Answer one entry of the pending list with ``approve``, ``deny`` or ``fraud``."""
+    def answer(self, entry: dict, decision: str, number: str | None = None) -> dict:
+        """Answer one entry of the pending list with ``approve``, ``deny`` or ``fraud``.
+
+        A number-matching request needs ``number``: what the login screen shows.
+        The server's answer carries ``code`` for an approved code-to-login request.
+        """
         if decision not in crypto.DECISIONS:
             raise AuthenticatorError(f"decision must be one of {', '.join(crypto.DECISIONS)}")
         txid, nonce, username = entry.get("txid"), entry.get("nonce"), entry.get("username")
         if not all(isinstance(v, str) for v in (txid, nonce, username)):
             raise AuthenticatorError("the server sent a request without txid, nonce or username")
+        matching = entry.get("verification") == "number_match" and decision == "approve"
+        if matching and not (number and number.isdigit()):
+            raise AuthenticatorError("this request uses number matching: give the number shown "
+                                     "on the login screen (--number N)")
         # The signature binds this answer to this transaction, user and device only.
-        text = crypto.answer_text(txid, nonce, decision, username, self.state.device_id)
-        return self.request("POST", "/v1/device/answer",
-                            {"txid": txid, "decision": decision,
-                             "signature": crypto.sign(self._key, text)})
+        text = crypto.answer_text(txid, nonce, decision, username, self.state.device_id,
+                                  number if matching else None)
+        body = {"txid": txid, "decision": decision, "signature": crypto.sign(self._key, text)}
+        if matching:
+            body["number"] = number
+        return self.request("POST", "/v1/device/answer", body)
 
     def set_subscription(self, subscription: dict | None) -> dict:
         """Replace this device's Web Push subscription (None: long-poll only)."""
@@ -354,16 +364,18 @@ def pending(state_dir: str, wait: float = 0, verify: Verify = None) -> list[dict
     return [dict(entry, seconds_left=_seconds_left(entry, server_time)) for entry in entries]
 
 
-def answer(state_dir: str, txid: str, decision: str, verify: Verify = None) -> dict:
+def answer(state_dir: str, txid: str, decision: str, verify: Verify = None,
+           number: str | None = None) -> dict:
     """Answer the open request ``txid`` (``approve``, ``deny`` or ``fraud``).
 
-    Returns the server's answer (``{"status": "recorded"}``); raises ApiError when the
-    server refuses, AuthenticatorError when ``txid`` is not open for this user.
+    Returns the server's answer (``{"status": "recorded"}``, with ``code`` for an
+    approved code-to-login request); raises ApiError when the server refuses,
+    AuthenticatorError when ``txid`` is not open for this user.
     """
     with DeviceClient(state_dir, verify) as device:
         entries, _ = device.pending(0)
         entry = _find(entries, txid)
-        return device.answer(entry, decision)
+        return device.answer(entry, decision, number)
 
 
 def _find(entries: list[dict], txid: str) -> dict:
@@ -395,6 +407,12 @@ def _clean(value: Any) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+_VERIFICATION = {
+    "number_match": "number matching: type the number shown on the login screen",
+    "code_to_login": "after approving, type the code shown here at the login prompt",
+}
+
+
 def describe(entry: dict, server_time: float) -> str:
     """A multi-line, terminal-safe description of one pending request."""
     created = entry.get("created")
@@ -406,6 +424,7 @@ def describe(entry: dict, server_time: float) -> str:
         f"  application: {_clean(entry.get('application'))}",
         f"  client IP:   {_clean(entry.get('client_ip'))}",
         f"  NAS:         {_clean(entry.get('nas'))}",
+        f"  check:       {_VERIFICATION.get(entry.get('verification'), 'approve or deny')}",
         f"  time:        {when}",
         f"  expires in:  {_seconds_left(entry, server_time):.0f} s",
     ])
@@ -477,10 +496,12 @@ def _cmd_answer(args: argparse.Namespace, decision: str) -> int:
                                          f"TXID:\n{listing}")
             else:
                 entry = entries[0]
-            result = device.answer(entry, decision)
+            result = device.answer(entry, decision, getattr(args, "number", None))
     except AuthenticatorError as exc:
         return _fail(exc)
     print(f"{decision}: {_clean(entry.get('txid'))}: {_clean(result.get('status'))}")
+    if result.get("code"):
+        print(f"enter this code at the login prompt: {_clean(result.get('code'))}")
     return 0 if result.get("status") == "recorded" else 1
 
 
@@ -594,16 +615,29 @@ def watch(device: DeviceClient, *, auto: str | None = None, count: int | None = 
                 break
             seen.add(entry.get("txid"))
             print(describe(entry, server_time), file=out, flush=True)
+            number = None
             if auto is not None:
                 decision = auto
+                if decision == "approve" and entry.get("verification") == "number_match":
+                    # Only a person who sees the login screen can approve this one.
+                    print("  -> left open: number matching needs the number from the "
+                          "login screen", file=out, flush=True)
+                    continue
             else:
                 decision = _ask(entry, stdin, out)
                 if decision is None:
                     print("watch: stdin closed, stopping", file=err, flush=True)
                     return done()
+                if decision == "approve" and entry.get("verification") == "number_match":
+                    out.write("number shown on the login screen: ")
+                    out.flush()
+                    number = stdin.readline().strip()
             try:
-                result = device.answer(entry, decision)
+                result = device.answer(entry, decision, number)
                 print(f"  -> {decision}: {_clean(result.get('status'))}", file=out, flush=True)
+                if result.get("code"):
+                    print(f"  -> enter this code at the login prompt: "
+                          f"{_clean(result.get('code'))}", file=out, flush=True)
             except ApiError as exc:
                 print(f"  -> {decision} refused: {exc}", file=out, flush=True)
             except AuthenticatorError as exc:
@@ -683,6 +717,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("approve", parents=[common], help="approve a request")
     p.add_argument("txid", nargs="?", metavar="TXID",
                    help="the request (default: the only open one)")
+    p.add_argument("--number", metavar="N",
+                   help="number matching: the number shown on the login screen")
     p.set_defaults(func=cmd_approve)
 
     p = sub.add_parser("deny", parents=[common], help="deny a request")

@@ -68,7 +68,8 @@ class Recorder(resource.Resource):
 class Stack:
     """A running daemon with the built-in approval service, and its config folder."""
 
-    def __init__(self, tmp_path, slapd, *, timeout=20, webhook=None, http_port=None):
+    def __init__(self, tmp_path, slapd, *, timeout=20, webhook=None, http_port=None,
+                 clients=None, push_extra="", extra=""):
         self.tmp_path = tmp_path
         self.http_port = http_port or free_tcp_port()
         approval = textwrap.dedent(f"""\
@@ -77,8 +78,10 @@ class Stack:
               public_url: "http://127.0.0.1:{self.http_port}"
               database: pushproxy.db
             """) + (f'  alert_webhook: "{webhook}"\n' if webhook else "")
-        self.config_path = write_config(tmp_path, slapd, push=f"timeout: {timeout}",
-                                        approval=approval)
+        self.config_path = write_config(tmp_path, slapd, push=f"timeout: {timeout}\n{push_extra}",
+                                        approval=approval, clients=clients)
+        if extra:  # more top-level sections (policy)
+            self.config_path.write_text(self.config_path.read_text() + "\n" + extra)
         self.config = load(self.config_path)
         self.daemon = None
 
