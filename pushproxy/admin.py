@@ -193,7 +193,7 @@ def add_parsers(sub) -> None:
     """Register ``enroll``, ``devices``, ``bypass``, ``unlock`` and ``locks`` on the CLI's
     subparsers."""
     p = sub.add_parser("enroll", help="create a one-time enrollment link (and QR code) for a user")
-    p.add_argument("user")
+    p.add_argument("user", type=str.casefold)
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.add_argument("--png", metavar="FILE", help="also write the QR code as a PNG image")
     p.add_argument("--ttl", type=float, help="seconds the link stays valid "
@@ -203,7 +203,7 @@ def add_parsers(sub) -> None:
     devices = sub.add_parser("devices", help="list or revoke enrolled devices")
     dsub = devices.add_subparsers(dest="devices_command", required=True)
     p = dsub.add_parser("list", help="list devices")
-    p.add_argument("user", nargs="?")
+    p.add_argument("user", nargs="?", type=str.casefold)
     p.add_argument("--all", action="store_true", help="include revoked devices")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_devices_list)
@@ -212,7 +212,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_devices_revoke)
     p = sub.add_parser("bypass", help="issue one-time bypass codes for a user (shown once)")
-    p.add_argument("user")
+    p.add_argument("user", type=str.casefold)
     p.add_argument("--count", "-n", type=_bypass_count, default=5,
                    help="how many codes (default %(default)s)")
     p.add_argument("--ttl", type=_ttl, default=BYPASS_TTL,
@@ -222,7 +222,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_bypass)
     p = sub.add_parser("unlock", help="lift the push lock a fraud report put on a user")
-    p.add_argument("user")
+    p.add_argument("user", type=str.casefold)
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_unlock)
     p = sub.add_parser("locks", help="list users locked after a fraud report")

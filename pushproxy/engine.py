@@ -125,6 +125,7 @@ class Engine:
         self._logins: dict[tuple, _PendingLogin] = {}
         self._pushes: dict[tuple, _Fanout] = {}
         self._push_calls: dict[str, Deferred] = {}
+        self._locked_users: set[str] = set()  # seen locked; cleared when an admin unlocks
         self._stopping = False
 
     @property
@@ -186,10 +187,17 @@ class Engine:
         if policy.action is Action.ALLOW:
             return Decision.of(Reason.POLICY_ALLOW, rule=policy.rule)
         if cred.factor is Factor.PASSCODE:
-            return (yield self._passcode(req.username, cred.code, now, policy.rule))
+            return (yield self._passcode(req.username.casefold(), cred.code, now, policy.rule))
         try:
-            if self.factors is not None and (yield self.factors.lock_of(req.username)):
+            locked = self.factors is not None and (yield self.factors.lock_of(req.username.casefold()))
+            user = req.username.casefold()
+            if locked:
+                self._locked_users.add(user)
                 return Decision.of(Reason.USER_LOCKED, rule=policy.rule)
+            if user in self._locked_users:
+                # An admin ran `pushproxy unlock`: the denials behind the lock go too.
+                self._locked_users.discard(user)
+                self.fatigue.clear(user)
         except ProviderUnavailable:
             return push_decision(PushResult(PushStatus.UNAVAILABLE), self.push.failmode,
                                  req.no_device)
@@ -219,8 +227,8 @@ class Engine:
         now = self.wallclock()
         if decision.reason in DENIAL_REASONS:
             self.remembered.forget_user(req.username)
-            if self.fatigue.record_denial(req.username, now) and self.factors is not None:
-                self.factors.fatigue_alert(req.username, now)
+            if self.fatigue.record_denial(req.username.casefold(), now) and self.factors is not None:
+                self.factors.fatigue_alert(req.username.casefold(), now)
         elif decision.reason is Reason.PUSH_APPROVED and self.policy.remember_minutes > 0 \
                 and req.calling_station:
             self.remembered.remember(self._remember_key(req),
@@ -262,7 +270,7 @@ class Engine:
         if fanout is not None:
             self.counters.inc("pushes_joined")
             return fanout.wait()
-        block = self.fatigue.check(req.username, self.wallclock())
+        block = self.fatigue.check(req.username.casefold(), self.wallclock())
         if block is not None:
             return defer.succeed(Decision.of(_BLOCKS[block.reason.name]))
         fanout = self._pushes[key] = _Fanout()
@@ -280,11 +288,13 @@ class Engine:
         """Ask the provider; the Deferred fires with a PushResult at the latest at the timeout."""
         now = self.wallclock()
         request = ApprovalRequest(
-            txid=self.new_txid(), username=req.username, application=req.client_name,
+            # Directories match usernames without regard to case; devices, limits
+            # and locks must too, or "ALICE" would slip past alice's limits.
+            txid=self.new_txid(), username=req.username.casefold(), application=req.client_name,
             client_ip=req.calling_station, nas=req.nas, created=now,
             expires=now + self.push.timeout, verification=mode.value, number=number)
         self.counters.inc("pushes_requested")
-        self.fatigue.push_started(req.username, now)
+        self.fatigue.push_started(req.username.casefold(), now)
         call = defer.maybeDeferred(self.provider.request_approval, request)
         self._push_calls[request.txid] = call
         call.addTimeout(self.push.timeout, self.clock)
@@ -292,7 +302,7 @@ class Engine:
 
         def finished(result: PushResult) -> PushResult:
             self._push_calls.pop(request.txid, None)
-            self.fatigue.push_finished(req.username)
+            self.fatigue.push_finished(req.username.casefold())
             return result
 
         return request.txid, call.addCallback(finished)
@@ -317,7 +327,7 @@ class Engine:
     def _challenge(self, req: LoginRequest, mode: Verification, rule: str | None,
                    now: float) -> Decision:
         """Open a challenge, start its push, and answer the first request with the State."""
-        block = self.fatigue.check(req.username, now)
+        block = self.fatigue.check(req.username.casefold(), now)
         if block is not None:
             return Decision.of(_BLOCKS[block.reason.name], rule=rule)
         challenge = self.challenges.open(req.client_name, req.username, mode.value, now,
@@ -363,7 +373,7 @@ class Engine:
                     and challenge.result.code == response)
         if (is_totp_code(response) or is_bypass_code(response)) and not own_code:
             # Phone offline: a TOTP or bypass code at the prompt replaces the push.
-            decision = await self._passcode(req.username, response, self.wallclock(),
+            decision = await self._passcode(req.username.casefold(), response, self.wallclock(),
                                             challenge.rule)
             if decision.outcome is Outcome.ACCEPT or mode is Verification.NUMBER_MATCH:
                 self._withdraw(challenge.txid)

@@ -209,3 +209,12 @@ def test_remembered_login_skips_the_push_for_the_same_station_only():
     # A denial forgets the user's remembered logins everywhere.
     assert run(engine.login(req())) == []
     assert len(engine.provider.requests) == 3
+
+
+def test_case_variants_of_a_username_share_its_limits_and_devices():
+    engine, clock = make(limits=FatigueLimits(max_pending=1))
+    engine.directory.users["ALICE"] = engine.directory.users["Alice"] = "alice-pw"
+    run(engine.login(req(user="alice", station="1")))
+    blocked = run(engine.login(req(user="ALICE", station="2")))[0]
+    assert blocked.reason is Reason.TOO_MANY_PENDING
+    assert engine.provider.requests[0].username == "alice"

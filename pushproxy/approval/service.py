@@ -73,7 +73,8 @@ def enrollment_link(public_url: str, token: str) -> str:
 def new_enrollment(store, username: str, public_url: str, ttl: float, now: float) -> str:
     """Create a one-time enrollment for ``username``; returns the link (synchronous)."""
     token = secrets.token_urlsafe(32)
-    store.create_enrollment(username, crypto.token_hash(token), now, now + ttl)
+    # Usernames are kept casefolded: logins look devices up that way.
+    store.create_enrollment(username.casefold(), crypto.token_hash(token), now, now + ttl)
     return enrollment_link(public_url, token)
 
 
