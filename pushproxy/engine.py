@@ -225,15 +225,24 @@ class Engine:
                          and hmac.compare_digest(result.code.encode(), response.encode()))):
             decision = Decision.of(Reason.WRONG_LOGIN_CODE, result, rule=rule)
         now = self.wallclock()
+        # A challenge's push denials were counted when the phone answered (the
+        # user may never come back to the prompt); a wrong code only shows here.
+        counted_at_push = mode is not Verification.NONE and \
+            decision.reason is not Reason.WRONG_LOGIN_CODE
         if decision.reason in DENIAL_REASONS:
-            self.remembered.forget_user(req.username)
-            if self.fatigue.record_denial(req.username.casefold(), now) and self.factors is not None:
-                self.factors.fatigue_alert(req.username.casefold(), now)
+            if not counted_at_push:
+                self._count_denial(req.username, now)
         elif decision.reason is Reason.PUSH_APPROVED and self.policy.remember_minutes > 0 \
                 and req.calling_station:
             self.remembered.remember(self._remember_key(req),
                                      now + self.policy.remember_minutes * 60)
         return decision
+
+    def _count_denial(self, username: str, now: float) -> None:
+        """The user said no: forget remembered logins; enough of these pause pushes."""
+        self.remembered.forget_user(username)
+        if self.fatigue.record_denial(username.casefold(), now) and self.factors is not None:
+            self.factors.fatigue_alert(username.casefold(), now)
 
     @defer.inlineCallbacks
     def _passcode(self, username: str, code: str, now: float, rule: str | None):
@@ -337,6 +346,9 @@ class Engine:
 
         def settle(result: PushResult) -> None:
             challenge.result, challenge.settled = result, True
+            if result.status in (PushStatus.DENIED, PushStatus.FRAUD,
+                                 PushStatus.NUMBER_MISMATCH):
+                self._count_denial(req.username, self.wallclock())
             for waiter in challenge.waiters:
                 waiter.callback(result)
             challenge.waiters = []

@@ -218,3 +218,13 @@ def test_case_variants_of_a_username_share_its_limits_and_devices():
     blocked = run(engine.login(req(user="ALICE", station="2")))[0]
     assert blocked.reason is Reason.TOO_MANY_PENDING
     assert engine.provider.requests[0].username == "alice"
+
+
+def test_a_denied_challenge_counts_even_if_the_user_never_returns_to_the_prompt():
+    engine, clock = make(limits=FatigueLimits(max_denials=2))
+    for station in ("1", "2"):
+        run(engine.login(req(verification=NUMBER, station=station)))
+        answer(engine, PushStatus.NUMBER_MISMATCH)
+    blocked = run(engine.login(req(verification=NUMBER, station="3")))[0]
+    assert blocked.reason is Reason.PUSHES_PAUSED
+    assert engine.factors.alerts == ["alice"]
