@@ -20,7 +20,7 @@ from pushproxy import passcodes
 from pushproxy.approval.service import new_enrollment
 from pushproxy.approval.store import SQLiteStore, StoreError
 from pushproxy.audit import utc_stamp
-from pushproxy.config import ConfigError, load_config
+from pushproxy.config import load_config_or_report
 
 DEFAULT_CONFIG = "/etc/pushproxy/config.yaml"
 BYPASS_TTL = 7 * 86400.0
@@ -28,11 +28,8 @@ MAX_BYPASS_CODES = 100  # each is hashed with scrypt: tens of milliseconds apiec
 
 
 def _store(args):
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config: {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return None, None
     try:
         return config, SQLiteStore(config.approval.database)

@@ -30,7 +30,9 @@ class Checker:
         """Record one problem at ``path``, with its YAML line when known."""
         line = self.doc.line(path)
         where = f" (line {line})" if line else ""
-        self.problems.append(f"{path or '<top level>'}: {message}{where}")
+        text = f"{path or '<top level>'}: {message}{where}"
+        if text not in self.problems:  # a missing section is noticed by parent and child
+            self.problems.append(text)
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative ones taken from the config's folder."""

@@ -8,19 +8,15 @@ import signal
 import sys
 
 from pushproxy import __version__, logs
-from pushproxy.config import ConfigError, load_config
+from pushproxy.config import ConfigError, load_config, load_config_or_report
 
 log = logging.getLogger("pushproxy.cli")
 
 
 def cmd_check_config(args) -> int:
     """Validate a config file; print every problem, or the timeout advice."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     print(f"{args.config}: OK ({len(config.radius.clients)} RADIUS client(s), "
           f"{len(config.ldap.servers)} LDAP server(s), push timeout {config.push.timeout:g} s)")
@@ -31,11 +27,8 @@ def cmd_check_config(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; SIGHUP reloads the config."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config: {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     logs.setup(config.log.level, fmt=config.log.format, use_syslog=config.log.syslog)
     from twisted.internet import reactor, task

@@ -196,6 +196,20 @@ def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> C
                         source=str(path))
 
 
+def load_config_or_report(path, stream=None) -> Config | None:
+    """The config at ``path``, or None after printing every problem to ``stream`` (stderr)."""
+    import sys
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        out = stream or sys.stderr
+        print(f"{path}: {len(exc.problems)} problem(s):", file=out)
+        for problem in exc.problems:
+            print(f"  {problem}", file=out)
+        return None
+
+
 def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") -> Config:
     """Validate YAML text; relative file paths are taken from ``base_dir``."""
     try:

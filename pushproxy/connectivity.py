@@ -39,7 +39,7 @@ import requests
 from cryptography import x509
 from ldap3.core import exceptions as lexc
 
-from pushproxy.config import Config, ConfigError, GroupMode, LdapConfig, LdapServer, load_config
+from pushproxy.config import Config, GroupMode, LdapConfig, LdapServer, load_config_or_report
 from pushproxy.ldapauth import group_query, normalize_dn, user_filter
 
 DEFAULT_CONFIG = "/etc/pushproxy/config.yaml"
@@ -913,12 +913,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 def cmd_test_connection(args) -> int:
     """Load the config (2 if it does not load), run the checks, 0 if all passed else 1."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     return 0 if run_checks(config, sample_user=args.user, out=sys.stdout) else 1
 

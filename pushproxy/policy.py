@@ -354,19 +354,12 @@ def _hours(c, value, path: str) -> tuple[int, int] | None:
 
 def cmd_explain(args) -> int:
     """CLI handler: print how a sample login goes through the configured policy."""
-    from pushproxy.config import ConfigError, load_config
+    from pushproxy.config import load_config_or_report
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config: {problem}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
-    if not hasattr(config, "policy"):
-        print("policy explain: this pushproxy's configuration has no policy support "
-              "(Config.policy is missing)", file=sys.stderr)
-        return 1
-    policy = config.policy or Policy()
+    policy = config.policy
     now = time.time()
     if args.at:
         try:

@@ -127,4 +127,4 @@ def test_bad_config_is_reported(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("radius: {}\n")
     out = cli(str(config), "bypass", "alice")
-    assert out.returncode == 1 and "config:" in out.stderr
+    assert out.returncode == 1 and "problem(s)" in out.stderr and "ldap: missing" in out.stderr

@@ -360,10 +360,8 @@ def test_cli_handler_explains_with_groups_and_a_local_time(monkeypatch, capsys):
     assert "no RADIUS client is named 'gw-9'" in err
 
 
-def test_cli_handler_fails_clearly(monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, fake_config(), "--user", "a", "--client", "b")
-    assert code == 1 and "no policy support" in err
-    code, _, err = run_cli(monkeypatch, capsys, fake_config(policy=None), "--user", "a",
+def test_cli_handler_refuses_a_time_it_cannot_read(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, fake_config(policy=Policy()), "--user", "a",
                            "--client", "vpn-gw-1", "--at", "tomorrow")
     assert code == 2 and "--at" in err
 

@@ -30,7 +30,8 @@ const state = {
   requests: new Map(), // txid -> open request, as the server lists them
   done: new Set(), // txids answered here or expired: never shown again
   current: null, // txid on screen
-  result: null, // {title, detail} shown after an answer
+  result: null, // {title, detail, code, keep} shown after an answer
+  numberFor: null, // txid whose number the number field holds
   resultTimer: null,
   answering: false,
   polling: false,
@@ -128,7 +129,8 @@ async function start() {
   try {
     state.device = (await PP.loadDevice()) || null;
   } catch (err) {
-    $("unsupported-detail").textContent = `The app can't use this browser's storage: ${err.message}`;
+    $("unsupported-detail").textContent =
+      `The app can't use this browser's storage: ${err.message}`;
     show("unsupported");
     return;
   }
@@ -166,6 +168,9 @@ function wireButtons() {
   });
   $("notify-button").addEventListener("click", turnOnNotifications);
   $("approve").addEventListener("click", () => answer("approve"));
+  $("request-number").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") answer("approve");
+  });
   $("deny").addEventListener("click", () => showDenyChoices(true));
   $("deny-back").addEventListener("click", () => showDenyChoices(false));
   $("deny-only").addEventListener("click", () => answer("deny"));
@@ -429,8 +434,9 @@ function render() {
     showDenyChoices(false, false);
     $("request-status").textContent = "";
   }
-  if (state.current) {
-    // A new request takes over from the result of the last one.
+  if (state.current && !(state.result && state.result.keep)) {
+    // A new request takes over from the result of the last one (not from a
+    // login code: the user still has to type it).
     if (state.result) dismissResult(false);
     fillRequest(state.requests.get(state.current));
     show("request");
@@ -439,6 +445,8 @@ function render() {
     stopTicker();
     $("result-title").textContent = state.result.title;
     $("result-detail").textContent = state.result.detail;
+    $("result-code").textContent = state.result.code || "";
+    $("result-code").hidden = !state.result.code;
     show("result");
   } else {
     stopTicker();
@@ -447,12 +455,26 @@ function render() {
 }
 
 function fillRequest(request) {
-  const text = (value) => (value === null || value === undefined || value === "" ? "—" : String(value));
+  const text = (value) => (value === null || value === undefined || value === ""
+    ? "—" : String(value));
   $("request-username").textContent = text(request.username);
   $("request-application").textContent = text(request.application);
   $("request-client-ip").textContent = text(request.client_ip);
   $("request-nas").textContent = text(request.nas);
   $("request-time").textContent = PP.localDate(request.created).toLocaleTimeString();
+  // Verified push: the login screen shows a number to type here (number_match),
+  // or the app shows a code to type there after approval (code_to_login).
+  const matching = request.verification === "number_match";
+  $("number-box").hidden = !matching;
+  if (state.numberFor !== request.txid) {
+    $("request-number").value = "";
+    state.numberFor = request.txid;
+  }
+  const hint = matching ? "Type the number shown on the sign-in screen, then approve."
+    : request.verification === "code_to_login"
+      ? "After you approve, this app shows a code to type at the sign-in." : "";
+  $("request-hint").textContent = hint;
+  $("request-hint").hidden = !hint;
   const count = state.requests.size;
   const position = [...state.requests.values()].sort((a, b) => a.created - b.created)
     .findIndex((r) => r.txid === request.txid) + 1;
@@ -497,7 +519,8 @@ function showDenyChoices(open, focus = true) {
 
 function setAnswering(busy) {
   state.answering = busy;
-  for (const id of ["approve", "deny", "deny-only", "report-fraud", "deny-back"]) {
+  const controls = ["approve", "deny", "deny-only", "report-fraud", "deny-back", "request-number"];
+  for (const id of controls) {
     $(id).disabled = busy;
   }
 }
@@ -510,6 +533,10 @@ const RESULTS = {
     detail: "The sign-in was refused and your administrator was alerted. " +
       "Consider changing your password.",
   },
+  matched: {
+    title: "Sent",
+    detail: "If the number matched the one on the sign-in screen, the sign-in goes ahead.",
+  },
   404: { title: "No longer open", detail: "This request is gone." },
   409: { title: "Already answered", detail: "This request was answered on another device." },
   410: { title: "Expired", detail: "This request expired before your answer arrived." },
@@ -518,20 +545,39 @@ const RESULTS = {
 async function answer(decision) {
   const request = state.requests.get(state.current);
   if (!request || state.answering) return;
+  let number = null;
+  if (decision === "approve" && request.verification === "number_match") {
+    number = $("request-number").value.trim();
+    if (!/^[0-9]{1,4}$/.test(number)) {
+      $("request-status").textContent = "Type the number shown on the sign-in screen first.";
+      $("request-number").focus();
+      return;
+    }
+  }
   setAnswering(true);
   $("request-status").textContent = "Sending…";
   try {
     const signature = await PP.sign(state.device.privateKey, PP.answerText(
-      request.txid, request.nonce, decision, request.username, state.device.deviceId));
-    await PP.call(API_BASE, "POST", "v1/device/answer", {
-      body: { txid: request.txid, decision, signature }, device: state.device,
-    });
-    finish(request, RESULTS[decision]);
+      request.txid, request.nonce, decision, request.username, state.device.deviceId, number));
+    const body = { txid: request.txid, decision, signature };
+    if (number !== null) body.number = number;
+    const reply = await PP.call(API_BASE, "POST", "v1/device/answer",
+      { body, device: state.device });
+    if (reply && typeof reply.code === "string") {
+      finish(request, {
+        title: "Approved", detail: "Now type this code at the sign-in:", code: reply.code,
+        keep: true,
+      });
+    } else {
+      // A wrong number is recorded as a denial; the answer does not say which.
+      finish(request, number !== null ? RESULTS.matched : RESULTS[decision]);
+    }
   } catch (err) {
     if (err instanceof PP.ApiError && RESULTS[err.status]) {
       finish(request, RESULTS[err.status]);
     } else {
-      $("request-status").textContent = `Your answer was not sent. ${describeError(err)} Try again.`;
+      $("request-status").textContent =
+        `Your answer was not sent. ${describeError(err)} Try again.`;
     }
   } finally {
     setAnswering(false);
@@ -544,7 +590,7 @@ function finish(request, result) {
   closeNotifications(request.txid);
   state.result = result;
   clearTimeout(state.resultTimer);
-  state.resultTimer = setTimeout(dismissResult, RESULT_MS);
+  if (!result.keep) state.resultTimer = setTimeout(dismissResult, RESULT_MS);
   render();
   kickPoll();
 }

@@ -60,8 +60,10 @@ const PP = (() => {
     return `pushproxy-enroll-v1\n${token}\n${publicKey}\n${name}`;
   }
 
-  function answerText(txid, nonce, decision, username, deviceId) {
-    return `pushproxy-answer-v1\n${txid}\n${nonce}\n${decision}\n${username}\n${deviceId}`;
+  /** The answer's signed text; a number-matching approval also signs the typed number. */
+  function answerText(txid, nonce, decision, username, deviceId, number = null) {
+    const text = `pushproxy-answer-v1\n${txid}\n${nonce}\n${decision}\n${username}\n${deviceId}`;
+    return number === null ? text : `${text}\n${number}`;
   }
 
   // -- the device record in IndexedDB --

@@ -6,7 +6,6 @@ Deferred never fires APPROVED because of the refused answer.
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from pushproxy.approval import crypto

@@ -26,7 +26,7 @@ from pushproxy.approval import authenticator as auth
 from pushproxy.approval import crypto
 from pushproxy.approval.service import new_enrollment
 from pushproxy.approval.store import SQLiteStore
-from pushproxy.approval.webpush import b64url_decode, b64url_encode
+from pushproxy.approval.webpush import b64url_encode
 from pushproxy.wiring import build_daemon
 from tests.integration.harness import SECRET, load, write_config
 from tests.integration.radclient import radclient

@@ -14,11 +14,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 import requests
 from pyrad import packet as rpacket
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import protocol, reactor, threads
 
 from pushproxy.approval import authenticator as auth
 from pushproxy.approval.service import new_enrollment

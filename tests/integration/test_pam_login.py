@@ -25,7 +25,7 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import reactor, threads
 
 from pushproxy.approval import authenticator
 from pushproxy.approval.service import new_enrollment

@@ -14,7 +14,7 @@ import time
 import pytest
 import pytest_twisted
 from pyrad import packet as rpacket
-from twisted.internet import reactor, task, threads
+from twisted.internet import reactor, threads
 
 from pushproxy.radius import codec
 from tests.integration.harness import (SECRET, SilentServer, closed_port, load, start_daemon,
