@@ -169,8 +169,8 @@ async def test_info_is_json_with_security_headers(base, http):
 
 
 @pytest.mark.parametrize("path", ["/", "/nope", "/v1", "/v1/", "/v1/nope", "/v1/info/",
-                                  "/v1/info/x", "/v1/device", "/v1/device/nope", "/app",
-                                  "/app/enroll"])
+                                  "/v1/info/x", "/v1/device", "/v1/device/nope",
+                                  "/app/no-such-file.js"])
 @pytest_twisted.ensureDeferred
 async def test_unknown_paths_are_json_404(base, http, path):
     status, headers, body, _ = await call(http, "GET", base + path)
