@@ -30,11 +30,12 @@ class Transport:
         self.sent.append((data, addr))
 
 
-def make(require_ma=True, provider=None):
+def make(require_ma=True, provider=None, verification=None):
     clock = Clock()
     counters = Counters()
     clients = (
-        RadiusClient("vpn", ipaddress.ip_network("127.0.0.0/8"), SECRET, require_ma, None),
+        RadiusClient("vpn", ipaddress.ip_network("127.0.0.0/8"), SECRET, require_ma, None,
+                     verification),
         RadiusClient("legacy", ipaddress.ip_network("127.0.0.9/32"), b"other-secret-xx",
                      False, None),
     )
@@ -216,3 +217,29 @@ def test_drop_log_lines_are_rate_limited_but_every_drop_is_counted(caplog):
     lines = [r.getMessage() for r in caplog.records if "radius.drop" in r.getMessage()]
     assert proto.counters.get("radius_drops", reason="unknown_client") == 51
     assert len(lines) == 2 and "suppressed=49" in lines[1]
+
+
+def test_when_stopping_new_requests_are_dropped_but_answered_retransmits_still_get_replies():
+    proto, clock = make()
+    pkt, raw = request(password="wrong")
+    proto.datagramReceived(raw, NAS)
+    proto.accepting = False
+    proto.datagramReceived(raw, NAS)  # retransmit of an answered request
+    pkt2, raw2 = request(ident=9)
+    proto.datagramReceived(raw2, NAS)
+    assert len(proto.transport.sent) == 2 and proto.transport.sent[0] == proto.transport.sent[1]
+    assert proto.counters.get("radius_drops", reason="shutting_down") == 1
+    assert proto.engine.directory.calls == ["alice"]
+
+
+def test_access_challenge_carries_the_state_and_message():
+    from pushproxy.policy import Verification
+
+    proto, clock = make(verification=Verification.NUMBER_MATCH)
+    pkt, raw = request()
+    proto.datagramReceived(raw, NAS)
+    reply = verify(pkt, proto.transport.sent[0][0])
+    assert reply.code == rpacket.AccessChallenge
+    (state,) = dict.get(reply, 24)
+    assert len(state) == 16
+    assert b"Enter" in dict.get(reply, 18)[0]
