@@ -40,6 +40,9 @@ const state = {
   revoked: false,
   screen: "loading",
   ticker: null,
+  codeView: false, // the user asked for the offline code (until Back)
+  codeStep: null, // the TOTP step whose code is on screen
+  codeTimer: null,
 };
 
 // -- screens --
@@ -176,8 +179,15 @@ function wireButtons() {
   $("deny-only").addEventListener("click", () => answer("deny"));
   $("report-fraud").addEventListener("click", () => answer("fraud"));
   $("result-ok").addEventListener("click", dismissResult);
+  $("show-code").addEventListener("click", () => showCode(true));
+  $("code-back").addEventListener("click", () => showCode(false));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.screen === "code") showCode(false);
+  });
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) kickPoll();
+    if (document.hidden) return;
+    kickPoll();
+    if (state.screen === "code") updateCode(); // timers sleep in a hidden page
   });
   window.addEventListener("online", kickPoll);
   // Another enrollment link opened in this same page: start over with it.
@@ -277,8 +287,8 @@ async function enroll() {
     });
     const device = {
       deviceId: enrolled.device_id, username: enrolled.username, name, publicKey,
-      privateKey: keys.privateKey, pushEndpoint: subscription ? subscription.endpoint : null,
-      enrolled: Date.now(),
+      privateKey: keys.privateKey, totpKey: await totpKeyOf(enrolled),
+      pushEndpoint: subscription ? subscription.endpoint : null, enrolled: Date.now(),
     };
     await PP.saveDevice(device);
     state.device = device;
@@ -298,6 +308,23 @@ async function enroll() {
     status.textContent = `Setup failed: ${describeError(err)}`;
   } finally {
     button.disabled = false;
+  }
+}
+
+/**
+ * The enroll answer's TOTP secret as a non-extractable key, or null (a server
+ * that sends none, or a secret that is not base32: the device is enrolled
+ * anyway, without offline codes). Only the key is kept, never the secret.
+ */
+async function totpKeyOf(enrolled) {
+  const secret = enrolled.totp_secret;
+  delete enrolled.totp_secret;
+  delete enrolled.otpauth_uri;
+  if (typeof secret !== "string") return null;
+  try {
+    return await PP.importTotpSecret(secret);
+  } catch (err) {
+    return null;
   }
 }
 
@@ -448,10 +475,18 @@ function render() {
     $("result-code").textContent = state.result.code || "";
     $("result-code").hidden = !state.result.code;
     show("result");
+  } else if (state.codeView) {
+    stopTicker();
+    const opening = state.screen !== "code";
+    show("code");
+    if (opening) fillCode();
   } else {
     stopTicker();
     show("idle");
   }
+  // Only the code screen keeps its code current. (A request takes over from it;
+  // once that is answered the code comes back.)
+  if (state.screen !== "code") stopCodeTimer();
 }
 
 function fillRequest(request) {
@@ -601,6 +636,59 @@ function dismissResult(rerender = true) {
   if (rerender) render();
 }
 
+// -- offline code --
+// The current TOTP code, computed on the phone from the key stored at
+// enrollment: what the user types after the password ("password,123456")
+// when no push arrives. It needs no connection.
+
+function showCode(open) {
+  state.codeView = open;
+  render();
+  if (!open && state.screen === "idle") $("show-code").focus();
+}
+
+/** The code screen as it opens: no stale code, the key or the reason there is none. */
+function fillCode() {
+  const key = state.device.totpKey;
+  $("code-box").hidden = !key;
+  $("code-missing").hidden = Boolean(key);
+  $("code-value").textContent = "";
+  $("code-countdown").textContent = "";
+  state.codeStep = null;
+  if (key) updateCode();
+}
+
+/** Show the code of this step and the seconds left; run again at the next whole second. */
+async function updateCode() {
+  clearTimeout(state.codeTimer);
+  state.codeTimer = null;
+  const key = state.device && state.device.totpKey;
+  if (state.screen !== "code" || !key) return;
+  // The server's clock as last seen (the phone's own while offline since the app started).
+  const now = PP.serverNow();
+  const left = PP.totpSecondsLeft(now);
+  $("code-countdown").textContent = `New code in ${left} s`;
+  $("code-progress").value = left;
+  state.codeTimer = setTimeout(updateCode, 1000 - ((now * 1000) % 1000) + 20);
+  const step = PP.totpStep(now);
+  if (step === state.codeStep) return;
+  state.codeStep = step;
+  try {
+    const code = await PP.hotp(key, step);
+    // Still the code wanted? (The screen may have closed, or the step passed.)
+    if (state.codeStep === step && state.screen === "code") $("code-value").textContent = code;
+  } catch (err) {
+    state.codeStep = null; // tried again at the next second
+    $("code-value").textContent = "—";
+  }
+}
+
+function stopCodeTimer() {
+  clearTimeout(state.codeTimer);
+  state.codeTimer = null;
+  state.codeStep = null;
+}
+
 // -- long-poll --
 
 function setConnection(text) {
@@ -662,7 +750,9 @@ async function pollLoop() {
 
 function deviceRemoved() {
   state.revoked = true;
+  state.codeView = false; // the server refuses the codes of a removed device too
   stopTicker();
+  stopCodeTimer();
   $("not-enrolled-reason").textContent = "This phone's setup was removed by an administrator. " +
     "Open a new setup link on this phone, or paste it here.";
   show("not-enrolled");

@@ -32,6 +32,34 @@ const PP = (() => {
     return b64uEncode(await crypto.subtle.digest("SHA-256", bytes));
   }
 
+  const BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+  /**
+   * The octets of a base32 text (RFC 4648 section 6), as TOTP secrets are
+   * written: any case, spaces and trailing padding allowed. Throws on anything
+   * else, so a mangled secret is never taken for a different one.
+   */
+  function base32Decode(text) {
+    const clean = String(text).replace(/\s+/g, "").toUpperCase().replace(/=+$/, "");
+    // 8 characters carry 5 octets; a last group of 1, 3 or 6 characters is no encoding.
+    if (!clean || [1, 3, 6].includes(clean.length % 8)) throw new Error("not base32");
+    const out = new Uint8Array(Math.floor((clean.length * 5) / 8));
+    let buffer = 0; // the pending bits (at most 12)
+    let bits = 0;
+    let index = 0;
+    for (const ch of clean) {
+      const value = BASE32.indexOf(ch);
+      if (value < 0) throw new Error("not base32");
+      buffer = ((buffer << 5) | value) & 0xfff;
+      bits += 5;
+      if (bits >= 8) {
+        bits -= 8;
+        out[index++] = (buffer >> bits) & 0xff;
+      }
+    }
+    return out;
+  }
+
   // -- the signed texts (pushproxy/approval/crypto.py has the server's side) --
 
   const ECDSA = { name: "ECDSA", namedCurve: "P-256" };
@@ -66,10 +94,57 @@ const PP = (() => {
     return number === null ? text : `${text}\n${number}`;
   }
 
+  // -- offline codes: TOTP (RFC 6238) over HOTP (RFC 4226) --
+  // The server (pushproxy/passcodes.py) checks them: HMAC-SHA-1, 30-second
+  // steps since the epoch, 6 digits.
+
+  const TOTP_PERIOD = 30;
+  const TOTP_DIGITS = 6;
+  const HMAC_SHA1 = { name: "HMAC", hash: "SHA-1" };
+
+  /**
+   * The base32 TOTP secret of the enroll answer as an HMAC-SHA-1 CryptoKey that
+   * is not extractable: the app computes codes with it, but no script (not
+   * even this app) can read the secret out of it again. The decoded octets are
+   * wiped once imported.
+   */
+  async function importTotpSecret(secretB32) {
+    const octets = base32Decode(secretB32);
+    try {
+      return await crypto.subtle.importKey("raw", octets, HMAC_SHA1, false, ["sign"]);
+    } finally {
+      octets.fill(0);
+    }
+  }
+
+  /** The TOTP step of a time in seconds (what the code is the HOTP of). */
+  function totpStep(seconds) {
+    return Math.floor(seconds / TOTP_PERIOD);
+  }
+
+  /** Whole seconds (1-30) until the code of a time in seconds changes. */
+  function totpSecondsLeft(seconds) {
+    return TOTP_PERIOD - Math.floor(seconds - totpStep(seconds) * TOTP_PERIOD);
+  }
+
+  /** The 6-digit HOTP code of counter (a TOTP step) under an HMAC-SHA-1 key. */
+  async function hotp(key, counter) {
+    const message = new DataView(new ArrayBuffer(8)); // the counter, 64-bit big-endian
+    message.setBigUint64(0, BigInt(counter));
+    const mac = new DataView(await crypto.subtle.sign("HMAC", key, message.buffer));
+    // RFC 4226 section 5.3, dynamic truncation: the low 4 bits of the last octet
+    // pick 4 octets, read as a 31-bit number.
+    const offset = mac.getUint8(mac.byteLength - 1) & 0x0f;
+    const value = mac.getUint32(offset) & 0x7fffffff;
+    return String(value % 10 ** TOTP_DIGITS).padStart(TOTP_DIGITS, "0");
+  }
+
   // -- the device record in IndexedDB --
   // One record: {deviceId, username, name, publicKey, privateKey (a CryptoKey),
-  // pushEndpoint, enrolled}. IndexedDB keeps CryptoKey objects as they are, so a
-  // non-extractable key stays non-extractable when stored.
+  // totpKey (an HMAC CryptoKey of the TOTP secret; null or absent for a device
+  // enrolled without one), pushEndpoint, enrolled}. IndexedDB keeps CryptoKey
+  // objects as they are, so a non-extractable key stays non-extractable when
+  // stored.
 
   const DB_NAME = "pushproxy";
   const STORE = "device";
@@ -213,8 +288,9 @@ const PP = (() => {
   }
 
   return {
-    b64uEncode, b64uDecode, generateKeyPair, exportPublicKey, sign, enrollText, answerText,
-    loadDevice, saveDevice, deleteDevice, learnServerTime, serverNow, localDate, ApiError, call,
+    b64uEncode, b64uDecode, base32Decode, generateKeyPair, exportPublicKey, sign, enrollText,
+    answerText, TOTP_PERIOD, importTotpSecret, totpStep, totpSecondsLeft, hotp, loadDevice,
+    saveDevice, deleteDevice, learnServerTime, serverNow, localDate, ApiError, call,
     putSubscription, subscriptionJson, isRequest,
   };
 })();

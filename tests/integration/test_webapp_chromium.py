@@ -14,17 +14,23 @@ enrolled app serve the whole module; every browser step runs in a thread
 (`in_thread`) because the daemon runs in the test's reactor.
 
 A second daemon whose policy asks for verified push (number matching, login
-codes) checks that the app lets the user complete both.
+codes) checks that the app lets the user complete both. A third one is
+stopped under the app, which then still opens (its service worker's copy) and
+shows the offline code (issue 5: TOTP passcodes).
 
-``PUSHPROXY_SCREENSHOTS=1`` also saves docs/screenshots/enroll.png and
-docs/screenshots/approve.png (phone size, 390x844 CSS pixels at 2x).
+``PUSHPROXY_SCREENSHOTS=1`` also saves docs/screenshots/enroll.png,
+docs/screenshots/approve.png and docs/screenshots/offline-code.png (phone
+size, 390x844 CSS pixels at 2x).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
+import re
 import shutil
 import tempfile
 import textwrap
@@ -39,6 +45,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
+from pushproxy import passcodes
 from pushproxy.approval import authenticator as auth
 from pushproxy.approval import crypto
 from pushproxy.approval.api import APP_CSP, WEBAPP_DIR
@@ -438,6 +445,91 @@ def test_a_push_message_shows_a_notification_and_the_request(app):
     assert result.code == "Access-Accept"
 
 
+def read_code(phone: Phone) -> str:
+    """The 6 digits on the offline-code screen, once the page has computed them."""
+    return wait_for(lambda: (lambda t: t if re.fullmatch("[0-9]{6}", t) else None)(
+        phone.text("code-value")), "the offline code")
+
+
+def code_steps(secret: str, read) -> tuple[str, dict[str, int]]:
+    """read() (the code the page shows) and the codes of the steps it may be from.
+
+    The page computed its code at most a second or so before it was read, on the
+    same clock as this test (the server's, as last seen); around a 30 s boundary
+    that is the step before the current one. One step on either side of the
+    steps seen around read() covers both.
+    """
+    first = passcodes.totp_step(time.time())
+    shown = read()
+    last = passcodes.totp_step(time.time())
+    return shown, {passcodes.totp(secret, step): step for step in range(first - 1, last + 2)}
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_offline_code_signs_in_once_without_a_push(app):
+    # A login, so before the fraud report of the approve/deny test locks alice.
+    (device,) = devices(app.stack)
+    secret = device.totp_secret
+    assert secret and len(base64.b32decode(secret)) == 20  # made at enrollment, 160 bits
+    before = len(app.stack.audit()) if (app.stack.tmp_path / "audit.jsonl").exists() else 0
+    phone = app.phone
+    provider = app.stack.daemon.provider
+
+    def pending():
+        return threads.blockingCallFromThread(reactor, provider.run, "pending_transactions",
+                                              "alice", time.time())
+
+    def scenario():
+        phone.open(app.app_url)
+        phone.visible("screen-idle")
+        active = phone.driver.switch_to.active_element
+        assert active.get_attribute("id") == "idle-title"  # where show() put the focus
+        # One key from the main screen: Tab reaches the button, Enter opens the code.
+        active.send_keys(Keys.TAB)
+        button = phone.driver.switch_to.active_element
+        assert button.get_attribute("id") == "show-code"
+        assert button.text == "Phone offline? Show a code"
+        button.send_keys(Keys.ENTER)
+        phone.visible("screen-code")
+        assert phone.driver.switch_to.active_element.get_attribute("id") == "code-title"
+        shown, expected = code_steps(secret, lambda: read_code(phone))
+        assert shown in expected, f"{shown} is none of {expected}"
+        value = phone.driver.find_element(By.ID, "code-value")
+        assert value.get_attribute("aria-live") == "polite"
+        assert value.get_attribute("role") == "status"
+        assert value.get_attribute("aria-labelledby") == "code-label"
+        assert phone.text("code-label")
+        assert phone.text("code-usage") == "Type it after your password: password,123456"
+        assert not phone.driver.find_element(By.ID, "code-missing").is_displayed()
+        countdown = phone.text("code-countdown")
+        left = re.fullmatch(r"New code in ([0-9]+) s", countdown)
+        assert left and 1 <= int(left.group(1)) <= 30, countdown
+        # It counts down (at the next whole second).
+        wait_for(lambda: phone.text("code-countdown") != countdown, "the countdown to move",
+                 timeout=3)
+        phone.driver.execute_script("document.activeElement.blur()")  # no focus ring
+        phone.screenshot("offline-code")
+
+        accepted = radclient_sync(app.stack.radius, SECRET,
+                                  login_attrs(password=f"alice-pw,{shown}"), timeout=10)
+        first_reason = audit_reason(app.stack, before + 1)
+        again = radclient_sync(app.stack.radius, SECRET,
+                               login_attrs(password=f"alice-pw,{shown}"), timeout=10)
+        second_reason = audit_reason(app.stack, before + 2)
+        # No push: nothing pending, nothing on the phone, which still shows its code.
+        assert pending() == []
+        assert phone.screen() == "screen-code"
+        # Escape (or Back) returns to the main screen, the focus on the button.
+        phone.driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        phone.visible("screen-idle")
+        assert phone.driver.switch_to.active_element.get_attribute("id") == "show-code"
+        return accepted, first_reason, again, second_reason
+
+    accepted, first_reason, again, second_reason = yield in_thread(scenario)
+    assert accepted.code == "Access-Accept" and first_reason == "passcode_totp"
+    assert again.code == "Access-Reject" and second_reason == "bad_passcode"
+
+
 def login_and_answer(app: EnrolledApp, station: str, buttons: tuple[str, ...], result: str,
                      screenshot: str | None = None):
     """A radclient login from station; the page shows it; click buttons; the RADIUS reply.
@@ -617,6 +709,200 @@ def test_the_private_key_is_not_extractable(app):
     assert found["pkcs8"] == "InvalidAccessError" and found["jwk"] == "InvalidAccessError"
     (device,) = devices(app.stack)
     assert crypto.verify(crypto.load_public_key(device.public_key), "probe", found["signature"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_offline_code_key_is_not_extractable(app):
+    (device,) = devices(app.stack)
+    secret = device.totp_secret
+    phone = app.phone
+
+    def scenario():
+        phone.open(app.app_url)
+        phone.visible("screen-idle")
+        return phone.run_async(LOAD_RECORD + """
+            const key = record.totpKey;
+            const out = {type: key.type, extractable: key.extractable, usages: key.usages,
+                         name: key.algorithm.name, hash: key.algorithm.hash.name,
+                         length: key.algorithm.length, record: JSON.stringify(record),
+                         page: document.documentElement.outerHTML};
+            for (const format of ["raw", "jwk"]) {
+              try {
+                await crypto.subtle.exportKey(format, key);
+                out[format] = "exported";
+              } catch (err) {
+                out[format] = err.name;
+              }
+            }
+            // The stored key is the secret of the store: same HMAC.
+            const mac = await crypto.subtle.sign("HMAC", key, new TextEncoder().encode("probe"));
+            out.mac = Array.from(new Uint8Array(mac));
+            return out;""")
+
+    found = yield in_thread(scenario)
+    assert found["type"] == "secret" and found["extractable"] is False
+    assert found["usages"] == ["sign"]
+    assert (found["name"], found["hash"], found["length"]) == ("HMAC", "SHA-1", 160)
+    assert found["raw"] == "InvalidAccessError" and found["jwk"] == "InvalidAccessError"
+    assert bytes(found["mac"]) == hmac.new(base64.b32decode(secret), b"probe",
+                                           hashlib.sha1).digest()
+    # The secret itself is nowhere the page could read it: not in the record
+    # (a CryptoKey serializes as {}), not in the page.
+    for form in (secret, secret.lower(), secret.rstrip("=")):
+        assert form not in found["record"] and form not in found["page"]
+
+
+#: RFC 6238 appendix B (SHA-1 rows, the 8-digit codes' last 6 digits) by Unix time.
+RFC6238_SHA1 = {59: "287082", 1111111109: "081804", 1111111111: "050471",
+                1234567890: "005924", 2000000000: "279037", 20000000000: "353130"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_app_computes_the_codes_the_server_accepts(app):
+    rfc_secret = base64.b32encode(b"12345678901234567890").decode()
+    fresh = passcodes.new_totp_secret()
+    steps = [0, 1, 2, 9, 2 ** 31, 2 ** 32 + 1, passcodes.totp_step(time.time())]
+    phone = app.phone
+
+    def scenario():
+        phone.open(app.app_url)
+        phone.visible("screen-idle")
+        return phone.run_async("""
+            const [rfc, fresh, steps, times] = args;
+            const out = {};
+            // As a person might copy a secret: lower case, in groups, with padding.
+            const grouped = await PP.importTotpSecret(rfc.toLowerCase().replace(/(.{4})/g, "$1 "));
+            out.rfc = await Promise.all(times.map((t) => PP.hotp(grouped, PP.totpStep(t))));
+            const key = await PP.importTotpSecret(fresh);
+            out.fresh = await Promise.all(steps.map((s) => PP.hotp(key, s)));
+            out.left = times.map((t) => PP.totpSecondsLeft(t));
+            out.refused = [];
+            for (const bad of ["", "ABC", "ABCDEF", "AB1CDEFG", "AB=CDEFG", "MZXW6YT!"]) {
+              try { PP.base32Decode(bad); } catch (err) { out.refused.push(bad); }
+            }
+            out.foobar = new TextDecoder().decode(PP.base32Decode("MZXW6YTBOI======"));
+            return out;""", rfc_secret, fresh, steps, list(RFC6238_SHA1))
+
+    found = yield in_thread(scenario)
+    assert found["rfc"] == list(RFC6238_SHA1.values())
+    assert found["fresh"] == [passcodes.totp(fresh, step) for step in steps]
+    assert found["left"] == [passcodes.totp_seconds_left(t) for t in RFC6238_SHA1]
+    assert found["refused"] == ["", "ABC", "ABCDEF", "AB1CDEFG", "AB=CDEFG", "MZXW6YT!"]
+    assert found["foobar"] == "foobar"
+
+
+#: Page script: keep the device record aside and store it without its TOTP key,
+#: as a device enrolled before passcodes has it; RESTORE_RECORD puts it back.
+DROP_TOTP_KEY = """
+    const db = await new Promise((ok, fail) => {
+      const open = indexedDB.open("pushproxy");
+      open.onsuccess = () => ok(open.result); open.onerror = () => fail(open.error);
+    });
+    await new Promise((ok, fail) => {
+      const tx = db.transaction("device", "readwrite");
+      const store = tx.objectStore("device");
+      const get = store.get("current");
+      get.onsuccess = () => {
+        const old = Object.assign({}, get.result);
+        delete old.totpKey;
+        store.put(get.result, "kept-by-test");
+        store.put(old, "current");
+      };
+      tx.oncomplete = ok; tx.onerror = () => fail(tx.error);
+    });
+    db.close();
+"""
+RESTORE_RECORD = """
+    const db = await new Promise((ok, fail) => {
+      const open = indexedDB.open("pushproxy");
+      open.onsuccess = () => ok(open.result); open.onerror = () => fail(open.error);
+    });
+    await new Promise((ok, fail) => {
+      const tx = db.transaction("device", "readwrite");
+      const store = tx.objectStore("device");
+      const get = store.get("kept-by-test");
+      get.onsuccess = () => {
+        if (get.result) store.put(get.result, "current");
+        store.delete("kept-by-test");
+      };
+      tx.oncomplete = ok; tx.onerror = () => fail(tx.error);
+    });
+    db.close();
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_device_enrolled_without_a_secret_says_to_re_enroll(app):
+    phone = app.phone
+
+    def scenario():
+        phone.open(app.app_url)
+        phone.visible("screen-idle")
+        phone.run_async(DROP_TOTP_KEY)
+        try:
+            phone.open(app.app_url)
+            phone.click("show-code")
+            phone.visible("screen-code")
+            missing = phone.visible("code-missing").text
+            assert not phone.driver.find_element(By.ID, "code-box").is_displayed()
+            assert phone.text("code-value") == ""
+        finally:
+            phone.run_async(RESTORE_RECORD)
+        # Back to the enrolled key: the code shows again.
+        phone.open(app.app_url)
+        phone.click("show-code")
+        read_code(phone)
+        phone.click("code-back")
+        phone.visible("screen-idle")
+        return missing
+
+    missing = yield in_thread(scenario)
+    assert missing.startswith("No offline codes for this device: re-enroll to get them.")
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_app_opens_without_a_connection_and_shows_the_code(phone, slapd, tmp_path_factory):
+    offline = yield Stack(tmp_path_factory.mktemp("offline"), slapd, timeout=20).start()
+    origin = f"http://127.0.0.1:{offline.http_port}"
+    app_url = origin + "/app/"
+    running = True
+
+    def enroll_and_keep():
+        phone.set_notifications(origin, "denied")  # no wait for a push subscription
+        phone.open(offline.link())
+        phone.click("enroll-button")
+        phone.visible("screen-idle")
+        phone.wait_text("connection", "Connected")
+        # The service worker controls the page and holds its copy of the app.
+        wait_for(lambda: phone.run_async("""
+            if (!navigator.serviceWorker.controller) return false;
+            for (const name of ["./", "common.js", "app.js", "style.css"]) {
+              if (!(await caches.match(new URL(name, location.href)))) return false;
+            }
+            return true;"""), "the service worker's copy of the app")
+        phone.open("about:blank")  # no long-poll held open while the daemon stops
+
+    def offline_code():
+        phone.open(app_url)  # nothing listens there any more
+        phone.visible("screen-idle")
+        phone.wait_text("connection", "Can't reach the server")
+        phone.click("show-code")
+        phone.visible("screen-code")
+        return code_steps(secret, lambda: read_code(phone))
+
+    try:
+        yield in_thread(enroll_and_keep)
+        (device,) = devices(offline)
+        secret = device.totp_secret
+        yield offline.stop()
+        running = False
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(app_url, timeout=5)
+        shown, expected = yield in_thread(offline_code)
+        assert shown in expected, f"{shown} is none of {expected}"
+    finally:
+        if running:
+            yield offline.stop()
 
 
 @pytest_twisted.inlineCallbacks
