@@ -172,6 +172,7 @@ def cmd_demo(args) -> int:
             In a third terminal:
               pushproxy radius-test alice alice-pw --server {server} --secret-file {folder / 'radius.secret'}
             Answer y or n in the second terminal and watch the RADIUS answer in the third.
+            (Or open the link in a browser on this machine to use the web authenticator.)
             Audit trail: {folder / 'audit.jsonl'}"""))
 
     def failed(failure):
