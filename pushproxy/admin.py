@@ -10,7 +10,6 @@ the fraud lock at once, a denial pause only when it runs out.)
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -18,6 +17,7 @@ import segno
 
 from pushproxy import passcodes
 from pushproxy.approval.service import new_enrollment
+from pushproxy.argtypes import seconds, whole_number
 from pushproxy.approval.store import SQLiteStore, StoreError
 from pushproxy.audit import utc_stamp
 from pushproxy.config import load_config_or_report
@@ -166,26 +166,6 @@ def cmd_locks(args) -> int:
     return 0
 
 
-def _bypass_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a whole number") from None
-    if not 1 <= value <= MAX_BYPASS_CODES:
-        raise argparse.ArgumentTypeError(f"from 1 to {MAX_BYPASS_CODES}")
-    return value
-
-
-def _ttl(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("a positive number of seconds")
-    return value
-
-
 def add_parsers(sub) -> None:
     """Register ``enroll``, ``devices``, ``bypass``, ``unlock`` and ``locks`` on the CLI's
     subparsers."""
@@ -210,9 +190,9 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_devices_revoke)
     p = sub.add_parser("bypass", help="issue one-time bypass codes for a user (shown once)")
     p.add_argument("user", type=str.casefold)
-    p.add_argument("--count", "-n", type=_bypass_count, default=5,
+    p.add_argument("--count", "-n", type=whole_number(1, MAX_BYPASS_CODES), default=5,
                    help="how many codes (default %(default)s)")
-    p.add_argument("--ttl", type=_ttl, default=BYPASS_TTL,
+    p.add_argument("--ttl", type=seconds(), default=BYPASS_TTL,
                    help="seconds the codes stay valid (default %(default)g, 7 days)")
     p.add_argument("--replace", action="store_true",
                    help="delete the user's earlier codes first")

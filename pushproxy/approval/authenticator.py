@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushproxy import passcodes
 from pushproxy.approval import crypto
+from pushproxy.argtypes import seconds, whole_number
 from pushproxy.approval.webpush import b64url_encode
 
 STATE_FILE = "device.json"
@@ -657,36 +658,6 @@ def watch(device: DeviceClient, *, auto: str | None = None, count: int | None = 
     return 0
 
 
-def _wait_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a number of seconds") from None
-    if not 0 <= value <= 30:
-        raise argparse.ArgumentTypeError("from 0 to 30 seconds")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("a positive number of seconds")
-    return value
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``authenticator`` and its commands on an argparse subparsers object."""
     common = argparse.ArgumentParser(add_help=False)
@@ -710,7 +681,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("pending", parents=[common], help="list the open requests")
-    p.add_argument("--wait", type=_wait_arg, default=0.0, metavar="N",
+    p.add_argument("--wait", type=seconds(0, 30, allow_low=True), default=0.0, metavar="N",
                    help="wait up to N seconds (0-30) for a request to appear")
     p.set_defaults(func=cmd_pending)
 
@@ -740,9 +711,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("watch", parents=[common], help="wait for requests and answer them")
     p.add_argument("--auto", choices=("approve", "deny"),
                    help="answer every request this way instead of asking")
-    p.add_argument("--count", type=_positive_int, metavar="N",
+    p.add_argument("--count", type=whole_number(1), metavar="N",
                    help="stop after answering N requests")
-    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds(), metavar="SECONDS",
                    help="stop after this many seconds")
     p.set_defaults(func=cmd_watch)
     return parser
