@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -53,6 +54,10 @@ def cmd_serve(args) -> int:
         # (and whatever is ordered after us) send traffic.
         sdnotify.notify("READY=1\nSTATUS=serving")
         logs.event(log, logging.INFO, "daemon.ready", config=args.config)
+        # Start-up objects (modules, config, keys) live for the whole run: keep
+        # them out of every later full collection, which otherwise stalls all
+        # pending logins at once when many thousands wait (see docs/benchmarks.md).
+        gc.freeze()
         interval = sdnotify.watchdog_interval()
         if interval:
             task.LoopingCall(sdnotify.notify, "WATCHDOG=1").start(interval)

@@ -14,6 +14,7 @@ that ends at ``until`` is over when ``now >= until``.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -96,11 +97,25 @@ class FatigueGuard:
             user = _User(deque(maxlen=self.limits.max_pushes),
                          deque(maxlen=self.limits.max_denials))
             self._users[username] = user
-            while len(self._users) > self.limits.max_users:
-                self._users.popitem(last=False)
+            self._evict(username)
         self._users.move_to_end(username)
         self._expire(user, now)
         return user
+
+    def _evict(self, keep: str, scan: int = 64) -> None:
+        """Over max_users: forget the least recent users that have no push waiting.
+
+        A user with a push on the phone is never forgotten, or a flood of other
+        users would lift that user's max_pending limit. When the oldest ``scan``
+        users all have pushes waiting, the table grows instead: the engine's
+        pending limit bounds it.
+        """
+        while len(self._users) > self.limits.max_users:
+            victim = next((name for name, user in itertools.islice(self._users.items(), scan)
+                           if user.pending == 0 and name != keep), None)
+            if victim is None:
+                return
+            del self._users[victim]
 
     def _expire(self, user: _User, now: float) -> None:
         while user.pushes and now >= user.pushes[0] + self.limits.window:

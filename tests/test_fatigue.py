@@ -153,13 +153,14 @@ def test_paused_users_are_kept_while_paused():
     assert guard.check("mallory-target", T0 + 1000).reason is BlockReason.PAUSED
 
 
-def test_tracked_users_are_capped_oldest_first():
-    guard = FatigueGuard(FatigueLimits(max_users=3))
+def test_tracked_users_are_capped_oldest_first_among_those_with_no_push_waiting():
+    guard = FatigueGuard(FatigueLimits(max_users=3, max_pushes=1))
     for i, name in enumerate(["a", "b", "c", "d"]):
         guard.push_started(name, T0 + i)
+        guard.push_finished(name)
     assert guard.tracked == 3
-    assert guard.check("a", T0 + 5) is None  # evicted: forgotten
-    assert guard.check("d", T0 + 5) == Block(BlockReason.TOO_MANY_PENDING)
+    assert guard.check("a", T0 + 5) is None  # evicted: its rate limit is forgotten
+    assert guard.check("d", T0 + 5) == Block(BlockReason.RATE_LIMITED, T0 + 3 + 600)
 
 
 def test_push_history_stays_bounded():
@@ -169,3 +170,15 @@ def test_push_history_stays_bounded():
         guard.push_finished("alice")
     user = guard._users["alice"]
     assert len(user.pushes) == 5
+
+
+def test_a_user_with_a_push_waiting_is_never_forgotten_by_a_flood_of_other_users():
+    guard = FatigueGuard(FatigueLimits(max_pending=1, max_users=10))
+    guard.push_started("victim", 0.0)
+    for i in range(50):
+        guard.check(f"user{i}", 1.0)
+        guard.push_started(f"user{i}", 1.0)
+        guard.push_finished(f"user{i}")
+    block = guard.check("victim", 2.0)
+    assert block is not None and block.reason is BlockReason.TOO_MANY_PENDING
+    assert guard.tracked <= 11

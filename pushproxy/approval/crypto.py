@@ -8,6 +8,7 @@ signature made for one purpose can never be replayed as another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from cryptography.exceptions import InvalidSignature
@@ -25,8 +26,9 @@ class BadKey(ValueError):
     """A public key that is not an uncompressed P-256 point."""
 
 
+@functools.lru_cache(maxsize=4096)
 def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
-    """A device public key from its b64u uncompressed point."""
+    """A device public key from its b64u uncompressed point (parsed keys are cached)."""
     try:
         raw = b64url_decode(text)
         if len(raw) != 65 or raw[0] != 4:
