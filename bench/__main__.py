@@ -1,0 +1,182 @@
+"""``python -m bench``: every scenario of issue 7 in one run, a table, and JSON.
+
+    python -m bench                      # 3 runs, results in bench/results.json
+    python -m bench --runs 5 --out /tmp/results.json
+    python -m bench --smoke              # a few dozen logins: checks that it works
+
+As root it installs what is missing (apt-get: freeradius, freeradius-ldap,
+freeradius-utils, slapd, ldap-utils; pip: py-spy); ``--no-install`` never
+does. Everything listens on 127.0.0.1 only, every process it starts is
+stopped at the end, and nothing outside its temporary folder is written
+except the JSON. See docs/benchmarks.md for the method and the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from importlib import metadata
+from pathlib import Path
+
+from bench import deps
+from bench import freeradius as fr_mod
+from bench import profile as profiling
+from bench.report import print_table, summarize
+from bench.scenarios import Bench, Sizes
+
+
+def machine() -> dict:
+    """Facts about where the numbers were taken."""
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("pushproxy", "twisted", "pyrad", "ldap3", "cryptography", "pyasn1",
+                 "prometheus-client"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    slapd = None
+    try:
+        out = subprocess.run(["/usr/sbin/slapd", "-VV"], capture_output=True, text=True,
+                             timeout=10)
+        text = out.stderr + out.stdout
+        slapd = next((w for w in text.split() if w[:1].isdigit() and "." in w), None)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gb": _memory_gb(),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "packages": versions, "freeradius": fr_mod.version(), "slapd": slapd,
+            "loadavg_at_start": os.getloadavg()}
+
+
+def _memory_gb() -> float | None:
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="runs per scenario (median taken); 3")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results.json"),
+                   help="where to write the JSON (default bench/results.json)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, one run, no profile: checks the benchmark works")
+    p.add_argument("--no-install", action="store_true", help="never apt-get / pip install")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
+    p.add_argument("--skip-freeradius", action="store_true",
+                   help="pushproxy only (no reference, no ratio)")
+    p.add_argument("--only", action="append",
+                   choices=("throughput", "pending", "overhead"),
+                   help="run only these scenarios (repeatable)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    for field, default in asdict(Sizes()).items():
+        text = f"size: {field} (default {default})"
+        if field == "switch_interval":
+            text = ("experiment: run the daemon under sys.setswitchinterval(N) "
+                    "(default: Python's own, 5 ms)")
+        p.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=None,
+                       help=text)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sizes = Sizes.smoke() if args.smoke else Sizes()
+    overrides = {f: getattr(args, f) for f in asdict(sizes) if getattr(args, f) is not None}
+    sizes = replace(sizes, **overrides)
+    runs = 1 if args.smoke and args.runs == 3 else max(1, args.runs)
+    only = set(args.only or ("throughput", "pending", "overhead"))
+    want_profile = not (args.smoke or args.no_profile) and "throughput" in only
+
+    def log(text):
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    missing = deps.ensure(install=not args.no_install, profile=want_profile, log=log)
+    if "slapd" in missing:
+        log("slapd is required: apt-get install slapd ldap-utils")
+        return 2
+    use_fr = not args.skip_freeradius and fr_mod.available()
+    if not use_fr and not args.skip_freeradius:
+        log("FreeRADIUS (freeradius, freeradius-ldap) not installed: pushproxy only")
+    profile = want_profile and profiling.available()
+
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="pushproxy-bench-"))
+    bench = Bench(workdir, sizes, use_freeradius=use_fr, log=log)
+    result = {"machine": machine(), "sizes": asdict(sizes), "runs_requested": runs,
+              "freeradius_used": use_fr, "started": time.strftime(
+                  "%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "runs": []}
+    try:
+        bench.start()
+        for n in range(1, runs + 1):
+            run: dict = {"run": n, "loadavg_at_start": os.getloadavg()}
+            if "throughput" in only:
+                if use_fr:
+                    log(f"run {n}: throughput, FreeRADIUS")
+                    run["freeradius"] = bench.throughput_freeradius()
+                log(f"run {n}: throughput, pushproxy with push")
+                run["pushproxy_push"] = bench.throughput_pushproxy(allow_all=False)
+                log(f"run {n}: throughput, pushproxy policy allow (no push)")
+                run["pushproxy_allow"] = bench.throughput_pushproxy(allow_all=True)
+            if "pending" in only:
+                log(f"run {n}: pending capacity ({sizes.pending} logins) and decision latency")
+                run["pending"] = bench.pending()
+            if "overhead" in only:
+                log(f"run {n}: proxy overhead")
+                run["overhead"] = bench.overhead()
+            result["runs"].append(run)
+            log(f"run {n} done")
+        if profile:
+            result["profile"] = {}
+            for mode, gil in (("active_threads", False), ("gil", True)):
+                log(f"profile: py-spy ({mode}) on the daemon during one more push "
+                    "throughput run")
+                raw = workdir / f"py-spy-push-{mode}.txt"
+                run = bench.throughput_pushproxy(allow_all=False, profile_to=raw,
+                                                 profile_gil=gil)
+                kept = Path(args.out).with_name(f"profile-push-{mode}.raw.txt.gz")
+                with open(raw, "rb") as src, gzip.open(kept, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                result["profile"][mode] = {"under_profiler": run, "raw_file": str(kept),
+                                           **profiling.summarize(raw, top=30),
+                                           "by_file": profiling.by_module(raw, top=25)}
+    finally:
+        bench.stop()
+        result["duration_s"] = round(time.time() - started, 1)
+        result["machine"]["loadavg_at_end"] = os.getloadavg()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["summary"], result["targets"] = summarize(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The load generators: radclient for throughput, a small asyncio RADIUS client for latency.
+
+`run_radclient` drives FreeRADIUS's own ``radclient`` with a load file, in
+parallel (``-p``), once per request, and reads its packet summary; the same
+command line is used against both servers.
+
+`RadiusClient` is an asyncio PAP client written for the benchmark (no pyrad:
+encoding a request here costs a few microseconds, so the generator stays out
+of the way). It keeps many requests outstanding over several UDP sockets (256
+identifiers each), stamps every reply with ``time.monotonic()`` (the same
+clock in every process on the machine, so the device process's timestamps can
+be compared with it) and checks each reply's Response Authenticator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import re
+import resource
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE = 1, 2, 3, 11
+CODE_NAMES = {ACCESS_ACCEPT: "accept", ACCESS_REJECT: "reject", ACCESS_CHALLENGE: "challenge"}
+RADCLIENT_BIN = "/usr/bin/radclient"
+
+
+# -- radclient --------------------------------------------------------------------------------
+
+
+def write_load_file(path: Path, logins: list[tuple[str, str]], nas: str = "bench") -> None:
+    """One Access-Request per (user, password), each with a Message-Authenticator."""
+    with open(path, "w", encoding="utf-8") as out:
+        for i, (user, password) in enumerate(logins):
+            out.write(f'User-Name = "{user}"\nUser-Password = "{password}"\n'
+                      f'Calling-Station-Id = "198.51.100.{i % 250 + 1}"\n'
+                      f'NAS-Identifier = "{nas}"\nMessage-Authenticator = 0x00\n\n')
+
+
+@dataclass(frozen=True)
+class RadclientRun:
+    """What one radclient load run did."""
+
+    elapsed: float  # wall seconds from start to exit
+    accepted: int
+    rejected: int
+    lost: int
+    cpu: float  # radclient's own user+system CPU seconds
+    exit_code: int
+
+    @property
+    def rate(self) -> float:
+        """Accepted logins per second."""
+        return self.accepted / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def run_radclient(address: str, secret: str, load_file: Path, *, parallel: int = 128,
+                  timeout: float = 10.0, limit: float = 600.0) -> RadclientRun:
+    """``radclient -q -s -p N -c 1 -r 1 -t T -f FILE HOST auth SECRET``; bounded by ``limit``."""
+    argv = [RADCLIENT_BIN, "-q", "-s", "-p", str(parallel), "-c", "1", "-r", "1",
+            "-t", str(timeout), "-f", str(load_file), address, "auth", secret]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = started + limit
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.002)
+    elapsed = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = proc.stdout.read().decode("utf-8", "replace")
+    proc.stdout.close()
+
+    def count(label: str) -> int:
+        match = re.search(rf"{label}\s*:\s*(\d+)", out)
+        return int(match.group(1)) if match else 0
+
+    return RadclientRun(elapsed=elapsed, accepted=count("Accepted"), rejected=count("Rejected"),
+                        lost=count("Lost"), cpu=usage.ru_utime + usage.ru_stime,
+                        exit_code=proc.returncode)
+
+
+# -- the asyncio client -----------------------------------------------------------------------
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    return struct.pack("!BB", kind, len(value) + 2) + value
+
+
+def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
+    """RFC 2865 5.2 User-Password hiding."""
+    padded = password + b"\0" * (-len(password) % 16 or (16 if not password else 0))
+    out, last = b"", authenticator
+    for i in range(0, len(padded), 16):
+        digest = hashlib.md5(secret + last).digest()
+        last = bytes(a ^ b for a, b in zip(padded[i:i + 16], digest))
+        out += last
+    return out
+
+
+def encode_request(ident: int, authenticator: bytes, secret: bytes, user: str, password: str,
+                   station: str, nas: str) -> bytes:
+    """An Access-Request with Message-Authenticator (RFC 3579), signed with ``secret``."""
+    attrs = (_attr(1, user.encode()) + _attr(2, hide_password(password.encode(), secret,
+                                                              authenticator))
+             + _attr(31, station.encode()) + _attr(32, nas.encode()) + _attr(80, b"\0" * 16))
+    header = struct.pack("!BBH", ACCESS_REQUEST, ident, 20 + len(attrs)) + authenticator
+    unsigned = header + attrs
+    mac = hmac.new(secret, unsigned, hashlib.md5).digest()
+    return unsigned[:-16] + mac
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """One login as the client saw it."""
+
+    user: str
+    outcome: str | None  # accept / reject / challenge, None: no reply in time
+    sent: float  # time.monotonic() at send
+    received: float | None  # time.monotonic() when the reply arrived
+
+    @property
+    def rtt(self) -> float | None:
+        """Seconds from send to reply."""
+        return None if self.received is None else self.received - self.sent
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, owner: "RadiusClient"):
+        self.owner = owner
+        self.transport = None
+        self.free = list(range(256))
+        self.waiting: dict[int, tuple[bytes, asyncio.Future]] = {}
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        now = time.monotonic()
+        if len(data) < 20:
+            return
+        code, ident, length = struct.unpack("!BBH", data[:4])
+        entry = self.waiting.get(ident)
+        if entry is None:
+            return
+        authenticator, future = entry
+        expected = hashlib.md5(data[:4] + authenticator + data[20:length]
+                               + self.owner.secret).digest()
+        if expected != data[4:20]:
+            self.owner.bad_replies += 1
+            return
+        if not future.done():
+            future.set_result((code, now))
+
+
+class RadiusClient:
+    """Many concurrent PAP logins to one server from one asyncio loop."""
+
+    def __init__(self, host: str, port: int, secret: str, *, sockets: int = 4,
+                 nas: str = "bench"):
+        self.address = (host, port)
+        self.secret = secret.encode()
+        self.nas = nas
+        self.count = sockets
+        self.sockets: list[_Socket] = []
+        self.bad_replies = 0
+        self._slot = None
+
+    async def open(self) -> "RadiusClient":
+        """Open the UDP sockets (each with a large receive buffer)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(self.count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.bind(("127.0.0.1", 0))
+            _, proto = await loop.create_datagram_endpoint(lambda: _Socket(self), sock=sock)
+            self.sockets.append(proto)
+        self._slot = asyncio.Semaphore(256 * self.count)
+        return self
+
+    def close(self) -> None:
+        """Close every socket."""
+        for proto in self.sockets:
+            if proto.transport is not None:
+                proto.transport.close()
+
+    async def login(self, user: str, password: str, *, station: str = "198.51.100.7",
+                    timeout: float = 10.0) -> LoginResult:
+        """One Access-Request, no retransmission; the reply or None after ``timeout``."""
+        async with self._slot:
+            proto = max(self.sockets, key=lambda p: len(p.free))
+            ident = proto.free.pop()
+            authenticator = os.urandom(16)
+            future = asyncio.get_running_loop().create_future()
+            proto.waiting[ident] = (authenticator, future)
+            data = encode_request(ident, authenticator, self.secret, user, password, station,
+                                  self.nas)
+            sent = time.monotonic()
+            proto.transport.sendto(data, self.address)
+            try:
+                code, received = await asyncio.wait_for(future, timeout)
+                outcome = CODE_NAMES.get(code, str(code))
+            except asyncio.TimeoutError:
+                outcome, received = None, None
+            finally:
+                del proto.waiting[ident]
+                proto.free.insert(0, ident)  # reuse an identifier as late as possible
+            return LoginResult(user, outcome, sent, received)
+
+
+async def closed_loop(client: RadiusClient, logins: list[tuple[str, str]], concurrency: int,
+                      timeout: float = 10.0) -> list[LoginResult]:
+    """Send ``logins`` with at most ``concurrency`` outstanding (the next starts when one ends)."""
+    queue = list(reversed(logins))
+    results: list[LoginResult] = []
+
+    async def worker():
+        while queue:
+            user, password = queue.pop()
+            results.append(await client.login(user, password, timeout=timeout))
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    return results
+
+
+def children_cpu() -> float:
+    """CPU seconds used by this process's finished children (for bookkeeping)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -1,0 +1,146 @@
+"""The table and the summary: per-run figures, their medians, and the issue's targets."""
+
+from __future__ import annotations
+
+from bench.stats import median
+
+# (key, label, unit, path in a run, target as (operator, value) or None)
+ROWS = [
+    ("fr_rate", "FreeRADIUS+rlm_ldap logins/s", "/s", ("freeradius", "logins_per_s"), None),
+    ("fr_radclient", "  same, radclient -p 128 (cross-check)", "/s",
+     ("freeradius", "radclient", "logins_per_s"), None),
+    ("push_rate", "pushproxy full path (push approved) logins/s", "/s",
+     ("pushproxy_push", "logins_per_s"), None),
+    ("allow_rate", "pushproxy policy allow (no push) logins/s", "/s",
+     ("pushproxy_allow", "logins_per_s"), None),
+    ("ratio_push", "throughput ratio push / FreeRADIUS", "", "ratio_push", (">=", 0.8)),
+    ("ratio_allow", "  ratio allow / FreeRADIUS (information)", "", "ratio_allow", None),
+    ("fr_cpu", "FreeRADIUS CPU ms per login", "ms", ("freeradius", "server_cpu_ms_per_login"),
+     None),
+    ("push_cpu", "pushproxy CPU ms per login (push)", "ms",
+     ("pushproxy_push", "server_cpu_ms_per_login"), None),
+    ("allow_cpu", "pushproxy CPU ms per login (allow)", "ms",
+     ("pushproxy_allow", "server_cpu_ms_per_login"), None),
+    ("held", "logins held pending at once", "", ("pending", "held_at_once"), None),
+    ("fill", "  seconds to get them all pending", "s", ("pending", "fill_s"), None),
+    ("bytes_pending", "memory per pending login (RSS delta / count)", "B",
+     ("pending", "bytes_per_pending_login"), ("<=", 10240)),
+    ("busy_p50", "other logins while pending: RTT p50", "ms",
+     ("pending", "during_pending", "login_rtt", "p50_ms"), None),
+    ("busy_p99", "other logins while pending: RTT p99", "ms",
+     ("pending", "during_pending", "login_rtt", "p99_ms"), ("<=", 50)),
+    ("idle_p50", "  same with nothing pending: RTT p50", "ms",
+     ("pending", "idle", "login_rtt", "p50_ms"), None),
+    ("idle_p99", "  same with nothing pending: RTT p99", "ms",
+     ("pending", "idle", "login_rtt", "p99_ms"), None),
+    ("resolve_errors", "errors resolving (lost + wrong outcome)", "", ("pending", "errors"),
+     ("<=", 0)),
+    ("a2a_p50", "approve -> Accept p50 (idle)", "ms",
+     ("pending", "idle", "approve_to_accept", "p50_ms"), None),
+    ("a2a_p99", "approve -> Accept p99 (idle)", "ms",
+     ("pending", "idle", "approve_to_accept", "p99_ms"), ("<=", 5)),
+    ("a2a_busy_p99", "  approve -> Accept p99 (all pending held)", "ms",
+     ("pending", "during_pending", "approve_to_accept", "p99_ms"), None),
+    ("post_p50", "  answer POST round trip p50 (idle)", "ms",
+     ("pending", "idle", "answer_post_rtt", "p50_ms"), None),
+    ("ov_p50", "proxy overhead p50 (RTT allow - raw LDAP)", "ms",
+     ("overhead", "overhead_p50_ms"), ("<=", 1)),
+    ("ov_p99", "proxy overhead p99", "ms", ("overhead", "overhead_p99_ms"), None),
+    ("ov_metrics", "  mean decision - mean LDAP (daemon metrics)", "ms",
+     ("overhead", "metrics_mean_overhead_ms"), None),
+    ("raw_ldap_p50", "  raw ldap3 search+bind p50", "ms", ("overhead", "raw_ldap", "p50_ms"),
+     None),
+    ("fr_ov_p50", "  FreeRADIUS RTT - raw LDAP, p50", "ms",
+     ("overhead", "freeradius_overhead_p50_ms"), None),
+]
+
+
+def _get(run: dict, path):
+    if isinstance(path, str):
+        return run.get(path)
+    value = run
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _ratios(run: dict) -> None:
+    fr = _get(run, ("freeradius", "logins_per_s"))
+    for key, side in (("ratio_push", "pushproxy_push"), ("ratio_allow", "pushproxy_allow")):
+        value = _get(run, (side, "logins_per_s"))
+        run[key] = round(value / fr, 4) if fr and value is not None else None
+
+
+def _holds(value, target) -> bool | None:
+    if value is None or target is None:
+        return None
+    op, limit = target
+    return value >= limit if op == ">=" else value <= limit
+
+
+def summarize(result: dict) -> tuple[dict, list[dict]]:
+    """Median of every row over the runs, and each target with whether it holds."""
+    for run in result["runs"]:
+        _ratios(run)
+    summary, targets = {}, []
+    for key, label, unit, path, target in ROWS:
+        values = [_get(run, path) for run in result["runs"]]
+        med = median(values)
+        summary[key] = {"label": label, "unit": unit, "runs": values, "median": med}
+        if target is not None:
+            targets.append({"key": key, "label": label, "target": f"{target[0]} {target[1]}",
+                            "median": med, "holds": _holds(med, target)})
+    held = summary["held"]["median"]
+    pending = result["sizes"]["pending"]
+    if held is not None:
+        targets.append({"key": "held", "label": f"{pending} logins held pending at once",
+                        "target": f">= {pending}", "median": held,
+                        "holds": held >= pending})
+    return summary, targets
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table_lines(result: dict) -> list[str]:
+    """The summary as a fixed-width text table."""
+    runs = len(result["runs"])
+    targets = {t["key"]: t for t in result["targets"]}
+    head = (f"{'figure':<50}" + "".join(f"{'run ' + str(i + 1):>10}" for i in range(runs))
+            + f"{'median':>10}  {'target':<9}{'holds':<5}")
+    lines = [head, "-" * len(head)]
+    for key, row in result["summary"].items():
+        if all(v is None for v in row["runs"]):
+            continue
+        t = targets.get(key)
+        holds = "" if t is None else {True: "yes", False: "NO", None: "?"}[t["holds"]]
+        lines.append(f"{row['label'][:50]:<50}" + "".join(f"{_fmt(v):>10}" for v in row["runs"])
+                     + f"{_fmt(row['median']):>10}  {(t['target'] if t else ''):<9}{holds:<5}")
+    return lines
+
+
+def print_table(result: dict) -> None:
+    """Print the table and the machine line."""
+    m = result["machine"]
+    print(f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, "
+          f"FreeRADIUS {m.get('freeradius')}, slapd {m.get('slapd')}; "
+          f"load average at start {m['loadavg_at_start'][0]:.2f}")
+    for line in table_lines(result):
+        print(line)
+    profile = result.get("profile") or {}
+    for mode, title in (("active_threads", "every busy thread, native calls included"),
+                        ("gil", "the thread holding the GIL")):
+        if mode not in profile:
+            continue
+        print(f"\nprofile of the push path, py-spy ({title}); own time, share of samples:")
+        for row in profile[mode]["own"][:12]:
+            print(f"  {row['share'] * 100:5.1f}%  {row['function']}")

@@ -1,0 +1,72 @@
+"""The benchmark (bench/, issue 7) still runs end to end and writes well-formed results.
+
+A smoke run: a few dozen logins through every scenario, one run, no profile,
+nothing installed. It checks only that each scenario produced its figures
+and that every login got an answer; it never asserts a timing -- those are
+benchmark results (docs/benchmarks.md), not properties of the code.
+FreeRADIUS takes part only when it is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.slapd import slapd_available
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    if not slapd_available():
+        pytest.skip("OpenLDAP slapd/slapadd not installed (apt-get install slapd)")
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-install",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_every_scenario_reports_its_figures(smoke):
+    result, _ = smoke
+    (run,) = result["runs"]
+    for key in ("pushproxy_push", "pushproxy_allow", "pending", "overhead"):
+        assert key in run
+    assert run["pushproxy_push"]["logins_per_s"] > 0
+    assert run["pending"]["bytes_per_pending_login"] is not None
+    assert run["pending"]["idle"]["approve_to_accept"]["n"] > 0
+    assert run["overhead"]["pushproxy_rtt"]["n"] > 0
+    if result["freeradius_used"]:
+        assert run["freeradius"]["logins_per_s"] > 0
+        assert run["ratio_push"] is not None
+
+
+def test_every_login_got_the_expected_answer(smoke):
+    result, _ = smoke
+    (run,) = result["runs"]
+    sizes = result["sizes"]
+    assert run["pushproxy_push"]["outcomes"] == {"accept": sizes["throughput"]}
+    assert run["pushproxy_allow"]["outcomes"] == {"accept": sizes["throughput"]}
+    pending = run["pending"]
+    assert pending["held_at_once"] == sizes["pending"]
+    assert pending["errors"] == 0
+    assert pending["outcomes"] == {"accept": sizes["pending"] - sizes["pending"] // 2,
+                                   "reject": sizes["pending"] // 2}
+
+
+def test_summary_table_and_targets_are_well_formed(smoke):
+    result, stdout = smoke
+    assert {t["key"] for t in result["targets"]} >= {"bytes_pending", "busy_p99", "a2a_p99",
+                                                     "ov_p50", "resolve_errors", "held"}
+    for target in result["targets"]:
+        assert target["holds"] in (True, False, None)
+    for row in result["summary"].values():
+        assert len(row["runs"]) == 1
+    assert "figure" in stdout and "median" in stdout
+    assert result["machine"]["nproc"] >= 1
