@@ -125,13 +125,14 @@ class Engine:
         self._logins: dict[tuple, _PendingLogin] = {}
         self._pushes: dict[tuple, _Fanout] = {}
         self._push_calls: dict[str, Deferred] = {}
+        self._answering = 0  # challenge answers waiting for their push
         self._locked_users: set[str] = set()  # seen locked; cleared when an admin unlocks
         self._stopping = False
 
     @property
     def pending(self) -> int:
         """Logins and challenge answers waiting for a decision right now."""
-        return len(self._logins)
+        return len(self._logins) + self._answering
 
     def login(self, req: LoginRequest) -> Deferred[Decision]:
         """Decide one login; the Deferred always fires with a Decision."""
@@ -258,9 +259,8 @@ class Engine:
 
     def _verification(self, req: LoginRequest, policy) -> Verification:
         """A rule that names a verification wins, then the client's setting, then the default."""
-        rule = next((r for r in self.policy.rules if r.name == policy.rule), None)
-        if rule is not None and rule.verification is not None:
-            return rule.verification
+        if policy.rule_sets_verification:
+            return policy.verification
         return req.verification or policy.verification
 
     @staticmethod
@@ -368,11 +368,10 @@ class Engine:
                        client=req.client_name, why=str(exc))
             return defer.succeed(self._finish(Decision.of(Reason.CHALLENGE_INVALID), req,
                                               started, False))
-        key = ("challenge", challenge.state)
-        self._logins[key] = _PendingLogin(b"", _Fanout())
+        self._answering += 1
 
         def done(decision: Decision) -> Decision:
-            self._logins.pop(key, None)
+            self._answering -= 1
             self.challenges.close(challenge.state)  # single use: a replay finds nothing
             return self._finish(decision, req, started, False)
 

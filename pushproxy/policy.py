@@ -103,12 +103,15 @@ class PolicyDecision:
 
     ``rule`` is the matching rule's name (None: no rule matched, the default), and
     ``reasons`` says, for each earlier rule in order, why it did not match.
+    ``rule_sets_verification`` tells whether the matching rule named its own
+    verification (which then beats a RADIUS client's setting).
     """
 
     action: Action
     verification: Verification | None
     rule: str | None
     reasons: tuple[str, ...] = ()
+    rule_sets_verification: bool = False
 
 
 def _normalize(dn: str) -> str:
@@ -170,7 +173,8 @@ def evaluate(policy: Policy, ctx: LoginContext) -> PolicyDecision:
             verification = None
             if rule.action is Action.PUSH:
                 verification = rule.verification or policy.default_verification
-            return PolicyDecision(rule.action, verification, rule.name, tuple(reasons))
+            return PolicyDecision(rule.action, verification, rule.name, tuple(reasons),
+                                  rule_sets_verification=rule.verification is not None)
         reasons.append(f"{rule.name}: " + "; ".join(misses))
     return PolicyDecision(Action.PUSH, policy.default_verification, None, tuple(reasons))
 
