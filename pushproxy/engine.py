@@ -71,6 +71,10 @@ class LoginRequest:
     no_device: NoDeviceMode
     state: bytes | None = None  # the answer to an Access-Challenge carries its State
     verification: Verification | None = None  # the client's setting; None: policy decides
+    # The first factor for this login when it is not the engine's directory: an
+    # upstream RADIUS server, or the LDAP front end's bind on the client's own
+    # upstream connection. Its PrimaryResult may carry a front-end payload.
+    primary: Directory | None = None
 
 
 class _Fanout:
@@ -175,7 +179,7 @@ class Engine:
 
     @defer.inlineCallbacks
     def _run(self, req: LoginRequest, cred, key: tuple):
-        primary = yield self.directory.authenticate(req.username, cred.password)
+        primary = yield (req.primary or self.directory).authenticate(req.username, cred.password)
         decision = primary_decision(primary)
         if decision is not None:
             return decision
