@@ -32,7 +32,7 @@ from pushproxy.approval.runner import InlineRunner
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import Device, SQLiteStore
 from pushproxy.approval.webpush import VapidKeys
-from pushproxy.connectivity import _known_schema
+from pushproxy.connectivity.approvalcheck import _known_schema
 from pushproxy.metrics import Counters
 from tests.integration.harness import SilentServer, closed_port, write_config
 
