@@ -101,11 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="path to config.yaml")
     p.set_defaults(func=cmd_check_config)
     from pushproxy import demo, radtest
-    from pushproxy.approval import authenticator
+    from pushproxy.approval import authenticator_cli
 
     demo.add_parser(sub)
     radtest.add_parser(sub)
-    authenticator.add_parser(sub)
+    authenticator_cli.add_parser(sub)
     from pushproxy import admin, connectivity, policy
 
     admin.add_parsers(sub)

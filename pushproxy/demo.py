@@ -21,7 +21,7 @@ from pathlib import Path
 from twisted.internet import defer, threads
 
 from pushproxy import demo_directory, logs
-from pushproxy.approval import authenticator
+from pushproxy.approval import authenticator, authenticator_cli
 from pushproxy.approval.service import new_enrollment
 from pushproxy.approval.store import SQLiteStore
 from pushproxy.config import load_config
@@ -104,7 +104,7 @@ def walkthrough(reactor, folder: Path, config, server: str):
             say("   the device never saw the request")
             ok = False
         else:
-            shown = authenticator.describe(request, time.time()).replace("\n", "\n     ")
+            shown = authenticator_cli.describe(request, time.time()).replace("\n", "\n     ")
             say(f"   the phone shows: {shown}")
             say(f"== {user}'s device answers: {decision}")
             yield threads.deferToThread(authenticator.answer, state, request["txid"], decision)

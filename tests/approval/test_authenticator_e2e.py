@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import defer, task, threads
 
 from pushproxy.approval import authenticator as auth
+from pushproxy.approval import authenticator_cli as auth_cli
 from pushproxy.approval.api import build_site
 from pushproxy.approval.runner import InlineRunner
 from pushproxy.approval.service import ApprovalService, new_enrollment
@@ -286,7 +287,7 @@ def run_cli(*argv):
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = auth.main(list(argv))
+        code = auth_cli.main(list(argv))
     return code, out.getvalue(), err.getvalue()
 
 
@@ -327,7 +328,7 @@ async def test_watch_auto_answers_new_requests(world, tmp_path, reactor):
 
     def watching():
         with auth.DeviceClient(state_dir) as device:
-            return auth.watch(device, auto="approve", count=2, timeout=20, out=out, err=err)
+            return auth_cli.watch(device, auto="approve", count=2, timeout=20, out=out, err=err)
 
     watcher = in_thread(watching)
     await task.deferLater(reactor, 0.5, lambda: None)
@@ -347,7 +348,7 @@ async def test_watch_asks_on_stdin(world, tmp_path):
 
     def watching():
         with auth.DeviceClient(state_dir) as device:
-            return auth.watch(device, count=1, timeout=20, stdin=io.StringIO("what?\nn\n"),
+            return auth_cli.watch(device, count=1, timeout=20, stdin=io.StringIO("what?\nn\n"),
                               out=out, err=io.StringIO())
 
     assert await in_thread(watching) == 0
@@ -364,7 +365,7 @@ async def test_watch_retries_while_the_server_is_down_and_stops_at_timeout(world
 
     def watching():
         with auth.DeviceClient(state_dir) as device:
-            return auth.watch(device, auto="approve", count=1, timeout=4.5, out=io.StringIO(),
+            return auth_cli.watch(device, auto="approve", count=1, timeout=4.5, out=io.StringIO(),
                               err=err, sleep=lambda s: (sleeps.append(s), time.sleep(s)))
 
     assert await in_thread(watching) == 1  # count not reached

@@ -19,6 +19,7 @@ from twisted.internet import defer, threads
 from pushproxy import passcodes
 from pushproxy.approval import crypto
 from pushproxy.approval import authenticator as auth
+from pushproxy.approval import authenticator_cli as auth_cli
 from pushproxy.approval import store as store_module
 from pushproxy.approval.api import build_site
 from pushproxy.approval.runner import InlineRunner
@@ -326,6 +327,6 @@ def test_code_command_without_a_secret_explains(tmp_path):
     (state_dir / "device.json").write_text(json.dumps({
         "base_url": "http://x", "device_id": "d", "username": "alice", "name": "old",
         "public_key": crypto.public_key_text(key.public_key())}))
-    assert auth.cmd_code(type("Args", (), {"state": str(state_dir)})()) == 1
+    assert auth_cli.cmd_code(type("Args", (), {"state": str(state_dir)})()) == 1
     with pytest.raises(auth.AuthenticatorError, match="enroll it again"):
         auth.current_code(str(state_dir))
