@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 
@@ -202,7 +203,8 @@ def encode_reply(request: AccessRequest, code: int, *,
     for attr in raw:
         value = wire_value(attr, request.packet.secret, request.authenticator)
         key = (attr.vendor, attr.type) if attr.vendor else attr.type
-        dict.setdefault(reply, key, []).append(value)
+        # OrderedDict's own method: dict.setdefault would bypass its order list.
+        OrderedDict.setdefault(reply, key, []).append(value)
     reply.add_message_authenticator()
     data = reply.ReplyPacket()
     if len(data) > MAX_PACKET:
