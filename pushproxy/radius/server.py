@@ -22,6 +22,7 @@ from pushproxy.decision import Decision, Outcome, Reason
 from pushproxy.engine import Engine, LoginRequest
 from pushproxy.metrics import Counters
 from pushproxy.radius import codec
+from pushproxy.radius.attributes import AttributeError_
 from pushproxy.radius.codec import DropPacket, DropReason
 from pushproxy.radius.retransmit import RequestKey, RetransmitTable, State
 from pushproxy.upstream import packets as upstream_packets
@@ -140,7 +141,13 @@ class RadiusProtocol(DatagramProtocol):
         eap = False
         upstream = self.upstreams.get(client.name) if client.upstream is not None else None
         if upstream is not None:
-            login, eap = self._upstream_login(login, request, upstream, now)
+            try:
+                login, eap = self._upstream_login(login, request, upstream, now)
+            except AttributeError_ as exc:
+                # pyrad tolerates a last attribute running past the end; the
+                # raw parse for forwarding does not.
+                self.table.abandon(key)
+                return self._drop(DropReason.MALFORMED, host, client, str(exc))
         d = self.engine.login(login)
         d.addCallback(self._decided, request, key, addr, eap)
         d.addErrback(self._failed, key)

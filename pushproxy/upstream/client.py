@@ -59,6 +59,7 @@ class UpstreamClient(DatagramProtocol):
         self._next_id: dict[tuple[str, int], int] = {}
         self._dead_until: dict[int, float] = {}
         self.port = None
+        self.stopped = False
 
     def start(self, reactor) -> None:
         """Open the socket (an ephemeral port, IPv6 if any server is IPv6)."""
@@ -67,6 +68,7 @@ class UpstreamClient(DatagramProtocol):
 
     def stop(self):
         """Close the socket; waiting exchanges end as if no server answered."""
+        self.stopped = True
         for pending in list(self._pending.values()):
             if pending.waiter is not None and not pending.waiter.called:
                 pending.waiter.callback(None)
@@ -124,7 +126,7 @@ class UpstreamClient(DatagramProtocol):
                     if reply is not None:
                         self._dead_until.pop(index, None)
                         return Exchange(index, reply, attempts)
-                    if self.port is None:  # stopping
+                    if self.stopped:
                         return Exchange(None, None, attempts)
             finally:
                 del self._pending[key]
