@@ -241,6 +241,10 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     daemon = _daemon(c, root.get("daemon", {}))
     policy = parse_policy(c, root.get("policy"), "policy",
                           client_names={cl.name for cl in radius.clients} if radius else None)
+    for cl in radius.clients if radius else ():
+        if cl.upstream and cl.upstream.groups_from_ldap and ldap and ldap.bind_dn is None:
+            c.problem(f"radius.clients ({cl.name}).groups_from_ldap",
+                      "needs ldap.bind_dn: users are looked up by the service account")
     reply_map = parse_reply_attributes(
         c, root.get("reply_attributes"), "reply_attributes", names=_names(),
         rule_names={r.name for r in policy.rules} if policy else None,

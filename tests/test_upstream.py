@@ -342,3 +342,35 @@ def test_a_resent_mschap_login_joins_the_pending_one(tmp_path):
     assert counters.get("logins_joined") == 1 and len(up.calls) == 2
     provider.answer(provider.requests[0].txid)
     assert [d.outcome for d in out[:2]] == [Outcome.ACCEPT, Outcome.ACCEPT]
+
+
+# -- groups_from_ldap --
+
+
+def test_groups_from_ldap_needs_a_service_account():
+    with pytest.raises(ConfigError, match=r"groups_from_ldap: needs ldap.bind_dn"):
+        parse("""\
+            primary: radius
+            upstream: [{address: "10.1.0.5:1812", secret_env: U}]
+            groups_from_ldap: true
+            """)
+
+
+def test_a_directory_never_says_ok_without_a_password_and_lookup_needs_bind_dn():
+    from pushproxy.ldapauth import LdapDirectory
+
+    config = parse()
+    directory = LdapDirectory(config.ldap, Clock(), Counters())
+    out = []
+    directory.authenticate("alice", None).addCallback(out.append)
+    directory.authenticate("alice", "").addCallback(out.append)
+    directory.lookup("alice").addCallback(out.append)  # bind_template only: cannot search
+    assert [r.status for r in out] == [PrimaryStatus.BAD_CREDENTIALS,
+                                       PrimaryStatus.BAD_CREDENTIALS, PrimaryStatus.UNAVAILABLE]
+
+
+def test_directory_name_drops_a_windows_domain_prefix_only():
+    from pushproxy.upstream.primary import directory_name
+
+    assert directory_name("CORP\\alice") == "alice"
+    assert directory_name("alice@corp.example") == "alice@corp.example"

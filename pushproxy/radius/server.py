@@ -169,7 +169,7 @@ class RadiusProtocol(DatagramProtocol):
                 return login, False
         eap = upstream_packets.is_eap(raw)
         primary = UpstreamPrimary(upstream, raw, states=self.upstream_states, eap=eap,
-                                  pinned=pinned)
+                                  pinned=pinned, directory=self.engine.directory)
         return dataclasses.replace(login, state=None, primary=primary,
                                    credential=upstream_packets.proof_of(raw)), eap
 

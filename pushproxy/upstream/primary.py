@@ -79,8 +79,10 @@ class UpstreamPrimary:
     """One login's first factor: its original request, forwarded by ``client``."""
 
     def __init__(self, client: UpstreamClient, raw_request: bytes, *, states: UpstreamStates,
-                 eap: bool, pinned: int | None = None):
+                 eap: bool, pinned: int | None = None, directory=None):
         self.client = client
+        # With groups_from_ldap: the directory looks the user up after the Accept.
+        self.directory = directory
         self.raw_request = raw_request
         self.states = states
         self.eap = eap
@@ -114,5 +116,28 @@ class UpstreamPrimary:
                        client=self.client.client_name, server=server, user=username)
             return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server,
                                  detail="EAP Accept without User-Name")
-        return PrimaryResult(PrimaryStatus.OK, server=server,
-                             username=proved if self.eap else None, attributes=attributes)
+        identity = proved if self.eap else None
+        if not settings.groups_from_ldap:
+            return PrimaryResult(PrimaryStatus.OK, server=server, username=identity,
+                                 attributes=attributes)
+        if self.directory is None or not hasattr(self.directory, "lookup"):
+            return PrimaryResult(PrimaryStatus.UNAVAILABLE, server=server,
+                                 detail="groups_from_ldap without a directory")
+        found = yield self.directory.lookup(directory_name(identity or username))
+        if found.status is not PrimaryStatus.OK:
+            # Unknown in the directory, not in ldap.required_groups, or the
+            # directory is down: the groups decide policy, so fail closed.
+            return PrimaryResult(found.status, dn=found.dn, server=server,
+                                 detail=f"directory lookup: {found.detail}")
+        return PrimaryResult(PrimaryStatus.OK, dn=found.dn, server=server, username=identity,
+                             groups=found.groups, attributes=attributes)
+
+
+def directory_name(username: str) -> str:
+    """The name to look up in the directory.
+
+    MS-CHAP clients often send ``DOMAIN\\user`` where the directory knows
+    ``user``; an ``@realm`` suffix is kept (user_filter may match
+    userPrincipalName).
+    """
+    return username.rsplit("\\", 1)[-1]

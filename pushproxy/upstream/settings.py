@@ -16,6 +16,7 @@
             secret_file: nps.secret
         pass_attributes: [Class, Filter-Id, Fortinet-Group-Name]   # or: all (default)
         trust_outer_identity: false   # EAP: push the outer User-Name if the Accept has none
+        groups_from_ldap: false       # look the user up in ldap: for groups and required_groups
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class UpstreamSettings:
     servers: tuple[UpstreamServer, ...]
     pass_attributes: frozenset[tuple[int, int]] | None  # None: all
     trust_outer_identity: bool = False
+    groups_from_ldap: bool = False
 
     @property
     def worst_case(self) -> float:
@@ -65,7 +67,7 @@ class UpstreamSettings:
         return sum(s.worst_case for s in self.servers)
 
 
-KEYS = ("primary", "upstream", "pass_attributes", "trust_outer_identity")
+KEYS = ("primary", "upstream", "pass_attributes", "trust_outer_identity", "groups_from_ldap")
 
 
 def parse_client_upstream(c, m: dict, path: str, names: Names) -> UpstreamSettings | None:
@@ -84,8 +86,9 @@ def parse_client_upstream(c, m: dict, path: str, names: Names) -> UpstreamSettin
     passed = _pass_attributes(c, m.get("pass_attributes", "all"), f"{path}.pass_attributes",
                               names)
     trust = c.boolean(m, "trust_outer_identity", f"{path}.trust_outer_identity", False)
+    groups = c.boolean(m, "groups_from_ldap", f"{path}.groups_from_ldap", False)
     return UpstreamSettings(servers=tuple(servers), pass_attributes=passed,
-                            trust_outer_identity=trust)
+                            trust_outer_identity=trust, groups_from_ldap=groups)
 
 
 def _server(c, value, path: str) -> UpstreamServer | None:

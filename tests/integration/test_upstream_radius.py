@@ -38,6 +38,8 @@ USERS = textwrap.dedent("""\
     \tClass = "upstream-class-bob"
     erin Cleartext-Password := "erin-up"
     \tClass = "upstream-class-erin"
+    carol Cleartext-Password := "carol-up"
+    \tClass = "upstream-class-carol"
     """)
 
 
@@ -272,3 +274,35 @@ def test_group_mapped_attributes_only_for_members(proxy, slapd):
     assert member.get("Filter-Id") is None
     names = {name for name, _ in other.attributes}
     assert not names & {"Fortinet-Group-Name", "Cisco-AVPair", "Filter-Id"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_groups_from_ldap_map_attributes_for_an_upstream_login(proxy, upstream, slapd):
+    """primary: radius + groups_from_ldap: the password is checked upstream, the groups are
+    read from the directory (service account, no bind as the user) for reply_attributes."""
+    extra = f"""\
+        reply_attributes:
+          - group: "{slapd.group_dn('vpn-users')}"
+            attributes: ["Fortinet-Group-Name = vpn-users"]
+        """
+    daemon, address, provider = yield proxy(
+        client_yaml([upstream.address], extra="  groups_from_ldap: true\n"), extra=extra,
+        any_group=True)
+    binds = daemon.counters.get("ldap_user_binds")
+    member = yield radclient(address, SECRET, pap("alice", "alice-up"))
+    other = yield radclient(address, SECRET, pap("carol", "carol-up"))
+    assert member.code == other.code == "Access-Accept", (member.stdout, other.stdout)
+    assert member.get("Fortinet-Group-Name") == "vpn-users"
+    assert bytes.fromhex(member.get("Class")[2:]) == b"upstream-class-alice"
+    assert other.get("Fortinet-Group-Name") is None
+    assert daemon.counters.get("ldap_user_binds") == binds  # nobody bound as the user
+
+
+@pytest_twisted.inlineCallbacks
+def test_groups_from_ldap_enforces_required_groups_and_unknown_users(proxy, upstream):
+    daemon, address, provider = yield proxy(
+        client_yaml([upstream.address], extra="  groups_from_ldap: true\n"))
+    carol = yield radclient(address, SECRET, pap("carol", "carol-up"))  # not in vpn-users
+    bob = yield radclient(address, SECRET, pap("bob", "bob-up"))  # in vpn-users
+    assert carol.code == "Access-Reject" and bob.code == "Access-Accept"
+    assert [r.username for r in provider.requests] == ["bob"]
