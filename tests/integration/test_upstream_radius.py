@@ -10,6 +10,7 @@ ScriptedProvider elsewhere (recording every push asked for).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import socket
 import textwrap
@@ -40,6 +41,7 @@ USERS = textwrap.dedent("""\
     \tClass = "upstream-class-erin"
     carol Cleartext-Password := "carol-up"
     \tClass = "upstream-class-carol"
+    mallory Cleartext-Password := "mallory-up"
     """)
 
 
@@ -306,3 +308,49 @@ def test_groups_from_ldap_enforces_required_groups_and_unknown_users(proxy, upst
     bob = yield radclient(address, SECRET, pap("bob", "bob-up"))  # in vpn-users
     assert carol.code == "Access-Reject" and bob.code == "Access-Accept"
     assert [r.username for r in provider.requests] == ["bob"]
+
+
+def eap_md5_login(address, user, password):
+    """Two EAP-MD5 rounds through ``address`` (radclient each time); returns both results."""
+    identity = bytes([2, 1, 0, 5 + len(user), 1]) + user.encode()
+    first = yield radclient(address, SECRET, [("User-Name", user),
+                                              ("EAP-Message", "0x" + identity.hex()), MA])
+    if first.code != "Access-Challenge":
+        return first, None
+    eap = bytes.fromhex(first.get("EAP-Message")[2:])
+    ident, size = eap[1], eap[5]
+    digest = hashlib.md5(bytes([ident]) + password.encode() + eap[6:6 + size]).digest()
+    answer = bytes([2, ident, 0, 22, 4, 16]) + digest
+    second = yield radclient(address, SECRET, [("User-Name", user),
+                                               ("EAP-Message", "0x" + answer.hex()),
+                                               ("State", first.get("State")), MA])
+    return first, second
+
+
+@pytest_twisted.inlineCallbacks
+def test_eap_md5_rounds_pass_through_and_the_final_accept_pushes(proxy, upstream):
+    """EAP: the Challenge rounds are relayed (signed replies required: FreeRADIUS signs EAP),
+    the follow-up with the upstream's State goes back upstream, and only the Accept pushes."""
+    daemon, address, provider = yield proxy(client_yaml([upstream.address], mauth=True))
+    first, second = yield from_generator(eap_md5_login(address, "alice", "alice-up"))
+    assert first.code == "Access-Challenge" and first.get("Reply-Message") is None
+    assert second is not None and second.code == "Access-Accept", second.stdout
+    assert second.get("EAP-Message") == "0x03" + first.get("EAP-Message")[4:6] + "0004"
+    assert bytes.fromhex(second.get("Class")[2:]) == b"upstream-class-alice"
+    assert second.get("Reply-Message") is None  # none of ours next to EAP
+    assert [r.username for r in provider.requests] == ["alice"]
+    assert daemon.counters.get("upstream_challenges") == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_eap_accept_without_the_proved_identity_is_rejected(proxy, upstream):
+    """The upstream sends no User-Name for mallory: nobody to push to safely, so Reject."""
+    daemon, address, provider = yield proxy(client_yaml([upstream.address], mauth=True))
+    first, second = yield from_generator(eap_md5_login(address, "mallory", "mallory-up"))
+    assert first.code == "Access-Challenge" and second.code == "Access-Reject"
+    assert provider.requests == []
+
+
+def from_generator(gen):
+    """Run a generator of Deferreds (eap_md5_login) as one inlineCallbacks Deferred."""
+    return pytest_twisted.inlineCallbacks(lambda: (yield from gen))()
