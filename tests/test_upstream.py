@@ -374,3 +374,59 @@ def test_directory_name_drops_a_windows_domain_prefix_only():
 
     assert directory_name("CORP\\alice") == "alice"
     assert directory_name("alice@corp.example") == "alice@corp.example"
+
+
+# -- reload --
+
+
+class FakeUdpReactor(Clock):
+    """A Clock that records UDP listeners (enough for UpstreamClients)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ports = []
+
+    def listenUDP(self, port, protocol, interface=""):
+        from twisted.internet import defer
+
+        class Port:
+            closed = False
+
+            def getHost(self):
+                from twisted.internet.address import IPv4Address
+                return IPv4Address("UDP", interface, 40000 + len(reactor.ports))
+
+            def stopListening(self):
+                self.closed = True
+                return defer.succeed(None)
+
+        reactor = self
+        p = Port()
+        self.ports.append(p)
+        return p
+
+
+def test_reload_swaps_only_changed_upstream_clients_and_closes_the_old_after_a_grace():
+    from pushproxy.upstream.component import UpstreamClients
+
+    def clients(timeout):
+        return parse(f"""\
+            primary: radius
+            upstream: [{{address: "10.1.0.5:1812", secret_env: U, timeout: {timeout},
+                         retries: 0}}]
+            """).radius.clients
+
+    reactor = FakeUdpReactor()
+    ups = UpstreamClients(reactor, Counters(), NAMES)
+    ups.configure(clients(2))
+    ups.start()
+    first = ups.by_client["vpn"]
+    ups.configure(clients(2))  # same settings: same client, same socket
+    assert ups.by_client["vpn"] is first and len(reactor.ports) == 1
+    ups.configure(clients(3))  # changed: a new client now, the old one closes later
+    assert ups.by_client["vpn"] is not first and len(reactor.ports) == 2
+    assert not reactor.ports[0].closed
+    reactor.advance(3)  # old worst case 2 s + 1 s grace
+    assert reactor.ports[0].closed and not reactor.ports[1].closed
+    ups.configure(parse().radius.clients)  # primary: ldap again
+    assert ups.by_client == {}

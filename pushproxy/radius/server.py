@@ -23,6 +23,7 @@ from pushproxy.engine import Engine, LoginRequest
 from pushproxy.metrics import Counters
 from pushproxy.radius import codec
 from pushproxy.radius.attributes import AttributeError_
+from pushproxy.radius.loglimit import LogLimiter
 from pushproxy.radius.codec import DropPacket, DropReason
 from pushproxy.radius.retransmit import RequestKey, RetransmitTable, State
 from pushproxy.upstream import packets as upstream_packets
@@ -213,23 +214,3 @@ class RadiusProtocol(DatagramProtocol):
         logs.event(log, level, "radius.drop", reason=reason.value, source=host,
                    client=client.name if client else None, detail=detail or None,
                    suppressed=suppressed or None)
-
-
-class LogLimiter:
-    """Lets one log line per key through every ``every`` seconds; counts the rest."""
-
-    def __init__(self, every: float = 60.0, max_keys: int = 10_000):
-        self.every = every
-        self.max_keys = max_keys
-        self._last: dict = {}
-
-    def note(self, key, now: float) -> int | None:
-        """None: stay quiet. A number: log now, this many were suppressed since the last line."""
-        entry = self._last.get(key)
-        if entry is not None and now - entry[0] < self.every:
-            entry[1] += 1
-            return None
-        if len(self._last) >= self.max_keys:
-            self._last.clear()  # thousands of spoofed sources: forget, never grow unbounded
-        self._last[key] = [now, 0]
-        return entry[1] if entry is not None else 0

@@ -23,6 +23,7 @@ from twisted.internet.protocol import DatagramProtocol
 from pushproxy import logs
 from pushproxy.metrics import Counters
 from pushproxy.radius.attributes import AttributeError_, Names
+from pushproxy.radius.loglimit import LogLimiter
 from pushproxy.upstream.packets import ReplyError, UpstreamReply, build_request, decode_reply
 from pushproxy.upstream.settings import BACKOFF, UpstreamServer, UpstreamSettings
 
@@ -60,6 +61,7 @@ class UpstreamClient(DatagramProtocol):
         self._dead_until: dict[int, float] = {}
         self.port = None
         self.stopped = False
+        self._bad_log = LogLimiter()
 
     def start(self, reactor) -> None:
         """Open the socket (an ephemeral port, IPv6 if any server is IPv6)."""
@@ -172,7 +174,12 @@ class UpstreamClient(DatagramProtocol):
                                      pending.server.require_message_authenticator))
         except ReplyError as exc:
             self.counters.inc("upstream_drops", reason="invalid")
-            logs.event(log, logging.WARNING, "upstream.bad_reply", server=pending.server.name,
-                       error=str(exc))
+            # Spoofed replies can come fast: one line a minute per server and error.
+            suppressed = self._bad_log.note((pending.server.name, str(exc)),
+                                            self.clock.seconds())
+            if suppressed is not None:
+                logs.event(log, logging.WARNING, "upstream.bad_reply",
+                           server=pending.server.name, error=str(exc),
+                           suppressed=suppressed or None)
             return
         pending.waiter.callback(reply)
