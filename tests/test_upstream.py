@@ -63,6 +63,17 @@ def test_forwarded_request_has_a_fresh_authenticator_a_rehidden_password_and_a_v
     assert Attr(311, 25, b"r" * 50) in attrs  # MS-CHAP2-Response unchanged
 
 
+def test_change_password_attributes_are_forwarded_unchanged_and_in_order():
+    """MS-CHAPv2 change password: MS-CHAP2-CPW and the chunked MS-CHAP-NT-Enc-PW (RFC 2548
+    2.3.3) are hidden with the OLD password, not the RADIUS secret: they pass as they are."""
+    chunks = [Attr(311, 6, bytes([6, i]) + bytes([i]) * 200) for i in (1, 2, 3)]
+    raw = downstream(Attr(0, 1, b"frank"), Attr(311, 11, b"c" * 16),
+                     Attr(311, 27, b"\x07" + b"p" * 67), *chunks)
+    attrs = parse_attributes(build_request(raw, ident=1, secret=b"s", password=None).data[20:])
+    assert [a for a in attrs if a.key == (311, 6)] == chunks
+    assert Attr(311, 27, b"\x07" + b"p" * 67) in attrs
+
+
 def test_chap_without_challenge_gets_the_original_authenticator_as_challenge():
     raw = downstream(Attr(0, 1, b"alice"), Attr(0, 3, b"\x01" + b"c" * 16))
     attrs = parse_attributes(build_request(raw, ident=1, secret=b"s", password=None).data[20:])

@@ -42,6 +42,7 @@ USERS = textwrap.dedent("""\
     carol Cleartext-Password := "carol-up"
     \tClass = "upstream-class-carol"
     mallory Cleartext-Password := "mallory-up"
+    frank Cleartext-Password := "frank-old", SMB-Account-CTRL-TEXT := "[Ue]"
     """)
 
 
@@ -354,3 +355,15 @@ def test_eap_accept_without_the_proved_identity_is_rejected(proxy, upstream):
 def from_generator(gen):
     """Run a generator of Deferreds (eap_md5_login) as one inlineCallbacks Deferred."""
     return pytest_twisted.inlineCallbacks(lambda: (yield from gen))()
+
+
+@pytest_twisted.inlineCallbacks
+def test_mschapv2_password_expired_is_relayed_for_the_client_to_change_it(proxy, upstream):
+    """The upstream says E=648 (password expired): the gateway gets that MS-CHAP-Error, so
+    the user's client can start its change-password exchange; no push for it."""
+    daemon, address, provider = yield proxy(client_yaml([upstream.address]))
+    attrs, _ = mschapv2("frank", "frank-old")
+    result = yield radclient(address, SECRET, attrs)
+    assert result.code == "Access-Reject", result.stdout
+    assert "E=648" in result.get("MS-CHAP-Error", ""), result.stdout
+    assert provider.requests == []
