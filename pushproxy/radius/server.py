@@ -183,9 +183,15 @@ class RadiusProtocol(DatagramProtocol):
             # The upstream speaks for itself; and RFC 3579 2.6.5: no Reply-Message
             # of ours next to EAP.
             message = None
+        attributes = decision.attributes
+        if eap and decision.outcome is Outcome.REJECT and not relayed:
+            # Our own Reject (push denied) ends the EAP conversation with an
+            # EAP-Failure for the device (RFC 3579 2.6.3).
+            failure = upstream_packets.eap_failure(request.packet.raw_packet)
+            attributes = (failure,) if failure is not None else ()
         self._send(key, addr, codec.encode_reply(
             request, _CODES[decision.outcome], reply_message=message,
-            state=decision.state, raw=decision.attributes))
+            state=decision.state, raw=attributes))
 
     def _send(self, key: RequestKey, addr, reply: bytes) -> None:
         self.table.answer(key, reply, self.clock.seconds())

@@ -77,6 +77,15 @@ def is_eap(raw_request: bytes) -> bool:
     return any(a.key == (0, EAP_MESSAGE) for a in parse_attributes(raw_request[20:]))
 
 
+def eap_failure(raw_request: bytes) -> Attr | None:
+    """An EAP-Failure answering the request's EAP-Response (RFC 3748 4.2: same Identifier),
+    for a Reject of our own after the upstream's Accept (push denied); None without EAP."""
+    for attr in parse_attributes(raw_request[20:]):
+        if attr.key == (0, EAP_MESSAGE) and len(attr.value) >= 2:
+            return Attr(0, EAP_MESSAGE, bytes([4, attr.value[1], 0, 4]))
+    return None
+
+
 def build_request(raw_request: bytes, *, ident: int, secret: bytes, password: str | None,
                   authenticator: bytes | None = None) -> UpstreamRequest:
     """The downstream request (raw, already verified) re-signed for one upstream server.

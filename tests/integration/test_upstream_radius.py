@@ -350,6 +350,19 @@ def test_eap_accept_without_the_proved_identity_is_rejected(proxy, upstream):
     first, second = yield from_generator(eap_md5_login(address, "mallory", "mallory-up"))
     assert first.code == "Access-Challenge" and second.code == "Access-Reject"
     assert provider.requests == []
+    # Our own Reject still ends the EAP conversation: EAP-Failure, the Response's id.
+    assert second.get("EAP-Message") == "0x04" + first.get("EAP-Message")[4:6] + "0004"
+
+
+@pytest_twisted.inlineCallbacks
+def test_eap_push_denied_gets_an_eap_failure_and_none_of_the_upstream_attributes(
+        proxy, upstream):
+    daemon, address, provider = yield proxy(client_yaml([upstream.address], mauth=True),
+                                            mode="deny")
+    first, second = yield from_generator(eap_md5_login(address, "alice", "alice-up"))
+    assert second.code == "Access-Reject" and len(provider.requests) == 1
+    assert second.get("EAP-Message") == "0x04" + first.get("EAP-Message")[4:6] + "0004"
+    assert second.get("Class") is None
 
 
 def from_generator(gen):
