@@ -30,6 +30,8 @@ class Challenge:
     waiters: list = field(default_factory=list)  # Deferreds of the follow-up requests
     result: object = None  # the push's PushResult once known
     settled: bool = False
+    attributes: tuple = ()  # the first factor's reply attributes, for the final Accept
+    groups: frozenset = frozenset()  # the user's groups, for group-mapped reply attributes
 
 
 class ChallengeError(Exception):

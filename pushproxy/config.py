@@ -9,6 +9,7 @@ Secrets are read from files or environment variables, never from the YAML.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from pushproxy import yamlsource
 from pushproxy.checker import Checker
 from pushproxy.fatigue import FatigueLimits
 from pushproxy.policy import Policy, Verification, parse_policy
+from pushproxy.replyattrs import ReplyMap, parse_reply_attributes
+from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
+from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
 
 
 class ConfigError(Exception):
@@ -62,6 +66,7 @@ class RadiusClient:
     require_message_authenticator: bool
     no_device: NoDeviceMode | None  # None: follow push.no_device
     verification: "Verification | None" = None  # None: the policy decides
+    upstream: "UpstreamSettings | None" = None  # primary: radius (issue 10); None: LDAP
 
 
 @dataclass(frozen=True)
@@ -170,14 +175,19 @@ class Config:
     daemon: DaemonConfig
     policy: Policy
     source: str
+    reply_attributes: "ReplyMap | None" = None  # group/rule -> Accept attributes
 
     def timeout_advice(self) -> list[str]:
         """What a network admin must set on each gateway so logins can finish."""
-        need = self.push.timeout + self.ldap.response_timeout
+        def first(c: RadiusClient) -> tuple[float, str]:
+            if c.upstream is not None:
+                return c.upstream.worst_case, "upstream servers' timeout x (retries + 1)"
+            return self.ldap.response_timeout, "ldap.response_timeout"
+
         return [
             f"radius.clients[{i}] ({c.name}): set the gateway's RADIUS timeout x "
-            f"(retries + 1) to at least {need:.0f} s (push.timeout {self.push.timeout:.0f} s "
-            f"+ ldap.response_timeout {self.ldap.response_timeout:.0f} s); many gateways "
+            f"(retries + 1) to at least {self.push.timeout + first(c)[0]:.0f} s (push.timeout "
+            f"{self.push.timeout:.0f} s + {first(c)[1]} {first(c)[0]:.0f} s); many gateways "
             "default to 5 s x 3, which rejects every login that waits for a phone"
             for i, c in enumerate(self.radius.clients)
         ]
@@ -218,7 +228,8 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError([str(exc)]) from None
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
-                     optional=("push", "audit", "log", "daemon", "policy"))
+                     optional=("push", "audit", "log", "daemon", "policy",
+                               "reply_attributes"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -230,10 +241,27 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     daemon = _daemon(c, root.get("daemon", {}))
     policy = parse_policy(c, root.get("policy"), "policy",
                           client_names={cl.name for cl in radius.clients} if radius else None)
+    for cl in radius.clients if radius else ():
+        if cl.upstream and cl.upstream.groups_from_ldap and ldap and ldap.bind_dn is None:
+            c.problem(f"radius.clients ({cl.name}).groups_from_ldap",
+                      "needs ldap.bind_dn: users are looked up by the service account")
+    reply_map = parse_reply_attributes(
+        c, root.get("reply_attributes"), "reply_attributes", names=_names(),
+        rule_names={r.name for r in policy.rules} if policy else None,
+        client_names={cl.name for cl in radius.clients} if radius else None)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
-                  log=log, daemon=daemon, policy=policy, source=source)
+                  log=log, daemon=daemon, policy=policy, source=source,
+                  reply_attributes=reply_map)
+
+
+@functools.lru_cache(maxsize=1)
+def _names():
+    """Attribute names from pushproxy's RADIUS dictionary (upstream and reply attributes)."""
+    from pushproxy.radius.attributes import Names
+    from pushproxy.radius.codec import load_dictionary
+    return Names(load_dictionary())
 
 
 def _log(c: Checker, value) -> LogConfig | None:
@@ -291,7 +319,7 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
 def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     m = c.mapping(value, path, required=("name", "address"),
                   optional=("secret_file", "secret_env", "require_message_authenticator",
-                            "no_device", "verification"),
+                            "no_device", "verification", *UPSTREAM_KEYS),
                   secret_keys=("secret",))
     if m is None:
         return None
@@ -310,11 +338,12 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     if "verification" in m:
         verification = Verification(c.choice(m, "verification", f"{path}.verification",
                                              [v.value for v in Verification], "none"))
+    upstream = parse_client_upstream(c, m, path, _names())
     if name is None or network is None or secret is None:
         return None
     return RadiusClient(name=name, network=network, secret=secret.encode("utf-8"),
                         require_message_authenticator=mauth, no_device=no_device,
-                        verification=verification)
+                        verification=verification, upstream=upstream)
 
 
 def _ldap(c: Checker, value) -> LdapConfig | None:

@@ -8,6 +8,7 @@ unit test.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class Reason(enum.Enum):
     CHALLENGE_INVALID = "challenge_state_invalid"
     NUMBER_MISMATCH = "number_mismatch"
     WRONG_LOGIN_CODE = "wrong_login_code"
+    UPSTREAM_CHALLENGE = "upstream_challenge"  # relayed: the upstream server wants another round
 
 
 ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,
@@ -78,6 +80,7 @@ class PrimaryStatus(enum.Enum):
     NOT_IN_GROUP = "not_in_group"
     UNAVAILABLE = "unavailable"
     BUSY = "busy"
+    CHALLENGE = "challenge"  # an upstream RADIUS server asked for another round trip (EAP)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,12 @@ class PrimaryResult:
     server: str | None = None
     detail: str = ""
     groups: frozenset[str] = frozenset()  # normalized DNs of the groups asked about that hold the user
+    # The identity the first factor proved, when it may differ from the
+    # User-Name sent (EAP: the inner identity in the upstream's Accept).
+    username: str | None = None
+    # Reply attributes from an upstream server, already filtered for the client:
+    # go into our Accept (and are relayed with its Reject or Challenge).
+    attributes: tuple = ()
 
 
 class PushStatus(enum.Enum):
@@ -125,6 +134,11 @@ class Decision:
     rule: str | None = None  # the policy rule that decided, if one did
     message: str | None = None  # Access-Challenge: what the gateway shows the user
     state: bytes | None = None  # Access-Challenge: the State the follow-up must return
+    # Reply attributes for the front end: on an Accept, the upstream's passed
+    # attributes and the group-mapped ones; on an upstream's Reject or
+    # Challenge, what it sent. Never set on a Reject of our own (a denied push).
+    attributes: tuple = ()
+    user: str | None = None  # the identity that was pushed, when not the User-Name sent
 
     @classmethod
     def of(cls, reason: Reason, push: PushResult | None = None, *,
@@ -145,15 +159,21 @@ _PRIMARY_REASONS = {
 }
 
 
-def check_credentials(username: str | None, password: str | None) -> Reason | None:
-    """Input that must be refused before any directory traffic, or None."""
+def check_credentials(username: str | None, password: str | None, *,
+                      own_proof: bool = False) -> Reason | None:
+    """Input that must be refused before any directory traffic, or None.
+
+    ``own_proof``: the login carries its own proof for an upstream RADIUS
+    server (MS-CHAP, CHAP or EAP) instead of a cleartext password; a password
+    that IS present is still checked as for PAP.
+    """
     if not username or len(username) > 253:
         return Reason.INVALID_USERNAME
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in username):
         # NUL and control characters: truncation tricks in C directories and logs.
         return Reason.INVALID_USERNAME
     if password is None:
-        return Reason.NO_PASSWORD
+        return None if own_proof else Reason.NO_PASSWORD
     if password == "":
         # An empty password turns an LDAP simple bind into an anonymous bind
         # that "succeeds" (RFC 4513 5.1.2).
@@ -167,7 +187,13 @@ def primary_decision(result: PrimaryResult) -> Decision | None:
     """The decision when the first factor already ends the login, else None."""
     if result.status is PrimaryStatus.OK:
         return None
-    return Decision.of(_PRIMARY_REASONS[result.status])
+    if result.status is PrimaryStatus.CHALLENGE:
+        return Decision(Outcome.CHALLENGE, Reason.UPSTREAM_CHALLENGE,
+                        attributes=result.attributes)
+    # An upstream's Reject is relayed with its attributes (MS-CHAP-Error:
+    # password expired, retry allowed...).
+    return dataclasses.replace(Decision.of(_PRIMARY_REASONS[result.status]),
+                               attributes=result.attributes)
 
 
 def push_decision(result: PushResult, failmode: FailMode, no_device: NoDeviceMode) -> Decision:

@@ -30,12 +30,12 @@ from pushproxy import logs
 from pushproxy.audit import AuditEvent, AuditLog, utc_stamp
 from pushproxy.challenges import Challenge, ChallengeError, ChallengeTable, RememberedLogins
 from pushproxy.config import NoDeviceMode, PushConfig
-from pushproxy.decision import (DENIAL_REASONS, Decision, Outcome, PrimaryResult, PushResult,
-                                PushStatus, Reason, check_credentials, primary_decision,
-                                push_decision)
+from pushproxy.decision import (DENIAL_REASONS, Decision, Outcome, PrimaryResult,
+                                PrimaryStatus, PushResult, PushStatus, Reason, check_credentials,
+                                primary_decision, push_decision)
 from pushproxy.fatigue import FatigueGuard, FatigueLimits
 from pushproxy.metrics import Counters
-from pushproxy.passcodes import Factor, is_bypass_code, is_totp_code, parse_password
+from pushproxy.passcodes import Credential, Factor, is_bypass_code, is_totp_code, parse_password
 from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluate
 from pushproxy.push import ApprovalRequest, ProviderUnavailable, PushProvider, SecondFactors
 
@@ -75,6 +75,10 @@ class LoginRequest:
     # upstream RADIUS server, or the LDAP front end's bind on the client's own
     # upstream connection. Its PrimaryResult may carry a front-end payload.
     primary: Directory | None = None
+    # A login whose first factor is an upstream RADIUS server may carry its own
+    # proof (MS-CHAP, CHAP, EAP) instead of a password: these bytes identify
+    # the attempt (to join a NAS's resend), and no cleartext password is needed.
+    credential: bytes | None = None
 
 
 class _Fanout:
@@ -108,7 +112,8 @@ class Engine:
                  wallclock: Callable[[], float] | None = None,
                  new_txid: Callable[[], str] = lambda: secrets.token_urlsafe(16),
                  policy: Policy | None = None, factors: SecondFactors | None = None,
-                 limits: FatigueLimits | None = None, delimiter: str = ","):
+                 limits: FatigueLimits | None = None, delimiter: str = ",",
+                 reply_map=None):
         self.clock = clock
         self.directory = directory
         self.provider = provider
@@ -122,6 +127,8 @@ class Engine:
         self.factors = factors
         self.fatigue = FatigueGuard(limits or FatigueLimits())
         self.delimiter = delimiter
+        # Group/rule -> reply attributes (`pushproxy.replyattrs.ReplyMap`), or None.
+        self.reply_map = reply_map
         self.challenges = ChallengeTable()
         self.remembered = RememberedLogins()
         # Keyed HMAC so that equal passwords can be recognised without keeping them.
@@ -144,11 +151,16 @@ class Engine:
         if req.state is not None:
             return self._respond(req, started)
         cred = parse_password(req.password, self.delimiter) if req.password is not None else None
-        bad = check_credentials(req.username, cred.password if cred else None)
+        # Only an upstream RADIUS primary can check a proof that is not a password.
+        own_proof = req.primary is not None and req.credential is not None
+        bad = check_credentials(req.username, cred.password if cred else None,
+                                own_proof=own_proof)
         if bad is not None:
             return defer.succeed(self._finish(Decision.of(bad), req, started, False))
         key = (req.client_name, req.username.casefold(), req.calling_station)
-        digest = hmac.new(self._digest_key, req.password.encode("utf-8"), hashlib.sha256).digest()
+        proof = b"pw:" + req.password.encode("utf-8") if cred is not None \
+            else b"proof:" + req.credential
+        digest = hmac.new(self._digest_key, proof, hashlib.sha256).digest()
         pending = self._logins.get(key)
         if pending is not None and hmac.compare_digest(pending.digest, digest):
             # The NAS gave up on us and sent the same login again (new id, or
@@ -179,10 +191,37 @@ class Engine:
 
     @defer.inlineCallbacks
     def _run(self, req: LoginRequest, cred, key: tuple):
-        primary = yield (req.primary or self.directory).authenticate(req.username, cred.password)
+        primary = yield (req.primary or self.directory).authenticate(
+            req.username, cred.password if cred is not None else None)
         decision = primary_decision(primary)
         if decision is not None:
             return decision
+        user = None
+        if primary.username and primary.username != req.username:
+            # EAP: push to the identity the upstream proved, never the outer one
+            # (anyone can write any name there).
+            user = primary.username
+            logs.event(log, logging.INFO, "login.identity", sent=req.username, proved=user,
+                       client=req.client_name)
+            req = dataclasses.replace(req, username=user)
+            key = (req.client_name, user.casefold(), req.calling_station)
+        cred = cred or Credential("", Factor.PUSH_DEFAULT)
+        decision = yield self._second_factor(req, cred, key, primary)
+        if decision.outcome is Outcome.ACCEPT:
+            decision = dataclasses.replace(
+                decision, attributes=primary.attributes + self._mapped(req, primary, decision))
+        return dataclasses.replace(decision, user=user) if user else decision
+
+    def _mapped(self, req: LoginRequest, primary: PrimaryResult, decision: Decision) -> tuple:
+        """Reply attributes that groups and rules map to (config ``reply_attributes``)."""
+        if self.reply_map is None:
+            return ()
+        return self.reply_map.attributes_for(groups=primary.groups, rule=decision.rule,
+                                             client=req.client_name)
+
+    @defer.inlineCallbacks
+    def _second_factor(self, req: LoginRequest, cred, key: tuple, primary: PrimaryResult):
+        """Policy, passcode, locks, remembered logins, fatigue and the push."""
         now = self.wallclock()
         policy = evaluate(self.policy, LoginContext(
             username=req.username, client_name=req.client_name, client_ip=req.calling_station,
@@ -212,7 +251,7 @@ class Engine:
             return Decision.of(Reason.SHUTTING_DOWN)
         verification = self._verification(req, policy)
         if verification is not Verification.NONE:
-            return self._challenge(req, verification, policy.rule, now)
+            return self._challenge(req, verification, policy.rule, now, primary)
         result = yield self._push_for(req, key)
         if isinstance(result, Decision):  # refused by the fatigue limits
             return dataclasses.replace(result, rule=policy.rule)
@@ -338,7 +377,7 @@ class Engine:
     # -- verified push: Access-Challenge and its answer --
 
     def _challenge(self, req: LoginRequest, mode: Verification, rule: str | None,
-                   now: float) -> Decision:
+                   now: float, primary: PrimaryResult) -> Decision:
         """Open a challenge, start its push, and answer the first request with the State."""
         block = self.fatigue.check(req.username.casefold(), now)
         if block is not None:
@@ -347,6 +386,8 @@ class Engine:
                                          ttl=self.push.timeout)
         txid, d = self._start_push(req, mode, challenge.number)
         challenge.txid, challenge.rule, challenge.request = txid, rule, req
+        # Kept for the follow-up's Accept.
+        challenge.attributes, challenge.groups = primary.attributes, primary.groups
 
         def settle(result: PushResult) -> None:
             challenge.result, challenge.settled = result, True
@@ -392,13 +433,26 @@ class Engine:
                                             challenge.rule)
             if decision.outcome is Outcome.ACCEPT or mode is Verification.NUMBER_MATCH:
                 self._withdraw(challenge.txid)
+                if decision.outcome is Outcome.ACCEPT:
+                    primary = PrimaryResult(PrimaryStatus.OK, groups=challenge.groups,
+                                            attributes=challenge.attributes)
+                    decision = dataclasses.replace(
+                        decision, attributes=primary.attributes
+                        + self._mapped(challenge.request, primary, decision))
                 return decision
         if not challenge.settled:
             waiter: Deferred = Deferred()
             challenge.waiters.append(waiter)
             await waiter
-        return self._after_push(challenge.request, challenge.result, challenge.rule,
-                                response=response, mode=mode)
+        decision = self._after_push(challenge.request, challenge.result, challenge.rule,
+                                    response=response, mode=mode)
+        if decision.outcome is Outcome.ACCEPT:
+            primary = PrimaryResult(PrimaryStatus.OK, groups=challenge.groups,
+                                    attributes=challenge.attributes)
+            decision = dataclasses.replace(
+                decision, attributes=primary.attributes
+                + self._mapped(challenge.request, primary, decision))
+        return decision
 
     def _withdraw(self, txid: str | None) -> None:
         call = self._push_calls.get(txid) if txid else None
@@ -411,10 +465,15 @@ class Engine:
                 joined: bool) -> Decision:
         """The one place a decision is counted, logged and audited."""
         elapsed = self.clock.seconds() - started
+        if decision.reason is Reason.UPSTREAM_CHALLENGE:
+            # One round of an upstream exchange (EAP takes many), not a decision:
+            # counted, and the login's audit event comes with its final answer.
+            self.counters.inc("upstream_challenges", client=req.client_name)
+            return decision
         self.counters.inc("decisions", client=req.client_name, outcome=decision.outcome.value,
                           reason=decision.reason.value)
         self.counters.observe("decision_seconds", elapsed, outcome=decision.outcome.value)
-        fields = dict(protocol=req.protocol, user=req.username, client=req.client_name,
+        fields = dict(protocol=req.protocol, user=decision.user or req.username, client=req.client_name,
                       source=req.source, calling_station=req.calling_station, nas=req.nas,
                       outcome=decision.outcome.value, reason=decision.reason.value,
                       rule=decision.rule, latency_ms=round(elapsed * 1000.0, 1),

@@ -41,6 +41,10 @@ AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
 INVALID_CREDENTIALS = 49
 
 
+# Passed instead of a password: search the user and its groups, bind as nobody.
+_LOOKUP = object()
+
+
 class ServerFailed(Exception):
     """This server could not serve the request; try the next one."""
 
@@ -114,6 +118,26 @@ class LdapDirectory:
 
     def authenticate(self, username: str, password: str):
         """Check ``username``/``password``; fires with a PrimaryResult, never errbacks."""
+        if not password:
+            # Never reached through the engine (it refuses these first); a
+            # password-less check must never turn into a lookup that says OK.
+            return succeed(PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, detail="no password"))
+        return self._queue(username, password)
+
+    def lookup(self, username: str):
+        """The user's DN and groups without a password (the service account searches).
+
+        For logins whose password was checked elsewhere (``primary: radius``
+        with ``groups_from_ldap``): fires with OK (and groups), UNKNOWN_USER,
+        AMBIGUOUS_USER, NOT_IN_GROUP (``required_groups``) or UNAVAILABLE;
+        never errbacks. Needs ``bind_dn``: a direct-bind setup cannot search.
+        """
+        if self.config.bind_dn is None:
+            return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE,
+                                         detail="ldap.bind_dn is needed to look users up"))
+        return self._queue(username, _LOOKUP)
+
+    def _queue(self, username: str, password):
         limit = self.config.pool_size + self.config.max_queue
         if self._outstanding >= limit:
             self.counters.inc("ldap_busy")
@@ -170,7 +194,7 @@ class LdapDirectory:
             # fresh connections before calling the server failed.
             reused = any(url == server.url for url, _ in self._conns())
             try:
-                if self.config.bind_template:
+                if self.config.bind_template and password is not _LOOKUP:
                     return self._direct(server, username, password)
                 return self._search_then_bind(server, username, password)
             except ServerFailed:
@@ -190,7 +214,8 @@ class LdapDirectory:
         if len(entries) > 1:
             return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
         dn, attrs = entries[0]
-        if not self._bind(self._connection(server, "user"), dn, password):
+        if password is not _LOOKUP and not self._bind(self._connection(server, "user"), dn,
+                                                      password):
             return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
         groups = self._member_groups(search, dn, username, attrs)
         if self._required and not groups & self._required:

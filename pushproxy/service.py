@@ -27,8 +27,11 @@ from pushproxy.metrics import Counters
 from pushproxy.policy import interesting_groups
 from pushproxy.push import PushProvider
 from pushproxy.radius import codec
+from pushproxy.radius.attributes import Names
 from pushproxy.radius.retransmit import RetransmitTable
 from pushproxy.radius.server import ClientTable, RadiusProtocol
+from pushproxy.upstream.component import UpstreamClients
+from pushproxy.upstream.primary import UpstreamStates
 
 log = logging.getLogger("pushproxy.service")
 
@@ -51,17 +54,24 @@ class Daemon:
                              wallclock=wallclock, policy=config.policy,
                              factors=provider if hasattr(provider, "verify_passcode") else None,
                              limits=config.push.limits,
-                             delimiter=config.push.passcode_delimiter)
+                             delimiter=config.push.passcode_delimiter,
+                             reply_map=config.reply_attributes)
         self.table = RetransmitTable(hold=config.radius.reply_cache_seconds)
         self.dictionary = codec.load_dictionary()
         self.clients = ClientTable(config.radius.clients)
+        # primary: radius clients (issue 10)
+        self.upstreams = UpstreamClients(reactor, self.counters, Names(self.dictionary))
+        self.upstreams.configure(config.radius.clients)
+        self.upstream_states = UpstreamStates()
         self.protocols: list[RadiusProtocol] = []
         self.ports = []
         self.components = []  # started before and stopped after the listeners
 
     def _directory(self, config: Config) -> LdapDirectory:
-        return LdapDirectory(config.ldap, self.reactor, self.counters,
-                             policy_groups=interesting_groups(config.policy))
+        groups = interesting_groups(config.policy)
+        if config.reply_attributes is not None:
+            groups |= config.reply_attributes.groups
+        return LdapDirectory(config.ldap, self.reactor, self.counters, policy_groups=groups)
 
     def protocol(self) -> RadiusProtocol:
         """A RADIUS protocol instance sharing this daemon's state."""
@@ -69,7 +79,8 @@ class Daemon:
             clients=self.clients, engine=self.engine,
             dictionary=self.dictionary, table=self.table, clock=self.reactor,
             counters=self.counters, default_no_device=self.config.push.no_device,
-            receive_buffer=self.config.radius.receive_buffer)
+            receive_buffer=self.config.radius.receive_buffer,
+            upstreams=self.upstreams.by_client, upstream_states=self.upstream_states)
         self.protocols.append(proto)
         return proto
 
@@ -80,6 +91,7 @@ class Daemon:
             yield component.start()
         if hasattr(self.directory, "start"):
             self.directory.start()
+        self.upstreams.start()
         for host, port in self.config.radius.listen:
             listening = self.reactor.listenUDP(port, self.protocol(), interface=host)
             self.ports.append(listening)
@@ -100,7 +112,10 @@ class Daemon:
             proto.clients = self.clients
             proto.default_no_device = new.push.no_device
         self.table.hold = new.radius.reply_cache_seconds
-        groups_changed = interesting_groups(new.policy) != interesting_groups(old.policy)
+        self.upstreams.configure(new.radius.clients)
+        self.engine.reply_map = new.reply_attributes
+        groups_changed = (interesting_groups(new.policy) != interesting_groups(old.policy)
+                          or new.reply_attributes != old.reply_attributes)
         if (new.ldap != old.ldap or groups_changed) and isinstance(self.directory, LdapDirectory):
             retired, self.directory = self.directory, self._directory(new)
             self.directory.start()
@@ -153,6 +168,7 @@ class Daemon:
         for port in self.ports:
             yield port.stopListening()
         self.ports = []
+        yield self.upstreams.stop()
         for component in reversed(self.components):
             yield component.stop()
         if hasattr(self.directory, "stop"):

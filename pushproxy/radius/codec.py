@@ -12,11 +12,14 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 
 from pyrad import packet as rpacket
 from pyrad.dictionary import Dictionary
+
+from pushproxy.radius.attributes import Attr, wire_value
 
 ACCESS_REQUEST = rpacket.AccessRequest
 ACCESS_ACCEPT = rpacket.AccessAccept
@@ -180,8 +183,14 @@ def _nas_ip(pkt: rpacket.Packet) -> str | None:
 
 def encode_reply(request: AccessRequest, code: int, *,
                  reply_message: str | None = None, state: bytes | None = None,
-                 attributes: tuple[tuple[str, object], ...] = ()) -> bytes:
-    """A signed reply: Message-Authenticator first, Proxy-State copied in order."""
+                 attributes: tuple[tuple[str, object], ...] = (),
+                 raw: tuple[Attr, ...] = ()) -> bytes:
+    """A signed reply: Message-Authenticator first, Proxy-State copied in order.
+
+    ``raw`` attributes (relayed from an upstream, or mapped from groups) are
+    added as they are; hidden ones (MPPE keys) are hidden here with this
+    client's secret and this request's authenticator, with a fresh salt.
+    """
     reply = request.packet.CreateReply()
     reply.code = code
     if reply_message:
@@ -191,5 +200,13 @@ def encode_reply(request: AccessRequest, code: int, *,
         reply.AddAttribute("State", state)
     for name, value in attributes:
         reply.AddAttribute(name, value)
+    for attr in raw:
+        value = wire_value(attr, request.packet.secret, request.authenticator)
+        key = (attr.vendor, attr.type) if attr.vendor else attr.type
+        # OrderedDict's own method: dict.setdefault would bypass its order list.
+        OrderedDict.setdefault(reply, key, []).append(value)
     reply.add_message_authenticator()
-    return reply.ReplyPacket()
+    data = reply.ReplyPacket()
+    if len(data) > MAX_PACKET:
+        raise DropPacket(DropReason.MALFORMED, f"the reply would be {len(data)} octets")
+    return data

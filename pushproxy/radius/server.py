@@ -9,6 +9,7 @@ never able to stop the listener.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -17,12 +18,16 @@ from twisted.internet.protocol import DatagramProtocol
 
 from pushproxy import logs
 from pushproxy.config import RadiusClient
-from pushproxy.decision import Decision, Outcome
+from pushproxy.decision import Decision, Outcome, Reason
 from pushproxy.engine import Engine, LoginRequest
 from pushproxy.metrics import Counters
 from pushproxy.radius import codec
+from pushproxy.radius.attributes import AttributeError_
+from pushproxy.radius.loglimit import LogLimiter
 from pushproxy.radius.codec import DropPacket, DropReason
 from pushproxy.radius.retransmit import RequestKey, RetransmitTable, State
+from pushproxy.upstream import packets as upstream_packets
+from pushproxy.upstream.primary import UpstreamPrimary, UpstreamStates
 
 log = logging.getLogger("pushproxy.radius")
 
@@ -62,7 +67,8 @@ class RadiusProtocol(DatagramProtocol):
     def __init__(self, *, clients: ClientTable, engine: Engine, dictionary,
                  table: RetransmitTable, clock, counters: Counters,
                  default_no_device, max_pending: int = 100_000,
-                 receive_buffer: int | None = None):
+                 receive_buffer: int | None = None, upstreams: dict | None = None,
+                 upstream_states: UpstreamStates | None = None):
         self.clients = clients
         self.engine = engine
         self.dictionary = dictionary
@@ -72,6 +78,10 @@ class RadiusProtocol(DatagramProtocol):
         self.default_no_device = default_no_device
         self.max_pending = max_pending
         self.receive_buffer = receive_buffer
+        # client name -> UpstreamClient, for ``primary: radius`` clients (shared
+        # with the daemon, which replaces entries on reload).
+        self.upstreams = upstreams if upstreams is not None else {}
+        self.upstream_states = upstream_states or UpstreamStates()
         self._drop_log = LogLimiter()
         self.accepting = True
 
@@ -129,16 +139,59 @@ class RadiusProtocol(DatagramProtocol):
             calling_station=request.calling_station, nas=request.nas,
             no_device=client.no_device or self.default_no_device,
             state=request.state, verification=client.verification)
+        eap = False
+        upstream = self.upstreams.get(client.name) if client.upstream is not None else None
+        if upstream is not None:
+            try:
+                login, eap = self._upstream_login(login, request, upstream, now)
+            except AttributeError_ as exc:
+                # pyrad tolerates a last attribute running past the end; the
+                # raw parse for forwarding does not.
+                self.table.abandon(key)
+                return self._drop(DropReason.MALFORMED, host, client, str(exc))
         d = self.engine.login(login)
-        d.addCallback(self._decided, request, key, addr)
+        d.addCallback(self._decided, request, key, addr, eap)
         d.addErrback(self._failed, key)
         return None
 
-    def _decided(self, decision: Decision, request: codec.AccessRequest, key, addr) -> None:
+    def _upstream_login(self, login: LoginRequest, request: codec.AccessRequest,
+                        upstream, now: float) -> tuple[LoginRequest, bool]:
+        """A ``primary: radius`` login: the upstream checks the first factor.
+
+        A State that belongs to a Challenge we relayed from an upstream server
+        sends the follow-up back to that server (EAP's next round); any other
+        State is the engine's own (verified push).
+        """
+        raw = request.packet.raw_packet
+        pinned = None
+        if request.state is not None:
+            pinned = self.upstream_states.take(request.state, login.client_name, now)
+            if pinned is None:
+                return login, False
+        eap = upstream_packets.is_eap(raw)
+        primary = UpstreamPrimary(upstream, raw, states=self.upstream_states, eap=eap,
+                                  pinned=pinned, directory=self.engine.directory)
+        return dataclasses.replace(login, state=None, primary=primary,
+                                   credential=upstream_packets.proof_of(raw)), eap
+
+    def _decided(self, decision: Decision, request: codec.AccessRequest, key, addr,
+                 eap: bool = False) -> None:
+        relayed = decision.reason is Reason.UPSTREAM_CHALLENGE or (
+            decision.outcome is not Outcome.ACCEPT and bool(decision.attributes))
+        message = decision.message or REPLY_MESSAGES[decision.outcome]
+        if eap or relayed or any(a.key == (0, 18) for a in decision.attributes):
+            # The upstream speaks for itself; and RFC 3579 2.6.5: no Reply-Message
+            # of ours next to EAP.
+            message = None
+        attributes = decision.attributes
+        if eap and decision.outcome is Outcome.REJECT and not relayed:
+            # Our own Reject (push denied) ends the EAP conversation with an
+            # EAP-Failure for the device (RFC 3579 2.6.3).
+            failure = upstream_packets.eap_failure(request.packet.raw_packet)
+            attributes = (failure,) if failure is not None else ()
         self._send(key, addr, codec.encode_reply(
-            request, _CODES[decision.outcome],
-            reply_message=decision.message or REPLY_MESSAGES[decision.outcome],
-            state=decision.state))
+            request, _CODES[decision.outcome], reply_message=message,
+            state=decision.state, raw=attributes))
 
     def _send(self, key: RequestKey, addr, reply: bytes) -> None:
         self.table.answer(key, reply, self.clock.seconds())
@@ -167,23 +220,3 @@ class RadiusProtocol(DatagramProtocol):
         logs.event(log, level, "radius.drop", reason=reason.value, source=host,
                    client=client.name if client else None, detail=detail or None,
                    suppressed=suppressed or None)
-
-
-class LogLimiter:
-    """Lets one log line per key through every ``every`` seconds; counts the rest."""
-
-    def __init__(self, every: float = 60.0, max_keys: int = 10_000):
-        self.every = every
-        self.max_keys = max_keys
-        self._last: dict = {}
-
-    def note(self, key, now: float) -> int | None:
-        """None: stay quiet. A number: log now, this many were suppressed since the last line."""
-        entry = self._last.get(key)
-        if entry is not None and now - entry[0] < self.every:
-            entry[1] += 1
-            return None
-        if len(self._last) >= self.max_keys:
-            self._last.clear()  # thousands of spoofed sources: forget, never grow unbounded
-        self._last[key] = [now, 0]
-        return entry[1] if entry is not None else 0
