@@ -311,6 +311,12 @@ def _json_object(data: bytes) -> dict:
         raise _bad_request("the body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise _bad_request("the body must be a JSON object")
+    try:
+        # JSON may escape a lone surrogate ("\ud800"); no UTF-8 text holds one, and
+        # signing or storing it would raise deep inside (found by tests/fuzz).
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad_request("the body has a string that is not valid Unicode") from None
     return obj
 
 
