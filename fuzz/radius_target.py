@@ -216,6 +216,8 @@ def check_reply(reply: bytes, request: bytes, secret: bytes) -> int:
     attrs = attributes(reply)
     if attrs is None or struct.unpack("!H", reply[2:4])[0] != len(reply):
         raise OracleFailure(f"reply does not parse: {reply.hex()}")
+    if len(reply) > codec.MAX_PACKET:
+        raise OracleFailure(f"reply of {len(reply)} octets, over RFC 2865's 4096")
     if reply[1] != request[1]:
         raise OracleFailure("reply identifier differs from the request's")
     if not attrs or attrs[0][0] != 80 or len(attrs[0][1]) != 16:

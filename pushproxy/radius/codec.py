@@ -201,7 +201,19 @@ def _nas_ip(pkt: rpacket.Packet) -> str | None:
 def encode_reply(request: AccessRequest, code: int, *,
                  reply_message: str | None = None, state: bytes | None = None,
                  attributes: tuple[tuple[str, object], ...] = ()) -> bytes:
-    """A signed reply: Message-Authenticator first, Proxy-State copied in order."""
+    """A signed reply: Message-Authenticator first, Proxy-State copied in order.
+
+    Within RFC 2865's 4096 octets: when the copied Proxy-State leaves no room,
+    the Reply-Message (only text for the user) is left out.
+    """
+    data = _encode_reply(request, code, reply_message, state, attributes)
+    if len(data) > MAX_PACKET and reply_message:
+        data = _encode_reply(request, code, None, state, attributes)
+    return data
+
+
+def _encode_reply(request: AccessRequest, code: int, reply_message: str | None,
+                  state: bytes | None, attributes: tuple[tuple[str, object], ...]) -> bytes:
     reply = request.packet.CreateReply()
     reply.code = code
     if reply_message:
