@@ -121,16 +121,20 @@ class Harness:
 
     # -- talking HTTP
 
-    def exchange(self, raw: bytes) -> list[int]:
-        """Feed raw request bytes on one connection; the status codes answered."""
-        transport = StringTransport(peerAddress=IPv4Address("TCP", self.source, 40000),
+    def exchange(self, raw: bytes, settle: float = 31.0, source: str | None = None) -> list[int]:
+        """Feed raw request bytes on one connection; the status codes answered.
+
+        ``settle``: seconds the Clock advances afterwards (31 ends any long-poll).
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", source or self.source, 40000),
                                     hostAddress=IPv4Address("TCP", "127.0.0.1", 8443))
         channel = self.site.buildProtocol(transport.getPeer())
         channel.makeConnection(transport)
         channel.dataReceived(raw)
-        self.clock.advance(31)  # end any long-poll (at most 30 s)
+        self.clock.advance(settle)
         channel.connectionLost(Failure(ConnectionDone()))
-        return [int(code) for code in _STATUS.findall(transport.value())]
+        self.last_response = transport.value()
+        return [int(code) for code in _STATUS.findall(self.last_response)]
 
     def check(self, statuses: list[int], expect_answer: bool = True) -> None:
         """The oracle (see the module docstring)."""

@@ -106,3 +106,14 @@ def test_the_oracle_flags_an_exception_that_is_not_config_error(monkeypatch):
                         lambda text: (_ for _ in ()).throw(TypeError("boom")))
     with pytest.raises(target.OracleFailure, match="TypeError: boom"):
         target.run_one("radius: {}\n")
+
+
+@pytest.mark.parametrize("old, new", [("  timeout: 60\n", "  timeout: .nan\n"),
+                                      ("enrollment_ttl: 900", "enrollment_ttl: .nan"),
+                                      ("failure_window: 300", "failure_window: .nan")])
+def test_nan_is_refused_where_a_number_is_expected(old, new):
+    """.nan passed every minimum/maximum check (all comparisons with NaN are false)."""
+    assert old in target.EXAMPLE
+    result = target.run_one(target.EXAMPLE.replace(old, new, 1))
+    assert isinstance(result, ConfigError), "NaN accepted"
+    assert any("not .nan" in p for p in result.problems), result.problems
