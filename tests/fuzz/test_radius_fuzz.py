@@ -2,13 +2,14 @@
 
 The long coverage-guided run is ``python -m fuzz.radius -atheris_runs=1000000``
 (docs/security.md); these runs use hypothesis with a fixed derandomized seed so
-CI needs nothing new. The oracle is `fuzz.radius_target.run_one`: no exception
+CI needs nothing new (``PUSHPROXY_FUZZ_EXAMPLES`` raises the number of examples). The oracle is `fuzz.radius_target.run_one`: no exception
 escapes, every reply is signed with Message-Authenticator first and a correct
 Response Authenticator, no reply to an unknown source or a badly signed
 request, no Access-Accept for anything but a valid login.
 """
 
 import hashlib
+import os
 import struct
 
 import pytest
@@ -20,7 +21,8 @@ from fuzz import radius_target as target
 from pushproxy.radius import codec
 
 SEEDS = target.seeds()
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=1500,
+EXAMPLES = int(os.environ.get("PUSHPROXY_FUZZ_EXAMPLES", "1500"))
+FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=EXAMPLES,
                 suppress_health_check=list(HealthCheck))
 
 
