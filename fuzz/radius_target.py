@@ -21,9 +21,10 @@ written here, not pyrad's) and fails when:
   Response Authenticator is wrong for the request and the client's secret;
 - anything is sent to an unknown source, or for a request whose
   Message-Authenticator is missing (where required) or wrong;
-- an Access-Accept answers anything but a correctly signed Status-Server or an
-  Access-Request from a known client with a directory user's exact name and
-  password (optionally followed by ``,push``);
+- an Access-Accept (or an Access-Challenge, which starts a push) answers
+  anything but a correctly signed Status-Server or an Access-Request from a
+  known client with a directory user's exact name and password (optionally
+  followed by ``,push``);
 - a retransmit gets a different reply than the first copy.
 """
 
@@ -43,6 +44,7 @@ from pushproxy.audit import AuditLog
 from pushproxy.config import FailMode, NoDeviceMode, PushConfig, RadiusClient
 from pushproxy.engine import Engine
 from pushproxy.metrics import Counters
+from pushproxy.policy import Verification
 from pushproxy.radius import codec
 from pushproxy.radius.retransmit import RetransmitTable
 from pushproxy.radius.server import ClientTable, RadiusProtocol
@@ -60,12 +62,15 @@ SOURCES = (
     (("127.0.0.9", 40001), LEGACY_SECRET, False),
     (("192.0.2.1", 1812), None, False),
     (("::ffff:127.0.0.1", 40002), SECRET, True),  # how a dual-stack socket reports IPv4
+    (("127.0.0.5", 40003), SECRET, True),  # number matching: a valid login gets a Challenge
 )
 RESIGN = 0x10
 
 CLIENTS = (
     RadiusClient("vpn", ipaddress.ip_network("127.0.0.0/8"), SECRET, True, None),
     RadiusClient("legacy", ipaddress.ip_network("127.0.0.9/32"), LEGACY_SECRET, False, None),
+    RadiusClient("vpn-nm", ipaddress.ip_network("127.0.0.5/32"), SECRET, True, None,
+                 Verification.NUMBER_MATCH),
 )
 
 _AUDIT = AuditLog(os.devnull, Counters())
@@ -247,7 +252,7 @@ def run_one(buf: bytes, proto: RadiusProtocol | None = None) -> Outcome:
     if not buf:
         return Outcome((), Verdict(False, False))
     control, data = buf[0], bytes(buf[1:])
-    addr, secret, require_ma = SOURCES[control % len(SOURCES)]
+    addr, secret, require_ma = SOURCES[(control & 0x0F) % len(SOURCES)]
     if control & RESIGN and secret is not None:
         data = resign(data, secret)
     proto = proto or make_protocol()
@@ -270,6 +275,9 @@ def run_one(buf: bytes, proto: RadiusProtocol | None = None) -> Outcome:
         code = check_reply(reply, data, secret)
         if code == rpacket.AccessAccept and not verdict.acceptable:
             raise OracleFailure(f"Access-Accept for an invalid request: {data.hex()}")
+        if code == rpacket.AccessChallenge and not verdict.acceptable:
+            # A Challenge starts a push: only a correct password may get one.
+            raise OracleFailure(f"Access-Challenge for an invalid request: {data.hex()}")
         codes.append(code)
     return Outcome(tuple(codes), verdict)
 
@@ -304,4 +312,6 @@ def seeds() -> list[bytes]:
                                            Proxy_State=b"\x01\x02"))
     out.append(bytes([2]) + build(1, SECRET, True, 42, User_Name="alice",
                                   User_Password="alice-pw"))
+    out.append(bytes([RESIGN | 4]) + build(1, SECRET, True, 43, User_Name="bob",
+                                           User_Password="bob-pw"))
     return out
