@@ -103,6 +103,9 @@ class Checker:
         if isinstance(value, bool) or not isinstance(value, kinds):
             self.problem(path, "must be a whole number" if integer else "must be a number")
             return default
+        if value != value:  # .nan passes every comparison below (found by tests/fuzz)
+            self.problem(path, "must be a number, not .nan")
+            return default
         if minimum is not None and value < minimum:
             self.problem(path, f"must be at least {minimum}")
             return default

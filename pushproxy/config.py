@@ -143,6 +143,8 @@ class ApprovalConfig:
     alert_webhook: str | None
     alert_syslog: bool
     max_body: int
+    max_failures: int = 10  # refused enrollments / device logins per source per window; 0: off
+    failure_window: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -479,7 +481,8 @@ def _audit(c: Checker, value) -> AuditConfig | None:
 def _approval(c: Checker, value) -> ApprovalConfig | None:
     m = c.mapping(value, "approval", required=("public_url", "database"),
                   optional=("listen", "tls_cert", "tls_key", "enrollment_ttl",
-                            "vapid_subject", "alert_webhook", "alert_syslog", "max_body"))
+                            "vapid_subject", "alert_webhook", "alert_syslog", "max_body",
+                            "max_failures", "failure_window"))
     if m is None:
         return None
     listen = c.host_port(m.get("listen", "127.0.0.1:8443"), "approval.listen")
@@ -507,4 +510,8 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
         alert_syslog=c.boolean(m, "alert_syslog", "approval.alert_syslog", False),
         max_body=c.number(m, "max_body", "approval.max_body", 16384, minimum=1024,
                           maximum=1048576, integer=True),
+        max_failures=c.number(m, "max_failures", "approval.max_failures", 10, minimum=0,
+                              maximum=10000, integer=True),
+        failure_window=c.number(m, "failure_window", "approval.failure_window", 300,
+                                minimum=10, maximum=86400),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import unicodedata
 from dataclasses import dataclass
 
 from pushproxy.config import FailMode, NoDeviceMode
@@ -171,6 +172,13 @@ def check_credentials(username: str | None, password: str | None, *,
         return Reason.INVALID_USERNAME
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in username):
         # NUL and control characters: truncation tricks in C directories and logs.
+        return Reason.INVALID_USERNAME
+    if (username != username.strip() or "  " in username
+            or unicodedata.normalize("NFKC", username) != username):
+        # The directory matches "alice ", " alice" and fullwidth "ａlice" to alice
+        # (LDAP string preparation), but devices, fraud locks and fatigue limits
+        # are keyed on the name as typed: such a variant would find no device,
+        # and with no_device: allow, log in without a push (tests/test_adversarial_radius.py).
         return Reason.INVALID_USERNAME
     if password is None:
         return None if own_proof else Reason.NO_PASSWORD

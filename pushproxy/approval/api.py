@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from io import BytesIO
@@ -26,7 +27,9 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
 from pushproxy import logs, passcodes
+from pushproxy.metrics import Counters
 from pushproxy.approval.crypto import DECISIONS
+from pushproxy.approval.ratelimit import FailureLimiter
 from pushproxy.approval.service import MAX_WAIT, ApprovalError
 
 log = logging.getLogger("pushproxy.approval.api")
@@ -311,6 +314,12 @@ def _json_object(data: bytes) -> dict:
         raise _bad_request("the body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise _bad_request("the body must be a JSON object")
+    try:
+        # JSON may escape a lone surrogate ("\ud800"); no UTF-8 text holds one, and
+        # signing or storing it would raise deep inside (found by tests/fuzz).
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad_request("the body has a string that is not valid Unicode") from None
     return obj
 
 
@@ -330,11 +339,29 @@ def _subscription(body: dict, *, required: bool) -> dict | None:
     return value
 
 
-class ApprovalApi:
-    """The handlers of the five endpoints, bound to one `ApprovalService`."""
+def _limit(limiter: FailureLimiter | None, request: server.Request) -> str | None:
+    """Refuse the request with 429 if its source failed too often; returns the source."""
+    source = _client(request)
+    wait = limiter.retry_after(source) if limiter is not None else None
+    if wait is not None:
+        request.setHeader(b"Retry-After", b"%d" % max(1, math.ceil(wait)))
+        raise ApprovalError(429, "too_many_failures",
+                            "too many failed attempts from this address; try again later")
+    return source
 
-    def __init__(self, service: Any):
+
+class ApprovalApi:
+    """The handlers of the five endpoints, bound to one `ApprovalService`.
+
+    ``enroll_limit`` and ``auth_limit`` count refused enrollments and refused
+    device authentications per source address (None: no limit).
+    """
+
+    def __init__(self, service: Any, *, enroll_limit: FailureLimiter | None = None,
+                 auth_limit: FailureLimiter | None = None):
         self.service = service
+        self.enroll_limit = enroll_limit
+        self.auth_limit = auth_limit
 
     async def info(self, request: server.Request) -> tuple[int, dict]:
         """``GET /v1/info``: version, VAPID key, server time (no authentication)."""
@@ -342,11 +369,18 @@ class ApprovalApi:
 
     async def enroll(self, request: server.Request) -> tuple[int, dict]:
         """``POST /v1/enroll``: redeem a one-time link for a device key."""
-        body = _json_object(_read_body(request))
-        fields = {key: _string(body, key) for key in ("token", "public_key", "name", "signature")}
-        subscription = _subscription(body, required=False)  # absent: same as null
-        device = await self.service.enroll(fields["token"], fields["public_key"], fields["name"],
-                                           subscription, fields["signature"])
+        source = _limit(self.enroll_limit, request)
+        try:
+            body = _json_object(_read_body(request))
+            fields = {key: _string(body, key)
+                      for key in ("token", "public_key", "name", "signature")}
+            subscription = _subscription(body, required=False)  # absent: same as null
+            device = await self.service.enroll(fields["token"], fields["public_key"],
+                                               fields["name"], subscription, fields["signature"])
+        except ApprovalError:
+            if self.enroll_limit is not None:
+                self.enroll_limit.failed(source)
+            raise
         answer = {"device_id": device.id, "username": device.username,
                   "vapid_public_key": self.service.info()["vapid_public_key"]}
         if device.totp_secret:
@@ -357,6 +391,15 @@ class ApprovalApi:
 
     async def _device(self, request: server.Request) -> tuple[Any, bytes]:
         """Authenticate the request's device; returns it and the raw body."""
+        source = _limit(self.auth_limit, request)
+        try:
+            return await self._authenticate(request)
+        except ApprovalError as exc:
+            if exc.status == 401 and self.auth_limit is not None:
+                self.auth_limit.failed(source)
+            raise
+
+    async def _authenticate(self, request: server.Request) -> tuple[Any, bytes]:
         values = []
         for name in AUTH_HEADERS:
             raw = request.requestHeaders.getRawHeaders(name.encode("ascii"))  # bytes in, bytes out
@@ -525,14 +568,22 @@ class WebApp(static.File):
 
 
 def build_site(service: Any, *, max_body: int, reactor: Any,
-               app: str | os.PathLike | None = WEBAPP_DIR) -> ApiSite:
+               app: str | os.PathLike | None = WEBAPP_DIR, counters: Counters | None = None,
+               max_failures: int = 10, failure_window: float = 300.0) -> ApiSite:
     """The approval API as a Site for ``reactor.listenTCP`` / ``listenSSL``.
 
     ``max_body`` is ``approval.max_body``. ``site.resource`` is the `ApiRoot`,
     with the web authenticator (`WebApp` of the folder ``app``) at ``/app``;
-    ``app=None`` leaves ``/app`` free (a 404).
+    ``app=None`` leaves ``/app`` free (a 404). ``max_failures`` refused
+    enrollments (or device authentications) from one address within
+    ``failure_window`` seconds make it wait (``approval.max_failures``, 0: off).
     """
-    root = ApiRoot(ApprovalApi(service))
+    counters = counters if counters is not None else getattr(service, "counters", Counters())
+    limits = {kind: FailureLimiter(clock=reactor, counters=counters, kind=kind,
+                                   max_failures=max_failures, window=failure_window)
+              for kind in ("enroll", "device_auth")}
+    root = ApiRoot(ApprovalApi(service, enroll_limit=limits["enroll"],
+                               auth_limit=limits["device_auth"]))
     if app is not None:
         root.putChild(b"app", WebApp(app))
     return ApiSite(root, max_body=max_body, reactor=reactor)

@@ -62,7 +62,7 @@ def verify(public_key: ec.EllipticCurvePublicKey, text: str, signature: str) -> 
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
     try:
         public_key.verify(der, text.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+    except (InvalidSignature, UnicodeEncodeError):  # a lone surrogate: no device signed that
         return False
     return True
 

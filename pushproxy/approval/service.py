@@ -213,10 +213,12 @@ class ApprovalService:
     async def _authenticate(self, device_id, timestamp, nonce, signature, method, path,
                             body) -> Device:
         now = self.wallclock()
-        try:
-            stamp = int(timestamp)
-        except (TypeError, ValueError):
-            raise self._unauthenticated(device_id, "bad timestamp") from None
+        # Plain digits only: int() would take "+1", " 1", "1_0", and a 400-digit
+        # number that no float can hold (found by tests/fuzz).
+        if not (isinstance(timestamp, str) and 1 <= len(timestamp) <= 12
+                and timestamp.isascii() and timestamp.isdigit()):
+            raise self._unauthenticated(device_id, "bad timestamp")
+        stamp = int(timestamp)
         if abs(now - stamp) > CLOCK_SKEW:
             raise self._unauthenticated(device_id, "timestamp outside the allowed window")
         if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
@@ -307,7 +309,9 @@ class ApprovalService:
             self.counters.inc("answers", outcome="unknown")
             raise ApprovalError(404, "unknown_transaction", "no such request for this user")
         matching = tx.context.get("verification") == "number_match" and decision == "approve"
-        if matching and not (isinstance(number, str) and number.isdigit() and len(number) <= 4):
+        # isascii: "\u00b2" is a digit to isdigit(), and compare_digest refuses non-ASCII.
+        if matching and not (isinstance(number, str) and number.isascii() and number.isdigit()
+                             and len(number) <= 4):
             raise ApprovalError(400, "number_required",
                                 "type the number shown on the login screen")
         text = crypto.answer_text(tx.id, tx.nonce, decision, tx.username, device.id,

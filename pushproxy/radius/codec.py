@@ -10,6 +10,7 @@ the request's Proxy-State copied, as the Blast-RADIUS advisories ask.
 from __future__ import annotations
 
 import enum
+import hashlib
 import ipaddress
 import struct
 from collections import OrderedDict
@@ -102,6 +103,7 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
     code, _, _ = peek_header(data)
     if code not in (ACCESS_REQUEST, STATUS_SERVER):
         raise DropPacket(DropReason.UNSUPPORTED_CODE, f"code {code}")
+    _check_attribute_framing(data)
     try:
         pkt = rpacket.AuthPacket(packet=data, secret=secret, dict=dictionary)
     except (rpacket.PacketError, struct.error, ValueError, KeyError, IndexError) as exc:
@@ -130,6 +132,17 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
         state=_single_octets(pkt, 24, "State"),
         packet=pkt,
     )
+
+
+def _check_attribute_framing(data: bytes) -> None:
+    """Every attribute must fit inside the Length field (pyrad cuts an overlong one short)."""
+    end = struct.unpack("!H", data[2:4])[0]
+    pos = 20
+    while pos < end:
+        if end - pos < 2 or data[pos + 1] < 2 or pos + data[pos + 1] > end:
+            raise DropPacket(DropReason.MALFORMED, f"attribute at octet {pos} overruns "
+                                                   f"the packet")
+        pos += data[pos + 1]
 
 
 def _raw_values(pkt: rpacket.Packet, code: int) -> list[bytes]:
@@ -163,8 +176,15 @@ def _password(pkt: rpacket.AuthPacket) -> str | None:
     # RFC 2865 5.2: 16 to 128 octets, a multiple of 16.
     if not 16 <= len(raw) <= 128 or len(raw) % 16:
         return None
+    # Not pyrad's PwDecrypt: it drops invalid UTF-8 silently, so "alice-pw\x98"
+    # would become "alice-pw" (found by fuzz/radius.py).
+    plain, last = bytearray(), pkt.authenticator
+    for i in range(0, len(raw), 16):
+        pad = hashlib.md5(pkt.secret + last).digest()
+        plain += bytes(a ^ b for a, b in zip(raw[i:i + 16], pad))
+        last = raw[i:i + 16]
     try:
-        return pkt.PwDecrypt(raw)
+        return bytes(plain).rstrip(b"\x00").decode("utf-8")
     except UnicodeDecodeError:
         # A wrong shared secret looks exactly like this when no
         # Message-Authenticator is present: garbage, never a usable password.
@@ -190,7 +210,22 @@ def encode_reply(request: AccessRequest, code: int, *,
     ``raw`` attributes (relayed from an upstream, or mapped from groups) are
     added as they are; hidden ones (MPPE keys) are hidden here with this
     client's secret and this request's authenticator, with a fresh salt.
+
+    Within RFC 2865's 4096 octets: when the copied Proxy-State leaves no room,
+    the Reply-Message (only text for the user) is left out; a reply still too
+    long is never sent (DropPacket).
     """
+    data = _encode_reply(request, code, reply_message, state, attributes, raw)
+    if len(data) > MAX_PACKET and reply_message:
+        data = _encode_reply(request, code, None, state, attributes, raw)
+    if len(data) > MAX_PACKET:
+        raise DropPacket(DropReason.MALFORMED, f"the reply would be {len(data)} octets")
+    return data
+
+
+def _encode_reply(request: AccessRequest, code: int, reply_message: str | None,
+                  state: bytes | None, attributes: tuple[tuple[str, object], ...],
+                  raw: tuple[Attr, ...]) -> bytes:
     reply = request.packet.CreateReply()
     reply.code = code
     if reply_message:
@@ -206,7 +241,4 @@ def encode_reply(request: AccessRequest, code: int, *,
         # OrderedDict's own method: dict.setdefault would bypass its order list.
         OrderedDict.setdefault(reply, key, []).append(value)
     reply.add_message_authenticator()
-    data = reply.ReplyPacket()
-    if len(data) > MAX_PACKET:
-        raise DropPacket(DropReason.MALFORMED, f"the reply would be {len(data)} octets")
-    return data
+    return reply.ReplyPacket()

@@ -220,6 +220,9 @@ def test_unknown_clients_and_garbage_are_dropped_and_counted_and_service_continu
 @pytest.mark.parametrize("user,password", [
     ("*", "alice-pw"), ("a)(uid=*", "alice-pw"), ("alice)(|(uid=*", "x"),
     ("alice\\00", "alice-pw"), ("alice\x00", "alice-pw"), ("alice", ""), ("*)(uid=*))(|(uid=*", "x"),
+    # slapd folds these to alice (LDAP string preparation) while devices are keyed on the
+    # typed name: without the check in decision.check_credentials they were accepted here
+    ("alice ", "alice-pw"), (" alice", "alice-pw"), ("\uff41lice", "alice-pw"),
 ])
 @pytest_twisted.inlineCallbacks
 def test_hostile_usernames_and_empty_passwords_never_accept(run, tmp_path, user, password):
@@ -293,3 +296,30 @@ def test_direct_bind_template(run, slapd):
     ok = yield radclient(addr, SECRET, login_attrs())
     bad = yield radclient(addr, SECRET, login_attrs(password="nope", station="2"))
     assert (ok.code, bad.code) == ("Access-Accept", "Access-Reject")
+
+
+#: Filter and DN metacharacters, wildcards, escapes, encodings and folding tricks.
+INJECTION_CORPUS = [
+    "*", "**", "alice*", "*lice", "a*e", "al*ce", "alice)(uid=*", "*)(|(objectClass=*",
+    "alice)(|(userPassword=*)", "alice)(&", ")(", "(", ")", "\\2a", "\\2a\\29", "alice\\",
+    "alice\\5c", "alice\\00", "uid=alice,ou=people,dc=example,dc=org", "alice,ou=people",
+    "alice+cn=x", "alice;binary", 'alice"', "<alice>", "#alice", "alice=", "(uid=alice)",
+    "alice)\x00", "alice\x00bob", "alice\t", "alice\n", "alice\r", "\u202ealice",
+    "alice\u200b", "alice\u00ad", "\uff41lice", "\u0430lice", "ALICE\u0130", "alice%00",
+    "%2a", "alice' OR '1'='1", "${jndi:ldap://127.0.0.1/a}", "a" * 253, "alice" * 40 + "\u00e9",
+]
+
+
+@pytest_twisted.inlineCallbacks
+def test_ldap_injection_corpus_never_accepts_and_never_pushes(run, slapd):
+    """Every hostile name with alice's real password: Reject, no push, the daemon keeps serving."""
+    provider = ScriptedProvider(mode="approve")
+    daemon, addr = yield run(provider)
+    for i, user in enumerate(INJECTION_CORPUS):
+        pkt, raw = access_request(user=user, ident=i % 256)
+        data = yield exchange(addr, raw, wait=3)
+        assert data is not None and data[0] == rpacket.AccessReject, repr(user)
+    assert provider.requests == []
+    pkt, raw = access_request(ident=255)
+    data = yield exchange(addr, raw, wait=3)
+    assert data[0] == rpacket.AccessAccept and [r.username for r in provider.requests] == ["alice"]
