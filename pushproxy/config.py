@@ -14,12 +14,16 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pushproxy import yamlsource
 from pushproxy.checker import Checker
 from pushproxy.fatigue import FatigueLimits
 from pushproxy.policy import Policy, Verification, parse_policy
+
+if TYPE_CHECKING:  # the section's parser imports this module
+    from pushproxy.ldapfront.config import LdapFrontConfig
 
 
 class ConfigError(Exception):
@@ -170,6 +174,7 @@ class Config:
     daemon: DaemonConfig
     policy: Policy
     source: str
+    ldap_front: LdapFrontConfig | None = None  # the LDAP front end; None: off
 
     def timeout_advice(self) -> list[str]:
         """What a network admin must set on each gateway so logins can finish."""
@@ -218,7 +223,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError([str(exc)]) from None
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
-                     optional=("push", "audit", "log", "daemon", "policy"))
+                     optional=("push", "audit", "log", "daemon", "policy", "ldap_front"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -228,12 +233,17 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     approval = _approval(c, root.get("approval"))
     log = _log(c, root.get("log", {}))
     daemon = _daemon(c, root.get("daemon", {}))
+    from pushproxy.ldapfront.config import parse_ldap_front  # imports this module
+
+    ldap_front = parse_ldap_front(c, root.get("ldap_front"))
+    front_names = {ldap_front.name} if ldap_front else set()
     policy = parse_policy(c, root.get("policy"), "policy",
-                          client_names={cl.name for cl in radius.clients} if radius else None)
+                          client_names={cl.name for cl in radius.clients} | front_names
+                          if radius else None)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
-                  log=log, daemon=daemon, policy=policy, source=source)
+                  log=log, daemon=daemon, policy=policy, source=source, ldap_front=ldap_front)
 
 
 def _log(c: Checker, value) -> LogConfig | None:
