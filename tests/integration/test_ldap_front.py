@@ -22,6 +22,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from pushproxy.approval import authenticator as auth
 from pushproxy.ldapfront import ber
+from pushproxy.config import parse_config
+from tests.integration.harness import closed_port
 from tests.integration.slapd import _write_tls_material
 from tests.integration.test_approval_e2e import Stack, first_request
 
@@ -39,8 +41,7 @@ def front_section(slapd, **extra) -> str:
         '  listen_ldaps: ["127.0.0.1:0"]',
         f"  tls_cert: {d / 'server.pem'}",
         f"  tls_key: {d / 'server.key'}",
-        f'  service_dns: ["{slapd.service_dn}"]',
-    ] + [f"  {k}: {v}" for k, v in extra.items()]
+    ] + [f"  {k}: {v}" for k, v in {"service_dns": f'["{slapd.service_dn}"]', **extra}.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -91,7 +92,8 @@ def fronts(slapd, tmp_path):
 
     yield make
     for stack in running:
-        pytest_twisted.blockon(stack.stop())
+        if stack.daemon.ports:  # not stopped by the test
+            pytest_twisted.blockon(stack.stop())
 
 
 def pushes(front) -> int:
@@ -258,3 +260,96 @@ def test_malformed_and_huge_messages_are_refused_and_others_are_served(fronts):
     code, out, err = yield front.run("ldapwhoami", "-D", front.slapd.service_dn, "-w",
                                      front.slapd.service_password)
     assert code == 0, err
+
+
+@pytest_twisted.inlineCallbacks
+def test_passcodes_in_the_bind_password(fronts):
+    front = yield fronts(bind_cache_seconds=0)
+    state = yield front.stack.device("alice")
+    code_now, _ = auth.current_code(state)
+    code, _, err = yield front.whoami("alice", f"alice-pw,{code_now}")
+    assert code == 0, err
+    assert front.audit()[-1]["reason"] == "passcode_totp" and pushes(front) == 0
+    code, _, err = yield front.whoami("alice", "wrong-pw,123456")
+    assert code == 49 and front.audit()[-1]["reason"] == "bad_credentials"
+    login = front.whoami("alice", "alice-pw,push")
+    request = yield threads.deferToThread(first_request, state)
+    yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
+    code, _, err = yield login
+    assert code == 0 and front.audit()[-1]["reason"] == "push_approved", err
+
+
+@pytest_twisted.inlineCallbacks
+def test_exempt_groups_and_ous_bind_without_a_push(fronts, slapd):
+    front = yield fronts(exempt_groups=f'["{slapd.group_dn("admins")}"]',
+                         exempt_ous=f'["ou=services,{slapd.base_dn}"]',
+                         service_dns="[]")
+    code, out, err = yield front.run("ldapsearch", "-LLL", "-D", slapd.user_dn("dave"), "-w",
+                                     "dave-pw", "-b", slapd.user_dn("dave"), "-s", "base", "uid")
+    assert code == 0 and "uid: dave" in out, err
+    code, _, err = yield front.run("ldapwhoami", "-D", slapd.service_dn, "-w",
+                                   slapd.service_password)
+    assert code == 0, err
+    code, _, _ = yield front.whoami("dave", "wrong")
+    assert code == 49
+    assert pushes(front) == 0
+    assert front.counter("ldap_front_binds_passed", kind="exempt_group") == 1
+    assert front.counter("ldap_front_binds_passed", kind="exempt_ou") == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_other_clients_are_served_while_a_push_waits(fronts):
+    front = yield fronts()
+    state = yield front.stack.device("alice")
+    waiting = front.whoami("alice", "alice-pw")
+    request = yield threads.deferToThread(first_request, state)
+    # Deeply nested filter: forwarded as bytes, never decoded by the proxy.
+    deep = "(!" * 201 + "(uid=nobody)" + ")" * 201  # an odd count: true for bob
+    code, out, err = yield front.run("ldapsearch", "-LLL", "-D", front.slapd.service_dn, "-w",
+                                     front.slapd.service_password, "-b",
+                                     front.slapd.people_dn, f"(&(uid=bob){deep})", "uid")
+    assert code == 0 and "uid: bob" in out, err
+    assert not waiting.called
+    yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
+    code, out, err = yield waiting
+    assert code == 0, err
+
+
+def reload_with_servers(front, servers):
+    stack = front.stack
+    text = stack.config_path.read_text().replace(
+        f'servers: ["{front.slapd.url}"]', "servers: [" + ", ".join(f'"{s}"' for s in servers)
+        + "]")
+    new = parse_config(text, base_dir=stack.config_path.parent, env={})
+    return stack.daemon.reload(new)
+
+
+@pytest_twisted.inlineCallbacks
+def test_failover_to_the_next_server_and_unavailable_when_none_answers(fronts):
+    front = yield fronts()
+    yield front.stack.device("alice")
+    dead = f"ldap://127.0.0.1:{closed_port()}"
+    assert reload_with_servers(front, [dead, front.slapd.url]) == []
+    code, _, err = yield front.run("ldapwhoami", "-D", front.slapd.service_dn, "-w",
+                                   front.slapd.service_password)
+    assert code == 0, err
+    assert front.counter("ldap_front_upstream_failures", server=dead) == 1
+    reload_with_servers(front, [dead])
+    code, _, err = yield front.whoami("alice", "alice-pw")
+    assert code == 52, err  # unavailable, and no push
+    assert front.audit()[-1]["reason"] == "directory_unavailable" and pushes(front) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_closes_the_listeners_and_answers_a_pending_bind(fronts):
+    front = yield fronts()
+    state = yield front.stack.device("alice")
+    waiting = front.whoami("alice", "alice-pw")
+    yield threads.deferToThread(first_request, state)
+    stopped = front.stack.stop()
+    code, _, err = yield waiting  # stop_grace 1 s, then the push is withdrawn
+    assert code == 52, err
+    yield stopped
+    code, _, _ = yield front.run("ldapwhoami", "-D", front.slapd.service_dn, "-w",
+                                 front.slapd.service_password)
+    assert code != 0  # nothing listens any more
