@@ -47,12 +47,13 @@ class LdapFrontConfig:
     max_message_size: int
     max_connections: int
     max_queued: int  # messages a client may send while its bind is decided
+    idle_timeout: float  # seconds without traffic before a connection is closed
 
 
 KEYS = ("name", "listen", "listen_ldaps", "tls_cert", "tls_key", "require_tls",
         "login_attribute", "service_dns", "exempt_ous", "exempt_groups", "allow_anonymous",
         "allow_unauthenticated", "sasl", "no_device", "bind_cache_seconds", "bind_cache_size",
-        "max_message_size", "max_connections", "max_queued")
+        "max_message_size", "max_connections", "max_queued", "idle_timeout")
 
 
 def _dns(c: Checker, m: dict, key: str, path: str) -> list[str]:
@@ -134,5 +135,7 @@ def parse_ldap_front(c: Checker, value, path: str = "ldap_front") -> LdapFrontCo
                                  minimum=1, maximum=100_000, integer=True),
         max_queued=c.number(m, "max_queued", f"{path}.max_queued", 32, minimum=1,
                             maximum=10_000, integer=True),
+        idle_timeout=c.number(m, "idle_timeout", f"{path}.idle_timeout", 900, minimum=10,
+                              maximum=86400),
     )
     return config if len(c.problems) == before else None

@@ -21,6 +21,7 @@ from collections import deque
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
 
 from pushproxy import logs
 from pushproxy.decision import Decision, Outcome, PrimaryResult, PrimaryStatus, Reason
@@ -69,7 +70,7 @@ class _Known:
         return defer.succeed(self.result)
 
 
-class LdapFrontProtocol(Protocol):
+class LdapFrontProtocol(Protocol, TimeoutMixin):
     """One client connection."""
 
     def __init__(self, front, ldaps: bool):
@@ -89,6 +90,9 @@ class LdapFrontProtocol(Protocol):
         self.peer = getattr(self.transport.getPeer(), "host", "?")
         self.front.connections.add(self)
         self.transport.setTcpNoDelay(True)
+        # Idle connections (no bytes either way) are closed: a connection that
+        # never sends anything must not hold one of max_connections forever.
+        self.setTimeout(self.front.config.idle_timeout)
         if len(self.front.connections) > self.front.config.max_connections:
             self.front.counters.inc("ldap_front_connections_refused")
             self._disconnect(ber.BUSY, "too many connections", log_it=False)
@@ -96,8 +100,20 @@ class LdapFrontProtocol(Protocol):
     def connectionLost(self, reason=None) -> None:
         """The client left: close its upstream connection too."""
         self.closed = True
+        self.setTimeout(None)
         self.front.connections.discard(self)
         self._drop_upstream()
+
+    def timeoutConnection(self) -> None:
+        """Idle for ``idle_timeout`` seconds (a pending bind is not idle)."""
+        if self.busy:
+            return self.resetTimeout()
+        self.front.counters.inc("ldap_front_idle_closed")
+        self._disconnect(ber.UNAVAILABLE, "idle timeout", log_it=False)
+
+    def _to_client(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.transport.write(data)
 
     def _disconnect(self, code: int, why: str, *, log_it: bool = True) -> None:
         """Notice of Disconnection (RFC 4511 4.4.1), then close."""
@@ -116,6 +132,7 @@ class LdapFrontProtocol(Protocol):
         """Frame messages; handle them, or queue them while a bind is decided."""
         if self.closed:
             return
+        self.resetTimeout()
         self.buffer += data
         limit = self.front.config.max_message_size
         while not self.closed:
@@ -190,7 +207,7 @@ class LdapFrontProtocol(Protocol):
                 upstream.transport.loseConnection()
                 raise UpstreamFailed("client left")
             self.upstream = upstream
-            upstream.deliver = self.transport.write
+            upstream.deliver = self._to_client
             upstream.on_lost = self._upstream_lost
             # Backpressure both ways: a full socket buffer pauses the other side.
             self.transport.registerProducer(upstream.transport, True)
@@ -247,6 +264,9 @@ class LdapFrontProtocol(Protocol):
             front.counters.inc("ldap_front_binds_refused", kind=kind.value)
             logs.event(log, logging.INFO, "ldap_front.bind_refused", kind=kind.value,
                        dn=req.name or None, source=self.peer)
+            # A failed bind leaves the connection anonymous (RFC 4511 4.2.1),
+            # not bound as whoever bound on it before.
+            self._drop_upstream()
             self.transport.write(ber.bind_response(msg.message_id, REFUSAL_CODES[kind],
                                                    REFUSAL_MESSAGES[kind]))
             return

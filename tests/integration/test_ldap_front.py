@@ -57,13 +57,13 @@ class Front:
         self.env = dict(os.environ, HOME=str(tmp_path), LDAPTLS_CACERT=slapd.ca_file,
                         LDAPTLS_REQCERT="demand", LDAPCONF="/dev/null")
 
-    def run(self, tool, *args, ldaps=False, starttls=True, env=None):
+    def run(self, tool, *args, ldaps=False, starttls=True, env=None, simple=True):
         """Run an ldap-utils tool; fires with (exit code, stdout, stderr) as text."""
         # By address: libldap checks a name it got by reverse lookup ("localhost"
         # may come back as another name here); the certificate names IP:127.0.0.1.
         url = f"ldaps://127.0.0.1:{self.ldaps_port}" if ldaps \
             else f"ldap://127.0.0.1:{self.port}"
-        argv = ["-x", "-H", url, "-o", "nettimeout=20"] + (["-ZZ"] if starttls and not ldaps
+        argv = (["-x"] if simple else []) + ["-H", url, "-o", "nettimeout=20"] + (["-ZZ"] if starttls and not ldaps
                                                            else []) + list(args)
         d = getProcessOutputAndValue(shutil.which(tool), argv, env=env or self.env)
         return d.addCallback(lambda r: (r[2], r[0].decode(), r[1].decode()))
@@ -209,6 +209,7 @@ def test_ldaps_verifies_and_a_wrong_ca_fails(fronts, tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_anonymous_unauthenticated_cleartext_and_sasl_binds_are_refused(fronts):
+    """Each refusal has its own result code and counter, and none costs a push."""
     front = yield fronts()
     code, _, err = yield front.run("ldapwhoami")  # anonymous
     assert code == 48, err
@@ -216,7 +217,11 @@ def test_anonymous_unauthenticated_cleartext_and_sasl_binds_are_refused(fronts):
     assert code == 53, err
     code, _, err = yield front.whoami("alice", "alice-pw", starttls=False)
     assert code == 13, err  # confidentialityRequired: no password without TLS
-    for kind in ("refused_anonymous", "refused_unauthenticated", "refused_cleartext"):
+    code, _, err = yield front.run("ldapwhoami", "-Y", "CRAM-MD5", "-U", "alice", "-w", "x",
+                                   simple=False)
+    assert code == 7, err  # authMethodNotSupported (sasl: refuse)
+    for kind in ("refused_anonymous", "refused_unauthenticated", "refused_cleartext",
+                 "refused_sasl"):
         assert front.counter("ldap_front_binds_refused", kind=kind) == 1
     assert pushes(front) == 0
 
