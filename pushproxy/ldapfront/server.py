@@ -107,7 +107,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         """Idle for ``idle_timeout`` seconds (a pending bind is not idle)."""
         if self.busy:
-            return self.resetTimeout()
+            self.setTimeout(self.front.config.idle_timeout)  # the fired timer is gone: re-arm
+            return None
         self.front.counters.inc("ldap_front_idle_closed")
         self._disconnect(ber.UNAVAILABLE, "idle timeout", log_it=False)
 
