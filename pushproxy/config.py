@@ -185,7 +185,7 @@ class Config:
             f"+ ldap.response_timeout {self.ldap.response_timeout:.0f} s); many gateways "
             "default to 5 s x 3, which rejects every login that waits for a phone"
             for i, c in enumerate(self.radius.clients)
-        ]
+        ] + (self.ldap_front.timeout_advice(need) if self.ldap_front else [])
 
 
 def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:

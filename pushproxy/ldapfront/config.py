@@ -50,6 +50,13 @@ class LdapFrontConfig:
     idle_timeout: float  # seconds without traffic before a connection is closed
 
 
+    def timeout_advice(self, need: float) -> list[str]:
+        """What LDAP clients must allow for a bind that waits for a phone."""
+        return [f"ldap_front ({self.name}): LDAP clients must wait at least {need:.0f} s for "
+                "a bind (sssd: ldap_opt_timeout, default 8 s; pam_ldap/nslcd: "
+                "bind_timelimit; applications: their LDAP operation timeout)"]
+
+
 KEYS = ("name", "listen", "listen_ldaps", "tls_cert", "tls_key", "require_tls",
         "login_attribute", "service_dns", "exempt_ous", "exempt_groups", "allow_anonymous",
         "allow_unauthenticated", "sasl", "no_device", "bind_cache_seconds", "bind_cache_size",
