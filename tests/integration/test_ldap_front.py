@@ -320,11 +320,12 @@ def test_other_clients_are_served_while_a_push_waits(fronts):
     assert code == 0, err
 
 
-def reload_with_servers(front, servers):
+def reload_with_servers(front, servers, ldap_extra=""):
+    """Reload the daemon with other ldap.servers (and more ldap: keys)."""
     stack = front.stack
     text = stack.config_path.read_text().replace(
         f'servers: ["{front.slapd.url}"]', "servers: [" + ", ".join(f'"{s}"' for s in servers)
-        + "]")
+        + "]" + "".join(f"\n  {line}" for line in ldap_extra.splitlines()))
     new = parse_config(text, base_dir=stack.config_path.parent, env={})
     return stack.daemon.reload(new)
 
@@ -358,3 +359,28 @@ def test_stopping_closes_the_listeners_and_answers_a_pending_bind(fronts):
     code, _, _ = yield front.run("ldapwhoami", "-D", front.slapd.service_dn, "-w",
                                  front.slapd.service_password)
     assert code != 0  # nothing listens any more
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_directory_is_reached_over_ldaps_or_starttls_with_its_certificate_verified(
+        fronts, tmp_path):
+    front = yield fronts(bind_cache_seconds=0)  # each login here must reach the phone
+    slapd = front.slapd
+    state = yield front.stack.device("alice")
+    other = tmp_path / "wrong-ca"
+    other.mkdir()
+    _write_tls_material(other)
+    for servers, extra in (([slapd.ldaps_url], ""), ([slapd.starttls_url], "start_tls: true")):
+        reload_with_servers(front, servers, f"ca_file: {slapd.ca_file}\n{extra}")
+        login = front.run("ldapsearch", "-LLL", "-D", slapd.user_dn("alice"), "-w", "alice-pw",
+                          "-b", slapd.user_dn("alice"), "-s", "base", "uid")
+        request = yield threads.deferToThread(first_request, state)
+        yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
+        code, out, err = yield login
+        assert code == 0 and "uid: alice" in out, (servers, err)
+        # The same server with a CA that did not sign its certificate: unavailable.
+        reload_with_servers(front, servers, f"ca_file: {other / 'ca.pem'}\n{extra}")
+        code, _, err = yield front.run("ldapwhoami", "-D", slapd.user_dn("bob"), "-w",
+                                       "bob-pw")
+        assert code == 52, (servers, err)
+    assert front.counter("ldap_front_upstream_failures") == 2
