@@ -82,7 +82,11 @@ class LdapFront:
         """Load the certificate and listen."""
         cfg = self.config
         if cfg.tls_cert:
-            self.tls_options = server_tls(cfg.tls_cert, cfg.tls_key)
+            try:
+                self.tls_options = server_tls(cfg.tls_cert, cfg.tls_key)
+            except Exception as exc:  # OpenSSL's own errors say little: name the files
+                raise ValueError(f"ldap_front.tls_cert/tls_key: cannot load {cfg.tls_cert} "
+                                 f"and {cfg.tls_key}: {exc}") from None
         for (host, port), ldaps in [(a, False) for a in cfg.listen] + \
                 [(a, True) for a in cfg.listen_ldaps]:
             factory = LdapFrontFactory(self, ldaps)

@@ -23,7 +23,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from pushproxy.approval import authenticator as auth
 from pushproxy.ldapfront import ber
 from pushproxy.config import parse_config
-from tests.integration.harness import closed_port
+from tests.integration.harness import ServeProcess, closed_port, write_config
+from tests.integration.slapd import free_port
 from tests.integration.slapd import _write_tls_material
 from tests.integration.test_approval_e2e import Stack, first_request
 
@@ -384,3 +385,36 @@ def test_the_directory_is_reached_over_ldaps_or_starttls_with_its_certificate_ve
                                        "bob-pw")
         assert code == 52, (servers, err)
     assert front.counter("ldap_front_upstream_failures") == 2
+
+
+def test_serve_reloads_in_place_names_what_needs_a_restart_and_refuses_a_bad_certificate(
+        slapd, tmp_path):
+    """The real `pushproxy serve`: SIGHUP applies the section, listener changes need a restart."""
+    import signal
+
+    config = write_config(tmp_path, slapd)
+    base = config.read_text()
+    port = free_port()
+    config.write_text(base + front_section(slapd).replace("127.0.0.1:0", f"127.0.0.1:{port}", 1))
+    serve = ServeProcess(config)
+    try:
+        serve.wait_for(f"ldap_front.listening address=127.0.0.1 port={port}")
+        serve.wait_for("daemon.ready")
+        config.write_text(base + front_section(slapd, bind_cache_seconds=5))
+        serve.proc.send_signal(signal.SIGHUP)
+        assert "ldap_front.listen changed" in serve.wait_for("reload.needs_restart")
+        serve.wait_for("reload.applied")
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(15) == 0
+    finally:
+        serve.close()
+    placeholder = tmp_path / "placeholder.pem"
+    placeholder.write_text("not a certificate\n")
+    config.write_text(base + front_section(slapd).replace(str(slapd.directory / "server.pem"),
+                                                          str(placeholder)))
+    serve = ServeProcess(config)
+    try:
+        assert "ldap_front.tls_cert/tls_key: cannot load" in serve.wait_for("startup.failed")
+        assert serve.proc.wait(15) == 1
+    finally:
+        serve.close()
