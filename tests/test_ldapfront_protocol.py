@@ -83,6 +83,11 @@ def test_garbage_gets_a_notice_of_disconnection_and_the_connection_closes():
     assert transport.disconnecting and proto.closed
     proto.dataReceived(b"more")  # ignored after the notice
     assert front.counters.get("ldap_front_protocol_errors") == 1
+    # A peer that never reads the notice is cut off.
+    aborted = []
+    transport.abortConnection = lambda: aborted.append(True)
+    front.reactor.advance(10)
+    assert aborted == [True]
 
 
 def test_a_message_split_into_single_bytes_is_still_handled():

@@ -37,6 +37,7 @@ from pushproxy.policy import Verification
 from pushproxy.radius.server import LogLimiter
 
 log = logging.getLogger("pushproxy.ldapfront")
+ABORT_AFTER = 10.0  # seconds a disconnected peer gets to read its notice
 
 _DECISION_CODES = {
     Reason.DIRECTORY_UNAVAILABLE: (ber.UNAVAILABLE, "directory unavailable"),
@@ -82,6 +83,7 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         self.closed = False
         self.upstream: Upstream | None = None
         self.peer = "?"
+        self._abort = None  # forced close after a notice the peer does not read
 
     # -- connection --
 
@@ -101,6 +103,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         """The client left: close its upstream connection too."""
         self.closed = True
         self.setTimeout(None)
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
         self.front.connections.discard(self)
         self._drop_upstream()
 
@@ -125,7 +129,13 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         self.closed = True
         self.transport.write(ber.notice_of_disconnection(code, why))
         self.transport.loseConnection()
+        # A peer that stops reading would keep the socket (and its slot) open
+        # until the notice is flushed: cut it off after a while.
+        self._abort = self.front.reactor.callLater(ABORT_AFTER, self._abort_now)
         self._drop_upstream()
+
+    def _abort_now(self) -> None:
+        self.transport.abortConnection()
 
     # -- client bytes --
 
