@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from pushproxy.config import parse_config
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import BindCache
-from pushproxy.ldapfront.server import DropLog, LdapFrontProtocol
+from pushproxy.ldapfront.server import DropLog, LdapFrontProtocol, client_address
 from pushproxy.metrics import Counters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +177,9 @@ def test_binds_while_stopping_get_unavailable():
     proto.dataReceived(ber.bind_request(4, "uid=a,dc=x", "pw"))
     msg = ber.parse_message(transport.value())
     assert (msg.message_id, ber.parse_result(msg.op).code) == (4, ber.UNAVAILABLE)
+
+
+def test_ipv4_peers_of_a_dual_stack_listener_are_seen_as_ipv4():
+    assert client_address("::ffff:10.1.2.3") == "10.1.2.3"
+    assert client_address("2001:db8::1") == "2001:db8::1"
+    assert client_address("192.0.2.7") == "192.0.2.7"

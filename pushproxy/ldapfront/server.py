@@ -16,6 +16,7 @@ Notice of Disconnection; the listener goes on serving everyone else.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 from collections import deque
 
@@ -71,6 +72,21 @@ class _Known:
         return defer.succeed(self.result)
 
 
+def client_address(host: str) -> str:
+    """The peer's address as policy rules and the audit trail see it.
+
+    A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; the plain
+    IPv4 form lets ``networks: [10.0.0.0/8]`` match them.
+    """
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
 class LdapFrontProtocol(Protocol, TimeoutMixin):
     """One client connection."""
 
@@ -89,7 +105,7 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         """Count the connection; refuse it over the limit."""
-        self.peer = getattr(self.transport.getPeer(), "host", "?")
+        self.peer = client_address(getattr(self.transport.getPeer(), "host", "?"))
         self.front.connections.add(self)
         self.transport.setTcpNoDelay(True)
         # Idle connections (no bytes either way) are closed: a connection that
