@@ -17,7 +17,7 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
 from pushproxy.approval import authenticator as auth
@@ -190,6 +190,21 @@ def test_five_binds_in_a_row_cost_one_push(fronts):
     # A wrong password is not let in by the cache (and costs no push).
     code, _, _ = yield front.whoami("alice", "alice-pwX")
     assert code == 49 and pushes(front) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_five_binds_at_once_join_one_push(fronts):
+    """Binds that overlap (not yet cached) join the push already waiting (the engine's join)."""
+    front = yield fronts()
+    state = yield front.stack.device("alice")
+    logins = [front.whoami("alice", "alice-pw") for _ in range(5)]
+    request = yield threads.deferToThread(first_request, state)
+    yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
+    results = yield defer.gatherResults(logins)
+    assert [r[0] for r in results] == [0] * 5, results
+    assert pushes(front) == 1
+    assert sorted(e["joined"] for e in front.audit()).count(True) + \
+        front.counter("ldap_front_bind_cache_hits") == 4
 
 
 @pytest_twisted.inlineCallbacks
