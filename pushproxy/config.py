@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pushproxy import yamlsource
@@ -24,6 +25,9 @@ from pushproxy.policy import Policy, Verification, parse_policy
 from pushproxy.replyattrs import ReplyMap, parse_reply_attributes
 from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
 from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
+
+if TYPE_CHECKING:  # the section's parser imports this module
+    from pushproxy.ldapfront.config import LdapFrontConfig
 
 
 class ConfigError(Exception):
@@ -178,6 +182,7 @@ class Config:
     policy: Policy
     source: str
     reply_attributes: "ReplyMap | None" = None  # group/rule -> Accept attributes
+    ldap_front: LdapFrontConfig | None = None  # the LDAP front end; None: off
 
     def timeout_advice(self) -> list[str]:
         """What a network admin must set on each gateway so logins can finish."""
@@ -192,7 +197,8 @@ class Config:
             f"{self.push.timeout:.0f} s + {first(c)[1]} {first(c)[0]:.0f} s); many gateways "
             "default to 5 s x 3, which rejects every login that waits for a phone"
             for i, c in enumerate(self.radius.clients)
-        ]
+        ] + (self.ldap_front.timeout_advice(self.push.timeout + self.ldap.response_timeout)
+             if self.ldap_front else [])
 
 
 def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
@@ -231,7 +237,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
                      optional=("push", "audit", "log", "daemon", "policy",
-                               "reply_attributes"))
+                               "reply_attributes", "ldap_front"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -241,8 +247,13 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     approval = _approval(c, root.get("approval"))
     log = _log(c, root.get("log", {}))
     daemon = _daemon(c, root.get("daemon", {}))
+    from pushproxy.ldapfront.config import parse_ldap_front  # imports this module
+
+    ldap_front = parse_ldap_front(c, root.get("ldap_front"))
+    front_names = {ldap_front.name} if ldap_front else set()
     policy = parse_policy(c, root.get("policy"), "policy",
-                          client_names={cl.name for cl in radius.clients} if radius else None)
+                          client_names={cl.name for cl in radius.clients} | front_names
+                          if radius else None)
     for cl in radius.clients if radius else ():
         if cl.upstream and cl.upstream.groups_from_ldap and ldap and ldap.bind_dn is None:
             c.problem(f"radius.clients ({cl.name}).groups_from_ldap",
@@ -255,7 +266,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
-                  reply_attributes=reply_map)
+                  reply_attributes=reply_map, ldap_front=ldap_front)
 
 
 @functools.lru_cache(maxsize=1)

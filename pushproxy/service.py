@@ -106,7 +106,12 @@ class Daemon:
             ("approval", old.approval, new.approval),
             ("daemon.metrics_listen", old.daemon.metrics_listen, new.daemon.metrics_listen),
             ("log.format/log.syslog", (old.log.format, old.log.syslog),
-             (new.log.format, new.log.syslog))) if a != b]
+             (new.log.format, new.log.syslog)),
+            ("ldap_front (added or removed)", old.ldap_front is None,
+             new.ldap_front is None)) if a != b]
+        for component in self.components:
+            if hasattr(component, "reload") and new.ldap_front is not None:
+                restart += component.reload(new)
         self.clients = ClientTable(new.radius.clients)
         for proto in self.protocols:
             proto.clients = self.clients
@@ -157,6 +162,9 @@ class Daemon:
         """Refuse new requests, let pending logins finish within the grace, reject the rest."""
         for proto in self.protocols:
             proto.accepting = False
+        for component in self.components:
+            if hasattr(component, "stop_accepting"):  # the LDAP front end's listeners
+                yield component.stop_accepting()
         grace = self.config.daemon.stop_grace
         if self.engine.pending:
             logs.event(log, logging.INFO, "daemon.draining", pending=self.engine.pending,

@@ -118,5 +118,9 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
     if config.daemon.metrics_listen:
         daemon.components.append(MetricsComponent(config.daemon.metrics_listen, daemon,
                                                   approval))
+    if config.ldap_front is not None:
+        from pushproxy.ldapfront.front import LdapFront
+
+        daemon.components.append(LdapFront(daemon))
     return daemon
 

@@ -1,0 +1,207 @@
+"""Which binds get a push, and the short cache that spares repeated binds a second push.
+
+Pure: `classify` maps a BindRequest and the config to a `BindKind`; the
+`BindCache` takes ``now`` from the caller. The protocol in `server` does the I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict
+
+from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.utils.dn import parse_dn
+
+from pushproxy.ldapauth import normalize_dn
+from pushproxy.ldapfront import ber
+from pushproxy.ldapfront.config import LdapFrontConfig, SaslMode
+
+
+class BindKind(enum.Enum):
+    """What the front end does with one BindRequest."""
+
+    USER = "user"  # bind upstream, then the engine (push)
+    SERVICE = "service"  # a configured service DN: forwarded, no push
+    EXEMPT_OU = "exempt_ou"  # at or below an exempt OU: forwarded, no push
+    ANONYMOUS = "anonymous"  # allowed anonymous bind: forwarded
+    UNAUTHENTICATED = "unauthenticated"  # allowed name + empty password: forwarded
+    SASL = "sasl"  # forwarded (sasl: pass)
+    REFUSE_ANONYMOUS = "refused_anonymous"
+    REFUSE_UNAUTHENTICATED = "refused_unauthenticated"
+    REFUSE_SASL = "refused_sasl"
+    REFUSE_VERSION = "refused_version"
+    REFUSE_CLEARTEXT = "refused_cleartext"  # a password without TLS, and TLS is required
+    REFUSE_BAD_NAME = "refused_bad_name"  # not a DN, or a password that is not UTF-8
+
+
+PASS_THROUGH = frozenset({BindKind.SERVICE, BindKind.EXEMPT_OU, BindKind.ANONYMOUS,
+                          BindKind.UNAUTHENTICATED, BindKind.SASL})
+
+# The result code each refusal gets (RFC 4511 4.2.2, RFC 4513 5.1.2).
+REFUSAL_CODES = {
+    BindKind.REFUSE_ANONYMOUS: ber.INAPPROPRIATE_AUTHENTICATION,
+    BindKind.REFUSE_UNAUTHENTICATED: ber.UNWILLING_TO_PERFORM,
+    BindKind.REFUSE_SASL: ber.AUTH_METHOD_NOT_SUPPORTED,
+    BindKind.REFUSE_VERSION: ber.PROTOCOL_ERROR,
+    BindKind.REFUSE_CLEARTEXT: ber.CONFIDENTIALITY_REQUIRED,
+    BindKind.REFUSE_BAD_NAME: ber.INVALID_CREDENTIALS,
+}
+REFUSAL_MESSAGES = {
+    BindKind.REFUSE_ANONYMOUS: "anonymous bind not allowed",
+    BindKind.REFUSE_UNAUTHENTICATED: "unauthenticated bind (empty password) not allowed",
+    BindKind.REFUSE_SASL: "SASL binds are not supported here",
+    BindKind.REFUSE_VERSION: "LDAPv3 only",
+    BindKind.REFUSE_CLEARTEXT: "use StartTLS or LDAPS before a simple bind",
+    BindKind.REFUSE_BAD_NAME: "invalid credentials",
+}
+
+
+def is_dn(name: str) -> bool:
+    """Whether ``name`` parses as a DN."""
+    try:
+        return bool(parse_dn(name, escape=False, strip=True))
+    except (LDAPInvalidDnError, ValueError, IndexError):
+        return False
+
+
+def in_subtree(dn: str, base: str) -> bool:
+    """Whether normalized ``dn`` is ``base`` or below it."""
+    return dn == base or dn.endswith("," + base)
+
+
+def classify(req: ber.BindRequest, config: LdapFrontConfig, *, tls: bool) -> BindKind:
+    """What to do with ``req`` (``tls``: the client connection is encrypted)."""
+    if req.version != 3:
+        return BindKind.REFUSE_VERSION
+    if not req.simple:
+        return BindKind.SASL if config.sasl is SaslMode.PASS else BindKind.REFUSE_SASL
+    if not req.password:
+        # RFC 4513 5.1.2: an empty password makes a bind anonymous whatever the name.
+        if not req.name:
+            return BindKind.ANONYMOUS if config.allow_anonymous else BindKind.REFUSE_ANONYMOUS
+        return BindKind.UNAUTHENTICATED if config.allow_unauthenticated \
+            else BindKind.REFUSE_UNAUTHENTICATED
+    if config.require_tls and not tls:
+        return BindKind.REFUSE_CLEARTEXT
+    if not req.name or not is_dn(req.name):
+        return BindKind.REFUSE_BAD_NAME
+    try:
+        req.password.decode("utf-8")
+    except UnicodeDecodeError:
+        return BindKind.REFUSE_BAD_NAME
+    dn = normalize_dn(req.name)
+    if dn in config.service_dns:
+        return BindKind.SERVICE
+    if any(in_subtree(dn, ou) for ou in config.exempt_ous):
+        return BindKind.EXEMPT_OU
+    return BindKind.USER
+
+
+def rdn_value(dn: str, attribute: str) -> str | None:
+    """The value of the DN's first RDN when its type is ``attribute`` (uid=alice,... -> alice)."""
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+    except (LDAPInvalidDnError, ValueError, IndexError):
+        return None
+    if parts and parts[0][0].lower() == attribute.lower() and parts[0][2] != "+":
+        return _unescape(parts[0][1])
+    return None
+
+
+def _unescape(value: str) -> str:
+    r"""RFC 4514 escapes (\, or \2C) back to characters."""
+    out, i = bytearray(), 0
+    raw = value.encode("utf-8")
+    while i < len(raw):
+        if raw[i:i + 1] == b"\\" and i + 1 < len(raw):
+            pair = raw[i + 1:i + 3]
+            try:
+                out.append(int(pair, 16))
+                i += 3
+                continue
+            except ValueError:
+                out += raw[i + 1:i + 2]
+                i += 2
+                continue
+        out += raw[i:i + 1]
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
+def login_name(entry_attrs: dict[str, list[str]], attribute: str, dn: str) -> str | None:
+    """The username to hand the engine: the entry's login attribute.
+
+    A multi-valued attribute (uid may be) prefers the value in the DN, which
+    is the one the entry is named by.
+    """
+    values = entry_attrs.get(attribute.lower(), [])
+    if not values:
+        return None
+    named = rdn_value(dn, attribute)
+    if named is not None and any(v.casefold() == named.casefold() for v in values):
+        return next(v for v in values if v.casefold() == named.casefold())
+    return values[0]
+
+
+class BindCache:
+    """Recently approved binds, so an application's repeated binds cost one push.
+
+    Keyed by client address, normalized DN and an HMAC-SHA256 of the password
+    under a random per-process key: the password itself is never kept, and the
+    key cannot be checked offline against a list of guesses. The client
+    address is part of the key so that the same password from another host
+    still needs its own push. Bounded in size (oldest entries go first) and time.
+    """
+
+    def __init__(self, seconds: float, max_entries: int):
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def key(self, source: str, dn: str, password: bytes) -> bytes:
+        """The cache key for one bind; nothing in it reveals the password."""
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for part in (source.encode("utf-8"), normalize_dn(dn).encode("utf-8"), password):
+            mac.update(len(part).to_bytes(4, "big") + part)  # unambiguous concatenation
+        return mac.digest()
+
+    def hit(self, key: bytes, now: float) -> bool:
+        """Whether ``key`` was approved less than ``seconds`` ago."""
+        expires = self._entries.get(key)
+        if expires is None:
+            return False
+        if expires <= now:
+            del self._entries[key]
+            return False
+        return True
+
+    def remember(self, key: bytes, now: float) -> None:
+        """Note an approved bind (a no-op when the cache is off)."""
+        if self.seconds <= 0:
+            return
+        self._entries.pop(key, None)
+        self._entries[key] = now + self.seconds
+        # Entries are in expiry order (same lifetime, appended): drop the
+        # expired from the front, then the oldest while over the limit.
+        while self._entries:
+            first_key, first_expires = next(iter(self._entries.items()))
+            if first_expires > now and len(self._entries) <= self.max_entries:
+                break
+            del self._entries[first_key]
+
+    def forget(self, key: bytes) -> None:
+        """Drop ``key`` (its password no longer works upstream)."""
+        self._entries.pop(key, None)
+
+    def reconfigure(self, seconds: float, max_entries: int) -> None:
+        """New limits (reload); entries over the new size go at the next remember."""
+        self.seconds, self.max_entries = seconds, max_entries
+        if seconds <= 0:
+            self._entries.clear()

@@ -1,0 +1,88 @@
+"""The first factor of an LDAP login, on the client's own upstream connection.
+
+    simple bind as the user -> read the user's own entry (login attribute,
+    memberOf) -> group checks for the groups the policy/exemptions name
+
+All of it runs as the user, so the connection ends up bound exactly as the
+client asked, and the proxy needs no service account. Requests reuse the
+bind's message id one after another: the client may send nothing while its
+bind is pending, so that id cannot clash with one of the client's.
+"""
+
+from __future__ import annotations
+
+from pushproxy.config import GroupMode
+from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.ldapauth import AD_IN_CHAIN, normalize_dn
+from pushproxy.ldapfront import ber
+from pushproxy.ldapfront.binds import login_name, rdn_value
+from pushproxy.ldapfront.upstream import Upstream, UpstreamFailed
+from pushproxy.metrics import Counters
+
+_BIND_DONE = frozenset({ber.BIND_RESPONSE})
+_SEARCH_DONE = frozenset({ber.SEARCH_DONE})
+# Bind results that mean "the directory cannot answer now", not "wrong password".
+_UNAVAILABLE = {ber.BUSY: PrimaryStatus.BUSY, ber.UNAVAILABLE: PrimaryStatus.UNAVAILABLE,
+                ber.OPERATIONS_ERROR: PrimaryStatus.UNAVAILABLE}
+
+
+async def _search(upstream: Upstream, mid: int, base: str, filter_: bytes,
+                  attributes: list[str]) -> list[tuple[str, dict[str, list[str]]]]:
+    """Base-scope search: the entries found (none when the base is missing or unreadable)."""
+    answers = await upstream.exchange(
+        ber.search_request(mid, base, filter_, attributes, size_limit=1,
+                           time_limit=max(1, int(upstream.response_timeout))),
+        mid, _SEARCH_DONE)
+    return [ber.parse_entry(m.op) for m in answers if m.op_tag == ber.SEARCH_ENTRY]
+
+
+async def read_user(upstream: Upstream, mid: int, dn: str, password: str, attribute: str,
+                    group_mode: GroupMode, candidates: frozenset[str],
+                    counters: Counters) -> tuple[PrimaryResult, str]:
+    """Bind as ``dn``; the PrimaryResult and the username to give the engine.
+
+    Raises UpstreamFailed (or ProtocolError) when the server stops answering.
+    """
+    server = upstream.server.url
+    guess = rdn_value(dn, attribute) or dn
+    counters.inc("ldap_front_user_binds")
+    (answer,) = (await upstream.exchange(ber.bind_request(mid, dn, password), mid,
+                                         _BIND_DONE))[-1:]
+    code = ber.parse_result(answer.op).code
+    if code != ber.SUCCESS:
+        status = _UNAVAILABLE.get(code, PrimaryStatus.BAD_CREDENTIALS)
+        return PrimaryResult(status, dn=dn, server=server, detail=f"bind result {code}"), guess
+    wanted = [attribute] + (["memberOf"] if group_mode is GroupMode.MEMBER_OF else [])
+    entries = await _search(upstream, mid, dn, ber.f_present("objectClass"), wanted)
+    attrs = entries[0][1] if entries else {}
+    # A directory that hides the entry from its own user still named it in the DN.
+    username = login_name(attrs, attribute, dn) or rdn_value(dn, attribute)
+    if username is None:
+        return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server,
+                             detail=f"no {attribute} readable in the entry"), guess
+    groups = await _groups(upstream, mid, dn, username, attrs, group_mode, candidates)
+    return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server, groups=groups), username
+
+
+async def _groups(upstream: Upstream, mid: int, dn: str, username: str,
+                  attrs: dict[str, list[str]], mode: GroupMode,
+                  candidates: frozenset[str]) -> frozenset[str]:
+    """Which of ``candidates`` (normalized DNs) hold the user."""
+    if not candidates:
+        return frozenset()
+    if mode is GroupMode.MEMBER_OF:
+        return candidates & {normalize_dn(g) for g in attrs.get("memberof", [])}
+    found = set()
+    for group in sorted(candidates):
+        if mode is GroupMode.AD_NESTED:
+            base, filter_ = dn, ber.f_extensible(AD_IN_CHAIN, "memberOf", group)
+        else:
+            base, filter_ = group, ber.f_or(ber.f_equal("member", dn),
+                                            ber.f_equal("uniqueMember", dn),
+                                            ber.f_equal("memberUid", username))
+        if await _search(upstream, mid, base, filter_, ["1.1"]):
+            found.add(group)
+    return frozenset(found)
+
+
+__all__ = ["read_user", "UpstreamFailed"]

@@ -1,0 +1,414 @@
+"""The LDAP listener: one protocol per client connection, proxying to its own upstream.
+
+    bytes -> frame (size limit from the header) -> envelope
+      BindRequest     -> refused | forwarded (service, exempt OU, allowed anonymous/SASL)
+                         | user: bind upstream, read the entry, engine (push), answer
+      StartTLS        -> answered here, TLS with the front end's certificate
+      UnbindRequest   -> forwarded, both connections closed
+      anything else   -> forwarded byte for byte; responses come back the same way
+
+While a user's bind is being decided the client's other messages wait (RFC
+4511 4.2.1 says a client sends none), at most ``max_queued`` of them. A
+message that cannot be parsed or is too large ends the connection with a
+Notice of Disconnection; the listener goes on serving everyone else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from collections import deque
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
+
+from pushproxy import logs
+from pushproxy.decision import Decision, Outcome, PrimaryResult, PrimaryStatus, Reason
+from pushproxy.engine import LoginRequest
+from pushproxy.ldapauth import normalize_dn
+from pushproxy.ldapfront import ber
+from pushproxy.ldapfront.binds import (PASS_THROUGH, REFUSAL_CODES, REFUSAL_MESSAGES,
+                                       classify, rdn_value)
+from pushproxy.ldapfront.primary import read_user
+from pushproxy.ldapfront.upstream import Upstream, UpstreamFailed
+from pushproxy.passcodes import parse_password
+from pushproxy.policy import Verification
+from pushproxy.radius.server import LogLimiter
+
+log = logging.getLogger("pushproxy.ldapfront")
+ABORT_AFTER = 10.0  # seconds a disconnected peer gets to read its notice
+
+_DECISION_CODES = {
+    Reason.DIRECTORY_UNAVAILABLE: (ber.UNAVAILABLE, "directory unavailable"),
+    Reason.SHUTTING_DOWN: (ber.UNAVAILABLE, "shutting down"),
+    Reason.DIRECTORY_BUSY: (ber.BUSY, "directory busy"),
+}
+
+
+def bind_result(decision: Decision) -> tuple[int, str]:
+    """The one mapping from a decision to a BindResponse (result code, message).
+
+    Deliberately vague about which factor failed, like the RADIUS reply.
+    """
+    if decision.outcome is Outcome.ACCEPT:
+        return ber.SUCCESS, ""
+    return _DECISION_CODES.get(decision.reason, (ber.INVALID_CREDENTIALS, "Login denied"))
+
+
+class _Known:
+    """A first factor that already ran: the bind happened before the engine was asked.
+
+    The engine needs the username before it calls the first factor, and the
+    username is read from the entry, which only the bound user may read.
+    """
+
+    def __init__(self, result: PrimaryResult):
+        self.result = result
+
+    def authenticate(self, username: str, password: str) -> defer.Deferred:
+        """The result of the bind already made on the client's connection."""
+        return defer.succeed(self.result)
+
+
+def client_address(host: str) -> str:
+    """The peer's address as policy rules and the audit trail see it.
+
+    A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; the plain
+    IPv4 form lets ``networks: [10.0.0.0/8]`` match them.
+    """
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+class LdapFrontProtocol(Protocol, TimeoutMixin):
+    """One client connection."""
+
+    def __init__(self, front, ldaps: bool):
+        self.front = front
+        self.tls = ldaps
+        self.buffer = bytearray()
+        self.queue: deque[ber.Message] = deque()
+        self.busy = False  # a user's bind or the upstream connect is in progress
+        self.closed = False
+        self.upstream: Upstream | None = None
+        self.peer = "?"
+        self._abort = None  # forced close after a notice the peer does not read
+
+    # -- connection --
+
+    def connectionMade(self) -> None:
+        """Count the connection; refuse it over the limit."""
+        self.peer = client_address(getattr(self.transport.getPeer(), "host", "?"))
+        self.front.connections.add(self)
+        self.transport.setTcpNoDelay(True)
+        # Idle connections (no bytes either way) are closed: a connection that
+        # never sends anything must not hold one of max_connections forever.
+        self.setTimeout(self.front.config.idle_timeout)
+        if len(self.front.connections) > self.front.config.max_connections:
+            self.front.counters.inc("ldap_front_connections_refused")
+            self._disconnect(ber.BUSY, "too many connections", log_it=False)
+
+    def connectionLost(self, reason=None) -> None:
+        """The client left: close its upstream connection too."""
+        self.closed = True
+        self.setTimeout(None)
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self.front.connections.discard(self)
+        self._drop_upstream()
+
+    def timeoutConnection(self) -> None:
+        """Idle for ``idle_timeout`` seconds (a pending bind is not idle)."""
+        if self.busy:
+            self.setTimeout(self.front.config.idle_timeout)  # the fired timer is gone: re-arm
+            return None
+        self.front.counters.inc("ldap_front_idle_closed")
+        self._disconnect(ber.UNAVAILABLE, "idle timeout", log_it=False)
+
+    def _to_client(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.transport.write(data)
+
+    def _disconnect(self, code: int, why: str, *, log_it: bool = True) -> None:
+        """Notice of Disconnection (RFC 4511 4.4.1), then close."""
+        if self.closed:
+            return
+        if log_it:
+            self.front.note_drop(why, self.peer)
+        self.closed = True
+        self.transport.write(ber.notice_of_disconnection(code, why))
+        self.transport.loseConnection()
+        # A peer that stops reading would keep the socket (and its slot) open
+        # until the notice is flushed: cut it off after a while.
+        self._abort = self.front.reactor.callLater(ABORT_AFTER, self._abort_now)
+        self._drop_upstream()
+
+    def _abort_now(self) -> None:
+        self.transport.abortConnection()
+
+    # -- client bytes --
+
+    def dataReceived(self, data: bytes) -> None:
+        """Frame messages; handle them, or queue them while a bind is decided."""
+        if self.closed:
+            return
+        self.resetTimeout()
+        self.buffer += data
+        limit = self.front.config.max_message_size
+        while not self.closed:
+            try:
+                size = ber.frame_length(self.buffer, limit)
+                if size is None:
+                    return
+                raw = bytes(self.buffer[:size])
+                del self.buffer[:size]
+                msg = ber.parse_message(raw)
+            except ber.ProtocolError as exc:
+                self.front.counters.inc("ldap_front_protocol_errors")
+                return self._disconnect(ber.PROTOCOL_ERROR, str(exc))
+            if self.busy:
+                if len(self.queue) >= self.front.config.max_queued:
+                    return self._disconnect(ber.PROTOCOL_ERROR,
+                                            "too many requests while a bind is in progress")
+                self.queue.append(msg)
+            else:
+                self._handle(msg)
+
+    def _release(self) -> None:
+        """The bind (or connect) is over: handle what waited meanwhile."""
+        self.busy = False
+        while self.queue and not self.busy and not self.closed:
+            self._handle(self.queue.popleft())
+
+    def _handle(self, msg: ber.Message) -> None:
+        try:
+            if msg.op_tag == ber.BIND_REQUEST:
+                return self._bind(msg, ber.parse_bind(msg.op))
+            if msg.op_tag == ber.UNBIND_REQUEST:
+                if self.upstream is not None:
+                    self.upstream.transport.write(msg.raw)
+                self.closed = True
+                self.transport.loseConnection()
+                return self._drop_upstream()
+            if msg.op_tag == ber.EXTENDED_REQUEST and \
+                    ber.parse_extended_name(msg.op) == ber.STARTTLS_OID:
+                return self._start_tls(msg)
+        except ber.ProtocolError as exc:
+            self.front.counters.inc("ldap_front_protocol_errors")
+            return self._disconnect(ber.PROTOCOL_ERROR, str(exc))
+        return self._forward(msg)
+
+    # -- pass-through --
+
+    def _forward(self, msg: ber.Message) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.write(msg.raw)
+            return
+        # First operation that needs the directory: connect now; what arrives
+        # meanwhile waits in the queue behind this message.
+        self.busy = True
+
+        def connected(upstream: Upstream) -> None:
+            upstream.transport.write(msg.raw)
+            self._release()
+
+        def failed(failure):
+            failure.trap(UpstreamFailed)
+            self._disconnect(ber.UNAVAILABLE, "directory unavailable", log_it=False)
+
+        self._ensure_upstream().addCallbacks(connected, failed)
+
+    def _ensure_upstream(self) -> defer.Deferred:
+        if self.upstream is not None:
+            return defer.succeed(self.upstream)
+
+        def attach(upstream: Upstream) -> Upstream:
+            if self.closed:
+                upstream.transport.loseConnection()
+                raise UpstreamFailed("client left")
+            self.upstream = upstream
+            upstream.deliver = self._to_client
+            upstream.on_lost = self._upstream_lost
+            # Backpressure both ways: a full socket buffer pauses the other side.
+            self.transport.registerProducer(upstream.transport, True)
+            upstream.transport.registerProducer(self.transport, True)
+            return upstream
+
+        return defer.ensureDeferred(self.front.connector.connect()).addCallback(attach)
+
+    def _upstream_lost(self, upstream: Upstream, reason) -> None:
+        if upstream is self.upstream:
+            self.upstream = None
+            # The client's bound identity went with it: it must reconnect.
+            self._disconnect(ber.UNAVAILABLE, "directory connection lost", log_it=False)
+
+    def _drop_upstream(self) -> None:
+        """Close the upstream connection on purpose (the next operation opens a new one)."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is None:
+            return
+        upstream.on_lost = upstream.deliver = None
+        if not self.closed:
+            self.transport.unregisterProducer()
+        upstream.transport.loseConnection()
+
+    # -- StartTLS --
+
+    def _start_tls(self, msg: ber.Message) -> None:
+        options = self.front.tls_options
+        if options is None:
+            self.transport.write(ber.extended_response(
+                msg.message_id, ber.PROTOCOL_ERROR, "StartTLS is not offered here"))
+            return
+        if self.tls:
+            self.transport.write(ber.extended_response(
+                msg.message_id, ber.OPERATIONS_ERROR, "TLS is already active"))
+            return
+        if self.buffer or self.queue:
+            return self._disconnect(ber.PROTOCOL_ERROR, "data after the StartTLS request")
+        self.transport.write(ber.extended_response(msg.message_id, ber.SUCCESS,
+                                                   name=ber.STARTTLS_OID))
+        self.transport.startTLS(options)
+        self.tls = True
+
+    # -- binds --
+
+    def _bind(self, msg: ber.Message, req: ber.BindRequest) -> None:
+        front = self.front
+        kind = classify(req, front.config, tls=self.tls)
+        if not front.accepting:
+            self.transport.write(ber.bind_response(msg.message_id, ber.UNAVAILABLE,
+                                                   "shutting down"))
+            return
+        if kind in REFUSAL_CODES:
+            front.counters.inc("ldap_front_binds_refused", kind=kind.value)
+            logs.event(log, logging.INFO, "ldap_front.bind_refused", kind=kind.value,
+                       dn=req.name or None, source=self.peer)
+            # A failed bind leaves the connection anonymous (RFC 4511 4.2.1),
+            # not bound as whoever bound on it before.
+            self._drop_upstream()
+            self.transport.write(ber.bind_response(msg.message_id, REFUSAL_CODES[kind],
+                                                   REFUSAL_MESSAGES[kind]))
+            return
+        if kind in PASS_THROUGH:
+            front.counters.inc("ldap_front_binds_passed", kind=kind.value)
+            logs.event(log, logging.INFO, "ldap_front.bind_passed", kind=kind.value,
+                       dn=req.name or None, mechanism=req.sasl_mechanism, source=self.peer)
+            return self._forward(msg)
+        self.busy = True
+        d = defer.ensureDeferred(self._user_bind(msg, req))
+
+        def crashed(failure):
+            log.error("ldap_front.internal_error %s", failure.getTraceback())
+            front.counters.inc("internal_errors")
+            self._drop_upstream()
+            if not self.closed:
+                self.transport.write(ber.bind_response(msg.message_id, ber.UNAVAILABLE,
+                                                       "internal error"))
+
+        d.addErrback(crashed).addBoth(lambda _: self._release())
+
+    async def _user_bind(self, msg: ber.Message, req: ber.BindRequest) -> None:
+        front, mid = self.front, msg.message_id
+        password = req.password.decode("utf-8")  # classify checked it
+        first = parse_password(password, front.engine.delimiter).password
+        now = front.reactor.seconds()
+        key = front.cache.key(self.peer, req.name, req.password)
+        cached = front.cache.hit(key, now)
+        result, username = await self._primary(mid, req.name, first)
+        if self.closed:
+            return
+        if cached and result.status is PrimaryStatus.OK:
+            front.counters.inc("ldap_front_bind_cache_hits")
+            logs.event(log, logging.INFO, "ldap_front.bind_cached", user=username,
+                       dn=req.name, source=self.peer)
+            self.transport.write(ber.bind_response(mid, ber.SUCCESS))
+            return
+        if cached:
+            front.cache.forget(key)  # the password no longer works upstream
+        if result.status is PrimaryStatus.OK and result.groups & front.config.exempt_groups:
+            front.counters.inc("ldap_front_binds_passed", kind="exempt_group")
+            logs.event(log, logging.INFO, "ldap_front.bind_passed", kind="exempt_group",
+                       dn=req.name, user=username, source=self.peer)
+            self.transport.write(ber.bind_response(mid, ber.SUCCESS))
+            return
+        required = front.required_groups
+        if result.status is PrimaryStatus.OK and required and not result.groups & required:
+            result = dataclasses.replace(result, status=PrimaryStatus.NOT_IN_GROUP)
+        decision = await front.engine.login(LoginRequest(
+            protocol="ldap", username=username, password=password,
+            client_name=front.config.name, source=self.peer, calling_station=self.peer,
+            nas=None, no_device=front.config.no_device or front.push_no_device,
+            # LDAP cannot carry a challenge: plain push unless a rule says otherwise
+            # (such a rule gets a Reject here, see docs/ldap-front.md).
+            verification=Verification.NONE, primary=_Known(result)))
+        if decision.outcome is Outcome.ACCEPT:
+            front.cache.remember(key, front.reactor.seconds())
+        else:
+            # The upstream connection may be bound as the user (password right,
+            # push denied): never let the client use it. The next operation
+            # opens a fresh, anonymous one.
+            self._drop_upstream()
+        if not self.closed:
+            code, text = bind_result(decision)
+            self.transport.write(ber.bind_response(mid, code, text))
+
+    async def _primary(self, mid: int, dn: str, password: str) -> tuple[PrimaryResult, str]:
+        """Bind as the user on this client's upstream connection, then read the entry."""
+        cfg = self.front.config
+        guess = rdn_value(dn, cfg.login_attribute) or dn
+        if not password:
+            # "password" was only a passcode: never an unauthenticated bind upstream.
+            return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn), guess
+        try:
+            upstream = await self._ensure_upstream()
+        except UpstreamFailed as exc:
+            return PrimaryResult(PrimaryStatus.UNAVAILABLE, dn=dn, detail=str(exc)), guess
+        try:
+            return await read_user(upstream, mid, dn, password, cfg.login_attribute,
+                                   self.front.group_mode, self.front.candidates,
+                                   self.front.counters)
+        except (UpstreamFailed, ber.ProtocolError) as exc:
+            self._drop_upstream()
+            logs.event(log, logging.WARNING, "ldap_front.user_bind_failed",
+                       server=upstream.server.url, error=str(exc))
+            return PrimaryResult(PrimaryStatus.UNAVAILABLE, dn=dn, detail=str(exc)), guess
+
+
+class LdapFrontFactory(Factory):
+    """Builds protocols for one listener (plain or LDAPS)."""
+
+    def __init__(self, front, ldaps: bool):
+        self.front = front
+        self.ldaps = ldaps
+
+    def buildProtocol(self, addr):
+        """A protocol for one client connection."""
+        return LdapFrontProtocol(self.front, self.ldaps)
+
+
+def normalized(dns) -> frozenset[str]:
+    """Normalized DNs."""
+    return frozenset(normalize_dn(d) for d in dns)
+
+
+class DropLog:
+    """Counted always, logged once a minute per peer and reason (a junk flood stays quiet)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.limiter = LogLimiter()
+
+    def note(self, why: str, peer: str) -> None:
+        """Log one dropped connection, unless this peer was just logged for the same."""
+        suppressed = self.limiter.note((why.split(" ")[0], peer), self.clock.seconds())
+        if suppressed is not None:
+            logs.event(log, logging.WARNING, "ldap_front.disconnect", source=peer, why=why,
+                       suppressed=suppressed or None)

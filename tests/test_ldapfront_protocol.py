@@ -1,0 +1,185 @@
+"""The client-side protocol's limits, driven byte by byte with a Clock (no directory needed).
+
+What reaches the directory is tested end to end in tests/integration/test_ldap_front.py;
+these tests cover what the listener decides on its own: bad input, queue and
+connection limits, idle connections, StartTLS misuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+
+from pushproxy.config import parse_config
+from pushproxy.ldapfront import ber
+from pushproxy.ldapfront.binds import BindCache
+from pushproxy.ldapfront.server import DropLog, LdapFrontProtocol, client_address
+from pushproxy.metrics import Counters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FrontState:
+    """The shared state a protocol reads (what `LdapFront` holds), without listeners."""
+
+    def __init__(self, **overrides):
+        text = (ROOT / "config.example.yaml").read_text().split("\nldap_front:")[0]
+        text += textwrap.dedent("""
+            ldap_front:
+              listen: ["127.0.0.1:389"]
+              require_tls: false
+            """)
+        cfg = parse_config(text, base_dir=ROOT, env={}).ldap_front
+        self.config = dataclasses.replace(cfg, **overrides)
+        self.reactor = task.Clock()
+        self.counters = Counters()
+        self.connections = set()
+        self.accepting = True
+        self.tls_options = None
+        self.cache = BindCache(30, 10)
+        self.drops = DropLog(self.reactor)
+        self.connector = None  # a test that reaches for the directory fails loudly
+
+    def note_drop(self, why, peer):
+        self.counters.inc("ldap_front_disconnects")
+        self.drops.note(why, peer)
+
+
+class TcpTransport(StringTransport):
+    """A StringTransport that takes the TCP option the protocol sets."""
+
+    def setTcpNoDelay(self, enabled):
+        self.nodelay = enabled
+
+
+def connect(front: FrontState) -> tuple[LdapFrontProtocol, TcpTransport]:
+    proto = LdapFrontProtocol(front, ldaps=False)
+    proto.callLater = front.reactor.callLater  # TimeoutMixin's clock
+    transport = TcpTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def notice(transport: StringTransport) -> ber.Result | None:
+    data = transport.value()
+    size = ber.frame_length(data, 1 << 20)
+    if size is None:
+        return None
+    msg = ber.parse_message(data[:size])
+    if msg.message_id != 0 or msg.op_tag != ber.EXTENDED_RESPONSE:
+        return None
+    return ber.parse_result(msg.op)
+
+
+def test_garbage_gets_a_notice_of_disconnection_and_the_connection_closes():
+    front = FrontState()
+    proto, transport = connect(front)
+    proto.dataReceived(b"\x02\x01\x01")
+    assert notice(transport).code == ber.PROTOCOL_ERROR
+    assert transport.disconnecting and proto.closed
+    proto.dataReceived(b"more")  # ignored after the notice
+    assert front.counters.get("ldap_front_protocol_errors") == 1
+    # A peer that never reads the notice is cut off.
+    aborted = []
+    transport.abortConnection = lambda: aborted.append(True)
+    front.reactor.advance(10)
+    assert aborted == [True]
+
+
+def test_a_message_split_into_single_bytes_is_still_handled():
+    front = FrontState()
+    proto, transport = connect(front)
+    for byte in ber.bind_request(1, "", ""):
+        proto.dataReceived(bytes([byte]))
+    msg = ber.parse_message(transport.value())
+    assert msg.op_tag == ber.BIND_RESPONSE
+    assert ber.parse_result(msg.op).code == ber.INAPPROPRIATE_AUTHENTICATION
+
+
+def test_refusals_are_answered_without_the_directory():
+    front = FrontState()
+    proto, transport = connect(front)
+    proto.dataReceived(ber.bind_request(1, "uid=a,dc=x", "") + ber.bind_request(2, "", ""))
+    codes = []
+    data = transport.value()
+    while data:
+        size = ber.frame_length(data, 1 << 20)
+        codes.append(ber.parse_result(ber.parse_message(data[:size]).op).code)
+        data = data[size:]
+    assert codes == [ber.UNWILLING_TO_PERFORM, ber.INAPPROPRIATE_AUTHENTICATION]
+    assert not transport.disconnecting
+
+
+def test_too_many_messages_while_busy_end_the_connection():
+    front = FrontState(max_queued=3)
+    proto, transport = connect(front)
+    proto.busy = True  # as while a user's bind waits for the phone
+    search = ber.search_request(9, "dc=x", ber.f_present("objectClass"), [])
+    proto.dataReceived(search * 3)
+    assert len(proto.queue) == 3 and not transport.disconnecting
+    proto.dataReceived(search)
+    assert notice(transport).code == ber.PROTOCOL_ERROR and transport.disconnecting
+
+
+def test_connections_over_the_limit_are_refused():
+    front = FrontState(max_connections=2)
+    connect(front)
+    connect(front)
+    _, third = connect(front)
+    assert notice(third).code == ber.BUSY and third.disconnecting
+    assert front.counters.get("ldap_front_connections_refused") == 1
+
+
+def test_idle_connections_are_closed_but_not_while_a_bind_waits():
+    front = FrontState(idle_timeout=60)
+    proto, transport = connect(front)
+    front.reactor.advance(59)
+    proto.dataReceived(ber.bind_request(1, "", ""))  # traffic resets the clock
+    transport.clear()
+    front.reactor.advance(59)
+    assert not transport.disconnecting
+    proto.busy = True
+    front.reactor.advance(120)
+    assert not transport.disconnecting
+    proto.busy = False
+    front.reactor.advance(61)
+    assert notice(transport).code == ber.UNAVAILABLE and transport.disconnecting
+    assert front.counters.get("ldap_front_idle_closed") == 1
+
+
+def test_starttls_without_a_certificate_is_refused_and_the_connection_stays():
+    front = FrontState()
+    proto, transport = connect(front)
+    proto.dataReceived(ber.extended_request(1, ber.STARTTLS_OID))
+    msg = ber.parse_message(transport.value())
+    assert msg.op_tag == ber.EXTENDED_RESPONSE
+    assert ber.parse_result(msg.op).code == ber.PROTOCOL_ERROR
+    assert not transport.disconnecting
+
+
+def test_bytes_after_a_starttls_request_end_the_connection():
+    """The client must wait for the StartTLS response before sending anything else."""
+    front = FrontState()
+    front.tls_options = object()  # never used: the request is refused first
+    proto, transport = connect(front)
+    proto.dataReceived(ber.extended_request(1, ber.STARTTLS_OID) + ber.bind_request(2, "", ""))
+    assert notice(transport).code == ber.PROTOCOL_ERROR and transport.disconnecting
+
+
+def test_binds_while_stopping_get_unavailable():
+    front = FrontState()
+    front.accepting = False
+    proto, transport = connect(front)
+    proto.dataReceived(ber.bind_request(4, "uid=a,dc=x", "pw"))
+    msg = ber.parse_message(transport.value())
+    assert (msg.message_id, ber.parse_result(msg.op).code) == (4, ber.UNAVAILABLE)
+
+
+def test_ipv4_peers_of_a_dual_stack_listener_are_seen_as_ipv4():
+    assert client_address("::ffff:10.1.2.3") == "10.1.2.3"
+    assert client_address("2001:db8::1") == "2001:db8::1"
+    assert client_address("192.0.2.7") == "192.0.2.7"
