@@ -8,7 +8,8 @@ signatures and transactions is the service's.
 The site's root serves ``/v1/...``; `build_site` mounts the web authenticator
 (the static files of ``pushproxy/webapp``) at ``/app``, with a strict
 Content-Security-Policy. ``/app/enroll`` is the app's page too: enrollment links
-are ``{public_url}/app/enroll#TOKEN``.
+are ``{public_url}/app/enroll#TOKEN``. The HTTP plumbing under it (body limit,
+security headers, site, static app) is `pushproxy.approval.web`.
 """
 
 from __future__ import annotations
@@ -18,220 +19,36 @@ import logging
 import math
 import os
 import re
-from io import BytesIO
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server, static
+from twisted.web import resource, server
 
 from pushproxy import logs, passcodes
 from pushproxy.metrics import Counters
 from pushproxy.approval.crypto import DECISIONS
 from pushproxy.approval.ratelimit import FailureLimiter
 from pushproxy.approval.service import MAX_WAIT, ApprovalError
+from pushproxy.approval.web import (WEBAPP_DIR, ApiSite, NotFound, WebApp, client_address,
+                                    error_body, header_text, set_json, site_max_body)
 
 log = logging.getLogger("pushproxy.approval.api")
 
-#: The Content-Type of every answer.
-JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
-
-#: Sent on every response, including errors and whatever is mounted at /app.
-SECURITY_HEADERS = (
-    (b"Cache-Control", b"no-store"),  # answers hold per-user data: never cache them
-    (b"X-Content-Type-Options", b"nosniff"),
-    (b"Referrer-Policy", b"no-referrer"),  # /app/enroll#token pages must not leak their URL
-)
 
 #: The headers of a device-authenticated request, in the order the service takes them.
 AUTH_HEADERS = ("X-Device-Id", "X-Timestamp", "X-Nonce", "X-Signature")
 
-#: Seconds an idle connection (or one dribbling its headers/body) may stay open.
-#: Long-polls are not affected: Twisted suspends the idle timer while a request is handled.
-IDLE_TIMEOUT = 60
 
 # Plain decimal only: float() would also take "nan", "inf" and "1e1".
 _WAIT = re.compile(rb"[0-9]{1,2}(?:\.[0-9]{1,3})?")
 
+
 _Handler = Callable[[server.Request], Awaitable[tuple[int, dict]]]
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-def _error(code: str, message: str) -> dict:
-    return {"error": code, "message": message}
 
 
 def _bad_request(message: str) -> ApprovalError:
     return ApprovalError(400, "bad_request", message)
-
-
-def _set_json(request: server.Request, status: int, obj: dict) -> bytes:
-    """Set status and headers for a JSON answer; returns the body to write."""
-    body = _json_bytes(obj)
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_CONTENT_TYPE)
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
-
-
-#: Only used when an ApiRequest is served by some other Site; matches the config default.
-DEFAULT_MAX_BODY = 16384
-
-
-def _site_max_body(request: server.Request) -> int:
-    site = getattr(request.channel, "site", None) if request.channel is not None else None
-    return getattr(site, "max_body", DEFAULT_MAX_BODY)
-
-
-class ApiRequest(server.Request):
-    """A request that enforces the body limit while the body arrives and never leaks internals.
-
-    Twisted reads a whole body before any resource sees the request, so the limit
-    has to live here: a declared Content-Length over the limit is answered 413 as
-    soon as the headers are in, and a chunked body is cut off once it passes it.
-    """
-
-    _too_large = False
-    _answered_early = False
-    _received = 0
-
-    def gotLength(self, length: int | None) -> None:
-        """Headers are in: refuse an oversized declared body before reading any of it."""
-        # Bodies are capped at max_body, so memory is enough; Twisted would use a temp file.
-        self.content = BytesIO()
-        if length is not None and length > _site_max_body(self):
-            self._refuse_too_large()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        """Keep body data up to the limit; past it, answer 413 and drop the rest."""
-        if self._too_large:
-            return
-        self._received += len(data)
-        if self._received > _site_max_body(self):
-            self._refuse_too_large()
-            return
-        self.content.write(data)
-
-    def _refuse_too_large(self) -> None:
-        self._too_large = True
-        self.content = BytesIO()
-        limit = _site_max_body(self)
-        logs.event(log, logging.INFO, "approval.http.too_large", limit=limit,
-                   client=_client(self))
-        channel = self.channel
-        if not isinstance(channel, http.HTTPChannel) or channel.transport is None:
-            # Not HTTP/1.x: the body is discarded as it comes and render() answers 413.
-            return
-        body = _json_bytes(_error("too_large", f"request body over {limit} octets"))
-        head = [b"HTTP/1.1 413 Request Entity Too Large",
-                b"Content-Type: " + JSON_CONTENT_TYPE,
-                b"Content-Length: %d" % len(body),
-                b"Connection: close"]
-        head += [name + b": " + value for name, value in SECURITY_HEADERS]
-        # Answer now and hang up instead of reading (and buffering) what the client sends.
-        channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        # Otherwise Twisted would send "100 Continue" after our final answer.
-        self.requestHeaders.removeHeader(b"Expect")
-        self._answered_early = True
-        channel.loseConnection()
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        """The whole request is in; skip it if it was already answered 413."""
-        if self._answered_early:
-            # Can only happen when the whole oversized body came in one read.
-            return
-        super().requestReceived(command, path, version)
-
-    def write(self, data: bytes) -> None:
-        """Write response data; the first write adds the security headers.
-
-        Hooked here rather than in render() so that every answer gets them:
-        errors, ``OPTIONS *``, and whatever is mounted at /app.
-        """
-        if not self.startedWriting:
-            for name, value in SECURITY_HEADERS:
-                self.setHeader(name, value)
-            # The Server header would tell every scanner the exact Twisted version.
-            self.responseHeaders.removeHeader(b"Server")
-        super().write(data)
-
-    def render(self, resrc: resource.IResource) -> None:
-        """Render ``resrc``, or the 413 of a body cut off on a non-HTTP/1 channel."""
-        if self._too_large:
-            limit = _site_max_body(self)
-            body = _set_json(self, 413, _error("too_large",
-                                               f"request body over {limit} octets"))
-            self.write(body)
-            self.finish()
-            return
-        super().render(resrc)
-
-    def processingFailed(self, reason: Failure) -> Failure:
-        """An exception escaped a resource: log it, answer a bare JSON 500."""
-        logs.event(log, logging.ERROR, "approval.http.internal_error",
-                   method=_text(self.method), path=_text(self.path),
-                   error=f"{reason.type.__name__}: {reason.getErrorMessage()}",
-                   traceback=reason.getTraceback())
-        if self._disconnected or self.finished:
-            return reason
-        if self.startedWriting:
-            # Too late for a status line: cut the answer short rather than send half of it.
-            self.loseConnection()
-            return reason
-        self.write(_set_json(self, 500, {"error": "internal"}))
-        self.finish()
-        return reason
-
-
-class ApiSite(server.Site):
-    """The approval API's Site: body limit, short idle timeout, structured access log."""
-
-    requestFactory = ApiRequest
-
-    def __init__(self, root: resource.IResource, *, max_body: int, reactor: Any,
-                 timeout: float = IDLE_TIMEOUT):
-        # parsePOSTFormSubmission=False: no form bodies here, and parsing them costs memory.
-        super().__init__(root, logPath=None, timeout=timeout, reactor=reactor,
-                         parsePOSTFormSubmission=False)
-        self.max_body = max_body
-
-    def log(self, request: server.Request) -> None:
-        """One structured line per request, without query string or any body.
-
-        Successful requests go at debug level: every device long-polls every 25 s.
-        """
-        code = request.code
-        level = logging.DEBUG if code < 400 else logging.INFO if code < 500 else logging.WARNING
-        device = request.requestHeaders.getRawHeaders(b"X-Device-Id", [None])[-1]
-        logs.event(log, level, "approval.http", method=_text(request.method),
-                   path=_text(request.path), status=code, client=_client(request),
-                   device=_text(device) if device is not None else None,
-                   sent=request.sentLength)
-
-
-def _text(value: bytes | None) -> str:
-    return (value or b"").decode("ascii", "replace")
-
-
-def _client(request: server.Request) -> str | None:
-    try:
-        return getattr(request.getClientAddress(), "host", None)
-    except Exception:  # a request whose channel is already gone
-        return None
-
-
-class NotFound(resource.Resource):
-    """Any unknown path: a JSON 404."""
-
-    isLeaf = True
-
-    def render(self, request: server.Request) -> bytes:
-        """The 404 answer, whatever the method."""
-        return _set_json(request, 404, _error("not_found", "no such endpoint"))
 
 
 class Endpoint(resource.Resource):
@@ -255,13 +72,14 @@ class Endpoint(resource.Resource):
         if handler is None:
             allowed = b", ".join(sorted(self.handlers))
             request.setHeader(b"Allow", allowed)
-            return _set_json(request, 405, _error("method_not_allowed",
+            return set_json(request, 405, error_body("method_not_allowed",
                                                   f"allowed: {allowed.decode()}"))
         d = defer.ensureDeferred(_serve(request, handler))
         # _serve catches everything itself; this only keeps a bug there from vanishing.
         d.addErrback(lambda f: logs.event(log, logging.ERROR, "approval.http.serve_failed",
                                           traceback=f.getTraceback()))
         return server.NOT_DONE_YET
+
 
 
 async def _serve(request: server.Request, handler: _Handler) -> None:
@@ -271,7 +89,7 @@ async def _serve(request: server.Request, handler: _Handler) -> None:
         status, obj = await handler(request)
     except ApprovalError as exc:
         status = exc.status if isinstance(exc.status, int) and 400 <= exc.status <= 599 else 500
-        obj = _error(exc.code, exc.message)
+        obj = error_body(exc.code, exc.message)
     except defer.CancelledError:
         if gone:  # the long-poll was withdrawn because the client left: nobody to answer
             return
@@ -282,19 +100,19 @@ async def _serve(request: server.Request, handler: _Handler) -> None:
         status, obj = 500, {"error": "internal"}
     if gone:
         return
-    request.write(_set_json(request, status, obj))
+    request.write(set_json(request, status, obj))
     request.finish()
 
 
 def _log_internal(request: server.Request, failure: Failure) -> None:
     logs.event(log, logging.ERROR, "approval.http.internal_error",
-               method=_text(request.method), path=_text(request.path),
+               method=header_text(request.method), path=header_text(request.path),
                error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
                traceback=failure.getTraceback())
 
 
 def _read_body(request: server.Request) -> bytes:
-    limit = _site_max_body(request)
+    limit = site_max_body(request)
     request.content.seek(0)
     # ApiRequest already capped it; read one more octet so another Request class can't slip by.
     data = request.content.read(limit + 1)
@@ -341,7 +159,7 @@ def _subscription(body: dict, *, required: bool) -> dict | None:
 
 def _limit(limiter: FailureLimiter | None, request: server.Request) -> str | None:
     """Refuse the request with 429 if its source failed too often; returns the source."""
-    source = _client(request)
+    source = client_address(request)
     wait = limiter.retry_after(source) if limiter is not None else None
     if wait is not None:
         request.setHeader(b"Retry-After", b"%d" % max(1, math.ceil(wait)))
@@ -504,67 +322,6 @@ class _Directory(resource.Resource):
 
     def render(self, request: server.Request) -> bytes:
         return NotFound().render(request)
-
-
-#: The web authenticator's files (index.html, app.js, sw.js, ...), shipped as package data.
-WEBAPP_DIR = Path(__file__).resolve().parent.parent / "webapp"
-
-#: The policy of every page and file under /app: nothing inline, nothing from elsewhere.
-APP_CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-           b"connect-src 'self'; worker-src 'self'; manifest-src 'self'; object-src 'none'; "
-           b"base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
-
-
-class WebApp(static.File):
-    """The web authenticator's static files at ``/app``.
-
-    Only files with a known type are served (anything else, and every directory
-    listing, is a JSON 404); ``/app/enroll`` is ``index.html``, the page that an
-    enrollment link opens. Each answer carries `APP_CSP`.
-    """
-
-    #: By extension; a file whose extension is not here is not served.
-    contentTypes = {
-        ".html": "text/html; charset=utf-8",
-        ".js": "text/javascript; charset=utf-8",
-        ".css": "text/css; charset=utf-8",
-        ".webmanifest": "application/manifest+json",
-        ".svg": "image/svg+xml",
-        ".png": "image/png",
-    }
-    #: Served as index.html (a page of the app, not a file).
-    pages = (b"enroll",)
-
-    def __init__(self, path: str | os.PathLike = WEBAPP_DIR,
-                 defaultType: str = "application/octet-stream", *args: Any, **kwargs: Any):
-        super().__init__(os.fspath(path), defaultType, *args, **kwargs)
-        self.childNotFound = NotFound()
-        self.top = True  # the app's own folder, where the pages live
-
-    def createSimilarFile(self, path: str) -> static.File:
-        """A file or folder inside the app (not its top folder)."""
-        child = super().createSimilarFile(path)
-        child.top = False
-        return child
-
-    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
-        """A file of the app, ``index.html`` for the app's pages, or a JSON 404."""
-        if self.top and path in self.pages:
-            return self.createSimilarFile(os.path.join(self.path, "index.html"))
-        child = super().getChild(path, request)
-        if isinstance(child, static.File) and child.isfile() \
-                and child.splitext()[1] not in self.contentTypes:
-            return self.childNotFound
-        return child
-
-    def directoryListing(self) -> resource.IResource:
-        """No listings: a folder without index.html is a 404."""
-        return self.childNotFound
-
-    def render(self, request: server.Request) -> bytes | int:
-        """Serve the file with the app's Content-Security-Policy."""
-        request.setHeader(b"Content-Security-Policy", APP_CSP)
-        return super().render(request)
 
 
 def build_site(service: Any, *, max_body: int, reactor: Any,

@@ -19,7 +19,8 @@ from twisted.internet import defer, task, threads
 from twisted.web import static
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pushproxy.approval.api import SECURITY_HEADERS, build_site
+from pushproxy.approval.api import build_site
+from pushproxy.approval.web import SECURITY_HEADERS
 from pushproxy.approval.service import ApprovalError
 from pushproxy.approval.store import Device
 

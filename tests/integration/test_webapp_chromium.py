@@ -48,7 +48,7 @@ from twisted.internet import reactor, threads
 from pushproxy import passcodes
 from pushproxy.approval import authenticator as auth
 from pushproxy.approval import crypto
-from pushproxy.approval.api import APP_CSP, WEBAPP_DIR
+from pushproxy.approval.web import APP_CSP, WEBAPP_DIR
 from pushproxy.approval.service import transaction_view
 from pushproxy.approval.store import SQLiteStore
 from tests.integration.harness import SECRET
