@@ -4,6 +4,13 @@ SQLite calls block. On the reactor thread a CLI holding the write lock could
 stall every login for up to the busy timeout, so the daemon gives the store a
 thread of its own; the store object is created on that thread too, since an
 sqlite3 connection belongs to the thread that opened it.
+
+One thread means one blocked call (another process holding the write lock)
+holds up every call behind it. So each call is bounded: a caller that has no
+answer within ``timeout`` seconds gets a StoreError (the service turns it into
+ProviderUnavailable, and ``push.failmode`` decides the login), and a call whose
+caller gave up is skipped when the thread reaches it, so the backlog drains at
+once when the lock goes away instead of replaying every stale call.
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ from typing import Callable
 
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
+
+from pushproxy.approval.store import StoreError
+
+CALL_TIMEOUT = 3.0  # seconds a caller waits for one store call in the daemon
 
 
 class InlineRunner:
@@ -36,20 +47,36 @@ class InlineRunner:
 class ThreadRunner:
     """Calls the store on one dedicated thread, which also opens it."""
 
-    def __init__(self, reactor, factory: Callable[[], object]):
+    def __init__(self, reactor, factory: Callable[[], object], *,
+                 timeout: float = CALL_TIMEOUT):
         self.reactor = reactor
         self.factory = factory
+        self.timeout = timeout
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="store")
         self._store = None
 
-    def _call(self, method: str, args: tuple):
+    def _call(self, method: str, args: tuple, abandoned: list):
+        if abandoned:
+            raise StoreError(f"{method}: skipped, its caller gave up")
         if self._store is None:
             self._store = self.factory()
         return getattr(self._store, method)(*args)
 
     def __call__(self, method: str, *args) -> defer.Deferred:
-        """``store.method(*args)`` on the store thread, as a Deferred."""
-        return threads.deferToThreadPool(self.reactor, self.pool, self._call, method, args)
+        """``store.method(*args)`` on the store thread, as a Deferred; StoreError after
+        ``timeout`` seconds without an answer."""
+        abandoned: list = []  # non-empty once the caller gave up (read on the store thread)
+        d = threads.deferToThreadPool(self.reactor, self.pool, self._call, method, args,
+                                      abandoned)
+        d.addTimeout(self.timeout, self.reactor)
+
+        def late(failure):
+            failure.trap(defer.TimeoutError)
+            abandoned.append(True)
+            raise StoreError(f"the store did not answer {method} within {self.timeout:g} s "
+                             "(database locked?)")
+
+        return d.addErrback(late)
 
     def start(self) -> defer.Deferred:
         """Start the thread and open the store (errors surface here, at start-up)."""
