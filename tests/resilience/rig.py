@@ -1,0 +1,114 @@
+"""Helpers for the fault tests: a daemon stack, bursts of logins, processes to break things.
+
+`stack` builds on the end-to-end `Stack` of test_approval_e2e (the daemon as
+`pushproxy serve` builds it, the built-in approval service on an SQLite file,
+devices enrolled with the command-line authenticator). `burst` sends many
+logins at once with the benchmark's asyncio RADIUS client, in a thread, so
+the daemon keeps the test's reactor; each result has its outcome (None: no
+answer within the client's timeout) and its latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+from twisted.internet import threads
+
+from bench.radload import RadiusClient
+from tests.integration.harness import SECRET, load
+from tests.integration.test_approval_e2e import Stack
+
+# many logins of one user at once (from different stations) are the point here
+LIMITS = "limits: {max_pending: 100, max_pushes: 1000, window: 1}"
+ALLOW_ALL = "policy:\n  rules:\n    - name: all\n      action: allow\n"
+
+
+def make_stack(tmp_path, slapd, *, timeout=5, failmode="secure", extra="", edit=None,
+               **kw) -> Stack:
+    """A Stack (not started); ``edit`` may rewrite the config text before it is loaded."""
+    stack = Stack(tmp_path, slapd, timeout=timeout,
+                  push_extra=f"failmode: {failmode}\n{LIMITS}", extra=extra, **kw)
+    if edit is not None:
+        stack.config_path.write_text(edit(stack.config_path.read_text()))
+        stack.config = load(stack.config_path)
+    return stack
+
+
+async def _burst(address: str, logins, timeout: float, spacing: float):
+    host, port = address.rsplit(":", 1)
+    client = await RadiusClient(host, int(port), SECRET, sockets=2, nas="faults").open()
+    try:
+        tasks = []
+        for user, password, station in logins:
+            tasks.append(asyncio.ensure_future(
+                client.login(user, password, station=station, timeout=timeout)))
+            if spacing:
+                await asyncio.sleep(spacing)
+        return await asyncio.gather(*tasks)
+    finally:
+        client.close()
+
+
+def burst(address: str, logins, *, timeout: float = 15.0, spacing: float = 0.0):
+    """Deferred list of LoginResult: ``logins`` = [(user, password, station)], all at once
+    (or ``spacing`` seconds apart), no retransmission."""
+    return threads.deferToThread(asyncio.run, _burst(address, logins, timeout, spacing))
+
+
+def burst_sync(address: str, logins, *, timeout: float = 15.0, spacing: float = 0.0):
+    """`burst` for a test without a reactor."""
+    return asyncio.run(_burst(address, logins, timeout, spacing))
+
+
+def outcomes(results) -> dict:
+    """{outcome: count}; None (no answer) shows as "none"."""
+    counted: dict = {}
+    for r in results:
+        key = r.outcome or "none"
+        counted[key] = counted.get(key, 0) + 1
+    return counted
+
+
+def slowest(results) -> float:
+    """The longest answered latency, seconds."""
+    return max((r.rtt for r in results if r.rtt is not None), default=0.0)
+
+
+def audit_reasons(path) -> dict:
+    """{reason: count} in an audit file."""
+    counted: dict = {}
+    for line in open(path).read().splitlines():
+        reason = json.loads(line)["reason"]
+        counted[reason] = counted.get(reason, 0) + 1
+    return counted
+
+
+class SqliteLocker:
+    """Another process holding the store's write lock (``BEGIN EXCLUSIVE``) until released."""
+
+    SCRIPT = ("import sqlite3, sys\n"
+              "db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)\n"
+              "db.execute('BEGIN EXCLUSIVE')\n"
+              "db.execute(\"UPDATE settings SET value = value WHERE key = 'vapid_private_pem'\")\n"
+              "print('locked', flush=True)\n"
+              "sys.stdin.read()\n"
+              "db.execute('COMMIT')\n")
+
+    def __init__(self, path: str):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT, path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "locked":
+            self.proc.kill()
+            raise RuntimeError("the locker process could not lock the database")
+        self.locked_at = time.monotonic()
+
+    def release(self) -> None:
+        """Commit and exit."""
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(10)
