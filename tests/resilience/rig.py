@@ -112,3 +112,33 @@ class SqliteLocker:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(10)
+
+
+def with_metrics(port: int):
+    """A config edit: the admin listener (/metrics, /healthz) on ``port``."""
+    return lambda text: text.replace("daemon:\n", f'daemon:\n  metrics_listen: "127.0.0.1:{port}"\n', 1)
+
+
+def healthz(port: int) -> tuple[int, dict]:
+    """GET /healthz: (status, body)."""
+    import requests
+
+    response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    return response.status_code, response.json()
+
+
+def logged(caplog, level=30) -> dict:
+    """{event: count} of the structured log events at ``level`` or above so far."""
+    counted: dict = {}
+    for record in caplog.records:
+        name = getattr(record, "event", None)
+        if name and record.levelno >= level:
+            counted[name] = counted.get(name, 0) + 1
+    return counted
+
+
+def sleep(seconds: float):
+    """A Deferred that fires after ``seconds`` on the global reactor."""
+    from twisted.internet import reactor, task
+
+    return task.deferLater(reactor, seconds, lambda: None)
