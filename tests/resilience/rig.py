@@ -142,3 +142,10 @@ def sleep(seconds: float):
     from twisted.internet import reactor, task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+def requests_get(url: str) -> str:
+    """The body of GET ``url`` (blocking)."""
+    import requests
+
+    return requests.get(url, timeout=10).text
