@@ -149,3 +149,53 @@ def requests_get(url: str) -> str:
     import requests
 
     return requests.get(url, timeout=10).text
+
+
+class Serve:
+    """`pushproxy serve` as a child process logging to a file (a pipe could fill up
+    under load and stall it). With ``namespace=(script, folder)`` it runs inside a
+    private mount namespace: ``sh -c script sh folder python ...``; ``inside`` is
+    then ``folder`` as the daemon sees it (through /proc/PID/root)."""
+
+    def __init__(self, config, log, *, namespace=None):
+        import os
+        from pathlib import Path
+
+        self.log = Path(log)
+        command = [sys.executable, "-m", "pushproxy.cli", "serve", "--config", str(config)]
+        if namespace is not None:
+            script, folder = namespace
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                       "sh", str(folder)] + command
+        with open(self.log, "ab") as out:
+            self.offset = out.tell()
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if namespace is not None:
+            self.inside = Path(f"/proc/{self.proc.pid}/root") / Path(namespace[1]).relative_to("/")
+        deadline = time.monotonic() + 20
+        while "daemon.ready" not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise AssertionError("serve did not start:\n" + self.text())
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        """This run's log so far."""
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            return f.read().decode("utf-8", "replace")
+
+    def count(self, needle: str) -> int:
+        """How many times ``needle`` was logged in this run."""
+        return self.text().count(needle)
+
+    def close(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

@@ -18,8 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,39 +35,6 @@ def namespace_problem() -> str | None:
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            IN_NAMESPACE, "sh", "/mnt", "true"], capture_output=True, timeout=10)
     return None if done.returncode == 0 else f"unshare/mount refused: {done.stderr!r}"
-
-
-class NamespacedServe:
-    """`pushproxy serve` with a tiny tmpfs mounted over ``folder``, log to a file."""
-
-    def __init__(self, config: Path, folder: Path, log: Path):
-        self.log = log
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", IN_NAMESPACE, "sh",
-             str(folder), sys.executable, "-m", "pushproxy.cli", "serve", "--config",
-             str(config)], stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.inside = Path(f"/proc/{self.proc.pid}/root") / folder.relative_to("/")
-        deadline = time.monotonic() + 20
-        while "daemon.ready" not in self.text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("serve did not start:\n" + self.text())
-            time.sleep(0.05)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def count(self, needle: str) -> int:
-        return self.text().count(needle)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def fill(path: Path) -> None:
@@ -97,7 +62,7 @@ def test_audit_disk_full_logins_still_decided_counted_logged_no_torn_line_then_r
     text = path.read_text().replace("path: audit.jsonl", f"path: {folder}/audit.jsonl")
     path.write_text(text + "\n" + rig.ALLOW_ALL)
     metrics_port = int(text.split("metrics_listen: \"127.0.0.1:")[1].split('"')[0])
-    serve = NamespacedServe(path, folder, tmp_path / "serve.log")
+    serve = rig.Serve(path, tmp_path / "serve.log", namespace=(IN_NAMESPACE, folder))
     server = f"127.0.0.1:{radius_port}"
 
     def logins(tag, n=6):
