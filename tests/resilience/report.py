@@ -51,6 +51,14 @@ REFERENCED = {
 }
 
 
+ORDER = ("directory", "push", "store", "audit", "kill", "soak")
+
+
+def _order(row: dict) -> int:
+    name = row["nodeid"].split("::")[0].rsplit("/", 1)[-1]
+    return next((i for i, key in enumerate(ORDER) if key in name), len(ORDER))
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -60,7 +68,7 @@ def faults_table(data: dict) -> str:
     outcomes = data["outcomes"]
     lines = [f"Produced by `{data['command']}` on {data['when']}.", "",
              "| Fault | Expected | Measured | Test | Result |", "|---|---|---|---|---|"]
-    for row in data["rows"]:
+    for row in sorted(data["rows"], key=_order):
         result = outcomes.get(row["nodeid"], {"outcome": "not run", "seconds": 0})
         test = row["nodeid"].split("::")[-1]
         lines.append(f"| {_cell(row['fault'])} | {_cell(row['expected'])} | "

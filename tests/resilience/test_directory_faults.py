@@ -9,12 +9,17 @@ means exactly "the directory answered", and no push is involved.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import reactor, threads
 
-from tests.integration.harness import SilentServer, closed_port
+from pushproxy.decision import PrimaryStatus
+from pushproxy.ldapauth import LdapDirectory
+from pushproxy.metrics import Counters
+from tests.integration.harness import SilentServer, closed_port, load, write_config
 from tests.integration.slapd import Slapd
 from tests.integration.test_approval_e2e import free_tcp_port
 from tests.resilience import rig
@@ -125,3 +130,83 @@ def test_the_only_ldap_server_refusing_rejects_at_once(slapd, tmp_path, resilien
         assert rig.slowest(results) < 1.0
     finally:
         yield stack.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slapd_frozen_mid_load_answers_every_login_within_the_ldap_timeouts_then_recovers(
+        tmp_path, resilience, caplog):
+    """SIGSTOP: slapd's kernel still accepts connections, nothing answers (a hung
+    directory). 20 logins/s against 8 LDAP threads that each wait response_timeout
+    must not pile up into a queue that answers minutes later."""
+    (tmp_path / "slapd").mkdir()
+    own = Slapd(base_dir=tmp_path / "slapd")
+    own.start()
+    stack = rig.make_stack(tmp_path, own, extra=rig.ALLOW_ALL)
+    yield stack.start()
+    try:
+        stream = rig.burst(stack.radius, [("alice", "alice-pw", f"f-{i}") for i in range(100)],
+                           timeout=30, spacing=0.05)  # 20 logins/s for 5 s
+        yield rig.sleep(1.0)
+        os.kill(own.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        results = yield stream
+        os.kill(own.pid, signal.SIGCONT)
+        resumed_at = time.monotonic()
+        reasons = rig.audit_reasons(tmp_path / "audit.jsonl")
+        recovered = None
+        while recovered is None and time.monotonic() - resumed_at < 15:
+            (after,) = yield rig.burst(stack.radius, [("alice", "alice-pw", "after")])
+            if after.outcome == "accept":
+                recovered = time.monotonic() - resumed_at
+            else:
+                yield rig.sleep(0.2)
+        resilience.record(
+            fault="slapd frozen (SIGSTOP: connects, never answers) in the middle of 100 logins "
+                  "(20/s), then resumed (SIGCONT)",
+            expected=f"every login answered, none slower than connect+response timeout "
+                     f"({LDAP_BUDGET} s) + 1.5 s: Accept, or Reject directory_unavailable / "
+                     f"directory_busy; Accept again after SIGCONT",
+            measured=f"outcomes {rig.outcomes(results)}, slowest {rig.slowest(results):.2f} s; "
+                     f"audit {reasons}; ldap_server_errors "
+                     f"{stack.daemon.counters.get('ldap_server_errors'):g}, ldap_busy "
+                     f"{stack.daemon.counters.get('ldap_busy'):g}; log {rig.logged(caplog)}; "
+                     f"frozen {resumed_at - frozen_at:.1f} s; first Accept "
+                     f"{recovered and round(recovered, 2)} s after SIGCONT")
+        assert rig.outcomes(results).get("none", 0) == 0
+        assert set(reasons) <= {"policy_allow", "directory_unavailable", "directory_busy"}
+        assert rig.slowest(results) < LDAP_BUDGET + 1.5
+        assert recovered is not None
+    finally:
+        if own.pid:
+            os.kill(own.pid, signal.SIGCONT)
+        yield stack.stop()
+        own.cleanup()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hung_directory_in_backoff_is_probed_by_one_login_at_a_time(slapd, tmp_path):
+    """Regression: with every server in backoff, each login used to wait out the
+    timeouts again, so a hung directory answered logins from a growing queue
+    (18 s at 20 logins/s, minutes at higher rates). Now one login probes, the
+    others are told at once that the directory is unavailable."""
+    silent = SilentServer()
+    config = load(write_config(tmp_path, slapd, servers=[f"ldap://127.0.0.1:{silent.port}"]))
+    directory = LdapDirectory(config.ldap, reactor, Counters())
+    directory.start()
+    try:
+        first = yield directory.authenticate("alice", "alice-pw")  # finds it hung
+        assert first.status is PrimaryStatus.UNAVAILABLE
+        started = time.monotonic()
+        pending = [directory.authenticate("alice", "alice-pw") for _ in range(6)]
+        quick = []
+        for d in pending:
+            d.addCallback(lambda r: quick.append((time.monotonic() - started, r.status)))
+        yield rig.sleep(0.5)
+        # five answered at once, one is still probing the hung server
+        assert len(quick) == 5 and all(s is PrimaryStatus.UNAVAILABLE for _, s in quick)
+        for d in pending:
+            yield d
+        assert len(quick) == 6
+    finally:
+        yield threads.deferToThread(directory.stop)
+        silent.close()

@@ -69,6 +69,7 @@ def test_sigkill_under_load_loses_no_device_retires_pending_and_serves_again(
             load = pool.submit(rig.burst_sync, server, logins, timeout=5, spacing=0.05)
             time.sleep(1.2)
             serve.proc.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
             serve.proc.wait(10)
             results = load.result(timeout=60)
         stop.set()
@@ -94,14 +95,17 @@ def test_sigkill_under_load_loses_no_device_retires_pending_and_serves_again(
         stop.set()
         before, after = device_ids(listed_before), device_ids(listed_after)
         accepted = sum(1 for r in results if r.outcome == "accept")
+        sent_before = [r for r in results if r.sent < killed_at]
+        sent_after = [r for r in results if r.sent >= killed_at]
         resilience.record(
             fault="SIGKILL of `pushproxy serve` during 40 logins at 20/s (alice's phone "
                   "approves, bob's is silent), then a restart",
             expected="no Accept without an approval; after restart: every device listed, "
                      "integrity_check ok, the killed run's pending transactions retired, "
                      "a login Accepts again",
-            measured=f"before the kill: outcomes {rig.outcomes(results)}, approvals "
-                     f"{len(approved)}; {pending_left} transactions left pending; "
+            measured=f"sent before the kill: {len(sent_before)}, outcomes "
+                     f"{rig.outcomes(sent_before)} (approvals {len(approved)}); sent after: "
+                     f"{len(sent_after)}, outcomes {rig.outcomes(sent_after)}; {pending_left} transactions left pending; "
                      f"integrity_check {integrity}; restart ready in "
                      f"{ready_in:.1f} s; log `{stale_line.split('approval.')[-1]}`;"
                      f" devices before/after {before}/{after}; phone sees {len(seen_after)} stale "
