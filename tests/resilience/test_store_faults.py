@@ -28,6 +28,7 @@ def test_store_locked_by_another_process_gives_failmode_within_the_timeout_then_
     try:
         state = yield stack.device()
         counters = stack.daemon.counters
+        devices_before = yield stack.daemon.provider.run("devices")
         locker = yield threads.deferToThread(rig.SqliteLocker, stack.config.approval.database)
         try:
             started = time.monotonic()
@@ -44,6 +45,7 @@ def test_store_locked_by_another_process_gives_failmode_within_the_timeout_then_
         request = yield threads.deferToThread(first_request, state)
         yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
         (after,) = yield login
+        devices_after = yield stack.daemon.provider.run("devices")
         outcome, reason = EXPECTED[failmode]
         resilience.record(
             fault=f"store database locked by another process (BEGIN EXCLUSIVE held), "
@@ -54,11 +56,13 @@ def test_store_locked_by_another_process_gives_failmode_within_the_timeout_then_
             measured=f"outcomes {rig.outcomes(results)} in {locked_for:.1f} s (slowest "
                      f"{rig.slowest(results):.2f} s); audit {reasons}; push_provider_errors "
                      f"{counters.get('push_provider_errors'):g}; /healthz store "
-                     f"(a read) {health['store']}; after release: {after.outcome}")
+                     f"(a read) {health['store']}; after release: {after.outcome}; devices "
+                     f"{len(devices_before)} -> {len(devices_after)}")
         assert rig.outcomes(results) == {outcome: 10}
         assert reasons == {reason: 10}
         assert rig.slowest(results) < 5 + 1.5
         assert counters.get("push_provider_errors") >= 1
         assert after.outcome == "accept"
+        assert [d.id for d in devices_after] == [d.id for d in devices_before]
     finally:
         yield stack.stop()
