@@ -69,15 +69,20 @@ class ThreadRunner:
     def __call__(self, method: str, *args) -> defer.Deferred:
         """``store.method(*args)`` on the store thread, as a Deferred; StoreError after
         ``timeout`` seconds without an answer."""
+        return self._submit(method, args, self.timeout)
+
+    def _submit(self, method: str, args: tuple, timeout: float | None) -> defer.Deferred:
         abandoned: list = []  # non-empty once the caller gave up (read on the store thread)
         d = threads.deferToThreadPool(self.reactor, self.pool, self._call, method, args,
                                       abandoned)
-        d.addTimeout(self.timeout, self.reactor)
+        if timeout is None:
+            return d
+        d.addTimeout(timeout, self.reactor)
 
         def late(failure):
             failure.trap(defer.TimeoutError)
             abandoned.append(True)
-            raise StoreError(f"the store did not answer {method} within {self.timeout:g} s "
+            raise StoreError(f"the store did not answer {method} within {timeout:g} s "
                              "(database locked?)")
 
         return d.addErrback(late)
@@ -85,7 +90,9 @@ class ThreadRunner:
     def start(self) -> defer.Deferred:
         """Start the thread and open the store (errors surface here, at start-up)."""
         self.pool.start()
-        return self("setting", "schema-check")
+        # Not bounded like a login's calls: opening may migrate the schema, and
+        # the store's own busy timeout still bounds any wait for a lock.
+        return self._submit("setting", ("schema-check",), None)
 
     def stop(self) -> None:
         """Close the store on its thread, then stop the thread (queued calls finish first)."""
