@@ -120,7 +120,8 @@ def soak_section(soak: dict) -> str:
         f"- RSS: {rss['first']} KiB after the warm-up, {rss['last']} KiB at the end "
         f"(min {rss['min']}, max {rss['max']}); slope **{_fmt(rss['slope_kib_per_min'])} KiB/min**.",
         f"- Open file descriptors: {fds['first']} -> {fds['last']} (min {fds['min']}, "
-        f"max {fds['max']}); slope **{_fmt(fds['slope_per_min'], 3)} fds/min**.",
+        f"max {fds['max']}); slope **{_fmt(fds['slope_per_min'], 3)} fds/min**. Threads: "
+        f"{soak['threads']['min']}-{soak['threads']['max']}.",
         f"- Daemon counters at the end: internal_errors {daemon['internal_errors']:g}, "
         f"push_provider_errors {daemon['push_provider_errors']:g}, audit_write_errors "
         f"{daemon['audit_write_errors']:g}; decisions " + ", ".join(

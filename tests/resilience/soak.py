@@ -180,6 +180,12 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def thread_count(pid: int) -> int:
+    """Threads of ``pid``."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
 async def drive(daemon: Daemon, pools: dict[str, list[str]], passwords: dict[str, str], *,
                 seconds: float, rate: float, sample: float, progress=None) -> dict:
     """Send the mixed load for ``seconds``; sample RSS and fds; wait for every answer."""
@@ -210,7 +216,8 @@ async def drive(daemon: Daemon, pools: dict[str, list[str]], passwords: dict[str
 
     def take_sample() -> None:
         samples.append({"t": round(time.monotonic() - started, 2), "rss_kib": daemon.rss() // 1024,
-                        "fds": fd_count(daemon.pid), "inflight": len(inflight)})
+                        "fds": fd_count(daemon.pid), "threads": thread_count(daemon.pid),
+                        "inflight": len(inflight)})
         if progress:
             progress(samples[-1], counts)
 
@@ -274,6 +281,8 @@ def summarize(run: dict, *, warmup: float) -> dict:
         "fds": {"first": steady[0]["fds"], "last": steady[-1]["fds"],
                 "min": min(v for _, v in fds), "max": max(v for _, v in fds),
                 "slope_per_min": slope_per_minute(fds)},
+        "threads": {"min": min(s["threads"] for s in steady),
+                    "max": max(s["threads"] for s in steady)},
         "samples_used": len(steady),
     }
 
