@@ -15,6 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+from tests.resilience.soak import slope_per_minute
+
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "resilience.md"
 FAULTS_JSON = REPO / "docs" / "resilience-faults.json"
@@ -115,10 +117,15 @@ def soak_section(soak: dict) -> str:
     lines.append(f"| **all** | {total['sent']} | {total['accept']} | {total['reject']} | "
                  f"{total['unanswered']} | {total['unexpected']} | | | |")
     daemon = soak["daemon"]
+    steady = [x for x in soak["samples"] if x["t"] >= soak["warmup_s"]]
+    half = steady[len(steady) // 2:]
+    late = slope_per_minute([(x["t"], x["rss_kib"]) for x in half])
     lines += [
         "",
         f"- RSS: {rss['first']} KiB after the warm-up, {rss['last']} KiB at the end "
-        f"(min {rss['min']}, max {rss['max']}); slope **{_fmt(rss['slope_kib_per_min'])} KiB/min**.",
+        f"(min {rss['min']}, max {rss['max']}); slope **{_fmt(rss['slope_kib_per_min'])} "
+        f"KiB/min** (over the second half of the samples, from t = {half[0]['t']:g} s: "
+        f"**{_fmt(late)} KiB/min**).",
         f"- Open file descriptors: {fds['first']} -> {fds['last']} (min {fds['min']}, "
         f"max {fds['max']}); slope **{_fmt(fds['slope_per_min'], 3)} fds/min**. Threads: "
         f"{soak['threads']['min']}-{soak['threads']['max']}.",
