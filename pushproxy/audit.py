@@ -2,13 +2,16 @@
 
 The schema is fixed by `AuditEvent`; nothing else is ever written, so a
 password or secret cannot slip in through a stray field. A write error (disk
-full, file removed) is logged and counted and never breaks a login.
+full, file removed) is logged and counted and never breaks a login; a line
+the disk took only part of is cut off again, so the file stays one JSON object
+per line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -62,8 +65,11 @@ class AuditLog:
     def record(self, event: AuditEvent) -> None:
         """Write one event; errors are logged and counted, never raised."""
         line = json.dumps(asdict(event), ensure_ascii=True, separators=(",", ":"))
+        start = None
         try:
             f = self._open()
+            if f is not sys.stdout:
+                start = f.tell()
             f.write(line + "\n")
             f.flush()
         except OSError as exc:
@@ -71,8 +77,18 @@ class AuditLog:
             logs.event(log, logging.ERROR, "audit.write_failed", path=self.path,
                        error=exc.strerror or str(exc))
             self.close()
+            self._cut(start)
             return
         self.counters.inc("audit_events")
+
+    def _cut(self, size: int | None) -> None:
+        # A full disk can take part of a line: cut it off, or the next event
+        # would be glued to the fragment and the trail would no longer parse.
+        if size is not None and self.path is not None:
+            try:
+                os.truncate(self.path, size)
+            except OSError:
+                pass  # not a regular file (/dev/full) or gone: nothing to cut
 
     def reopen(self) -> None:
         """Close the file so the next event opens it again (log rotation)."""

@@ -84,6 +84,7 @@ def group_query(mode: GroupMode, dn: str, username: str, group: str) -> tuple[st
 class _ServerState:
     server: LdapServer
     down_until: float = 0.0
+    probing: bool = False  # in backoff, and one login is trying it now
 
 
 class LdapDirectory:
@@ -158,16 +159,35 @@ class LdapDirectory:
 
     # -- in the worker threads from here on --
 
-    def _order(self) -> list[_ServerState]:
+    def _order(self) -> tuple[list[_ServerState], bool]:
+        """The servers to try, and whether they are backoff probes (to release after)."""
         now = self.monotonic()
         with self._lock:
             up = [s for s in self._servers if s.down_until <= now]
-        # Every server in backoff: try them all anyway rather than fail outright.
-        return up or list(self._servers)
+            if up:
+                return up, False
+            # Every server in backoff: try them anyway rather than fail outright,
+            # but one login at a time per server. If every login waited out the
+            # timeouts of a hung directory, the pool would fall behind and the
+            # queue would answer minutes late; the others fail at once instead.
+            probes = [s for s in self._servers if not s.probing]
+            for state in probes:
+                state.probing = True
+            return probes, True
 
     def _authenticate_sync(self, username: str, password: str) -> PrimaryResult:
-        errors = []
-        for state in self._order():
+        states, probing = self._order()
+        try:
+            return self._try_servers(states, username, password)
+        finally:
+            if probing:
+                with self._lock:
+                    for state in states:
+                        state.probing = False
+
+    def _try_servers(self, states, username: str, password: str) -> PrimaryResult:
+        errors = [] if states else ["every server is down; another login is probing them"]
+        for state in states:
             started = self.monotonic()
             try:
                 result = self._on_server(state.server, username, password)
@@ -201,7 +221,8 @@ class LdapDirectory:
                 raise
             except (lexc.LDAPException, OSError, ssl.SSLError) as exc:
                 self._drop_connections(server)
-                if reused and attempt == 0:
+                # (not after a timeout: a hung server would cost the login twice)
+                if reused and attempt == 0 and "timed out" not in str(exc):
                     continue
                 raise ServerFailed(f"{type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")

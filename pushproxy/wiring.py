@@ -28,7 +28,10 @@ class ApprovalComponent:
         self.reactor = reactor
         self.counters = counters
         self.insecure_push_endpoints = insecure_push_endpoints
-        self.runner = ThreadRunner(reactor, lambda: SQLiteStore(config.database))
+        # A short busy timeout: a login must not wait long on another process's
+        # write lock (push.failmode decides instead); see ThreadRunner.
+        self.runner = ThreadRunner(reactor, lambda: SQLiteStore(config.database,
+                                                                 busy_timeout=1.0))
         self.service = ApprovalService(
             run=self.runner, reactor=reactor, counters=counters, vapid_public_key="",
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,

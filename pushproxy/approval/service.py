@@ -254,8 +254,16 @@ class ApprovalService:
         """Open requests for the device's user; with ``wait``, a long-poll."""
         return defer.ensureDeferred(self._pending(device, min(max(wait, 0.0), MAX_WAIT)))
 
+    async def _live(self, username: str) -> list[Transaction]:
+        # Only requests a login is still waiting for: a store write can land after
+        # its caller gave up (the store thread was stuck behind another process's
+        # lock, and that login already ended on failmode); a device must not be
+        # shown, and approve, a request that nothing waits for.
+        txs = await self.run("pending_transactions", username, self.wallclock())
+        return [tx for tx in txs if tx.id in self._waiting]
+
     async def _pending(self, device: Device, wait: float) -> list[dict]:
-        txs = await self.run("pending_transactions", device.username, self.wallclock())
+        txs = await self._live(device.username)
         if txs or wait <= 0:
             return [transaction_view(tx) for tx in txs]
         poll: Deferred = Deferred(lambda d: self._unpoll(device.username, d))
@@ -266,8 +274,7 @@ class ApprovalService:
         finally:
             if timer.active():
                 timer.cancel()
-        txs = await self.run("pending_transactions", device.username, self.wallclock())
-        return [transaction_view(tx) for tx in txs]
+        return [transaction_view(tx) for tx in await self._live(device.username)]
 
     def _end_poll(self, username: str, poll: Deferred) -> None:
         self._unpoll(username, poll)

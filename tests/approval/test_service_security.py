@@ -286,3 +286,19 @@ def test_long_poll_wakes_when_a_request_arrives_and_times_out_empty(env):
     service.pending(bob.device, 25).addCallback(empty.append)
     clock.advance(25)
     assert empty == [[]]
+
+
+def test_a_pending_transaction_no_login_waits_for_is_not_shown_to_devices(env):
+    """A create_transaction that landed after its caller gave up (the store thread was
+    stuck behind another process's lock; that login already ended on failmode) must not
+    be offered to the phone, where approving it would do nothing and hide a real request."""
+    from pushproxy.approval.store import Transaction
+
+    clock, store, service, _ = env
+    phone = enrolled(service, store, clock)
+    store.create_transaction(Transaction(
+        id="orphan", username="alice", nonce="n" * 22, context={}, created=clock.seconds(),
+        expires=clock.seconds() + 60, state="pending", decided_by=None, decided_at=None))
+    assert pending(service, phone) == []
+    d, got = login(service, clock, txid="tx-live")
+    assert [tx["txid"] for tx in pending(service, phone)] == ["tx-live"]

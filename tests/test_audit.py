@@ -1,0 +1,69 @@
+"""The audit trail under write errors: counted, logged, and never a torn line.
+
+A file-size limit (RLIMIT_FSIZE, in a child process so the test runner is not
+affected) makes the kernel take only part of a write, as a full disk does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from pushproxy.audit import AuditEvent, AuditLog
+from pushproxy.metrics import Counters
+
+CHILD = textwrap.dedent("""\
+    import json, resource, signal, sys
+    from pushproxy.audit import AuditEvent, AuditLog
+    from pushproxy.metrics import Counters
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    path, limit = sys.argv[1], int(sys.argv[2])
+    counters = Counters()
+    audit = AuditLog(path, counters)
+    def event(i):
+        return AuditEvent(time="t", protocol="radius", user=f"user{i}", client="c",
+                          source="s", calling_station=None, nas=None, outcome="reject",
+                          reason="bad_credentials", rule=None, latency_ms=1.0, txid=None,
+                          device=None, joined=False)
+    audit.record(event(0))
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    for i in range(1, 4):
+        audit.record(event(i))  # the first of these fits only in part
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    audit.record(event(4))
+    audit.close()
+    print(json.dumps(counters.snapshot()))
+""")
+
+
+def test_a_partly_written_line_is_cut_off_counted_and_the_trail_resumes(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    first = subprocess.run([sys.executable, "-c", CHILD, str(path), "100000"],
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    one_line = len(path.read_text().splitlines()[0]) + 1
+    path.unlink()
+    # room for the first line and half of the second
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(one_line * 3 // 2)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    counters = json.loads(done.stdout)
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["user"] for line in lines] == ["user0", "user4"]
+    assert counters["audit_write_errors"] == 3 and counters["audit_events"] == 2
+    assert "audit.write_failed" in done.stderr
+    assert json.loads(first.stdout)["audit_events"] == 5
+
+
+def test_a_write_error_on_a_device_is_counted_not_raised():
+    counters = Counters()
+    audit = AuditLog("/dev/full", counters)  # every write: ENOSPC
+    audit.record(AuditEvent(time="t", protocol="radius", user="u", client="c", source="s",
+                            calling_station=None, nas=None, outcome="accept",
+                            reason="policy_allow", rule=None, latency_ms=1.0, txid=None,
+                            device=None, joined=False))
+    assert counters.get("audit_write_errors") == 1 and counters.get("audit_events") == 0
