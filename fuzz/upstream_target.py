@@ -39,7 +39,8 @@ Then the clock runs until every exchange is over and the NAS retransmits.
 - the front end takes an upstream reply the oracle does not verify;
 - an Accept answers anything but a verified upstream Access-Accept whose push
   was approved (pushed to the downstream User-Name, or for EAP to the User-Name
-  in the upstream's Accept), or a Challenge anything but a verified upstream
+  in the upstream's Accept; a name the front end would refuse as a User-Name
+  gets no push), or a Challenge anything but a verified upstream
   Challenge;
 - an exception is caught inside (``internal_errors`` counted: no reply);
 - a downstream reply is not signed for the NAS (`radius_target.check_reply`),
@@ -54,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import unicodedata
 
 from fuzz import radius_target as rt
 from fuzz.radius_target import OracleFailure, Outcome, Verdict
@@ -95,6 +97,8 @@ def _subs(payload: bytes) -> list[tuple[int, int, bytes]] | None:
     if len(payload) < 6:
         return None
     vendor, body, out = struct.unpack("!L", payload[:4])[0], payload[4:], []
+    if vendor == 0:
+        return None  # no vendor: not an attribute of the standard space in disguise
     while body:
         if len(body) < 2 or body[1] < 2 or body[1] > len(body):
             return None
@@ -157,6 +161,14 @@ def hidden_values(attrs, secret: bytes, auth: bytes) -> dict | None:
                 return None
             out.setdefault((vendor, kind), []).append(clear)
     return out
+
+
+def clean_name(name: str) -> bool:
+    """A name devices, locks and limits can be keyed on: what the directory would not fold
+    into another one (no control characters, outer or double spaces, compatibility forms)."""
+    return (0 < len(name) <= 253 and all(ord(ch) >= 0x20 and ord(ch) != 0x7F for ch in name)
+            and name == name.strip() and "  " not in name
+            and unicodedata.normalize("NFKC", name) == name)
 
 
 def verify_reply(data: bytes, request: bytes, server: int) -> list | None:
@@ -415,8 +427,11 @@ def _check_relay(code, down_attrs, datagram, request, upstream_attrs, upstream_c
     eap = any(k == 79 for k, _ in down)
     for push in pushes:
         names = [v for k, v in (upstream_attrs if eap else down) if k == 1]
-        if not names or push.username != names[0].decode("utf-8", "replace").casefold():
+        name = names[0].decode("utf-8", "replace") if names else ""
+        if not names or push.username != name.casefold():
             raise OracleFailure(f"push for {push.username!r}, not the proved identity")
+        if not clean_name(name):
+            raise OracleFailure(f"push for {name!r}, a name refused as a User-Name")
     mine = hidden_values(down_attrs, rt.UP_CLIENT_SECRET, datagram[4:20])
     if mine is None:
         raise OracleFailure("a hidden value in the reply does not decrypt with the NAS's secret")
