@@ -2,7 +2,9 @@
 
 A fuzz input is one control octet and a datagram. The control octet picks the
 source address (a client that requires Message-Authenticator, a legacy client
-that does not, an unknown source, a spoofed IPv4-mapped address) and may ask
+that does not, an unknown source, a spoofed IPv4-mapped address, a
+number-matching client, a ``primary: radius`` client whose inputs go to
+`fuzz.upstream_target`, which plays its upstream servers too) and may ask
 the harness to *re-sign* the mutated datagram: fix its Length field and
 recompute its Message-Authenticator with the right secret. Re-signing lets a
 fuzzer reach everything behind the signature check (attribute decoding, the

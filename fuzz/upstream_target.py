@@ -338,8 +338,9 @@ def run_round(proto, datagram: bytes, uctl: int, raw_reply: bytes,
     proto.datagramReceived(datagram, addr)
     proto.datagramReceived(datagram, addr)  # the NAS retransmits while we wait upstream
     verdict = rt.judge(datagram, secret, True)
-    if len(up_sent) > u0 and not verdict.answerable:
-        raise OracleFailure(f"forwarded a datagram that must be dropped: {datagram.hex()}")
+    if len(up_sent) > u0 and (not verdict.answerable or datagram[0] != 1):
+        raise OracleFailure(f"forwarded a datagram that must be dropped (or a Status-Server, "
+                            f"which we answer ourselves): {datagram.hex()}")
     timeouts = (uctl & TIMEOUTS) >> 2
     for _ in range(timeouts):
         proto.clock.advance(TIMEOUT)
@@ -394,6 +395,10 @@ def run_round(proto, datagram: bytes, uctl: int, raw_reply: bytes,
     if not replies:
         return result
     code = rt.check_reply(replies[0][0], datagram, secret)
+    if datagram[0] == 12:
+        if code != 2 or not verdict.acceptable:
+            raise OracleFailure(f"Status-Server answered {code}: {datagram.hex()}")
+        return result  # RFC 5997: a signed Status-Server is answered Accept, by us
     down_attrs = rt.attributes(replies[0][0])
     _check_relay(code, down_attrs, datagram, request, upstream_attrs if accepted_by_oracle
                  else None, upstream_code if accepted_by_oracle else None, uctl,

@@ -116,6 +116,17 @@ def test_the_oracle_catches_an_accept_after_a_denied_push(monkeypatch):
         rt.run_one(SEEDS[1])
 
 
+def test_a_status_server_from_the_primary_radius_client_is_answered_by_us_not_forwarded():
+    """The first long run's only stop: the oracle wanted an upstream Accept behind every
+    Accept, but RFC 5997 has us answer a signed Status-Server ourselves (an oracle fix)."""
+    data = bytes.fromhex("1581003f0c3e003f3e484041bec344454647"
+                         "48494a4b4c4d50121fdb51e25f6d6f75734f0e0201652d344f0801020006"
+                         "6571")
+    proto = rt.make_protocol()
+    assert rt.run_one(data, proto).codes == (rpacket.AccessAccept,) * 3
+    assert proto.upstreams["vpn-up"].transport.sent == []
+
+
 # -- regressions: inputs the fuzzers found
 
 
