@@ -4,50 +4,38 @@ An input for this source (control octet 5 of `fuzz.radius_target.SOURCES`) is::
 
     control | uctl | length (2 octets) | downstream datagram | upstream reply
 
-The downstream datagram goes through `RadiusProtocol.datagramReceived` from
-the ``vpn-up`` client (re-signed when the control octet asks, as for the other
-sources). Whatever the `UpstreamClient` forwards lands on a recording
-transport; the harness plays the upstream servers with the rest of the input,
-steered by ``uctl``:
-
-- ``SIGN``: fix the reply's Length and Identifier and sign it with the
-  upstream secret and the forwarded request's authenticator (Message-
-  Authenticator if the reply has one, Response Authenticator); without it the
-  bytes go in raw and can only be refused.
-- ``HIDE``: hide the values of hidden attributes (MPPE keys, Tunnel-Password,
-  MS-CHAP-MPPE-Keys, User-Password) first: the fuzzed bytes are the clear text.
-- ``TIMEOUTS`` (two bits): advance the `Clock` that many timeouts before the
-  reply arrives (A's resend, failover to B, every server silent).
-- ``SPOOF``: the reply comes from the other server's address.
-- ``DUPLICATE``: the reply arrives twice (a late duplicate).
-- ``DENY``: the push is denied instead of approved.
-- ``FOLLOW``: a relayed Challenge with a State gets the NAS's follow-up (same
-  attributes, the relayed State, a new identifier and authenticator), answered
-  by the same reply bytes signed for its forwarded request.
-
+The datagram comes from the ``vpn-up`` client (re-signed if the control octet
+asks). What the `UpstreamClient` forwards lands on a recording transport; the
+harness plays the upstream servers with the rest of the input, as ``uctl``
+says: ``SIGN`` (fix Length and Identifier, sign with the upstream secret and
+the forwarded request's authenticator; else raw bytes, only ever refused),
+``HIDE`` (hide MPPE keys, Tunnel-Password, MS-CHAP-MPPE-Keys, User-Password
+first: the fuzzed bytes are the clear text), ``TIMEOUTS`` (two bits: Clock
+timeouts before the reply: A's resend, failover to B, all silent), ``SPOOF``
+(from the other server's address), ``DUPLICATE`` (sent twice), ``DENY`` (the
+push is denied), ``FOLLOW`` (a relayed Challenge's State gets the NAS's
+follow-up, answered by the same bytes signed for its forwarded request).
 Then the clock runs until every exchange is over and the NAS retransmits.
+
 `run` raises `OracleFailure` when:
 
 - a forwarded request does not verify with the upstream secret (Message-
-  Authenticator first and correct), carries a User-Password that does not
-  decrypt to the downstream password (less a ``,push``/passcode suffix), or
-  does not pass the rest of the downstream attributes unchanged (Proxy-State
-  stays on the NAS's leg);
-- anything is forwarded for a datagram that must be dropped;
-- the sends are not A, A (resend), B in that order, or a follow-up is not
-  pinned to the server that sent the Challenge;
+  Authenticator first), has a User-Password that does not decrypt to the
+  NAS's (less a ``,push``/passcode suffix), or changes the NAS's other
+  attributes (Proxy-State stays on the NAS's leg);
+- anything is forwarded for a datagram that must be dropped, or sends are not
+  A, A (resend), B, or a follow-up is not pinned to the server that challenged;
 - the front end takes an upstream reply the oracle does not verify;
-- an Accept answers anything but a verified upstream Access-Accept whose push
-  was approved (pushed to the downstream User-Name, or for EAP to the User-Name
-  in the upstream's Accept; a name the front end would refuse as a User-Name
-  gets no push), or a Challenge anything but a verified upstream
-  Challenge;
-- an exception is caught inside (``internal_errors`` counted: no reply);
+- an Accept answers anything but a verified upstream Access-Accept with an
+  approved push (to the downstream User-Name, for EAP to the User-Name of the
+  upstream's Accept, never to a name refused as a User-Name), or a Challenge
+  anything but a verified upstream Challenge;
+- an exception is caught inside (``internal_errors``: no reply);
 - a downstream reply is not signed for the NAS (`radius_target.check_reply`),
-  differs on a retransmit, does not carry the NAS's own Proxy-State, lets an
-  Accept carry an attribute outside ``pass_attributes`` and the protocol's own,
-  or has a hidden value (MPPE key...) that does not decrypt with the NAS's
-  secret and request to what the upstream's decrypted to.
+  differs on a retransmit, lacks the NAS's exact Proxy-State, lets an Accept
+  carry attributes outside ``pass_attributes`` and the protocol's own, or has
+  a hidden value (MPPE key...) that does not decrypt with the NAS's secret and
+  request to what the upstream's decrypted to.
 """
 
 from __future__ import annotations
@@ -303,13 +291,8 @@ def check_forwarded(fwd: bytes, down: bytes) -> None:
         if len(fwd_pw) != 1 or clear is None or not sent or not (
                 sent == clear or clear.startswith(sent + b",")):
             raise OracleFailure(f"forwarded User-Password {sent!r} is not the NAS's {clear!r}")
-    elif clear:
-        try:
-            clear.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            raise OracleFailure("the NAS's password was not forwarded")
+    elif clear and clear.decode("utf-8", "replace") == clear.decode("utf-8", "ignore"):
+        raise OracleFailure("the NAS's password (valid UTF-8) was not forwarded")
     rest = [a for a in split(down_attrs) if a[:2] not in ((0, 80), (0, 2), (0, 33))]
     sent_rest = [a for a in split(attrs) if a[:2] not in ((0, 80), (0, 2))]
     chap = any(a[:2] == (0, 3) for a in rest) and not any(a[:2] == (0, 60) for a in rest)
@@ -319,10 +302,6 @@ def check_forwarded(fwd: bytes, down: bytes) -> None:
     if sent_rest != rest:
         raise OracleFailure(f"forwarded attributes differ from the NAS's: {fwd.hex()} "
                             f"for {down.hex()}")
-
-
-def _drops(proto) -> int:
-    return proto.counters.get("upstream_drops")
 
 
 def run_round(proto, datagram: bytes, uctl: int, raw_reply: bytes,
@@ -349,7 +328,7 @@ def run_round(proto, datagram: bytes, uctl: int, raw_reply: bytes,
         else [pinned] * ATTEMPTS[pinned]
     if sends and len(sends) != min(timeouts + 1, len(order)):
         raise OracleFailure(f"{len(sends)} sends after {timeouts} timeouts")
-    delivered = accepted_by_oracle = 0
+    delivered = 0
     upstream_attrs = request = upstream_code = None
     if sends:
         request, to = sends[-1]
@@ -359,23 +338,22 @@ def run_round(proto, datagram: bytes, uctl: int, raw_reply: bytes,
         waiting = len(sends) == timeouts + 1  # not every attempt timed out yet
         upstream_attrs = verify_reply(reply, request, server) \
             if waiting and source == to else None
-        drops = _drops(proto)
+        drops = proto.counters.get("upstream_drops")
         for _ in range(2 if uctl & DUPLICATE else 1):
             up.datagramReceived(reply, source)
             delivered += 1
-        taken = delivered - (_drops(proto) - drops)
+        taken = delivered - (proto.counters.get("upstream_drops") - drops)
         if taken > 1 or (taken and upstream_attrs is None):
             raise OracleFailure(f"the front end took an upstream reply the oracle refuses "
                                 f"({taken} taken): {reply.hex()}")
-        accepted_by_oracle = taken
+        upstream_attrs = upstream_attrs if taken else None  # the oracle's view of what was used
         result.verified, result.refused = taken, delivered - taken
         upstream_code = reply[0] if taken else None
     for _ in range(len(order) + 1):
         proto.clock.advance(TIMEOUT)  # every exchange ends; an unanswered one fails over
     proto.datagramReceived(datagram, addr)  # and the NAS retransmits once more
     if proto.counters.get("internal_errors"):
-        raise OracleFailure(f"an internal error (an exception caught by the front end or the "
-                            f"engine) for {datagram.hex()}")
+        raise OracleFailure(f"an internal error (exception caught inside) for {datagram.hex()}")
     result.forwarded = list(up_sent[u0:])
     if len(result.forwarded) > len(order):
         raise OracleFailure(f"{len(result.forwarded)} sends for one request")
@@ -400,10 +378,9 @@ def run_round(proto, datagram: bytes, uctl: int, raw_reply: bytes,
             raise OracleFailure(f"Status-Server answered {code}: {datagram.hex()}")
         return result  # RFC 5997: a signed Status-Server is answered Accept, by us
     down_attrs = rt.attributes(replies[0][0])
-    _check_relay(code, down_attrs, datagram, request, upstream_attrs if accepted_by_oracle
-                 else None, upstream_code if accepted_by_oracle else None, uctl,
+    _check_relay(code, down_attrs, datagram, request, upstream_attrs, upstream_code, uctl,
                  pushes[p0:])
-    if code == 11 and accepted_by_oracle:
+    if code == 11 and upstream_attrs is not None:
         states = [v for k, v in upstream_attrs if k == 24]
         if states:
             result.relayed_state, result.server = states[0], SERVERS.index(sends[-1][1])
@@ -484,23 +461,21 @@ def seeds() -> list[bytes]:
             if kind == 2:
                 value = hide((0, 2), value, rt.UP_CLIENT_SECRET, auth, b"")
             body += bytes([kind, len(value) + 2]) + value
-        data = bytes([1, ident]) + struct.pack("!H", 20 + len(body)) + auth + body
-        return rt.resign(data, rt.UP_CLIENT_SECRET)
+        return rt.resign(bytes([1, ident]) + struct.pack("!H", 20 + len(body)) + auth + body,
+                         rt.UP_CLIENT_SECRET)
 
     def vsa(sub: int, value: bytes) -> tuple[int, bytes]:
         return 26, struct.pack("!LBB", MICROSOFT, sub, len(value) + 2) + value
 
     def reply(code: int, *attrs: tuple[int, bytes]) -> bytes:
-        body = bytes([80, 18]) + bytes(16) + b"".join(bytes([k, len(v) + 2]) + v
-                                                      for k, v in attrs)
+        body = bytes([80, 18]) + bytes(16) + b"".join(bytes([k, len(v) + 2]) + v for k, v in attrs)
         return bytes([code, 0]) + struct.pack("!H", 20 + len(body)) + bytes(16) + body
 
     def seed(uctl: int, down: bytes, up: bytes) -> bytes:
         return bytes([rt.UPSTREAM_SOURCE | rt.RESIGN, uctl]) + struct.pack("!H", len(down)) \
             + down + up
 
-    pap = request(60, (1, b"carol"), (2, b"carol-pw"), (33, b"nas-ps"),
-                  (31, b"198.51.100.7"))
+    pap = request(60, (1, b"carol"), (2, b"carol-pw"), (33, b"nas-ps"), (31, b"198.51.100.7"))
     mschap = request(61, (1, b"EXAMPLE\\dave"), vsa(11, b"c" * 16), vsa(25, b"r" * 50))
     eap = request(62, (1, b"anonymous"), (79, b"\x02\x01\x00\x0eidentity"))
     chap = request(63, (1, b"erin"), (3, b"\x07" + b"h" * 16))
