@@ -2,7 +2,9 @@
 
 A fuzz input is one control octet and a datagram. The control octet picks the
 source address (a client that requires Message-Authenticator, a legacy client
-that does not, an unknown source, a spoofed IPv4-mapped address) and may ask
+that does not, an unknown source, a spoofed IPv4-mapped address, a
+number-matching client, a ``primary: radius`` client whose inputs go to
+`fuzz.upstream_target`, which plays its upstream servers too) and may ask
 the harness to *re-sign* the mutated datagram: fix its Length field and
 recompute its Message-Authenticator with the right secret. Re-signing lets a
 fuzzer reach everything behind the signature check (attribute decoding, the
@@ -47,13 +49,19 @@ from pushproxy.metrics import Counters
 from pushproxy.policy import Verification
 from pushproxy.radius import codec
 from pushproxy.radius.retransmit import RetransmitTable
+from pushproxy.radius.attributes import Names
 from pushproxy.radius.server import ClientTable, RadiusProtocol
+from pushproxy.upstream.client import UpstreamClient
+from pushproxy.upstream.settings import UpstreamServer, UpstreamSettings
 from tests.support import ScriptedDirectory, ScriptedProvider
 
 SECRET = b"fuzzing-shared-secret-1"
 LEGACY_SECRET = b"legacy-secret-22"
+UP_CLIENT_SECRET = b"radius-primary-client-3"  # the NAS of the primary: radius client
+UP_SECRET = b"upstream-server-secret-4"  # between pushproxy and its upstream servers
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 DICTIONARY = codec.load_dictionary()
+NAMES = Names(DICTIONARY)
 
 #: Source addresses the control octet chooses from, with the secret the oracle expects
 #: (None: unknown source, nothing may be sent).
@@ -63,14 +71,26 @@ SOURCES = (
     (("192.0.2.1", 1812), None, False),
     (("::ffff:127.0.0.1", 40002), SECRET, True),  # how a dual-stack socket reports IPv4
     (("127.0.0.5", 40003), SECRET, True),  # number matching: a valid login gets a Challenge
+    (("127.0.0.7", 40004), UP_CLIENT_SECRET, True),  # primary: radius (fuzz/upstream_target.py)
 )
+UPSTREAM_SOURCE = 5
 RESIGN = 0x10
+
+#: The upstream of the ``primary: radius`` client: A is tried twice (one resend), then B
+#: once; B does not require Message-Authenticator in its replies. An Accept passes
+#: Class, Filter-Id and Tunnel-Password besides the protocol's own attributes.
+UPSTREAM = UpstreamSettings(
+    (UpstreamServer("10.9.0.1", 1812, UP_SECRET, 3, 1, True),
+     UpstreamServer("10.9.0.2", 1812, UP_SECRET, 3, 0, False)),
+    pass_attributes=frozenset({(0, 25), (0, 11), (0, 69)}))
 
 CLIENTS = (
     RadiusClient("vpn", ipaddress.ip_network("127.0.0.0/8"), SECRET, True, None),
     RadiusClient("legacy", ipaddress.ip_network("127.0.0.9/32"), LEGACY_SECRET, False, None),
     RadiusClient("vpn-nm", ipaddress.ip_network("127.0.0.5/32"), SECRET, True, None,
                  Verification.NUMBER_MATCH),
+    RadiusClient("vpn-up", ipaddress.ip_network("127.0.0.7/32"), UP_CLIENT_SECRET, True, None,
+                 upstream=UPSTREAM),
 )
 
 _AUDIT = AuditLog(os.devnull, Counters())
@@ -92,7 +112,12 @@ class RecordingTransport:
 
 
 def make_protocol() -> RadiusProtocol:
-    """A fresh front end with the scripted directory and an always-approving provider."""
+    """A fresh front end with the scripted directory and an always-approving provider.
+
+    The ``primary: radius`` client's `UpstreamClient` writes to a recording
+    transport too (``proto.upstreams["vpn-up"].transport``): the harness plays
+    its upstream servers.
+    """
     clock = Clock()
     clock.advance(1_800_000_000)
     counters = Counters()
@@ -101,9 +126,13 @@ def make_protocol() -> RadiusProtocol:
                     push=PushConfig(timeout=60, failmode=FailMode.SECURE,
                                     no_device=NoDeviceMode.REJECT),
                     audit=_AUDIT, counters=counters)
+    upstream = UpstreamClient(UPSTREAM, clock=clock, counters=counters, names=NAMES,
+                              client_name="vpn-up")
+    upstream.transport = RecordingTransport()
     proto = RadiusProtocol(clients=ClientTable(CLIENTS), engine=engine, dictionary=DICTIONARY,
                            table=RetransmitTable(30), clock=clock, counters=counters,
-                           default_no_device=NoDeviceMode.REJECT)
+                           default_no_device=NoDeviceMode.REJECT,
+                           upstreams={"vpn-up": upstream})
     proto.transport = RecordingTransport()
     return proto
 
@@ -245,6 +274,11 @@ class Outcome:
 
     codes: tuple[int, ...]
     verdict: Verdict
+    # primary: radius inputs: requests forwarded upstream, upstream replies the
+    # front end took (verified) and those it dropped (refused).
+    forwarded: int = 0
+    upstream_verified: int = 0
+    upstream_refused: int = 0
 
 
 def run_one(buf: bytes, proto: RadiusProtocol | None = None) -> Outcome:
@@ -252,7 +286,12 @@ def run_one(buf: bytes, proto: RadiusProtocol | None = None) -> Outcome:
     if not buf:
         return Outcome((), Verdict(False, False))
     control, data = buf[0], bytes(buf[1:])
-    addr, secret, require_ma = SOURCES[(control & 0x0F) % len(SOURCES)]
+    source = (control & 0x0F) % len(SOURCES)
+    if source == UPSTREAM_SOURCE:
+        # Imported here: upstream_target builds on this module's oracle helpers.
+        from fuzz import upstream_target
+        return upstream_target.run(control, data, proto or make_protocol())
+    addr, secret, require_ma = SOURCES[source]
     if control & RESIGN and secret is not None:
         data = resign(data, secret)
     proto = proto or make_protocol()

@@ -201,6 +201,14 @@ class Engine:
             # EAP: push to the identity the upstream proved, never the outer one
             # (anyone can write any name there).
             user = primary.username
+            bad = check_credentials(user, None, own_proof=True)
+            if bad is not None:
+                # The same rules as for a User-Name: "bob " or "ｂob" would find no
+                # device (no_device: allow) and slip past bob's locks and limits
+                # (found by fuzz/upstream_target.py).
+                logs.event(log, logging.WARNING, "login.identity_refused", sent=req.username,
+                           client=req.client_name)
+                return Decision.of(bad)
             logs.event(log, logging.INFO, "login.identity", sent=req.username, proved=user,
                        client=req.client_name)
             req = dataclasses.replace(req, username=user)

@@ -46,6 +46,8 @@ HELP = {
     "device_auth_failures": "Device requests refused (signature, time window, replay)",
     "alerts": "Alerts raised, by kind",
     "alert_webhooks": "Alert webhook posts, by outcome",
+    "radius_replies_too_large": "Replies over 4096 octets with the attributes relayed or "
+                                "mapped, answered with a plain Access-Reject instead",
     "internal_errors": "Unexpected errors (bugs); each is logged with a traceback",
     "decision_seconds": "Time from request to decision, by outcome",
     "ldap_seconds": "Time of one LDAP conversation (search + bind + groups), by server",

@@ -38,7 +38,8 @@ class Attr:
     """One attribute. ``vendor`` 0 is the standard space; ``value`` is in clear.
 
     A Vendor-Specific attribute whose payload does not split into the common
-    one-octet type/length sub-attributes stays one ``Attr(0, 26, payload)``.
+    one-octet type/length sub-attributes, or whose Vendor-Id is 0, stays one
+    ``Attr(0, 26, payload)``.
     ``hiding`` says how the value must be hidden on the wire (``value`` being
     the clear text); ``tag`` is the RFC 2868 tag of a salt-hidden tagged value.
     """
@@ -78,6 +79,11 @@ def _split_vsa(payload: bytes) -> list[Attr]:
     if len(payload) < 6:
         return [Attr(0, VENDOR_SPECIFIC, payload)]
     vendor = struct.unpack("!L", payload[:4])[0]
+    if vendor == 0:
+        # Vendor-Id 0 is no vendor: split, its sub-attributes would pass for
+        # standard ones (an EAP-Message, a State, a User-Name) on the other leg
+        # (found by fuzz/upstream_target.py). Relayed as the opaque VSA it is.
+        return [Attr(0, VENDOR_SPECIFIC, payload)]
     subs, pos = [], 4
     while pos < len(payload):
         if pos + 2 > len(payload):
