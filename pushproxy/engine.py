@@ -441,26 +441,22 @@ class Engine:
                                             challenge.rule)
             if decision.outcome is Outcome.ACCEPT or mode is Verification.NUMBER_MATCH:
                 self._withdraw(challenge.txid)
-                if decision.outcome is Outcome.ACCEPT:
-                    primary = PrimaryResult(PrimaryStatus.OK, groups=challenge.groups,
-                                            attributes=challenge.attributes)
-                    decision = dataclasses.replace(
-                        decision, attributes=primary.attributes
-                        + self._mapped(challenge.request, primary, decision))
-                return decision
+                return self._challenge_attributes(challenge, decision)
         if not challenge.settled:
             waiter: Deferred = Deferred()
             challenge.waiters.append(waiter)
             await waiter
-        decision = self._after_push(challenge.request, challenge.result, challenge.rule,
-                                    response=response, mode=mode)
-        if decision.outcome is Outcome.ACCEPT:
-            primary = PrimaryResult(PrimaryStatus.OK, groups=challenge.groups,
-                                    attributes=challenge.attributes)
-            decision = dataclasses.replace(
-                decision, attributes=primary.attributes
-                + self._mapped(challenge.request, primary, decision))
-        return decision
+        return self._challenge_attributes(challenge, self._after_push(
+            challenge.request, challenge.result, challenge.rule, response=response, mode=mode))
+
+    def _challenge_attributes(self, challenge: Challenge, decision: Decision) -> Decision:
+        """An Accept at the end of a challenge carries the first request's reply attributes."""
+        if decision.outcome is not Outcome.ACCEPT:
+            return decision
+        primary = PrimaryResult(PrimaryStatus.OK, groups=challenge.groups,
+                                attributes=challenge.attributes)
+        return dataclasses.replace(decision, attributes=primary.attributes
+                                   + self._mapped(challenge.request, primary, decision))
 
     def _withdraw(self, txid: str | None) -> None:
         call = self._push_calls.get(txid) if txid else None

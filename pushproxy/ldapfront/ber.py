@@ -144,6 +144,20 @@ def parse_message(raw: bytes) -> Message:
     return Message(message_id, op_tag, raw[s:op_end], raw)
 
 
+def next_message(buf: bytearray, max_size: int) -> tuple[bytes, Message] | None:
+    """Take the first whole message off ``buf`` (raw bytes and envelope); None until it arrived.
+
+    Raises ProtocolError as `frame_length` and `parse_message` do; the bytes
+    of a message that does not parse are gone from ``buf`` either way.
+    """
+    size = frame_length(buf, max_size)
+    if size is None:
+        return None
+    raw = bytes(buf[:size])
+    del buf[:size]
+    return raw, parse_message(raw)
+
+
 @dataclass(frozen=True)
 class BindRequest:
     """A decoded BindRequest. ``password`` is the simple password (b"" for SASL)."""

@@ -164,12 +164,10 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         limit = self.front.config.max_message_size
         while not self.closed:
             try:
-                size = ber.frame_length(self.buffer, limit)
-                if size is None:
+                taken = ber.next_message(self.buffer, limit)
+                if taken is None:
                     return
-                raw = bytes(self.buffer[:size])
-                del self.buffer[:size]
-                msg = ber.parse_message(raw)
+                raw, msg = taken
             except ber.ProtocolError as exc:
                 self.front.counters.inc("ldap_front_protocol_errors")
                 return self._disconnect(ber.PROTOCOL_ERROR, str(exc))

@@ -89,12 +89,10 @@ class Upstream(Protocol):
         self.buffer += data
         while not self.lost:
             try:
-                size = ber.frame_length(self.buffer, UPSTREAM_MAX_MESSAGE)
-                if size is None:
+                taken = ber.next_message(self.buffer, UPSTREAM_MAX_MESSAGE)
+                if taken is None:
                     return
-                raw = bytes(self.buffer[:size])
-                del self.buffer[:size]
-                msg = ber.parse_message(raw)
+                raw, msg = taken
             except ber.ProtocolError as exc:
                 logs.event(log, logging.WARNING, "ldap_front.upstream_garbled",
                            server=self.server.url, error=str(exc))
