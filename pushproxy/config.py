@@ -149,6 +149,8 @@ class ApprovalConfig:
     max_body: int
     max_failures: int = 10  # refused enrollments / device logins per source per window; 0: off
     failure_window: float = 300.0
+    # Reverse proxies whose X-Forwarded-For names the client (rate limits, logs).
+    trusted_proxies: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,7 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     m = c.mapping(value, "approval", required=("public_url", "database"),
                   optional=("listen", "tls_cert", "tls_key", "enrollment_ttl",
                             "vapid_subject", "alert_webhook", "alert_syslog", "max_body",
-                            "max_failures", "failure_window"))
+                            "max_failures", "failure_window", "trusted_proxies"))
     if m is None:
         return None
     listen = c.host_port(m.get("listen", "127.0.0.1:8443"), "approval.listen")
@@ -507,6 +509,9 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     database = c.string(m, "database", "approval.database") or ""
     if database and database != ":memory:":
         database = str(c.resolve(database))
+    proxies = tuple(
+        net for i, value in enumerate(c.seq(m, "trusted_proxies", "approval.trusted_proxies", ()))
+        if (net := c.network(value, f"approval.trusted_proxies[{i}]")) is not None)
     webhook = c.string(m, "alert_webhook", "approval.alert_webhook", required=False)
     if webhook and urlsplit(webhook).scheme not in ("http", "https"):
         c.problem("approval.alert_webhook", "must be an http(s) URL")
@@ -525,4 +530,5 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
                               maximum=10000, integer=True),
         failure_window=c.number(m, "failure_window", "approval.failure_window", 300,
                                 minimum=10, maximum=86400),
+        trusted_proxies=proxies,
     )

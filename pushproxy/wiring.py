@@ -58,7 +58,8 @@ class ApprovalComponent:
             allow_insecure_endpoints=self.insecure_push_endpoints)
         site = build_site(self.service, max_body=self.config.max_body, reactor=self.reactor,
                           counters=self.counters, max_failures=self.config.max_failures,
-                          failure_window=self.config.failure_window)
+                          failure_window=self.config.failure_window,
+                          trusted_proxies=self.config.trusted_proxies)
         host, port = self.config.listen
         if self.config.tls_cert:
             with open(self.config.tls_cert, "rb") as cert_file, \

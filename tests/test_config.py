@@ -144,3 +144,18 @@ def test_load_config_reports_an_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path / "nope.yaml")
     assert "cannot read" in exc.value.problems[0]
+
+
+def test_trusted_proxies_are_networks_and_each_bad_one_is_named(tmp_path):
+    text = GOOD.replace('  database: ":memory:"\n',
+                        '  database: ":memory:"\n  trusted_proxies: ["10.0.0.0/8", "::1", "proxy.lan",'
+                        ' "10.0.0.1/8"]\n')
+    found = problems(text, tmp_path, ENV)
+    assert any(p.startswith("approval.trusted_proxies[2]: not an IP address") for p in found)
+    assert any(p.startswith("approval.trusted_proxies[3]: not an IP address") for p in found)
+    assert not any("trusted_proxies[0]" in p or "trusted_proxies[1]" in p for p in found)
+    good = parse(GOOD.replace('  database: ":memory:"\n',
+                              '  database: ":memory:"\n  trusted_proxies: ["10.0.0.0/8"]\n'),
+                 tmp_path, ENV)
+    assert [str(n) for n in good.approval.trusted_proxies] == ["10.0.0.0/8"]
+    assert parse(GOOD, tmp_path, ENV).approval.trusted_proxies == ()

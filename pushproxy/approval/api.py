@@ -326,7 +326,8 @@ class _Directory(resource.Resource):
 
 def build_site(service: Any, *, max_body: int, reactor: Any,
                app: str | os.PathLike | None = WEBAPP_DIR, counters: Counters | None = None,
-               max_failures: int = 10, failure_window: float = 300.0) -> ApiSite:
+               max_failures: int = 10, failure_window: float = 300.0,
+               trusted_proxies: tuple = ()) -> ApiSite:
     """The approval API as a Site for ``reactor.listenTCP`` / ``listenSSL``.
 
     ``max_body`` is ``approval.max_body``. ``site.resource`` is the `ApiRoot`,
@@ -334,6 +335,8 @@ def build_site(service: Any, *, max_body: int, reactor: Any,
     ``app=None`` leaves ``/app`` free (a 404). ``max_failures`` refused
     enrollments (or device authentications) from one address within
     ``failure_window`` seconds make it wait (``approval.max_failures``, 0: off).
+    ``trusted_proxies`` (networks) are reverse proxies whose X-Forwarded-For
+    names the client (``approval.trusted_proxies``).
     """
     counters = counters if counters is not None else getattr(service, "counters", Counters())
     limits = {kind: FailureLimiter(clock=reactor, counters=counters, kind=kind,
@@ -343,4 +346,4 @@ def build_site(service: Any, *, max_body: int, reactor: Any,
                                auth_limit=limits["device_auth"]))
     if app is not None:
         root.putChild(b"app", WebApp(app))
-    return ApiSite(root, max_body=max_body, reactor=reactor)
+    return ApiSite(root, max_body=max_body, reactor=reactor, trusted_proxies=trusted_proxies)

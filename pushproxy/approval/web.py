@@ -10,6 +10,7 @@ authenticator's files with a strict Content-Security-Policy.
 from __future__ import annotations
 
 import json
+import ipaddress
 import logging
 import os
 from io import BytesIO
@@ -176,11 +177,13 @@ class ApiSite(server.Site):
     requestFactory = ApiRequest
 
     def __init__(self, root: resource.IResource, *, max_body: int, reactor: Any,
-                 timeout: float = IDLE_TIMEOUT):
+                 timeout: float = IDLE_TIMEOUT, trusted_proxies: tuple = ()):
         # parsePOSTFormSubmission=False: no form bodies here, and parsing them costs memory.
         super().__init__(root, logPath=None, timeout=timeout, reactor=reactor,
                          parsePOSTFormSubmission=False)
         self.max_body = max_body
+        # Reverse proxies whose X-Forwarded-For is believed (approval.trusted_proxies).
+        self.trusted_proxies = tuple(trusted_proxies)
 
     def log(self, request: server.Request) -> None:
         """One structured line per request, without query string or any body.
@@ -202,11 +205,44 @@ def header_text(value: bytes | None) -> str:
 
 
 def client_address(request: server.Request) -> str | None:
-    """The peer's address, or None when the connection is already gone."""
+    """The client's address, or None when the connection is already gone.
+
+    That is the TCP peer, unless the peer is one of the site's trusted proxies
+    (``approval.trusted_proxies``): then the X-Forwarded-For chain is read
+    from the right, skipping trusted proxies, and the first other address is
+    the client. Anyone can write that header, so it is never read from a peer
+    that is not trusted; a chain that does not parse ends at the proxy itself.
+    """
     try:
-        return getattr(request.getClientAddress(), "host", None)
+        peer = getattr(request.getClientAddress(), "host", None)
     except Exception:  # a request whose channel is already gone
         return None
+    channel = request.channel
+    trusted = getattr(getattr(channel, "site", None), "trusted_proxies", ()) if channel else ()
+    if peer is None or not trusted or not _is_trusted(peer, trusted):
+        return peer
+    client = peer
+    for header in reversed(request.requestHeaders.getRawHeaders(b"X-Forwarded-For", [])):
+        for hop in reversed(header.split(b",")):
+            try:
+                address = ipaddress.ip_address(hop.strip().decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                return client  # garbage: believe nothing further left
+            client = str(address)
+            if not _is_trusted(client, trusted):
+                return client
+    return client
+
+
+def _is_trusted(host: str, trusted: tuple) -> bool:
+    """Whether ``host`` lies in one of the trusted proxy networks."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == net.version and address in net for net in trusted)
 
 
 class NotFound(resource.Resource):

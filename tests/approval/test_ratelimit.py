@@ -6,6 +6,7 @@ enrollment tokens ten times gets 429 even with the right one, other sources
 are unaffected, and the window moving on lets it in again.
 """
 
+import ipaddress
 import logging
 
 from twisted.internet.task import Clock
@@ -107,3 +108,56 @@ def test_refused_device_logins_get_a_source_429_before_any_signature_check():
     ok = h.sign_request("GET", "/v1/device/pending", body, "w" * 22)
     assert h.exchange(http_request("GET", "/v1/device/pending", ok, body), settle=1,
                       source="198.51.100.7") == [200]
+
+
+# -- behind a reverse proxy (approval.trusted_proxies)
+
+
+def behind_proxy(h, proxies=("127.0.0.1/32",)):
+    h.site.trusted_proxies = tuple(ipaddress.ip_network(p) for p in proxies)
+    return h
+
+
+def forwarded_enroll(h, token, forwarded_for, peer="127.0.0.1"):
+    body = {"token": token, "public_key": NEW_PUBLIC, "name": "new phone",
+            "signature": h.sign_enroll(token, NEW_PUBLIC, "new phone")}
+    raw = http_request("POST", "/v1/enroll", {"X-Forwarded-For": forwarded_for}, json_body(body))
+    return h.exchange(raw, settle=1, source=peer)
+
+
+def test_behind_a_trusted_proxy_one_clients_guesses_do_not_block_the_others():
+    """Without trusted_proxies every request would have the proxy's address, so
+    ten wrong guesses from anyone would lock everyone out of enrollment."""
+    h = behind_proxy(Harness())
+    for i in range(10):
+        assert forwarded_enroll(h, f"guess-{i}", "203.0.113.66") == [403]
+    assert forwarded_enroll(h, "guess-x", "203.0.113.66") == [429]
+    assert forwarded_enroll(h, h.token, "198.51.100.20") == [201]  # another client: unaffected
+
+
+def test_x_forwarded_for_is_ignored_from_a_peer_that_is_not_a_trusted_proxy():
+    """A client cannot escape its limit by writing a new X-Forwarded-For each time."""
+    h = behind_proxy(Harness(), proxies=("10.9.9.9/32",))
+    for i in range(10):
+        assert forwarded_enroll(h, f"guess-{i}", f"198.51.100.{i}", peer="203.0.113.66") == [403]
+    assert forwarded_enroll(h, h.token, "198.51.100.200", peer="203.0.113.66") == [429]
+
+
+def test_the_chain_is_read_from_the_right_and_spoofed_hops_on_the_left_do_not_count():
+    """nginx appends the address it saw: "spoofed, real-client, inner-proxy" from the
+    outer proxy means the client is real-client, whatever the client wrote first."""
+    h = behind_proxy(Harness(), proxies=("127.0.0.1/32", "10.0.0.0/8"))
+    for i in range(10):
+        chain = f"192.0.2.{i}, 203.0.113.66, 10.1.2.3"  # a new spoofed hop each time
+        assert forwarded_enroll(h, f"guess-{i}", chain) == [403]
+    assert forwarded_enroll(h, h.token, "192.0.2.250, 203.0.113.66, 10.1.2.3") == [429]
+    assert forwarded_enroll(h, "guess-y", "garbage, 198.51.100.5") == [403]  # parses to .5
+
+
+def test_a_chain_that_does_not_parse_ends_at_the_proxy_itself():
+    h = behind_proxy(Harness())
+    for i in range(10):
+        assert forwarded_enroll(h, f"guess-{i}", "not-an-address") == [403]
+    # Every unparsable request counted against the proxy's own address.
+    assert forwarded_enroll(h, h.token, "also garbage") == [429]
+    assert forwarded_enroll(h, h.token, "198.51.100.20") == [201]
