@@ -250,7 +250,11 @@ class Engine:
                 # An admin ran `pushproxy unlock`: the denials behind the lock go too.
                 self._locked_users.discard(user)
                 self.fatigue.clear(user)
-        except ProviderUnavailable:
+        except ProviderUnavailable as exc:
+            # The fraud-lock check failed: the push layer is unreachable, as for a push.
+            self.counters.inc("push_provider_errors")
+            logs.event(log, logging.WARNING, "push.unavailable", user=req.username,
+                       detail=f"lock check: {exc}")
             return push_decision(PushResult(PushStatus.UNAVAILABLE), self.push.failmode,
                                  req.no_device)
         if cred.factor is not Factor.PUSH_FORCED and self._is_remembered(req, now):

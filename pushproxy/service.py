@@ -149,7 +149,7 @@ class Daemon:
         run = getattr(self.provider, "run", None)
         if run is not None:
             try:
-                await run("setting", "health-check")
+                await run("check_writable")
             except Exception as exc:  # any store failure means unhealthy, with the reason
                 store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         return {"healthy": directory_ok and store["ok"],

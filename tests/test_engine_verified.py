@@ -228,3 +228,16 @@ def test_a_denied_challenge_counts_even_if_the_user_never_returns_to_the_prompt(
     blocked = run(engine.login(req(verification=NUMBER, station="3")))[0]
     assert blocked.reason is Reason.PUSHES_PAUSED
     assert engine.factors.alerts == ["alice"]
+
+
+def test_a_failing_fraud_lock_check_follows_failmode_and_is_counted_as_a_provider_error():
+    """The lock check is the push layer's first store read: when the store is down it
+    must look like any other push-layer outage (failmode decides, the counter moves)."""
+    from pushproxy.push import ProviderUnavailable
+
+    engine, clock = make()
+    engine.factors.lock_of = lambda username: defer.fail(ProviderUnavailable("store: locked"))
+    (decision,) = run(engine.login(req()))
+    assert decision.reason is Reason.PUSH_UNAVAILABLE_SECURE
+    assert engine.provider.requests == []
+    assert engine.counters.get("push_provider_errors") == 1

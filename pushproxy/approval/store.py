@@ -177,6 +177,9 @@ class Store(Protocol):
     def setting_or_create(self, key: str, make: Callable[[], str]) -> str:
         """The value of ``key``, storing ``make()`` first if absent; racing processes agree."""
 
+    def check_writable(self) -> None:
+        """Take the write lock and let it go (StoreError if another process holds it)."""
+
     def close(self) -> None:
         """Release the database; the store is unusable afterwards."""
 
@@ -497,6 +500,12 @@ class SQLiteStore(Store):
     def setting(self, key: str) -> str | None:
         row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
         return None if row is None else row[0]
+
+    def check_writable(self) -> None:
+        # A read passes while another process holds the write lock, but every
+        # login's push needs a write: health must see what logins would see.
+        with self._write():
+            pass
 
     def setting_or_create(self, key: str, make: Callable[[], str]) -> str:
         value = self.setting(key)

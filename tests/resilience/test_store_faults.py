@@ -1,6 +1,6 @@
 """The approval store's database locked by another process (a stuck admin command,
 a backup holding a write transaction): every login still ends within the push
-timeout as ``push.failmode`` says, health reports the store, and it all recovers
+timeout as ``push.failmode`` says, health reports the store as failing, and it all recovers
 when the lock goes away."""
 
 from __future__ import annotations
@@ -56,12 +56,14 @@ def test_store_locked_by_another_process_gives_failmode_within_the_timeout_then_
             measured=f"outcomes {rig.outcomes(results)} in {locked_for:.1f} s (slowest "
                      f"{rig.slowest(results):.2f} s); audit {reasons}; push_provider_errors "
                      f"{counters.get('push_provider_errors'):g}; /healthz store "
-                     f"(a read) {health['store']}; after release: {after.outcome}; devices "
+                     f"{health['store']}; after release: {after.outcome}; devices "
                      f"{len(devices_before)} -> {len(devices_after)}")
         assert rig.outcomes(results) == {outcome: 10}
         assert reasons == {reason: 10}
         assert rig.slowest(results) < 5 + 1.5
         assert counters.get("push_provider_errors") >= 1
+        # /healthz takes the write lock, as every push does: it sees the outage.
+        assert health["store"]["ok"] is False and not health["healthy"]
         assert after.outcome == "accept"
         assert [d.id for d in devices_after] == [d.id for d in devices_before]
     finally:
