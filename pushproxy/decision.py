@@ -61,6 +61,7 @@ class Reason(enum.Enum):
     NUMBER_MISMATCH = "number_mismatch"
     WRONG_LOGIN_CODE = "wrong_login_code"
     UPSTREAM_CHALLENGE = "upstream_challenge"  # relayed: the upstream server wants another round
+    REPLY_TOO_LARGE = "reply_too_large"  # the answer would not fit in a RADIUS packet
 
 
 ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,

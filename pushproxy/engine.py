@@ -79,6 +79,10 @@ class LoginRequest:
     # proof (MS-CHAP, CHAP, EAP) instead of a password: these bytes identify
     # the attempt (to join a NAS's resend), and no cleartext password is needed.
     credential: bytes | None = None
+    # The front end's last word before the decision is counted and audited:
+    # a reply it cannot encode (over 4096 octets) turns an Accept into a Reject,
+    # and the audit trail must say what the client really got. Never raises.
+    finalize: Callable[[Decision], Decision] | None = None
 
 
 class _Fanout:
@@ -473,6 +477,8 @@ class Engine:
                 joined: bool) -> Decision:
         """The one place a decision is counted, logged and audited."""
         elapsed = self.clock.seconds() - started
+        if req.finalize is not None:
+            decision = req.finalize(decision)
         if decision.reason is Reason.UPSTREAM_CHALLENGE:
             # One round of an upstream exchange (EAP takes many), not a decision:
             # counted, and the login's audit event comes with its final answer.

@@ -149,8 +149,9 @@ class RadiusProtocol(DatagramProtocol):
                 # raw parse for forwarding does not.
                 self.table.abandon(key)
                 return self._drop(DropReason.MALFORMED, host, client, str(exc))
-        d = self.engine.login(login)
-        d.addCallback(self._decided, request, key, addr, eap)
+        reply = _Reply(self, request, eap, host)
+        d = self.engine.login(dataclasses.replace(login, finalize=reply.finalize))
+        d.addCallback(self._decided, reply, key, addr)
         d.addErrback(self._failed, key)
         return None
 
@@ -174,40 +175,12 @@ class RadiusProtocol(DatagramProtocol):
         return dataclasses.replace(login, state=None, primary=primary,
                                    credential=upstream_packets.proof_of(raw)), eap
 
-    def _decided(self, decision: Decision, request: codec.AccessRequest, key, addr,
-                 eap: bool = False) -> None:
-        relayed = decision.reason is Reason.UPSTREAM_CHALLENGE or (
-            decision.outcome is not Outcome.ACCEPT and bool(decision.attributes))
-        message = decision.message or REPLY_MESSAGES[decision.outcome]
-        if eap or relayed or any(a.key == (0, 18) for a in decision.attributes):
-            # The upstream speaks for itself; and RFC 3579 2.6.5: no Reply-Message
-            # of ours next to EAP.
-            message = None
-        attributes = decision.attributes
-        if eap and decision.outcome is Outcome.REJECT and not relayed:
-            # Our own Reject (push denied) ends the EAP conversation with an
-            # EAP-Failure for the device (RFC 3579 2.6.3).
-            failure = upstream_packets.eap_failure(request.packet.raw_packet)
-            attributes = (failure,) if failure is not None else ()
-        try:
-            reply = codec.encode_reply(request, _CODES[decision.outcome], reply_message=message,
-                                       state=decision.state, raw=attributes)
-        except DropPacket as exc:
-            # Relayed upstream attributes next to the NAS's Proxy-State can pass
-            # RFC 2865's 4096 octets (found by fuzz/upstream_target.py). No answer
-            # would make the NAS resend, and each resend would run the login (and
-            # its push) again: answer a plain Reject, which grants nothing.
-            self.counters.inc("radius_replies_too_large")
-            logs.event(log, logging.WARNING, "radius.reply_too_large", source=key.host,
-                       outcome=decision.outcome.value, detail=exc.detail)
-            failure = upstream_packets.eap_failure(request.packet.raw_packet) if eap else None
-            try:
-                reply = codec.encode_reply(request, codec.ACCESS_REJECT,
-                                           raw=(failure,) if failure is not None else ())
-            except DropPacket as again:
-                self.table.abandon(key)
-                return self._drop(again.reason, key.host, None, again.detail)
-        self._send(key, addr, reply)
+    def _decided(self, decision: Decision, reply: "_Reply", key, addr) -> None:
+        data = reply.encoded(decision)
+        if data is None:
+            self.table.abandon(key)
+            return self._drop(DropReason.MALFORMED, key.host, None, "no reply fits in 4096 octets")
+        self._send(key, addr, data)
         return None
 
     def _send(self, key: RequestKey, addr, reply: bytes) -> None:
@@ -237,3 +210,66 @@ class RadiusProtocol(DatagramProtocol):
         logs.event(log, level, "radius.drop", reason=reason.value, source=host,
                    client=client.name if client else None, detail=detail or None,
                    suppressed=suppressed or None)
+
+
+class _Reply:
+    """One request's reply: encoded when the engine finalizes its decision.
+
+    Encoding happens before the decision is audited, so a reply that cannot
+    be sent as decided (relayed upstream attributes next to the NAS's
+    Proxy-State passing RFC 2865's 4096 octets) is audited as what the NAS
+    really gets: a plain Reject, reason ``reply_too_large``.
+    """
+
+    def __init__(self, proto: RadiusProtocol, request: codec.AccessRequest, eap: bool,
+                 host: str):
+        self.proto = proto
+        self.host = host
+        self.request = request
+        self.eap = eap
+        self.decision: Decision | None = None
+        self.data: bytes | None = None
+
+    def finalize(self, decision: Decision) -> Decision:
+        """Encode ``decision``; what the NAS will get, which may be a plain Reject."""
+        try:
+            self.data = self._encode(decision)
+        except DropPacket as exc:
+            # No answer would make the NAS resend, and each resend would run
+            # the login (and its push) again: a plain Reject grants nothing.
+            self.proto.counters.inc("radius_replies_too_large")
+            logs.event(log, logging.WARNING, "radius.reply_too_large", source=self.host,
+                       outcome=decision.outcome.value, detail=exc.detail)
+            decision = dataclasses.replace(Decision.of(Reason.REPLY_TOO_LARGE),
+                                           txid=decision.txid, device=decision.device,
+                                           rule=decision.rule, user=decision.user)
+            try:
+                self.data = self._encode(decision)
+            except DropPacket:
+                self.data = None
+        self.decision = decision
+        return decision
+
+    def encoded(self, decision: Decision) -> bytes | None:
+        """The bytes for ``decision``: those made at finalize, or made now."""
+        if self.decision is not decision:
+            self.finalize(decision)
+        return self.data
+
+    def _encode(self, decision: Decision) -> bytes:
+        request, eap = self.request, self.eap
+        relayed = decision.reason is Reason.UPSTREAM_CHALLENGE or (
+            decision.outcome is not Outcome.ACCEPT and bool(decision.attributes))
+        message = decision.message or REPLY_MESSAGES[decision.outcome]
+        if eap or relayed or any(a.key == (0, 18) for a in decision.attributes):
+            # The upstream speaks for itself; and RFC 3579 2.6.5: no Reply-Message
+            # of ours next to EAP.
+            message = None
+        attributes = decision.attributes
+        if eap and decision.outcome is Outcome.REJECT and not relayed:
+            # Our own Reject (push denied) ends the EAP conversation with an
+            # EAP-Failure for the device (RFC 3579 2.6.3).
+            failure = upstream_packets.eap_failure(request.packet.raw_packet)
+            attributes = (failure,) if failure is not None else ()
+        return codec.encode_reply(request, _CODES[decision.outcome], reply_message=message,
+                                  state=decision.state, raw=attributes)

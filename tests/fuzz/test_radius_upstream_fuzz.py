@@ -152,6 +152,11 @@ def test_a_relayed_reply_over_4096_octets_is_a_plain_reject_not_silence():
     assert len(proto.engine.provider.requests) == 1
     assert proto.counters.get("radius_replies_too_large") == 1
     assert proto.counters.get("internal_errors") == 0
+    # Counted and audited as what the NAS got, not as the Accept the engine decided.
+    assert proto.counters.get("decisions", client="vpn-up", outcome="reject",
+                              reason="reply_too_large") == 1
+    assert proto.counters.get("decisions", client="vpn-up", outcome="accept",
+                              reason="push_approved") == 0
     reply = proto.transport.sent[0][0]
     assert [len(v) for k, v in rt.attributes(reply) if k == 33] == [250] * 4  # still copied
 
