@@ -157,17 +157,18 @@ client bench {{
 """
 
 
-class FreeRadius:
-    """A private FreeRADIUS on 127.0.0.1 authenticating against ``slapd`` (a `Slapd`)."""
+class PrivateFreeRadius:
+    """A FreeRADIUS of our own: a copy of the system raddb in ``base_dir``, on a free port.
 
-    def __init__(self, base_dir: Path, slapd, secret: str, *, threads: int = 32,
-                 max_threads: int = 64):
+    Subclasses write their modules, site and clients in `configure_site`; this
+    class copies and edits ``radiusd.conf`` (our folders, no reject delay, no
+    proxying, run as the invoking user), starts ``freeradius -f`` and stops it.
+    """
+
+    def __init__(self, base_dir: Path, secret: str):
         self.base_dir = Path(base_dir)
         self.raddb = self.base_dir / "raddb"
-        self.slapd = slapd
         self.secret = secret
-        self.threads = threads
-        self.max_threads = max_threads
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -181,24 +182,23 @@ class FreeRadius:
         """The server's process id while it runs."""
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
+    def server_settings(self) -> dict[str, str]:
+        """radiusd.conf settings beyond the common ones (threads, request limits)."""
+        return {}
+
     def configure(self) -> None:
-        """Copy the system raddb and edit the copy (see the module docstring)."""
+        """Copy the system raddb, edit radiusd.conf, empty the module and site folders."""
         if self.raddb.exists():
             shutil.rmtree(self.raddb)
         shutil.copytree(SYSTEM_RADDB, self.raddb, symlinks=True)
         for sub in ("log", "run"):
             (self.base_dir / sub).mkdir(exist_ok=True)
         conf = (self.raddb / "radiusd.conf").read_text()
-        conf = _set(conf, "raddbdir", str(self.raddb))
-        conf = _set(conf, "logdir", str(self.base_dir / "log"))
-        conf = _set(conf, "run_dir", str(self.base_dir / "run"))
-        conf = _set(conf, "max_requests", "65536")
-        conf = _set(conf, "reject_delay", "0")
-        conf = _set(conf, "proxy_requests", "no")
-        conf = _set(conf, "start_servers", str(self.threads))
-        conf = _set(conf, "max_servers", str(self.max_threads))
-        conf = _set(conf, "min_spare_servers", str(self.threads))
-        conf = _set(conf, "max_spare_servers", str(self.max_threads))
+        settings = {"raddbdir": str(self.raddb), "logdir": str(self.base_dir / "log"),
+                    "run_dir": str(self.base_dir / "run"), "reject_delay": "0",
+                    "proxy_requests": "no", **self.server_settings()}
+        for key, value in settings.items():
+            conf = _set(conf, key, value)
         conf = _comment_out(conf, "user")  # run as whoever starts it (the copy is ours)
         conf = _comment_out(conf, "group")
         (self.raddb / "radiusd.conf").write_text(conf)
@@ -206,15 +206,11 @@ class FreeRadius:
             for entry in (self.raddb / folder).iterdir():
                 entry.unlink()
         self.port = _free_udp_port()
-        (self.raddb / "mods-enabled" / "ldap").write_text(LDAP_MODULE.format(
-            port=self.slapd.port, identity=self.slapd.service_dn,
-            password=self.slapd.service_password, base_dn=self.slapd.base_dn,
-            people_dn=self.slapd.people_dn, groups_dn=self.slapd.groups_dn,
-            connections=self.threads, max_connections=self.max_threads))
-        (self.raddb / "mods-enabled" / "always").symlink_to("../mods-available/always")
-        (self.raddb / "sites-enabled" / "bench").write_text(SITE.format(
-            port=self.port, group_dn=self.slapd.group_dn("vpn-users")))
-        (self.raddb / "clients.conf").write_text(CLIENTS.format(secret=self.secret))
+        self.configure_site()
+
+    def configure_site(self) -> None:
+        """Write the modules, the virtual server on ``self.port`` and clients.conf."""
+        raise NotImplementedError
 
     def check(self) -> None:
         """``freeradius -C``: the edited configuration parses and loads."""
@@ -224,7 +220,7 @@ class FreeRadius:
             raise RuntimeError("freeradius -C failed:\n" + result.stdout[-3000:]
                                + result.stderr[-3000:])
 
-    def start(self, timeout: float = 20.0) -> "FreeRadius":
+    def start(self, timeout: float = 20.0):
         """Run it in the foreground (``-f``, multi-threaded) and wait until the port is bound."""
         if not self.port:
             self.configure()
@@ -235,13 +231,17 @@ class FreeRadius:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"freeradius exited ({self.proc.returncode}); see "
-                                   f"{self.base_dir / 'log'}")
+                raise RuntimeError(f"freeradius exited ({self.proc.returncode}):\n"
+                                   + self._tail("stdout.log") + self._tail("radius.log"))
             if _udp_bound(self.port):
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"freeradius did not bind 127.0.0.1:{self.port} in {timeout} s")
+        raise RuntimeError(f"freeradius did not bind {self.address} in {timeout} s")
+
+    def _tail(self, name: str, limit: int = 2000) -> str:
+        path = self.base_dir / "log" / name
+        return path.read_text(errors="replace")[-limit:] if path.exists() else ""
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it lingers."""
@@ -254,6 +254,36 @@ class FreeRadius:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+
+
+class FreeRadius(PrivateFreeRadius):
+    """The benchmark's FreeRADIUS: rlm_ldap against the bench slapd (module docstring)."""
+
+    def __init__(self, base_dir: Path, slapd, secret: str, *, threads: int = 32,
+                 max_threads: int = 64):
+        super().__init__(base_dir, secret)
+        self.slapd = slapd
+        self.threads = threads
+        self.max_threads = max_threads
+
+    def server_settings(self) -> dict[str, str]:
+        """Enough threads and requests for the load generator."""
+        return {"max_requests": "65536", "start_servers": str(self.threads),
+                "max_servers": str(self.max_threads),
+                "min_spare_servers": str(self.threads),
+                "max_spare_servers": str(self.max_threads)}
+
+    def configure_site(self) -> None:
+        """The ldap module, the bench site and the load generator as the client."""
+        (self.raddb / "mods-enabled" / "ldap").write_text(LDAP_MODULE.format(
+            port=self.slapd.port, identity=self.slapd.service_dn,
+            password=self.slapd.service_password, base_dn=self.slapd.base_dn,
+            people_dn=self.slapd.people_dn, groups_dn=self.slapd.groups_dn,
+            connections=self.threads, max_connections=self.max_threads))
+        (self.raddb / "mods-enabled" / "always").symlink_to("../mods-available/always")
+        (self.raddb / "sites-enabled" / "bench").write_text(SITE.format(
+            port=self.port, group_dn=self.slapd.group_dn("vpn-users")))
+        (self.raddb / "clients.conf").write_text(CLIENTS.format(secret=self.secret))
 
 
 def _udp_bound(port: int) -> bool:

@@ -9,13 +9,9 @@ writes. It runs in the foreground with ``-f`` as the invoking user.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
-from bench.freeradius import (FREERADIUS_BIN, SYSTEM_RADDB, _comment_out, _free_udp_port,
-                              _set, _udp_bound)
+from bench.freeradius import FREERADIUS_BIN, SYSTEM_RADDB, PrivateFreeRadius
 
 SITE = """\
 server upstream {{
@@ -104,83 +100,29 @@ def available() -> bool:
     return Path(FREERADIUS_BIN).exists() and (SYSTEM_RADDB / "radiusd.conf").exists()
 
 
-class UpstreamRadius:
+class UpstreamRadius(PrivateFreeRadius):
     """FreeRADIUS on 127.0.0.1 with ``users`` (a FreeRADIUS users file text)."""
 
     def __init__(self, base_dir: Path, secret: str, users: str):
-        self.base_dir = Path(base_dir)
-        self.raddb = self.base_dir / "raddb"
-        self.secret = secret
+        super().__init__(base_dir, secret)
         self.users = users
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
 
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"127.0.0.1:{self.port}"
+    def server_settings(self) -> dict[str, str]:
+        """Two threads are plenty for the tests."""
+        return {"start_servers": "2"}
 
-    def configure(self) -> None:
-        """Copy the system raddb and edit the copy."""
-        shutil.copytree(SYSTEM_RADDB, self.raddb, symlinks=True)
-        for sub in ("log", "run"):
-            (self.base_dir / sub).mkdir(exist_ok=True)
-        conf = (self.raddb / "radiusd.conf").read_text()
-        conf = _set(conf, "raddbdir", str(self.raddb))
-        conf = _set(conf, "logdir", str(self.base_dir / "log"))
-        conf = _set(conf, "run_dir", str(self.base_dir / "run"))
-        conf = _set(conf, "reject_delay", "0")
-        conf = _set(conf, "proxy_requests", "no")
-        conf = _set(conf, "start_servers", "2")
-        conf = _comment_out(conf, "user")
-        conf = _comment_out(conf, "group")
-        (self.raddb / "radiusd.conf").write_text(conf)
-        for folder in ("mods-enabled", "sites-enabled"):
-            for entry in (self.raddb / folder).iterdir():
-                entry.unlink()
+    def configure_site(self) -> None:
+        """PAP, CHAP, MS-CHAP and EAP-MD5 against the users file; the test as the client."""
         for module in ("always", "files", "pap", "chap", "mschap"):
             (self.raddb / "mods-enabled" / module).symlink_to(f"../mods-available/{module}")
         (self.raddb / "mods-enabled" / "eap").write_text(EAP)
         authorize = self.raddb / "mods-config" / "files" / "authorize"
         authorize.unlink()
         authorize.write_text(self.users)
-        self.port = _free_udp_port()
         (self.raddb / "sites-enabled" / "upstream").write_text(SITE.format(port=self.port))
         (self.raddb / "clients.conf").write_text(CLIENTS.format(secret=self.secret))
-
-    def start(self, timeout: float = 20.0) -> "UpstreamRadius":
-        """Run ``freeradius -f -d DIR`` and wait until its port is bound."""
-        if not self.port:
-            self.configure()
-        log = open(self.base_dir / "log" / "stdout.log", "ab")
-        self.proc = subprocess.Popen([FREERADIUS_BIN, "-f", "-d", str(self.raddb)],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"freeradius exited ({self.proc.returncode}): "
-                                   + (self.base_dir / "log" / "stdout.log").read_text()[-2000:]
-                                   + self.log())
-            if _udp_bound(self.port):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"freeradius did not bind {self.address} in {timeout} s")
 
     def log(self) -> str:
         """radius.log so far."""
         path = self.base_dir / "log" / "radius.log"
         return path.read_text() if path.exists() else ""
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
