@@ -36,7 +36,6 @@ import time
 from cryptography.hazmat.primitives import serialization
 
 from pushproxy.approval import crypto
-from pushproxy.approval.webpush import b64url_encode
 
 
 class HttpConnection:
@@ -106,12 +105,8 @@ class Devices:
         self.stopping = False
 
     def _signed(self, user: str, method: str, target: str, body: bytes) -> dict[str, str]:
-        timestamp = str(int(time.time()))
-        nonce = b64url_encode(os.urandom(16))
-        text = crypto.request_text(method, target, timestamp, nonce, body)
-        headers = {"X-Device-Id": self.device_ids[user], "X-Timestamp": timestamp,
-                   "X-Nonce": nonce, "X-Signature": crypto.sign(self.key, text),
-                   "Accept": "application/json"}
+        headers = crypto.device_headers(self.key, self.device_ids[user], method, target, body)
+        headers["Accept"] = "application/json"
         if body:
             headers["Content-Type"] = "application/json"
         return headers

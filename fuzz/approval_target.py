@@ -91,9 +91,8 @@ class Harness:
                      timestamp: str | None = None) -> dict[str, str]:
         """Valid device-authentication headers for this request."""
         stamp = timestamp if timestamp is not None else str(int(self.clock.seconds()))
-        text = crypto.request_text(method, path, stamp, nonce, body)
-        return {"X-Device-Id": self.device.id, "X-Timestamp": stamp, "X-Nonce": nonce,
-                "X-Signature": crypto.sign(PHONE_KEY, text)}
+        return crypto.device_headers(PHONE_KEY, self.device.id, method, path, body,
+                                     timestamp=stamp, nonce=nonce)
 
     def sign_answer(self, txid: str, decision: str, number: str | None) -> str | None:
         """The phone's signature over an answer (None if no device could sign it as UTF-8).

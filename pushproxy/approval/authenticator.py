@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushproxy import passcodes
 from pushproxy.approval import crypto
-from pushproxy.approval.webpush import b64url_encode
 
 STATE_FILE = "device.json"
 KEY_FILE = "key.pem"
@@ -232,16 +231,8 @@ class DeviceClient:
         prepared = self._session.prepare_request(
             requests.Request(method, self.state.base_url + path, data=data, headers=headers))
         # Sign exactly what goes on the wire: requests may re-quote the path.
-        timestamp = str(int(time.time()))
-        nonce = b64url_encode(os.urandom(16))
-        text = crypto.request_text(method, prepared.path_url, timestamp, nonce,
-                                   prepared.body or b"")
-        prepared.headers.update({
-            "X-Device-Id": self.state.device_id,
-            "X-Timestamp": timestamp,
-            "X-Nonce": nonce,
-            "X-Signature": crypto.sign(self._key, text),
-        })
+        prepared.headers.update(crypto.device_headers(
+            self._key, self.state.device_id, method, prepared.path_url, prepared.body or b""))
         return _send(self._session, prepared, read_timeout)
 
     def pending(self, wait: float = 0) -> tuple[list[dict], float]:

@@ -40,7 +40,6 @@ from bench.devices import HttpConnection
 from bench.pushproxyd import Daemon, free_port, new_device_key, seed_devices
 from bench.radload import RadiusClient
 from pushproxy.approval import crypto
-from pushproxy.approval.webpush import b64url_encode
 
 SECRET = "soak-secret-0123456789"
 KINDS = ("approve", "deny", "timeout", "wrong_password")
@@ -119,11 +118,8 @@ class Phones:
         self.tasks: list[asyncio.Task] = []
 
     def _signed(self, user: str, method: str, target: str, body: bytes) -> dict[str, str]:
-        timestamp, nonce = str(int(time.time())), b64url_encode(os.urandom(16))
-        headers = {"X-Device-Id": self.ids[user], "X-Timestamp": timestamp, "X-Nonce": nonce,
-                   "X-Signature": crypto.sign(self.key, crypto.request_text(
-                       method, target, timestamp, nonce, body)),
-                   "Accept": "application/json"}
+        headers = crypto.device_headers(self.key, self.ids[user], method, target, body)
+        headers["Accept"] = "application/json"
         if body:
             headers["Content-Type"] = "application/json"
         return headers
