@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
 from pushproxy import logs
+from pushproxy.netaddr import holds, peer_address
 
 log = logging.getLogger("pushproxy.approval.api")
 
@@ -236,13 +237,8 @@ def client_address(request: server.Request) -> str | None:
 
 def _is_trusted(host: str, trusted: tuple) -> bool:
     """Whether ``host`` lies in one of the trusted proxy networks."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address.version == net.version and address in net for net in trusted)
+    address = peer_address(host)
+    return address is not None and any(holds(net, address) for net in trusted)
 
 
 class NotFound(resource.Resource):

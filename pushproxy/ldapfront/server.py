@@ -16,7 +16,6 @@ Notice of Disconnection; the listener goes on serving everyone else.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 from collections import deque
 
@@ -33,9 +32,10 @@ from pushproxy.ldapfront.binds import (PASS_THROUGH, REFUSAL_CODES, REFUSAL_MESS
                                        classify, rdn_value)
 from pushproxy.ldapfront.primary import read_user
 from pushproxy.ldapfront.upstream import Upstream, UpstreamFailed
+from pushproxy.netaddr import peer_address
 from pushproxy.passcodes import parse_password
 from pushproxy.policy import Verification
-from pushproxy.radius.server import LogLimiter
+from pushproxy.radius.loglimit import LogLimiter
 
 log = logging.getLogger("pushproxy.ldapfront")
 ABORT_AFTER = 10.0  # seconds a disconnected peer gets to read its notice
@@ -78,13 +78,8 @@ def client_address(host: str) -> str:
     A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; the plain
     IPv4 form lets ``networks: [10.0.0.0/8]`` match them.
     """
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
+    addr = peer_address(host)
+    return host if addr is None else str(addr)
 
 
 class LdapFrontProtocol(Protocol, TimeoutMixin):

@@ -10,7 +10,6 @@ never able to stop the listener.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import socket
 
@@ -21,6 +20,7 @@ from pushproxy.config import RadiusClient
 from pushproxy.decision import Decision, Outcome, Reason
 from pushproxy.engine import Engine, LoginRequest
 from pushproxy.metrics import Counters
+from pushproxy.netaddr import holds, peer_address
 from pushproxy.radius import codec
 from pushproxy.radius.attributes import AttributeError_
 from pushproxy.radius.loglimit import LogLimiter
@@ -49,14 +49,11 @@ class ClientTable:
 
     def match(self, host: str) -> RadiusClient | None:
         """The client for ``host``, or None for an unknown source."""
-        try:
-            addr = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        addr = peer_address(host)
+        if addr is None:
             return None
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped  # a dual-stack socket reports IPv4 peers this way
         for client in self._clients:
-            if addr.version == client.network.version and addr in client.network:
+            if holds(client.network, addr):
                 return client
         return None
 
