@@ -151,6 +151,8 @@ class ApprovalConfig:
     failure_window: float = 300.0
     # Reverse proxies whose X-Forwarded-For names the client (rate limits, logs).
     trusted_proxies: tuple = ()
+    # Web Push endpoints on private addresses (an in-house push relay); https:// still.
+    allow_private_push_endpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -495,7 +497,8 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     m = c.mapping(value, "approval", required=("public_url", "database"),
                   optional=("listen", "tls_cert", "tls_key", "enrollment_ttl",
                             "vapid_subject", "alert_webhook", "alert_syslog", "max_body",
-                            "max_failures", "failure_window", "trusted_proxies"))
+                            "max_failures", "failure_window", "trusted_proxies",
+                            "allow_private_push_endpoints"))
     if m is None:
         return None
     listen = c.host_port(m.get("listen", "127.0.0.1:8443"), "approval.listen")
@@ -531,4 +534,6 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
         failure_window=c.number(m, "failure_window", "approval.failure_window", 300,
                                 minimum=10, maximum=86400),
         trusted_proxies=proxies,
+        allow_private_push_endpoints=c.boolean(m, "allow_private_push_endpoints",
+                                               "approval.allow_private_push_endpoints", False),
     )
