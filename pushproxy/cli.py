@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from pushproxy import __version__, logs
+from pushproxy import __version__, filemodes, logs
 from pushproxy.config import ConfigError, load_config, load_config_or_report
 
 log = logging.getLogger("pushproxy.cli")
@@ -23,7 +23,27 @@ def cmd_check_config(args) -> int:
           f"{len(config.ldap.servers)} LDAP server(s), push timeout {config.push.timeout:g} s)")
     for advice in config.timeout_advice():
         print(f"  advice: {advice}")
+    # Warnings, not failures: config.example.yaml's placeholder secrets come out of
+    # git as 0644; serve refuses them (see pushproxy.filemodes).
+    for warning in config.exposure_warnings():
+        print(f"  warning: {warning}")
+    for finding in filemodes.check_config_files(config):
+        print(f"  warning: {finding.message}")
     return 0
+
+
+def report_file_modes(config, counters, stage: str) -> bool:
+    """Log every too-open secret/key/database file; False if one must be refused."""
+    ok = True
+    for finding in filemodes.check_config_files(config):
+        ok &= not finding.refuse
+        level = logging.ERROR if finding.refuse else logging.WARNING
+        logs.event(log, level, f"{stage}.insecure_file", path=finding.config_path,
+                   file=finding.path, mode=f"{finding.mode:04o}", refused=finding.refuse,
+                   problem=finding.message)
+        if not finding.refuse and counters is not None:
+            counters.inc("insecure_file_modes", kind=finding.kind)
+    return ok
 
 
 def cmd_serve(args) -> int:
@@ -35,10 +55,18 @@ def cmd_serve(args) -> int:
     from twisted.internet import reactor, task
 
     from pushproxy import sdnotify
+    from pushproxy.metrics import Counters
     from pushproxy.wiring import build_daemon
 
+    counters = Counters()
+    if not report_file_modes(config, counters, "startup"):
+        logs.event(log, logging.ERROR, "startup.failed",
+                   error="secret, key or database files are readable by other users")
+        return 1
+    for warning in config.exposure_warnings():
+        logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
     try:
-        daemon = build_daemon(config, reactor)
+        daemon = build_daemon(config, reactor, counters=counters)
     except Exception as exc:  # startup failures: say what, exit non-zero
         logs.event(log, logging.ERROR, "startup.failed", error=str(exc))
         return 1
@@ -72,6 +100,10 @@ def cmd_serve(args) -> int:
                 logs.event(log, logging.ERROR, "reload.refused", problem=problem)
             logs.event(log, logging.ERROR, "reload.kept_old_config", problems=len(exc.problems))
         else:
+            if not report_file_modes(new, daemon.counters, "reload"):
+                logs.event(log, logging.ERROR, "reload.kept_old_config", problems="file modes")
+                sdnotify.notify("READY=1\nSTATUS=serving")
+                return
             for note in daemon.reload(new):
                 logs.event(log, logging.WARNING, "reload.needs_restart", what=note)
             logs.event(log, logging.INFO, "reload.applied", config=args.config)

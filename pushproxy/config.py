@@ -187,6 +187,8 @@ class Config:
     source: str
     reply_attributes: "ReplyMap | None" = None  # group/rule -> Accept attributes
     ldap_front: LdapFrontConfig | None = None  # the LDAP front end; None: off
+    # (config path, file, kind) of every secret file and private key: pushproxy.filemodes
+    sensitive_files: tuple[tuple[str, str, str], ...] = ()
 
     def timeout_advice(self) -> list[str]:
         """What a network admin must set on each gateway so logins can finish."""
@@ -203,6 +205,18 @@ class Config:
             for i, c in enumerate(self.radius.clients)
         ] + (self.ldap_front.timeout_advice(self.push.timeout + self.ldap.response_timeout)
              if self.ldap_front else [])
+
+    def exposure_warnings(self) -> list[str]:
+        """Settings that are valid but expose something; check-config and serve print them."""
+        warnings = []
+        host = self.approval.listen[0]
+        if self.approval.public_url.lower().startswith("http://") and \
+                not ipaddress.ip_address(host).is_loopback:
+            warnings.append(
+                f"approval.public_url is http:// while approval.listen ({host}) is not "
+                "loopback: phones would send device keys and answers in clear text; use "
+                "https:// (tls_cert/tls_key, or a TLS reverse proxy with listen on 127.0.0.1)")
+        return warnings
 
 
 def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
@@ -270,7 +284,8 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
-                  reply_attributes=reply_map, ldap_front=ldap_front)
+                  reply_attributes=reply_map, ldap_front=ldap_front,
+                  sensitive_files=tuple(c.sensitive))
 
 
 @functools.lru_cache(maxsize=1)
@@ -506,7 +521,7 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     if public_url and urlsplit(public_url).scheme not in ("http", "https"):
         c.problem("approval.public_url", "must start with https:// (or http:// behind a proxy)")
     cert = c.readable_file(m, "tls_cert", "approval.tls_cert")
-    key = c.readable_file(m, "tls_key", "approval.tls_key")
+    key = c.private_file(m, "tls_key", "approval.tls_key")
     if (cert is None) != (key is None):
         c.problem("approval", "tls_cert and tls_key go together")
     database = c.string(m, "database", "approval.database") or ""
