@@ -316,7 +316,7 @@ def test_a_device_put_of_a_private_endpoint_over_http_gets_400():
     path = "/v1/device/subscription"
     for i, url in enumerate(["https://127.0.0.1:8443/x", "http://push.example.net/x",
                              "https://[::ffff:10.0.0.1]/x", "https://localhost/x",
-                             "https://169.254.169.254/x"]):
+                             "https://169.254.169.254/x", "https://[::1/x"]):
         body = json_body({"push_subscription": subscription(url)})
         headers = h.sign_request("PUT", path, body, f"put-{i}".ljust(22, "n"))
         assert h.exchange(http_request("PUT", path, headers, body), settle=1) == [400]
