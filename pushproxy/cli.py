@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import signal
 import sys
@@ -25,11 +26,24 @@ def cmd_check_config(args) -> int:
         print(f"  advice: {advice}")
     # Warnings, not failures: config.example.yaml's placeholder secrets come out of
     # git as 0644; serve refuses them (see pushproxy.filemodes).
-    for warning in config.exposure_warnings():
+    for warning in exposure_warnings(config):
         print(f"  warning: {warning}")
     for finding in filemodes.check_config_files(config):
         print(f"  warning: {finding.message}")
     return 0
+
+
+def exposure_warnings(config) -> list[str]:
+    """Settings that are valid but expose something; check-config and serve print them."""
+    warnings = []
+    host = config.approval.listen[0]
+    if config.approval.public_url.lower().startswith("http://") and \
+            not ipaddress.ip_address(host).is_loopback:
+        warnings.append(
+            f"approval.public_url is http:// while approval.listen ({host}) is not "
+            "loopback: phones would send device keys and answers in clear text; use "
+            "https:// (tls_cert/tls_key, or a TLS reverse proxy with listen on 127.0.0.1)")
+    return warnings
 
 
 def report_file_modes(config, counters, stage: str) -> bool:
@@ -63,7 +77,7 @@ def cmd_serve(args) -> int:
         logs.event(log, logging.ERROR, "startup.failed",
                    error="secret, key or database files are readable by other users")
         return 1
-    for warning in config.exposure_warnings():
+    for warning in exposure_warnings(config):
         logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
     try:
         daemon = build_daemon(config, reactor, counters=counters)

@@ -206,18 +206,6 @@ class Config:
         ] + (self.ldap_front.timeout_advice(self.push.timeout + self.ldap.response_timeout)
              if self.ldap_front else [])
 
-    def exposure_warnings(self) -> list[str]:
-        """Settings that are valid but expose something; check-config and serve print them."""
-        warnings = []
-        host = self.approval.listen[0]
-        if self.approval.public_url.lower().startswith("http://") and \
-                not ipaddress.ip_address(host).is_loopback:
-            warnings.append(
-                f"approval.public_url is http:// while approval.listen ({host}) is not "
-                "loopback: phones would send device keys and answers in clear text; use "
-                "https:// (tls_cert/tls_key, or a TLS reverse proxy with listen on 127.0.0.1)")
-        return warnings
-
 
 def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
     """Read and validate the YAML file at ``path``; raise ConfigError on problems."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pushproxy.cli import exposure_warnings
 from pushproxy.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ def folder(tmp_path):
 def test_http_public_url_with_a_non_loopback_listener_is_warned(folder, listen, public_url,
                                                                 warned):
     config = parse_config(config_text(listen, public_url), base_dir=folder, env={})
-    warnings = config.exposure_warnings()
+    warnings = exposure_warnings(config)
     assert bool(warnings) is warned
     if warned:
         assert "in clear text" in warnings[0] and "approval.public_url" in warnings[0]
