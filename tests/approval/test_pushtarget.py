@@ -346,3 +346,81 @@ approval:
     assert on.approval.allow_private_push_endpoints is True
     with pytest.raises(ConfigError, match="allow_private_push_endpoints: must be true or false"):
         parse(base + "  allow_private_push_endpoints: yes-please\n")
+
+
+# -- a whole HTTPS delivery through the checked endpoint (relay allowed on loopback)
+
+
+def _self_signed(name: str):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert_pem, key_pem
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_uses_the_name_for_tls_and_host_but_connects_to_the_checked_address():
+    """The certificate is checked for the endpoint's name (not the IP), Host is the name."""
+    from treq.client import HTTPClient
+    from twisted.internet import reactor, ssl
+    from twisted.web import resource, server
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+    seen = []
+
+    class Push(resource.Resource):
+        isLeaf = True
+
+        def render_POST(self, request):  # noqa: N802
+            seen.append(request.getHeader("host"))
+            request.setResponseCode(201)
+            return b""
+
+    cert_pem, key_pem = _self_signed("push.example.net")
+    identity = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem)
+    port = reactor.listenSSL(0, server.Site(Push()), identity.options(), interface="127.0.0.1")
+    number = port.getHost().port
+    try:
+        trust = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(cert_pem))
+        dns = TableResolver({"push.example.net": ["127.0.0.1"], "other.example.net":
+                             ["127.0.0.1"]})
+
+        def client(rules):
+            endpoints = pushtarget.CheckedEndpointFactory(reactor, rules, resolver=dns,
+                                                          tls_policy=trust, connect_timeout=3)
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            return WebPushSender(reactor, VapidKeys.generate(), "mailto:admin@example.net",
+                                 timeout=5, rules=rules, http_client=HTTPClient(
+                                     Agent.usingEndpointFactory(reactor, endpoints, pool=pool)))
+
+        relay = EndpointRules(allow_private=True)
+        ok = await client(relay).send(
+            subscription(f"https://push.example.net:{number}/push/x"), b"{}")
+        assert ok.ok and ok.status == 201
+        assert seen == [f"push.example.net:{number}"]
+        # the same address under another name: the certificate does not match, no POST
+        other = await client(relay).send(
+            subscription(f"https://other.example.net:{number}/push/x"), b"{}")
+        assert not other.ok and not other.refused and len(seen) == 1
+        # and with the default rules the address is never reached at all
+        strict = await client(STRICT).send(
+            subscription(f"https://push.example.net:{number}/push/x"), b"{}")
+        assert strict.refused and len(seen) == 1
+    finally:
+        await port.stopListening()
