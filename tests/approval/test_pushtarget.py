@@ -394,7 +394,15 @@ async def test_delivery_uses_the_name_for_tls_and_host_but_connects_to_the_check
 
     cert_pem, key_pem = _self_signed("push.example.net")
     identity = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem)
-    port = reactor.listenSSL(0, server.Site(Push()), identity.options(), interface="127.0.0.1")
+    connections = []
+
+    class CountingSite(server.Site):
+        def buildProtocol(self, addr):  # noqa: N802
+            connections.append(addr)
+            return super().buildProtocol(addr)
+
+    port = reactor.listenSSL(0, CountingSite(Push()), identity.options(),
+                             interface="127.0.0.1")
     number = port.getHost().port
     try:
         trust = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(cert_pem))
@@ -422,5 +430,6 @@ async def test_delivery_uses_the_name_for_tls_and_host_but_connects_to_the_check
         strict = await client(STRICT).send(
             subscription(f"https://push.example.net:{number}/push/x"), b"{}")
         assert strict.refused and len(seen) == 1
+        assert len(connections) == 2  # the first two only: the strict one never connected
     finally:
         await port.stopListening()
