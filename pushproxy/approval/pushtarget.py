@@ -22,7 +22,6 @@ test-only ``allow_http`` also allows ``http://``.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from dataclasses import dataclass

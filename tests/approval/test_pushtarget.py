@@ -111,8 +111,8 @@ class TableResolver:
         self.table = dict(table)
         self.asked = []
 
-    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,  # noqa: N802,N803
-                        transportSemantics="TCP"):  # noqa: N803
+    def resolveHostName(self, receiver, hostName, portNumber=0,  # noqa: N802,N803
+                        addressTypes=None, transportSemantics="TCP"):  # noqa: N803
         self.asked.append(hostName)
         receiver.resolutionBegan(None)
         for address in self.table.get(hostName, ()):
