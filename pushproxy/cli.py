@@ -75,7 +75,8 @@ def cmd_serve(args) -> int:
     counters = Counters()
     if not report_file_modes(config, counters, "startup"):
         logs.event(log, logging.ERROR, "startup.failed",
-                   error="secret, key or database files are readable by other users")
+                   error="secret, key or database files are open to other users "
+                         "(see startup.insecure_file)")
         return 1
     for warning in exposure_warnings(config):
         logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
