@@ -151,6 +151,8 @@ class ApprovalConfig:
     failure_window: float = 300.0
     # Reverse proxies whose X-Forwarded-For names the client (rate limits, logs).
     trusted_proxies: tuple = ()
+    # Web Push endpoints on private addresses (an in-house push relay); https:// still.
+    allow_private_push_endpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,8 @@ class Config:
     source: str
     reply_attributes: "ReplyMap | None" = None  # group/rule -> Accept attributes
     ldap_front: LdapFrontConfig | None = None  # the LDAP front end; None: off
+    # (config path, file, kind) of every secret file and private key: pushproxy.filemodes
+    sensitive_files: tuple[tuple[str, str, str], ...] = ()
 
     def timeout_advice(self) -> list[str]:
         """What a network admin must set on each gateway so logins can finish."""
@@ -268,7 +272,8 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
-                  reply_attributes=reply_map, ldap_front=ldap_front)
+                  reply_attributes=reply_map, ldap_front=ldap_front,
+                  sensitive_files=tuple(c.sensitive))
 
 
 @functools.lru_cache(maxsize=1)
@@ -495,7 +500,8 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     m = c.mapping(value, "approval", required=("public_url", "database"),
                   optional=("listen", "tls_cert", "tls_key", "enrollment_ttl",
                             "vapid_subject", "alert_webhook", "alert_syslog", "max_body",
-                            "max_failures", "failure_window", "trusted_proxies"))
+                            "max_failures", "failure_window", "trusted_proxies",
+                            "allow_private_push_endpoints"))
     if m is None:
         return None
     listen = c.host_port(m.get("listen", "127.0.0.1:8443"), "approval.listen")
@@ -503,7 +509,7 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     if public_url and urlsplit(public_url).scheme not in ("http", "https"):
         c.problem("approval.public_url", "must start with https:// (or http:// behind a proxy)")
     cert = c.readable_file(m, "tls_cert", "approval.tls_cert")
-    key = c.readable_file(m, "tls_key", "approval.tls_key")
+    key = c.private_file(m, "tls_key", "approval.tls_key")
     if (cert is None) != (key is None):
         c.problem("approval", "tls_cert and tls_key go together")
     database = c.string(m, "database", "approval.database") or ""
@@ -531,4 +537,6 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
         failure_window=c.number(m, "failure_window", "approval.failure_window", 300,
                                 minimum=10, maximum=86400),
         trusted_proxies=proxies,
+        allow_private_push_endpoints=c.boolean(m, "allow_private_push_endpoints",
+                                               "approval.allow_private_push_endpoints", False),
     )
