@@ -21,3 +21,38 @@ def open_store(database: str, *, password: str | None = None,
 
         return PostgresStore(database, password=password, timeout=timeout)
     return SQLiteStore(database, busy_timeout=timeout)
+
+
+def postgres_url_problems(url: str) -> list[str]:
+    """What is wrong with a ``postgresql://`` URL in the config (empty: nothing).
+
+    The password never goes in the URL (the config file is read by more people and
+    tools than a secret file): it comes from ``approval.database_password_file`` or
+    ``_env``. A problem never repeats the URL, which may hold that password."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None or "password" in parse_qs(parts.query)
+    except ValueError as exc:
+        return [f"not a valid URL: {exc}"]
+    if has_password:
+        return ["the URL contains a password: remove it and set "
+                "approval.database_password_file (or _env) instead"]
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+        import psycopg
+    except ImportError:
+        return ["a postgresql:// database needs the psycopg package (pip install psycopg)"]
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        return [f"not a valid PostgreSQL URL: {str(exc).strip()}"]
+    problems = []
+    if not info.get("user"):
+        problems.append("names no user: write postgresql://USER@HOST:PORT/DBNAME")
+    if not info.get("dbname"):
+        problems.append("names no database: write postgresql://USER@HOST:PORT/DBNAME")
+    if not info.get("host") and not info.get("hostaddr"):
+        problems.append("names no host: write postgresql://USER@HOST:PORT/DBNAME")
+    return problems
