@@ -148,11 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="path to config.yaml")
     p.set_defaults(func=cmd_check_config)
     from pushproxy import demo, radtest
-    from pushproxy.approval import authenticator_cli
+    from pushproxy.approval import authenticator_cli, migrate
 
     demo.add_parser(sub)
     radtest.add_parser(sub)
     authenticator_cli.add_parser(sub)
+    migrate.add_parser(sub)
     from pushproxy import admin, connectivity, policy
 
     admin.add_parsers(sub)

@@ -142,6 +142,13 @@ class PostgresStore(Store):
                 yield db
             self.commits += 1
 
+    @contextmanager
+    def write_transaction(self) -> Iterator[psycopg.Connection]:
+        """One transaction on the connection, for bulk work (``pushproxy store migrate``):
+        committed if the block ends normally, rolled back otherwise."""
+        with self._write() as db:
+            yield db
+
     def _version(self, db: psycopg.Connection) -> int:
         if db.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
             return 0
