@@ -29,11 +29,17 @@ def _known_schema() -> int:
 
 
 def check_store(report: Report, config: Config) -> None:
-    """The approval database: present, readable, a schema this pushproxy knows, devices."""
+    """The approval database: present, readable, a schema this pushproxy knows, devices
+    (a PostgreSQL one: see pgcheck)."""
+    from pushproxy.approval.backends import is_postgres_url
     from pushproxy.approval.store import SQLiteStore, StoreError
 
     path = config.approval.database
     report.section(f"Approval store: {path}")
+    if is_postgres_url(path):
+        from pushproxy.connectivity.pgcheck import check_postgres_store
+
+        return check_postgres_store(report, config)
     where = "approval.database"
     if path in ("", ":memory:"):
         report.step("WARN", "database", "in memory: devices and enrollments are lost whenever "
