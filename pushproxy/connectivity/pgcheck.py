@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import psycopg  # this module is imported only for a postgresql:// store
 
 from pushproxy.config import Config
+from pushproxy.connectivity.approvalcheck import schema_is_current
 from pushproxy.connectivity.net import is_loopback
 from pushproxy.connectivity.report import Report, since
 
@@ -89,19 +90,13 @@ def _schema_and_writes(report: Report, conn, known: int, where: str) -> None:
                         "first start", since(started), where)
         return
     version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-    if version > known:
-        report.step("FAIL", "schema", f"schema version {version}, but this pushproxy knows "
-                    f"only up to {known}: a newer pushproxy wrote it, and the daemon will "
-                    "refuse it (upgrade pushproxy)", since(started), where)
-        return
-    if version < known:
-        report.step("WARN", "schema", f"schema version {version}; the daemon migrates it to "
-                    f"{known} at its next start", since(started))
-    else:
+    if schema_is_current(report, "schema", version, known, started, where):
         devices = conn.execute("SELECT count(*), count(DISTINCT username) FROM devices "
                                "WHERE revoked IS NULL").fetchone()
         report.step("OK", "schema", f"schema version {version} (current), {devices[0]} "
                     f"device(s) of {devices[1]} user(s)", since(started))
+    elif version > known:
+        return
     started = time.perf_counter()
     missing = [f"{table} ({privilege})" for table in TABLES
                for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")
