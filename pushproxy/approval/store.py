@@ -151,8 +151,8 @@ class Store(Protocol):
         previous process: waiting logins live in memory); return how many."""
 
     def purge(self, now: float, keep: float = 30 * 86400) -> int:
-        """Delete decided transactions, used or expired links and used or expired bypass
-        codes older than ``now - keep``."""
+        """Delete decided transactions, used or expired links, used or expired bypass
+        codes and passcode failures older than ``now - keep``."""
 
     def use_totp_step(self, device_id: str, step: int) -> bool:
         """Claim TOTP ``step`` for the device: compare-and-set that succeeds only if
@@ -489,6 +489,7 @@ class SQLiteStore(Store):
                                "(used IS NULL AND expires < ?)", (cutoff, cutoff)).rowcount
             gone += db.execute("DELETE FROM bypass_codes WHERE COALESCE(used, expires) < ?",
                                (cutoff,)).rowcount
+            gone += db.execute("DELETE FROM passcode_failures WHERE at < ?", (cutoff,)).rowcount
         return gone
 
     def use_totp_step(self, device_id: str, step: int) -> bool:

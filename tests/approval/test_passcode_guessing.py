@@ -44,6 +44,13 @@ def test_failures_older_than_the_horizon_are_deleted(store):
     assert db_rows == 1
 
 
+def test_purge_deletes_old_failures(store):
+    store.claim_passcode_attempt("alice", "s", T0, T0 - 10)
+    store.claim_passcode_attempt("alice", "s", T0 + 100, T0 - 10)
+    assert store.purge(T0 + 50, keep=10) == 1
+    assert store._all("SELECT at FROM passcode_failures") == [(T0 + 100,)]
+
+
 def test_a_locked_user_is_not_counted_and_the_lock_is_returned(store):
     store.lock_user("alice", T0, LOCK_REASON, None)
     attempt = store.claim_passcode_attempt("alice", "s", T0 + 1, T0 - 10)
