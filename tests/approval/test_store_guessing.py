@@ -182,3 +182,23 @@ def test_one_source_spraying_users_is_paused_across_users(store):
     other = verdict(make_service(store), "000000", T0 + 9, user="u9", source="vpn|10.0.0.2|-",
                     limits=limits)
     assert other is PasscodeVerdict.WRONG
+
+
+def test_concurrent_guesses_cannot_all_slip_under_the_limit(store):
+    """Twenty guesses in flight at once (their scrypt still running): each was counted
+    before its check, so only the first five are checked at all."""
+    store.add_bypass_codes("alice", [passcodes.hash_bypass_code("123" + "4" * 9)], T0, T0 + 600,
+                           selectors=["123"])
+    held = []
+    service = make_service(store)
+    service.cpu = lambda f, *args: held.append(defer.Deferred()) or held[-1]
+    results = []
+    for i in range(20):
+        service.verify_passcode("alice", "123" + f"{i:09d}", T0 + i / 100,
+                                source=f"s{i}").addCallback(results.append)
+    assert len(held) == 5  # five checks started; fifteen refused without one
+    # five while paused, and the tenth counted attempt locked alice for the rest
+    assert results == [PasscodeVerdict.USER_PAUSED] * 5 + [PasscodeVerdict.LOCKED_GUESSING] * 10
+    for d in held:
+        d.callback(False)
+    assert results[15:] == [PasscodeVerdict.WRONG] * 5
