@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 from pushproxy import yamlsource
 from pushproxy.checker import Checker
 from pushproxy.fatigue import FatigueLimits
+from pushproxy.passcode_limits import PasscodeLimits, parse_passcode_limits
+from pushproxy.password_throttle import PasswordLimits, parse_password_limits
 from pushproxy.policy import Policy, Verification, parse_policy
 from pushproxy.replyattrs import ReplyMap, parse_reply_attributes
 from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
@@ -124,6 +126,8 @@ class PushConfig:
     no_device: NoDeviceMode
     passcode_delimiter: str = ","  # "password,123456"; empty: no suffix parsing
     limits: FatigueLimits = FatigueLimits()
+    passcode_limits: PasscodeLimits = PasscodeLimits()  # guessing: pause, then lock
+    password_limits: PasswordLimits = PasswordLimits()  # wrong primary passwords per source
 
 
 @dataclass(frozen=True)
@@ -446,7 +450,8 @@ def _ldap_url(c: Checker, value, path: str) -> LdapServer | None:
 
 def _push(c: Checker, value) -> PushConfig | None:
     m = c.mapping(value, "push", optional=("timeout", "failmode", "no_device",
-                                           "passcode_delimiter", "limits"))
+                                           "passcode_delimiter", "limits",
+                                           "passcode_limits", "password_limits"))
     if m is None:
         return None
     delimiter = m.get("passcode_delimiter", ",")
@@ -462,6 +467,8 @@ def _push(c: Checker, value) -> PushConfig | None:
                                         [e.value for e in NoDeviceMode], "reject")),
         passcode_delimiter=delimiter,
         limits=_limits(c, m.get("limits", {})),
+        passcode_limits=parse_passcode_limits(c, m.get("passcode_limits", {})),
+        password_limits=parse_password_limits(c, m.get("password_limits", {})),
     )
 
 
