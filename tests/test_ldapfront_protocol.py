@@ -137,8 +137,9 @@ def test_connections_over_the_limit_are_refused():
 def test_idle_connections_are_closed_but_not_while_a_bind_waits():
     front = FrontState(idle_timeout=60)
     proto, transport = connect(front)
+    proto.dataReceived(ber.bind_request(1, "", ""))
     front.reactor.advance(59)
-    proto.dataReceived(ber.bind_request(1, "", ""))  # traffic resets the clock
+    proto.dataReceived(ber.bind_request(1, "", ""))  # a whole message resets the clock
     transport.clear()
     front.reactor.advance(59)
     assert not transport.disconnecting
@@ -183,3 +184,38 @@ def test_ipv4_peers_of_a_dual_stack_listener_are_seen_as_ipv4():
     assert client_address("::ffff:10.1.2.3") == "10.1.2.3"
     assert client_address("2001:db8::1") == "2001:db8::1"
     assert client_address("192.0.2.7") == "192.0.2.7"
+
+
+def test_a_connection_that_sends_no_whole_message_in_time_is_closed():
+    """Issue 14 finding 3: idle LDAP connections must not hold descriptors for idle_timeout."""
+    front = FrontState(first_message_timeout=10, idle_timeout=900)
+    proto, transport = connect(front)
+    front.reactor.advance(9.9)
+    assert not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert notice(transport).code == ber.UNAVAILABLE and transport.disconnecting
+    assert front.counters.get("ldap_front_first_message_timeouts") == 1
+
+
+def test_trickled_bytes_extend_neither_the_first_message_nor_the_idle_deadline():
+    """One byte every few seconds is not traffic: only a whole message restarts the timer."""
+    front = FrontState(first_message_timeout=10, idle_timeout=60)
+    proto, transport = connect(front)
+    message = ber.bind_request(1, "", "")
+    for byte in message[:-1]:  # never completed
+        proto.dataReceived(bytes([byte]))
+        front.reactor.advance(1)
+        if transport.disconnecting:
+            break
+    assert transport.disconnecting and front.counters.get(
+        "ldap_front_first_message_timeouts") == 1
+
+    proto, transport = connect(front)
+    proto.dataReceived(message)  # a whole message: now the idle timeout applies
+    transport.clear()
+    for byte in message[:-1]:
+        front.reactor.advance(4)
+        proto.dataReceived(bytes([byte]))
+    assert not transport.disconnecting
+    front.reactor.advance(60 - 4 * (len(message) - 1) + 0.1)
+    assert transport.disconnecting and front.counters.get("ldap_front_idle_closed") == 1

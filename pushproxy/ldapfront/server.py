@@ -94,6 +94,7 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         self.closed = False
         self.upstream: Upstream | None = None
         self.peer = "?"
+        self.waiting_first = True  # no whole message yet (or since StartTLS)
         self._abort = None  # forced close after a notice the peer does not read
 
     # -- connection --
@@ -103,9 +104,12 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         self.peer = client_address(getattr(self.transport.getPeer(), "host", "?"))
         self.front.connections.add(self)
         self.transport.setTcpNoDelay(True)
-        # Idle connections (no bytes either way) are closed: a connection that
-        # never sends anything must not hold one of max_connections forever.
-        self.setTimeout(self.front.config.idle_timeout)
+        # A new connection gets first_message_timeout (TLS handshake included)
+        # for one whole message; after that, idle_timeout, which only a whole
+        # message (or an answer going out) restarts: single bytes trickled in
+        # never do, so a connection cannot be held open by them.
+        self.setTimeout(self.front.config.first_message_timeout)
+        self.waiting_first = True
         if len(self.front.connections) > self.front.config.max_connections:
             self.front.counters.inc("ldap_front_connections_refused")
             self._disconnect(ber.BUSY, "too many connections", log_it=False)
@@ -120,9 +124,16 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         self._drop_upstream()
 
     def timeoutConnection(self) -> None:
-        """Idle for ``idle_timeout`` seconds (a pending bind is not idle)."""
+        """No whole message in time: idle, or a first message (or handshake) never came.
+
+        A pending bind is not idle.
+        """
         if self.busy:
             self.setTimeout(self.front.config.idle_timeout)  # the fired timer is gone: re-arm
+            return None
+        if self.waiting_first:
+            self.front.counters.inc("ldap_front_first_message_timeouts")
+            self._disconnect(ber.UNAVAILABLE, "no request in time", log_it=False)
             return None
         self.front.counters.inc("ldap_front_idle_closed")
         self._disconnect(ber.UNAVAILABLE, "idle timeout", log_it=False)
@@ -154,7 +165,6 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         """Frame messages; handle them, or queue them while a bind is decided."""
         if self.closed:
             return
-        self.resetTimeout()
         self.buffer += data
         limit = self.front.config.max_message_size
         while not self.closed:
@@ -163,6 +173,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
                 if taken is None:
                     return
                 raw, msg = taken
+                self.waiting_first = False
+                self.setTimeout(self.front.config.idle_timeout)  # a whole message: not idle
             except ber.ProtocolError as exc:
                 self.front.counters.inc("ldap_front_protocol_errors")
                 return self._disconnect(ber.PROTOCOL_ERROR, str(exc))
@@ -270,6 +282,9 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
                                                    name=ber.STARTTLS_OID))
         self.transport.startTLS(options)
         self.tls = True
+        # The handshake and the next message get the first-message deadline.
+        self.waiting_first = True
+        self.setTimeout(self.front.config.first_message_timeout)
 
     # -- binds --
 
