@@ -54,8 +54,6 @@ HELP = {
                            "per-source cap, by listener and reason",
     "http_deadline_closed": "HTTP connections closed because a request (head, body) or the "
                             "next one (idle) did not arrive in time, by listener and phase",
-    "descriptor_budget_exceeded": "1 when the listeners' connection caps plus the reserve "
-                                  "exceed the descriptor limit at start",
     "decision_seconds": "Time from request to decision, by outcome",
     "ldap_seconds": "Time of one LDAP conversation (search + bind + groups), by server",
 }
