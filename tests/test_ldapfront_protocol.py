@@ -193,7 +193,7 @@ def test_a_connection_that_sends_no_whole_message_in_time_is_closed():
     front.reactor.advance(9.9)
     assert not transport.disconnecting
     front.reactor.advance(0.2)
-    assert notice(transport).code == ber.UNAVAILABLE and transport.disconnecting
+    assert transport.disconnected  # aborted: a peer mid-handshake could not read a notice
     assert front.counters.get("ldap_front_first_message_timeouts") == 1
 
 

@@ -128,12 +128,18 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
 
         A pending bind is not idle.
         """
+        if self.closed:
+            return None  # already closing; its own abort timer ends it
         if self.busy:
             self.setTimeout(self.front.config.idle_timeout)  # the fired timer is gone: re-arm
             return None
         if self.waiting_first:
+            # Cut at once, no notice: a peer stuck in its TLS handshake could
+            # not read one, and a closing TLS connection would wait for it.
             self.front.counters.inc("ldap_front_first_message_timeouts")
-            self._disconnect(ber.UNAVAILABLE, "no request in time", log_it=False)
+            self.closed = True
+            self._drop_upstream()
+            self.transport.abortConnection()
             return None
         self.front.counters.inc("ldap_front_idle_closed")
         self._disconnect(ber.UNAVAILABLE, "idle timeout", log_it=False)

@@ -216,3 +216,44 @@ def test_2000_slow_http_and_2000_idle_ldap_connections_do_not_stop_a_push(slapd,
         for flood in floods:
             flood.close()
         serve.close()
+
+
+def closed_within(port: int, seconds: float, send: bytes = b"") -> float:
+    """Seconds until the daemon closes a connection that sends ``send`` and then stalls."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as sock:
+        if send:
+            sock.sendall(send)
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    return time.monotonic() - started
+
+
+def test_stalled_tls_handshakes_are_bounded_on_the_approval_api_and_ldaps(slapd, tmp_path):
+    """TLS sits under the read deadlines: a peer that never finishes its handshake is cut."""
+    d = slapd.directory
+    path, _, http_port = served_config(tmp_path, slapd)
+    ldaps_port = free_port()
+    text = path.read_text().replace(
+        "database: pushproxy.db\n",
+        f"database: pushproxy.db\n  tls_cert: {d / 'server.pem'}\n  tls_key: {d / 'server.key'}\n"
+        "  header_timeout: 2\n")
+    text += (f"ldap_front:\n  listen_ldaps: [\"127.0.0.1:{ldaps_port}\"]\n"
+             f"  tls_cert: {d / 'server.pem'}\n  tls_key: {d / 'server.key'}\n"
+             "  first_message_timeout: 2\n")
+    path.write_text(text)
+    serve = ServeProcess(path)
+    try:
+        serve.wait_for("daemon.ready")
+        info = requests.get(f"https://127.0.0.1:{http_port}/v1/info", verify=slapd.ca_file,
+                            timeout=5)
+        assert info.status_code == 200
+        # No ClientHello at all, and half of one: both end at the deadline, not later.
+        assert closed_within(http_port, 10) < 6
+        assert closed_within(http_port, 10, send=b"\x16\x03\x01\x02\x00\x01") < 6
+        assert closed_within(ldaps_port, 10) < 6
+    finally:
+        serve.close()
