@@ -186,8 +186,10 @@ class ApiSite(server.Site):
                  timeout: float = IDLE_TIMEOUT, trusted_proxies: tuple = (),
                  deadlines: Deadlines = Deadlines(), counters: Any = None):
         # parsePOSTFormSubmission=False: no form bodies here, and parsing them costs memory.
-        super().__init__(root, logPath=None, timeout=timeout, reactor=reactor,
-                         parsePOSTFormSubmission=False)
+        # Twisted's own byte-idle timer must not cut a keep-alive wait the
+        # config allows to be longer.
+        super().__init__(root, logPath=None, timeout=max(timeout, deadlines.idle),
+                         reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body = max_body
         self.deadlines = deadlines
         self.counters = counters  # http_deadline_closed
