@@ -6,7 +6,9 @@ stopped every push, the LDAP front end and /healthz. A listener's factory is
 wrapped in `LimitedFactory`; a connection over a cap is closed at once
 (Twisted closes the socket when ``buildProtocol`` returns None), counted in
 ``connections_refused{listener, reason}`` and logged at most once a minute
-per listener, reason and source (`LogLimiter`).
+per listener, reason and source (`LogLimiter`). At the total cap, the
+connection that has waited longest on its peer is closed instead
+(``connections_evicted``; see `ConnectionBudget`).
 
 A *source* is the peer's IP address (IPv4-mapped IPv6 unmapped); an IPv6
 peer counts by its /64, since one host usually holds a whole /64 and could
@@ -23,7 +25,8 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTCP
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -57,29 +60,64 @@ def source_key(host: str | None) -> str:
 class ConnectionBudget:
     """Open connections of one listener (or a group of listeners), by source.
 
-    Pure bookkeeping: `admit` decides and counts, `release` gives the slot
-    back. ``per_source`` 0 turns the per-source cap off.
+    Bookkeeping: `admit` decides and counts, `release` gives the slot back.
+    ``per_source`` 0 turns the per-source cap off.
+
+    Protocols also report which connections are *waiting on their peer*
+    (`waiting`: an HTTP request not yet read, a keep-alive gap, an LDAP
+    connection between messages) and which are not (`working`: a long-poll
+    or a bind waiting for a phone). When the total is reached, `evict`
+    closes the connection that has waited longest, so attackers from more
+    addresses than ``total / per_source`` cannot lock devices out by
+    holding slots with slow requests; a long-poll is never chosen.
     """
 
-    def __init__(self, name: str, *, total: int, per_source: int, exempt: tuple = ()):
+    def __init__(self, name: str, *, total: int, per_source: int, exempt: tuple = (),
+                 min_wait: float = 1.0):
         self.name = name
         self.total = total
         self.per_source = per_source
         self.exempt = tuple(exempt)  # networks held only to the total
+        self.min_wait = min_wait  # a connection younger than this in its wait is kept
         self.open = 0
         self._by_source: Counter[str] = Counter()
+        self._waiting: OrderedDict[object, tuple[float, Callable[[], bool]]] = OrderedDict()
 
-    def admit(self, host: str | None) -> tuple[Admission, str]:
-        """Decide on a new connection from ``host``; an admitted one is counted."""
+    def admit(self, host: str | None, *, over_total: bool = False) -> tuple[Admission, str]:
+        """Decide on a new connection from ``host``; an admitted one is counted.
+
+        ``over_total``: a slot was just freed by `evict` (its release comes a
+        moment later), so the total is not checked again.
+        """
         key = source_key(host)
-        if self.open >= self.total:
-            return Admission.TOTAL, key
         if self.per_source and self._by_source[key] >= self.per_source \
                 and not self._exempt(host):
             return Admission.PER_SOURCE, key
+        if self.open >= self.total and not over_total:
+            return Admission.TOTAL, key
         self.open += 1
         self._by_source[key] += 1
         return Admission.ADMITTED, key
+
+    def waiting(self, conn: object, now: float, close: Callable[[], bool]) -> None:
+        """``conn`` now waits on its peer (since ``now``); ``close`` evicts it (False: it may not)."""
+        self._waiting.pop(conn, None)
+        self._waiting[conn] = (now, close)
+
+    def working(self, conn: object) -> None:
+        """``conn`` is busy on our side (or gone): never evict it."""
+        self._waiting.pop(conn, None)
+
+    def evict(self, now: float) -> bool:
+        """Close the connection waiting longest (at least ``min_wait``); whether one was."""
+        while self._waiting:
+            conn, (since, close) = next(iter(self._waiting.items()))
+            if now - since < self.min_wait:
+                return False
+            del self._waiting[conn]
+            if close():
+                return True
+        return False
 
     def release(self, key: str) -> None:
         """An admitted connection closed."""
@@ -128,6 +166,9 @@ class LimitedFactory(WrappingFactory):
         """The wrapped protocol, or None (the socket is closed at once) over a cap."""
         host = getattr(addr, "host", None)
         verdict, key = self.budget.admit(host)
+        if verdict is Admission.TOTAL and self.budget.evict(self.clock.seconds()):
+            self.counters.inc("connections_evicted", listener=self.budget.name)
+            verdict, key = self.budget.admit(host, over_total=True)
         if verdict is not Admission.ADMITTED:
             self.counters.inc("connections_refused", listener=self.budget.name,
                               reason=verdict.value)

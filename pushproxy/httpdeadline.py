@@ -42,7 +42,9 @@ class DeadlineChannel(http.HTTPChannel):
     """An HTTP/1.1 channel with absolute read deadlines (see the module docstring).
 
     Reads ``site.deadlines`` (a `Deadlines`), ``site.deadline_name`` (the
-    counter label) and ``site.counters`` (optional) from the Site it serves.
+    counter label), ``site.counters`` and ``site.budget`` (optional, the
+    listener's `ConnectionBudget`, told whether we wait on the peer) from
+    the Site it serves.
     """
 
     _deadline = None  # the armed IDelayedCall
@@ -82,6 +84,9 @@ class DeadlineChannel(http.HTTPChannel):
     def connectionLost(self, reason) -> None:
         """Nothing to time out any more."""
         self._cancel()
+        budget = self._budget()
+        if budget is not None:
+            budget.working(self)
         super().connectionLost(reason)
 
     def _arm(self, phase: str) -> None:
@@ -90,6 +95,29 @@ class DeadlineChannel(http.HTTPChannel):
         seconds = getattr(self._deadlines(), phase, None)
         if seconds:
             self._deadline = self.callLater(seconds, self._expired, phase)
+        budget = self._budget()
+        if budget is not None:
+            # Reading a request or between requests: we wait on the peer, and
+            # a full listener may evict us. Answering (a long-poll): never.
+            if phase == "handling":
+                budget.working(self)
+            else:
+                budget.waiting(self, self._clock(), self._evicted)
+
+    def _budget(self):
+        return getattr(getattr(self, "site", None), "budget", None)
+
+    def _clock(self) -> float:
+        reactor = getattr(getattr(self, "site", None), "reactor", None)
+        return reactor.seconds() if reactor is not None else 0.0
+
+    def _evicted(self) -> bool:
+        """Closed to make room for a new connection (the listener is full)."""
+        if self.transport is None or self.phase == "handling":
+            return False
+        self._cancel()
+        self.transport.abortConnection()
+        return True
 
     def _cancel(self) -> None:
         if self._deadline is not None and self._deadline.active():

@@ -77,6 +77,7 @@ class ApprovalComponent:
             "approval", total=self.config.max_connections,
             per_source=self.config.max_connections_per_source,
             exempt=self.config.trusted_proxies)
+        site.budget = budget  # channels report whether they wait on the peer (eviction)
         self.port = connlimit.listen(self.reactor, port, site, budget, self.counters,
                                      interface=host, tls_options=options)
         bound = self.port.getHost()
@@ -116,6 +117,7 @@ class MetricsComponent:
         site = metrics_http.build_site(self.daemon.counters, gauges, self.daemon.health,
                                        self.daemon.reactor)
         host, port = self.listen
+        site.budget = self.budget
         self.port = connlimit.listen(self.daemon.reactor, port, site, self.budget,
                                      self.daemon.counters, interface=host)
         bound = self.port.getHost()

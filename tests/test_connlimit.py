@@ -217,3 +217,66 @@ def test_pipelined_requests_are_each_timed_from_their_own_start():
     channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.value().count(b"ok") == 2
     assert channel.phase == "idle" and not transport.disconnecting
+
+
+# -- eviction at the total cap --
+
+class Waiter:
+    """A connection as the budget sees it: evictable unless working."""
+
+    def __init__(self, budget, now, working=False):
+        self.closed = False
+        self.is_working = working
+        budget.waiting(self, now, self.close)
+
+    def close(self):
+        if self.is_working:
+            return False
+        self.closed = True
+        return True
+
+
+def test_at_the_total_the_connection_waiting_longest_is_evicted_never_a_working_one():
+    budget = ConnectionBudget("x", total=3, per_source=0, min_wait=1.0)
+    for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        budget.admit(host)
+    busy = Waiter(budget, now=0, working=True)  # e.g. a long-poll that reported late
+    old = Waiter(budget, now=1)
+    young = Waiter(budget, now=5)
+    assert budget.evict(now=5.5)  # busy is older but declines; old goes
+    assert old.closed and not busy.closed and not young.closed
+    assert budget.admit("10.0.0.9", over_total=True)[0] is Admission.ADMITTED
+    assert not budget.evict(now=5.5)  # young has waited 0.5 s < min_wait: kept
+    assert budget.evict(now=7) and young.closed
+    assert not budget.evict(now=100)  # nobody left waiting
+
+
+def test_a_full_http_listener_evicts_a_slow_request_not_a_long_poll():
+    """Many sources x per-source cap > total: slow requests still cannot lock devices out."""
+    clock = task.Clock()
+    budget = ConnectionBudget("approval", total=2, per_source=0)
+    site = server.Site(Slow(clock, delay=30), reactor=clock)
+    site.protocol = DeadlineChannel
+    site.deadlines = Deadlines()
+    site.budget = budget
+    site.counters = counters = Counters()
+    site.deadline_name = "approval"
+    factory = LimitedFactory(site, budget, counters, clock)
+
+    def connect(host):
+        proto = factory.buildProtocol(IPv4Address("TCP", host, 5000))
+        if proto is not None:
+            proto.makeConnection(StringTransport())
+        return proto
+
+    poll = connect("10.0.0.1")
+    poll.dataReceived(b"GET /pending?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n")  # working
+    slow = connect("10.0.0.2")
+    slow.dataReceived(b"GET / HTTP/1.1\r\n")  # never finishes its head
+    clock.advance(2)
+    device = connect("10.0.0.3")
+    assert device is not None
+    assert slow.transport.disconnected and not poll.transport.disconnecting
+    assert counters.get("connections_evicted", listener="approval") == 1
+    assert connect("10.0.0.4") is None  # the device's head is < min_wait old; poll works
+    assert counters.get("connections_refused", listener="approval", reason="total") == 1

@@ -125,13 +125,32 @@ def test_too_many_messages_while_busy_end_the_connection():
     assert notice(transport).code == ber.PROTOCOL_ERROR and transport.disconnecting
 
 
-def test_connections_over_the_limit_are_refused():
-    front = FrontState(max_connections=2)
-    connect(front)
-    connect(front)
-    _, third = connect(front)
-    assert notice(third).code == ber.BUSY and third.disconnecting
-    assert front.counters.get("ldap_front_connections_refused") == 1
+def test_connections_over_the_limits_are_refused_at_accept():
+    from twisted.internet.address import IPv4Address
+
+    from pushproxy.connlimit import ConnectionBudget, LimitedFactory
+    from pushproxy.ldapfront.server import LdapFrontFactory
+
+    front = FrontState(max_connections=3)
+    front.budget = ConnectionBudget("ldap_front", total=3, per_source=2)
+    factory = LimitedFactory(LdapFrontFactory(front, False), front.budget, front.counters,
+                             front.reactor)
+
+    def accept(host):
+        proto = factory.buildProtocol(IPv4Address("TCP", host, 389))
+        if proto is not None:
+            proto.wrappedProtocol.callLater = front.reactor.callLater
+            proto.makeConnection(TcpTransport())
+        return proto
+
+    assert accept("10.0.0.1") and accept("10.0.0.1")
+    assert accept("10.0.0.1") is None  # per source
+    assert accept("10.0.0.2") is not None
+    assert accept("10.0.0.3") is None  # total (nobody has waited min_wait yet)
+    assert front.counters.get("connections_refused", listener="ldap_front",
+                              reason="per_source") == 1
+    assert front.counters.get("connections_refused", listener="ldap_front",
+                              reason="total") == 1
 
 
 def test_idle_connections_are_closed_but_not_while_a_bind_waits():
@@ -219,3 +238,23 @@ def test_trickled_bytes_extend_neither_the_first_message_nor_the_idle_deadline()
     assert not transport.disconnecting
     front.reactor.advance(60 - 4 * (len(message) - 1) + 0.1)
     assert transport.disconnecting and front.counters.get("ldap_front_idle_closed") == 1
+
+
+def test_a_full_listener_evicts_the_longest_waiting_connection_but_not_a_pending_bind():
+    from pushproxy.connlimit import ConnectionBudget
+
+    front = FrontState(idle_timeout=900)
+    front.budget = ConnectionBudget("ldap_front", total=10, per_source=0, min_wait=1)
+    pending, pending_t = connect(front)
+    front.reactor.advance(1)
+    idle, idle_t = connect(front)
+    idle.dataReceived(ber.bind_request(1, "", ""))  # a message, then nothing
+    pending.busy = True  # a user's bind waits for the phone
+    front.reactor.advance(5)
+    assert front.budget.evict(front.reactor.seconds())
+    assert idle_t.disconnected and not pending_t.disconnecting
+    assert front.counters.get("ldap_front_evicted") == 1
+    assert not front.budget.evict(front.reactor.seconds())  # the pending bind is kept
+    pending._release()  # the bind is over: it waits on its client again
+    front.reactor.advance(2)
+    assert front.budget.evict(front.reactor.seconds()) and pending_t.disconnected

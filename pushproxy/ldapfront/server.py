@@ -100,7 +100,7 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
     # -- connection --
 
     def connectionMade(self) -> None:
-        """Count the connection; refuse it over the limit."""
+        """Count the connection and start its first-message deadline."""
         self.peer = client_address(getattr(self.transport.getPeer(), "host", "?"))
         self.front.connections.add(self)
         self.transport.setTcpNoDelay(True)
@@ -110,9 +110,9 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         # never do, so a connection cannot be held open by them.
         self.setTimeout(self.front.config.first_message_timeout)
         self.waiting_first = True
-        if len(self.front.connections) > self.front.config.max_connections:
-            self.front.counters.inc("ldap_front_connections_refused")
-            self._disconnect(ber.BUSY, "too many connections", log_it=False)
+        # max_connections and max_connections_per_source are enforced when the
+        # connection is accepted (pushproxy/connlimit.py), before any TLS.
+        self._waiting()
 
     def connectionLost(self, reason=None) -> None:
         """The client left: close its upstream connection too."""
@@ -121,6 +121,9 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
         self.front.connections.discard(self)
+        budget = getattr(self.front, "budget", None)
+        if budget is not None:
+            budget.working(self)
         self._drop_upstream()
 
     def timeoutConnection(self) -> None:
@@ -181,6 +184,7 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
                 raw, msg = taken
                 self.waiting_first = False
                 self.setTimeout(self.front.config.idle_timeout)  # a whole message: not idle
+                self._waiting()
             except ber.ProtocolError as exc:
                 self.front.counters.inc("ldap_front_protocol_errors")
                 return self._disconnect(ber.PROTOCOL_ERROR, str(exc))
@@ -192,9 +196,27 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             else:
                 self._handle(msg)
 
+    def _waiting(self) -> None:
+        """Tell the listener's budget we wait on the client (a full listener may evict us)."""
+        budget = getattr(self.front, "budget", None)
+        if budget is not None and not self.closed:
+            budget.waiting(self, self.front.reactor.seconds(), self._evicted)
+
+    def _evicted(self) -> bool:
+        """Closed to make room (the listener is full); never while a bind or connect runs."""
+        if self.busy or self.closed:
+            return False
+        self.front.counters.inc("ldap_front_evicted")
+        self.closed = True
+        self.setTimeout(None)
+        self._drop_upstream()
+        self.transport.abortConnection()
+        return True
+
     def _release(self) -> None:
         """The bind (or connect) is over: handle what waited meanwhile."""
         self.busy = False
+        self._waiting()
         while self.queue and not self.busy and not self.closed:
             self._handle(self.queue.popleft())
 

@@ -10,7 +10,9 @@ the test keeps up
   line every 2 s and never finishing its request, and
 - 2,000 idle LDAP front-end connections that never send a byte,
 
-reopening whatever the daemon closes. Meanwhile a well-behaved device (the
+reopening whatever the daemon closes; 4 (HTTP) and 2 (LDAP) connections per
+source are allowed, so the flood alone could fill both listeners' totals.
+Meanwhile a well-behaved device (the
 real CLI authenticator, long-polling from 127.0.0.1) approves a RADIUS
 login sent by radclient, which must be answered Access-Accept within normal
 time; /healthz answers 200, and a fresh LDAP client gets an answer.
@@ -48,10 +50,12 @@ SOURCES = [f"127.0.1.{i}" for i in range(1, 101)]
 PER_SOURCE = 20  # x 100 sources = 2,000 connections per listener
 DAEMON_NOFILE = 1024
 
-# Caps under the daemon's 1,024 descriptors: 300 + 2 x 150 + 64 + 256 + 8 = 928.
-# Per source x sources stays under each total, so the flood cannot fill one.
-APPROVAL_CAPS = "  max_connections: 300\n  max_connections_per_source: 2\n"
-FRONT_CAPS = "  max_connections: 150\n  max_connections_per_source: 1\n"
+# Caps under the daemon's 1,024 descriptors: 300 + 2 x 60 + 64 + 256 + 8 = 748.
+# Per source x sources is above each total (400 > 300, 200 > 60): the flood
+# fills both listeners, and the device gets in because a full listener evicts
+# the connection that has waited longest on its peer (never a long-poll).
+APPROVAL_CAPS = "  max_connections: 300\n  max_connections_per_source: 4\n"
+FRONT_CAPS = "  max_connections: 60\n  max_connections_per_source: 2\n"
 
 
 def low_nofile():
@@ -192,6 +196,9 @@ def test_2000_slow_http_and_2000_idle_ldap_connections_do_not_stop_a_push(slapd,
         assert elapsed < 10, elapsed  # normal time: no push_timeout, no retries exhausted
         print(f"login approved in {elapsed:.2f} s under the flood; flood sockets opened: "
               f"http {floods[0].opened}, ldap {floods[1].opened}")
+        scrape = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        print("\n".join(line for line in scrape.splitlines()
+                        if "ldap_front" in line or "connections_" in line or "deadline" in line))
 
         health = requests.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5)
         assert health.status_code == 200, health.text
@@ -202,9 +209,17 @@ def test_2000_slow_http_and_2000_idle_ldap_connections_do_not_stop_a_push(slapd,
         scrape = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert metric(scrape, 'pushproxy_connections_refused_total{listener="approval"') > 0
         assert metric(scrape, 'pushproxy_connections_refused_total{listener="ldap_front"') > 0
+        # The slow ones were cut: by their deadline, or evicted first by newer ones.
         assert metric(scrape, 'pushproxy_http_deadline_closed_total{listener="approval",'
-                              'phase="head"}') > 0
-        assert metric(scrape, "pushproxy_ldap_front_first_message_timeouts_total") > 0
+                              'phase="head"}') \
+            + metric(scrape, 'pushproxy_connections_evicted_total{listener="approval"}') > 0
+        assert metric(scrape, "pushproxy_ldap_front_first_message_timeouts_total") \
+            + metric(scrape, "pushproxy_ldap_front_evicted_total") > 0
+        for listener in ("approval", "ldap_front"):  # the flood did fill both totals
+            assert metric(scrape, f'pushproxy_connections_refused_total{{listener="{listener}",'
+                                  'reason="total"}') \
+                + metric(scrape, f'pushproxy_connections_evicted_total{{listener="{listener}"}}') \
+                > 0, listener
         assert all(f.max_open >= 1000 for f in floods), [f.max_open for f in floods]
         # RADIUS keeps answering while all of this goes on.
         again = radclient_sync(f"127.0.0.1:{radius_port}", SECRET,
