@@ -52,6 +52,8 @@ HELP = {
     "internal_errors": "Unexpected errors (bugs); each is logged with a traceback",
     "connections_refused": "TCP connections closed on accept: over a listener's total or "
                            "per-source cap, by listener and reason",
+    "connections_evicted": "TCP connections closed to make room at a listener's total cap "
+                           "(the one waiting longest on its peer), by listener",
     "http_deadline_closed": "HTTP connections closed because a request (head, body) or the "
                             "next one (idle) did not arrive in time, by listener and phase",
     "decision_seconds": "Time from request to decision, by outcome",

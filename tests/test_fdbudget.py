@@ -89,3 +89,24 @@ def test_check_config_prints_the_budget(tmp_path):
                           preexec_fn=_limit(1024, 1024), env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "warning: descriptor budget" in proc.stdout, proc.stdout
+
+
+def test_budget_keys_are_validated_with_their_paths(tmp_path):
+    from pushproxy.config import ConfigError
+
+    (tmp_path / "s").write_text("a-long-enough-secret\n")
+    text = config_text(approval=", max_connections: 0, max_connections_per_source: -1, "
+                                "header_timeout: 0, body_timeout: .nan, keepalive_timeout: x",
+                       front=", max_connections_per_source: 1.5, first_message_timeout: 0")
+    text = text.replace("daemon: {", "daemon: {metrics_max_connections: 0, ")
+    try:
+        parse_config(text, base_dir=tmp_path, env={})
+    except ConfigError as exc:
+        problems = "\n".join(exc.problems)
+    else:
+        raise AssertionError("accepted")
+    for path in ("approval.max_connections:", "approval.max_connections_per_source:",
+                 "approval.header_timeout:", "approval.body_timeout:",
+                 "approval.keepalive_timeout:", "ldap_front.max_connections_per_source:",
+                 "ldap_front.first_message_timeout:", "daemon.metrics_max_connections:"):
+        assert path in problems, (path, problems)
