@@ -48,6 +48,10 @@ def utc_stamp(epoch: float) -> str:
     return f"{whole}.{int((epoch % 1) * 1000):03d}Z"
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 class AuditLog:
     """Appends audit events to a file (or stdout when ``path`` is None)."""
 
@@ -58,8 +62,10 @@ class AuditLog:
 
     def _open(self):
         if self._file is None:
+            # A new file is created 0600 (it names users and their addresses);
+            # an existing one keeps its mode, which logrotate's "create" sets.
             self._file = sys.stdout if self.path is None else open(
-                self.path, "a", encoding="utf-8", buffering=1)
+                self.path, "a", encoding="utf-8", buffering=1, opener=_private)
         return self._file
 
     def record(self, event: AuditEvent) -> None:

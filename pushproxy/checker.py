@@ -25,6 +25,9 @@ class Checker:
         self.base_dir = base_dir
         self.env = env
         self.problems: list[str] = []
+        # (config path, file, kind) of every secret file and private key read, for the
+        # permission check at start-up (pushproxy.filemodes).
+        self.sensitive: list[tuple[str, str, str]] = []
 
     def problem(self, path: str, message: str) -> None:
         """Record one problem at ``path``, with its YAML line when known."""
@@ -159,6 +162,13 @@ class Checker:
             return None
         return str(full)
 
+    def private_file(self, m: dict, key: str, path: str) -> str | None:
+        """Like `readable_file`, for a private key: its mode is checked at start-up."""
+        full = self.readable_file(m, key, path)
+        if full is not None:
+            self.sensitive.append((path, full, "private key"))
+        return full
+
     def secret(self, m: dict, path: str, name: str, *, required: bool = True) -> str | None:
         """A secret from ``<name>_file`` or ``<name>_env``, never inline."""
         file_key, env_key = f"{name}_file", f"{name}_env"
@@ -171,6 +181,7 @@ class Checker:
             if raw is None:
                 return None
             full = self.resolve(raw)
+            self.sensitive.append((where, str(full), "secret"))
             try:
                 value = full.read_text(encoding="utf-8").rstrip("\r\n")
             except (OSError, UnicodeDecodeError) as exc:

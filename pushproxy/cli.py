@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import signal
 import sys
 
-from pushproxy import __version__, fdbudget, logs
+from pushproxy import __version__, fdbudget, filemodes, logs
 from pushproxy.config import ConfigError, load_config, load_config_or_report
 
 log = logging.getLogger("pushproxy.cli")
@@ -23,6 +24,12 @@ def cmd_check_config(args) -> int:
           f"{len(config.ldap.servers)} LDAP server(s), push timeout {config.push.timeout:g} s)")
     for advice in config.timeout_advice():
         print(f"  advice: {advice}")
+    # Warnings, not failures: config.example.yaml's placeholder secrets come out of
+    # git as 0644; serve refuses them (see pushproxy.filemodes).
+    for warning in exposure_warnings(config):
+        print(f"  warning: {warning}")
+    for finding in filemodes.check_config_files(config):
+        print(f"  warning: {finding.message}")
     budget = fdbudget.check(config)
     if budget.fits:
         print(f"  {budget.describe()} (this shell's soft limit; the service's is its "
@@ -31,6 +38,33 @@ def cmd_check_config(args) -> int:
         print(f"  warning: {fdbudget.problem(budget)}; `serve` refuses to start under "
               "this limit")
     return 0
+
+
+def exposure_warnings(config) -> list[str]:
+    """Settings that are valid but expose something; check-config and serve print them."""
+    warnings = []
+    host = config.approval.listen[0]
+    if config.approval.public_url.lower().startswith("http://") and \
+            not ipaddress.ip_address(host).is_loopback:
+        warnings.append(
+            f"approval.public_url is http:// while approval.listen ({host}) is not "
+            "loopback: phones would send device keys and answers in clear text; use "
+            "https:// (tls_cert/tls_key, or a TLS reverse proxy with listen on 127.0.0.1)")
+    return warnings
+
+
+def report_file_modes(config, counters, stage: str) -> bool:
+    """Log every too-open secret/key/database file; False if one must be refused."""
+    ok = True
+    for finding in filemodes.check_config_files(config):
+        ok &= not finding.refuse
+        level = logging.ERROR if finding.refuse else logging.WARNING
+        logs.event(log, level, f"{stage}.insecure_file", path=finding.config_path,
+                   file=finding.path, mode=f"{finding.mode:04o}", refused=finding.refuse,
+                   problem=finding.message)
+        if not finding.refuse and counters is not None:
+            counters.inc("insecure_file_modes", kind=finding.kind)
+    return ok
 
 
 def cmd_serve(args) -> int:
@@ -49,10 +83,19 @@ def cmd_serve(args) -> int:
     from twisted.internet import reactor, task
 
     from pushproxy import sdnotify
+    from pushproxy.metrics import Counters
     from pushproxy.wiring import build_daemon
 
+    counters = Counters()
+    if not report_file_modes(config, counters, "startup"):
+        logs.event(log, logging.ERROR, "startup.failed",
+                   error="secret, key or database files are open to other users "
+                         "(see startup.insecure_file)")
+        return 1
+    for warning in exposure_warnings(config):
+        logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
     try:
-        daemon = build_daemon(config, reactor)
+        daemon = build_daemon(config, reactor, counters=counters)
     except Exception as exc:  # startup failures: say what, exit non-zero
         logs.event(log, logging.ERROR, "startup.failed", error=str(exc))
         return 1
@@ -86,6 +129,10 @@ def cmd_serve(args) -> int:
                 logs.event(log, logging.ERROR, "reload.refused", problem=problem)
             logs.event(log, logging.ERROR, "reload.kept_old_config", problems=len(exc.problems))
         else:
+            if not report_file_modes(new, daemon.counters, "reload"):
+                logs.event(log, logging.ERROR, "reload.kept_old_config", problems="file modes")
+                sdnotify.notify("READY=1\nSTATUS=serving")
+                return
             budget = fdbudget.check(new)
             if not budget.fits:
                 logs.event(log, logging.ERROR, "reload.refused", problem=fdbudget.problem(budget))

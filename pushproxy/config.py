@@ -157,6 +157,8 @@ class ApprovalConfig:
     header_timeout: float = 10.0  # request line + headers, from accept or the first byte
     body_timeout: float = 30.0  # the body, from the end of the headers
     keepalive_timeout: float = 60.0  # after an answer, until the next request's first byte
+    # Web Push endpoints on private addresses (an in-house push relay); https:// still.
+    allow_private_push_endpoints: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,8 @@ class Config:
     source: str
     reply_attributes: "ReplyMap | None" = None  # group/rule -> Accept attributes
     ldap_front: LdapFrontConfig | None = None  # the LDAP front end; None: off
+    # (config path, file, kind) of every secret file and private key: pushproxy.filemodes
+    sensitive_files: tuple[tuple[str, str, str], ...] = ()
 
     def timeout_advice(self) -> list[str]:
         """What a network admin must set on each gateway so logins can finish."""
@@ -276,7 +280,8 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
-                  reply_attributes=reply_map, ldap_front=ldap_front)
+                  reply_attributes=reply_map, ldap_front=ldap_front,
+                  sensitive_files=tuple(c.sensitive))
 
 
 @functools.lru_cache(maxsize=1)
@@ -513,7 +518,8 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
                             "vapid_subject", "alert_webhook", "alert_syslog", "max_body",
                             "max_failures", "failure_window", "trusted_proxies",
                             "max_connections", "max_connections_per_source",
-                            "header_timeout", "body_timeout", "keepalive_timeout"))
+                            "header_timeout", "body_timeout", "keepalive_timeout",
+                            "allow_private_push_endpoints"))
     if m is None:
         return None
     listen = c.host_port(m.get("listen", "127.0.0.1:8443"), "approval.listen")
@@ -521,7 +527,7 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     if public_url and urlsplit(public_url).scheme not in ("http", "https"):
         c.problem("approval.public_url", "must start with https:// (or http:// behind a proxy)")
     cert = c.readable_file(m, "tls_cert", "approval.tls_cert")
-    key = c.readable_file(m, "tls_key", "approval.tls_key")
+    key = c.private_file(m, "tls_key", "approval.tls_key")
     if (cert is None) != (key is None):
         c.problem("approval", "tls_cert and tls_key go together")
     database = c.string(m, "database", "approval.database") or ""
@@ -560,4 +566,6 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
                               maximum=600),
         keepalive_timeout=c.number(m, "keepalive_timeout", "approval.keepalive_timeout", 60,
                                    minimum=1, maximum=3600),
+        allow_private_push_endpoints=c.boolean(m, "allow_private_push_endpoints",
+                                               "approval.allow_private_push_endpoints", False),
     )

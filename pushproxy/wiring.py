@@ -8,6 +8,7 @@ from twisted.internet import defer, ssl
 
 from pushproxy import connlimit, logs
 from pushproxy.approval.alerts import Alerter
+from pushproxy.approval.pushtarget import EndpointRules
 from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import SQLiteStore
@@ -29,6 +30,10 @@ class ApprovalComponent:
         self.reactor = reactor
         self.counters = counters
         self.insecure_push_endpoints = insecure_push_endpoints
+        # insecure_push_endpoints (tests on loopback): http:// and private addresses.
+        self.push_rules = EndpointRules(
+            allow_private=config.allow_private_push_endpoints or insecure_push_endpoints,
+            allow_http=insecure_push_endpoints)
         # A short busy timeout: a login must not wait long on another process's
         # write lock (push.failmode decides instead); see ThreadRunner.
         self.runner = ThreadRunner(reactor, lambda: SQLiteStore(config.database,
@@ -37,7 +42,8 @@ class ApprovalComponent:
             run=self.runner, reactor=reactor, counters=counters, vapid_public_key="",
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,
                             use_syslog=config.alert_syslog),
-            wallclock=reactor.seconds)
+            wallclock=reactor.seconds, push_rules=self.push_rules,
+            resolver=getattr(reactor, "nameResolver", None))
         self.port = None
 
     @defer.inlineCallbacks
@@ -56,7 +62,7 @@ class ApprovalComponent:
         self.service.vapid_public_key = keys.public_key_b64url
         self.service.sender = WebPushSender(
             self.reactor, keys, self.config.vapid_subject,
-            allow_insecure_endpoints=self.insecure_push_endpoints)
+            rules=self.push_rules)
         site = build_site(self.service, max_body=self.config.max_body, reactor=self.reactor,
                           counters=self.counters, max_failures=self.config.max_failures,
                           failure_window=self.config.failure_window,

@@ -25,7 +25,7 @@ from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 
 from pushproxy import logs, passcodes
-from pushproxy.approval import crypto
+from pushproxy.approval import crypto, pushtarget
 from pushproxy.approval.store import Device, StoreError, Transaction
 from pushproxy.decision import PushResult, PushStatus
 from pushproxy.metrics import Counters
@@ -83,7 +83,8 @@ class ApprovalService:
 
     def __init__(self, *, run: Callable[..., Deferred], reactor, counters: Counters,
                  vapid_public_key: str, sender=None, alerter=None,
-                 wallclock: Callable[[], float] | None = None, cpu=None):
+                 wallclock: Callable[[], float] | None = None, cpu=None,
+                 push_rules: pushtarget.EndpointRules | None = None, resolver=None):
         self.run = run  # run(store_method_name, *args) -> Deferred of the result
         self.reactor = reactor
         self.counters = counters
@@ -93,6 +94,10 @@ class ApprovalService:
         self.wallclock = wallclock or reactor.seconds
         # CPU-heavy checks (scrypt) run here; tests pass an inline runner.
         self.cpu = cpu or (lambda f, *args: threads.deferToThread(f, *args))
+        # Which push endpoints a device may register (https, public addresses); with a
+        # resolver (the daemon: the reactor's), a name is resolved and checked too.
+        self.push_rules = push_rules or pushtarget.EndpointRules()
+        self.resolver = resolver
         self._waiting: dict[str, Deferred] = {}  # txid -> the engine's Deferred
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -145,6 +150,12 @@ class ApprovalService:
 
         def delivered(result):
             outcome = "ok" if result.ok else ("gone" if result.gone else "failed")
+            if result.refused:
+                # Not an outage: the endpoint is not allowed (private address, http).
+                self.counters.inc("push_deliveries", outcome="refused")
+                logs.event(log, logging.WARNING, "approval.delivery_refused", device=device.id,
+                           endpoint_host=host, error=result.error)
+                return None
             self.counters.inc("push_deliveries", outcome=outcome)
             if not result.ok:
                 logs.event(log, logging.WARNING, "approval.delivery_failed", device=device.id,
@@ -179,6 +190,7 @@ class ApprovalService:
         except crypto.BadKey as exc:
             raise ApprovalError(400, "bad_request", str(exc)) from None
         check_subscription(subscription)
+        self._syntax_check(subscription)
         if not crypto.verify(key, crypto.enroll_text(token, public_key, name), signature):
             raise ApprovalError(400, "bad_signature", "the enrollment is not signed by this key")
         now = self.wallclock()
@@ -186,6 +198,8 @@ class ApprovalService:
         enrollment = await self.run("enrollment", hashed)
         device = None
         if enrollment is not None:
+            # DNS only for a valid link: no lookups on behalf of anyone who can POST.
+            await self._check_endpoint(subscription, None)
             # the TOTP secret leaves the server once, in the enroll answer: the
             # device shows codes from it when it cannot get a push
             # Hex: an id never starts with "-", which command lines would take for an option.
@@ -405,17 +419,49 @@ class ApprovalService:
             self.alerter.user_alert("pushes_paused", username, now)
 
     def set_subscription(self, device: Device, subscription: dict | None) -> Deferred[None]:
-        """Replace the device's Web Push subscription (None: long-poll only)."""
+        """Replace the device's Web Push subscription (None: long-poll only).
+
+        The endpoint must pass `pushtarget.check_registration` (https, public
+        addresses), else ApprovalError 400 ``bad_push_endpoint``.
+        """
+        return defer.ensureDeferred(self._set_subscription(device, subscription))
+
+    async def _set_subscription(self, device: Device, subscription: dict | None) -> None:
         check_subscription(subscription)
-        return self.run("set_subscription", device.id, subscription).addCallback(lambda _: None)
+        self._syntax_check(subscription, device.id)
+        await self._check_endpoint(subscription, device.id)
+        await self.run("set_subscription", device.id, subscription)
+
+    def _syntax_check(self, subscription: dict | None, device_id: str | None = None) -> None:
+        if subscription is not None:
+            try:
+                pushtarget.parse_endpoint(subscription["endpoint"], self.push_rules)
+            except pushtarget.EndpointRefused as exc:
+                raise self._endpoint_refused(exc, device_id) from None
+
+    async def _check_endpoint(self, subscription: dict | None, device_id: str | None) -> None:
+        if subscription is None:
+            return
+        try:
+            await pushtarget.check_registration(subscription["endpoint"], self.push_rules,
+                                                self.resolver, self.reactor)
+        except pushtarget.EndpointRefused as exc:
+            raise self._endpoint_refused(exc, device_id) from None
+
+    def _endpoint_refused(self, exc: Exception, device_id: str | None) -> ApprovalError:
+        self.counters.inc("push_endpoints_refused")
+        logs.event(log, logging.WARNING, "approval.push_endpoint_refused", device=device_id,
+                   why=str(exc))
+        return ApprovalError(400, "bad_push_endpoint", str(exc))
 
 
 def check_subscription(subscription) -> None:
     """A Web Push subscription as browsers give it, or None; else ApprovalError 400."""
     if subscription is None:
         return
+    # The endpoint URL itself is checked next, by pushtarget.parse_endpoint (urlsplit
+    # here raised ValueError, a 500, on "https://[::1/x").
     ok = (isinstance(subscription, dict) and isinstance(subscription.get("endpoint"), str)
-          and urlsplit(subscription["endpoint"]).scheme in ("https", "http")
           and len(subscription["endpoint"]) <= 2048
           and isinstance(subscription.get("keys"), dict)
           and isinstance(subscription["keys"].get("p256dh"), str)

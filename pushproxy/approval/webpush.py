@@ -21,6 +21,13 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from pushproxy.approval.pushtarget import (
+    CheckedEndpointFactory,
+    EndpointRefused,
+    EndpointRules,
+    parse_endpoint,
+)
+
 #: RFC 8292 section 2: push services reject a JWT whose "exp" is more than 24 hours away.
 MAX_VAPID_TTL = 24 * 3600
 #: RFC 8291 section 4: 4096-byte body minus 86 header bytes, 16 tag bytes and 1 delimiter.
@@ -193,6 +200,7 @@ class DeliveryResult:
     status: int | None = None
     gone: bool = False
     error: str | None = None
+    refused: bool = False  # the endpoint is not allowed (pushtarget): nothing was sent
 
 
 def _describe(failure: Failure) -> str:
@@ -208,8 +216,11 @@ class WebPushSender:
 
     *reactor* drives the timeout and, unless *http_client* is given, the HTTP agent.
     *http_client* is anything with treq's ``post``. *ttl* is how long, in seconds, the
-    push service may hold a message for an offline device. Only ``https://`` endpoints
-    are accepted unless *allow_insecure_endpoints* (for tests on loopback).
+    push service may hold a message for an offline device. *rules* say which
+    endpoints may be reached (`pushtarget`: https:// on public addresses by default);
+    the agent resolves every endpoint's name itself through *resolver* (default:
+    the reactor's) and connects only to an address the rules allow.
+    *allow_insecure_endpoints* (tests on loopback) allows http:// and private addresses.
     """
 
     def __init__(
@@ -222,24 +233,31 @@ class WebPushSender:
         ttl: int = 60,
         *,
         allow_insecure_endpoints: bool = False,
+        rules: EndpointRules | None = None,
+        resolver: Any = None,
     ) -> None:
         _check_subject(subject)
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if ttl < 0:
             raise ValueError("ttl must not be negative")
+        if allow_insecure_endpoints:
+            rules = EndpointRules(allow_private=True, allow_http=True)
+        self._rules = rules or EndpointRules()
         if http_client is None:
             # Not persistent: Agent does not retry a POST on a cached connection that the
             # push service closed meanwhile, and a lost approval costs more than a handshake.
             pool = HTTPConnectionPool(reactor, persistent=False)
-            http_client = HTTPClient(Agent(reactor, pool=pool))
+            # Our own endpoints: resolve, check the addresses, connect to a checked one.
+            endpoints = CheckedEndpointFactory(reactor, self._rules, resolver=resolver,
+                                               connect_timeout=timeout)
+            http_client = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
         self._reactor = reactor
         self._keys = vapid_keys
         self._subject = subject
         self._http = http_client
         self._timeout = timeout
         self._ttl = int(ttl)
-        self._allow_insecure = allow_insecure_endpoints
 
     def send(
         self, subscription: dict[str, Any], payload: bytes, urgency: str = "high"
@@ -256,6 +274,9 @@ class WebPushSender:
             raise ValueError(f"push payload is {len(payload)} bytes, at most {MAX_PLAINTEXT} fit")
         try:
             endpoint, body, authorization = self._prepare(subscription, payload)
+        except EndpointRefused as exc:
+            return defer.succeed(DeliveryResult(ok=False, error=f"invalid subscription: {exc}",
+                                                refused=True))
         except KeyError as exc:
             return defer.succeed(DeliveryResult(ok=False, error=f"invalid subscription: no {exc}"))
         except (TypeError, ValueError) as exc:
@@ -280,9 +301,7 @@ class WebPushSender:
         endpoint = subscription["endpoint"]
         if not isinstance(endpoint, str):
             raise TypeError("endpoint is not a string")
-        scheme = urlsplit(endpoint).scheme.lower()
-        if scheme != "https" and not (scheme == "http" and self._allow_insecure):
-            raise ValueError("push endpoint must be https://")
+        parse_endpoint(endpoint, self._rules)  # stored before the rules, or changed since
         keys = subscription["keys"]
         body = encrypt_payload(payload, keys["p256dh"], keys["auth"])
         authorization = vapid_authorization(
@@ -318,4 +337,17 @@ class WebPushSender:
 
     @staticmethod
     def _failed(failure: Failure) -> DeliveryResult:
+        refused = _refusal(failure)
+        if refused is not None:
+            return DeliveryResult(ok=False, error=str(refused), refused=True)
         return DeliveryResult(ok=False, error=_describe(failure))
+
+
+def _refusal(failure: Failure) -> EndpointRefused | None:
+    """The EndpointRefused behind a failed request, if that is what stopped it."""
+    if failure.check(EndpointRefused):
+        return failure.value
+    for reason in getattr(failure.value, "reasons", None) or ():
+        if reason.check(EndpointRefused):
+            return reason.value
+    return None

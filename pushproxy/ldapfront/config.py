@@ -103,7 +103,7 @@ def parse_ldap_front(c: Checker, value, path: str = "ldap_front") -> LdapFrontCo
     if not listen and not ldaps and "listen" not in m and "listen_ldaps" not in m:
         c.problem(path, "set listen (LDAP with StartTLS) and/or listen_ldaps")
     cert = c.readable_file(m, "tls_cert", f"{path}.tls_cert")
-    key = c.readable_file(m, "tls_key", f"{path}.tls_key")
+    key = c.private_file(m, "tls_key", f"{path}.tls_key")
     if ("tls_cert" in m) != ("tls_key" in m):
         c.problem(path, "tls_cert and tls_key go together")
     require_tls = c.boolean(m, "require_tls", f"{path}.require_tls", True)

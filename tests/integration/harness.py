@@ -19,6 +19,8 @@ def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extr
     """A config.yaml for a daemon on 127.0.0.1 (free port) using the test slapd."""
     (tmp / "radius.secret").write_text(SECRET + "\n")
     (tmp / "ldap.secret").write_text(slapd.service_password + "\n")
+    for name in ("radius.secret", "ldap.secret"):  # serve refuses secrets others can read
+        (tmp / name).chmod(0o600)
     servers = servers or [slapd.url]
     approval = approval or textwrap.dedent("""\
         approval:

@@ -74,6 +74,8 @@ def write_config(folder: Path, slapd) -> dict:
     """The daemon's config.yaml: built-in approval service, metrics, audit file."""
     (folder / "radius.secret").write_text(SECRET + "\n")
     (folder / "ldap.secret").write_text(slapd.service_password + "\n")
+    for name in ("radius.secret", "ldap.secret"):  # serve refuses secrets others can read
+        (folder / name).chmod(0o600)
     ports = {"radius": free_port(socket.SOCK_DGRAM), "approval": free_port(),
              "metrics": free_port()}
     (folder / "config.yaml").write_text(textwrap.dedent(f"""\
