@@ -2,10 +2,11 @@
 ``bypass``, ``unlock``, ``locks``.
 
 They open the same store as the daemon (a SQLite file in WAL mode with a busy
-timeout, or the PostgreSQL database), so they work while the daemon is serving logins; the daemon reads devices, bypass
-codes and fraud locks from the store for every login, so a change takes effect
-on the next login. (A denial pause is the daemon's own memory: ``unlock`` ends
-the fraud lock at once, a denial pause only when it runs out.)
+timeout, or the PostgreSQL database), so they work while the daemon is serving
+logins; the daemon reads devices, bypass codes, locks and passcode failures from
+the store for every login, so a change takes effect on the next login. (A denial pause is the daemon's own memory:
+``unlock`` ends a fraud or guessing lock at once, and forgets the user's
+passcode failures, but a push denial pause only ends when it runs out.)
 """
 
 from __future__ import annotations
@@ -104,11 +105,27 @@ def cmd_bypass(args) -> int:
     config, store = _store(args)
     if store is None:
         return 1
-    codes = [passcodes.new_bypass_code() for _ in range(args.count)]
-    hashes = [passcodes.hash_bypass_code(code) for code in codes]  # slow: before the lock
     now = time.time()
     try:
-        store.add_bypass_codes(args.user, hashes, now, now + args.ttl, replace=args.replace)
+        # Each code starts with a selector no unused code of the user has, so
+        # a login checks a typed code against that one hash only.
+        taken = set() if args.replace else store.bypass_selectors(args.user)
+        codes = []
+        for _ in range(args.count):
+            codes.append(passcodes.new_bypass_code(taken))
+            taken.add(passcodes.bypass_selector(codes[-1]))
+    except ValueError as exc:
+        store.close()
+        print(f"{args.user}: {exc}; use --replace", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        store.close()
+        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
+        return 1
+    hashes = [passcodes.hash_bypass_code(code) for code in codes]  # slow: before the lock
+    try:
+        store.add_bypass_codes(args.user, hashes, now, now + args.ttl, replace=args.replace,
+                               selectors=[passcodes.bypass_selector(code) for code in codes])
         remaining = len(store.bypass_candidates(args.user, now)) - len(codes)
     except StoreError as exc:
         print(f"store {config.approval.database}: {exc}", file=sys.stderr)
@@ -126,18 +143,25 @@ def cmd_bypass(args) -> int:
 
 
 def cmd_unlock(args) -> int:
-    """Lift a fraud lock: pushes to the user resume on the next login."""
+    """Lift a fraud or guessing lock: logins resume, and passcode failures start from zero."""
     config, store = _store(args)
     if store is None:
         return 1
     try:
         lock = store.user_lock(args.user)
         unlocked = store.unlock_user(args.user)
+        # The failures behind a guessing lock go too, or the next wrong code
+        # would lock the user again at once.
+        cleared = store.clear_passcode_failures(args.user)
     except StoreError as exc:
         print(f"store {config.approval.database}: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
+    if not unlocked and cleared:
+        print(f"{args.user} is not locked; forgot {cleared} passcode failure(s) "
+              f"(a passcode pause ends now)")
+        return 0
     if not unlocked:
         print(f"{args.user} is not locked", file=sys.stderr)
         return 1
@@ -147,7 +171,7 @@ def cmd_unlock(args) -> int:
 
 
 def cmd_locks(args) -> int:
-    """List users whose pushes are locked after a fraud report."""
+    """List users locked after a fraud report or passcode guessing."""
     config, store = _store(args)
     if store is None:
         return 1
@@ -200,10 +224,12 @@ def add_parsers(sub) -> None:
                    help="delete the user's earlier codes first")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_bypass)
-    p = sub.add_parser("unlock", help="lift the push lock a fraud report put on a user")
+    p = sub.add_parser("unlock", help="lift the lock a fraud report or passcode guessing "
+                                      "put on a user")
     p.add_argument("user", type=str.casefold)
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_unlock)
-    p = sub.add_parser("locks", help="list users locked after a fraud report")
+    p = sub.add_parser("locks", help="list users locked after a fraud report or passcode "
+                                     "guessing")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.set_defaults(func=cmd_locks)

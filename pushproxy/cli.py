@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from pushproxy import __version__, filemodes, logs
+from pushproxy import __version__, fdbudget, filemodes, logs
 from pushproxy.config import ConfigError, load_config, load_config_or_report
 
 log = logging.getLogger("pushproxy.cli")
@@ -30,6 +30,13 @@ def cmd_check_config(args) -> int:
         print(f"  warning: {warning}")
     for finding in filemodes.check_config_files(config):
         print(f"  warning: {finding.message}")
+    budget = fdbudget.check(config)
+    if budget.fits:
+        print(f"  {budget.describe()} (this shell's soft limit; the service's is its "
+              "LimitNOFILE=)")
+    else:
+        print(f"  warning: {fdbudget.problem(budget)}; `serve` refuses to start under "
+              "this limit")
     return 0
 
 
@@ -66,6 +73,13 @@ def cmd_serve(args) -> int:
     if config is None:
         return 1
     logs.setup(config.log.level, fmt=config.log.format, use_syslog=config.log.syslog)
+    before, after = fdbudget.raise_soft_limit()
+    budget = fdbudget.check(config, after)
+    if not budget.fits:
+        logs.event(log, logging.ERROR, "startup.failed", error=fdbudget.problem(budget))
+        return 1
+    logs.event(log, logging.INFO, "daemon.descriptors", limit=after, raised_from=(
+        before if before != after else None), need=budget.need)
     from twisted.internet import reactor, task
 
     from pushproxy import sdnotify
@@ -117,6 +131,12 @@ def cmd_serve(args) -> int:
         else:
             if not report_file_modes(new, daemon.counters, "reload"):
                 logs.event(log, logging.ERROR, "reload.kept_old_config", problems="file modes")
+                sdnotify.notify("READY=1\nSTATUS=serving")
+                return
+            budget = fdbudget.check(new)
+            if not budget.fits:
+                logs.event(log, logging.ERROR, "reload.refused", problem=fdbudget.problem(budget))
+                logs.event(log, logging.ERROR, "reload.kept_old_config", problems=1)
                 sdnotify.notify("READY=1\nSTATUS=serving")
                 return
             for note in daemon.reload(new):

@@ -22,6 +22,8 @@ from pushproxy import yamlsource
 from pushproxy.approval.backends import is_postgres_url, postgres_url_problems
 from pushproxy.checker import Checker
 from pushproxy.fatigue import FatigueLimits
+from pushproxy.passcode_limits import PasscodeLimits, parse_passcode_limits
+from pushproxy.password_throttle import PasswordLimits, parse_password_limits
 from pushproxy.policy import Policy, Verification, parse_policy
 from pushproxy.replyattrs import ReplyMap, parse_reply_attributes
 from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
@@ -125,6 +127,8 @@ class PushConfig:
     no_device: NoDeviceMode
     passcode_delimiter: str = ","  # "password,123456"; empty: no suffix parsing
     limits: FatigueLimits = FatigueLimits()
+    passcode_limits: PasscodeLimits = PasscodeLimits()  # guessing: pause, then lock
+    password_limits: PasswordLimits = PasswordLimits()  # wrong primary passwords per source
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,12 @@ class ApprovalConfig:
     failure_window: float = 300.0
     # Reverse proxies whose X-Forwarded-For names the client (rate limits, logs).
     trusted_proxies: tuple = ()
+    # Connection budget and read deadlines (issue 14, finding 3; pushproxy/connlimit.py).
+    max_connections: int = 4000
+    max_connections_per_source: int = 256  # 0: off; trusted_proxies are exempt
+    header_timeout: float = 10.0  # request line + headers, from accept or the first byte
+    body_timeout: float = 30.0  # the body, from the end of the headers
+    keepalive_timeout: float = 60.0  # after an answer, until the next request's first byte
     # Web Push endpoints on private addresses (an in-house push relay); https:// still.
     allow_private_push_endpoints: bool = False
     # for a postgresql:// database: from database_password_file/_env, never in repr
@@ -173,6 +183,8 @@ class DaemonConfig:
 
     stop_grace: float  # seconds pending logins may still finish after SIGTERM
     metrics_listen: tuple[str, int] | None  # /metrics and /healthz; None: off
+    metrics_max_connections: int = 64  # the admin listener's connection budget
+    metrics_max_connections_per_source: int = 16
 
 
 @dataclass(frozen=True)
@@ -298,14 +310,22 @@ def _log(c: Checker, value) -> LogConfig | None:
 
 
 def _daemon(c: Checker, value) -> DaemonConfig | None:
-    m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen"))
+    m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen",
+                                             "metrics_max_connections",
+                                             "metrics_max_connections_per_source"))
     if m is None:
         return None
     metrics = c.host_port(m["metrics_listen"], "daemon.metrics_listen") \
         if "metrics_listen" in m else None
     return DaemonConfig(
         stop_grace=c.number(m, "stop_grace", "daemon.stop_grace", 15, minimum=0, maximum=600),
-        metrics_listen=metrics)
+        metrics_listen=metrics,
+        metrics_max_connections=c.number(m, "metrics_max_connections",
+                                         "daemon.metrics_max_connections", 64, minimum=1,
+                                         maximum=100_000, integer=True),
+        metrics_max_connections_per_source=c.number(
+            m, "metrics_max_connections_per_source", "daemon.metrics_max_connections_per_source",
+            16, minimum=0, maximum=100_000, integer=True))
 
 
 def _radius(c: Checker, value) -> RadiusConfig | None:
@@ -449,7 +469,8 @@ def _ldap_url(c: Checker, value, path: str) -> LdapServer | None:
 
 def _push(c: Checker, value) -> PushConfig | None:
     m = c.mapping(value, "push", optional=("timeout", "failmode", "no_device",
-                                           "passcode_delimiter", "limits"))
+                                           "passcode_delimiter", "limits",
+                                           "passcode_limits", "password_limits"))
     if m is None:
         return None
     delimiter = m.get("passcode_delimiter", ",")
@@ -465,6 +486,8 @@ def _push(c: Checker, value) -> PushConfig | None:
                                         [e.value for e in NoDeviceMode], "reject")),
         passcode_delimiter=delimiter,
         limits=_limits(c, m.get("limits", {})),
+        passcode_limits=parse_passcode_limits(c, m.get("passcode_limits", {})),
+        password_limits=parse_password_limits(c, m.get("password_limits", {})),
     )
 
 
@@ -504,6 +527,8 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
                   optional=("listen", "tls_cert", "tls_key", "enrollment_ttl",
                             "vapid_subject", "alert_webhook", "alert_syslog", "max_body",
                             "max_failures", "failure_window", "trusted_proxies",
+                            "max_connections", "max_connections_per_source",
+                            "header_timeout", "body_timeout", "keepalive_timeout",
                             "allow_private_push_endpoints", "database_password_file",
                             "database_password_env"),
                   secret_keys=("database_password",))
@@ -548,6 +573,17 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
         failure_window=c.number(m, "failure_window", "approval.failure_window", 300,
                                 minimum=10, maximum=86400),
         trusted_proxies=proxies,
+        max_connections=c.number(m, "max_connections", "approval.max_connections", 4000,
+                                 minimum=1, maximum=1_000_000, integer=True),
+        max_connections_per_source=c.number(
+            m, "max_connections_per_source", "approval.max_connections_per_source", 256,
+            minimum=0, maximum=1_000_000, integer=True),
+        header_timeout=c.number(m, "header_timeout", "approval.header_timeout", 10,
+                                minimum=1, maximum=300),
+        body_timeout=c.number(m, "body_timeout", "approval.body_timeout", 30, minimum=1,
+                              maximum=600),
+        keepalive_timeout=c.number(m, "keepalive_timeout", "approval.keepalive_timeout", 60,
+                                   minimum=1, maximum=3600),
         allow_private_push_endpoints=c.boolean(m, "allow_private_push_endpoints",
                                                "approval.allow_private_push_endpoints", False),
         database_password=db_password,

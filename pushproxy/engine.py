@@ -1,8 +1,10 @@
 """The engine: one login from credentials to decision, readable top to bottom.
 
     split "password,passcode" -> check input -> join an identical pending login?
-    -> primary auth (directory) -> policy (allow / deny / push + verification)
-    -> passcode? -> fraud lock? -> remembered login? -> fatigue limits
+    -> source throttled after wrong passwords? -> primary auth (directory)
+    -> policy (allow / deny / push + verification)
+    -> lock (fraud, guessing)? -> passcode (within the guessing limits)?
+    -> remembered login? -> fatigue limits
     -> push (plain: wait here; verified: Access-Challenge now, the follow-up
        request with the State waits) -> decision -> one audit event
 
@@ -35,14 +37,24 @@ from pushproxy.decision import (DENIAL_REASONS, Decision, Outcome, PrimaryResult
                                 primary_decision, push_decision)
 from pushproxy.fatigue import FatigueGuard, FatigueLimits
 from pushproxy.metrics import Counters
+from pushproxy.passcode_limits import LOCK_REASON
 from pushproxy.passcodes import Credential, Factor, is_bypass_code, is_totp_code, parse_password
+from pushproxy.password_throttle import PasswordThrottle
 from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluate
-from pushproxy.push import ApprovalRequest, ProviderUnavailable, PushProvider, SecondFactors
+from pushproxy.push import (ApprovalRequest, PasscodeVerdict, ProviderUnavailable, PushProvider,
+                            SecondFactors)
 
 log = logging.getLogger("pushproxy.engine")
 
 _BLOCKS = {"PAUSED": Reason.PUSHES_PAUSED, "TOO_MANY_PENDING": Reason.TOO_MANY_PENDING,
            "RATE_LIMITED": Reason.RATE_LIMITED}
+_PASSCODE_REASONS = {
+    PasscodeVerdict.TOTP: Reason.PASSCODE_TOTP, PasscodeVerdict.BYPASS: Reason.PASSCODE_BYPASS,
+    PasscodeVerdict.WRONG: Reason.BAD_PASSCODE,
+    PasscodeVerdict.USER_PAUSED: Reason.PASSCODES_PAUSED,
+    PasscodeVerdict.SOURCE_PAUSED: Reason.PASSCODES_PAUSED_SOURCE,
+    PasscodeVerdict.LOCKED: Reason.USER_LOCKED,
+    PasscodeVerdict.LOCKED_GUESSING: Reason.USER_LOCKED_GUESSING}
 _MESSAGES = {
     Verification.NUMBER_MATCH: "Enter {number} in your authenticator app, then continue here.",
     Verification.CODE_TO_LOGIN: "Approve the request in your authenticator app, then enter "
@@ -130,6 +142,7 @@ class Engine:
                                        timezone="UTC", remember_minutes=0)
         self.factors = factors
         self.fatigue = FatigueGuard(limits or FatigueLimits())
+        self.passwords = PasswordThrottle()  # wrong primary passwords per source
         self.delimiter = delimiter
         # Group/rule -> reply attributes (`pushproxy.replyattrs.ReplyMap`), or None.
         self.reply_map = reply_map
@@ -195,8 +208,23 @@ class Engine:
 
     @defer.inlineCallbacks
     def _run(self, req: LoginRequest, cred, key: tuple):
+        source = self._source(req)
+        if self.passwords.blocked_until(self.push.password_limits, source,
+                                        self.clock.seconds()) is not None:
+            # Before any bind: the directory never sees this source's guesses
+            # while it waits, so they cannot lock accounts out there.
+            self.counters.inc("password_throttled", client=req.client_name)
+            return Decision.of(Reason.PASSWORDS_THROTTLED)
         primary = yield (req.primary or self.directory).authenticate(
             req.username, cred.password if cred is not None else None)
+        if primary.status is PrimaryStatus.BAD_CREDENTIALS and self.passwords.failed(
+                self.push.password_limits, source, self.clock.seconds()):
+            limits = self.push.password_limits
+            # Once per pause, so a flood does not flood the log too.
+            logs.event(log, logging.WARNING, "login.source_throttled", client=req.client_name,
+                       source=req.source, calling_station=req.calling_station,
+                       failures=limits.max_failures, window_s=limits.window,
+                       pause_s=limits.pause)
         decision = primary_decision(primary)
         if decision is not None:
             return decision
@@ -242,14 +270,15 @@ class Engine:
             return Decision.of(Reason.POLICY_DENY, rule=policy.rule)
         if policy.action is Action.ALLOW:
             return Decision.of(Reason.POLICY_ALLOW, rule=policy.rule)
-        if cred.factor is Factor.PASSCODE:
-            return (yield self._passcode(req.username.casefold(), cred.code, now, policy.rule))
         try:
+            # The lock first: a locked user's passcode is not even checked.
             locked = self.factors is not None and (yield self.factors.lock_of(req.username.casefold()))
             user = req.username.casefold()
             if locked:
                 self._locked_users.add(user)
-                return Decision.of(Reason.USER_LOCKED, rule=policy.rule)
+                guessing = getattr(locked, "reason", None) == LOCK_REASON
+                return Decision.of(Reason.USER_LOCKED_GUESSING if guessing else Reason.USER_LOCKED,
+                                   rule=policy.rule)
             if user in self._locked_users:
                 # An admin ran `pushproxy unlock`: the denials behind the lock go too.
                 self._locked_users.discard(user)
@@ -259,8 +288,12 @@ class Engine:
             self.counters.inc("push_provider_errors")
             logs.event(log, logging.WARNING, "push.unavailable", user=req.username,
                        detail=f"lock check: {exc}")
+            if cred.factor is Factor.PASSCODE:
+                return Decision.of(Reason.BAD_PASSCODE, rule=policy.rule)  # never failmode
             return push_decision(PushResult(PushStatus.UNAVAILABLE), self.push.failmode,
                                  req.no_device)
+        if cred.factor is Factor.PASSCODE:
+            return (yield self._passcode(req, cred.code, now, policy.rule))
         if cred.factor is not Factor.PUSH_FORCED and self._is_remembered(req, now):
             return Decision.of(Reason.REMEMBERED, rule=policy.rule)
         if self._stopping:
@@ -305,16 +338,23 @@ class Engine:
             self.factors.fatigue_alert(username.casefold(), now)
 
     @defer.inlineCallbacks
-    def _passcode(self, username: str, code: str, now: float, rule: str | None):
-        kind = None
+    def _passcode(self, req: LoginRequest, code: str, now: float, rule: str | None):
+        """A passcode, checked within the guessing limits (push.passcode_limits)."""
+        verdict = PasscodeVerdict.WRONG
         if self.factors is not None:
             try:
-                kind = yield self.factors.verify_passcode(username, code, now)
+                verdict = yield self.factors.verify_passcode(
+                    req.username.casefold(), code, now, source=self._source(req),
+                    limits=self.push.passcode_limits)
             except ProviderUnavailable:
-                kind = None  # a passcode never passes on failmode: it is the second factor
-        reason = {"totp": Reason.PASSCODE_TOTP, "bypass": Reason.PASSCODE_BYPASS}.get(
-            kind, Reason.BAD_PASSCODE)
-        return Decision.of(reason, rule=rule)
+                # a passcode never passes on failmode: it is the second factor
+                verdict = PasscodeVerdict.WRONG
+        return Decision.of(_PASSCODE_REASONS[verdict], rule=rule)
+
+    @staticmethod
+    def _source(req: LoginRequest) -> str:
+        """Where a login comes from, for the per-source limits: client, address, calling station."""
+        return f"{req.client_name}|{req.source}|{req.calling_station or '-'}"
 
     def _verification(self, req: LoginRequest, policy) -> Verification:
         """A rule that names a verification wins, then the client's setting, then the default."""
@@ -445,8 +485,7 @@ class Engine:
                     and challenge.result.code == response)
         if (is_totp_code(response) or is_bypass_code(response)) and not own_code:
             # Phone offline: a TOTP or bypass code at the prompt replaces the push.
-            decision = await self._passcode(req.username.casefold(), response, self.wallclock(),
-                                            challenge.rule)
+            decision = await self._passcode(req, response, self.wallclock(), challenge.rule)
             if decision.outcome is Outcome.ACCEPT or mode is Verification.NUMBER_MATCH:
                 self._withdraw(challenge.txid)
                 return self._challenge_attributes(challenge, decision)

@@ -19,6 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 from twisted.internet import defer
 from twisted.web import resource, server
 
+from pushproxy.httpdeadline import DeadlineChannel, Deadlines
 from pushproxy.metrics import Counters
 
 log = logging.getLogger("pushproxy.metrics")
@@ -49,6 +50,12 @@ HELP = {
     "radius_replies_too_large": "Replies over 4096 octets with the attributes relayed or "
                                 "mapped, answered with a plain Access-Reject instead",
     "internal_errors": "Unexpected errors (bugs); each is logged with a traceback",
+    "connections_refused": "TCP connections closed on accept: over a listener's total or "
+                           "per-source cap, by listener and reason",
+    "connections_evicted": "TCP connections closed to make room at a listener's total cap "
+                           "(the one waiting longest on its peer), by listener",
+    "http_deadline_closed": "HTTP connections closed because a request (head, body) or the "
+                            "next one (idle) did not arrive in time, by listener and phase",
     "decision_seconds": "Time from request to decision, by outcome",
     "ldap_seconds": "Time of one LDAP conversation (search + bind + groups), by server",
 }
@@ -138,15 +145,24 @@ class HealthResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class AdminSite(server.Site):
+    """The admin listener's Site: HTTP/1.1 with read deadlines (`DeadlineChannel`)."""
+
+    protocol = DeadlineChannel
+    deadline_name = "metrics"
+
+
 def build_site(counters: Counters, gauges: dict, health: Callable[[], defer.Deferred],
-               clock) -> server.Site:
+               clock, deadlines: Deadlines = Deadlines()) -> server.Site:
     """The admin site: /metrics and /healthz."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CountersCollector(counters, gauges))
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(registry))
     root.putChild(b"healthz", HealthResource(health, clock))
-    site = server.Site(root)
+    site = AdminSite(root, reactor=clock)
+    site.deadlines = deadlines
+    site.counters = counters
     site.noisy = False
     site.log = lambda request: None  # scrapes every few seconds: no access log
     return site

@@ -6,7 +6,9 @@ across processes (``use_totp_step``, ``consume_bypass_code``).
 
 - ``password,123456`` -- a 6-digit TOTP code (RFC 6238: HMAC-SHA1, 30 s, 6 digits)
   from the device's authenticator, which works offline;
-- ``password,0123456789`` -- a 10-digit one-time bypass code an admin issued;
+- ``password,123456789012`` -- a 12-digit one-time bypass code an admin issued
+  (its first 3 digits name the stored code, so a guess costs one hash; codes
+  issued before that have 10 digits and still work until they expire);
 - ``password,push`` -- force a push (also what a bare password means).
 """
 
@@ -25,7 +27,9 @@ from urllib.parse import quote, urlencode
 
 TOTP_DIGITS = 6
 TOTP_PERIOD = 30  # seconds per step
-BYPASS_DIGITS = 10
+BYPASS_DIGITS = 12
+BYPASS_SELECTOR_DIGITS = 3  # the first digits of a bypass code: which stored code it is
+LEGACY_BYPASS_DIGITS = 10  # codes issued before selectors: checked against every old code
 #: scrypt cost: about 16 MiB and tens of milliseconds per hash. The bypass code
 #: space is only 10**10, so a fast hash would be searched in minutes from a
 #: stolen database; this makes each guess expensive.
@@ -36,7 +40,7 @@ _SCRYPT_MAXMEM = 64 * 1024 * 1024  # above the 16 MiB that n and r need
 
 # fullmatch, and [0-9] rather than \d: str.isdigit and \d accept non-ASCII digits
 _TOTP_CODE = re.compile(r"[0-9]{%d}" % TOTP_DIGITS)
-_BYPASS_CODE = re.compile(r"[0-9]{%d}" % BYPASS_DIGITS)
+_BYPASS_CODE = re.compile(r"[0-9]{%d}|[0-9]{%d}" % (BYPASS_DIGITS, LEGACY_BYPASS_DIGITS))
 
 
 class Factor(enum.Enum):
@@ -44,14 +48,14 @@ class Factor(enum.Enum):
 
     PUSH_DEFAULT = "push_default"  # no suffix: the configured default (a push)
     PUSH_FORCED = "push_forced"  # ``password,push``
-    PASSCODE = "passcode"  # ``password,123456`` (TOTP) or ``password,0123456789`` (bypass)
+    PASSCODE = "passcode"  # ``password,123456`` (TOTP) or ``password,123456789012`` (bypass)
 
 
 @dataclass(frozen=True)
 class Credential:
     """A RADIUS password split into the directory password and the second factor.
 
-    ``code`` is the 6-digit TOTP or 10-digit bypass code when ``factor`` is
+    ``code`` is the 6-digit TOTP or 12- (or old 10-) digit bypass code when ``factor`` is
     PASSCODE, else None. Neither the password nor the code shows in ``repr``,
     so a logged credential leaks nothing.
     """
@@ -67,14 +71,21 @@ def is_totp_code(code: str) -> bool:
 
 
 def is_bypass_code(code: str) -> bool:
-    """Whether ``code`` has the form of a bypass code (10 ASCII digits)."""
+    """Whether ``code`` has the form of a bypass code (12 ASCII digits, or 10 for old codes)."""
     return _BYPASS_CODE.fullmatch(code) is not None
+
+
+def bypass_selector(code: str) -> str | None:
+    """The selector of a bypass code (which stored code it names); None for an old 10-digit one."""
+    if not is_bypass_code(code) or len(code) != BYPASS_DIGITS:
+        return None
+    return code[:BYPASS_SELECTOR_DIGITS]
 
 
 def parse_password(password: str, delimiter: str = ",") -> Credential:
     """Split ``password`` at its LAST ``delimiter`` into password and factor.
 
-    Only a suffix of ``push`` (any case), 6 digits or 10 digits counts; any
+    Only a suffix of ``push`` (any case), 6, 10 or 12 digits counts; any
     other text after the delimiter is part of the password (passwords may
     contain the delimiter). An empty delimiter turns suffixes off. A code with
     nothing before it gives an empty password, which the engine refuses.
@@ -152,9 +163,17 @@ def otpauth_uri(secret: str, username: str, issuer: str = "pushproxy") -> str:
 # -- bypass codes
 
 
-def new_bypass_code() -> str:
-    """A fresh one-time bypass code: 10 random digits."""
-    return str(secrets.randbelow(10 ** BYPASS_DIGITS)).zfill(BYPASS_DIGITS)
+def new_bypass_code(taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A fresh one-time bypass code: a random selector not in ``taken``, then 9 random digits.
+
+    ValueError when every selector is taken.
+    """
+    free = sorted(set(f"{i:0{BYPASS_SELECTOR_DIGITS}d}"
+                      for i in range(10 ** BYPASS_SELECTOR_DIGITS)) - set(taken))
+    if not free:
+        raise ValueError("every bypass code selector of this user is in use")
+    digits = BYPASS_DIGITS - BYPASS_SELECTOR_DIGITS
+    return secrets.choice(free) + str(secrets.randbelow(10 ** digits)).zfill(digits)
 
 
 def _scrypt(code: str, salt: bytes) -> bytes:
@@ -165,7 +184,7 @@ def _scrypt(code: str, salt: bytes) -> bytes:
 def hash_bypass_code(code: str) -> str:
     """How a bypass code is stored: ``scrypt$<salt b64>$<hash b64>``, with a random salt."""
     if not is_bypass_code(code):
-        raise ValueError("a bypass code is 10 digits")
+        raise ValueError("a bypass code is 12 digits (10 for old codes)")
     salt = secrets.token_bytes(SCRYPT_SALT_BYTES)
     encode = base64.b64encode
     return f"scrypt${encode(salt).decode('ascii')}${encode(_scrypt(code, salt)).decode('ascii')}"

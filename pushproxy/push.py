@@ -10,6 +10,7 @@ happens, so the phone stops showing a request nobody waits for.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +38,18 @@ class ApprovalRequest:
     number: str | None = None  # number_match: the number the login screen shows (never sent)
 
 
+class PasscodeVerdict(enum.Enum):
+    """What became of one passcode attempt (`SecondFactors.verify_passcode`)."""
+
+    TOTP = "totp"  # a valid TOTP code, now used up
+    BYPASS = "bypass"  # a valid bypass code, now used up
+    WRONG = "wrong"  # checked, and not a valid unused code (counted as a failure)
+    USER_PAUSED = "user_paused"  # not checked: the user's passcodes are paused (counted)
+    SOURCE_PAUSED = "source_paused"  # not checked: passcodes from this source are paused
+    LOCKED = "locked"  # not checked: the user is locked after a fraud report
+    LOCKED_GUESSING = "locked_guessing"  # not checked: the user is locked after guessing
+
+
 class PushProvider(Protocol):
     """Asks a user's devices to approve a login."""
 
@@ -50,8 +63,10 @@ class SecondFactors(Protocol):
     Each method errbacks with ProviderUnavailable when its store cannot be reached.
     """
 
-    def verify_passcode(self, username: str, code: str, now: float) -> Deferred[str | None]:
-        """"totp" or "bypass" when ``code`` is a valid unused passcode (now used up), else None."""
+    def verify_passcode(self, username: str, code: str, now: float, *, source: str,
+                        limits) -> Deferred[PasscodeVerdict]:
+        """Check ``code`` within the guessing ``limits`` (`pushproxy.passcode_limits`);
+        ``source`` names where the attempt came from (client and calling station)."""
 
     def lock_of(self, username: str) -> Deferred[object | None]:
         """The user's fraud lock, or None."""

@@ -6,7 +6,7 @@ import logging
 
 from twisted.internet import defer, ssl
 
-from pushproxy import logs
+from pushproxy import connlimit, logs
 from pushproxy.approval.alerts import Alerter
 from pushproxy.approval.pushtarget import EndpointRules
 from pushproxy.approval.runner import ThreadRunner
@@ -14,6 +14,7 @@ from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.backends import open_store
 from pushproxy.approval.webpush import VapidKeys, WebPushSender
 from pushproxy.config import ApprovalConfig, Config
+from pushproxy.httpdeadline import Deadlines
 from pushproxy.metrics import Counters
 from pushproxy.service import Daemon
 
@@ -66,15 +67,26 @@ class ApprovalComponent:
         site = build_site(self.service, max_body=self.config.max_body, reactor=self.reactor,
                           counters=self.counters, max_failures=self.config.max_failures,
                           failure_window=self.config.failure_window,
-                          trusted_proxies=self.config.trusted_proxies)
+                          trusted_proxies=self.config.trusted_proxies,
+                          deadlines=Deadlines(head=self.config.header_timeout,
+                                              body=self.config.body_timeout,
+                                              idle=self.config.keepalive_timeout))
         host, port = self.config.listen
+        options = None
         if self.config.tls_cert:
             with open(self.config.tls_cert, "rb") as cert_file, \
                     open(self.config.tls_key, "rb") as key_file:
                 cert = ssl.PrivateCertificate.loadPEM(cert_file.read() + key_file.read())
-            self.port = self.reactor.listenSSL(port, site, cert.options(), interface=host)
-        else:
-            self.port = self.reactor.listenTCP(port, site, interface=host)
+            options = cert.options()
+        # The per-source cap sees the TCP peer: a trusted reverse proxy is held
+        # only to the total and must limit its own clients (docs/security.md).
+        budget = connlimit.ConnectionBudget(
+            "approval", total=self.config.max_connections,
+            per_source=self.config.max_connections_per_source,
+            exempt=self.config.trusted_proxies)
+        site.budget = budget  # channels report whether they wait on the peer (eviction)
+        self.port = connlimit.listen(self.reactor, port, site, budget, self.counters,
+                                     interface=host, tls_options=options)
         bound = self.port.getHost()
         logs.event(log, logging.INFO, "approval.listening", address=bound.host, port=bound.port,
                    public_url=self.config.public_url)
@@ -92,6 +104,10 @@ class MetricsComponent:
 
     def __init__(self, listen: tuple[str, int], daemon: Daemon, approval: ApprovalComponent):
         self.listen = listen
+        settings = daemon.config.daemon
+        self.budget = connlimit.ConnectionBudget(
+            "metrics", total=settings.metrics_max_connections,
+            per_source=settings.metrics_max_connections_per_source)
         self.daemon = daemon
         self.approval = approval
         self.port = None
@@ -108,7 +124,9 @@ class MetricsComponent:
         site = metrics_http.build_site(self.daemon.counters, gauges, self.daemon.health,
                                        self.daemon.reactor)
         host, port = self.listen
-        self.port = self.daemon.reactor.listenTCP(port, site, interface=host)
+        site.budget = self.budget
+        self.port = connlimit.listen(self.daemon.reactor, port, site, self.budget,
+                                     self.daemon.counters, interface=host)
         bound = self.port.getHost()
         logs.event(log, logging.INFO, "metrics.listening", address=bound.host, port=bound.port)
         return defer.succeed(None)

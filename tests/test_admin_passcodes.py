@@ -44,7 +44,7 @@ def cli(config, *args):
 
 
 def codes_in(stdout):
-    return re.findall(r"^\s+([0-9]{10})$", stdout, re.MULTILINE)
+    return re.findall(r"^\s+([0-9]{12})$", stdout, re.MULTILINE)
 
 
 def hashes(database, user):

@@ -14,6 +14,7 @@ from pushproxy.engine import Engine, LoginRequest
 from pushproxy.fatigue import FatigueLimits
 from pushproxy.metrics import Counters
 from pushproxy.policy import Action, Policy, Rule, Verification
+from pushproxy.push import PasscodeVerdict
 from tests.support import ScriptedDirectory, ScriptedProvider
 
 
@@ -25,8 +26,9 @@ class Factors:
         self.locked = set()
         self.alerts = []
 
-    def verify_passcode(self, username, code, now):
-        return defer.succeed(self.codes.pop(code, None))  # each code works once
+    def verify_passcode(self, username, code, now, *, source, limits):
+        kind = self.codes.pop(code, None)  # each code works once
+        return defer.succeed(PasscodeVerdict(kind) if kind else PasscodeVerdict.WRONG)
 
     def lock_of(self, username):
         return defer.succeed("locked" if username in self.locked else None)

@@ -125,20 +125,40 @@ def test_too_many_messages_while_busy_end_the_connection():
     assert notice(transport).code == ber.PROTOCOL_ERROR and transport.disconnecting
 
 
-def test_connections_over_the_limit_are_refused():
-    front = FrontState(max_connections=2)
-    connect(front)
-    connect(front)
-    _, third = connect(front)
-    assert notice(third).code == ber.BUSY and third.disconnecting
-    assert front.counters.get("ldap_front_connections_refused") == 1
+def test_connections_over_the_limits_are_refused_at_accept():
+    from twisted.internet.address import IPv4Address
+
+    from pushproxy.connlimit import ConnectionBudget, LimitedFactory
+    from pushproxy.ldapfront.server import LdapFrontFactory
+
+    front = FrontState(max_connections=3)
+    front.budget = ConnectionBudget("ldap_front", total=3, per_source=2)
+    factory = LimitedFactory(LdapFrontFactory(front, False), front.budget, front.counters,
+                             front.reactor)
+
+    def accept(host):
+        proto = factory.buildProtocol(IPv4Address("TCP", host, 389))
+        if proto is not None:
+            proto.wrappedProtocol.callLater = front.reactor.callLater
+            proto.makeConnection(TcpTransport())
+        return proto
+
+    assert accept("10.0.0.1") and accept("10.0.0.1")
+    assert accept("10.0.0.1") is None  # per source
+    assert accept("10.0.0.2") is not None
+    assert accept("10.0.0.3") is None  # total (nobody has waited min_wait yet)
+    assert front.counters.get("connections_refused", listener="ldap_front",
+                              reason="per_source") == 1
+    assert front.counters.get("connections_refused", listener="ldap_front",
+                              reason="total") == 1
 
 
 def test_idle_connections_are_closed_but_not_while_a_bind_waits():
     front = FrontState(idle_timeout=60)
     proto, transport = connect(front)
+    proto.dataReceived(ber.bind_request(1, "", ""))
     front.reactor.advance(59)
-    proto.dataReceived(ber.bind_request(1, "", ""))  # traffic resets the clock
+    proto.dataReceived(ber.bind_request(1, "", ""))  # a whole message resets the clock
     transport.clear()
     front.reactor.advance(59)
     assert not transport.disconnecting
@@ -183,3 +203,58 @@ def test_ipv4_peers_of_a_dual_stack_listener_are_seen_as_ipv4():
     assert client_address("::ffff:10.1.2.3") == "10.1.2.3"
     assert client_address("2001:db8::1") == "2001:db8::1"
     assert client_address("192.0.2.7") == "192.0.2.7"
+
+
+def test_a_connection_that_sends_no_whole_message_in_time_is_closed():
+    """Issue 14 finding 3: idle LDAP connections must not hold descriptors for idle_timeout."""
+    front = FrontState(first_message_timeout=10, idle_timeout=900)
+    proto, transport = connect(front)
+    front.reactor.advance(9.9)
+    assert not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert transport.disconnected  # aborted: a peer mid-handshake could not read a notice
+    assert front.counters.get("ldap_front_first_message_timeouts") == 1
+
+
+def test_trickled_bytes_extend_neither_the_first_message_nor_the_idle_deadline():
+    """One byte every few seconds is not traffic: only a whole message restarts the timer."""
+    front = FrontState(first_message_timeout=10, idle_timeout=60)
+    proto, transport = connect(front)
+    message = ber.bind_request(1, "", "")
+    for byte in message[:-1]:  # never completed
+        proto.dataReceived(bytes([byte]))
+        front.reactor.advance(1)
+        if transport.disconnecting:
+            break
+    assert transport.disconnecting and front.counters.get(
+        "ldap_front_first_message_timeouts") == 1
+
+    proto, transport = connect(front)
+    proto.dataReceived(message)  # a whole message: now the idle timeout applies
+    transport.clear()
+    for byte in message[:-1]:
+        front.reactor.advance(4)
+        proto.dataReceived(bytes([byte]))
+    assert not transport.disconnecting
+    front.reactor.advance(60 - 4 * (len(message) - 1) + 0.1)
+    assert transport.disconnecting and front.counters.get("ldap_front_idle_closed") == 1
+
+
+def test_a_full_listener_evicts_the_longest_waiting_connection_but_not_a_pending_bind():
+    from pushproxy.connlimit import ConnectionBudget
+
+    front = FrontState(idle_timeout=900)
+    front.budget = ConnectionBudget("ldap_front", total=10, per_source=0, min_wait=1)
+    pending, pending_t = connect(front)
+    front.reactor.advance(1)
+    idle, idle_t = connect(front)
+    idle.dataReceived(ber.bind_request(1, "", ""))  # a message, then nothing
+    pending.busy = True  # a user's bind waits for the phone
+    front.reactor.advance(5)
+    assert front.budget.evict(front.reactor.seconds())
+    assert idle_t.disconnected and not pending_t.disconnecting
+    assert front.counters.get("ldap_front_evicted") == 1
+    assert not front.budget.evict(front.reactor.seconds())  # the pending bind is kept
+    pending._release()  # the bind is over: it waits on its client again
+    front.reactor.advance(2)
+    assert front.budget.evict(front.reactor.seconds()) and pending_t.disconnected

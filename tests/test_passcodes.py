@@ -130,9 +130,24 @@ def test_otpauth_uri():
 # -- bypass codes
 
 
-def test_new_bypass_codes_are_ten_digits_and_differ():
+def test_new_bypass_codes_are_twelve_digits_and_differ():
     codes = {pc.new_bypass_code() for _ in range(50)}
-    assert all(re.fullmatch(r"[0-9]{10}", c) for c in codes) and len(codes) == 50
+    assert all(re.fullmatch(r"[0-9]{12}", c) for c in codes) and len(codes) == 50
+
+
+def test_new_bypass_codes_start_with_a_free_selector():
+    taken = {f"{i:03d}" for i in range(1000)} - {"417"}
+    code = pc.new_bypass_code(taken)
+    assert pc.bypass_selector(code) == "417" and pc.is_bypass_code(code)
+    with pytest.raises(ValueError):
+        pc.new_bypass_code(taken | {"417"})
+
+
+def test_old_ten_digit_codes_still_parse_and_have_no_selector():
+    assert pc.is_bypass_code("0123456789") and pc.bypass_selector("0123456789") is None
+    assert pc.parse_password("pw,123456789012").code == "123456789012"
+    assert pc.bypass_selector("123456789012") == "123"
+    assert not pc.is_bypass_code("12345678901")  # 11 digits: part of the password
 
 
 def test_bypass_hash_round_trip_with_random_salt():

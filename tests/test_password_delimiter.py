@@ -1,9 +1,9 @@
 """How a password that contains the passcode delimiter is typed (README, docs/security.md).
 
 The rule (`passcodes.parse_password`): split at the LAST delimiter; what follows
-counts only when it is exactly ``push`` (any case), 6 ASCII digits (TOTP) or 10
-ASCII digits (bypass code); anything else leaves the whole text as the password.
-So a password that itself ends in ``,push`` or ``,`` + 6 or 10 digits must always
+counts only when it is exactly ``push`` (any case), 6 ASCII digits (TOTP) or 12
+(10 for old codes) ASCII digits (bypass code); anything else leaves the whole text as the password.
+So a password that itself ends in ``,push`` or ``,`` + 6, 10 or 12 digits must always
 be typed with a suffix, e.g. ``PASSWORD,push``.
 """
 
@@ -25,6 +25,8 @@ def test_a_password_that_ends_like_a_suffix_must_be_typed_with_one():
                                                              "654321")
     assert parse_password("abc,push") == Credential("abc", Factor.PUSH_FORCED)
     assert parse_password("abc,push,push") == Credential("abc,push", Factor.PUSH_FORCED)
+    assert parse_password("abc,012345678901") == Credential("abc", Factor.PASSCODE,
+                                                            "012345678901")
     assert parse_password("abc,0123456789,push") == Credential("abc,0123456789",
                                                                Factor.PUSH_FORCED)
     # with suffixes turned off (passcode_delimiter: "") the text is always the password

@@ -79,6 +79,17 @@ def test_stop_timeout_leaves_room_above_the_daemons_stop_grace(service, tmp_path
     assert float(one(service, "TimeoutStopSec")) >= grace + 10
 
 
+def test_descriptor_limit_holds_the_example_configs_connection_caps(service):
+    """Issue 14 finding 3: no LimitNOFILE meant 1,024 descriptors and caps above them."""
+    from pushproxy import fdbudget
+    from pushproxy.config import load_config
+
+    limit = int(one(service, "LimitNOFILE"))
+    assert limit >= 65536
+    budget = fdbudget.check(load_config(ROOT / "config.example.yaml"), limit)
+    assert budget.fits and budget.need * 4 < limit, budget.describe()
+
+
 def test_runs_as_the_dedicated_user_that_sysusers_creates(service):
     user, group = one(service, "User"), one(service, "Group")
     assert user == group == "pushproxy"

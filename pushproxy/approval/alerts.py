@@ -23,7 +23,8 @@ log = logging.getLogger("pushproxy.alerts")
 
 # A fraud report means someone else has the password: page someone.
 SEVERITY = {"denied": "medium", "number_mismatch": "medium", "fraud": "high",
-            "pushes_paused": "high", "user_locked": "high"}
+            "pushes_paused": "high", "user_locked": "high", "passcodes_paused": "high",
+            "passcodes_paused_source": "high"}
 
 
 class Alerter:
@@ -48,7 +49,8 @@ class Alerter:
         return self._send(body)
 
     def user_alert(self, event: str, username: str, now: float, **details) -> defer.Deferred:
-        """Raise an alert about a user rather than one push (pushes paused, user locked)."""
+        """Raise an alert about a user rather than one push (pushes or passcodes paused,
+        user locked); ``details`` (reason, source) go into the body."""
         body = {"event": event, "time": utc_stamp(now), "user": username,
                 "severity": SEVERITY.get(event, "high"), **details}
         return self._send(body)
@@ -59,7 +61,8 @@ class Alerter:
         logs.event(log, logging.WARNING, "alert." + kind, severity=body["severity"],
                    user=body.get("user"), application=body.get("application"),
                    client_ip=body.get("client_ip"), txid=body.get("txid"),
-                   device=body.get("device"))
+                   device=body.get("device"), reason=body.get("reason"),
+                   source=body.get("source"))
         if self.use_syslog:
             syslog.syslog(syslog.LOG_AUTH | syslog.LOG_WARNING,
                           "pushproxy " + json.dumps(body, ensure_ascii=True))

@@ -30,6 +30,7 @@ from pushproxy.metrics import Counters
 from pushproxy.approval.crypto import DECISIONS
 from pushproxy.approval.ratelimit import FailureLimiter
 from pushproxy.approval.service import MAX_WAIT, ApprovalError
+from pushproxy.httpdeadline import Deadlines
 from pushproxy.approval.web import (WEBAPP_DIR, ApiSite, NotFound, WebApp, client_address,
                                     error_body, header_text, set_json, site_max_body)
 
@@ -327,7 +328,7 @@ class _Directory(resource.Resource):
 def build_site(service: Any, *, max_body: int, reactor: Any,
                app: str | os.PathLike | None = WEBAPP_DIR, counters: Counters | None = None,
                max_failures: int = 10, failure_window: float = 300.0,
-               trusted_proxies: tuple = ()) -> ApiSite:
+               trusted_proxies: tuple = (), deadlines: Deadlines = Deadlines()) -> ApiSite:
     """The approval API as a Site for ``reactor.listenTCP`` / ``listenSSL``.
 
     ``max_body`` is ``approval.max_body``. ``site.resource`` is the `ApiRoot`,
@@ -336,7 +337,8 @@ def build_site(service: Any, *, max_body: int, reactor: Any,
     enrollments (or device authentications) from one address within
     ``failure_window`` seconds make it wait (``approval.max_failures``, 0: off).
     ``trusted_proxies`` (networks) are reverse proxies whose X-Forwarded-For
-    names the client (``approval.trusted_proxies``).
+    names the client (``approval.trusted_proxies``). ``deadlines`` bound how
+    long reading a request may take (``approval.header_timeout``, ...).
     """
     counters = counters if counters is not None else getattr(service, "counters", Counters())
     limits = {kind: FailureLimiter(clock=reactor, counters=counters, kind=kind,
@@ -346,4 +348,5 @@ def build_site(service: Any, *, max_body: int, reactor: Any,
                                auth_limit=limits["device_auth"]))
     if app is not None:
         root.putChild(b"app", WebApp(app))
-    return ApiSite(root, max_body=max_body, reactor=reactor, trusted_proxies=trusted_proxies)
+    return ApiSite(root, max_body=max_body, reactor=reactor, trusted_proxies=trusted_proxies,
+                   deadlines=deadlines, counters=counters)

@@ -85,6 +85,21 @@ class Lock:
     txid: str | None  # the reported transaction, if any
 
 
+@dataclass(frozen=True)
+class PasscodeAttempt:
+    """A passcode attempt counted (pessimistically, as a failure) before its code is checked.
+
+    ``lock`` is the user's lock when there is one (then nothing was counted and
+    ``id`` is None); the times are the failures before this one, of the user
+    and of the source, since the ``since`` asked for.
+    """
+
+    id: int | None
+    lock: Lock | None
+    user_times: tuple[float, ...]
+    source_times: tuple[float, ...]
+
+
 class Store(Protocol):
     """What the approval service needs from its storage. Time is always passed in as ``now``."""
 
@@ -136,8 +151,8 @@ class Store(Protocol):
         previous process: waiting logins live in memory); return how many."""
 
     def purge(self, now: float, keep: float = 30 * 86400) -> int:
-        """Delete decided transactions, used or expired links and used or expired bypass
-        codes older than ``now - keep``."""
+        """Delete decided transactions, used or expired links, used or expired bypass
+        codes and passcode failures older than ``now - keep``."""
 
     def use_totp_step(self, device_id: str, step: int) -> bool:
         """Claim TOTP ``step`` for the device: compare-and-set that succeeds only if
@@ -145,9 +160,11 @@ class Store(Protocol):
         and no older code after a newer one) and the device is active with a secret."""
 
     def add_bypass_codes(self, username: str, hashes: list[str], now: float,
-                         expires: float, *, replace: bool = False) -> None:
+                         expires: float, *, replace: bool = False,
+                         selectors: list[str] | None = None) -> None:
         """Store bypass codes (their hashes) valid until ``expires``, in one transaction;
-        with ``replace``, the user's earlier codes are deleted in the same transaction."""
+        with ``replace``, the user's earlier codes are deleted in the same transaction.
+        ``selectors`` (one per hash) name the codes; StoreError if one is in use."""
 
     def bypass_candidates(self, username: str, now: float) -> list[tuple[int, str]]:
         """(id, stored hash) of the user's unused codes still valid at ``now``, oldest first."""
@@ -158,6 +175,27 @@ class Store(Protocol):
 
     def delete_bypass_codes(self, username: str) -> int:
         """Delete all of the user's bypass codes, used or not; how many."""
+
+    def bypass_code_for(self, username: str, selector: str, now: float) -> tuple[int, str] | None:
+        """(id, stored hash) of the user's unused code with this selector valid at ``now``."""
+
+    def legacy_bypass_candidates(self, username: str, now: float) -> list[tuple[int, str]]:
+        """Like bypass_candidates, only codes issued without a selector (before version 3)."""
+
+    def bypass_selectors(self, username: str) -> set[str]:
+        """Selectors of the user's unused codes (expired or not): a new code needs another."""
+
+    def claim_passcode_attempt(self, username: str, source: str, now: float,
+                               since: float) -> PasscodeAttempt:
+        """In one transaction: the user's lock, else the failures of the user and of the
+        source since ``since``, and this attempt recorded as one more failure at ``now``.
+        Failures older than ``since`` are deleted (no limit can need them)."""
+
+    def forget_passcode_attempt(self, attempt_id: int) -> None:
+        """The attempt's code was right: it is not a failure after all."""
+
+    def clear_passcode_failures(self, username: str) -> int:
+        """Forget the user's passcode failures (an admin unlocked the user); how many."""
 
     def lock_user(self, username: str, now: float, reason: str, txid: str | None) -> bool:
         """Lock the user's pushes; False if already locked (the first lock is kept)."""
@@ -453,6 +491,7 @@ class SQLiteStore(Store):
                                "(used IS NULL AND expires < ?)", (cutoff, cutoff)).rowcount
             gone += db.execute("DELETE FROM bypass_codes WHERE COALESCE(used, expires) < ?",
                                (cutoff,)).rowcount
+            gone += db.execute("DELETE FROM passcode_failures WHERE at < ?", (cutoff,)).rowcount
         return gone
 
     def use_totp_step(self, device_id: str, step: int) -> bool:
@@ -464,12 +503,17 @@ class SQLiteStore(Store):
                             (step, device_id, step)) == 1
 
     def add_bypass_codes(self, username: str, hashes: list[str], now: float,
-                         expires: float, *, replace: bool = False) -> None:
+                         expires: float, *, replace: bool = False,
+                         selectors: list[str] | None = None) -> None:
+        selectors = selectors if selectors is not None else [None] * len(hashes)
+        if len(selectors) != len(hashes):
+            raise ValueError("one selector per hash")
         with self._write() as db:
             if replace:
                 db.execute("DELETE FROM bypass_codes WHERE username = ?", (username,))
-            db.executemany("INSERT INTO bypass_codes (username, code_hash, created, expires) "
-                           "VALUES (?, ?, ?, ?)", [(username, h, now, expires) for h in hashes])
+            db.executemany("INSERT INTO bypass_codes (username, code_hash, created, expires, "
+                           "selector) VALUES (?, ?, ?, ?, ?)",
+                           [(username, h, now, expires, sel) for h, sel in zip(hashes, selectors)])
 
     def bypass_candidates(self, username: str, now: float) -> list[tuple[int, str]]:
         rows = self._all("SELECT id, code_hash FROM bypass_codes WHERE username = ? "
@@ -482,6 +526,48 @@ class SQLiteStore(Store):
 
     def delete_bypass_codes(self, username: str) -> int:
         return self._change("DELETE FROM bypass_codes WHERE username = ?", (username,))
+
+    def bypass_code_for(self, username: str, selector: str, now: float) -> tuple[int, str] | None:
+        row = self._one("SELECT id, code_hash FROM bypass_codes WHERE username = ? "
+                        "AND selector = ? AND used IS NULL AND expires > ?",
+                        (username, selector, now))
+        return None if row is None else (row[0], row[1])
+
+    def legacy_bypass_candidates(self, username: str, now: float) -> list[tuple[int, str]]:
+        rows = self._all("SELECT id, code_hash FROM bypass_codes WHERE username = ? "
+                         "AND selector IS NULL AND used IS NULL AND expires > ? ORDER BY id",
+                         (username, now))
+        return [(row[0], row[1]) for row in rows]
+
+    def bypass_selectors(self, username: str) -> set[str]:
+        rows = self._all("SELECT selector FROM bypass_codes WHERE username = ? "
+                         "AND used IS NULL AND selector IS NOT NULL", (username,))
+        return {row[0] for row in rows}
+
+    def claim_passcode_attempt(self, username: str, source: str, now: float,
+                               since: float) -> PasscodeAttempt:
+        # BEGIN IMMEDIATE: of concurrent guesses, from any process, each sees
+        # every earlier one, so they cannot all pass the limit together.
+        with self._write() as db:
+            db.execute("DELETE FROM passcode_failures WHERE at < ?", (since,))
+            row = db.execute(f"SELECT {_LOCK} FROM user_locks WHERE username = ?",
+                             (username,)).fetchone()
+            if row is not None:
+                return PasscodeAttempt(None, Lock(*row), (), ())
+            user = db.execute("SELECT at FROM passcode_failures WHERE username = ? "
+                              "AND at >= ? ORDER BY at", (username, since)).fetchall()
+            source_rows = db.execute("SELECT at FROM passcode_failures WHERE source = ? "
+                                     "AND at >= ? ORDER BY at", (source, since)).fetchall()
+            attempt = db.execute("INSERT INTO passcode_failures (username, source, at) "
+                                 "VALUES (?, ?, ?)", (username, source, now)).lastrowid
+        return PasscodeAttempt(attempt, None, tuple(r[0] for r in user),
+                               tuple(r[0] for r in source_rows))
+
+    def forget_passcode_attempt(self, attempt_id: int) -> None:
+        self._change("DELETE FROM passcode_failures WHERE id = ?", (attempt_id,))
+
+    def clear_passcode_failures(self, username: str) -> int:
+        return self._change("DELETE FROM passcode_failures WHERE username = ?", (username,))
 
     def lock_user(self, username: str, now: float, reason: str, txid: str | None) -> bool:
         # the first report is kept: it is the one that names the attack

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
 from pushproxy import logs
+from pushproxy.httpdeadline import DeadlineChannel, Deadlines
 from pushproxy.netaddr import holds, peer_address
 
 log = logging.getLogger("pushproxy.approval.api")
@@ -38,8 +39,10 @@ SECURITY_HEADERS = (
 )
 
 
-#: Seconds an idle connection (or one dribbling its headers/body) may stay open.
-#: Long-polls are not affected: Twisted suspends the idle timer while a request is handled.
+#: Seconds without any byte before Twisted's own idle timer closes a connection.
+#: The absolute read deadlines (`Deadlines`, approval.header_timeout and
+#: friends) are what bound a client that trickles bytes; long-polls are not
+#: affected by either: no deadline runs while a request is being answered.
 IDLE_TIMEOUT = 60
 
 
@@ -173,16 +176,23 @@ class ApiRequest(server.Request):
 
 
 class ApiSite(server.Site):
-    """The approval API's Site: body limit, short idle timeout, structured access log."""
+    """The approval API's Site: body limit, read deadlines, structured access log."""
 
     requestFactory = ApiRequest
+    protocol = DeadlineChannel  # HTTP/1.1 only (no h2 is offered), with read deadlines
+    deadline_name = "approval"
 
     def __init__(self, root: resource.IResource, *, max_body: int, reactor: Any,
-                 timeout: float = IDLE_TIMEOUT, trusted_proxies: tuple = ()):
+                 timeout: float = IDLE_TIMEOUT, trusted_proxies: tuple = (),
+                 deadlines: Deadlines = Deadlines(), counters: Any = None):
         # parsePOSTFormSubmission=False: no form bodies here, and parsing them costs memory.
-        super().__init__(root, logPath=None, timeout=timeout, reactor=reactor,
-                         parsePOSTFormSubmission=False)
+        # Twisted's own byte-idle timer must not cut a keep-alive wait the
+        # config allows to be longer.
+        super().__init__(root, logPath=None, timeout=max(timeout, deadlines.idle),
+                         reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body = max_body
+        self.deadlines = deadlines
+        self.counters = counters  # http_deadline_closed
         # Reverse proxies whose X-Forwarded-For is believed (approval.trusted_proxies).
         self.trusted_proxies = tuple(trusted_proxies)
 

@@ -47,8 +47,9 @@ class LdapFrontConfig:
     max_message_size: int
     max_connections: int
     max_queued: int  # messages a client may send while its bind is decided
-    idle_timeout: float  # seconds without traffic before a connection is closed
-
+    idle_timeout: float  # seconds without a complete message (or an answer) before closing
+    max_connections_per_source: int = 100  # 0: off (pushproxy/connlimit.py)
+    first_message_timeout: float = 10.0  # accept (TLS handshake included) to a whole message
 
     def timeout_advice(self, need: float) -> list[str]:
         """What LDAP clients must allow for a bind that waits for a phone."""
@@ -60,7 +61,8 @@ class LdapFrontConfig:
 KEYS = ("name", "listen", "listen_ldaps", "tls_cert", "tls_key", "require_tls",
         "login_attribute", "service_dns", "exempt_ous", "exempt_groups", "allow_anonymous",
         "allow_unauthenticated", "sasl", "no_device", "bind_cache_seconds", "bind_cache_size",
-        "max_message_size", "max_connections", "max_queued", "idle_timeout")
+        "max_message_size", "max_connections", "max_queued", "idle_timeout",
+        "max_connections_per_source", "first_message_timeout")
 
 
 def _dns(c: Checker, m: dict, key: str, path: str) -> list[str]:
@@ -144,5 +146,11 @@ def parse_ldap_front(c: Checker, value, path: str = "ldap_front") -> LdapFrontCo
                             maximum=10_000, integer=True),
         idle_timeout=c.number(m, "idle_timeout", f"{path}.idle_timeout", 900, minimum=10,
                               maximum=86400),
+        max_connections_per_source=c.number(
+            m, "max_connections_per_source", f"{path}.max_connections_per_source", 100,
+            minimum=0, maximum=100_000, integer=True),
+        first_message_timeout=c.number(m, "first_message_timeout",
+                                       f"{path}.first_message_timeout", 10, minimum=1,
+                                       maximum=300),
     )
     return config if len(c.problems) == before else None

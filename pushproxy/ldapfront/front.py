@@ -13,7 +13,7 @@ import logging
 from OpenSSL import crypto
 from twisted.internet import defer, ssl
 
-from pushproxy import logs
+from pushproxy import connlimit, logs
 from pushproxy.config import Config
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import BindCache
@@ -53,6 +53,10 @@ class LdapFront:
         self.cache = BindCache(cfg.bind_cache_seconds, cfg.bind_cache_size)
         self.drops = DropLog(self.reactor)
         self.connections: set = set()
+        # One budget for the plain and the LDAPS listeners together.
+        self.budget = connlimit.ConnectionBudget(
+            "ldap_front", total=cfg.max_connections,
+            per_source=cfg.max_connections_per_source)
         self.ports: list = []
         self.tls_options = None
         self.accepting = True
@@ -67,6 +71,8 @@ class LdapFront:
                            | self.config.exempt_groups)
         self.push_no_device = config.push.no_device
         self.cache.reconfigure(self.config.bind_cache_seconds, self.config.bind_cache_size)
+        self.budget.total = self.config.max_connections
+        self.budget.per_source = self.config.max_connections_per_source
 
     @property
     def engine(self):
@@ -90,11 +96,9 @@ class LdapFront:
         for (host, port), ldaps in [(a, False) for a in cfg.listen] + \
                 [(a, True) for a in cfg.listen_ldaps]:
             factory = LdapFrontFactory(self, ldaps)
-            if ldaps:
-                listening = self.reactor.listenSSL(port, factory, self.tls_options,
-                                                   interface=host)
-            else:
-                listening = self.reactor.listenTCP(port, factory, interface=host)
+            listening = connlimit.listen(self.reactor, port, factory, self.budget,
+                                         self.counters, interface=host,
+                                         tls_options=self.tls_options if ldaps else None)
             self.ports.append((listening, ldaps))
             bound = listening.getHost()
             logs.event(log, logging.INFO, "ldap_front.listening", address=bound.host,

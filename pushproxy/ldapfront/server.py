@@ -94,21 +94,25 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         self.closed = False
         self.upstream: Upstream | None = None
         self.peer = "?"
+        self.waiting_first = True  # no whole message yet (or since StartTLS)
         self._abort = None  # forced close after a notice the peer does not read
 
     # -- connection --
 
     def connectionMade(self) -> None:
-        """Count the connection; refuse it over the limit."""
+        """Count the connection and start its first-message deadline."""
         self.peer = client_address(getattr(self.transport.getPeer(), "host", "?"))
         self.front.connections.add(self)
         self.transport.setTcpNoDelay(True)
-        # Idle connections (no bytes either way) are closed: a connection that
-        # never sends anything must not hold one of max_connections forever.
-        self.setTimeout(self.front.config.idle_timeout)
-        if len(self.front.connections) > self.front.config.max_connections:
-            self.front.counters.inc("ldap_front_connections_refused")
-            self._disconnect(ber.BUSY, "too many connections", log_it=False)
+        # A new connection gets first_message_timeout (TLS handshake included)
+        # for one whole message; after that, idle_timeout, which only a whole
+        # message (or an answer going out) restarts: single bytes trickled in
+        # never do, so a connection cannot be held open by them.
+        self.setTimeout(self.front.config.first_message_timeout)
+        self.waiting_first = True
+        # max_connections and max_connections_per_source are enforced when the
+        # connection is accepted (pushproxy/connlimit.py), before any TLS.
+        self._waiting()
 
     def connectionLost(self, reason=None) -> None:
         """The client left: close its upstream connection too."""
@@ -117,12 +121,28 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
         self.front.connections.discard(self)
+        budget = getattr(self.front, "budget", None)
+        if budget is not None:
+            budget.working(self)
         self._drop_upstream()
 
     def timeoutConnection(self) -> None:
-        """Idle for ``idle_timeout`` seconds (a pending bind is not idle)."""
+        """No whole message in time: idle, or a first message (or handshake) never came.
+
+        A pending bind is not idle.
+        """
+        if self.closed:
+            return None  # already closing; its own abort timer ends it
         if self.busy:
             self.setTimeout(self.front.config.idle_timeout)  # the fired timer is gone: re-arm
+            return None
+        if self.waiting_first:
+            # Cut at once, no notice: a peer stuck in its TLS handshake could
+            # not read one, and a closing TLS connection would wait for it.
+            self.front.counters.inc("ldap_front_first_message_timeouts")
+            self.closed = True
+            self._drop_upstream()
+            self.transport.abortConnection()
             return None
         self.front.counters.inc("ldap_front_idle_closed")
         self._disconnect(ber.UNAVAILABLE, "idle timeout", log_it=False)
@@ -154,7 +174,6 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         """Frame messages; handle them, or queue them while a bind is decided."""
         if self.closed:
             return
-        self.resetTimeout()
         self.buffer += data
         limit = self.front.config.max_message_size
         while not self.closed:
@@ -163,6 +182,9 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
                 if taken is None:
                     return
                 raw, msg = taken
+                self.waiting_first = False
+                self.setTimeout(self.front.config.idle_timeout)  # a whole message: not idle
+                self._waiting()
             except ber.ProtocolError as exc:
                 self.front.counters.inc("ldap_front_protocol_errors")
                 return self._disconnect(ber.PROTOCOL_ERROR, str(exc))
@@ -174,9 +196,27 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             else:
                 self._handle(msg)
 
+    def _waiting(self) -> None:
+        """Tell the listener's budget we wait on the client (a full listener may evict us)."""
+        budget = getattr(self.front, "budget", None)
+        if budget is not None and not self.closed:
+            budget.waiting(self, self.front.reactor.seconds(), self._evicted)
+
+    def _evicted(self) -> bool:
+        """Closed to make room (the listener is full); never while a bind or connect runs."""
+        if self.busy or self.closed:
+            return False
+        self.front.counters.inc("ldap_front_evicted")
+        self.closed = True
+        self.setTimeout(None)
+        self._drop_upstream()
+        self.transport.abortConnection()
+        return True
+
     def _release(self) -> None:
         """The bind (or connect) is over: handle what waited meanwhile."""
         self.busy = False
+        self._waiting()
         while self.queue and not self.busy and not self.closed:
             self._handle(self.queue.popleft())
 
@@ -270,6 +310,9 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
                                                    name=ber.STARTTLS_OID))
         self.transport.startTLS(options)
         self.tls = True
+        # The handshake and the next message get the first-message deadline.
+        self.waiting_first = True
+        self.setTimeout(self.front.config.first_message_timeout)
 
     # -- binds --
 

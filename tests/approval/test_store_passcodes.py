@@ -88,8 +88,8 @@ def make_v1(path):
     db.close()
 
 
-def test_packaged_migrations_now_reach_version_2():
-    assert [v for v, _ in store_module._load_migrations()] == [1, 2]
+def test_packaged_migrations_now_reach_version_3():
+    assert [v for v, _ in store_module._load_migrations()] == [1, 2, 3]
 
 
 def test_version_1_database_is_migrated_and_keeps_its_data(dbpath):
@@ -109,15 +109,15 @@ def test_version_1_database_is_migrated_and_keeps_its_data(dbpath):
         assert s.lock_user("alice", T0, "fraud", "tx1") is True
     finally:
         s.close()
-    assert user_version(dbpath) == 2
+    assert user_version(dbpath) == 3
     s = SQLiteStore(dbpath)  # reopening does not run 0002 again (ALTER TABLE would fail)
     assert s.user_lock("alice") is not None
     s.close()
 
 
-def test_fresh_database_is_version_2(dbpath):
+def test_fresh_database_is_version_3(dbpath):
     SQLiteStore(dbpath).close()
-    assert user_version(dbpath) == 2
+    assert user_version(dbpath) == 3
 
 
 # -- devices and TOTP steps

@@ -106,7 +106,7 @@ class SilentServer:
 class ServeProcess:
     """`pushproxy serve` as a child process; its stderr is read without ever blocking forever."""
 
-    def __init__(self, config_path: Path, env: dict | None = None):
+    def __init__(self, config_path: Path, env: dict | None = None, preexec_fn=None):
         import os
         import subprocess
         import sys
@@ -115,7 +115,8 @@ class ServeProcess:
         self._buffer = b""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pushproxy.cli", "serve", "--config", str(config_path)],
-            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            preexec_fn=preexec_fn)  # e.g. a low RLIMIT_NOFILE for the daemon alone
 
     def _read(self, timeout: float) -> bool:
         import os

@@ -164,7 +164,7 @@ def test_passcodes_appended_to_the_password(stack, tmp_path):
                           "--config", str(s.config_path)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    bypass = [w for w in out.stdout.split() if w.isdigit() and len(w) == 10][0]
+    bypass = [w for w in out.stdout.split() if w.isdigit() and len(w) == 12][0]
     first = yield radclient(s.radius, SECRET, attrs(password=f"alice-pw,{bypass}", station="3"))
     second = yield radclient(s.radius, SECRET, attrs(password=f"alice-pw,{bypass}", station="4"))
     assert (first.code, second.code) == ("Access-Accept", "Access-Reject")
