@@ -39,6 +39,7 @@ from pushproxy.approval.store import (
     Device,
     Enrollment,
     Lock,
+    PasscodeAttempt,
     Store,
     StoreError,
     Transaction,
@@ -323,6 +324,8 @@ class PostgresStore(Store):
                                "(used IS NULL AND expires < %s)", (cutoff, cutoff)).rowcount
             gone += db.execute("DELETE FROM bypass_codes WHERE COALESCE(used, expires) < %s",
                                (cutoff,)).rowcount
+            gone += db.execute("DELETE FROM passcode_failures WHERE at < %s",
+                               (cutoff,)).rowcount
         return gone
 
     # -- passcodes
@@ -384,11 +387,10 @@ class PostgresStore(Store):
                          "AND used IS NULL AND selector IS NOT NULL", (username,))
         return {row[0] for row in rows}
 
-    def claim_passcode_attempt(self, username: str, source: str, now: float, since: float):
+    def claim_passcode_attempt(self, username: str, source: str, now: float,
+                               since: float) -> PasscodeAttempt:
         """The user's lock, else the failures of the user and of the source since
         ``since`` and this attempt recorded as one more, in one transaction."""
-        from pushproxy.approval.store import PasscodeAttempt  # defined with migration 3
-
         with self._write() as db:
             # one claim at a time on the whole database, as SQLite's write lock
             # does: concurrent guesses on any node each see every earlier one

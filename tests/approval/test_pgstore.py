@@ -1,6 +1,6 @@
 """What only the PostgreSQL store has to show: bounded failures (server gone, row locked,
 read-only), reconnecting by itself, schema versions and migrations, and the methods
-that other store changes added (mirrored here until their own tests run on both)."""
+that other store changes added and whose tests do not run on both backends yet."""
 
 import threading
 import time
@@ -200,49 +200,8 @@ def test_expire_transactions_closes_only_pending_ones_in_one_commit(store):
         "expired", "approved", "expired"]
 
 
-def test_bypass_codes_with_selectors(store):
-    store.add_bypass_codes("alice", ["old"], T0, T0 + 60)
-    store.add_bypass_codes("alice", ["h1", "h2"], T0, T0 + 60, selectors=["123", "456"])
-    assert store.bypass_selectors("alice") == {"123", "456"}
-    code_id, code_hash = store.bypass_code_for("alice", "456", T0 + 1)
-    assert code_hash == "h2"
-    assert [h for _, h in store.legacy_bypass_candidates("alice", T0 + 1)] == ["old"]
-    with pytest.raises(StoreError):  # a selector in use by an unused code
-        store.add_bypass_codes("alice", ["h3"], T0, T0 + 60, selectors=["123"])
-    assert store.consume_bypass_code(code_id, T0 + 2) is True
-    assert store.bypass_code_for("alice", "456", T0 + 3) is None
-    assert store.bypass_selectors("alice") == {"123"}
-    with pytest.raises(ValueError):
-        store.add_bypass_codes("alice", ["h4"], T0, T0 + 60, selectors=[])
-
-
-def _passcode_attempt():
-    try:
-        from pushproxy.approval.store import PasscodeAttempt  # noqa: F401
-    except ImportError:
-        pytest.skip("the passcode guessing limits (store version 3) are not merged here")
-
-
-def test_passcode_attempts_are_counted_before_checking_and_forgotten_when_right(store):
-    _passcode_attempt()
-    first = store.claim_passcode_attempt("alice", "gw1/st1", T0, T0 - 600)
-    assert (first.lock, first.user_times, first.source_times) == (None, (), ())
-    second = store.claim_passcode_attempt("alice", "gw1/st1", T0 + 1, T0 - 600)
-    assert second.user_times == (T0,) and second.source_times == (T0,)
-    store.forget_passcode_attempt(second.id)
-    third = store.claim_passcode_attempt("bob", "gw1/st1", T0 + 2, T0 - 600)
-    assert third.user_times == () and third.source_times == (T0,)
-    later = store.claim_passcode_attempt("alice", "x", T0 + 700, T0 + 1)  # T0 is too old
-    assert later.user_times == ()
-    store.lock_user("alice", T0 + 701, "guessing", None)
-    locked = store.claim_passcode_attempt("alice", "x", T0 + 702, T0)
-    assert locked.id is None and locked.lock.reason == "guessing"
-    assert store.clear_passcode_failures("alice") == 1
-
-
 def test_concurrent_passcode_attempts_each_see_every_earlier_one(url):
     """Eight connections guess at once: the counts they see are 0..7, each once."""
-    _passcode_attempt()
     barrier = threading.Barrier(8)
     seen, errors = [], []
 
