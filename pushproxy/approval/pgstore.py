@@ -14,8 +14,9 @@ PostgreSQL in one statement or one transaction:
 
 Nothing may hang a login: the connection carries ``statement_timeout`` and
 ``lock_timeout``, a bounded ``connect_timeout`` and TCP keepalives with
-``tcp_user_timeout`` (a silent network), and every database failure is a
-``StoreError``. A lost connection is reopened on the next call, so the store object
+``tcp_user_timeout`` (a silent network), a watchdog cuts off a call that runs far
+past those bounds (a server that stopped answering: see pgwatch), and every
+database failure is a ``StoreError``. A lost connection is reopened on the next call, so the store object
 outlives a PostgreSQL restart or failover.
 """
 
@@ -29,6 +30,7 @@ from typing import Callable, Iterator
 
 import psycopg
 
+from pushproxy.approval.pgwatch import Watchdog
 from pushproxy.approval.store import (
     _DEVICE,
     _ENROLLMENT,
@@ -85,6 +87,9 @@ class PostgresStore(Store):
         self._timeout = timeout
         self._db: psycopg.Connection | None = None
         self.commits = 0  # transactions committed by this store (for /metrics)
+        # a call (or a transaction of several statements, each bounded by the
+        # server) that runs this long means the server stopped answering
+        self._watchdog = Watchdog(max(3 * timeout, timeout + 2))
         try:
             with self._guard():
                 self._migrate()
@@ -116,7 +121,7 @@ class PostgresStore(Store):
             raise
         return db
 
-    def _conn(self) -> psycopg.Connection:
+    def _conn(self, limit: float | None = None) -> psycopg.Connection:
         # a broken connection (server restarted, failover, network) is replaced
         # on the next call: the caller that saw it break already got StoreError
         if self._db is None or self._db.closed or self._db.broken:
@@ -124,6 +129,8 @@ class PostgresStore(Store):
                 self._db.close()
                 self._db = None
             self._db = self._connect()
+        # watched until the end of the call (_guard disarms)
+        self._watchdog.arm(self._db.fileno(), limit)
         return self._db
 
     @contextmanager
@@ -134,11 +141,13 @@ class PostgresStore(Store):
             yield
         except psycopg.Error as exc:
             raise StoreError(f"approval store: {_brief(exc)}") from exc
+        finally:
+            self._watchdog.disarm()
 
     @contextmanager
-    def _write(self) -> Iterator[psycopg.Connection]:
+    def _write(self, limit: float | None = None) -> Iterator[psycopg.Connection]:
         with self._guard():
-            db = self._conn()
+            db = self._conn(limit)
             with db.transaction():
                 yield db
             self.commits += 1
@@ -168,7 +177,7 @@ class PostgresStore(Store):
 
         if check(self._version(self._conn())) == known:
             return
-        with self._write() as db:
+        with self._write(limit=MIGRATION_TIMEOUT_MS / 1000 + 10) as db:
             db.execute(f"SET LOCAL statement_timeout = {MIGRATION_TIMEOUT_MS}")
             db.execute(f"SET LOCAL lock_timeout = {MIGRATION_TIMEOUT_MS}")
             # one migrator at a time; read again under the lock: another process
@@ -459,6 +468,7 @@ class PostgresStore(Store):
                 tx.connection.execute("UPDATE schema_version SET version = version")
 
     def close(self) -> None:
+        self._watchdog.close()
         if self._db is not None:
             self._db.close()
             self._db = None

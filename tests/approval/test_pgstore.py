@@ -2,6 +2,8 @@
 read-only), reconnecting by itself, schema versions and migrations, and the methods
 that other store changes added and whose tests do not run on both backends yet."""
 
+import os
+import signal
 import threading
 import time
 
@@ -69,6 +71,36 @@ def test_server_stopped_mid_use_fails_fast_then_the_same_object_reconnects(postg
         postgres.start()
     assert [d.id for d in store.devices("alice")] == ["dev1"]
     assert store.use_totp_step("dev1", 7) is True
+
+
+def test_a_server_that_stops_answering_is_cut_off_by_the_watchdog(store):
+    """The connection's server process is frozen (SIGSTOP): statement_timeout cannot fire
+    and TCP still looks alive, yet the call ends in StoreError within the watchdog's bound,
+    and the next call works on a new connection once the server runs again."""
+    enrolled(store)
+    frozen = store._one("SELECT pg_backend_pid()")[0]
+    os.kill(frozen, signal.SIGSTOP)
+    outcome = []
+
+    def call():
+        try:
+            outcome.append(store.devices("alice"))
+        except StoreError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        caller.join(15)  # the bound is 3 s here; generous for a loaded machine
+        hung = caller.is_alive()
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        caller.join(15)
+    assert not hung, "the call waited on a frozen server past every bound"
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError)
+    assert store._watchdog.fired == 1
+    assert [d.id for d in store.devices("alice")] == ["dev1"]
+    assert store._one("SELECT pg_backend_pid()")[0] != frozen
 
 
 def test_connection_refused_at_open_is_a_store_error():
