@@ -20,7 +20,6 @@ from pushproxy.approval.store import (
     Transaction,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 T0 = 1_796_000_000.0
 SUB = {"endpoint": "https://push.example/abc", "keys": {"p256dh": "BPk", "auth": "au"}}
 
