@@ -50,6 +50,12 @@ def exposure_warnings(config) -> list[str]:
             f"approval.public_url is http:// while approval.listen ({host}) is not "
             "loopback: phones would send device keys and answers in clear text; use "
             "https:// (tls_cert/tls_key, or a TLS reverse proxy with listen on 127.0.0.1)")
+    from pushproxy.approval.backends import is_postgres_url, postgres_tls_warning
+
+    if is_postgres_url(config.approval.database):
+        tls = postgres_tls_warning(config.approval.database)
+        if tls:
+            warnings.append(tls)
     return warnings
 
 

@@ -81,3 +81,18 @@ def test_check_config_names_the_problem_via_the_cli(tmp_path):
     assert out.returncode != 0
     assert "approval.database" in out.stdout + out.stderr
     assert "pw-in-url" not in out.stdout + out.stderr
+
+
+def test_check_config_warns_about_a_remote_database_without_verified_tls(tmp_path):
+    from pushproxy.cli import exposure_warnings
+
+    def warned(url):
+        config = parse(with_database(url, "  database_password_env: DB_PW\n"), tmp_path,
+                       dict(ENV, DB_PW="x"))
+        return [w for w in exposure_warnings(config) if w.startswith("approval.database")]
+
+    assert "sslmode=prefer (the default)" in warned(URL)[0]
+    assert "sslmode=require" in warned(URL + "?sslmode=require")[0]
+    assert warned(URL + "?sslmode=verify-full&sslrootcert=/etc/ca.crt") == []
+    assert warned("postgresql://pushproxy@127.0.0.1:5432/pushproxy") == []
+    assert warned("postgresql://pushproxy@localhost/pushproxy") == []

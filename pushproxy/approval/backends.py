@@ -56,3 +56,32 @@ def postgres_url_problems(url: str) -> list[str]:
     if not info.get("host") and not info.get("hostaddr"):
         problems.append("names no host: write postgresql://USER@HOST:PORT/DBNAME")
     return problems
+
+
+def postgres_tls_warning(url: str) -> str | None:
+    """A warning when a remote PostgreSQL connection is not TLS-verified, else None.
+
+    Device keys, TOTP secrets and answers cross that connection: anything short of
+    ``sslmode=verify-full`` lets someone on the path read or change them."""
+    import ipaddress
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(url)
+    hosts = [h for h in str(info.get("host") or info.get("hostaddr") or "").split(",") if h]
+    remote = []
+    for host in hosts:
+        if host.startswith("/") or host == "localhost":
+            continue  # a Unix socket, or this machine
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        remote.append(host)
+    if remote and info.get("sslmode") != "verify-full":
+        return (f"approval.database connects to {', '.join(remote)} with sslmode="
+                f"{info.get('sslmode') or 'prefer (the default)'}: add sslmode=verify-full "
+                "(and sslrootcert=...) to the URL, or device keys and answers can be read "
+                "on the way")
+    return None
