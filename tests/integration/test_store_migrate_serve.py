@@ -75,16 +75,7 @@ def test_device_enrolled_on_sqlite_approves_a_login_after_migrating_to_postgresq
         serve.wait_for("daemon.ready")
         # the VAPID key moved too: phones' push subscriptions stay valid
         assert requests.get(info_url, timeout=5).json()["vapid_public_key"] == vapid
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            login = pool.submit(radclient_sync, f"127.0.0.1:{radius_port}", SECRET,
-                                [("User-Name", "alice"), ("User-Password", "alice-pw"), MA],
-                                retries=1, timeout=25)
-            entries, started = [], time.monotonic()
-            while not entries and time.monotonic() - started < 20:
-                entries = auth.pending(state_dir, 5)
-            assert len(entries) == 1, serve.output()
-            assert auth.answer(state_dir, entries[0]["txid"], "approve")["status"] == "recorded"
-            assert login.result(timeout=30).code == "Access-Accept"
+        assert approve_login(serve, radius_port, state_dir) == "Access-Accept"
         assert not (tmp_path / "pushproxy.db").exists()  # the daemon used PostgreSQL
         assert "Traceback" not in serve.output()
         stop(serve)
