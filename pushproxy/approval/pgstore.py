@@ -65,9 +65,10 @@ def pg_migrations() -> list[tuple[int, str]]:
 
 
 def _brief(exc: psycopg.Error) -> str:
-    # libpq's message without its trailing newline; never the conninfo (no password)
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0] if "\n" in text and len(text) > 300 else text
+    # libpq's message on one line (it may span several), for one log line; it never
+    # holds the conninfo, so never the password
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return (text or type(exc).__name__)[:500]
 
 
 class PostgresStore(Store):
@@ -109,6 +110,7 @@ class PostgresStore(Store):
             # given up on after a few seconds, not after TCP's ~15 minutes
             keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
             tcp_user_timeout=max(ms * 2, 2000), **extra)
+        self._watchdog.arm(db.fileno())  # connect_timeout bounded the rest
         try:
             # every statement and row-lock wait is bounded on the server (set
             # here, not with the "options" parameter, so a URL's own options stay)
