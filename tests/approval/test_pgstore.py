@@ -2,6 +2,7 @@
 read-only), reconnecting by itself, schema versions and migrations, and the methods
 that other store changes added and whose tests do not run on both backends yet."""
 
+import inspect
 import os
 import signal
 import threading
@@ -13,7 +14,7 @@ import pytest
 from pushproxy.approval import pgstore
 from pushproxy.approval import store as store_module
 from pushproxy.approval.pgstore import PostgresStore
-from pushproxy.approval.store import Device, StoreError, Transaction
+from pushproxy.approval.store import Device, SQLiteStore, Store, StoreError, Transaction
 from tests.pg import PASSWORD, free_port
 
 T0 = 1_796_000_000.0
@@ -50,6 +51,19 @@ def enrolled(store, dev=None):
 def version(url):
     with psycopg.connect(url, password=PASSWORD) as conn:
         return conn.execute("SELECT version FROM schema_version").fetchall()
+
+
+def test_every_store_method_exists_on_postgresql_with_the_same_signature():
+    """A method added to the SQLite store (or the interface) without its PostgreSQL twin
+    fails here, not on a cluster in production."""
+    def public(cls):
+        return {name: inspect.signature(member) for name, member in vars(cls).items()
+                if callable(member) and not name.startswith("_")}
+
+    sqlite, postgres = public(SQLiteStore), public(PostgresStore)
+    for name, signature in {**public(Store), **sqlite}.items():
+        assert name in postgres, f"PostgresStore lacks {name}"
+        assert list(postgres[name].parameters) == list(signature.parameters), name
 
 
 # -- failures are StoreErrors, in bounded time
