@@ -166,6 +166,17 @@ class LdapDirectory:
                                          detail="ldap.bind_dn is needed to look users up"))
         return self._queue(username, _LOOKUP)
 
+    def lookup_blocking(self, username: str) -> PrimaryResult:
+        """``lookup`` in the calling thread (command-line tools; never the reactor)."""
+        if self.config.bind_dn is None:
+            return PrimaryResult(PrimaryStatus.UNAVAILABLE,
+                                 detail="ldap.bind_dn is needed to look users up")
+        try:
+            return self._authenticate_sync(username, _LOOKUP)
+        finally:
+            for state in self._servers:
+                self._drop_connections(state.server)
+
     def _queue(self, username: str, password):
         limit = self.config.pool_size + self.config.max_queue
         if self._outstanding >= limit:
