@@ -222,7 +222,10 @@ def explain(policy: Policy, ctx: LoginContext) -> str:
     where = f"rule {decision.rule!r}" if decision.rule else "no rule matched: the default"
     if decision.action is Action.PUSH:
         lines.append(f"Result: push with {decision.verification.value} verification ({where})")
-        if policy.remember_minutes:
+        if policy.remember_minutes and ctx.peer_is_application and not decision.names_client:
+            lines.append("Remembered login: off for this client (its peer is an application "
+                         "server; a rule whose clients name it turns it on)")
+        elif policy.remember_minutes:
             lines.append(f"Remembered login: after an approved push, this user from the same "
                          f"Calling-Station-Id skips the push for {policy.remember_minutes:g} "
                          "minutes")
@@ -390,10 +393,16 @@ def cmd_explain(args) -> int:
             when = when.replace(tzinfo=zoneinfo.ZoneInfo(policy.timezone))
         now = when.timestamp()
     names = {client.name for client in config.radius.clients}
+    front = getattr(config, "ldap_front", None)
+    # The LDAP front end's peer is the application server (see LoginContext).
+    app = front is not None and args.client == front.name
+    if app:
+        names.add(front.name)
     if args.client not in names:
         print(f"note: no RADIUS client is named {args.client!r} (configured: "
               f"{', '.join(sorted(names))})", file=sys.stderr)
-    ctx = LoginContext(args.user, args.client, args.ip, frozenset(args.group), now)
+    ctx = LoginContext(args.user, args.client, args.ip, frozenset(args.group), now,
+                       peer_is_application=app)
     print(explain(policy, ctx))
     return 0
 

@@ -308,3 +308,12 @@ def test_the_codec_reads_nas_port_and_nas_port_id_as_the_session(attrs, expected
                      NAS_IP_Address="192.0.2.1")
     decoded = codec.decode_request(raw, SECRET, DICT, require_message_authenticator=True)
     assert decoded.nas_port == expected and decoded.nas_ip == "192.0.2.1"
+
+
+def test_policy_explain_says_why_a_networks_rule_passes_over_an_application_peer():
+    from pushproxy.policy import explain
+    policy = Policy(rules=(Rule("office-lan", Action.ALLOW, networks=NETS),),
+                    remember_minutes=10)
+    text = explain(policy, context())
+    assert "is an application server, not the user" in text
+    assert "Remembered login: off for this client" in text
