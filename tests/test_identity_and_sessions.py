@@ -317,3 +317,46 @@ def test_policy_explain_says_why_a_networks_rule_passes_over_an_application_peer
     text = explain(policy, context())
     assert "is an application server, not the user" in text
     assert "Remembered login: off for this client" in text
+
+
+class _Upstream:
+    """Answers the LDAP front end's bind with success and its entry read with ``entries``."""
+
+    def __init__(self, entries):
+        from pushproxy.ldapfront import ber
+        self.ber = ber
+        self.entries = entries
+        self.server = type("S", (), {"url": "ldap://upstream"})()
+        self.response_timeout = 5
+
+    def exchange(self, request, mid, final):
+        ber = self.ber
+        if ber.BIND_RESPONSE in final:
+            return defer.succeed([ber.parse_message(ber.bind_response(mid, ber.SUCCESS))])
+        out = []
+        for dn, attrs in self.entries:
+            body = b"".join(ber.tlv(ber.SEQUENCE, ber.octets(k) + ber.tlv(
+                ber.SET, b"".join(ber.octets(v) for v in vs))) for k, vs in attrs.items())
+            out.append(ber.parse_message(ber.message(
+                mid, ber.SEARCH_ENTRY, ber.octets(dn) + ber.tlv(ber.SEQUENCE, body))))
+        out.append(ber.parse_message(ber.message(mid, ber.SEARCH_DONE, ber.result(0))))
+        return defer.succeed(out)
+
+
+@pytest.mark.parametrize("typed_dn,entries,status,account", [
+    # The stored entry names the account, whatever the spelling of the bind DN.
+    ("uid=alİce,ou=people", [("uid=alice,ou=people", {"uid": ["alice"]})], PrimaryStatus.OK,
+     "alice"),
+    ("uid=ALICE,ou=people", [("uid=alice,ou=people", {"uid": ["alias", "alice"]})],
+     PrimaryStatus.OK, "alice"),
+    # The entry is hidden from its user: the typed RDN only when plain ASCII.
+    ("uid=Alice,ou=people", [], PrimaryStatus.OK, "alice"),
+    ("uid=alİce,ou=people", [], PrimaryStatus.UNKNOWN_USER, None),
+])
+def test_the_ldap_front_end_keys_on_the_stored_name(typed_dn, entries, status, account):
+    from pushproxy.config import GroupMode
+    from pushproxy.ldapfront.primary import read_user
+    d = defer.ensureDeferred(read_user(_Upstream(entries), 2, typed_dn, "pw", "uid",
+                                       GroupMode.MEMBER_OF, frozenset(), Counters()))
+    (result, _), = run(d)
+    assert (result.status, result.account) == (status, account)
