@@ -1,7 +1,9 @@
 """The engine: one login from credentials to decision, readable top to bottom.
 
-    split "password,passcode" -> check input -> join an identical pending login?
-    -> primary auth (directory) -> policy (allow / deny / push + verification)
+    split "password,passcode" -> check input -> join a pending login of the
+    same session and credential? (`join_key`) -> primary auth (directory)
+    -> from here on the account it proved, never the name typed (`user_key`)
+    -> policy (allow / deny / push + verification)
     -> passcode? -> fraud lock? -> remembered login? -> fatigue limits
     -> push (plain: wait here; verified: Access-Challenge now, the follow-up
        request with the State waits) -> decision -> one audit event
