@@ -194,3 +194,14 @@ def test_enroll_resolves_folded_spellings_to_the_one_account(stack, folded):
         sys.executable, ("-m", "pushproxy.cli", "enroll", "mallory", "--config",
                          str(s.config_path), "--no-qr"), env={"PATH": "/usr/bin:/bin"})
     assert code == 1 and b"no user 'mallory' in the directory" in err and out == b""
+
+
+def test_test_connection_shows_the_account_a_folded_spelling_resolves_to(slapd, tmp_path):
+    """`pushproxy test-connection --user alİce` names the account logins key on."""
+    import subprocess
+    from tests.integration.harness import write_config
+    config = write_config(tmp_path, slapd)
+    out = subprocess.run([sys.executable, "-m", "pushproxy.connectivity", "--config",
+                          str(config), "--user", "alİce"], capture_output=True, text=True,
+                         timeout=120)
+    assert "account 'alice' (uid)" in out.stdout, out.stdout + out.stderr
