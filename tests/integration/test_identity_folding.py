@@ -194,6 +194,11 @@ def test_enroll_resolves_folded_spellings_to_the_one_account(stack, folded):
         sys.executable, ("-m", "pushproxy.cli", "enroll", "mallory", "--config",
                          str(s.config_path), "--no-qr"), env={"PATH": "/usr/bin:/bin"})
     assert code == 1 and b"no user 'mallory' in the directory" in err and out == b""
+    # For names only an upstream RADIUS server knows: as given, casefolded.
+    out, err, code = yield getProcessOutputAndValue(
+        sys.executable, ("-m", "pushproxy.cli", "enroll", "--no-directory-check", "CORP\\Mallory",
+                         "--config", str(s.config_path), "--no-qr"), env={"PATH": "/usr/bin:/bin"})
+    assert code == 0 and out.decode().startswith("Enrollment link for corp\\mallory "), err
 
 
 def test_test_connection_shows_the_account_a_folded_spelling_resolves_to(slapd, tmp_path):
