@@ -255,7 +255,8 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     daemon = _daemon(c, root.get("daemon", {}))
     from pushproxy.ldapfront.config import parse_ldap_front  # imports this module
 
-    ldap_front = parse_ldap_front(c, root.get("ldap_front"))
+    ldap_front = parse_ldap_front(c, root.get("ldap_front"),
+                                  account_attribute=ldap.username_attribute if ldap else None)
     front_names = {ldap_front.name} if ldap_front else set()
     policy = parse_policy(c, root.get("policy"), "policy",
                           client_names={cl.name for cl in radius.clients} | front_names

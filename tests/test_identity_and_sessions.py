@@ -360,3 +360,19 @@ def test_the_ldap_front_end_keys_on_the_stored_name(typed_dn, entries, status, a
                                        GroupMode.MEMBER_OF, frozenset(), Counters()))
     (result, _), = run(d)
     assert (result.status, result.account) == (status, account)
+
+
+def test_the_ldap_front_ends_login_attribute_follows_ldap_username_attribute(tmp_path):
+    front = "ldap_front:\n  listen: [\"127.0.0.1:0\"]\n  require_tls: false\n"
+    ad = '  user_filter: "(sAMAccountName={username})"\n'
+    assert parse_ldap(tmp_path, ad + front).ldap_front.login_attribute == "sAMAccountName"
+    with pytest.raises(ConfigError) as err:
+        parse_ldap(tmp_path, ad + front + "  login_attribute: uid\n")
+    assert any("differs from ldap.username_attribute" in p for p in err.value.problems)
+
+
+def test_one_entry_is_one_account_on_both_front_ends():
+    from pushproxy.ldapfront.binds import login_name
+    attrs = {"uid": ["zed", "Bob"]}
+    assert login_name(attrs, "uid", "cn=Bob Smith,ou=people").casefold() == \
+        account_of(attrs, "uid", "cn=Bob Smith,ou=people") == "bob"
