@@ -23,6 +23,7 @@ from pushproxy.approval.backends import open_store
 from pushproxy.approval.store import StoreError
 from pushproxy.audit import utc_stamp
 from pushproxy.config import load_config_or_report
+from pushproxy.decision import PrimaryStatus
 
 DEFAULT_CONFIG = "/etc/pushproxy/config.yaml"
 BYPASS_TTL = 7 * 86400.0
@@ -41,14 +42,45 @@ def _store(args):
         return config, None
 
 
+def resolve_account(config, name: str) -> tuple[str | None, str | None]:
+    """(account, None) for the user ``name`` finds in the directory, or (None, why not).
+
+    Devices are keyed on the account logins prove (the entry's stored
+    ``ldap.username_attribute``, casefolded), so enrollment looks the name up
+    the way a login does (service account search) and enrolls that account:
+    a typo or a folded spelling can never create a second device set.
+    """
+    from pushproxy.ldapauth import LdapDirectory
+    from pushproxy.metrics import Counters
+
+    directory = LdapDirectory(config.ldap, reactor=None, counters=Counters())
+    found = directory.lookup_blocking(name)
+    if found.status is PrimaryStatus.OK and found.account:
+        return found.account, None
+    why = {PrimaryStatus.UNKNOWN_USER: f"no user {name!r} in the directory "
+                                       "(ldap.user_base, ldap.user_filter)",
+           PrimaryStatus.AMBIGUOUS_USER: f"{name!r} matches more than one directory entry",
+           PrimaryStatus.NOT_IN_GROUP: f"{name!r} is in none of ldap.required_groups"}
+    return None, why.get(found.status, f"cannot look {name!r} up in the directory: "
+                                       f"{found.detail or found.status.value}")
+
+
 def cmd_enroll(args) -> int:
     """Create a one-time enrollment link for a user and show it as a QR code."""
     config, store = _store(args)
     if store is None:
         return 1
     ttl = args.ttl or config.approval.enrollment_ttl
+    user = args.user.casefold()
     try:
-        link = new_enrollment(store, args.user, config.approval.public_url, ttl, time.time())
+        if not args.no_directory_check:
+            user, why = resolve_account(config, args.user)
+            if user is None:
+                print(f"enroll: {why}; nothing enrolled (--no-directory-check enrolls the "
+                      "name as given, for users the directory cannot look up)",
+                      file=sys.stderr)
+                return 1
+        link = new_enrollment(store, user, config.approval.public_url, ttl, time.time())
     finally:
         store.close()
     qr = segno.make(link, error="m")
@@ -56,7 +88,7 @@ def cmd_enroll(args) -> int:
         qr.terminal(out=sys.stdout, compact=True)
     if args.png:
         qr.save(args.png, scale=8, border=4)
-    print(f"Enrollment link for {args.user} (valid {ttl / 60:g} minutes, works once):")
+    print(f"Enrollment link for {user} (valid {ttl / 60:g} minutes, works once):")
     print(link)
     return 0
 
@@ -196,7 +228,10 @@ def add_parsers(sub) -> None:
     """Register ``enroll``, ``devices``, ``bypass``, ``unlock`` and ``locks`` on the CLI's
     subparsers."""
     p = sub.add_parser("enroll", help="create a one-time enrollment link (and QR code) for a user")
-    p.add_argument("user", type=str.casefold)
+    p.add_argument("user", help="looked up in the directory; the entry's stored name is enrolled")
+    p.add_argument("--no-directory-check", action="store_true",
+                   help="enroll the name as given (casefolded) without asking the directory: "
+                        "only for users it cannot look up (primary: radius without LDAP)")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.add_argument("--png", metavar="FILE", help="also write the QR code as a PNG image")
     p.add_argument("--ttl", type=float, help="seconds the link stays valid "

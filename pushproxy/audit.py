@@ -40,6 +40,9 @@ class AuditEvent:
     txid: str | None
     device: str | None
     joined: bool  # the login joined a push already pending for the same user
+    # The User-Name as sent; ``user`` is the account the directory proved once
+    # the password was right (all per-user state keys on it), else the name sent.
+    sent_user: str | None = None
 
 
 def utc_stamp(epoch: float) -> str:

@@ -20,7 +20,7 @@ class Challenge:
 
     state: bytes
     client: str
-    username: str  # casefolded
+    username: str  # casefolded: the account the first factor proved
     mode: str  # "number_match" | "code_to_login"
     expires: float
     number: str | None = None  # number_match: what the login screen shows
@@ -32,6 +32,7 @@ class Challenge:
     settled: bool = False
     attributes: tuple = ()  # the first factor's reply attributes, for the final Accept
     groups: frozenset = frozenset()  # the user's groups, for group-mapped reply attributes
+    sent: str | None = None  # casefolded: the User-Name the first request carried
 
 
 class ChallengeError(Exception):
@@ -48,15 +49,19 @@ class ChallengeTable:
     def __len__(self) -> int:
         return len(self._open)
 
-    def open(self, client: str, username: str, mode: str, now: float, ttl: float) -> Challenge:
-        """Start a challenge; number_match gets a two-digit number to show."""
+    def open(self, client: str, username: str, mode: str, now: float, ttl: float,
+             sent: str | None = None) -> Challenge:
+        """Start a challenge for account ``username`` (``sent``: the name typed).
+
+        number_match gets a two-digit number to show.
+        """
         self.expire(now)
         while len(self._open) >= self.max_open:
             self._open.popitem(last=False)
         number = f"{secrets.randbelow(90) + 10}" if mode == "number_match" else None
         challenge = Challenge(state=secrets.token_bytes(16), client=client,
                               username=username.casefold(), mode=mode, expires=now + ttl,
-                              number=number)
+                              number=number, sent=(sent or username).casefold())
         self._open[challenge.state] = challenge
         return challenge
 
@@ -69,7 +74,11 @@ class ChallengeTable:
             raise ChallengeError("unknown or expired State")
         if challenge.client != client:
             raise ChallengeError("State belongs to another client")
-        if username is not None and username.casefold() != challenge.username:
+        # The follow-up must name the challenged user: without a User-Name the
+        # answer would be decided (and audited) for nobody.
+        if username is None:
+            raise ChallengeError("follow-up without User-Name")
+        if username.casefold() not in (challenge.username, challenge.sent):
             raise ChallengeError("State belongs to another user")
         return challenge
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -116,6 +117,9 @@ class LdapConfig:
     backoff: float
     pool_size: int
     max_queue: int
+    # The entry attribute whose stored value is the account every piece of
+    # per-user state is keyed on (see PrimaryResult.account).
+    username_attribute: str = "uid"
 
 
 @dataclass(frozen=True)
@@ -270,7 +274,8 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     daemon = _daemon(c, root.get("daemon", {}))
     from pushproxy.ldapfront.config import parse_ldap_front  # imports this module
 
-    ldap_front = parse_ldap_front(c, root.get("ldap_front"))
+    ldap_front = parse_ldap_front(c, root.get("ldap_front"),
+                                  account_attribute=ldap.username_attribute if ldap else None)
     front_names = {ldap_front.name} if ldap_front else set()
     policy = parse_policy(c, root.get("policy"), "policy",
                           client_names={cl.name for cl in radius.clients} | front_names
@@ -395,7 +400,7 @@ def _ldap(c: Checker, value) -> LdapConfig | None:
                             "bind_password_env", "user_filter", "bind_template",
                             "required_groups", "group_membership", "group_base",
                             "connect_timeout", "response_timeout", "backoff", "pool_size",
-                            "max_queue"),
+                            "max_queue", "username_attribute"),
                   secret_keys=("bind_password",))
     if m is None:
         return None
@@ -423,6 +428,7 @@ def _ldap(c: Checker, value) -> LdapConfig | None:
         c.problem("ldap.user_filter", "must contain {username}")
     elif not (user_filter.startswith("(") and user_filter.endswith(")")):
         c.problem("ldap.user_filter", "must be an LDAP filter in parentheses")
+    username_attribute = _username_attribute(c, m, user_filter)
     groups = tuple(c.string({"g": g}, "g", f"ldap.required_groups[{i}]") or ""
                    for i, g in enumerate(c.seq(m, "required_groups", "ldap.required_groups", [])))
     mode = c.choice(m, "group_membership", "ldap.group_membership",
@@ -444,7 +450,26 @@ def _ldap(c: Checker, value) -> LdapConfig | None:
         pool_size=c.number(m, "pool_size", "ldap.pool_size", 8, minimum=1, maximum=256,
                            integer=True),
         max_queue=c.number(m, "max_queue", "ldap.max_queue", 1000, minimum=1, integer=True),
+        username_attribute=username_attribute or "uid",
     )
+
+
+def _username_attribute(c: Checker, m: dict, user_filter: str) -> str | None:
+    """``ldap.username_attribute``, by default the attribute user_filter compares to {username}."""
+    if "username_attribute" in m:
+        name = c.string(m, "username_attribute", "ldap.username_attribute")
+        if name is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", name):
+            c.problem("ldap.username_attribute", f"{name!r} is not an attribute name")
+        return name
+    found = re.findall(r"\(\s*([A-Za-z][A-Za-z0-9-]*)\s*=\s*\{username\}\s*\)", user_filter)
+    if found:
+        return found[0]
+    if "{username}" in user_filter:
+        c.problem("ldap.username_attribute", "missing: ldap.user_filter compares {username} "
+                                             "to no plain attribute, so name the attribute "
+                                             "whose stored value identifies the user (uid, "
+                                             "sAMAccountName)")
+    return None
 
 
 def _ldap_url(c: Checker, value, path: str) -> LdapServer | None:

@@ -104,6 +104,12 @@ class PrimaryResult:
     # Reply attributes from an upstream server, already filtered for the client:
     # go into our Accept (and are relayed with its Reject or Challenge).
     attributes: tuple = ()
+    # The account the directory proved, as every piece of per-user state is
+    # keyed: the casefolded value of the username attribute stored in the
+    # user's entry, never the spelling typed (slapd matches "alİce" to alice;
+    # Python folds it to "ali̇ce"). None: the first factor read no entry, and
+    # the engine keys on the proved or sent name, casefolded.
+    account: str | None = None
 
 
 class PushStatus(enum.Enum):
@@ -144,7 +150,7 @@ class Decision:
     # attributes and the group-mapped ones; on an upstream's Reject or
     # Challenge, what it sent. Never set on a Reject of our own (a denied push).
     attributes: tuple = ()
-    user: str | None = None  # the identity that was pushed, when not the User-Name sent
+    user: str | None = None  # the account the login was decided for, when the primary proved one
 
     @classmethod
     def of(cls, reason: Reason, push: PushResult | None = None, *,

@@ -1,7 +1,9 @@
 """The engine: one login from credentials to decision, readable top to bottom.
 
-    split "password,passcode" -> check input -> join an identical pending login?
-    -> source throttled after wrong passwords? -> primary auth (directory)
+    split "password,passcode" -> check input -> join a pending login of the
+    same session and credential? (`join_key`) -> source throttled after wrong
+    passwords? -> primary auth (directory)
+    -> from here on the account it proved, never the name typed (`user_key`)
     -> policy (allow / deny / push + verification)
     -> lock (fraud, guessing)? -> passcode (within the guessing limits)?
     -> remembered login? -> fatigue limits
@@ -95,6 +97,30 @@ class LoginRequest:
     # a reply it cannot encode (over 4096 octets) turns an Accept into a Reject,
     # and the audit trail must say what the client really got. Never raises.
     finalize: Callable[[Decision], Decision] | None = None
+    # What tells one session of the NAS from another, for joins: RADIUS
+    # NAS-IP-Address and NAS-Port / NAS-Port-Id; the LDAP front end's client
+    # connection. See `join_key`.
+    nas_ip: str | None = None
+    port: str | None = None
+    # The LDAP front end: the peer is the application server, not the user,
+    # so `networks` rules and remembered logins need a rule naming the client.
+    peer_is_application: bool = False
+
+
+def join_key(req: LoginRequest, user: str) -> tuple | None:
+    """The session a login belongs to, for joining a pending one; None: it never joins.
+
+    A login joins one already pending only from the same client, the same NAS
+    (NAS-Identifier and NAS-IP-Address), the same Calling-Station-Id and the
+    same NAS-Port / NAS-Port-Id, for the same user (and, checked by the
+    caller, with the same credential). Without a Calling-Station-Id and
+    without a port nothing tells two sessions apart: such a login joins
+    nothing (a NAS's retransmit is still caught by the retransmit table).
+    """
+    if req.calling_station is None and req.port is None:
+        return None
+    return (req.client_name, req.nas, req.nas_ip, req.calling_station, req.port,
+            user.casefold())
 
 
 class _Fanout:
@@ -154,13 +180,14 @@ class Engine:
         self._pushes: dict[tuple, _Fanout] = {}
         self._push_calls: dict[str, Deferred] = {}
         self._answering = 0  # challenge answers waiting for their push
+        self._unkeyed = 0  # logins running that can join nothing (no session to key on)
         self._locked_users: set[str] = set()  # seen locked; cleared when an admin unlocks
         self._stopping = False
 
     @property
     def pending(self) -> int:
         """Logins and challenge answers waiting for a decision right now."""
-        return len(self._logins) + self._answering
+        return len(self._logins) + self._answering + self._unkeyed
 
     def login(self, req: LoginRequest) -> Deferred[Decision]:
         """Decide one login; the Deferred always fires with a Decision."""
@@ -174,11 +201,11 @@ class Engine:
                                 own_proof=own_proof)
         if bad is not None:
             return defer.succeed(self._finish(Decision.of(bad), req, started, False))
-        key = (req.client_name, req.username.casefold(), req.calling_station)
+        key = join_key(req, req.username)
         proof = b"pw:" + req.password.encode("utf-8") if cred is not None \
             else b"proof:" + req.credential
         digest = hmac.new(self._digest_key, proof, hashlib.sha256).digest()
-        pending = self._logins.get(key)
+        pending = self._logins.get(key) if key is not None else None
         if pending is not None and hmac.compare_digest(pending.digest, digest):
             # The NAS gave up on us and sent the same login again (new id, or
             # via its second server): wait for the login already running.
@@ -187,16 +214,20 @@ class Engine:
             d.addCallback(self._finish, req, started, True)
             return d
         mine = _PendingLogin(digest, _Fanout())
-        if pending is None:
+        if pending is None and key is not None:
             self._logins[key] = mine
+        elif key is None:
+            self._unkeyed += 1
 
         def done(decision: Decision) -> Decision:
-            if self._logins.get(key) is mine:
+            if key is None:
+                self._unkeyed -= 1
+            elif self._logins.get(key) is mine:
                 del self._logins[key]
             mine.fanout.fire(decision)
             return self._finish(decision, req, started, False)
 
-        return self._guarded(self._run(req, cred, key)).addCallback(done)
+        return self._guarded(self._run(req, cred, digest)).addCallback(done)
 
     def _guarded(self, d: Deferred) -> Deferred[Decision]:
         """Any unexpected error becomes a Reject, never an Accept and never a hang."""
@@ -207,7 +238,7 @@ class Engine:
         return d.addErrback(crashed)
 
     @defer.inlineCallbacks
-    def _run(self, req: LoginRequest, cred, key: tuple):
+    def _run(self, req: LoginRequest, cred, digest: bytes):
         source = self._source(req)
         if self.passwords.blocked_until(self.push.password_limits, source,
                                         self.clock.seconds()) is not None:
@@ -228,7 +259,6 @@ class Engine:
         decision = primary_decision(primary)
         if decision is not None:
             return decision
-        user = None
         if primary.username and primary.username != req.username:
             # EAP: push to the identity the upstream proved, never the outer one
             # (anyone can write any name there).
@@ -243,14 +273,28 @@ class Engine:
                 return Decision.of(bad)
             logs.event(log, logging.INFO, "login.identity", sent=req.username, proved=user,
                        client=req.client_name)
-            req = dataclasses.replace(req, username=user)
-            key = (req.client_name, user.casefold(), req.calling_station)
+        # From here on the login is the account the first factor proved: devices,
+        # limits, locks, passcodes, remembered logins, policy rules, joins and the
+        # audit trail never see the spelling typed.
+        account, sent = self.user_key(req, primary), req.username
+        req = dataclasses.replace(req, username=account)
+        key = join_key(req, account)
         cred = cred or Credential("", Factor.PUSH_DEFAULT)
-        decision = yield self._second_factor(req, cred, key, primary)
+        decision = yield self._second_factor(req, cred, key and key + (digest,), primary,
+                                             sent=sent)
         if decision.outcome is Outcome.ACCEPT:
             decision = dataclasses.replace(
                 decision, attributes=primary.attributes + self._mapped(req, primary, decision))
-        return dataclasses.replace(decision, user=user) if user else decision
+        return dataclasses.replace(decision, user=account)
+
+    @staticmethod
+    def user_key(req: LoginRequest, primary: PrimaryResult) -> str:
+        """The account a login's per-user state is keyed on, once the first factor passed.
+
+        The entry's stored name when the directory read one (`PrimaryResult.account`),
+        else the identity an upstream proved (EAP), else the name sent; casefolded.
+        """
+        return (primary.account or primary.username or req.username).casefold()
 
     def _mapped(self, req: LoginRequest, primary: PrimaryResult, decision: Decision) -> tuple:
         """Reply attributes that groups and rules map to (config ``reply_attributes``)."""
@@ -260,12 +304,13 @@ class Engine:
                                              client=req.client_name)
 
     @defer.inlineCallbacks
-    def _second_factor(self, req: LoginRequest, cred, key: tuple, primary: PrimaryResult):
+    def _second_factor(self, req: LoginRequest, cred, key: tuple | None,
+                       primary: PrimaryResult, *, sent: str | None = None):
         """Policy, passcode, locks, remembered logins, fatigue and the push."""
         now = self.wallclock()
         policy = evaluate(self.policy, LoginContext(
             username=req.username, client_name=req.client_name, client_ip=req.calling_station,
-            groups=primary.groups, now=now))
+            groups=primary.groups, now=now, peer_is_application=req.peer_is_application))
         if policy.action is Action.DENY:
             return Decision.of(Reason.POLICY_DENY, rule=policy.rule)
         if policy.action is Action.ALLOW:
@@ -294,21 +339,32 @@ class Engine:
                                  req.no_device)
         if cred.factor is Factor.PASSCODE:
             return (yield self._passcode(req, cred.code, now, policy.rule))
-        if cred.factor is not Factor.PUSH_FORCED and self._is_remembered(req, now):
+        # The LDAP front end's peer is the application server: a login remembered
+        # for it would let any later bind from that server skip the push, unless
+        # a rule names that client and so says its peer is trusted.
+        remember = not req.peer_is_application or policy.names_client
+        if cred.factor is not Factor.PUSH_FORCED and remember and self._is_remembered(req, now):
             return Decision.of(Reason.REMEMBERED, rule=policy.rule)
         if self._stopping:
             return Decision.of(Reason.SHUTTING_DOWN)
         verification = self._verification(req, policy)
         if verification is not Verification.NONE:
-            return self._challenge(req, verification, policy.rule, now, primary)
+            return self._challenge(req, verification, policy.rule, now, primary, sent)
         result = yield self._push_for(req, key)
         if isinstance(result, Decision):  # refused by the fatigue limits
             return dataclasses.replace(result, rule=policy.rule)
-        return self._after_push(req, result, policy.rule, response=None)
+        return self._after_push(req, result, policy.rule, response=None, remember=remember)
 
     def _after_push(self, req: LoginRequest, result: PushResult, rule: str | None, *,
-                    response: str | None, mode: Verification = Verification.NONE) -> Decision:
-        """The decision once the push answered; fatigue and remembered-login bookkeeping."""
+                    response: str | None, mode: Verification = Verification.NONE,
+                    remember: bool | None = None) -> Decision:
+        """The decision once the push answered; fatigue and remembered-login bookkeeping.
+
+        ``remember``: whether an approval may be remembered (None: unless the
+        peer is an application server, see `_second_factor`).
+        """
+        if remember is None:
+            remember = not req.peer_is_application
         if self._stopping:
             return Decision.of(Reason.SHUTTING_DOWN, result)
         decision = dataclasses.replace(
@@ -326,7 +382,7 @@ class Engine:
             if not counted_at_push:
                 self._count_denial(req.username, now)
         elif decision.reason is Reason.PUSH_APPROVED and self.policy.remember_minutes > 0 \
-                and req.calling_station:
+                and req.calling_station and remember:
             self.remembered.remember(self._remember_key(req),
                                      now + self.policy.remember_minutes * 60)
         return decision
@@ -372,20 +428,23 @@ class Engine:
 
     # -- pushes --
 
-    def _push_for(self, req: LoginRequest, key: tuple) -> Deferred:
-        """One push per user/client/station at a time; later logins join it."""
-        fanout = self._pushes.get(key)
+    def _push_for(self, req: LoginRequest, key: tuple | None) -> Deferred:
+        """One push per session and credential at a time (`join_key`); later logins join it."""
+        fanout = self._pushes.get(key) if key is not None else None
         if fanout is not None:
             self.counters.inc("pushes_joined")
             return fanout.wait()
         block = self.fatigue.check(req.username.casefold(), self.wallclock())
         if block is not None:
             return defer.succeed(Decision.of(_BLOCKS[block.reason.name]))
-        fanout = self._pushes[key] = _Fanout()
+        fanout = _Fanout()
+        if key is not None:
+            self._pushes[key] = fanout
         waiter = fanout.wait()
 
         def settle(result: PushResult) -> None:
-            del self._pushes[key]
+            if key is not None:
+                del self._pushes[key]
             fanout.fire(result)
 
         self._start_push(req, Verification.NONE, None)[1].addCallback(settle)
@@ -433,13 +492,13 @@ class Engine:
     # -- verified push: Access-Challenge and its answer --
 
     def _challenge(self, req: LoginRequest, mode: Verification, rule: str | None,
-                   now: float, primary: PrimaryResult) -> Decision:
+                   now: float, primary: PrimaryResult, sent: str | None) -> Decision:
         """Open a challenge, start its push, and answer the first request with the State."""
         block = self.fatigue.check(req.username.casefold(), now)
         if block is not None:
             return Decision.of(_BLOCKS[block.reason.name], rule=rule)
         challenge = self.challenges.open(req.client_name, req.username, mode.value, now,
-                                         ttl=self.push.timeout)
+                                         ttl=self.push.timeout, sent=sent)
         txid, d = self._start_push(req, mode, challenge.number)
         challenge.txid, challenge.rule, challenge.request = txid, rule, req
         # Kept for the follow-up's Accept.
@@ -476,7 +535,11 @@ class Engine:
             self.challenges.close(challenge.state)  # single use: a replay finds nothing
             return self._finish(decision, req, started, False)
 
-        return self._guarded(defer.ensureDeferred(self._answer(challenge, req))).addCallback(done)
+        answered = defer.ensureDeferred(self._answer(challenge, req))
+        # Decided for the challenged account, whatever spelling the follow-up used.
+        answered.addCallback(lambda decision: dataclasses.replace(decision,
+                                                                  user=challenge.username))
+        return self._guarded(answered).addCallback(done)
 
     async def _answer(self, challenge: Challenge, req: LoginRequest) -> Decision:
         response = (req.password or "").strip()
@@ -485,7 +548,11 @@ class Engine:
                     and challenge.result.code == response)
         if (is_totp_code(response) or is_bypass_code(response)) and not own_code:
             # Phone offline: a TOTP or bypass code at the prompt replaces the push.
-            decision = await self._passcode(req, response, self.wallclock(), challenge.rule)
+            # The follow-up may spell the name differently; the limits key on the
+            # challenge's account, the source on where this request came from.
+            decision = await self._passcode(
+                dataclasses.replace(req, username=challenge.username), response,
+                self.wallclock(), challenge.rule)
             if decision.outcome is Outcome.ACCEPT or mode is Verification.NUMBER_MATCH:
                 self._withdraw(challenge.txid)
                 return self._challenge_attributes(challenge, decision)
@@ -530,7 +597,8 @@ class Engine:
                       source=req.source, calling_station=req.calling_station, nas=req.nas,
                       outcome=decision.outcome.value, reason=decision.reason.value,
                       rule=decision.rule, latency_ms=round(elapsed * 1000.0, 1),
-                      txid=decision.txid, device=decision.device, joined=joined)
+                      txid=decision.txid, device=decision.device, joined=joined,
+                      sent_user=req.username)
         logs.event(log, logging.INFO, "login.decision", **fields)
         self.audit.record(AuditEvent(time=utc_stamp(self.wallclock()), **fields))
         return decision

@@ -70,6 +70,34 @@ def direct_bind_name(template: str, username: str) -> str:
     return template.replace("{username}", username)
 
 
+def account_of(attrs: dict, attribute: str, dn: str) -> str | None:
+    """The account an entry proves: its stored ``attribute`` value, casefolded.
+
+    Never the name typed: slapd matches "alİce" (U+0130) or "ＡＬＩＣＥ" to
+    alice by its own folding, which Python's does not reproduce, so state
+    keyed on the typed spelling would miss alice's devices, locks and rules.
+    A multi-valued attribute gives the value the DN is named by, else the
+    first in casefold order, so every spelling of one entry gives one account.
+    """
+    values = next((v for k, v in attrs.items() if k.lower() == attribute.lower()), None)
+    if isinstance(values, (str, bytes)):
+        values = [values]
+    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+              for v in values or ()]
+    values = [v for v in values if v]
+    if not values:
+        return None
+    try:
+        rdn = parse_dn(dn, escape=False, strip=True)[0]
+    except (lexc.LDAPInvalidDnError, ValueError, IndexError):
+        rdn = None
+    if rdn is not None and rdn[0].lower() == attribute.lower():
+        named = [v for v in values if v.casefold() == rdn[1].casefold()]
+        if named:
+            return named[0].casefold()
+    return min(values, key=lambda v: (v.casefold(), v)).casefold()
+
+
 def group_query(mode: GroupMode, dn: str, username: str, group: str) -> tuple[str, str]:
     """The base-scope search (base DN, filter) that finds something iff the user is in ``group``."""
     if mode is GroupMode.AD_NESTED:
@@ -137,6 +165,17 @@ class LdapDirectory:
             return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE,
                                          detail="ldap.bind_dn is needed to look users up"))
         return self._queue(username, _LOOKUP)
+
+    def lookup_blocking(self, username: str) -> PrimaryResult:
+        """``lookup`` in the calling thread (command-line tools; never the reactor)."""
+        if self.config.bind_dn is None:
+            return PrimaryResult(PrimaryStatus.UNAVAILABLE,
+                                 detail="ldap.bind_dn is needed to look users up")
+        try:
+            return self._authenticate_sync(username, _LOOKUP)
+        finally:
+            for state in self._servers:
+                self._drop_connections(state.server)
 
     def _queue(self, username: str, password):
         limit = self.config.pool_size + self.config.max_queue
@@ -238,10 +277,23 @@ class LdapDirectory:
         if password is not _LOOKUP and not self._bind(self._connection(server, "user"), dn,
                                                       password):
             return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
-        groups = self._member_groups(search, dn, username, attrs)
+        return self._found(server, search, dn, username, attrs)
+
+    def _found(self, server, conn, dn: str, username: str, attrs: dict) -> PrimaryResult:
+        """The result for a user whose password was right: account and groups."""
+        account = account_of(attrs, self.config.username_attribute, dn)
+        if account is None:
+            # Without the stored name there is nothing safe to key devices and
+            # locks on: fail closed rather than fall back to the typed spelling.
+            return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server.url,
+                                 detail=f"no {self.config.username_attribute} readable "
+                                        "in the entry")
+        groups = self._member_groups(conn, dn, username, attrs)
         if self._required and not groups & self._required:
-            return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url)
-        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url, groups=groups)
+            return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url,
+                                 account=account)
+        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url, groups=groups,
+                             account=account)
 
     def _direct(self, server, username, password) -> PrimaryResult:
         conn = self._connection(server, "user")
@@ -253,16 +305,14 @@ class LdapDirectory:
             status = PrimaryStatus.UNKNOWN_USER if not entries else PrimaryStatus.AMBIGUOUS_USER
             return PrimaryResult(status, server=server.url)
         dn, attrs = entries[0]
-        groups = self._member_groups(conn, dn, username, attrs)
-        if self._required and not groups & self._required:
-            return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url)
-        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url, groups=groups)
+        return self._found(server, conn, dn, username, attrs)
 
     def _find_user(self, conn, username) -> list[tuple[str, dict]]:
-        wanted = ["memberOf"] if self.config.group_mode is GroupMode.MEMBER_OF else []
+        wanted = [self.config.username_attribute]
+        if self.config.group_mode is GroupMode.MEMBER_OF:
+            wanted.append("memberOf")
         ok = conn.search(self.config.user_base, user_filter(self.config.user_filter, username),
-                         search_scope=ldap3.SUBTREE, attributes=wanted or ldap3.NO_ATTRIBUTES,
-                         size_limit=2)
+                         search_scope=ldap3.SUBTREE, attributes=wanted, size_limit=2)
         code = conn.result.get("result", 0)
         if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
             raise ServerFailed(f"user search failed: {conn.result.get('description')}")

@@ -90,6 +90,10 @@ class LoginContext:
     client_ip: str | None
     groups: frozenset[str] = frozenset()
     now: float = field(default_factory=time.time)
+    # The LDAP front end: ``client_ip`` is the application server's address, not
+    # the user's. A ``networks`` condition then matches only in a rule whose
+    # ``clients`` name this client, i.e. where the admin said which peer it is.
+    peer_is_application: bool = False
 
     def __post_init__(self):
         # None (a directory layer that read no groups) is the same as no groups.
@@ -104,7 +108,8 @@ class PolicyDecision:
     ``rule`` is the matching rule's name (None: no rule matched, the default), and
     ``reasons`` says, for each earlier rule in order, why it did not match.
     ``rule_sets_verification`` tells whether the matching rule named its own
-    verification (which then beats a RADIUS client's setting).
+    verification (which then beats a RADIUS client's setting); ``names_client``
+    whether its ``clients`` name the login's client.
     """
 
     action: Action
@@ -112,6 +117,9 @@ class PolicyDecision:
     rule: str | None
     reasons: tuple[str, ...] = ()
     rule_sets_verification: bool = False
+    # The matching rule names the login's client in ``clients``: only then do
+    # remembered logins apply to an application peer (the LDAP front end).
+    names_client: bool = False
 
 
 def _normalize(dn: str) -> str:
@@ -141,7 +149,12 @@ def _misses(rule: Rule, ctx: LoginContext, ip, local: datetime) -> list[str]:
         out.append(f"client {ctx.client_name!r} is not one of {', '.join(sorted(rule.clients))}")
     if rule.networks is not None:
         nets = ", ".join(map(str, rule.networks))
-        if ip is None:
+        if ctx.peer_is_application and (rule.clients is None
+                                        or ctx.client_name not in rule.clients):
+            out.append(f"the peer {ctx.client_ip or '?'} is an application server, not the "
+                       f"user: networks apply to client {ctx.client_name!r} only in a rule "
+                       "whose clients name it")
+        elif ip is None:
             out.append(f"Calling-Station-Id {ctx.client_ip!r} is not an IP address"
                        if ctx.client_ip else "no Calling-Station-Id (client IP) was sent")
         elif not any(ip in net for net in rule.networks):
@@ -174,7 +187,9 @@ def evaluate(policy: Policy, ctx: LoginContext) -> PolicyDecision:
             if rule.action is Action.PUSH:
                 verification = rule.verification or policy.default_verification
             return PolicyDecision(rule.action, verification, rule.name, tuple(reasons),
-                                  rule_sets_verification=rule.verification is not None)
+                                  rule_sets_verification=rule.verification is not None,
+                                  names_client=bool(rule.clients
+                                                    and ctx.client_name in rule.clients))
         reasons.append(f"{rule.name}: " + "; ".join(misses))
     return PolicyDecision(Action.PUSH, policy.default_verification, None, tuple(reasons))
 
@@ -207,7 +222,10 @@ def explain(policy: Policy, ctx: LoginContext) -> str:
     where = f"rule {decision.rule!r}" if decision.rule else "no rule matched: the default"
     if decision.action is Action.PUSH:
         lines.append(f"Result: push with {decision.verification.value} verification ({where})")
-        if policy.remember_minutes:
+        if policy.remember_minutes and ctx.peer_is_application and not decision.names_client:
+            lines.append("Remembered login: off for this client (its peer is an application "
+                         "server; a rule whose clients name it turns it on)")
+        elif policy.remember_minutes:
             lines.append(f"Remembered login: after an approved push, this user from the same "
                          f"Calling-Station-Id skips the push for {policy.remember_minutes:g} "
                          "minutes")
@@ -375,10 +393,16 @@ def cmd_explain(args) -> int:
             when = when.replace(tzinfo=zoneinfo.ZoneInfo(policy.timezone))
         now = when.timestamp()
     names = {client.name for client in config.radius.clients}
+    front = getattr(config, "ldap_front", None)
+    # The LDAP front end's peer is the application server (see LoginContext).
+    app = front is not None and args.client == front.name
+    if app:
+        names.add(front.name)
     if args.client not in names:
         print(f"note: no RADIUS client is named {args.client!r} (configured: "
               f"{', '.join(sorted(names))})", file=sys.stderr)
-    ctx = LoginContext(args.user, args.client, args.ip, frozenset(args.group), now)
+    ctx = LoginContext(args.user, args.client, args.ip, frozenset(args.group), now,
+                       peer_is_application=app)
     print(explain(policy, ctx))
     return 0
 

@@ -351,8 +351,11 @@ def test_a_resent_mschap_login_joins_the_pending_one(tmp_path):
     engine.login(req(up)).addCallback(out.append)  # the NAS's resend, new id
     engine.login(req(up, credential=b"other")).addCallback(out.append)  # another attempt
     assert counters.get("logins_joined") == 1 and len(up.calls) == 2
+    # Another credential never shares the approval: its own push, refused while
+    # the first is on the phone (one pending push per user).
+    assert [d.reason for d in out] == [Reason.TOO_MANY_PENDING]
     provider.answer(provider.requests[0].txid)
-    assert [d.outcome for d in out[:2]] == [Outcome.ACCEPT, Outcome.ACCEPT]
+    assert [d.outcome for d in out[1:]] == [Outcome.ACCEPT, Outcome.ACCEPT]
 
 
 # -- groups_from_ldap --

@@ -16,7 +16,7 @@ import ldap3
 from ldap3.core import exceptions as lexc
 
 from pushproxy.config import Config, GroupMode, LdapConfig, LdapServer
-from pushproxy.ldapauth import group_query, normalize_dn, user_filter
+from pushproxy.ldapauth import account_of, group_query, normalize_dn, user_filter
 from pushproxy.connectivity.net import (address, describe_certificate, dns_problem,
                                         handshake_problem, hostname_problem, peek_certificate,
                                         resolve, start_tls, tcp_connect, tls_context,
@@ -300,8 +300,8 @@ def _check_user(report: Report, cfg: LdapConfig, conn: ldap3.Connection, usernam
     flt = user_filter(cfg.user_filter, username)
     started = time.perf_counter()
     try:
-        conn.search(cfg.user_base, flt, search_scope=ldap3.SUBTREE, attributes=["memberOf"],
-                    size_limit=2)
+        conn.search(cfg.user_base, flt, search_scope=ldap3.SUBTREE,
+                    attributes=["memberOf", cfg.username_attribute], size_limit=2)
     except (lexc.LDAPException, OSError) as exc:
         return fail("user", _exception_problem(exc, cfg), since(started))
     code = (conn.result or {}).get("result", 0)
@@ -318,7 +318,13 @@ def _check_user(report: Report, cfg: LdapConfig, conn: ldap3.Connection, usernam
                     since(started))
     dn = entries[0]["dn"]
     member_of = entries[0].get("attributes", {}).get("memberOf", []) or []
-    report.step("OK", "user", f"found {dn} with {flt}", since(started))
+    account = account_of(entries[0].get("attributes", {}), cfg.username_attribute, dn)
+    if account is None:
+        return fail("user", f"found {dn} with {flt}, but no {cfg.username_attribute} "
+                    "(ldap.username_attribute) readable in it: logins of this user are "
+                    "rejected as unknown", since(started))
+    report.step("OK", "user", f"found {dn} with {flt}; account {account!r} "
+                f"({cfg.username_attribute})", since(started))
     if not cfg.required_groups:
         return
 

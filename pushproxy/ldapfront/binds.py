@@ -135,15 +135,17 @@ def login_name(entry_attrs: dict[str, list[str]], attribute: str, dn: str) -> st
     """The username to hand the engine: the entry's login attribute.
 
     A multi-valued attribute (uid may be) prefers the value in the DN, which
-    is the one the entry is named by.
+    is the one the entry is named by, else the first in casefold order: the
+    same choice as `pushproxy.ldapauth.account_of`, so one entry is one
+    account on both front ends.
     """
-    values = entry_attrs.get(attribute.lower(), [])
+    values = [v for v in entry_attrs.get(attribute.lower(), []) if v]
     if not values:
         return None
     named = rdn_value(dn, attribute)
     if named is not None and any(v.casefold() == named.casefold() for v in values):
         return next(v for v in values if v.casefold() == named.casefold())
-    return values[0]
+    return min(values, key=lambda v: (v.casefold(), v))
 
 
 class BindCache:

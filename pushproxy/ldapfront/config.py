@@ -90,8 +90,14 @@ def _addresses(c: Checker, m: dict, key: str, path: str) -> tuple[tuple[str, int
     return tuple(out)
 
 
-def parse_ldap_front(c: Checker, value, path: str = "ldap_front") -> LdapFrontConfig | None:
-    """Validate the section; None when it is absent or has problems (recorded in ``c``)."""
+def parse_ldap_front(c: Checker, value, path: str = "ldap_front",
+                     account_attribute: str | None = None) -> LdapFrontConfig | None:
+    """Validate the section; None when it is absent or has problems (recorded in ``c``).
+
+    ``account_attribute``: ``ldap.username_attribute``, the default (and the
+    only allowed value) of ``login_attribute``, so that RADIUS and LDAP logins
+    of one user key on one account.
+    """
     if value is None:
         return None
     before = len(c.problems)
@@ -113,9 +119,14 @@ def parse_ldap_front(c: Checker, value, path: str = "ldap_front") -> LdapFrontCo
         c.problem(f"{path}.require_tls", "binds need TLS but no tls_cert/tls_key is set "
                                         "for StartTLS; set them, or require_tls: false")
     attribute = c.string(m, "login_attribute", f"{path}.login_attribute", required=False) \
-        or "uid"
+        or account_attribute or "uid"
     if not attribute.replace("-", "").replace(";", "").isalnum():
         c.problem(f"{path}.login_attribute", f"{attribute!r} is not an attribute name")
+    elif account_attribute and attribute.lower() != account_attribute.lower():
+        c.problem(f"{path}.login_attribute",
+                  f"{attribute!r} differs from ldap.username_attribute "
+                  f"{account_attribute!r}: a user's RADIUS and LDAP logins would key on two "
+                  "accounts (devices, limits, locks); leave it out or make them the same")
     no_device = None
     if "no_device" in m:
         no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",

@@ -54,14 +54,23 @@ async def read_user(upstream: Upstream, mid: int, dn: str, password: str, attrib
         return PrimaryResult(status, dn=dn, server=server, detail=f"bind result {code}"), guess
     wanted = [attribute] + (["memberOf"] if group_mode is GroupMode.MEMBER_OF else [])
     entries = await _search(upstream, mid, dn, ber.f_present("objectClass"), wanted)
-    attrs = entries[0][1] if entries else {}
-    # A directory that hides the entry from its own user still named it in the DN.
-    username = login_name(attrs, attribute, dn) or rdn_value(dn, attribute)
+    # The entry's DN as stored (not as typed: slapd binds "uid=alİce" as alice),
+    # so a multi-valued login attribute gives the value the entry is named by.
+    stored_dn, attrs = entries[0] if entries else (dn, {})
+    # A directory that hides the entry from its own user still named it in the
+    # DN, as typed: trusted only in plain ASCII, where casefolding matches the
+    # directory's own folding (a "K" KELVIN SIGN would key on another account).
+    username = login_name(attrs, attribute, stored_dn)
+    if username is None:
+        named = rdn_value(dn, attribute)
+        username = named if named is not None and named.isascii() else None
     if username is None:
         return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server,
                              detail=f"no {attribute} readable in the entry"), guess
     groups = await _groups(upstream, mid, dn, username, attrs, group_mode, candidates)
-    return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server, groups=groups), username
+    # The account every piece of per-user state keys on: the stored name.
+    return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server, groups=groups,
+                         account=username.casefold()), username
 
 
 async def _groups(upstream: Upstream, mid: int, dn: str, username: str,

@@ -16,6 +16,7 @@ Notice of Disconnection; the listener goes on serving everyone else.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections import deque
 
@@ -82,6 +83,9 @@ def client_address(host: str) -> str:
     return host if addr is None else str(addr)
 
 
+_CONNECTIONS = itertools.count(1)
+
+
 class LdapFrontProtocol(Protocol, TimeoutMixin):
     """One client connection."""
 
@@ -95,6 +99,9 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         self.upstream: Upstream | None = None
         self.peer = "?"
         self.waiting_first = True  # no whole message yet (or since StartTLS)
+        # Tells this connection from every other, for the engine's joins: two
+        # binds as alice join one push only on the same connection.
+        self.session = f"connection {next(_CONNECTIONS)}"
         self._abort = None  # forced close after a notice the peer does not read
 
     # -- connection --
@@ -381,7 +388,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         decision = await front.engine.login(LoginRequest(
             protocol="ldap", username=username, password=password,
             client_name=front.config.name, source=self.peer, calling_station=self.peer,
-            nas=None, no_device=front.config.no_device or front.push_no_device,
+            nas=None, port=self.session, peer_is_application=True,
+            no_device=front.config.no_device or front.push_no_device,
             # LDAP cannot carry a challenge: plain push unless a rule says otherwise
             # (such a rule gets a Reject here, see docs/ldap-front.md).
             verification=Verification.NONE, primary=_Known(result)))

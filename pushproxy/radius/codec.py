@@ -79,6 +79,9 @@ class AccessRequest:
     has_message_authenticator: bool
     state: bytes | None  # State (24): present in the answer to an Access-Challenge
     packet: rpacket.AuthPacket  # kept to build the reply (Proxy-State, authenticator)
+    # NAS-Port (5) and NAS-Port-Id (87) as one text, "5" / "id=eth0" / "5 id=eth0":
+    # which session of the NAS this is (logins of different ports never join).
+    nas_port: str | None = None
 
     @property
     def nas(self) -> str | None:
@@ -131,6 +134,7 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
         has_message_authenticator=has_ma,
         state=_single_octets(pkt, 24, "State"),
         packet=pkt,
+        nas_port=_nas_port(pkt),
     )
 
 
@@ -189,6 +193,19 @@ def _password(pkt: rpacket.AuthPacket) -> str | None:
         # A wrong shared secret looks exactly like this when no
         # Message-Authenticator is present: garbage, never a usable password.
         return None
+
+
+def _nas_port(pkt: rpacket.Packet) -> str | None:
+    """NAS-Port and NAS-Port-Id as one text (None when neither is sent)."""
+    parts = []
+    port = _single_octets(pkt, 5, "NAS-Port")
+    if port is not None:
+        # Not 4 octets: kept as it came, still telling this session from others.
+        parts.append(str(int.from_bytes(port, "big")) if len(port) == 4 else f"raw={port.hex()}")
+    port_id = _text(pkt, 87, "NAS-Port-Id")
+    if port_id is not None:
+        parts.append(f"id={port_id}")
+    return " ".join(parts) or None
 
 
 def _nas_ip(pkt: rpacket.Packet) -> str | None:

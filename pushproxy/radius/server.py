@@ -134,6 +134,7 @@ class RadiusProtocol(DatagramProtocol):
             protocol="radius", username=request.username,
             password=request.password, client_name=client.name, source=host,
             calling_station=request.calling_station, nas=request.nas,
+            nas_ip=request.nas_ip, port=request.nas_port,
             no_device=client.no_device or self.default_no_device,
             state=request.state, verification=client.verification)
         eap = False

@@ -129,8 +129,9 @@ class UpstreamPrimary:
             # directory is down: the groups decide policy, so fail closed.
             return PrimaryResult(found.status, dn=found.dn, server=server,
                                  detail=f"directory lookup: {found.detail}")
+        # The entry's stored name is the account (as for primary: ldap).
         return PrimaryResult(PrimaryStatus.OK, dn=found.dn, server=server, username=identity,
-                             groups=found.groups, attributes=attributes)
+                             groups=found.groups, attributes=attributes, account=found.account)
 
 
 def directory_name(username: str) -> str:
