@@ -1,10 +1,10 @@
 """Admin commands on the approval store: ``enroll``, ``devices list``, ``devices revoke``,
 ``bypass``, ``unlock``, ``locks``.
 
-They open the same SQLite database as the daemon (WAL mode, busy timeout), so
-they work while the daemon is serving logins; the daemon reads devices, bypass
-codes, locks and passcode failures from the store for every login, so a change
-takes effect on the next login. (A denial pause is the daemon's own memory:
+They open the same store as the daemon (a SQLite file in WAL mode with a busy
+timeout, or the PostgreSQL database), so they work while the daemon is serving
+logins; the daemon reads devices, bypass codes, locks and passcode failures from
+the store for every login, so a change takes effect on the next login. (A denial pause is the daemon's own memory:
 ``unlock`` ends a fraud or guessing lock at once, and forgets the user's
 passcode failures, but a push denial pause only ends when it runs out.)
 """
@@ -19,7 +19,8 @@ import segno
 from pushproxy import passcodes
 from pushproxy.approval.service import new_enrollment
 from pushproxy.argtypes import seconds, whole_number
-from pushproxy.approval.store import SQLiteStore, StoreError
+from pushproxy.approval.backends import open_store
+from pushproxy.approval.store import StoreError
 from pushproxy.audit import utc_stamp
 from pushproxy.config import load_config_or_report
 from pushproxy.decision import PrimaryStatus
@@ -34,7 +35,8 @@ def _store(args):
     if config is None:
         return None, None
     try:
-        return config, SQLiteStore(config.approval.database)
+        return config, open_store(config.approval.database,
+                                  password=config.approval.database_password)
     except StoreError as exc:
         print(f"store {config.approval.database}: {exc}", file=sys.stderr)
         return config, None

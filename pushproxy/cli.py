@@ -50,6 +50,12 @@ def exposure_warnings(config) -> list[str]:
             f"approval.public_url is http:// while approval.listen ({host}) is not "
             "loopback: phones would send device keys and answers in clear text; use "
             "https:// (tls_cert/tls_key, or a TLS reverse proxy with listen on 127.0.0.1)")
+    from pushproxy.approval.backends import is_postgres_url, postgres_tls_warning
+
+    if is_postgres_url(config.approval.database):
+        tls = postgres_tls_warning(config.approval.database)
+        if tls:
+            warnings.append(tls)
     return warnings
 
 
@@ -168,11 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="path to config.yaml")
     p.set_defaults(func=cmd_check_config)
     from pushproxy import demo, radtest
-    from pushproxy.approval import authenticator_cli
+    from pushproxy.approval import authenticator_cli, migrate
 
     demo.add_parser(sub)
     radtest.add_parser(sub)
     authenticator_cli.add_parser(sub)
+    migrate.add_parser(sub)
     from pushproxy import admin, connectivity, policy
 
     admin.add_parsers(sub)

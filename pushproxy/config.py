@@ -13,13 +13,14 @@ import functools
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pushproxy import yamlsource
+from pushproxy.approval.backends import is_postgres_url, postgres_url_problems
 from pushproxy.checker import Checker
 from pushproxy.fatigue import FatigueLimits
 from pushproxy.passcode_limits import PasscodeLimits, parse_passcode_limits
@@ -167,6 +168,8 @@ class ApprovalConfig:
     keepalive_timeout: float = 60.0  # after an answer, until the next request's first byte
     # Web Push endpoints on private addresses (an in-house push relay); https:// still.
     allow_private_push_endpoints: bool = False
+    # for a postgresql:// database: from database_password_file/_env, never in repr
+    database_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -551,7 +554,9 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
                             "max_failures", "failure_window", "trusted_proxies",
                             "max_connections", "max_connections_per_source",
                             "header_timeout", "body_timeout", "keepalive_timeout",
-                            "allow_private_push_endpoints"))
+                            "allow_private_push_endpoints", "database_password_file",
+                            "database_password_env"),
+                  secret_keys=("database_password",))
     if m is None:
         return None
     listen = c.host_port(m.get("listen", "127.0.0.1:8443"), "approval.listen")
@@ -563,8 +568,14 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
     if (cert is None) != (key is None):
         c.problem("approval", "tls_cert and tls_key go together")
     database = c.string(m, "database", "approval.database") or ""
-    if database and database != ":memory:":
+    if is_postgres_url(database):
+        for problem in postgres_url_problems(database):
+            c.problem("approval.database", problem)
+    elif database and database != ":memory:":
         database = str(c.resolve(database))
+    db_password = c.secret(m, "approval", "database_password", required=False)
+    if db_password is not None and not is_postgres_url(database):
+        c.problem("approval.database_password", "only for a postgresql:// database")
     proxies = tuple(
         net for i, value in enumerate(c.seq(m, "trusted_proxies", "approval.trusted_proxies", ()))
         if (net := c.network(value, f"approval.trusted_proxies[{i}]")) is not None)
@@ -600,4 +611,5 @@ def _approval(c: Checker, value) -> ApprovalConfig | None:
                                    minimum=1, maximum=3600),
         allow_private_push_endpoints=c.boolean(m, "allow_private_push_endpoints",
                                                "approval.allow_private_push_endpoints", False),
+        database_password=db_password,
     )

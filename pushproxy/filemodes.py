@@ -54,8 +54,11 @@ class ModeFinding:
 
 
 def database_files(database: str) -> list[str]:
-    """The approval database and the -wal/-shm files SQLite keeps beside it."""
-    if database in ("", ":memory:"):
+    """The approval database and the -wal/-shm files SQLite keeps beside it (none for a
+    database in memory or on a PostgreSQL server)."""
+    from pushproxy.approval.backends import is_postgres_url
+
+    if database in ("", ":memory:") or is_postgres_url(database):
         return []
     return [database, database + "-wal", database + "-shm"]
 

@@ -11,7 +11,7 @@ from pushproxy.approval.alerts import Alerter
 from pushproxy.approval.pushtarget import EndpointRules
 from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.service import ApprovalService
-from pushproxy.approval.store import SQLiteStore
+from pushproxy.approval.backends import open_store
 from pushproxy.approval.webpush import VapidKeys, WebPushSender
 from pushproxy.config import ApprovalConfig, Config
 from pushproxy.httpdeadline import Deadlines
@@ -34,10 +34,11 @@ class ApprovalComponent:
         self.push_rules = EndpointRules(
             allow_private=config.allow_private_push_endpoints or insecure_push_endpoints,
             allow_http=insecure_push_endpoints)
-        # A short busy timeout: a login must not wait long on another process's
-        # write lock (push.failmode decides instead); see ThreadRunner.
-        self.runner = ThreadRunner(reactor, lambda: SQLiteStore(config.database,
-                                                                 busy_timeout=1.0))
+        # A short timeout (SQLite's busy timeout, PostgreSQL's statement and lock
+        # timeouts): a login must not wait long on another process's lock
+        # (push.failmode decides instead); see ThreadRunner.
+        self.runner = ThreadRunner(reactor, lambda: open_store(
+            config.database, password=config.database_password, timeout=1.0))
         self.service = ApprovalService(
             run=self.runner, reactor=reactor, counters=counters, vapid_public_key="",
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,

@@ -243,10 +243,12 @@ def _transaction(row: tuple) -> Transaction:
     return Transaction(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
 
 
-def _load_migrations() -> list[tuple[int, str]]:
-    """The packaged migrations as (version, sql) in order; versions must run 1..N."""
+def _load_migrations(folder: str = "migrations") -> list[tuple[int, str]]:
+    """The packaged migrations as (version, sql) in order; versions must run 1..N.
+
+    ``folder``: "migrations" (SQLite) or "migrations_pg" (PostgreSQL)."""
     found: dict[int, str] = {}
-    for entry in resources.files("pushproxy.approval").joinpath("migrations").iterdir():
+    for entry in resources.files("pushproxy.approval").joinpath(folder).iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
             version = int(match.group(1))

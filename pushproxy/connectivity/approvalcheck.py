@@ -28,12 +28,33 @@ def _known_schema() -> int:
     return migrations[-1][0] if migrations else 0
 
 
+def schema_is_current(report: Report, step: str, version: int, known: int, started: float,
+                      where: str) -> bool:
+    """Report a schema older (WARN) or newer (FAIL) than this pushproxy's; True if current."""
+    if version > known:
+        report.step("FAIL", step, f"schema version {version}, but this pushproxy knows "
+                    f"only up to {known}: a newer pushproxy wrote it, and the daemon will refuse "
+                    "it (upgrade pushproxy)", since(started), where)
+        return False
+    if version < known:
+        report.step("WARN", step, f"schema version {version}; the daemon migrates it to "
+                    f"{known} at its next start", since(started))
+        return False
+    return True
+
+
 def check_store(report: Report, config: Config) -> None:
-    """The approval database: present, readable, a schema this pushproxy knows, devices."""
+    """The approval database: present, readable, a schema this pushproxy knows, devices
+    (a PostgreSQL one: see pgcheck)."""
+    from pushproxy.approval.backends import is_postgres_url
     from pushproxy.approval.store import SQLiteStore, StoreError
 
     path = config.approval.database
     report.section(f"Approval store: {path}")
+    if is_postgres_url(path):
+        from pushproxy.connectivity.pgcheck import check_postgres_store
+
+        return check_postgres_store(report, config)
     where = "approval.database"
     if path in ("", ":memory:"):
         report.step("WARN", "database", "in memory: devices and enrollments are lost whenever "
@@ -78,15 +99,7 @@ def check_store(report: Report, config: Config) -> None:
             hint = ": this file is not an SQLite database"
         report.step("FAIL", "database", f"cannot read {path}: {exc}{hint}", since(started), where)
         return
-    known = _known_schema()
-    if version > known:
-        report.step("FAIL", "database", f"schema version {version}, but this pushproxy knows "
-                    f"only up to {known}: a newer pushproxy wrote it, and the daemon will refuse "
-                    "it (upgrade pushproxy)", since(started), where)
-        return
-    if version < known:
-        report.step("WARN", "database", f"schema version {version}; the daemon migrates it to "
-                    f"{known} at its next start", since(started))
+    if not schema_is_current(report, "database", version, _known_schema(), started, where):
         return
     if not wal:
         # Opening it through SQLiteStore would convert it to WAL: a write.

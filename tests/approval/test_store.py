@@ -1,4 +1,5 @@
-"""The approval store: round trips, one-time enrollment, first answer wins, across threads and processes."""
+"""The approval store: round trips, one-time enrollment, first answer wins, across threads and
+processes; on SQLite and on PostgreSQL alike (the ``backend`` fixture, tests/conftest.py)."""
 
 import os
 import sqlite3
@@ -19,7 +20,6 @@ from pushproxy.approval.store import (
     Transaction,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 T0 = 1_796_000_000.0
 SUB = {"endpoint": "https://push.example/abc", "keys": {"p256dh": "BPk", "auth": "au"}}
 
@@ -54,8 +54,8 @@ def enrolled(store, dev=None, token="h1"):
 
 
 @pytest.fixture
-def store():
-    s = SQLiteStore(":memory:")
+def store(backend):
+    s = SQLiteStore(":memory:") if backend.name == "sqlite" else backend.open()
     yield s
     s.close()
 
@@ -145,9 +145,9 @@ def test_redeem_with_duplicate_device_id_fails_whole_and_keeps_link_unused(store
     assert store.enrollment("h2").used is None
 
 
-def test_concurrent_redeem_from_two_threads_exactly_one_wins(dbpath):
-    """Two SQLiteStore instances on one file, each on its own thread, race for the same links."""
-    setup = SQLiteStore(dbpath)
+def test_concurrent_redeem_from_two_threads_exactly_one_wins(backend):
+    """Two store instances on one database, each on its own thread, race for the same links."""
+    setup = backend.open()
     tokens = [f"h{i}" for i in range(40)]
     for t in tokens:
         setup.create_enrollment("alice", t, T0, T0 + 900)
@@ -157,7 +157,7 @@ def test_concurrent_redeem_from_two_threads_exactly_one_wins(dbpath):
 
     def run(name):
         try:
-            s = SQLiteStore(dbpath)  # opened on the thread that uses it
+            s = backend.open()  # opened on the thread that uses it
             barrier.wait()
             wins[name] = [t for i, t in enumerate(tokens)
                           if s.redeem_enrollment(t, T0 + 1, device(id=f"{name}-{i}"))]
@@ -172,16 +172,17 @@ def test_concurrent_redeem_from_two_threads_exactly_one_wins(dbpath):
         th.join()
     assert errors == []
     assert sorted(wins["a"] + wins["b"]) == sorted(tokens)  # every link used exactly once
-    check = SQLiteStore(dbpath)
+    check = backend.open()
     assert len(check.devices()) == len(tokens)
     check.close()
 
 
 CHILD = r"""
-import sys
-from pushproxy.approval.store import Device, SQLiteStore
+import os, sys
+from pushproxy.approval.backends import open_store
+from pushproxy.approval.store import Device
 path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-store = SQLiteStore(path)
+store = open_store(path, password=os.environ.get("PUSHPROXY_TEST_DB_PASSWORD"))
 print("ready", flush=True)
 sys.stdin.readline()
 won = []
@@ -194,15 +195,15 @@ print(" ".join(won), flush=True)
 """
 
 
-def test_concurrent_redeem_from_two_processes_exactly_one_wins(dbpath):
-    """Two processes, started together on one file, race for the same links."""
+def test_concurrent_redeem_from_two_processes_exactly_one_wins(backend):
+    """Two processes, started together on one database, race for the same links."""
     n = 40
-    setup = SQLiteStore(dbpath)
+    setup = backend.open()
     for i in range(n):
         setup.create_enrollment("alice", f"h{i}", 1.0, 900.0)
     setup.close()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, dbpath, name, str(n)], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, backend.target, name, str(n)],
+                              env=backend.env(),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for name in ("p", "q")]
     for p in procs:  # both have the database open before either starts
@@ -214,7 +215,7 @@ def test_concurrent_redeem_from_two_processes_exactly_one_wins(dbpath):
     assert [p.returncode for p in procs] == [0, 0]
     assert won[0].isdisjoint(won[1])
     assert won[0] | won[1] == {str(i) for i in range(n)}
-    check = SQLiteStore(dbpath)
+    check = backend.open()
     for i in range(n):
         e = check.enrollment(f"h{i}")
         winner = "p" if str(i) in won[0] else "q"
@@ -320,8 +321,8 @@ def test_decide_transaction_rejects_bad_arguments(store):
     assert store.transaction("tx1").state == "pending"
 
 
-def test_decide_transaction_concurrent_answers_from_two_instances_one_wins(dbpath):
-    a, b = SQLiteStore(dbpath), SQLiteStore(dbpath)
+def test_decide_transaction_concurrent_answers_from_two_instances_one_wins(backend):
+    a, b = backend.open(), backend.open()
     a.create_transaction(tx())
     assert b.decide_transaction("tx1", "approved", "devB", T0 + 1) is True
     assert a.decide_transaction("tx1", "denied", "devA", T0 + 1) is False
@@ -364,13 +365,13 @@ def test_purge_deletes_old_history_only(store):
 
 # -- the file
 
-def test_devices_survive_restart(dbpath):
-    s = SQLiteStore(dbpath)
+def test_devices_survive_restart(backend):
+    s = backend.open()
     dev = enrolled(s, device(subscription=SUB))
     s.create_transaction(tx())
     s.setting_or_create("vapid", lambda: "PEM")
     s.close()
-    s = SQLiteStore(dbpath)
+    s = backend.open()
     assert s.devices() == [dev]
     assert s.transaction("tx1") == tx()
     assert s.setting("vapid") == "PEM"
@@ -436,8 +437,8 @@ def test_wal_mode_is_used_for_files(dbpath):
     s.close()
 
 
-def test_setting_or_create_agrees_across_two_instances(dbpath):
-    a, b = SQLiteStore(dbpath), SQLiteStore(dbpath)
+def test_setting_or_create_agrees_across_two_instances(backend):
+    a, b = backend.open(), backend.open()
     first = a.setting_or_create("vapid", lambda: "A")
     second = b.setting_or_create("vapid", lambda: "B")
     assert first == second == "A"
@@ -445,14 +446,14 @@ def test_setting_or_create_agrees_across_two_instances(dbpath):
     b.close()
 
 
-def test_setting_or_create_race_between_threads_agrees(dbpath):
+def test_setting_or_create_race_between_threads_agrees(backend):
     """Both threads miss the key and both make one: only one value is ever stored and returned."""
-    SQLiteStore(dbpath).close()
+    backend.open().close()
     barrier = threading.Barrier(2)
     got = {}
 
     def run(name):
-        s = SQLiteStore(dbpath)
+        s = backend.open()
 
         def make():
             barrier.wait()  # both have seen "absent" before either inserts
@@ -469,25 +470,27 @@ def test_setting_or_create_race_between_threads_agrees(dbpath):
 
 
 OPENER = r"""
-import sys
-from pushproxy.approval.store import SQLiteStore
+import os, sys
+from pushproxy.approval.backends import open_store
 print("ready", flush=True)
 sys.stdin.readline()
-store = SQLiteStore(sys.argv[1])
+store = open_store(sys.argv[1], password=os.environ.get("PUSHPROXY_TEST_DB_PASSWORD"))
 print(store.setting_or_create("vapid", lambda: sys.argv[2]), flush=True)
 store.close()
 """
 
 
-def test_processes_creating_the_store_together_all_open_it_and_agree(tmp_path):
-    """Processes opening a not-yet-existing file at once: none fails, one value wins.
+def test_processes_creating_the_store_together_all_open_it_and_agree(backend, tmp_path):
+    """Processes opening a not-yet-created store at once: none fails, one value wins.
 
-    (Converting a fresh file to WAL is not covered by busy_timeout; the store retries.)
+    (SQLite: converting a fresh file to WAL is not covered by busy_timeout; the store
+    retries. PostgreSQL: the migrations run under an advisory lock, once.)
     """
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     for round in range(3):
-        path = str(tmp_path / f"fresh{round}.db")
-        procs = [subprocess.Popen([sys.executable, "-c", OPENER, path, f"v{i}"], env=env,
+        fresh = backend.fresh(tmp_path, f"fresh{round}")
+        path = fresh.target
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, path, f"v{i}"],
+                                  env=fresh.env(),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for i in range(4)]
         for p in procs:
@@ -498,7 +501,8 @@ def test_processes_creating_the_store_together_all_open_it_and_agree(tmp_path):
         results = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, [err for _, err in results]
         assert len({out.strip() for out, _ in results}) == 1
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        if fresh.name == "sqlite":
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 def test_locked_database_raises_store_error(dbpath):

@@ -19,8 +19,9 @@ T0 = 1_796_000_000.0
 
 
 @pytest.fixture
-def store():
-    s = SQLiteStore(":memory:")
+def store(backend):
+    """An empty store, on SQLite and on PostgreSQL (tests/conftest.py)."""
+    s = SQLiteStore(":memory:") if backend.name == "sqlite" else backend.open()
     yield s
     s.close()
 
@@ -159,13 +160,12 @@ def test_five_wrong_codes_pause_with_one_alert_then_ten_lock(store):
     assert service.counters.get("passcode_locks") == 1
 
 
-def test_the_count_survives_a_restart(tmp_path):
-    path = str(tmp_path / "p.db")
+def test_the_count_survives_a_restart(backend):
     for i in range(4):
-        s = SQLiteStore(path)
+        s = backend.open()
         assert verdict(make_service(s), "000000", T0 + i) is PasscodeVerdict.WRONG
         s.close()
-    s = SQLiteStore(path)
+    s = backend.open()
     try:
         assert verdict(make_service(s), "000000", T0 + 5) is PasscodeVerdict.WRONG
         assert verdict(make_service(s), "000000", T0 + 6) is PasscodeVerdict.USER_PAUSED

@@ -55,8 +55,9 @@ def user_version(path):
 
 
 @pytest.fixture
-def store():
-    s = SQLiteStore(":memory:")
+def store(backend):
+    """An empty store, on SQLite and on PostgreSQL (tests/conftest.py)."""
+    s = SQLiteStore(":memory:") if backend.name == "sqlite" else backend.open()
     yield s
     s.close()
 
@@ -157,15 +158,15 @@ def test_revoked_device_accepts_no_totp_step(store):
     assert store.use_totp_step("dev1", 100) is False
 
 
-def test_racing_threads_claim_a_step_once(dbpath):
-    s = SQLiteStore(dbpath)
+def test_racing_threads_claim_a_step_once(backend):
+    s = backend.open()
     enrolled(s)
     s.close()
     wins = []
     barrier = threading.Barrier(8)
 
     def claim():
-        own = SQLiteStore(dbpath)  # a connection per thread, as per process
+        own = backend.open()  # a connection per thread, as per process
         barrier.wait()
         wins.append(own.use_totp_step("dev1", 42))
         own.close()
@@ -235,8 +236,8 @@ def test_lock_unlock_cycle(store):
     assert store.locked_users() == [Lock("bob", T0 - 1, "fraud report", None)]
 
 
-def test_lock_is_seen_by_another_connection(dbpath):
-    a, b = SQLiteStore(dbpath), SQLiteStore(dbpath)
+def test_lock_is_seen_by_another_connection(backend):
+    a, b = backend.open(), backend.open()
     try:
         a.lock_user("alice", T0, "fraud", "tx1")
         assert b.user_lock("alice").txid == "tx1"
