@@ -48,6 +48,10 @@ HELP = {
     "alert_webhooks": "Alert webhook posts, by outcome",
     "radius_replies_too_large": "Replies over 4096 octets with the attributes relayed or "
                                 "mapped, answered with a plain Access-Reject instead",
+    "store_calls": "Calls the approval store answered, by method",
+    "store_commits": "Transactions the approval store committed, by method",
+    "store_call_timeouts": "Store calls failed as a fault (stuck, failing or queued too "
+                           "long), by method",
     "internal_errors": "Unexpected errors (bugs); each is logged with a traceback",
     "decision_seconds": "Time from request to decision, by outcome",
     "ldap_seconds": "Time of one LDAP conversation (search + bind + groups), by server",

@@ -31,7 +31,8 @@ class ApprovalComponent:
         # A short busy timeout: a login must not wait long on another process's
         # write lock (push.failmode decides instead); see ThreadRunner.
         self.runner = ThreadRunner(reactor, lambda: SQLiteStore(config.database,
-                                                                 busy_timeout=1.0))
+                                                                 busy_timeout=1.0),
+                                   counters=counters)
         self.service = ApprovalService(
             run=self.runner, reactor=reactor, counters=counters, vapid_public_key="",
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,

@@ -109,20 +109,20 @@ class ApprovalService:
         return defer.ensureDeferred(self._request(request))
 
     async def _request(self, request: ApprovalRequest) -> PushResult:
+        tx = Transaction(
+            id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
+            context={"application": request.application, "client_ip": request.client_ip,
+                     "nas": request.nas, "verification": request.verification,
+                     "number": request.number},
+            created=request.created, expires=request.expires, state="pending",
+            decided_by=None, decided_at=None)
         try:
-            devices = await self.run("devices", request.username)
-            if not devices:
-                return PushResult(PushStatus.NO_DEVICE, request.txid)
-            tx = Transaction(
-                id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
-                context={"application": request.application, "client_ip": request.client_ip,
-                         "nas": request.nas, "verification": request.verification,
-                         "number": request.number},
-                created=request.created, expires=request.expires, state="pending",
-                decided_by=None, decided_at=None)
-            await self.run("create_transaction", tx)
+            # One store call: the devices, and the transaction if there is one.
+            devices = await self.run("open_transaction", tx)
         except StoreError as exc:
             raise ProviderUnavailable(f"store: {exc}") from None
+        if not devices:
+            return PushResult(PushStatus.NO_DEVICE, request.txid)
         waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
         self._waiting[tx.id] = waiter
         self.counters.inc("approval_transactions")

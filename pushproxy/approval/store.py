@@ -118,6 +118,10 @@ class Store(Protocol):
     def create_transaction(self, tx: Transaction) -> None:
         """Record a new transaction (normally in state 'pending')."""
 
+    def open_transaction(self, tx: Transaction) -> list[Device]:
+        """The user's active devices and, if there is one, ``tx`` recorded: one call and one
+        commit for what a push needs (the devices, then the transaction)."""
+
     def transaction(self, txid: str) -> Transaction | None:
         """The transaction with this id, in whatever state, or None."""
 
@@ -262,6 +266,7 @@ class SQLiteStore(Store):
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the
             # module never opens a weaker deferred transaction behind our back
             self._db = sqlite3.connect(path, isolation_level=None)
+            self.commits = 0  # transactions committed by this connection (for /metrics)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open approval store {path!r}: {exc}") from exc
         try:
@@ -296,6 +301,7 @@ class SQLiteStore(Store):
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                self.commits += 1
             except BaseException:
                 if self._db.in_transaction:
                     self._db.rollback()
@@ -348,7 +354,9 @@ class SQLiteStore(Store):
     def _change(self, sql: str, args: tuple = ()) -> int:
         # one statement is atomic by itself: no explicit transaction needed
         with self._guard():
-            return self._db.execute(sql, args).rowcount
+            changed = self._db.execute(sql, args).rowcount
+            self.commits += 1  # autocommit: each statement commits by itself
+            return changed
 
     def create_enrollment(self, username: str, token_hash: str, now: float,
                           expires: float) -> Enrollment:
@@ -411,6 +419,22 @@ class SQLiteStore(Store):
                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (tx.id, tx.username, tx.nonce, json.dumps(tx.context), tx.created,
                       tx.expires, tx.state, tx.decided_by, tx.decided_at))
+
+    def open_transaction(self, tx: Transaction) -> list[Device]:
+        if tx.state not in STATES:
+            raise ValueError(f"not a transaction state: {tx.state!r}")
+        # The devices are read under the write lock the insert takes anyway: one
+        # round trip to the store thread per push, not two (issue 22).
+        with self._write() as db:
+            devices = [_device(row) for row in db.execute(
+                f"SELECT {_DEVICE} FROM devices WHERE username = ? AND revoked IS NULL "
+                "ORDER BY created, id", (tx.username,)).fetchall()]
+            if devices:
+                db.execute(f"INSERT INTO transactions ({_TRANSACTION}) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (tx.id, tx.username, tx.nonce, json.dumps(tx.context), tx.created,
+                            tx.expires, tx.state, tx.decided_by, tx.decided_at))
+        return devices
 
     def transaction(self, txid: str) -> Transaction | None:
         row = self._one(f"SELECT {_TRANSACTION} FROM transactions WHERE id = ?", (txid,))
