@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pushproxy import yamlsource
 from pushproxy.checker import Checker
 from pushproxy.fatigue import FatigueLimits
+from pushproxy.overload import OverloadLimits, parse_limits
 from pushproxy.policy import Policy, Verification, parse_policy
 from pushproxy.replyattrs import ReplyMap, parse_reply_attributes
 from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
@@ -168,6 +169,8 @@ class DaemonConfig:
 
     stop_grace: float  # seconds pending logins may still finish after SIGTERM
     metrics_listen: tuple[str, int] | None  # /metrics and /healthz; None: off
+    # bounds past which new requests are shed (pushproxy.overload)
+    overload: OverloadLimits = OverloadLimits()
 
 
 @dataclass(frozen=True)
@@ -290,14 +293,14 @@ def _log(c: Checker, value) -> LogConfig | None:
 
 
 def _daemon(c: Checker, value) -> DaemonConfig | None:
-    m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen"))
+    m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen", "overload"))
     if m is None:
         return None
     metrics = c.host_port(m["metrics_listen"], "daemon.metrics_listen") \
         if "metrics_listen" in m else None
     return DaemonConfig(
         stop_grace=c.number(m, "stop_grace", "daemon.stop_grace", 15, minimum=0, maximum=600),
-        metrics_listen=metrics)
+        metrics_listen=metrics, overload=parse_limits(c, m.get("overload")))
 
 
 def _radius(c: Checker, value) -> RadiusConfig | None:

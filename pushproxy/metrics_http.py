@@ -3,7 +3,10 @@
 Metrics are rendered at scrape time from the daemon's `Counters` by a
 prometheus-client collector, so the hot path only bumps plain counters. The
 health check asks the directory and the store right now (cached for a second,
-so a scraper cannot turn it into load) and answers 200 or 503 with JSON.
+so a scraper cannot turn it into load) and answers 200 or 503 with JSON:
+``status`` is "ok" (200), "down" (503: the directory or the store fails) or
+"busy" (200: new requests are being shed, see `pushproxy.overload`; nothing is
+probed then, so the answer never waits in the full queues).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ HELP = {
     "store_commits": "Transactions the approval store committed, by method",
     "store_call_timeouts": "Store calls failed as a fault (stuck, failing or queued too "
                            "long), by method",
+    "radius_overloaded": "New requests shed (not answered) while the daemon was busy, by "
+                         "reason (the NAS retransmits or fails over)",
     "internal_errors": "Unexpected errors (bugs); each is logged with a traceback",
     "decision_seconds": "Time from request to decision, by outcome",
     "ldap_seconds": "Time of one LDAP conversation (search + bind + groups), by server",

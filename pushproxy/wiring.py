@@ -99,6 +99,20 @@ class MetricsComponent:
             "pending_approvals": ("Approval requests waiting for a device answer",
                                   lambda: self.approval.service.waiting),
         }
+        # Admission control's inputs (pushproxy.overload): read without waiting on
+        # the store thread, so a scrape stays fast however long its queue is.
+        admission = self.daemon.admission
+        for name, doc, field in (
+                ("store_queue", "Store calls queued or running", "store_queue"),
+                ("store_queue_age_seconds", "Age of the oldest unfinished store call",
+                 "store_age"),
+                ("store_running_seconds", "How long the current store call has run",
+                 "store_running"),
+                ("ldap_queue", "LDAP conversations queued or running", "ldap_queue"),
+                ("loop_lag_seconds", "How late the event loop runs its timers", "loop_lag")):
+            gauges[name] = (doc, lambda field=field: getattr(admission.load(), field))
+        gauges["overloaded"] = ("1 while new requests are shed (busy), else 0",
+                                lambda: int(admission.check() is not None))
         site = metrics_http.build_site(self.daemon.counters, gauges, self.daemon.health,
                                        self.daemon.reactor)
         host, port = self.listen

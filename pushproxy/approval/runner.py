@@ -129,6 +129,14 @@ class ThreadRunner:
         started = call.started if call is not None else None
         return 0.0 if started is None else max(0.0, self.monotonic() - started)
 
+    def faulty(self) -> bool:
+        """Whether the store is failing now: the running call is past the bound, or a
+        call failed with a database error within the last ``timeout`` seconds."""
+        now = self.monotonic()
+        fault = self._last_fault
+        return self.running_for() >= self.timeout or (
+            fault is not None and now - fault < self.timeout)
+
     # -- the reactor side --
 
     def __call__(self, method: str, *args) -> defer.Deferred:
