@@ -78,6 +78,7 @@ class ApprovalComponent:
         """Close the listener, then the store thread."""
         if self.port is not None:
             yield self.port.stopListening()
+        yield self.service.flush_expired()
         self.runner.stop()
 
 

@@ -135,6 +135,9 @@ class Store(Protocol):
         An answer (ANSWERS) needs device_id and counts only while ``now < expires``;
         'expired'/'cancelled' need neither (a login ends at or past its deadline)."""
 
+    def expire_transactions(self, txids: list[str], now: float) -> int:
+        """'expired' for each of ``txids`` still pending, in one transaction; how many."""
+
     def cancel_pending(self, now: float) -> int:
         """At daemon start, cancel every pending transaction (its login died with the
         previous process: waiting logins live in memory); return how many."""
@@ -458,6 +461,14 @@ class SQLiteStore(Store):
         args = (state, device_id, now, txid) + ((now,) if deadline else ())
         return self._change("UPDATE transactions SET state = ?, decided_by = ?, decided_at = ? "
                             "WHERE id = ? AND state = 'pending'" + deadline, args) == 1
+
+    def expire_transactions(self, txids: list[str], now: float) -> int:
+        # Logins that timed out together (a storm's pushes end together): one
+        # commit for all, not one per login.
+        with self._write() as db:
+            return sum(db.execute("UPDATE transactions SET state = 'expired', decided_by = NULL, "
+                                  "decided_at = ? WHERE id = ? AND state = 'pending'",
+                                  (now, txid)).rowcount for txid in txids)
 
     def cancel_pending(self, now: float) -> int:
         return self._change("UPDATE transactions SET state = 'cancelled', decided_by = NULL, "

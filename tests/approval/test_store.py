@@ -264,6 +264,17 @@ def test_open_transaction_returns_active_devices_and_records_the_transaction(sto
     assert store.transaction("tx2") is None
 
 
+def test_expire_transactions_closes_only_pending_ones_in_one_commit(store):
+    for i in (1, 2, 3):
+        store.create_transaction(tx(id=f"tx{i}"))
+    assert store.decide_transaction("tx2", "approved", "dev1", T0 + 1) is True
+    before = store.commits
+    assert store.expire_transactions(["tx1", "tx2", "tx3", "nope"], T0 + 60) == 2
+    assert store.commits == before + 1
+    assert [store.transaction(f"tx{i}").state for i in (1, 2, 3)] == [
+        "expired", "approved", "expired"]
+
+
 def test_touch_device_sets_last_seen(store):
     enrolled(store)
     store.touch_device("dev1", T0 + 30)
