@@ -47,7 +47,7 @@ class OverloadLimits:
     store_queue: int = 1000
     store_age: float = 0.5
     ldap_queue: int = 1000
-    loop_lag: float = 1.0
+    loop_lag: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,8 @@ class InlineRunner:
 class _Call:
     """One queued store call; ``started`` is set by the store thread."""
 
-    __slots__ = ("method", "args", "deferred", "submitted", "started", "abandoned", "timer",
-                 "commits")
+    __slots__ = ("method", "args", "deferred", "submitted", "started", "finished", "abandoned",
+                 "timer", "commits")
 
     def __init__(self, method: str, args: tuple, submitted: float):
         self.method = method
@@ -81,6 +81,7 @@ class _Call:
         self.deferred: defer.Deferred = defer.Deferred()
         self.submitted = submitted
         self.started: float | None = None
+        self.finished: float | None = None  # done on the store thread, maybe not delivered
         self.abandoned = False
         self.timer = None
         self.commits = 0
@@ -156,7 +157,8 @@ class ThreadRunner:
     def _check(self, call: _Call) -> None:
         """The watchdog of one call: fail it on a fault, else look again later."""
         call.timer = None
-        if call.deferred.called:
+        if call.deferred.called or call.finished is not None:
+            # Answered in time; only its delivery waits for this (late) event loop.
             return
         now = self.monotonic()
         if call.started is not None:
@@ -198,7 +200,7 @@ class ThreadRunner:
                 self.counters.inc("store_calls", method=call.method)
                 if call.commits:
                     self.counters.inc("store_commits", call.commits, method=call.method)
-            if call.deferred.called:
+            if call.deferred.called or call.finished is not None:
                 continue  # its caller gave up meanwhile
             if ok:
                 call.deferred.callback(result)
@@ -218,6 +220,7 @@ class ThreadRunner:
                 self._running = call
             call.started = self.monotonic()
             ok, result = self._execute(call)
+            call.finished = self.monotonic()
             with self._wake:
                 self._running = None
                 first = not self._done
