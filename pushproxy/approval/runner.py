@@ -200,7 +200,7 @@ class ThreadRunner:
                 self.counters.inc("store_calls", method=call.method)
                 if call.commits:
                     self.counters.inc("store_commits", call.commits, method=call.method)
-            if call.deferred.called or call.finished is not None:
+            if call.deferred.called:
                 continue  # its caller gave up meanwhile
             if ok:
                 call.deferred.callback(result)
