@@ -147,13 +147,20 @@ class HealthResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
+def registry(counters: Counters, gauges: dict) -> CollectorRegistry:
+    """A prometheus-client registry rendering ``counters`` and ``gauges``."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(CountersCollector(counters, gauges))
+    return found
+
+
 def build_site(counters: Counters, gauges: dict, health: Callable[[], defer.Deferred],
                clock) -> server.Site:
-    """The admin site: /metrics and /healthz."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(CountersCollector(counters, gauges))
+    """The admin site: /metrics and /healthz (the daemon serves them from threads,
+    `pushproxy.metrics_thread`; this site is the same on the event loop)."""
+    registry_ = registry(counters, gauges)
     root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"metrics", MetricsResource(registry_))
     root.putChild(b"healthz", HealthResource(health, clock))
     site = server.Site(root)
     site.noisy = False

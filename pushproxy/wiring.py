@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer, ssl, threads
 
 from pushproxy import logs
 from pushproxy.approval.alerts import Alerter
@@ -14,6 +14,7 @@ from pushproxy.approval.store import SQLiteStore
 from pushproxy.approval.webpush import VapidKeys, WebPushSender
 from pushproxy.config import ApprovalConfig, Config
 from pushproxy.metrics import Counters
+from pushproxy.metrics_thread import MetricsServer
 from pushproxy.service import Daemon
 
 log = logging.getLogger("pushproxy.wiring")
@@ -89,7 +90,7 @@ class MetricsComponent:
         self.listen = listen
         self.daemon = daemon
         self.approval = approval
-        self.port = None
+        self.server = None
 
     def start(self):
         """Listen; the gauges read live state at scrape time."""
@@ -114,17 +115,20 @@ class MetricsComponent:
             gauges[name] = (doc, lambda field=field: getattr(admission.load(), field))
         gauges["overloaded"] = ("1 while new requests are shed (busy), else 0",
                                 lambda: int(admission.check() is not None))
-        site = metrics_http.build_site(self.daemon.counters, gauges, self.daemon.health,
-                                       self.daemon.reactor)
-        host, port = self.listen
-        self.port = self.daemon.reactor.listenTCP(port, site, interface=host)
-        bound = self.port.getHost()
-        logs.event(log, logging.INFO, "metrics.listening", address=bound.host, port=bound.port)
+        # Served on threads of its own: a scrape must not wait for a busy event loop.
+        self.server = MetricsServer(
+            self.listen, metrics_http.registry(self.daemon.counters, gauges),
+            metrics_http.HealthResource(self.daemon.health, self.daemon.reactor),
+            self.daemon.reactor)
+        host, port = self.server.start()
+        logs.event(log, logging.INFO, "metrics.listening", address=host, port=port)
         return defer.succeed(None)
 
     def stop(self):
-        """Close the listener."""
-        return self.port.stopListening() if self.port is not None else defer.succeed(None)
+        """Close the listener (its thread is joined off the event loop)."""
+        server, self.server = self.server, None
+        return threads.deferToThread(server.stop) if server is not None \
+            else defer.succeed(None)
 
 
 def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
