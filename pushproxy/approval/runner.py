@@ -12,12 +12,16 @@ broken one (issue 22: a burst was decided by ``push.failmode``). So a caller
 gets a StoreError (the service turns it into ProviderUnavailable, and
 ``push.failmode`` decides the login) only for a fault:
 
-- its own call has been *running* for ``timeout`` seconds (time spent queued
-  does not count);
-- its call is still queued ``timeout`` seconds after it was made, and the
-  call at the head has been running for ``timeout`` seconds (stuck on a lock)
-  or a call failed with a database error within the last ``timeout`` seconds
-  (the store is failing, e.g. locked past its busy timeout);
+- a call failed with a database error within the last ``timeout`` seconds
+  (the store is failing: another process's lock makes SQLite give up after
+  its busy timeout, 1 s in the daemon) and this call is ``timeout`` seconds
+  old;
+- its own call has been *running* for ``stall`` seconds (2 x ``timeout``;
+  time spent queued does not count), or it is still queued and the call at
+  the head has been running that long: the store hangs without an error (a
+  frozen disk). Not ``timeout``: under a storm on a busy machine one call
+  was seen to take over 2 s of wall time (the store thread waiting for the
+  interpreter lock), and that is load, not a fault;
 - it has been queued ``max_queued`` seconds (a last bound; admission control,
   `pushproxy.overload`, keeps the queue far shorter than that).
 
@@ -40,11 +44,12 @@ from twisted.python import failure as tfailure
 
 from pushproxy.approval.store import StoreError
 
-# Seconds a call may run (or wait behind a stuck or failing store) before its
-# caller gets a StoreError. A push makes two calls (lock check, then the
-# transaction) before it waits for the phone: 2 x 2 s stays under the
-# smallest push.timeout (5 s), so with a locked store the login ends on
-# push.failmode, not on the push timeout.
+# Seconds a call may wait behind a failing store before its caller gets a
+# StoreError. A push makes two calls (lock check, then the transaction)
+# before it waits for the phone: 2 x 2 s stays under the smallest
+# push.timeout (5 s), so with a locked store the login ends on push.failmode,
+# not on the push timeout. (A store that hangs without any error is given
+# 2 x this; such a login may end on the push timeout, a Reject.)
 CALL_TIMEOUT = 2.0
 # Seconds a call may wait in the queue while the store makes progress.
 MAX_QUEUED = 30.0
@@ -92,10 +97,12 @@ class ThreadRunner:
 
     def __init__(self, reactor, factory: Callable[[], object], *,
                  timeout: float = CALL_TIMEOUT, max_queued: float = MAX_QUEUED,
-                 counters=None, monotonic: Callable[[], float] = time.monotonic):
+                 stall: float | None = None, counters=None,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.reactor = reactor
         self.factory = factory
         self.timeout = timeout
+        self.stall = 2 * timeout if stall is None else stall
         self.max_queued = max_queued
         self.counters = counters
         self.monotonic = monotonic
@@ -131,11 +138,11 @@ class ThreadRunner:
         return 0.0 if started is None else max(0.0, self.monotonic() - started)
 
     def faulty(self) -> bool:
-        """Whether the store is failing now: the running call is past the bound, or a
+        """Whether the store is failing now: the running call is past ``stall``, or a
         call failed with a database error within the last ``timeout`` seconds."""
         now = self.monotonic()
         fault = self._last_fault
-        return self.running_for() >= self.timeout or (
+        return self.running_for() >= self.stall or (
             fault is not None and now - fault < self.timeout)
 
     # -- the reactor side --
@@ -161,15 +168,15 @@ class ThreadRunner:
             # Answered in time; only its delivery waits for this (late) event loop.
             return
         now = self.monotonic()
+        failing = self._last_fault is not None and now - self._last_fault < self.timeout
         if call.started is not None:
-            if now - call.started >= self.timeout:
+            if now - call.started >= self.stall:
                 return self._give_up(call, f"the store did not answer {call.method} within "
-                                           f"{self.timeout:g} s (database locked?)")
-            return self._recheck(call, call.started + self.timeout - now)
+                                           f"{self.stall:g} s (disk or database stuck?)")
+            return self._recheck(call, call.started + self.stall - now)
         head = self._running
         stuck = head is not None and head.started is not None \
-            and now - head.started >= self.timeout
-        failing = self._last_fault is not None and now - self._last_fault < self.timeout
+            and now - head.started >= self.stall
         if stuck or failing:
             why = "stuck on a call" if stuck else "failing"
             return self._give_up(call, f"the store is {why}: {call.method} not started "

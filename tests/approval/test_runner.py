@@ -166,3 +166,20 @@ def test_a_call_finished_on_the_store_thread_is_not_timed_out_while_the_loop_is_
     assert not d.called
     runner._deliver()
     assert d.result == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_slow_call_without_an_error_gets_twice_the_timeout():
+    """A call that runs 1.5 x the timeout without failing (the store thread waiting for
+    the interpreter lock on a busy machine) is load: its caller gets the answer. Locks
+    surface as database errors after SQLite's busy timeout, and those fail at once."""
+    store = BlockingStore()
+    runner = ThreadRunner(reactor, lambda: store, timeout=0.3)
+    yield runner.start()
+    try:
+        first = runner("stuck")
+        reactor.callLater(0.45, store.release.set)
+        assert (yield first) == "stuck-done"
+    finally:
+        store.release.set()
+        runner.stop()
