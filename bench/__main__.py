@@ -170,11 +170,12 @@ def main(argv=None) -> int:
                                            **profiling.summarize(raw, top=30),
                                            "by_file": profiling.by_module(raw, top=25)}
     except BenchFailure as exc:
-        failure = str(exc)
-        result["failure"] = failure
-        log(f"FAILED: {failure}")
+        bench.failures.append(str(exc))
     finally:
         bench.stop()
+        if bench.failures:
+            failure = "; ".join(bench.failures)
+            result["failure"] = failure
         result["duration_s"] = round(time.time() - started, 1)
         result["machine"]["loadavg_at_end"] = os.getloadavg()
         if args.keep:

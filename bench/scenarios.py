@@ -40,7 +40,8 @@ RETRANSMIT = (2.0, 4.0, 8.0, 15.0)
 
 
 class BenchFailure(Exception):
-    """A scenario saw what must never happen (a failmode or internal-error decision)."""
+    """What must never happen (a failmode or internal-error decision, an Accept without
+    an approval): the run exits 1."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Bench:
         self.freeradius = None
         self.daemon_count = 0
         self.device_processes: list[DeviceProcess] = []
+        self.failures: list[str] = []  # what must never happen, seen by any scenario
 
     # -- setup and teardown --
 
@@ -159,13 +161,15 @@ class Bench:
         self.device_processes.append(dev)
         return dev
 
-    def verify(self, daemon, scenario: str) -> None:
-        """Fail loudly when any login of this daemon ended in a failmode or internal-error
-        decision: a benchmark that measures a broken daemon measures nothing."""
+    def verify(self, daemon, scenario: str, result: dict) -> None:
+        """Note in ``result`` and in ``failures`` any login of this daemon decided by a
+        failmode or an internal error: the run then exits 1 (after writing its figures),
+        since a benchmark that measures a broken daemon measures nothing."""
         bad = daemon.failmode_decisions()
+        result["failmode_decisions"] = bad
         if bad:
-            raise BenchFailure(f"{scenario}: logins decided by push.failmode or an internal "
-                               f"error: {bad} (see {daemon.log_path})")
+            self.failures.append(f"{scenario}: logins decided by push.failmode or an "
+                                 f"internal error: {bad} (see {daemon.log_path})")
 
     async def _logins(self, port: int, logins, concurrency: int, timeout: float = 30.0):
         client = await radload.RadiusClient("127.0.0.1", port, SECRET, sockets=4).open()
@@ -225,7 +229,7 @@ class Bench:
                 result["device"] = dev.brief(answers)
             metrics = daemon.metrics()
             result["daemon_decisions"] = metrics.value("pushproxy_decisions_total")
-            self.verify(daemon, "throughput")
+            self.verify(daemon, "throughput", result)
             return result
         finally:
             if spy is not None:
@@ -260,7 +264,7 @@ class Bench:
             result = asyncio.run(self._pending(daemon))
             result["metrics_scrapes"] = daemon.scrapes
             result["metrics_slowest_scrape_s"] = round(daemon.slowest_scrape, 3)
-            self.verify(daemon, "pending")
+            self.verify(daemon, "pending", result)
             return result
         finally:
             daemon.stop()
@@ -360,7 +364,7 @@ class Bench:
         try:
             self.warm(daemon, push=False)
             result = asyncio.run(self._overhead(daemon))
-            self.verify(daemon, "overhead")
+            self.verify(daemon, "overhead", result)
             return result
         finally:
             daemon.stop()
