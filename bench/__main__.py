@@ -31,7 +31,8 @@ from bench import deps
 from bench import freeradius as fr_mod
 from bench import profile as profiling
 from bench.report import print_table, summarize
-from bench.scenarios import Bench, Sizes
+from bench import burst
+from bench.scenarios import Bench, BenchFailure, Sizes
 
 
 def machine() -> dict:
@@ -87,7 +88,7 @@ def parse_args(argv):
     p.add_argument("--skip-freeradius", action="store_true",
                    help="pushproxy only (no reference, no ratio)")
     p.add_argument("--only", action="append",
-                   choices=("throughput", "pending", "overhead"),
+                   choices=("throughput", "pending", "overhead", "burst"),
                    help="run only these scenarios (repeatable)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     for field, default in asdict(Sizes()).items():
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     overrides = {f: getattr(args, f) for f in asdict(sizes) if getattr(args, f) is not None}
     sizes = replace(sizes, **overrides)
     runs = 1 if args.smoke and args.runs == 3 else max(1, args.runs)
-    only = set(args.only or ("throughput", "pending", "overhead"))
+    only = set(args.only or ("throughput", "pending", "overhead", "burst"))
     want_profile = not (args.smoke or args.no_profile) and "throughput" in only
 
     def log(text):
@@ -127,6 +128,7 @@ def main(argv=None) -> int:
     result = {"machine": machine(), "sizes": asdict(sizes), "runs_requested": runs,
               "freeradius_used": use_fr, "started": time.strftime(
                   "%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "runs": []}
+    failure = None
     try:
         bench.start()
         for n in range(1, runs + 1):
@@ -145,6 +147,12 @@ def main(argv=None) -> int:
             if "overhead" in only:
                 log(f"run {n}: proxy overhead")
                 run["overhead"] = bench.overhead()
+            if "burst" in only:
+                # The smoke's burst is small: tight bounds make it shed all the same.
+                overload = {"ldap_queue": 40} if args.smoke else None
+                for failmode in ("secure", "safe"):
+                    log(f"run {n}: burst of {sizes.burst} logins at once, failmode {failmode}")
+                    run[f"burst_{failmode}"] = burst.run(bench, failmode, overload)
             result["runs"].append(run)
             log(f"run {n} done")
         if profile:
@@ -161,8 +169,13 @@ def main(argv=None) -> int:
                 result["profile"][mode] = {"under_profiler": run, "raw_file": str(kept),
                                            **profiling.summarize(raw, top=30),
                                            "by_file": profiling.by_module(raw, top=25)}
+    except BenchFailure as exc:
+        bench.failures.append(str(exc))
     finally:
         bench.stop()
+        if bench.failures:
+            failure = "; ".join(bench.failures)
+            result["failure"] = failure
         result["duration_s"] = round(time.time() - started, 1)
         result["machine"]["loadavg_at_end"] = os.getloadavg()
         if args.keep:
@@ -175,6 +188,9 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
     log(f"wrote {out}")
+    if failure is not None:
+        log(f"FAILED: {failure}")
+        return 1
     return 0
 
 

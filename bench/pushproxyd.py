@@ -78,8 +78,11 @@ def seed_devices(path: Path, users: list[str], key: ec.EllipticCurvePrivateKey) 
 
 
 def write_config(folder: Path, slapd, secret: str, *, push_timeout: float = 60,
-                 allow_all: bool = False, ldap_pool: int = 8) -> dict:
-    """The daemon's config.yaml in ``folder``; returns its ports and paths."""
+                 allow_all: bool = False, ldap_pool: int = 8, failmode: str = "secure",
+                 overload: dict | None = None) -> dict:
+    """The daemon's config.yaml in ``folder``; returns its ports and paths.
+
+    ``overload``: keys of ``daemon.overload`` (default: the shipped bounds)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "radius.secret").write_text(secret + "\n")
     (folder / "ldap.secret").write_text(slapd.service_password + "\n")
@@ -113,6 +116,7 @@ def write_config(folder: Path, slapd, secret: str, *, push_timeout: float = 60,
           max_queue: 100000
         push:
           timeout: {push_timeout:g}
+          failmode: {failmode}
           # each benchmark user logs in about once per daemon run: the fatigue
           # limits stay on but can never refuse a push here
           limits:
@@ -126,6 +130,7 @@ def write_config(folder: Path, slapd, secret: str, *, push_timeout: float = 60,
         daemon:
           stop_grace: 0
           metrics_listen: "127.0.0.1:{ports['metrics']}"
+          overload: {json.dumps(overload or {})}
         approval:
           listen: "127.0.0.1:{ports['approval']}"
           public_url: "http://127.0.0.1:{ports['approval']}"
@@ -222,10 +227,29 @@ class Daemon:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def metrics(self) -> "Metrics":
-        """The daemon's /metrics now."""
+        """The daemon's /metrics now; the slowest scrape so far is in ``slowest_scrape``."""
         url = f"http://127.0.0.1:{self.config['metrics']}/metrics"
+        started = time.monotonic()
         with urllib.request.urlopen(url, timeout=10) as response:
-            return Metrics(response.read().decode("utf-8"))
+            text = response.read().decode("utf-8")
+        took = time.monotonic() - started
+        self.slowest_scrape = max(getattr(self, "slowest_scrape", 0.0), took)
+        self.scrapes = getattr(self, "scrapes", 0) + 1
+        return Metrics(text)
+
+    def failmode_decisions(self) -> dict[str, int]:
+        """Decisions by push.failmode or an internal error, by reason: never expected."""
+        found: dict[str, int] = {}
+        metrics = self.metrics()
+        for name, labels, value in metrics.samples:
+            reason = labels.get("reason", "")
+            if name == "pushproxy_decisions_total" and value and (
+                    reason.startswith("push_unavailable") or reason == "internal_error"):
+                found[reason] = found.get(reason, 0) + int(value)
+        errors = metrics.value("pushproxy_internal_errors_total")
+        if errors:
+            found["internal_errors_total"] = int(errors)
+        return found
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")

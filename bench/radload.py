@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import random
 import re
 import resource
 import socket
@@ -131,6 +132,7 @@ class LoginResult:
     outcome: str | None  # accept / reject / challenge, None: no reply in time
     sent: float  # time.monotonic() at send
     received: float | None  # time.monotonic() when the reply arrived
+    retransmits: int = 0  # NAS-style resends of the same request before the reply
 
     @property
     def rtt(self) -> float | None:
@@ -177,6 +179,7 @@ class RadiusClient:
         self.count = sockets
         self.sockets: list[_Socket] = []
         self.bad_replies = 0
+        self.retransmits = 0  # resends of every login together
         self._slot = None
 
     async def open(self) -> "RadiusClient":
@@ -198,8 +201,13 @@ class RadiusClient:
                 proto.transport.close()
 
     async def login(self, user: str, password: str, *, station: str = "198.51.100.7",
-                    timeout: float = 10.0) -> LoginResult:
-        """One Access-Request, no retransmission; the reply or None after ``timeout``."""
+                    timeout: float = 10.0, retransmit: tuple[float, ...] = ()) -> LoginResult:
+        """One Access-Request; the reply or None after ``timeout``.
+
+        ``retransmit``: seconds to wait before each resend of the identical
+        datagram (same identifier and authenticator), like a NAS; the last
+        interval repeats until ``timeout`` (each with +-25% jitter). Empty: no
+        retransmission."""
         async with self._slot:
             proto = max(self.sockets, key=lambda p: len(p.free))
             ident = proto.free.pop()
@@ -210,15 +218,32 @@ class RadiusClient:
                                   self.nas)
             sent = time.monotonic()
             proto.transport.sendto(data, self.address)
+            resends = 0
             try:
-                code, received = await asyncio.wait_for(future, timeout)
-                outcome = CODE_NAMES.get(code, str(code))
-            except asyncio.TimeoutError:
-                outcome, received = None, None
+                while True:
+                    left = sent + timeout - time.monotonic()
+                    # +-25% jitter, as NASes (and their many users) do not resend in step
+                    wait = left if not retransmit else min(
+                        left, retransmit[min(resends, len(retransmit) - 1)]
+                        * random.uniform(0.75, 1.25))
+                    try:
+                        code, received = await asyncio.wait_for(asyncio.shield(future),
+                                                                max(wait, 0.0))
+                        outcome = CODE_NAMES.get(code, str(code))
+                        break
+                    except asyncio.TimeoutError:
+                        if time.monotonic() >= sent + timeout - 1e-3:
+                            outcome, received = None, None
+                            break
+                        resends += 1
+                        self.retransmits += 1
+                        proto.transport.sendto(data, self.address)
             finally:
+                if not future.done():
+                    future.cancel()
                 del proto.waiting[ident]
                 proto.free.insert(0, ident)  # reuse an identifier as late as possible
-            return LoginResult(user, outcome, sent, received)
+            return LoginResult(user, outcome, sent, received, resends)
 
 
 async def closed_loop(client: RadiusClient, logins: list[tuple[str, str]], concurrency: int,

@@ -52,6 +52,22 @@ ROWS = [
      None),
     ("fr_ov_p50", "  FreeRADIUS RTT - raw LDAP, p50", "ms",
      ("overhead", "freeradius_overhead_p50_ms"), None),
+    ("pending_scrape", "slowest /metrics scrape during pending", "s",
+     ("pending", "metrics_slowest_scrape_s"), ("<=", 1)),
+    ("burst_secure_shed", "burst, failmode secure: requests shed", "",
+     ("burst_secure", "shed_total"), None),
+    ("burst_secure_resent", "  logins answered after a NAS-style resend", "",
+     ("burst_secure", "served_after_resend"), None),
+    ("burst_secure_lost", "  logins never answered", "", ("burst_secure", "lost"), None),
+    ("burst_secure_s", "  seconds until every login was answered", "s",
+     ("burst_secure", "elapsed_s"), None),
+    ("burst_safe_shed", "burst, failmode safe: requests shed", "", ("burst_safe", "shed_total"),
+     None),
+    ("burst_safe_resent", "  logins answered after a NAS-style resend", "",
+     ("burst_safe", "served_after_resend"), None),
+    ("burst_safe_lost", "  logins never answered", "", ("burst_safe", "lost"), None),
+    ("burst_safe_a2a", "  Accepts without an approval", "",
+     ("burst_safe", "accept_without_approval"), ("<=", 0)),
 ]
 
 

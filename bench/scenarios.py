@@ -25,16 +25,23 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import ldap3
-
 from bench import freeradius as fr_mod
 from bench import profile as profiling
 from bench import pushproxyd, radload
+from bench.rawldap import RawLdap
 from bench.stats import percentile, summary_ms
 
 SECRET = "bench-radius-secret-0123456789"
-#: Datagrams the pending fill keeps in flight beyond what the daemon has taken in.
-FILL_BACKLOG = 1000
+#: Logins the pending fill keeps in flight beyond the pushes the daemon has opened.
+FILL_BACKLOG = 800
+#: Seconds before each NAS-style resend of a request still unanswered (the last
+#: repeats): a request the daemon shed while busy is served by a resend.
+RETRANSMIT = (2.0, 4.0, 8.0, 15.0)
+
+
+class BenchFailure(Exception):
+    """What must never happen (a failmode or internal-error decision, an Accept without
+    an approval): the run exits 1."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class Sizes:
     # ~80 s here (2 cores), and all must be pending before the first one times out
     pending_timeout: float = 120.0
     probes: int = 300  # other logins while the pending ones wait
+    burst: int = 5000  # logins sent at once, as fast as the generator can (issue 22)
+    burst_timeout: float = 60.0  # push.timeout of the burst runs
     latency: int = 1000  # logins for the decision-latency phase (no pending load)
     overhead: int = 1000  # sequential logins for the proxy-overhead phase
     warmup: int = 100
@@ -60,7 +69,8 @@ class Sizes:
     def smoke(cls) -> "Sizes":
         """A few dozen logins: proves the benchmark runs, measures nothing."""
         return cls(throughput=30, freeradius_repeat=1, concurrency=8, window=16, pending=40,
-                   pending_timeout=5, probes=10, latency=20, overhead=20, warmup=5)
+                   pending_timeout=5, probes=10, latency=20, overhead=20, warmup=5,
+                   burst=150, burst_timeout=30)
 
 
 def users(prefix: str, count: int) -> list[tuple[str, str]]:
@@ -83,13 +93,15 @@ class Bench:
         self.lt = users("lt", s.latency)
         self.ov = users("ov", s.overhead)
         self.wu = users("wu", s.warmup)
-        self.all_users = self.tp + self.pd + self.pq + self.lt + self.ov + self.wu
+        self.bu = users("bu", s.burst)
+        self.all_users = self.tp + self.pd + self.pq + self.lt + self.ov + self.wu + self.bu
         self.passwords = dict(self.all_users)
         self.key, self.key_pem = pushproxyd.new_device_key()
         self.slapd = None
         self.freeradius = None
         self.daemon_count = 0
         self.device_processes: list[DeviceProcess] = []
+        self.failures: list[str] = []  # what must never happen, seen by any scenario
 
     # -- setup and teardown --
 
@@ -124,12 +136,14 @@ class Bench:
         if self.slapd is not None:
             self.slapd.stop()
 
-    def new_daemon(self, *, allow_all: bool = False, push_timeout: float = 60):
+    def new_daemon(self, *, allow_all: bool = False, push_timeout: float = 60,
+                   failmode: str = "secure", overload: dict | None = None):
         """A pushproxy daemon on a fresh store with a device for every user."""
         self.daemon_count += 1
         folder = self.workdir / f"pushproxy-{self.daemon_count}"
         config = pushproxyd.write_config(folder, self.slapd, SECRET, push_timeout=push_timeout,
-                                         allow_all=allow_all, ldap_pool=self.sizes.ldap_pool)
+                                         allow_all=allow_all, ldap_pool=self.sizes.ldap_pool,
+                                         failmode=failmode, overload=overload)
         self.ids = pushproxyd.seed_devices(config["database"], [u for u, _ in self.all_users],
                                            self.key)
         daemon = pushproxyd.Daemon(config, folder,
@@ -146,6 +160,16 @@ class Bench:
         dev = DeviceProcess(job, daemon.folder / f"{name}.result.json")
         self.device_processes.append(dev)
         return dev
+
+    def verify(self, daemon, scenario: str, result: dict) -> None:
+        """Note in ``result`` and in ``failures`` any login of this daemon decided by a
+        failmode or an internal error: the run then exits 1 (after writing its figures),
+        since a benchmark that measures a broken daemon measures nothing."""
+        bad = daemon.failmode_decisions()
+        result["failmode_decisions"] = bad
+        if bad:
+            self.failures.append(f"{scenario}: logins decided by push.failmode or an "
+                                 f"internal error: {bad} (see {daemon.log_path})")
 
     async def _logins(self, port: int, logins, concurrency: int, timeout: float = 30.0):
         client = await radload.RadiusClient("127.0.0.1", port, SECRET, sockets=4).open()
@@ -205,6 +229,7 @@ class Bench:
                 result["device"] = dev.brief(answers)
             metrics = daemon.metrics()
             result["daemon_decisions"] = metrics.value("pushproxy_decisions_total")
+            self.verify(daemon, "throughput", result)
             return result
         finally:
             if spy is not None:
@@ -236,7 +261,11 @@ class Bench:
         daemon = self.new_daemon(push_timeout=s.pending_timeout)
         try:
             self.warm(daemon)
-            return asyncio.run(self._pending(daemon))
+            result = asyncio.run(self._pending(daemon))
+            result["metrics_scrapes"] = daemon.scrapes
+            result["metrics_slowest_scrape_s"] = round(daemon.slowest_scrape, 3)
+            self.verify(daemon, "pending", result)
+            return result
         finally:
             daemon.stop()
 
@@ -261,19 +290,21 @@ class Bench:
             rss0 = daemon.rss()
             cpu0 = daemon.cpu_seconds()
             started = time.monotonic()
-            # Paced by the daemon's own intake (its radius_requests counter):
-            # a burst of 20,000 datagrams would overflow the socket buffer,
-            # and a real NAS would then retransmit; this generator does not.
+            # Paced by the pushes the daemon has opened (its pushes_requested
+            # counter): logins past its capacity would only be shed (not
+            # answered) while it is busy. Each login is resent like a NAS
+            # would (RETRANSMIT), so one that was shed is served by a resend.
             base = (await asyncio.to_thread(daemon.metrics)).value(
-                "pushproxy_radius_requests_total")
+                "pushproxy_pushes_requested_total")
             tasks = []
             while len(tasks) < len(self.pd) and time.monotonic() < started + s.pending_timeout:
                 metrics = await asyncio.to_thread(daemon.metrics)
-                taken = metrics.value("pushproxy_radius_requests_total") - base
+                taken = metrics.value("pushproxy_pushes_requested_total") - base
                 room = min(int(taken) + FILL_BACKLOG - len(tasks), 500)
                 for user, password in self.pd[len(tasks):len(tasks) + max(0, room)]:
                     tasks.append(asyncio.ensure_future(client.login(
-                        user, password, timeout=s.pending_timeout + 60)))
+                        user, password, timeout=s.pending_timeout + 60,
+                        retransmit=RETRANSMIT)))
                 await asyncio.sleep(0.1)
             out["sent_s"] = round(time.monotonic() - started, 2)
             # Wait until every push is out and waiting for its phone.
@@ -321,6 +352,7 @@ class Bench:
             "outcomes": dict(outcomes), "lost": lost, "unexpected_outcome": wrong,
             "late_approvals": late, "device_errors": answers["errors"],
             "errors": lost + wrong + client.bad_replies,
+            "retransmits_sent": client.retransmits,
             "rss_after_bytes": daemon.rss()})
         return out
 
@@ -331,7 +363,9 @@ class Bench:
         daemon = self.new_daemon(allow_all=True)
         try:
             self.warm(daemon, push=False)
-            return asyncio.run(self._overhead(daemon))
+            result = asyncio.run(self._overhead(daemon))
+            self.verify(daemon, "overhead", result)
+            return result
         finally:
             daemon.stop()
 
@@ -384,43 +418,6 @@ class Bench:
             out["freeradius_rtt"] = summary_ms(fr_rtt)
             out["freeradius_overhead_p50_ms"] = _ms(_minus(p50(fr_rtt), p50(raw_times)))
         return out
-
-
-class RawLdap:
-    """What pushproxy asks the directory for one login, done directly with ldap3.
-
-    Two kept connections, like one pushproxy LDAP worker: the service account
-    searches (reading memberOf), a second connection binds as the user.
-    """
-
-    def __init__(self, slapd):
-        import socket
-
-        self.slapd = slapd
-        server = ldap3.Server("127.0.0.1", port=slapd.port, get_info=ldap3.NONE)
-        self.search = ldap3.Connection(server, slapd.service_dn, slapd.service_password,
-                                       auto_bind=ldap3.AUTO_BIND_NO_TLS, read_only=True)
-        self.user = ldap3.Connection(server, read_only=True)
-        self.user.open(read_server_info=False)
-        for conn in (self.search, self.user):
-            conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def login(self, user: str, password: str) -> float:
-        """Seconds for search + bind of one user."""
-        started = time.monotonic()
-        self.search.search(self.slapd.people_dn,
-                           f"(&(objectClass=inetOrgPerson)(uid={user}))",
-                           search_scope=ldap3.SUBTREE, attributes=["memberOf"], size_limit=2)
-        dn = self.search.response[0]["dn"]
-        self.user.authentication = ldap3.SIMPLE
-        self.user.user, self.user.password = dn, password
-        if not self.user.bind():
-            raise RuntimeError(f"raw LDAP bind failed for {user}")
-        return time.monotonic() - started
-
-    def close(self) -> None:
-        self.search.unbind()
-        self.user.unbind()
 
 
 class DeviceProcess:

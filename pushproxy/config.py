@@ -25,6 +25,7 @@ from pushproxy.checker import Checker
 from pushproxy.fatigue import FatigueLimits
 from pushproxy.passcode_limits import PasscodeLimits, parse_passcode_limits
 from pushproxy.password_throttle import PasswordLimits, parse_password_limits
+from pushproxy.overload import OverloadLimits, parse_limits
 from pushproxy.policy import Policy, Verification, parse_policy
 from pushproxy.replyattrs import ReplyMap, parse_reply_attributes
 from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
@@ -189,6 +190,8 @@ class DaemonConfig:
     metrics_listen: tuple[str, int] | None  # /metrics and /healthz; None: off
     metrics_max_connections: int = 64  # the admin listener's connection budget
     metrics_max_connections_per_source: int = 16
+    # bounds past which new requests are shed (pushproxy.overload)
+    overload: OverloadLimits = OverloadLimits()
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,8 @@ def _log(c: Checker, value) -> LogConfig | None:
 def _daemon(c: Checker, value) -> DaemonConfig | None:
     m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen",
                                              "metrics_max_connections",
-                                             "metrics_max_connections_per_source"))
+                                             "metrics_max_connections_per_source",
+                                             "overload"))
     if m is None:
         return None
     metrics = c.host_port(m["metrics_listen"], "daemon.metrics_listen") \
@@ -330,7 +334,8 @@ def _daemon(c: Checker, value) -> DaemonConfig | None:
                                          maximum=100_000, integer=True),
         metrics_max_connections_per_source=c.number(
             m, "metrics_max_connections_per_source", "daemon.metrics_max_connections_per_source",
-            16, minimum=0, maximum=100_000, integer=True))
+            16, minimum=0, maximum=100_000, integer=True),
+        overload=parse_limits(c, m.get("overload")))
 
 
 def _radius(c: Checker, value) -> RadiusConfig | None:

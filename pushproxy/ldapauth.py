@@ -145,6 +145,11 @@ class LdapDirectory:
         """Stop the worker threads (waits for running binds)."""
         self.pool.stop()
 
+    @property
+    def outstanding(self) -> int:
+        """LDAP conversations queued or running now (admission control reads it)."""
+        return self._outstanding
+
     def authenticate(self, username: str, password: str):
         """Check ``username``/``password``; fires with a PrimaryResult, never errbacks."""
         if not password:

@@ -3,7 +3,10 @@
 Metrics are rendered at scrape time from the daemon's `Counters` by a
 prometheus-client collector, so the hot path only bumps plain counters. The
 health check asks the directory and the store right now (cached for a second,
-so a scraper cannot turn it into load) and answers 200 or 503 with JSON.
+so a scraper cannot turn it into load) and answers 200 or 503 with JSON:
+``status`` is "ok" (200), "down" (503: the directory or the store fails) or
+"busy" (200: new requests are being shed, see `pushproxy.overload`; nothing is
+probed then, so the answer never waits in the full queues).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ HELP = {
     "alert_webhooks": "Alert webhook posts, by outcome",
     "radius_replies_too_large": "Replies over 4096 octets with the attributes relayed or "
                                 "mapped, answered with a plain Access-Reject instead",
+    "store_calls": "Calls the approval store answered, by method",
+    "store_commits": "Transactions the approval store committed, by method",
+    "store_call_timeouts": "Store calls failed as a fault (stuck, failing or queued too "
+                           "long), by method",
+    "radius_overloaded": "New requests shed (not answered) while the daemon was busy, by "
+                         "reason (the NAS retransmits or fails over)",
     "internal_errors": "Unexpected errors (bugs); each is logged with a traceback",
     "connections_refused": "TCP connections closed on accept: over a listener's total or "
                            "per-source cap, by listener and reason",
@@ -145,6 +154,13 @@ class HealthResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
+def registry(counters: Counters, gauges: dict) -> CollectorRegistry:
+    """A prometheus-client registry rendering ``counters`` and ``gauges``."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(CountersCollector(counters, gauges))
+    return found
+
+
 class AdminSite(server.Site):
     """The admin listener's Site: HTTP/1.1 with read deadlines (`DeadlineChannel`)."""
 
@@ -154,11 +170,11 @@ class AdminSite(server.Site):
 
 def build_site(counters: Counters, gauges: dict, health: Callable[[], defer.Deferred],
                clock, deadlines: Deadlines = Deadlines()) -> server.Site:
-    """The admin site: /metrics and /healthz."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(CountersCollector(counters, gauges))
+    """The admin site: /metrics and /healthz on the event loop (the daemon serves them
+    from threads, `pushproxy.metrics_thread`, with the same resources)."""
+    registry_ = registry(counters, gauges)
     root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"metrics", MetricsResource(registry_))
     root.putChild(b"healthz", HealthResource(health, clock))
     site = AdminSite(root, reactor=clock)
     site.deadlines = deadlines

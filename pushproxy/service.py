@@ -13,6 +13,7 @@ the life cycle:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -24,6 +25,7 @@ from pushproxy.config import Config
 from pushproxy.engine import Engine
 from pushproxy.ldapauth import LdapDirectory
 from pushproxy.metrics import Counters
+from pushproxy.overload import Admission, LoopLag
 from pushproxy.policy import interesting_groups
 from pushproxy.push import PushProvider
 from pushproxy.radius import codec
@@ -63,6 +65,13 @@ class Daemon:
         self.upstreams = UpstreamClients(reactor, self.counters, Names(self.dictionary))
         self.upstreams.configure(config.radius.clients)
         self.upstream_states = UpstreamStates()
+        self.loop_lag = LoopLag(reactor)
+        # Busy is not broken (issue 22): new requests are shed while a queue is over
+        # its bound; the store's figures come from its runner, when it has one.
+        self.admission = Admission(
+            config.daemon.overload, pending=lambda: self.engine.pending,
+            store=getattr(provider, "run", None), lag=self.loop_lag,
+            ldap_queue=lambda: getattr(self.directory, "outstanding", 0))
         self.protocols: list[RadiusProtocol] = []
         self.ports = []
         self.components = []  # started before and stopped after the listeners
@@ -79,7 +88,8 @@ class Daemon:
             clients=self.clients, engine=self.engine,
             dictionary=self.dictionary, table=self.table, clock=self.reactor,
             counters=self.counters, default_no_device=self.config.push.no_device,
-            receive_buffer=self.config.radius.receive_buffer,
+            receive_buffer=self.config.radius.receive_buffer, admission=self.admission,
+            max_pending=self.config.daemon.overload.max_pending,
             upstreams=self.upstreams.by_client, upstream_states=self.upstream_states)
         self.protocols.append(proto)
         return proto
@@ -89,6 +99,7 @@ class Daemon:
         """Start components (approval service), the directory pool, then RADIUS listeners."""
         for component in self.components:
             yield component.start()
+        self.loop_lag.start()
         if hasattr(self.directory, "start"):
             self.directory.start()
         self.upstreams.start()
@@ -132,6 +143,9 @@ class Daemon:
             # threads are joined off the reactor thread.
             threads.deferToThread(retired.stop)
         self.engine.push = new.push
+        self.admission.limits = new.daemon.overload
+        for proto in self.protocols:
+            proto.max_pending = new.daemon.overload.max_pending
         self.engine.policy = new.policy
         self.engine.delimiter = new.push.passcode_delimiter
         self.engine.fatigue.limits = new.push.limits
@@ -146,6 +160,13 @@ class Daemon:
         return defer.ensureDeferred(self._health())
 
     async def _health(self) -> dict:
+        shed = self.admission.check()
+        if shed is not None:
+            # Busy, not down: probing now would wait in the very queues that are
+            # full (and add to them). New requests are being shed; answer at once.
+            return {"healthy": True, "status": "busy", "busy": shed.value,
+                    "load": dataclasses.asdict(self.admission.load()),
+                    "pending_logins": self.engine.pending}
         servers = await self.directory.probe() if hasattr(self.directory, "probe") else {}
         directory_ok = any(error is None for error in servers.values())
         store = {"ok": True}
@@ -155,7 +176,8 @@ class Daemon:
                 await run("check_writable")
             except Exception as exc:  # any store failure means unhealthy, with the reason
                 store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        return {"healthy": directory_ok and store["ok"],
+        healthy = directory_ok and store["ok"]
+        return {"healthy": healthy, "status": "ok" if healthy else "down",
                 "directory": {"ok": directory_ok,
                               "servers": {url: err or "ok" for url, err in servers.items()}},
                 "store": store, "pending_logins": self.engine.pending}
@@ -184,6 +206,7 @@ class Daemon:
             yield component.stop()
         if hasattr(self.directory, "stop"):
             yield threads.deferToThread(self.directory.stop)
+        self.loop_lag.stop()
         self.audit.close()
 
     @defer.inlineCallbacks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer, ssl, threads
 
 from pushproxy import connlimit, logs
 from pushproxy.approval.alerts import Alerter
@@ -16,6 +16,7 @@ from pushproxy.approval.webpush import VapidKeys, WebPushSender
 from pushproxy.config import ApprovalConfig, Config
 from pushproxy.httpdeadline import Deadlines
 from pushproxy.metrics import Counters
+from pushproxy.metrics_thread import MetricsServer
 from pushproxy.service import Daemon
 
 log = logging.getLogger("pushproxy.wiring")
@@ -38,7 +39,8 @@ class ApprovalComponent:
         # timeouts): a login must not wait long on another process's lock
         # (push.failmode decides instead); see ThreadRunner.
         self.runner = ThreadRunner(reactor, lambda: open_store(
-            config.database, password=config.database_password, timeout=1.0))
+            config.database, password=config.database_password, timeout=1.0),
+            counters=counters)
         self.service = ApprovalService(
             run=self.runner, reactor=reactor, counters=counters, vapid_public_key="",
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,
@@ -96,6 +98,7 @@ class ApprovalComponent:
         """Close the listener, then the store thread."""
         if self.port is not None:
             yield self.port.stopListening()
+        yield self.service.flush_expired()
         self.runner.stop()
 
 
@@ -110,7 +113,7 @@ class MetricsComponent:
             per_source=settings.metrics_max_connections_per_source)
         self.daemon = daemon
         self.approval = approval
-        self.port = None
+        self.server = None
 
     def start(self):
         """Listen; the gauges read live state at scrape time."""
@@ -121,19 +124,34 @@ class MetricsComponent:
             "pending_approvals": ("Approval requests waiting for a device answer",
                                   lambda: self.approval.service.waiting),
         }
-        site = metrics_http.build_site(self.daemon.counters, gauges, self.daemon.health,
-                                       self.daemon.reactor)
-        host, port = self.listen
-        site.budget = self.budget
-        self.port = connlimit.listen(self.daemon.reactor, port, site, self.budget,
-                                     self.daemon.counters, interface=host)
-        bound = self.port.getHost()
-        logs.event(log, logging.INFO, "metrics.listening", address=bound.host, port=bound.port)
+        # Admission control's inputs (pushproxy.overload): read without waiting on
+        # the store thread, so a scrape stays fast however long its queue is.
+        admission = self.daemon.admission
+        for name, doc, field in (
+                ("store_queue", "Store calls queued or running", "store_queue"),
+                ("store_queue_age_seconds", "Age of the oldest unfinished store call",
+                 "store_age"),
+                ("store_running_seconds", "How long the current store call has run",
+                 "store_running"),
+                ("ldap_queue", "LDAP conversations queued or running", "ldap_queue"),
+                ("loop_lag_seconds", "How late the event loop runs its timers", "loop_lag")):
+            gauges[name] = (doc, lambda field=field: getattr(admission.load(), field))
+        gauges["overloaded"] = ("1 while new requests are shed (busy), else 0",
+                                lambda: int(admission.check() is not None))
+        # Served on threads of its own: a scrape must not wait for a busy event loop.
+        self.server = MetricsServer(
+            self.listen, metrics_http.registry(self.daemon.counters, gauges),
+            metrics_http.HealthResource(self.daemon.health, self.daemon.reactor),
+            self.daemon.reactor, budget=self.budget, counters=self.daemon.counters)
+        host, port = self.server.start()
+        logs.event(log, logging.INFO, "metrics.listening", address=host, port=port)
         return defer.succeed(None)
 
     def stop(self):
-        """Close the listener."""
-        return self.port.stopListening() if self.port is not None else defer.succeed(None)
+        """Close the listener (its thread is joined off the event loop)."""
+        server, self.server = self.server, None
+        return threads.deferToThread(server.stop) if server is not None \
+            else defer.succeed(None)
 
 
 def build_daemon(config: Config, reactor, *, counters: Counters | None = None,

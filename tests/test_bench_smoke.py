@@ -4,7 +4,9 @@ A smoke run: a few dozen logins through every scenario, one run, no profile,
 nothing installed. It checks only that each scenario produced its figures
 and that every login got an answer; it never asserts a timing -- those are
 benchmark results (docs/benchmarks.md), not properties of the code.
-FreeRADIUS takes part only when it is installed.
+FreeRADIUS takes part only when it is installed. The smoke includes a short
+burst at full speed (issue 22); the run itself exits 1 if any login was
+decided by push.failmode or an internal error.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-install",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=240)
+                          timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -36,7 +38,8 @@ def smoke(tmp_path_factory):
 def test_every_scenario_reports_its_figures(smoke):
     result, _ = smoke
     (run,) = result["runs"]
-    for key in ("pushproxy_push", "pushproxy_allow", "pending", "overhead"):
+    for key in ("pushproxy_push", "pushproxy_allow", "pending", "overhead", "burst_secure",
+                "burst_safe"):
         assert key in run
     assert run["pushproxy_push"]["logins_per_s"] > 0
     assert run["pending"]["bytes_per_pending_login"] is not None
@@ -70,3 +73,19 @@ def test_summary_table_and_targets_are_well_formed(smoke):
         assert len(row["runs"]) == 1
     assert "figure" in stdout and "median" in stdout
     assert result["machine"]["nproc"] >= 1
+
+
+def test_a_burst_at_full_speed_is_shed_and_resent_never_decided_by_failmode(smoke):
+    """Issue 22: logins sent at once (tight bounds, so the small burst is over them):
+    some are shed and counted, their NAS-style resends are served, every login is
+    approved by its phone; no failmode decision (the run would have exited 1)."""
+    result, _ = smoke
+    (run,) = result["runs"]
+    for failmode in ("secure", "safe"):
+        burst = run[f"burst_{failmode}"]
+        assert burst["shed_total"] > 0
+        assert burst["served_after_resend"] > 0
+        assert burst["lost"] == 0
+        assert burst["accept_without_approval"] == 0
+        assert burst["outcomes"] == {"accept": result["sizes"]["burst"]}
+        assert not any(r.startswith("push_unavailable") for r in burst["decisions"])

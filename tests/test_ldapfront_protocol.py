@@ -258,3 +258,34 @@ def test_a_full_listener_evicts_the_longest_waiting_connection_but_not_a_pending
     pending._release()  # the bind is over: it waits on its client again
     front.reactor.advance(2)
     assert front.budget.evict(front.reactor.seconds()) and pending_t.disconnected
+
+
+def test_user_binds_are_answered_busy_while_the_daemon_sheds_and_served_after():
+    """Issue 22: while admission control sheds, a new user bind gets busy (51) at once,
+    without the directory or a push; once it admits again the bind goes ahead."""
+    from pushproxy.overload import ShedReason
+
+    class Shedding:
+        reason = ShedReason.STORE_AGE
+
+        def check(self):
+            return self.reason
+
+    front = FrontState()
+    front.admission = Shedding()
+    proto, transport = connect(front)
+    proto.dataReceived(ber.bind_request(1, "uid=alice,ou=people,dc=example,dc=com", "pw"))
+    msg = ber.parse_message(transport.value())
+    assert ber.parse_result(msg.op).code == ber.BUSY
+    assert front.counters.get("ldap_front_overloaded", reason="store_age") == 1
+    assert not proto.busy and not transport.disconnecting
+    front.admission.reason = None
+    transport.clear()
+    started = []
+
+    async def user_bind(msg, req):
+        started.append(req.name)
+
+    proto._user_bind = user_bind
+    proto.dataReceived(ber.bind_request(2, "uid=alice,ou=people,dc=example,dc=com", "pw"))
+    assert started == ["uid=alice,ou=people,dc=example,dc=com"]

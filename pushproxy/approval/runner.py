@@ -6,27 +6,53 @@ thread of its own; the store object is created on that thread too, since an
 sqlite3 connection belongs to the thread that opened it.
 
 One thread means one blocked call (another process holding the write lock)
-holds up every call behind it. So each call is bounded: a caller that has no
-answer within ``timeout`` seconds gets a StoreError (the service turns it into
-ProviderUnavailable, and ``push.failmode`` decides the login), and a call whose
-caller gave up is skipped when the thread reaches it, so the backlog drains at
-once when the lock goes away instead of replaying every stale call.
+holds up every call behind it, and a login burst makes a long queue of calls
+that are each quick. The two must never be confused: a busy store is not a
+broken one (issue 22: a burst was decided by ``push.failmode``). So a caller
+gets a StoreError (the service turns it into ProviderUnavailable, and
+``push.failmode`` decides the login) only for a fault:
+
+- a call failed with a database error within the last ``timeout`` seconds
+  (the store is failing: another process's lock makes SQLite give up after
+  its busy timeout, 1 s in the daemon) and this call is ``timeout`` seconds
+  old;
+- its own call has been *running* for ``stall`` seconds (2 x ``timeout``;
+  time spent queued does not count), or it is still queued and the call at
+  the head has been running that long: the store hangs without an error (a
+  frozen disk). Not ``timeout``: under a storm on a busy machine one call
+  was seen to take over 2 s of wall time (the store thread waiting for the
+  interpreter lock), and that is load, not a fault;
+- it has been queued ``max_queued`` seconds (a last bound; admission control,
+  `pushproxy.overload`, keeps the queue far shorter than that).
+
+A call whose caller gave up is skipped when the thread reaches it, so the
+backlog drains at once when the lock goes away instead of replaying every
+stale call. Results come back to the reactor in batches (one wake-up for
+every call finished meanwhile), and each call is counted by method with the
+commits it made (``store_calls``, ``store_commits`` in /metrics).
 """
 
 from __future__ import annotations
 
+import collections
+import threading
+import time
 from typing import Callable
 
-from twisted.internet import defer, threads
-from twisted.python.threadpool import ThreadPool
+from twisted.internet import defer
+from twisted.python import failure as tfailure
 
 from pushproxy.approval.store import StoreError
 
-# Seconds a caller waits for one store call in the daemon. A push makes two
-# calls (devices, create_transaction) before it waits for the phone: 2 x 2 s
-# stays under the smallest push.timeout (5 s), so with a locked store the
-# login ends on push.failmode, not on the push timeout.
+# Seconds a call may wait behind a failing store before its caller gets a
+# StoreError. A push makes two calls (lock check, then the transaction)
+# before it waits for the phone: 2 x 2 s stays under the smallest
+# push.timeout (5 s), so with a locked store the login ends on push.failmode,
+# not on the push timeout. (A store that hangs without any error is given
+# 2 x this; such a login may end on the push timeout, a Reject.)
 CALL_TIMEOUT = 2.0
+# Seconds a call may wait in the queue while the store makes progress.
+MAX_QUEUED = 30.0
 
 
 class InlineRunner:
@@ -48,53 +74,198 @@ class InlineRunner:
         self.store.close()
 
 
+class _Call:
+    """One queued store call; ``started`` is set by the store thread."""
+
+    __slots__ = ("method", "args", "deferred", "submitted", "started", "finished", "abandoned",
+                 "timer", "commits")
+
+    def __init__(self, method: str, args: tuple, submitted: float):
+        self.method = method
+        self.args = args
+        self.deferred: defer.Deferred = defer.Deferred()
+        self.submitted = submitted
+        self.started: float | None = None
+        self.finished: float | None = None  # done on the store thread, maybe not delivered
+        self.abandoned = False
+        self.timer = None
+        self.commits = 0
+
+
 class ThreadRunner:
     """Calls the store on one dedicated thread, which also opens it."""
 
     def __init__(self, reactor, factory: Callable[[], object], *,
-                 timeout: float = CALL_TIMEOUT):
+                 timeout: float = CALL_TIMEOUT, max_queued: float = MAX_QUEUED,
+                 stall: float | None = None, counters=None,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.reactor = reactor
         self.factory = factory
         self.timeout = timeout
-        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="store")
+        self.stall = 2 * timeout if stall is None else stall
+        self.max_queued = max_queued
+        self.counters = counters
+        self.monotonic = monotonic
         self._store = None
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._wake = threading.Condition()
+        self._running: _Call | None = None  # the call on the store thread now
+        self._done: list[tuple[_Call, bool, object]] = []
+        self._last_fault: float | None = None  # monotonic time of the last database error
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
-    def _call(self, method: str, args: tuple, abandoned: list):
-        if abandoned:
-            raise StoreError(f"{method}: skipped, its caller gave up")
-        if self._store is None:
-            self._store = self.factory()
-        return getattr(self._store, method)(*args)
+    # -- what admission control and /metrics read (any thread) --
+
+    def depth(self) -> int:
+        """Calls queued or running now."""
+        return len(self._queue) + (1 if self._running is not None else 0)
+
+    def age(self) -> float:
+        """Seconds the oldest unfinished call has waited or run (0 when idle)."""
+        oldest = self._running
+        if oldest is None:
+            try:
+                oldest = self._queue[0]
+            except IndexError:  # emptied meanwhile by the store thread
+                return 0.0
+        return max(0.0, self.monotonic() - oldest.submitted)
+
+    def running_for(self) -> float:
+        """Seconds the call on the store thread has been running (0 when idle)."""
+        call = self._running
+        started = call.started if call is not None else None
+        return 0.0 if started is None else max(0.0, self.monotonic() - started)
+
+    def faulty(self) -> bool:
+        """Whether the store is failing now: the running call is past ``stall``, or a
+        call failed with a database error within the last ``timeout`` seconds."""
+        now = self.monotonic()
+        fault = self._last_fault
+        return self.running_for() >= self.stall or (
+            fault is not None and now - fault < self.timeout)
+
+    # -- the reactor side --
 
     def __call__(self, method: str, *args) -> defer.Deferred:
-        """``store.method(*args)`` on the store thread, as a Deferred; StoreError after
-        ``timeout`` seconds without an answer."""
-        return self._submit(method, args, self.timeout)
+        """``store.method(*args)`` on the store thread, as a Deferred; StoreError on a
+        fault (see the module docstring), never for time spent behind busy calls."""
+        return self._submit(method, args, bounded=True)
 
-    def _submit(self, method: str, args: tuple, timeout: float | None) -> defer.Deferred:
-        abandoned: list = []  # non-empty once the caller gave up (read on the store thread)
-        d = threads.deferToThreadPool(self.reactor, self.pool, self._call, method, args,
-                                      abandoned)
-        if timeout is None:
-            return d
-        d.addTimeout(timeout, self.reactor)
+    def _submit(self, method: str, args: tuple, *, bounded: bool) -> defer.Deferred:
+        call = _Call(method, args, self.monotonic())
+        if bounded:
+            call.timer = self.reactor.callLater(self.timeout, self._check, call)
+        with self._wake:
+            self._queue.append(call)
+            self._wake.notify()
+        return call.deferred
 
-        def late(failure):
-            failure.trap(defer.TimeoutError)
-            abandoned.append(True)
-            raise StoreError(f"the store did not answer {method} within {timeout:g} s "
-                             "(database locked?)")
+    def _check(self, call: _Call) -> None:
+        """The watchdog of one call: fail it on a fault, else look again later."""
+        call.timer = None
+        if call.deferred.called or call.finished is not None:
+            # Answered in time; only its delivery waits for this (late) event loop.
+            return
+        now = self.monotonic()
+        failing = self._last_fault is not None and now - self._last_fault < self.timeout
+        if call.started is not None:
+            if now - call.started >= self.stall:
+                return self._give_up(call, f"the store did not answer {call.method} within "
+                                           f"{self.stall:g} s (disk or database stuck?)")
+            return self._recheck(call, call.started + self.stall - now)
+        head = self._running
+        stuck = head is not None and head.started is not None \
+            and now - head.started >= self.stall
+        if stuck or failing:
+            why = "stuck on a call" if stuck else "failing"
+            return self._give_up(call, f"the store is {why}: {call.method} not started "
+                                       f"within {self.timeout:g} s")
+        if now - call.submitted >= self.max_queued:
+            return self._give_up(call, f"{call.method} queued for {self.max_queued:g} s")
+        # Busy, not broken: the store answers, this call just waits its turn.
+        self._recheck(call, self.timeout / 4)
 
-        return d.addErrback(late)
+    def _recheck(self, call: _Call, delay: float) -> None:
+        call.timer = self.reactor.callLater(max(delay, 0.01), self._check, call)
+
+    def _give_up(self, call: _Call, why: str) -> None:
+        call.abandoned = True
+        if self.counters is not None:
+            self.counters.inc("store_call_timeouts", method=call.method)
+        call.deferred.errback(StoreError(why))
+
+    def _deliver(self) -> None:
+        """On the reactor: fire every call finished since the last delivery."""
+        with self._wake:
+            done, self._done = self._done, []
+        for call, ok, result in done:
+            if call.timer is not None and call.timer.active():
+                call.timer.cancel()
+            call.timer = None
+            if self.counters is not None:
+                self.counters.inc("store_calls", method=call.method)
+                if call.commits:
+                    self.counters.inc("store_commits", call.commits, method=call.method)
+            if call.deferred.called:
+                continue  # its caller gave up meanwhile
+            if ok:
+                call.deferred.callback(result)
+            else:
+                call.deferred.errback(result)
+
+    # -- the store thread --
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stopping:
+                    self._wake.wait()
+                if not self._queue:
+                    break
+                call = self._queue.popleft()
+                self._running = call
+            call.started = self.monotonic()
+            ok, result = self._execute(call)
+            call.finished = self.monotonic()
+            with self._wake:
+                self._running = None
+                first = not self._done
+                self._done.append((call, ok, result))
+            if first:
+                self.reactor.callFromThread(self._deliver)
+        if self._store is not None:
+            self._store.close()
+
+    def _execute(self, call: _Call) -> tuple[bool, object]:
+        if call.abandoned:
+            return False, tfailure.Failure(
+                StoreError(f"{call.method}: skipped, its caller gave up"))
+        try:
+            if self._store is None:
+                self._store = self.factory()
+            before = getattr(self._store, "commits", 0)
+            result = getattr(self._store, call.method)(*call.args)
+            call.commits = getattr(self._store, "commits", 0) - before
+            return True, result
+        except StoreError as exc:
+            self._last_fault = self.monotonic()
+            return False, tfailure.Failure(exc)
+        except BaseException:  # a bug: the caller sees it, the thread lives on
+            return False, tfailure.Failure()
 
     def start(self) -> defer.Deferred:
         """Start the thread and open the store (errors surface here, at start-up)."""
-        self.pool.start()
+        self._thread = threading.Thread(target=self._work, name="store", daemon=True)
+        self._thread.start()
         # Not bounded like a login's calls: opening may migrate the schema, and
         # the store's own busy timeout still bounds any wait for a lock.
-        return self._submit("setting", ("schema-check",), None)
+        return self._submit("setting", ("schema-check",), bounded=False)
 
     def stop(self) -> None:
-        """Close the store on its thread, then stop the thread (queued calls finish first)."""
-        self.pool.callInThread(lambda: self._store.close() if self._store else None)
-        self.pool.stop()
+        """Stop the thread once the queued calls are done; it closes the store."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(10)

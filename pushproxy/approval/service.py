@@ -38,6 +38,7 @@ CLOCK_SKEW = 60.0  # seconds a device request's timestamp may differ from ours
 NONCE_MEMORY = 2 * CLOCK_SKEW  # a nonce older than this is refused by its timestamp anyway
 MAX_WAIT = 30.0
 LAST_SEEN_EVERY = 300.0  # seconds between last_seen updates of one device
+EXPIRE_EVERY = 0.2  # seconds withdrawn transactions wait to be closed together
 _STATES = {"approve": "approved", "deny": "denied", "fraud": "fraud"}
 _RESULTS = {"approved": PushStatus.APPROVED, "denied": PushStatus.DENIED,
             "fraud": PushStatus.FRAUD}
@@ -105,6 +106,8 @@ class ApprovalService:
         self._waiting: dict[str, Deferred] = {}  # txid -> the engine's Deferred
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._expiring: dict[str, None] = {}  # withdrawn transactions not yet closed
+        self._expire_call = None
 
     @property
     def waiting(self) -> int:
@@ -118,20 +121,20 @@ class ApprovalService:
         return defer.ensureDeferred(self._request(request))
 
     async def _request(self, request: ApprovalRequest) -> PushResult:
+        tx = Transaction(
+            id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
+            context={"application": request.application, "client_ip": request.client_ip,
+                     "nas": request.nas, "verification": request.verification,
+                     "number": request.number},
+            created=request.created, expires=request.expires, state="pending",
+            decided_by=None, decided_at=None)
         try:
-            devices = await self.run("devices", request.username)
-            if not devices:
-                return PushResult(PushStatus.NO_DEVICE, request.txid)
-            tx = Transaction(
-                id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
-                context={"application": request.application, "client_ip": request.client_ip,
-                         "nas": request.nas, "verification": request.verification,
-                         "number": request.number},
-                created=request.created, expires=request.expires, state="pending",
-                decided_by=None, decided_at=None)
-            await self.run("create_transaction", tx)
+            # One store call: the devices, and the transaction if there is one.
+            devices = await self.run("open_transaction", tx)
         except StoreError as exc:
             raise ProviderUnavailable(f"store: {exc}") from None
+        if not devices:
+            return PushResult(PushStatus.NO_DEVICE, request.txid)
         waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
         self._waiting[tx.id] = waiter
         self.counters.inc("approval_transactions")
@@ -142,11 +145,28 @@ class ApprovalService:
         return await waiter
 
     def _withdraw(self, txid: str) -> None:
-        """The engine stopped waiting (timeout, shutdown): close the transaction."""
+        """The engine stopped waiting (timeout, shutdown): close the transaction.
+
+        Closed in batches (EXPIRE_EVERY): the write decides nothing -- the login
+        has ended, devices no longer see the request (`_live`), and an answer
+        counts only before ``expires`` -- so logins that time out together cost
+        one store call and one commit, not one each (issue 22)."""
         self._waiting.pop(txid, None)
-        d = self.run("decide_transaction", txid, "expired", None, self.wallclock())
-        d.addErrback(lambda f: logs.event(log, logging.WARNING, "approval.close_failed",
-                                          txid=txid, error=f.getErrorMessage()))
+        self._expiring[txid] = None
+        if self._expire_call is None:
+            self._expire_call = self.reactor.callLater(EXPIRE_EVERY, self.flush_expired)
+
+    def flush_expired(self) -> Deferred:
+        """Close the withdrawn transactions now (also at shutdown)."""
+        if self._expire_call is not None and self._expire_call.active():
+            self._expire_call.cancel()
+        self._expire_call = None
+        txids, self._expiring = list(self._expiring), {}
+        if not txids:
+            return defer.succeed(0)
+        d = self.run("expire_transactions", txids, self.wallclock())
+        return d.addErrback(lambda f: logs.event(log, logging.WARNING, "approval.close_failed",
+                                                 count=len(txids), error=f.getErrorMessage()))
 
     def _deliver(self, device: Device, tx: Transaction) -> None:
         payload = json.dumps(transaction_view(tx)).encode("utf-8")
@@ -351,12 +371,15 @@ class ApprovalService:
         if matching and not hmac.compare_digest(number, tx.context.get("number") or ""):
             # A wrong number is a "no": most likely a login the user did not start.
             decision, status = "deny", PushStatus.NUMBER_MISMATCH
-        won = tx.state == "pending" and now < tx.expires and await self.run(
+        # Withdrawn but not yet closed in the store (flush_expired): too late.
+        won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \
+            and await self.run(
             "decide_transaction", txid, _STATES[decision], device.id, now)
         if not won:
             current = await self.run("transaction", txid)
             self.counters.inc("answers", outcome="late")
-            if current.state in ("expired", "cancelled") or now >= current.expires:
+            if current.state in ("expired", "cancelled") or now >= current.expires \
+                    or txid in self._expiring:
                 raise ApprovalError(410, "expired", "this request has expired")
             raise ApprovalError(409, "already_decided", "this request was already answered")
         self.counters.inc("answers", outcome=status.value)

@@ -133,6 +133,10 @@ class Store(Protocol):
     def create_transaction(self, tx: Transaction) -> None:
         """Record a new transaction (normally in state 'pending')."""
 
+    def open_transaction(self, tx: Transaction) -> list[Device]:
+        """The user's active devices and, if there is one, ``tx`` recorded: one call and one
+        commit for what a push needs (the devices, then the transaction)."""
+
     def transaction(self, txid: str) -> Transaction | None:
         """The transaction with this id, in whatever state, or None."""
 
@@ -145,6 +149,9 @@ class Store(Protocol):
 
         An answer (ANSWERS) needs device_id and counts only while ``now < expires``;
         'expired'/'cancelled' need neither (a login ends at or past its deadline)."""
+
+    def expire_transactions(self, txids: list[str], now: float) -> int:
+        """'expired' for each of ``txids`` still pending, in one transaction; how many."""
 
     def cancel_pending(self, now: float) -> int:
         """At daemon start, cancel every pending transaction (its login died with the
@@ -302,6 +309,7 @@ class SQLiteStore(Store):
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the
             # module never opens a weaker deferred transaction behind our back
             self._db = sqlite3.connect(path, isolation_level=None)
+            self.commits = 0  # transactions committed by this connection (for /metrics)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open approval store {path!r}: {exc}") from exc
         try:
@@ -336,6 +344,7 @@ class SQLiteStore(Store):
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                self.commits += 1
             except BaseException:
                 if self._db.in_transaction:
                     self._db.rollback()
@@ -388,7 +397,9 @@ class SQLiteStore(Store):
     def _change(self, sql: str, args: tuple = ()) -> int:
         # one statement is atomic by itself: no explicit transaction needed
         with self._guard():
-            return self._db.execute(sql, args).rowcount
+            changed = self._db.execute(sql, args).rowcount
+            self.commits += 1  # autocommit: each statement commits by itself
+            return changed
 
     def create_enrollment(self, username: str, token_hash: str, now: float,
                           expires: float) -> Enrollment:
@@ -452,6 +463,22 @@ class SQLiteStore(Store):
                      (tx.id, tx.username, tx.nonce, json.dumps(tx.context), tx.created,
                       tx.expires, tx.state, tx.decided_by, tx.decided_at))
 
+    def open_transaction(self, tx: Transaction) -> list[Device]:
+        if tx.state not in STATES:
+            raise ValueError(f"not a transaction state: {tx.state!r}")
+        # The devices are read under the write lock the insert takes anyway: one
+        # round trip to the store thread per push, not two (issue 22).
+        with self._write() as db:
+            devices = [_device(row) for row in db.execute(
+                f"SELECT {_DEVICE} FROM devices WHERE username = ? AND revoked IS NULL "
+                "ORDER BY created, id", (tx.username,)).fetchall()]
+            if devices:
+                db.execute(f"INSERT INTO transactions ({_TRANSACTION}) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (tx.id, tx.username, tx.nonce, json.dumps(tx.context), tx.created,
+                            tx.expires, tx.state, tx.decided_by, tx.decided_at))
+        return devices
+
     def transaction(self, txid: str) -> Transaction | None:
         row = self._one(f"SELECT {_TRANSACTION} FROM transactions WHERE id = ?", (txid,))
         return None if row is None else _transaction(row)
@@ -474,6 +501,14 @@ class SQLiteStore(Store):
         args = (state, device_id, now, txid) + ((now,) if deadline else ())
         return self._change("UPDATE transactions SET state = ?, decided_by = ?, decided_at = ? "
                             "WHERE id = ? AND state = 'pending'" + deadline, args) == 1
+
+    def expire_transactions(self, txids: list[str], now: float) -> int:
+        # Logins that timed out together (a storm's pushes end together): one
+        # commit for all, not one per login.
+        with self._write() as db:
+            return sum(db.execute("UPDATE transactions SET state = 'expired', decided_by = NULL, "
+                                  "decided_at = ? WHERE id = ? AND state = 'pending'",
+                                  (now, txid)).rowcount for txid in txids)
 
     def cancel_pending(self, now: float) -> int:
         return self._change("UPDATE transactions SET state = 'cancelled', decided_by = NULL, "

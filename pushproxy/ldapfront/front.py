@@ -79,6 +79,12 @@ class LdapFront:
         """The daemon's engine (the same one RADIUS logins use)."""
         return self.daemon.engine
 
+    @property
+    def admission(self):
+        """The daemon's admission control: new user binds are answered busy (51) while
+        it sheds (pushproxy.overload)."""
+        return getattr(self.daemon, "admission", None)
+
     def note_drop(self, why: str, peer: str) -> None:
         """A client connection closed for bad input: counted, logged (rate-limited)."""
         self.counters.inc("ldap_front_disconnects")

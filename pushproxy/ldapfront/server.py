@@ -345,6 +345,16 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             logs.event(log, logging.INFO, "ldap_front.bind_passed", kind=kind.value,
                        dn=req.name or None, mechanism=req.sasl_mechanism, source=self.peer)
             return self._forward(msg)
+        admission = getattr(front, "admission", None)
+        shed = admission.check() if admission is not None else None
+        if shed is not None:
+            # Busy, not broken (issue 22): the client tries again or another
+            # server; a failed bind leaves the connection anonymous.
+            front.counters.inc("ldap_front_overloaded", reason=shed.value)
+            self._drop_upstream()
+            self.transport.write(ber.bind_response(msg.message_id, ber.BUSY,
+                                                   "server busy, try again"))
+            return
         self.busy = True
         d = defer.ensureDeferred(self._user_bind(msg, req))
 

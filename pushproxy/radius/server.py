@@ -65,7 +65,7 @@ class RadiusProtocol(DatagramProtocol):
                  table: RetransmitTable, clock, counters: Counters,
                  default_no_device, max_pending: int = 100_000,
                  receive_buffer: int | None = None, upstreams: dict | None = None,
-                 upstream_states: UpstreamStates | None = None):
+                 upstream_states: UpstreamStates | None = None, admission=None):
         self.clients = clients
         self.engine = engine
         self.dictionary = dictionary
@@ -81,6 +81,9 @@ class RadiusProtocol(DatagramProtocol):
         self.upstream_states = upstream_states or UpstreamStates()
         self._drop_log = LogLimiter()
         self.accepting = True
+        # pushproxy.overload.Admission: sheds new requests while the daemon is busy
+        self.admission = admission
+        self._shed_log = LogLimiter(every=10.0)
 
     def startProtocol(self) -> None:
         """Enlarge the receive buffer: a login storm arrives in bursts."""
@@ -117,6 +120,13 @@ class RadiusProtocol(DatagramProtocol):
             # nothing new starts (the NAS fails over to another server).
             self.table.abandon(key)
             return self._drop(DropReason.SHUTTING_DOWN, host, client)
+        if code != codec.STATUS_SERVER and self.admission is not None:
+            shed = self.admission.check()
+            if shed is not None:
+                # Not answered and not remembered: the NAS's retransmit is a new
+                # request again, served once there is room (issue 22).
+                self.table.abandon(key)
+                return self._shed(shed, host, client)
         try:
             request = codec.decode_request(
                 data, client.secret, self.dictionary,
@@ -196,6 +206,15 @@ class RadiusProtocol(DatagramProtocol):
         log.error("radius.reply_failed %s", failure.getTraceback())
         self.counters.inc("internal_errors")
         self.table.abandon(key)
+
+    def _shed(self, reason, host: str, client: RadiusClient) -> None:
+        self.counters.inc("radius_drops", reason=DropReason.OVERLOADED.value)
+        self.counters.inc("radius_overloaded", reason=reason.value)
+        suppressed = self._shed_log.note(reason, self.clock.seconds())
+        if suppressed is not None:
+            logs.event(log, logging.WARNING, "radius.overloaded", reason=reason.value,
+                       source=host, client=client.name, suppressed=suppressed or None,
+                       load=dataclasses.asdict(self.admission.load()))
 
     def _drop(self, reason: DropReason, host: str, client: RadiusClient | None,
               detail: str = "", level: int = logging.INFO) -> None:

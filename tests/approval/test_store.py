@@ -251,6 +251,31 @@ def test_revoke_unknown_or_already_revoked_returns_false(store):
     assert store.device("dev1").revoked == T0 + 1  # the first revocation time stays
 
 
+def test_open_transaction_returns_active_devices_and_records_the_transaction(store):
+    """One call, one commit: the user's devices (revoked ones left out) and the
+    transaction; a user without an active device gets [] and no transaction."""
+    a = enrolled(store, device(id="a", created=T0 + 1), token="t1")
+    enrolled(store, device(id="r", created=T0 + 2), token="t2")
+    store.revoke_device("r", T0 + 5)
+    before = store.commits
+    assert store.open_transaction(tx()) == [a]
+    assert store.commits == before + 1
+    assert store.transaction("tx1") == tx()
+    assert store.open_transaction(tx(id="tx2", username="bob")) == []
+    assert store.transaction("tx2") is None
+
+
+def test_expire_transactions_closes_only_pending_ones_in_one_commit(store):
+    for i in (1, 2, 3):
+        store.create_transaction(tx(id=f"tx{i}"))
+    assert store.decide_transaction("tx2", "approved", "dev1", T0 + 1) is True
+    before = store.commits
+    assert store.expire_transactions(["tx1", "tx2", "tx3", "nope"], T0 + 60) == 2
+    assert store.commits == before + 1
+    assert [store.transaction(f"tx{i}").state for i in (1, 2, 3)] == [
+        "expired", "approved", "expired"]
+
+
 def test_touch_device_sets_last_seen(store):
     enrolled(store)
     store.touch_device("dev1", T0 + 30)

@@ -23,6 +23,7 @@ from pushproxy.approval import authenticator as auth
 from pushproxy.approval.service import new_enrollment
 from pushproxy.approval.store import SQLiteStore
 from pushproxy.decision import PushStatus
+from pushproxy.overload import OverloadLimits
 from pushproxy.radius import codec
 from pushproxy.wiring import build_daemon
 from tests.integration.harness import SECRET, ServeProcess, load, start_daemon, write_config
@@ -275,12 +276,23 @@ def test_metrics_move_and_healthz_follows_the_directory(tmp_path):
 
         health = yield threads.deferToThread(requests.get, base + "/healthz", timeout=10)
         assert health.status_code == 200 and health.json()["healthy"] is True
+        assert health.json()["status"] == "ok"
+        # Busy is not down (issue 22): while new requests are shed, 200 "busy".
+        daemon.admission.limits = OverloadLimits(loop_lag=0.0)  # as if the loop ran late
+        yield threads.deferToThread(time.sleep, 1.1)  # past the health cache
+        health = yield threads.deferToThread(requests.get, base + "/healthz", timeout=10)
+        assert health.status_code == 200
+        assert (health.json()["status"], health.json()["busy"]) == ("busy", "loop_lag")
+        assert "pushproxy_overloaded 1.0" in (yield threads.deferToThread(scrape,
+                                                                         base + "/metrics"))
+        daemon.admission.limits = config.daemon.overload
         own.stop()
         yield threads.deferToThread(time.sleep, 1.1)  # past the health cache
         health = yield threads.deferToThread(requests.get, base + "/healthz", timeout=10)
         assert health.status_code == 503
         body = health.json()
         assert body["directory"]["ok"] is False and body["store"]["ok"] is True
+        assert body["status"] == "down"
         own.start()
         yield threads.deferToThread(time.sleep, 1.1)
         health = yield threads.deferToThread(requests.get, base + "/healthz", timeout=10)

@@ -53,7 +53,7 @@ REFERENCED = {
 }
 
 
-ORDER = ("directory", "push", "store", "audit", "kill", "soak")
+ORDER = ("directory", "push", "store", "burst", "audit", "kill", "soak")
 
 
 def _order(row: dict) -> int:
