@@ -29,6 +29,7 @@ from bench import freeradius as fr_mod
 from bench import profile as profiling
 from bench import pushproxyd, radload
 from bench.rawldap import RawLdap
+from bench.scrapewatch import ScrapeWatch
 from bench.stats import percentile, summary_ms
 
 SECRET = "bench-radius-secret-0123456789"
@@ -261,7 +262,14 @@ class Bench:
         daemon = self.new_daemon(push_timeout=s.pending_timeout)
         try:
             self.warm(daemon)
-            result = asyncio.run(self._pending(daemon))
+            watch = ScrapeWatch(daemon.config["metrics"]).start()
+            try:
+                result = asyncio.run(self._pending(daemon))
+            finally:
+                # Scraped from a process of its own, as Prometheus would: the
+                # generator's own scrapes also wait for its busy event loop.
+                result_watch = watch.stop()
+            result["metrics_watch"] = result_watch
             result["metrics_scrapes"] = daemon.scrapes
             result["metrics_slowest_scrape_s"] = round(daemon.slowest_scrape, 3)
             self.verify(daemon, "pending", result)
