@@ -147,9 +147,16 @@ class Bench:
                                          failmode=failmode, overload=overload)
         self.ids = pushproxyd.seed_devices(config["database"], [u for u, _ in self.all_users],
                                            self.key)
-        daemon = pushproxyd.Daemon(config, folder,
-                                   switch_interval=self.sizes.switch_interval or None).start()
-        return daemon
+        for attempt in range(3):
+            try:
+                return pushproxyd.Daemon(config, folder,
+                                         switch_interval=self.sizes.switch_interval or None).start()
+            except pushproxyd.PortTaken:
+                # A port free a moment ago was taken by another process: new ports.
+                config = pushproxyd.write_config(
+                    folder, self.slapd, SECRET, push_timeout=push_timeout, allow_all=allow_all,
+                    ldap_pool=self.sizes.ldap_pool, failmode=failmode, overload=overload)
+        raise RuntimeError("pushproxy: no free ports after 3 attempts")
 
     def devices(self, daemon, user_list: list[str], *, window: int, name: str,
                 per_user_timeout: float = 120, deadline: float = 900) -> "DeviceProcess":
