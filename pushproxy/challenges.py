@@ -76,6 +76,10 @@ class ChallengeTable:
         check_owner(challenge, client, username)
         return challenge
 
+    def get(self, state: bytes) -> Challenge | None:
+        """The open challenge with this State, unchecked (``find`` checks the owner)."""
+        return self._open.get(state)
+
     def close(self, state: bytes) -> None:
         """The challenge is decided: its State can never be used again."""
         self._open.pop(state, None)

@@ -251,17 +251,18 @@ class StoreState:
         return self._call("open_challenge", challenge_row(challenge))
 
     def find_challenge(self, state, client, user, now):
-        try:
-            return defer.succeed(self.local.find(state, client, user, now))
-        except ChallengeError:
-            pass  # not started here: another node may have
-
+        # The row is the truth (another node may have used the State); the copy
+        # kept here, when this node started the push, carries its waiters.
         def found(row):
+            mine = self.local.get(state)
             if row is None:
+                if mine is not None:
+                    self.local.close(state)
                 raise ChallengeError("unknown or expired State")
-            challenge = challenge_from_row(row, state)
+            challenge = mine if mine is not None else challenge_from_row(row, state)
             check_owner(challenge, client, user)
             return challenge
+        self.local.expire(now)
         return self._call("challenge", _state_hash(state), now).addCallback(found)
 
     def close_challenge(self, challenge):

@@ -13,8 +13,10 @@ from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.backends import open_store
 from pushproxy.approval.webpush import VapidKeys, WebPushSender
+from pushproxy.cluster import cluster_mode
 from pushproxy.config import ApprovalConfig, Config
 from pushproxy.httpdeadline import Deadlines
+from pushproxy.loginstate import StoreState
 from pushproxy.metrics import Counters
 from pushproxy.metrics_thread import MetricsServer
 from pushproxy.service import Daemon
@@ -102,6 +104,21 @@ class ApprovalComponent:
         self.runner.stop()
 
 
+class LoginStateComponent:
+    """Cluster mode: the engine's decision state in the store, its shared key read at start."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def start(self):
+        """Read (first node: create) the key every node derives digests and join keys from."""
+        return self.state.start()
+
+    def stop(self):
+        """Nothing to stop: the store runner belongs to the approval component."""
+        return defer.succeed(None)
+
+
 class MetricsComponent:
     """The admin listener: /metrics (Prometheus) and /healthz."""
 
@@ -162,6 +179,12 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
                                  insecure_push_endpoints=insecure_push_endpoints)
     daemon = Daemon(config, reactor, approval.service, counters=counters, directory=directory)
     daemon.components.append(approval)
+    if cluster_mode(config):
+        # Fatigue limits, challenges and remembered logins shared through the store,
+        # so every node and worker decides a login the same way.
+        state = StoreState(approval.runner, config.push.limits, counters=counters)
+        daemon.engine.state = state
+        daemon.components.append(LoginStateComponent(state))
     if config.daemon.metrics_listen:
         daemon.components.append(MetricsComponent(config.daemon.metrics_listen, daemon,
                                                   approval))
