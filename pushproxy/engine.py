@@ -10,10 +10,14 @@
     -> push (plain: wait here; verified: Access-Challenge now, the follow-up
        request with the State waits) -> decision -> one audit event
 
-This is the only module that turns decisions into Deferreds and timers. The
-decisions themselves come from the pure functions in `pushproxy.decision`,
-`pushproxy.policy` and `pushproxy.fatigue`; the clock and every backend are
-passed in, so tests drive time with `twisted.internet.task.Clock`.
+This module and its two halves, `pushproxy.pushes` (the push, its limits and
+joins) and `pushproxy.verified` (the Access-Challenge and its answer), are the
+only ones that turn decisions into Deferreds and timers. The decisions
+themselves come from the pure functions in `pushproxy.decision`,
+`pushproxy.policy` and `pushproxy.fatigue`; the state they need lives behind
+`pushproxy.loginstate` (in memory, or the shared store in cluster mode); the
+clock and every backend are passed in, so tests drive time with
+`twisted.internet.task.Clock`.
 """
 
 from __future__ import annotations
@@ -36,21 +40,20 @@ from pushproxy.config import NoDeviceMode, PushConfig
 from pushproxy.decision import (DENIAL_REASONS, Decision, Outcome, PrimaryResult,
                                 PrimaryStatus, PushResult, PushStatus, Reason, check_credentials,
                                 primary_decision, push_decision)
-from pushproxy.fatigue import Block, FatigueLimits
+from pushproxy.fatigue import FatigueLimits
 from pushproxy.loginstate import LocalState, LoginState
 from pushproxy.metrics import Counters
 from pushproxy.passcode_limits import LOCK_REASON
 from pushproxy.passcodes import Credential, Factor, parse_password
 from pushproxy.password_throttle import PasswordThrottle
 from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluate
-from pushproxy.push import (ApprovalRequest, PasscodeVerdict, ProviderUnavailable, PushProvider,
+from pushproxy.push import (PasscodeVerdict, ProviderUnavailable, PushProvider,
                             SecondFactors)
+from pushproxy.pushes import Fanout, Pushes
 from pushproxy.verified import VerifiedPush
 
 log = logging.getLogger("pushproxy.engine")
 
-_BLOCKS = {"PAUSED": Reason.PUSHES_PAUSED, "TOO_MANY_PENDING": Reason.TOO_MANY_PENDING,
-           "RATE_LIMITED": Reason.RATE_LIMITED}
 _PASSCODE_REASONS = {
     PasscodeVerdict.TOTP: Reason.PASSCODE_TOTP, PasscodeVerdict.BYPASS: Reason.PASSCODE_BYPASS,
     PasscodeVerdict.WRONG: Reason.BAD_PASSCODE,
@@ -119,30 +122,13 @@ def join_key(req: LoginRequest, user: str) -> tuple | None:
             user.casefold())
 
 
-class _Fanout:
-    """One result, any number of waiters (joined logins and pushes)."""
-
-    def __init__(self) -> None:
-        self._waiters: list[Deferred] = []
-
-    def wait(self) -> Deferred:
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
-
-    def fire(self, result) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(result)
-
-
 @dataclass
 class _PendingLogin:
     digest: bytes
-    fanout: _Fanout
+    fanout: Fanout
 
 
-class Engine(VerifiedPush):
+class Engine(Pushes, VerifiedPush):
     """Runs logins; one instance per daemon (per worker process).
 
     ``state``: where fatigue limits, challenges and remembered logins live
@@ -173,7 +159,7 @@ class Engine(VerifiedPush):
         # Group/rule -> reply attributes (`pushproxy.replyattrs.ReplyMap`), or None.
         self.reply_map = reply_map
         self._logins: dict[tuple, _PendingLogin] = {}
-        self._pushes: dict[tuple, _Fanout] = {}
+        self._pushes: dict[tuple, Fanout] = {}
         self._push_calls: dict[str, Deferred] = {}
         self._answering = 0  # challenge answers waiting for their push
         self._unkeyed = 0  # logins running that can join nothing (no session to key on)
@@ -215,7 +201,7 @@ class Engine(VerifiedPush):
             d = pending.fanout.wait()
             d.addCallback(self._finish, req, started, True)
             return d
-        mine = _PendingLogin(digest, _Fanout())
+        mine = _PendingLogin(digest, Fanout())
         if pending is None and key is not None:
             self._logins[key] = mine
         elif key is None:
@@ -434,100 +420,6 @@ class Engine(VerifiedPush):
         if self.policy.remember_minutes <= 0 or req.calling_station is None:
             return defer.succeed(False)
         return self.state.remembered(self._remember_key(req), now)
-
-    # -- pushes --
-
-    def _push_for(self, req: LoginRequest, key: tuple | None) -> Deferred:
-        """One push per session and credential at a time (`join_key`); later logins join it.
-
-        Fires with a PushResult, or with a Decision when the fatigue limits
-        refuse the push (or its state cannot be read: failmode).
-        """
-        fanout = self._pushes.get(key) if key is not None else None
-        if fanout is not None:
-            self.counters.inc("pushes_joined")
-            return fanout.wait()
-        fanout = _Fanout()
-        if key is not None:
-            # registered before the limits are asked: in the store that takes a
-            # round trip, and a login of the same session meanwhile joins this one
-            self._pushes[key] = fanout
-        waiter = fanout.wait()
-
-        def settle(result) -> None:
-            if key is not None:
-                del self._pushes[key]
-            fanout.fire(result)
-
-        now, txid = self.wallclock(), self.new_txid()
-
-        def admitted(block: Block | None) -> None:
-            if block is not None:
-                settle(Decision.of(self._block_reason(block)))
-                return
-            self._start_push(req, Verification.NONE, None, txid=txid,
-                             join_key=self.state.join_key(key[:-1], key[-1]) if key else None
-                             )[1].addCallback(settle)
-
-        def unavailable(failure) -> None:
-            failure.trap(ProviderUnavailable)
-            settle(self._state_unavailable(req, failure.value, None))
-
-        self.state.admit(req.username.casefold(), now, txid,
-                         now + self.push.timeout).addCallbacks(admitted, unavailable)
-        return waiter
-
-    @staticmethod
-    def _block_reason(block: Block) -> Reason:
-        return _BLOCKS[block.reason.name]
-
-    def _state_unavailable(self, req: LoginRequest, exc, rule: str | None) -> Decision:
-        """The shared login state cannot be read: as an unreachable push layer, failmode."""
-        self.counters.inc("push_provider_errors")
-        logs.event(log, logging.WARNING, "push.unavailable", user=req.username,
-                   detail=f"login state: {exc}")
-        return dataclasses.replace(push_decision(PushResult(PushStatus.UNAVAILABLE),
-                                                 self.push.failmode, req.no_device), rule=rule)
-
-    def _start_push(self, req: LoginRequest, mode: Verification, number: str | None, *,
-                    txid: str, join_key: str | None = None) -> tuple[str, Deferred]:
-        """Ask the provider (the push was admitted, ``txid`` counted as started by the
-        fatigue limits); the Deferred fires with a PushResult at the latest at the timeout."""
-        now = self.wallclock()
-        request = ApprovalRequest(
-            # Directories match usernames without regard to case; devices, limits
-            # and locks must too, or "ALICE" would slip past alice's limits.
-            txid=txid, username=req.username.casefold(), application=req.client_name,
-            client_ip=req.calling_station, nas=req.nas, created=now,
-            expires=now + self.push.timeout, verification=mode.value, number=number,
-            join_key=join_key)
-        self.counters.inc("pushes_requested")
-        call = defer.maybeDeferred(self.provider.request_approval, request)
-        self._push_calls[request.txid] = call
-        call.addTimeout(self.push.timeout, self.clock)
-        call.addErrback(self._push_failed, request)
-
-        def finished(result: PushResult) -> PushResult:
-            self._push_calls.pop(request.txid, None)
-            self.state.push_ended(req.username.casefold(), request.txid, self.wallclock())
-            return result
-
-        return request.txid, call.addCallback(finished)
-
-    def _push_failed(self, failure, request: ApprovalRequest) -> PushResult:
-        """Classify a push error: timeout, unreachable provider, or a bug there."""
-        if failure.check(defer.TimeoutError):
-            return PushResult(PushStatus.TIMEOUT, request.txid)
-        if failure.check(defer.CancelledError):
-            return PushResult(PushStatus.UNAVAILABLE, request.txid, detail="cancelled")
-        if failure.check(ProviderUnavailable):
-            detail = str(failure.value)
-        else:
-            log.error("push.provider_error %s", failure.getTraceback())
-            detail = "provider error"
-        self.counters.inc("push_provider_errors")
-        logs.event(log, logging.WARNING, "push.unavailable", txid=request.txid, detail=detail)
-        return PushResult(PushStatus.UNAVAILABLE, request.txid, detail=detail)
 
     # -- the one place a decision leaves the engine --
 

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from pushproxy.fatigue import Block, BlockReason, FatigueLimits, block_for, denials_pause
+from pushproxy.fatigue import Block, FatigueLimits, block_for, denials_pause
 
 # pg_advisory_xact_lock(key, user hash): serializes one user's fatigue writes ("fatg")
 FATIGUE_LOCK = 0x66617467
@@ -230,7 +230,3 @@ class PostgresLoginState(_LoginStateSQL):
 
     def _serialize(self, db, username: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (FATIGUE_LOCK, _user_key(username)))
-
-
-__all__ = ["Block", "BlockReason", "ChallengeRow", "LoginStateStore", "PostgresLoginState",
-           "SQLiteLoginState"]
