@@ -275,3 +275,56 @@ def test_single_process_keeps_in_memory_state_and_no_join_key():
     pg = SimpleNamespace(approval=SimpleNamespace(database="postgresql://db/pushproxy"),
                          daemon=SimpleNamespace())
     assert cluster_mode(pg)
+
+
+class FailingRunner:
+    """A store runner whose every call fails as an unreachable database does."""
+
+    def __call__(self, method, *args):
+        from pushproxy.approval.store import StoreError
+
+        return defer.fail(StoreError("approval store: connection refused"))
+
+
+@pytest.mark.parametrize("failmode, outcome", [(FailMode.SECURE, Outcome.REJECT),
+                                               (FailMode.SAFE, Outcome.ACCEPT)])
+def test_an_unreachable_shared_state_follows_failmode_and_starts_no_push(failmode, outcome):
+    clock = Clock()
+    clock.advance(START)
+    provider, counters = ClusterProvider(PushStatus.APPROVED), Counters()
+    engine = Engine(clock=clock, directory=ScriptedDirectory(), provider=provider,
+                    push=PushConfig(timeout=60, failmode=failmode,
+                                    no_device=NoDeviceMode.REJECT),
+                    audit=AuditLog(os.devnull, counters), counters=counters,
+                    state=StoreState(FailingRunner()))
+    for verification in (None, Verification.NUMBER_MATCH):
+        decision = result(engine.login(req(verification=verification)))[0]
+        assert decision.outcome is outcome
+        assert decision.reason.value.startswith("push_unavailable")
+    assert provider.requests == [] and counters.get("push_provider_errors") == 2
+
+
+@pytest.mark.parametrize("database, workers, shared", [
+    (":memory:", 1, False), (":memory:", 2, True),
+    ("postgresql://pushproxy@127.0.0.1:1/pushproxy", 1, True)])
+def test_the_daemon_shares_the_state_only_in_cluster_mode(tmp_path, database, workers, shared):
+    """One process on SQLite keeps the in-memory state (no store call per login)."""
+    from pushproxy.wiring import build_daemon
+    from tests.integration.harness import load, write_config
+
+    slapd = SimpleNamespace(service_password="x", url="ldap://127.0.0.1:1",
+                            service_dn="cn=svc,dc=example", people_dn="ou=people,dc=example",
+                            group_dn=lambda name: f"cn={name},dc=example")
+    path = write_config(tmp_path, slapd, approval=(
+        "approval:\n  listen: \"127.0.0.1:0\"\n  public_url: \"http://127.0.0.1\"\n"
+        f"  database: \"{database}\"\n"))
+    config = load(path)
+    if workers > 1:  # daemon.workers (its config key comes with the worker processes)
+        import dataclasses
+
+        fields = {f.name: getattr(config.daemon, f.name)
+                  for f in dataclasses.fields(config.daemon)}
+        config = dataclasses.replace(config, daemon=SimpleNamespace(
+            **dict(fields, workers=workers)))
+    daemon = build_daemon(config, Clock())
+    assert isinstance(daemon.engine.state, StoreState if shared else LocalState)
