@@ -190,6 +190,10 @@ class StoreState:
         self._join_secret = hmac.new(root, b"join key", hashlib.sha256).digest()
         self._remember_secret = hmac.new(root, b"remembered login", hashlib.sha256).digest()
 
+    def purge(self, wallclock) -> None:
+        """Delete expired challenges, remembered logins and old fatigue rows (background)."""
+        self._background("purge_login_state", wallclock())
+
     def _call(self, method: str, *args) -> Deferred:
         """A store call the decision depends on: a store fault is ProviderUnavailable."""
         def failed(failure):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from twisted.internet import defer, ssl, threads
+from twisted.internet import defer, ssl, task, threads
 
 from pushproxy import connlimit, logs
 from pushproxy.approval.alerts import Alerter
@@ -105,17 +105,29 @@ class ApprovalComponent:
 
 
 class LoginStateComponent:
-    """Cluster mode: the engine's decision state in the store, its shared key read at start."""
+    """Cluster mode: the engine's decision state in the store, its shared key read at
+    start, and its expired rows deleted every ``PURGE_EVERY`` seconds (by every node:
+    the deletes are idempotent, and a dead node's rows go too)."""
 
-    def __init__(self, state):
+    PURGE_EVERY = 300.0
+
+    def __init__(self, state, reactor):
         self.state = state
+        self.reactor = reactor
+        self._purge = None
 
+    @defer.inlineCallbacks
     def start(self):
         """Read (first node: create) the key every node derives digests and join keys from."""
-        return self.state.start()
+        yield self.state.start()
+        self._purge = task.LoopingCall(self.state.purge, self.reactor.seconds)
+        self._purge.clock = self.reactor
+        self._purge.start(self.PURGE_EVERY, now=False)
 
     def stop(self):
-        """Nothing to stop: the store runner belongs to the approval component."""
+        """Stop purging; the store runner belongs to the approval component."""
+        if self._purge is not None and self._purge.running:
+            self._purge.stop()
         return defer.succeed(None)
 
 
@@ -184,7 +196,7 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
         # so every node and worker decides a login the same way.
         state = StoreState(approval.runner, config.push.limits, counters=counters)
         daemon.engine.state = state
-        daemon.components.append(LoginStateComponent(state))
+        daemon.components.append(LoginStateComponent(state, reactor))
     if config.daemon.metrics_listen:
         daemon.components.append(MetricsComponent(config.daemon.metrics_listen, daemon,
                                                   approval))

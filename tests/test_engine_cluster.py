@@ -328,3 +328,25 @@ def test_the_daemon_shares_the_state_only_in_cluster_mode(tmp_path, database, wo
             **dict(fields, workers=workers)))
     daemon = build_daemon(config, Clock())
     assert isinstance(daemon.engine.state, StoreState if shared else LocalState)
+
+
+def test_the_cluster_component_purges_expired_state_periodically(backend):
+    from pushproxy.wiring import LoginStateComponent
+
+    clock = Clock()
+    clock.advance(START)
+    store = backend.open()
+    try:
+        state = StoreState(InlineRunner(store), LIMITS)
+        component = LoginStateComponent(state, clock)
+        component.start()
+        state.remember(("vpn", "alice", "st"), "alice", START + 10)
+        assert result(state.remembered(("vpn", "alice", "st"), START))[0] is True
+        store.remember_login("other", "bob", START + 10 ** 6)
+        clock.advance(LoginStateComponent.PURGE_EVERY)
+        assert store.remembered_login("other", START)  # not expired: kept
+        assert store.forget_logins("alice") == 0  # expired: purged
+        component.stop()
+        assert not clock.getDelayedCalls()
+    finally:
+        store.close()
