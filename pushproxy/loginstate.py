@@ -192,7 +192,9 @@ class StoreState:
 
     def purge(self, wallclock) -> None:
         """Delete expired challenges, remembered logins and old fatigue rows (background)."""
-        self._background("purge_login_state", wallclock())
+        limits = self.fatigue.limits
+        self._background("purge_login_state", wallclock(),
+                         max(86400.0, limits.window, limits.denial_window) + 60)
 
     def _call(self, method: str, *args) -> Deferred:
         """A store call the decision depends on: a store fault is ProviderUnavailable."""

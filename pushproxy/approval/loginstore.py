@@ -85,8 +85,9 @@ class LoginStateStore(Protocol):
     def forget_logins(self, username: str) -> int:
         """Drop every remembered login of a user (a denial or fraud report)."""
 
-    def purge_login_state(self, now: float) -> int:
-        """Delete expired challenges, remembered logins and fatigue events no limit needs."""
+    def purge_login_state(self, now: float, keep: float = 86400.0) -> int:
+        """Delete expired challenges and remembered logins, and fatigue events older than
+        ``keep`` seconds that have ended (longer than every window of the limits)."""
 
 
 def _user_key(username: str) -> int:
@@ -205,16 +206,15 @@ class _LoginStateSQL:
         return self._change(self._q("DELETE FROM remembered_logins WHERE username = ?"),
                             (username,))
 
-    def purge_login_state(self, now: float) -> int:
-        # A day of fatigue history outlives every window and pause a config allows
-        # in practice; a pending push (ends in the future) or a lock marker stays.
+    def purge_login_state(self, now: float, keep: float = 86400.0) -> int:
+        # A pending push or a pause (ends in the future) and a lock marker stay.
         with self._write() as db:
             gone = self._exec(db, "DELETE FROM challenges WHERE expires <= ?", (now,)).rowcount
             gone += self._exec(db, "DELETE FROM remembered_logins WHERE ends <= ?",
                                (now,)).rowcount
             gone += self._exec(db, "DELETE FROM fatigue_events WHERE kind != 'locked' AND "
                                    "at < ? AND COALESCE(ends, at) < ?",
-                               (now - 86400, now)).rowcount
+                               (now - keep, now)).rowcount
         return gone
 
 
