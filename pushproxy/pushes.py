@@ -71,7 +71,7 @@ class Pushes:
         waiter = fanout.wait()
 
         def settle(result) -> None:
-            if key is not None:
+            if key is not None and self._pushes.get(key) is fanout:
                 del self._pushes[key]
             fanout.fire(result)
 
@@ -81,6 +81,10 @@ class Pushes:
             if block is not None:
                 settle(Decision.of(self._block_reason(block)))
                 return
+            if self._stopping:  # stopped while the limits were asked: send nothing
+                self.state.push_ended(req.username.casefold(), txid, self.wallclock())
+                settle(PushResult(PushStatus.UNAVAILABLE, txid, detail="cancelled"))
+                return
             self._start_push(req, Verification.NONE, None, txid=txid,
                              join_key=self.state.join_key(key[:-1], key[-1]) if key else None
                              )[1].addCallback(settle)
@@ -89,8 +93,14 @@ class Pushes:
             failure.trap(ProviderUnavailable)
             settle(self._state_unavailable(req, failure.value, None))
 
-        self.state.admit(req.username.casefold(), now, txid,
-                         now + self.push.timeout).addCallbacks(admitted, unavailable)
+        def crashed(failure) -> None:
+            # a bug must end in a Reject, never leave the login (and its joiners) hanging
+            log.error("engine.internal_error %s", failure.getTraceback())
+            self.counters.inc("internal_errors")
+            settle(Decision.of(Reason.INTERNAL_ERROR))
+
+        self.state.admit(req.username.casefold(), now, txid, now + self.push.timeout
+                         ).addCallbacks(admitted, unavailable).addErrback(crashed)
         return waiter
 
     @staticmethod

@@ -350,3 +350,62 @@ def test_the_cluster_component_purges_expired_state_periodically(backend):
         assert not clock.getDelayedCalls()
     finally:
         store.close()
+
+
+class HeldRunner(InlineRunner):
+    """Runs store calls at once, except ``fatigue_admit``, held until ``release``."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.held = []
+
+    def __call__(self, method, *args):
+        if method != "fatigue_admit":
+            return super().__call__(method, *args)
+        d = defer.Deferred()
+        self.held.append((d, args))
+        return d
+
+    def release(self):
+        held, self.held = self.held, []
+        for d, args in held:
+            d.callback(self.store.fatigue_admit(*args))
+
+
+def held_engine(tmp_path):
+    from pushproxy.approval.store import SQLiteStore
+
+    clock = Clock()
+    clock.advance(START)
+    runner = HeldRunner(SQLiteStore(str(tmp_path / "approval.db")))
+    state = StoreState(runner, LIMITS)
+    state.start()
+    counters = Counters()
+    engine = Engine(clock=clock, directory=ScriptedDirectory(), provider=ClusterProvider(),
+                    push=PushConfig(timeout=60, failmode=FailMode.SAFE,
+                                    no_device=NoDeviceMode.REJECT),
+                    audit=AuditLog(os.devnull, counters), counters=counters, state=state)
+    return engine, runner
+
+
+def test_a_login_of_the_same_session_during_the_store_round_trip_joins_the_push(tmp_path):
+    engine, runner = held_engine(tmp_path)
+    first, second = result(engine.login(req())), result(engine.login(req()))
+    assert len(runner.held) == 1  # the second login asked nothing: it joined
+    runner.release()
+    (push,) = engine.provider.requests
+    engine.provider.answer(push.txid)
+    assert first[0].reason is second[0].reason is Reason.PUSH_APPROVED
+    runner.store.close()
+
+
+def test_stopping_during_the_store_round_trip_sends_no_push(tmp_path):
+    engine, runner = held_engine(tmp_path)
+    pending = result(engine.login(req()))
+    engine.stop()
+    runner.release()
+    assert pending[0].reason is Reason.SHUTTING_DOWN  # never failmode safe's Accept
+    assert engine.provider.requests == []
+    # the push admitted but never sent does not hold the user's pending limit
+    assert runner.store.fatigue_admit("alice", START + 1, LIMITS, "next", START + 61) is None
+    runner.store.close()
