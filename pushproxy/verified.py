@@ -57,6 +57,9 @@ class VerifiedPush:
             return self._state_unavailable(req, exc, rule)
         if block is not None:
             return Decision.of(self._block_reason(block), rule=rule)
+        if self._stopping:  # stopped while the limits were asked: send nothing
+            self.state.push_ended(user, txid, self.wallclock())
+            return Decision.of(Reason.SHUTTING_DOWN, rule=rule)
         challenge = self.state.open_challenge(req.client_name, req.username, mode.value, now,
                                               self.push.timeout, sent)
         challenge.txid, challenge.rule, challenge.request = txid, rule, req
