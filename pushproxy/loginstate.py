@@ -51,8 +51,10 @@ class LoginState(Protocol):
     fatigue: object
     digest_key: bytes
 
-    def admit(self, user: str, now: float, txid: str, expires: float) -> Deferred[Block | None]:
-        """Why a push must not be sent, else None with push ``txid`` counted as started."""
+    def admit(self, user: str, now: float, txid: str, expires: float,
+              join_key: str | None = None) -> Deferred[Block | None]:
+        """Why a push must not be sent, else None with push ``txid`` counted as started
+        (or, in the store, joining the pending push of the same ``join_key``)."""
 
     def push_ended(self, user: str, txid: str, now: float) -> None:
         """Push ``txid`` ended: no longer pending."""
@@ -104,7 +106,7 @@ class LocalState:
         self.digest_key = secrets.token_bytes(32)
         self._locked_users: set[str] = set()  # seen locked; cleared when an admin unlocks
 
-    def admit(self, user, now, txid, expires):
+    def admit(self, user, now, txid, expires, join_key=None):
         return defer.succeed(self.fatigue.admit(user, now))
 
     def push_ended(self, user, txid, now):
@@ -208,8 +210,9 @@ class StoreState:
         self.run(method, *args).addErrback(
             lambda failure: self._background_failed(method, failure))
 
-    def admit(self, user, now, txid, expires):
-        return self._call("fatigue_admit", user, now, self.fatigue.limits, txid, expires)
+    def admit(self, user, now, txid, expires, join_key=None):
+        return self._call("fatigue_admit", user, now, self.fatigue.limits, txid, expires,
+                          join_key)
 
     def push_ended(self, user, txid, now):
         self._background("fatigue_push_ended", txid, now)

@@ -76,6 +76,8 @@ class Pushes:
             fanout.fire(result)
 
         now, txid = self.wallclock(), self.new_txid()
+        # the same login on every node gets the same key (None: single process)
+        join_key = self.state.join_key(key[:-1], key[-1]) if key else None
 
         def admitted(block: Block | None) -> None:
             if block is not None:
@@ -86,8 +88,7 @@ class Pushes:
                 settle(PushResult(PushStatus.UNAVAILABLE, txid, detail="cancelled"))
                 return
             self._start_push(req, Verification.NONE, None, txid=txid,
-                             join_key=self.state.join_key(key[:-1], key[-1]) if key else None
-                             )[1].addCallback(settle)
+                             join_key=join_key)[1].addCallback(settle)
 
         def unavailable(failure) -> None:
             failure.trap(ProviderUnavailable)
@@ -99,8 +100,8 @@ class Pushes:
             self.counters.inc("internal_errors")
             settle(Decision.of(Reason.INTERNAL_ERROR))
 
-        self.state.admit(req.username.casefold(), now, txid, now + self.push.timeout
-                         ).addCallbacks(admitted, unavailable).addErrback(crashed)
+        self.state.admit(req.username.casefold(), now, txid, now + self.push.timeout,
+                         join_key).addCallbacks(admitted, unavailable).addErrback(crashed)
         return waiter
 
     @staticmethod

@@ -248,7 +248,9 @@ def test_a_login_remembered_at_node_a_is_honoured_at_node_b(clusters):
 
 
 def test_the_in_process_join_still_works_and_the_join_key_matches_across_nodes(clusters):
-    cluster = clusters(2, limits=FatigueLimits(max_pending=3), provider=ClusterProvider())
+    """The same login at another node (a NAS failing over) reaches the provider with the
+    same join key, past the pending limit its own push holds; another session does not."""
+    cluster = clusters(2, limits=LIMITS, provider=ClusterProvider())
     a, b = cluster.engines
     assert a.state.digest_key == b.state.digest_key != b""
     first, joined = result(a.login(req())), result(a.login(req()))
@@ -257,11 +259,15 @@ def test_the_in_process_join_still_works_and_the_join_key_matches_across_nodes(c
     other_pw = result(b.login(req(password="wrong")))  # wrong password: no push at all
     assert other_pw[0].reason is Reason.BAD_CREDENTIALS
     different_station = result(b.login(req(station="203.0.113.4")))
-    at_a, at_b, station = cluster.provider.requests
-    assert at_a.join_key is not None and at_a.join_key == at_b.join_key != station.join_key
+    assert different_station[0].reason is Reason.TOO_MANY_PENDING
+    at_a, at_b = cluster.provider.requests
+    assert at_a.join_key is not None and at_a.join_key == at_b.join_key
     cluster.provider.answer(at_a.txid)
     assert first[0].reason is joined[0].reason is Reason.PUSH_APPROVED
-    assert elsewhere == [] and different_station == []
+    assert elsewhere == []
+    # another calling station is another session: another key
+    assert b.state.join_key(("vpn", "gw", None, "203.0.113.4", "7", "alice"),
+                            b"x") != at_a.join_key
 
 
 def test_single_process_keeps_in_memory_state_and_no_join_key():
@@ -407,5 +413,5 @@ def test_stopping_during_the_store_round_trip_sends_no_push(tmp_path):
     assert pending[0].reason is Reason.SHUTTING_DOWN  # never failmode safe's Accept
     assert engine.provider.requests == []
     # the push admitted but never sent does not hold the user's pending limit
-    assert runner.store.fatigue_admit("alice", START + 1, LIMITS, "next", START + 61) is None
+    assert runner.store.fatigue_admit("alice", START + 1, LIMITS, "next", START + 61, None) is None
     runner.store.close()

@@ -49,9 +49,11 @@ class LoginStateStore(Protocol):
     """The store methods behind `pushproxy.loginstate.StoreState`. Time is passed in."""
 
     def fatigue_admit(self, username: str, now: float, limits: FatigueLimits, txid: str,
-                      expires: float) -> Block | None:
+                      expires: float, join_key: str | None) -> Block | None:
         """Why a push must not be sent now, else record push ``txid`` (pending until
         ``expires`` or `fatigue_push_ended`) and return None; in one transaction.
+        A pending push with the same ``join_key`` (the same login, failed over from
+        another node) admits without counting: the provider joins that push.
         A user whose lock was lifted since a login saw it locked is cleared first."""
 
     def fatigue_push_ended(self, txid: str, now: float) -> None:
@@ -112,9 +114,13 @@ class _LoginStateSQL:
                        "OR ends <= ?)", (username, now))
 
     def fatigue_admit(self, username: str, now: float, limits: FatigueLimits, txid: str,
-                      expires: float) -> Block | None:
+                      expires: float, join_key: str | None) -> Block | None:
         with self._write() as db:
             self._serialize(db, username)
+            if join_key is not None and self._exec(
+                    db, "SELECT 1 FROM fatigue_events WHERE username = ? AND kind = 'push' "
+                        "AND join_key = ? AND ends > ?", (username, join_key, now)).fetchone():
+                return None
             marker = self._exec(db, "SELECT 1 FROM fatigue_events WHERE username = ? "
                                     "AND kind = 'locked'", (username,)).fetchone()
             if marker is not None and self._exec(
@@ -133,8 +139,9 @@ class _LoginStateSQL:
             block = block_for(limits, now, pending=pending[0], pushes=[r[0] for r in pushes],
                               paused_until=paused[0])
             if block is None:
-                self._exec(db, "INSERT INTO fatigue_events (username, kind, at, ends, txid) "
-                               "VALUES (?, 'push', ?, ?, ?)", (username, now, expires, txid))
+                self._exec(db, "INSERT INTO fatigue_events (username, kind, at, ends, txid, "
+                               "join_key) VALUES (?, 'push', ?, ?, ?, ?)",
+                           (username, now, expires, txid, join_key))
             return block
 
     def fatigue_push_ended(self, txid: str, now: float) -> None:

@@ -44,7 +44,7 @@ def test_admission_matches_the_in_memory_guard_across_two_connections(stores):
         node = (a, b)[step % 2]
         now = t + step * 10
         expected = guard.check("alice", now)
-        got = node.fatigue_admit("alice", now, LIMITS, f"tx{step}", now + 5)
+        got = node.fatigue_admit("alice", now, LIMITS, f"tx{step}", now + 5, None)
         assert got == expected, step
         if got is None:
             guard.push_started("alice", now)
@@ -55,13 +55,13 @@ def test_admission_matches_the_in_memory_guard_across_two_connections(stores):
 
 def test_a_pending_push_on_one_node_blocks_the_other(stores):
     a, b = stores
-    assert a.fatigue_admit("bob", 10.0, LIMITS, "t1", 40.0) is None
-    block = b.fatigue_admit("bob", 11.0, LIMITS, "t2", 41.0)
+    assert a.fatigue_admit("bob", 10.0, LIMITS, "t1", 40.0, None) is None
+    block = b.fatigue_admit("bob", 11.0, LIMITS, "t2", 41.0, None)
     assert block.reason is BlockReason.TOO_MANY_PENDING
     a.fatigue_push_ended("t1", 12.0)
-    assert b.fatigue_admit("bob", 13.0, LIMITS, "t2", 43.0) is None
+    assert b.fatigue_admit("bob", 13.0, LIMITS, "t2", 43.0, None) is None
     # an expired push stops counting as pending even if nobody ended it
-    assert a.fatigue_admit("bob", 44.0, LIMITS, "t3", 74.0) is None
+    assert a.fatigue_admit("bob", 44.0, LIMITS, "t3", 74.0, None) is None
 
 
 def test_denials_pause_once_and_count_once_per_transaction(stores):
@@ -70,11 +70,11 @@ def test_denials_pause_once_and_count_once_per_transaction(stores):
     # the same transaction's denial seen by the other node is not a second one
     assert b.fatigue_denial("carol", 100.5, LIMITS, "tx1") is False
     assert b.fatigue_denial("carol", 101.0, LIMITS, "tx2") is True
-    block = a.fatigue_admit("carol", 102.0, LIMITS, "tx3", 132.0)
+    block = a.fatigue_admit("carol", 102.0, LIMITS, "tx3", 132.0, None)
     assert block.reason is BlockReason.PAUSED and block.until == 131.0
     # denials during the pause neither extend it nor raise another alert
     assert a.fatigue_denial("carol", 103.0, LIMITS, "tx4") is False
-    assert b.fatigue_admit("carol", 131.0, LIMITS, "tx5", 161.0) is None
+    assert b.fatigue_admit("carol", 131.0, LIMITS, "tx5", 161.0, None) is None
 
 
 def test_an_unlock_clears_the_denials_behind_the_lock(stores, backend):
@@ -83,9 +83,9 @@ def test_an_unlock_clears_the_denials_behind_the_lock(stores, backend):
     a.fatigue_denial("dave", 2.0, LIMITS, "x2")
     a.lock_user("dave", 2.0, "fraud", "x2")
     a.fatigue_locked("dave", 3.0)
-    assert b.fatigue_admit("dave", 4.0, LIMITS, "x3", 9.0).reason is BlockReason.PAUSED
+    assert b.fatigue_admit("dave", 4.0, LIMITS, "x3", 9.0, None).reason is BlockReason.PAUSED
     b.unlock_user("dave")
-    assert b.fatigue_admit("dave", 5.0, LIMITS, "x4", 9.0) is None
+    assert b.fatigue_admit("dave", 5.0, LIMITS, "x4", 9.0, None) is None
 
 
 def test_a_challenge_is_seen_by_the_other_node_until_closed_or_expired(stores):
@@ -111,11 +111,26 @@ def test_remembered_logins_are_shared_and_forgotten_per_user(stores):
 
 def test_purge_drops_expired_rows_and_keeps_pending_pushes(stores):
     a, _ = stores
-    a.fatigue_admit("gina", 0.0, LIMITS, "p1", 10 ** 6)
+    a.fatigue_admit("gina", 0.0, LIMITS, "p1", 10 ** 6, None)
     a.fatigue_denial("gina", 0.0, LIMITS, "p0")
     a.remember_login("k", "gina", 5.0)
     a.open_challenge(ChallengeRow("cd" * 32, "vpn", "gina", "gina", "code_to_login", None,
                                   None, None, 5.0, {}))
     assert a.purge_login_state(2 * 86400.0) == 3
-    assert a.fatigue_admit("gina", 2 * 86400.0, LIMITS, "p2", 10 ** 7).reason \
+    assert a.fatigue_admit("gina", 2 * 86400.0, LIMITS, "p2", 10 ** 7, None).reason \
         is BlockReason.TOO_MANY_PENDING
+
+
+def test_the_same_login_failed_over_joins_the_pending_push_without_counting(stores):
+    """A pending push with the login's join key admits it (the provider joins that push);
+    another session of the same user is still held to max_pending."""
+    a, b = stores
+    assert a.fatigue_admit("hugo", 10.0, LIMITS, "t1", 70.0, "k1") is None
+    assert b.fatigue_admit("hugo", 11.0, LIMITS, "t2", 71.0, "k1") is None
+    assert b.fatigue_admit("hugo", 12.0, LIMITS, "t3", 72.0, "k2").reason \
+        is BlockReason.TOO_MANY_PENDING
+    a.fatigue_push_ended("t1", 13.0)
+    # one push counted, not two: two more fit under max_pushes (3)
+    assert b.fatigue_admit("hugo", 14.0, LIMITS, "t4", 15.0, "k3") is None
+    b.fatigue_push_ended("t4", 15.0)
+    assert a.fatigue_admit("hugo", 16.0, LIMITS, "t5", 17.0, None) is None

@@ -7,13 +7,16 @@
 -- expiry, or when it ended), a denial (one per transaction: two nodes that see
 -- the same answer count it once), a pause after denials (until "ends"), and a
 -- marker that a login saw the user locked (an unlock then clears the rest).
+-- A push's join_key (see pushproxy.push.ApprovalRequest) lets a login that
+-- failed over from another node join it instead of counting a second push.
 CREATE TABLE fatigue_events (
     id       INTEGER PRIMARY KEY,
     username TEXT NOT NULL,
     kind     TEXT NOT NULL CHECK (kind IN ('push', 'denial', 'pause', 'locked')),
     at       REAL NOT NULL,
     ends     REAL,
-    txid     TEXT
+    txid     TEXT,
+    join_key TEXT
 );
 CREATE INDEX fatigue_events_by_user ON fatigue_events (username, kind, at);
 CREATE UNIQUE INDEX fatigue_events_by_txid ON fatigue_events (kind, txid) WHERE txid IS NOT NULL;
