@@ -55,8 +55,8 @@ class ClusterProvider:
         self._waiters.setdefault(txid, []).append(d)
         return d
 
-    def answer(self, txid, status=PushStatus.APPROVED):
-        result = PushResult(status, txid, "dev1")
+    def answer(self, txid, status=PushStatus.APPROVED, code=None):
+        result = PushResult(status, txid, "dev1", code=code)
         started = self._started.pop(txid, None)
         if started is not None and not started.called:
             started.callback(result)
@@ -415,3 +415,19 @@ def test_stopping_during_the_store_round_trip_sends_no_push(tmp_path):
     # the push admitted but never sent does not hold the user's pending limit
     assert runner.store.fatigue_admit("alice", START + 1, LIMITS, "next", START + 61, None) is None
     runner.store.close()
+
+
+def test_code_to_login_answered_at_node_b_checks_the_code_from_the_push_result(clusters):
+    """await_decision carries the code an approved code_to_login push showed."""
+    cluster = clusters(2, limits=LIMITS, provider=ClusterProvider())
+    a, b = cluster.engines
+    outcomes = []
+    for typed in ("4711", "9999"):
+        challenge = result(a.login(req(verification=Verification.CODE_TO_LOGIN,
+                                       station=f"198.51.100.{len(typed) + len(outcomes)}")))[0]
+        follow_up = result(b.login(req(password=typed, state=challenge.state,
+                                       station="198.51.100.1")))
+        cluster.provider.answer(challenge.txid, PushStatus.APPROVED, code="4711")
+        outcomes.append(follow_up[0].reason)
+        cluster.clock.advance(1)
+    assert outcomes == [Reason.PUSH_APPROVED, Reason.WRONG_LOGIN_CODE]
