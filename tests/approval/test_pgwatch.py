@@ -10,9 +10,11 @@ def test_an_overrunning_call_has_its_socket_shut_down_and_a_disarmed_one_not():
     dog = Watchdog(0.05)
     ours, theirs = socket.socketpair()
     try:
-        dog.arm(ours.fileno())
+        # A limit long enough that a busy machine cannot overrun it between the
+        # two calls; the sleep then outlasts it, so only disarm keeps the socket.
+        dog.arm(ours.fileno(), limit=0.5)
         dog.disarm()  # ended in time
-        time.sleep(0.2)
+        time.sleep(0.8)
         assert dog.fired == 0
         theirs.sendall(b"x")
         assert ours.recv(1) == b"x"  # still open
