@@ -36,6 +36,9 @@ class ApprovalRequest:
     expires: float  # epoch seconds; the engine's timeout
     verification: str = "none"  # none | number_match | code_to_login
     number: str | None = None  # number_match: the number the login screen shows (never sent)
+    # cluster mode: logins with the same key share one pending push across nodes (a
+    # keyed hash of user, client, calling station and credential); None never joins
+    join_key: str | None = None
 
 
 class PasscodeVerdict(enum.Enum):

@@ -120,10 +120,13 @@ class ClusterMethods:
         """The transaction with its owner, join key, outcome and code, or None; while it
         is pending, ``node`` (unless None) is recorded as waiting on it."""
         p = self.P
+        if node is None:  # a read only: no write lock
+            row = self._one(f"SELECT {_FULL} FROM transactions WHERE id = {p}", (txid,))
+            return None if row is None else _full(row)
         with self._write() as db:
             row = db.execute(f"SELECT {_FULL} FROM transactions WHERE id = {p}",
                              (txid,)).fetchone()
-            if row is not None and row[6] == "pending" and node is not None:
+            if row is not None and row[6] == "pending":
                 self._waiter(db, txid, node)
         return None if row is None else _full(row)
 
