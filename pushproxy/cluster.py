@@ -47,3 +47,24 @@ class ClusterContext:
     node_id: str
     bus: object
     enabled: bool = False
+
+
+def build_context(config, reactor, *, worker: int = 0, counters=None) -> ClusterContext:
+    """The ClusterContext of worker ``worker`` for ``config``: a PostgreSQL bus on a
+    PostgreSQL store, UNIX sockets between the workers of one SQLite store, else an
+    in-process bus (cluster mode off)."""
+    import os
+
+    from pushproxy.approval import notify
+
+    database = config.approval.database
+    ident = node_id(getattr(config.daemon, "node_name", ""), worker)
+    if not cluster_mode(config):
+        return ClusterContext(ident, notify.LocalBus(reactor, counters), enabled=False)
+    if is_postgres_url(database):
+        bus = notify.PostgresBus(database, reactor, password=config.approval.database_password,
+                                 counters=counters)
+    else:
+        folder = os.path.dirname(os.path.abspath(database))
+        bus = notify.UnixBus(folder, worker, workers(config), reactor, counters)
+    return ClusterContext(ident, bus, enabled=True)
