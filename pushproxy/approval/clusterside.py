@@ -24,6 +24,18 @@ from pushproxy.push import ApprovalRequest, ProviderUnavailable
 log = logging.getLogger("pushproxy.approval")
 
 
+def effective_join_key(request: ApprovalRequest) -> str | None:
+    """The key a login joins on: the engine's ``join_key`` and, for number matching,
+    the number its login screen shows (a login showing another number must not join
+    a push that checks for the first: the user would type the wrong one)."""
+    key = getattr(request, "join_key", None)
+    if key is None:
+        return None
+    if request.verification == "number_match":
+        return f"{key}#{request.number or ''}"
+    return f"{key}#{request.verification}"
+
+
 class ClusterSide:
     """Cluster-mode methods of the approval service."""
 
@@ -99,7 +111,7 @@ class ClusterSide:
         tx = self._new_transaction(request)
         try:
             opened = await self.run("open_or_join_transaction", tx, self.node,
-                                    getattr(request, "join_key", None), self.wallclock())
+                                    effective_join_key(request), self.wallclock())
         except StoreError as exc:
             raise ProviderUnavailable(f"store: {exc}") from None
         if not opened.devices:

@@ -118,7 +118,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         # cluster mode (a pushproxy.cluster.ClusterContext with enabled=True): store-backed
         self.cluster = cluster if cluster is not None and cluster.enabled else None
         self.node = self.cluster.node_id if self.cluster is not None else None
-        self.waiters = Waiters(run, reactor, self.wallclock, self.node, self._withdraw)
+        self.waiters = Waiters(run, reactor, self.wallclock, self.node, self._unwatched)
         self.life = None
         if self.cluster is not None:
             self.cluster.bus.subscribe(self._on_event)
@@ -166,6 +166,12 @@ class ApprovalService(ClusterSide, PasscodeSide):
                      "number": request.number},
             created=request.created, expires=request.expires, state="pending",
             decided_by=None, decided_at=None)
+
+    def _unwatched(self, txid: str) -> None:
+        # the last of this process's waiters (joined logins, await_decision) gave
+        # up; a login of this process that opened it without cluster mode may still wait
+        if txid not in self._waiting:
+            self._withdraw(txid)
 
     def _withdraw(self, txid: str) -> None:
         """The engine stopped waiting (timeout, shutdown): close the transaction.

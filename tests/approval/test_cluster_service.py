@@ -304,3 +304,21 @@ def test_sqlite_workers_release_each_others_waiters_through_the_unix_bus(tmp_pat
         for store, _, service in workers:
             service.stop_cluster()
             store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_number_matching_logins_join_only_when_they_show_the_same_number(nodes):
+    a, b = nodes("a"), nodes("b")
+    yield a.start()
+    yield b.start()
+    phone = yield Phone().enroll(a)
+
+    def numbered(txid, number):
+        return ApprovalRequest(**{**request(txid, "K").__dict__,
+                                  "verification": "number_match", "number": number})
+
+    fired(a.service.request_approval(numbered("t1", "42")))
+    fired(b.service.request_approval(numbered("t2", "17")))  # another number: its own push
+    fired(b.service.request_approval(numbered("t3", "42")))  # the same number: joins t1
+    txs = yield a.service.pending(phone.device, 0)
+    assert [t["txid"] for t in txs] == ["t1", "t2"]

@@ -74,3 +74,26 @@ def test_cancelling_the_last_waiter_withdraws_and_an_unknown_txid_is_unavailable
     waiters.add("nope", None).addCallback(got.append)
     waiters.recheck("nope")
     assert got[0].status is PushStatus.UNAVAILABLE
+
+
+def test_giving_up_await_decision_does_not_close_a_push_a_local_login_waits_for():
+    """Single process (no cluster): a challenge follow-up stops waiting on a push that
+    this process's own login still waits on: the push stays open."""
+    from pushproxy.approval.service import ApprovalService
+    from pushproxy.metrics import Counters
+    from pushproxy.push import ApprovalRequest
+
+    clock = Clock()
+    clock.advance(T0)
+    store = SQLiteStore(":memory:")
+    store.create_enrollment("alice", "h", T0, T0 + 900)
+    store.redeem_enrollment("h", T0, Device("dev1", "alice", "p", "K", None, T0, None, None))
+    service = ApprovalService(run=InlineRunner(store), reactor=clock, counters=Counters(),
+                              vapid_public_key="k")
+    login = service.request_approval(ApprovalRequest("t1", "alice", "vpn", None, None, T0,
+                                                     T0 + 60))
+    follow = service.await_decision("t1")
+    follow.addErrback(lambda f: None)
+    follow.cancel()
+    clock.advance(1)
+    assert store.transaction("t1").state == "pending" and not login.called
