@@ -78,6 +78,8 @@ class ClusterSide:
     def await_decision(self, txid: str) -> Deferred[PushResult]:
         """Wait for the decision of ``txid``, wherever it is answered.
 
+        ``txid`` may be the txid of a login that joined another node's push (the
+        one its challenge names): then the joined transaction is awaited.
         Fires with the answer (approved with its device and, for code-to-login,
         its code; denied; fraud; number mismatch), TIMEOUT once it expired (or its
         deadline passed), UNAVAILABLE if it was cancelled or is unknown. Cancel the
@@ -89,12 +91,16 @@ class ClusterSide:
         def read(tx):
             if waiter.called:
                 return
+            key = txid
+            if tx is not None and tx.id != txid:
+                # a joined login's txid: wait on the transaction it joined
+                key = self.waiters.move(txid, tx.id)
             result = (PushResult(PushStatus.UNAVAILABLE, txid, detail="unknown transaction")
                       if tx is None else result_of(tx, self.wallclock()))
             if result is not None:
-                self.waiters.settle(txid, result)
+                self.waiters.settle(key, result)
             else:
-                self.waiters.recheck_at(txid, tx.expires)
+                self.waiters.recheck_at(key, tx.expires)
 
         def failed(failure):
             if not waiter.called:

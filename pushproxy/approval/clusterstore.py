@@ -70,6 +70,9 @@ class ClusterMethods:
     def _waiter(self, db, txid: str, node: str) -> None:
         raise NotImplementedError
 
+    def _alias(self, db, alias: str, txid: str) -> None:
+        raise NotImplementedError
+
     def open_or_join_transaction(self, tx, owner: str, join_key: str | None,
                                  now: float) -> Opened:
         """Atomically: the user's active devices and, if there are any, either the pending
@@ -103,6 +106,8 @@ class ClusterMethods:
                                      "AND state = 'pending'", (join_key,)).fetchall()
                     if row and row[0][1] == tx.username:
                         self._waiter(db, row[0][0], owner)
+                        if tx.id != row[0][0]:
+                            self._alias(db, tx.id, row[0][0])
                         return Opened(_full(row[0]), devices, True)
                     if row:
                         join_key = None  # another user's key (cannot happen with keyed hashes)
@@ -118,16 +123,20 @@ class ClusterMethods:
 
     def watch_transaction(self, txid: str, node: str | None) -> object | None:
         """The transaction with its owner, join key, outcome and code, or None; while it
-        is pending, ``node`` (unless None) is recorded as waiting on it."""
+        is pending, ``node`` (unless None) is recorded as waiting on it. ``txid`` may
+        also be the txid of a login that joined it (the row's id is then another)."""
         p = self.P
+        # the txid itself, or the transaction a login with this txid joined
+        sql = (f"SELECT {_FULL} FROM transactions WHERE id = {p} OR id = "
+               f"(SELECT txid FROM transaction_aliases WHERE alias = {p}) ORDER BY id = {p} "
+               "DESC LIMIT 1")
         if node is None:  # a read only: no write lock
-            row = self._one(f"SELECT {_FULL} FROM transactions WHERE id = {p}", (txid,))
+            row = self._one(sql, (txid, txid, txid))
             return None if row is None else _full(row)
         with self._write() as db:
-            row = db.execute(f"SELECT {_FULL} FROM transactions WHERE id = {p}",
-                             (txid,)).fetchone()
+            row = db.execute(sql, (txid, txid, txid)).fetchone()
             if row is not None and row[6] == "pending":
-                self._waiter(db, txid, node)
+                self._waiter(db, row[0], node)
         return None if row is None else _full(row)
 
     def answer_transaction(self, txid: str, state: str, device_id: str, now: float,
@@ -232,6 +241,10 @@ class SQLiteClusterMethods(ClusterMethods):
 
     P = "?"
 
+    def _alias(self, db, alias: str, txid: str) -> None:
+        db.execute("INSERT OR IGNORE INTO transaction_aliases (alias, txid) VALUES (?, ?)",
+                   (alias, txid))
+
     def _waiter(self, db, txid: str, node: str) -> None:
         db.execute("INSERT OR IGNORE INTO transaction_waiters (txid, node) VALUES (?, ?)",
                    (txid, node))
@@ -249,3 +262,7 @@ class PgClusterMethods(ClusterMethods):
     def _waiter(self, db, txid: str, node: str) -> None:
         db.execute("INSERT INTO transaction_waiters (txid, node) VALUES (%s, %s) "
                    "ON CONFLICT DO NOTHING", (txid, node))
+
+    def _alias(self, db, alias: str, txid: str) -> None:
+        db.execute("INSERT INTO transaction_aliases (alias, txid) VALUES (%s, %s) "
+                   "ON CONFLICT DO NOTHING", (alias, txid))

@@ -76,6 +76,7 @@ class Waiters:
         self.withdraw = withdraw
         self._by_txid: dict[str, list[Deferred]] = defaultdict(list)
         self._timers: dict[str, object] = {}
+        self._key: dict[Deferred, str] = {}  # each waiter -> the txid it waits on now
 
     def __len__(self) -> int:
         return sum(len(waiting) for waiting in self._by_txid.values())
@@ -86,8 +87,9 @@ class Waiters:
     def add(self, txid: str, expires: float | None) -> Deferred:
         """A new waiter on ``txid``; cancelling it withdraws it. With ``expires``, the
         row is read once more just past that deadline (TIMEOUT if still open)."""
-        waiter: Deferred = Deferred(lambda d: self._drop(txid, d))
+        waiter: Deferred = Deferred(self._drop)
         self._by_txid[txid].append(waiter)
+        self._key[waiter] = txid
         if expires is not None:
             self.recheck_at(txid, expires)
         return waiter
@@ -98,7 +100,19 @@ class Waiters:
             delay = max(0.0, expires - self.wallclock()) + DEADLINE_GRACE
             self._timers[txid] = self.reactor.callLater(delay, self.recheck, txid)
 
-    def _drop(self, txid: str, waiter: Deferred) -> None:
+    def move(self, old: str, new: str) -> str:
+        """The waiters of ``old`` now wait on ``new`` (a joined login's txid -> the
+        transaction it joined); returns ``new``. Cancelling them drops them from ``new``."""
+        if old == new:
+            return new
+        for waiter in self._by_txid.get(old, []):
+            self._by_txid[new].append(waiter)
+            self._key[waiter] = new
+        self._forget(old)
+        return new
+
+    def _drop(self, waiter: Deferred) -> None:
+        txid = self._key.pop(waiter, None)
         waiting = self._by_txid.get(txid)
         if waiting and waiter in waiting:
             waiting.remove(waiter)
@@ -117,6 +131,7 @@ class Waiters:
         waiting = self._by_txid.get(txid, [])
         self._forget(txid)
         for waiter in waiting:
+            self._key.pop(waiter, None)
             if not waiter.called:
                 waiter.callback(result)
 

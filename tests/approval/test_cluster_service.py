@@ -322,3 +322,26 @@ def test_number_matching_logins_join_only_when_they_show_the_same_number(nodes):
     fired(b.service.request_approval(numbered("t3", "42")))  # the same number: joins t1
     txs = yield a.service.pending(phone.device, 0)
     assert [t["txid"] for t in txs] == ["t1", "t2"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_follow_up_naming_a_joined_logins_txid_awaits_the_push_it_joined(nodes):
+    """A code-to-login challenge issued at node b names b's own txid, though b's login
+    joined a's push: a follow-up at a third node awaiting that txid gets the answer."""
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    yield a.start()
+    yield b.start()
+    yield c.start()
+    phone = yield Phone().enroll(a)
+    fired(a.service.request_approval(request("t1", "K", "code_to_login")))
+    fired(b.service.request_approval(request("t2", "K", "code_to_login")))
+    follow = fired(c.service.await_decision("t2"))
+    yield until(lambda: c.service.waiting == 1)
+    (tx,) = yield c.service.pending(phone.device, 0)
+    body = yield phone.answer(c, tx)
+    yield until(lambda: follow)
+    assert (follow[0].status, follow[0].txid, follow[0].code) == \
+        (PushStatus.APPROVED, "t1", body["code"])
+    unknown = fired(c.service.await_decision("nope"))
+    yield until(lambda: unknown)
+    assert unknown[0].status is PushStatus.UNAVAILABLE

@@ -46,6 +46,9 @@ def test_open_records_the_owner_and_a_second_login_with_the_key_joins(store):
     assert (second.tx.id, second.joined) == ("t1", True)
     assert second.tx.owner == "a/0" and second.tx.join_key == "K"
     assert store.transaction("t2") is None  # no second push
+    # the joined login's own txid (its challenge names it) finds the push it joined
+    assert store.watch_transaction("t2", None).id == "t1"
+    assert store.watch_transaction("t1", None).id == "t1"
     assert [t.id for t in store.pending_transactions("alice", T0)] == ["t1"]
 
 

@@ -26,6 +26,13 @@ CREATE TABLE transaction_waiters (
 );
 CREATE INDEX transaction_waiters_by_node ON transaction_waiters (node);
 
+-- The txid a joined login was given (the engine's own, named by its challenge)
+-- -> the transaction it joined: a follow-up that names it finds the push.
+CREATE TABLE transaction_aliases (
+    alias TEXT PRIMARY KEY,
+    txid  TEXT NOT NULL REFERENCES transactions (id) ON DELETE CASCADE
+);
+
 -- Heartbeats: a node is alive while its row was updated within a few seconds.
 CREATE TABLE nodes (
     id      TEXT PRIMARY KEY,
