@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -192,6 +193,8 @@ class DaemonConfig:
     metrics_max_connections_per_source: int = 16
     # bounds past which new requests are shed (pushproxy.overload)
     overload: OverloadLimits = OverloadLimits()
+    # this node's name in a cluster (transaction owner, heartbeat): default the hostname
+    node_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,7 @@ def _daemon(c: Checker, value) -> DaemonConfig | None:
     m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen",
                                              "metrics_max_connections",
                                              "metrics_max_connections_per_source",
-                                             "overload"))
+                                             "overload", "node_name"))
     if m is None:
         return None
     metrics = c.host_port(m["metrics_listen"], "daemon.metrics_listen") \
@@ -335,7 +338,30 @@ def _daemon(c: Checker, value) -> DaemonConfig | None:
         metrics_max_connections_per_source=c.number(
             m, "metrics_max_connections_per_source", "daemon.metrics_max_connections_per_source",
             16, minimum=0, maximum=100_000, integer=True),
-        overload=parse_limits(c, m.get("overload")))
+        overload=parse_limits(c, m.get("overload")),
+        node_name=_node_name(c, m))
+
+
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _node_name(c: Checker, m: dict) -> str:
+    """daemon.node_name: letters, digits, ".", "_", "-" (it names a node in the store and
+    in logs); default the host's name, shortened to what the pattern allows."""
+    if "node_name" not in m:
+        return default_node_name()
+    value = m["node_name"]
+    if not isinstance(value, str) or not _NODE_NAME.match(value):
+        c.problem("daemon.node_name", "must be 1-63 letters, digits, '.', '_' or '-', "
+                                    "starting with a letter or digit")
+        return default_node_name()
+    return value
+
+
+def default_node_name() -> str:
+    """The host's name as a node name (characters outside the pattern become "-")."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63].lstrip("._-")
+    return name or "node"
 
 
 def _radius(c: Checker, value) -> RadiusConfig | None:

@@ -45,6 +45,9 @@ HELP = {
     "audit_events": "Audit events written",
     "audit_write_errors": "Audit events that could not be written",
     "approval_transactions": "Approval transactions opened",
+    "approval_joins": "Logins that joined a pending push of any node (cluster mode)",
+    "bus_events": "Cluster notification bus events, by outcome (received, dropped, unsent, "
+                  "disconnected)",
     "answers": "Device answers, by outcome",
     "enrollments": "Device enrollments, by outcome",
     "device_auth_failures": "Device requests refused (signature, time window, replay)",

@@ -13,7 +13,7 @@ from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.backends import open_store
 from pushproxy.approval.webpush import VapidKeys, WebPushSender
-from pushproxy.cluster import cluster_mode
+from pushproxy.cluster import ClusterContext, build_context, cluster_mode
 from pushproxy.config import ApprovalConfig, Config
 from pushproxy.httpdeadline import Deadlines
 from pushproxy.loginstate import StoreState
@@ -28,7 +28,7 @@ class ApprovalComponent:
     """The approval service with its store thread, Web Push sender and HTTP listener."""
 
     def __init__(self, config: ApprovalConfig, reactor, counters: Counters, *,
-                 insecure_push_endpoints: bool = False):
+                 insecure_push_endpoints: bool = False, cluster: ClusterContext | None = None):
         self.config = config
         self.reactor = reactor
         self.counters = counters
@@ -48,7 +48,7 @@ class ApprovalComponent:
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,
                             use_syslog=config.alert_syslog),
             wallclock=reactor.seconds, push_rules=self.push_rules,
-            resolver=getattr(reactor, "nameResolver", None))
+            resolver=getattr(reactor, "nameResolver", None), cluster=cluster)
         self.port = None
 
     @defer.inlineCallbacks
@@ -57,10 +57,14 @@ class ApprovalComponent:
         from pushproxy.approval.api import build_site
 
         yield self.runner.start()
-        now = self.reactor.seconds()
-        cancelled = yield self.runner("cancel_pending", now)
-        if cancelled:
-            logs.event(log, logging.INFO, "approval.cancelled_stale", count=cancelled)
+        if self.service.cluster is not None:
+            # other nodes' pushes stay: retire only this node's own stale work
+            yield self.service.start_cluster()
+        else:
+            now = self.reactor.seconds()
+            cancelled = yield self.runner("cancel_pending", now)
+            if cancelled:
+                logs.event(log, logging.INFO, "approval.cancelled_stale", count=cancelled)
         pem = yield self.runner("setting_or_create", "vapid_private_pem",
                                 lambda: VapidKeys.generate().to_pem().decode("ascii"))
         keys = VapidKeys.from_pem(pem.encode("ascii"))
@@ -101,6 +105,8 @@ class ApprovalComponent:
         if self.port is not None:
             yield self.port.stopListening()
         yield self.service.flush_expired()
+        if self.service.cluster is not None:
+            self.service.stop_cluster()
         self.runner.stop()
 
 
@@ -184,11 +190,15 @@ class MetricsComponent:
 
 
 def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
-                 directory=None, insecure_push_endpoints: bool = False) -> Daemon:
-    """The daemon for ``config`` with the built-in approval service as its provider."""
+                 directory=None, insecure_push_endpoints: bool = False,
+                 worker: int = 0) -> Daemon:
+    """The daemon for ``config`` with the built-in approval service as its provider;
+    ``worker``: this process's index among ``daemon.workers`` (its node id's suffix)."""
     counters = counters or Counters()
+    cluster = build_context(config, reactor, worker=worker, counters=counters)
     approval = ApprovalComponent(config.approval, reactor, counters,
-                                 insecure_push_endpoints=insecure_push_endpoints)
+                                 insecure_push_endpoints=insecure_push_endpoints,
+                                 cluster=cluster)
     daemon = Daemon(config, reactor, approval.service, counters=counters, directory=directory)
     daemon.components.append(approval)
     if cluster_mode(config):

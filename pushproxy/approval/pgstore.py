@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import psycopg
 
 from pushproxy.approval.loginstore import PostgresLoginState
+from pushproxy.approval.clusterstore import PgClusterMethods
 from pushproxy.approval.pgwatch import Watchdog
 from pushproxy.approval.store import (
     _DEVICE,
@@ -72,7 +73,7 @@ def _brief(exc: psycopg.Error) -> str:
     return (text or type(exc).__name__)[:500]
 
 
-class PostgresStore(PostgresLoginState, Store):
+class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
     """The Store on one PostgreSQL database; method contracts are on Store.
 
     One connection per instance, in autocommit mode (a single statement is its
@@ -338,6 +339,8 @@ class PostgresStore(PostgresLoginState, Store):
                                (cutoff,)).rowcount
             gone += db.execute("DELETE FROM passcode_failures WHERE at < %s",
                                (cutoff,)).rowcount
+            gone += db.execute("DELETE FROM device_nonces WHERE expires < %s",
+                               (now,)).rowcount
         return gone + self.purge_login_state(now)
 
     # -- passcodes

@@ -9,6 +9,13 @@ the store's compare-and-set. A denial ends the wait at once and raises an alert.
 
 The store is synchronous (SQLite); every call goes through a `runner` so the
 daemon can keep it on one dedicated thread while tests run it inline.
+
+In cluster mode (`pushproxy.cluster`: several nodes or workers over one store) a
+login joins a pending push with the same join key on any node, waiters are
+released by answers recorded on any node (`pushproxy.approval.waiters`, events
+from `pushproxy.approval.notify`), long-polls see pushes of every node, and
+device-request nonces are claimed in the store. A single process on SQLite keeps
+its in-memory paths and makes no extra store call.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 
-from pushproxy import logs, passcode_limits, passcodes
+from pushproxy import logs, passcodes
 from pushproxy.approval import crypto, pushtarget
+from pushproxy.approval.clusterside import ClusterSide
+from pushproxy.approval.secondfactors import PasscodeSide
 from pushproxy.approval.store import Device, StoreError, Transaction
+from pushproxy.approval.waiters import LIVE_FOR, Waiters
 from pushproxy.decision import PushResult, PushStatus
 from pushproxy.metrics import Counters
-from pushproxy.passcode_limits import PasscodeLimits
-from pushproxy.push import ApprovalRequest, PasscodeVerdict, ProviderUnavailable
+from pushproxy.push import ApprovalRequest, ProviderUnavailable
 
 log = logging.getLogger("pushproxy.approval")
 
@@ -42,9 +51,6 @@ EXPIRE_EVERY = 0.2  # seconds withdrawn transactions wait to be closed together
 _STATES = {"approve": "approved", "deny": "denied", "fraud": "fraud"}
 _RESULTS = {"approved": PushStatus.APPROVED, "denied": PushStatus.DENIED,
             "fraud": PushStatus.FRAUD}
-# Checked when a bypass code names no stored code, so that the answer takes as
-# long as for a stored one (the selector's existence does not leak by timing).
-_NO_BYPASS_CODE = "scrypt$" + "A" * 22 + "==$" + "A" * 43 + "="
 
 
 class ApprovalError(Exception):
@@ -83,13 +89,14 @@ def new_enrollment(store, username: str, public_url: str, ttl: float, now: float
     return enrollment_link(public_url, token)
 
 
-class ApprovalService:
+class ApprovalService(ClusterSide, PasscodeSide):
     """The push provider and the device-facing logic of the approval API."""
 
     def __init__(self, *, run: Callable[..., Deferred], reactor, counters: Counters,
                  vapid_public_key: str, sender=None, alerter=None,
                  wallclock: Callable[[], float] | None = None, cpu=None,
-                 push_rules: pushtarget.EndpointRules | None = None, resolver=None):
+                 push_rules: pushtarget.EndpointRules | None = None, resolver=None,
+                 cluster=None):
         self.run = run  # run(store_method_name, *args) -> Deferred of the result
         self.reactor = reactor
         self.counters = counters
@@ -108,11 +115,19 @@ class ApprovalService:
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._expiring: dict[str, None] = {}  # withdrawn transactions not yet closed
         self._expire_call = None
+        # cluster mode (a pushproxy.cluster.ClusterContext with enabled=True): store-backed
+        self.cluster = cluster if cluster is not None and cluster.enabled else None
+        self.node = self.cluster.node_id if self.cluster is not None else None
+        self.waiters = Waiters(run, reactor, self.wallclock, self.node, self._unwatched)
+        self.life = None
+        if self.cluster is not None:
+            self.cluster.bus.subscribe(self._on_event)
+            self.cluster.bus.on_resync(self._resync)
 
     @property
     def waiting(self) -> int:
         """Approval requests waiting for a device's answer."""
-        return len(self._waiting)
+        return len(self._waiting) + len(self.waiters)
 
     # -- provider side (the engine) --
 
@@ -121,13 +136,9 @@ class ApprovalService:
         return defer.ensureDeferred(self._request(request))
 
     async def _request(self, request: ApprovalRequest) -> PushResult:
-        tx = Transaction(
-            id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
-            context={"application": request.application, "client_ip": request.client_ip,
-                     "nas": request.nas, "verification": request.verification,
-                     "number": request.number},
-            created=request.created, expires=request.expires, state="pending",
-            decided_by=None, decided_at=None)
+        if self.cluster is not None:
+            return await self._request_cluster(request)
+        tx = self._new_transaction(request)
         try:
             # One store call: the devices, and the transaction if there is one.
             devices = await self.run("open_transaction", tx)
@@ -137,12 +148,30 @@ class ApprovalService:
             return PushResult(PushStatus.NO_DEVICE, request.txid)
         waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
         self._waiting[tx.id] = waiter
+        self._opened(tx, devices)
+        return await waiter
+
+    def _opened(self, tx: Transaction, devices: list[Device]) -> None:
         self.counters.inc("approval_transactions")
-        self._wake(request.username)
+        self._wake(tx.username)
         for device in devices:
             if device.push_subscription and self.sender is not None:
                 self._deliver(device, tx)
-        return await waiter
+
+    def _new_transaction(self, request: ApprovalRequest) -> Transaction:
+        return Transaction(
+            id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
+            context={"application": request.application, "client_ip": request.client_ip,
+                     "nas": request.nas, "verification": request.verification,
+                     "number": request.number},
+            created=request.created, expires=request.expires, state="pending",
+            decided_by=None, decided_at=None)
+
+    def _unwatched(self, txid: str) -> None:
+        # the last of this process's waiters (joined logins, await_decision) gave
+        # up; a login of this process that opened it without cluster mode may still wait
+        if txid not in self._waiting:
+            self._withdraw(txid)
 
     def _withdraw(self, txid: str) -> None:
         """The engine stopped waiting (timeout, shutdown): close the transaction.
@@ -164,7 +193,12 @@ class ApprovalService:
         txids, self._expiring = list(self._expiring), {}
         if not txids:
             return defer.succeed(0)
-        d = self.run("expire_transactions", txids, self.wallclock())
+        now = self.wallclock()
+        if self.cluster is not None:
+            # closed only if no other live node waits on it (a joined login elsewhere)
+            d = self.run("release_transactions", txids, self.node, now, now - LIVE_FOR)
+        else:
+            d = self.run("expire_transactions", txids, now)
         return d.addErrback(lambda f: logs.event(log, logging.WARNING, "approval.close_failed",
                                                  count=len(txids), error=f.getErrorMessage()))
 
@@ -270,6 +304,10 @@ class ApprovalService:
         text = crypto.request_text(method, path, timestamp, nonce, body)
         if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
             raise self._unauthenticated(device_id, "bad signature")
+        if self.cluster is not None and not await self.run(
+                "claim_device_nonce", device_id, nonce, now + NONCE_MEMORY):
+            # seen by another node (or worker) of the cluster
+            raise self._unauthenticated(device_id, "replayed request")
         self._nonces[(device_id, nonce)] = now + NONCE_MEMORY
         if device.last_seen is None or now - device.last_seen > LAST_SEEN_EVERY:
             # For `pushproxy devices list`; throttled so long-polls do not write constantly.
@@ -297,6 +335,9 @@ class ApprovalService:
         # its caller gave up (the store thread was stuck behind another process's
         # lock, and that login already ended on failmode); a device must not be
         # shown, and approve, a request that nothing waits for.
+        if self.cluster is not None:  # waited for by a live node, any node
+            now = self.wallclock()
+            return await self.run("waiting_transactions", username, now, now - LIVE_FOR)
         txs = await self.run("pending_transactions", username, self.wallclock())
         return [tx for tx in txs if tx.id in self._waiting]
 
@@ -371,10 +412,19 @@ class ApprovalService:
         if matching and not hmac.compare_digest(number, tx.context.get("number") or ""):
             # A wrong number is a "no": most likely a login the user did not start.
             decision, status = "deny", PushStatus.NUMBER_MISMATCH
-        # Withdrawn but not yet closed in the store (flush_expired): too late.
-        won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \
-            and await self.run(
-            "decide_transaction", txid, _STATES[decision], device.id, now)
+        code = None
+        if status is PushStatus.APPROVED and tx.context.get("verification") == "code_to_login":
+            code = f"{secrets.randbelow(10 ** 6):06d}"
+        if self.cluster is not None:
+            # stored with its outcome and code: a waiter on any node reads them back
+            won = tx.state == "pending" and now < tx.expires and await self.run(
+                "answer_transaction", txid, _STATES[decision], device.id, now, status.value,
+                code)
+        else:
+            # Withdrawn but not yet closed in the store (flush_expired): too late.
+            won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \
+                and await self.run(
+                "decide_transaction", txid, _STATES[decision], device.id, now)
         if not won:
             current = await self.run("transaction", txid)
             self.counters.inc("answers", outcome="late")
@@ -386,12 +436,15 @@ class ApprovalService:
         logs.event(log, logging.INFO, "approval.answered", user=tx.username, device=device.id,
                    txid=txid, decision=status.value)
         body = {"status": "recorded"}
-        code = None
-        if status is PushStatus.APPROVED and tx.context.get("verification") == "code_to_login":
-            code = body["code"] = f"{secrets.randbelow(10 ** 6):06d}"
+        if code is not None:
+            body["code"] = code
+        result = PushResult(status, txid, device.id, code=code)
         waiter = self._waiting.pop(txid, None)
         if waiter is not None and not waiter.called:
-            waiter.callback(PushResult(status, txid, device.id, code=code))
+            waiter.callback(result)
+        self.waiters.settle(txid, result)  # joined logins, await_decision
+        self._publish("decided", txid)  # other workers (PostgreSQL: the store did)
+        self._publish("closed", tx.username)
         self._wake(tx.username)  # other devices see it closed
         if status is PushStatus.FRAUD:
             # "This wasn't me": someone has the password. No more pushes until an admin looks.
@@ -403,117 +456,6 @@ class ApprovalService:
         if status is not PushStatus.APPROVED and self.alerter is not None:
             self.alerter.alert(status.value, tx, device, now)
         return body
-
-    # -- second factors without a push (SecondFactors) --
-
-    def verify_passcode(self, username: str, code: str, now: float, *, source: str = "-",
-                        limits: PasscodeLimits | None = None) -> Deferred[PasscodeVerdict]:
-        """Check a passcode of ``username`` within the guessing limits.
-
-        The attempt is counted as a failure before the code is checked (and
-        forgotten if it was right), in the store, so neither concurrency nor a
-        restart hands out more guesses. A locked user's code is not checked; nor
-        is one while the user or the ``source`` is paused.
-        """
-        return defer.ensureDeferred(self._verify_passcode(username, code, now, source,
-                                                          limits or PasscodeLimits()))
-
-    async def _verify_passcode(self, username: str, code: str, now: float, source: str,
-                               limits: PasscodeLimits) -> PasscodeVerdict:
-        try:
-            attempt = await self.run("claim_passcode_attempt", username, source, now,
-                                     now - limits.horizon)
-            if attempt.lock is not None:
-                self.counters.inc("passcode_refusals", why="locked")
-                return (PasscodeVerdict.LOCKED_GUESSING
-                        if attempt.lock.reason == passcode_limits.LOCK_REASON
-                        else PasscodeVerdict.LOCKED)
-            refusal = passcode_limits.refusal(limits, attempt.user_times, attempt.source_times,
-                                              now)
-            if refusal is None:
-                kind = await self._check_code(username, code, now)
-                if kind is not None:
-                    await self.run("forget_passcode_attempt", attempt.id)
-                    return kind
-                self.counters.inc("passcode_failures")
-            else:
-                self.counters.inc("passcode_refusals", why=refusal.value)
-            await self._passcode_failed(username, source, attempt, limits, now)
-        except StoreError as exc:
-            raise ProviderUnavailable(f"store: {exc}") from None
-        if refusal is passcode_limits.Refusal.USER_PAUSED:
-            return PasscodeVerdict.USER_PAUSED
-        if refusal is passcode_limits.Refusal.SOURCE_PAUSED:
-            return PasscodeVerdict.SOURCE_PAUSED
-        return PasscodeVerdict.WRONG
-
-    async def _check_code(self, username: str, code: str, now: float) -> PasscodeVerdict | None:
-        """TOTP or BYPASS if ``code`` is a valid unused passcode (used up now), else None."""
-        if passcodes.is_totp_code(code):
-            for device in await self.run("devices", username):
-                step = (passcodes.totp_matches(device.totp_secret, code, now)
-                        if device.totp_secret else None)
-                # Accepted once: the store refuses a step it has seen for this device.
-                if step is not None and await self.run("use_totp_step", device.id, step):
-                    return PasscodeVerdict.TOTP
-            return None
-        if not passcodes.is_bypass_code(code):
-            return None
-        selector = passcodes.bypass_selector(code)
-        if selector is not None:
-            # The selector names one stored code: a guess costs one scrypt, however
-            # many codes the user has (and one when it names none, for even timing).
-            row = await self.run("bypass_code_for", username, selector, now)
-            code_id, stored = row if row is not None else (None, _NO_BYPASS_CODE)
-            candidates = [(code_id, stored)]
-        else:
-            # A 10-digit code issued before selectors: one scrypt per such code
-            # still valid (they expire; the guessing limits bound the guesses).
-            candidates = await self.run("legacy_bypass_candidates", username, now)
-        for code_id, stored in candidates:
-            # scrypt costs ~50 ms: never on the reactor thread.
-            if await self.cpu(passcodes.bypass_code_matches, code, stored) and \
-                    code_id is not None and await self.run("consume_bypass_code", code_id, now):
-                return PasscodeVerdict.BYPASS
-        return None
-
-    async def _passcode_failed(self, username: str, source: str, attempt, limits: PasscodeLimits,
-                               now: float) -> None:
-        """A counted failure: pause alerts, and the lock once there were too many."""
-        then = passcode_limits.after_failure(limits, attempt.user_times, attempt.source_times, now)
-        if then.user_paused:
-            logs.event(log, logging.WARNING, "passcode.paused", user=username, source=source,
-                       pause_s=limits.pause)
-            if self.alerter is not None:
-                self.alerter.user_alert("passcodes_paused", username, now, source=source)
-        if then.source_paused:
-            logs.event(log, logging.WARNING, "passcode.source_paused", user=username,
-                       source=source, pause_s=limits.pause)
-            if self.alerter is not None:
-                self.alerter.user_alert("passcodes_paused_source", username, now, source=source)
-        if then.lock and await self.run("lock_user", username, now,
-                                        passcode_limits.LOCK_REASON, None):
-            self.counters.inc("passcode_locks")
-            logs.event(log, logging.WARNING, "passcode.user_locked", user=username,
-                       source=source)
-            if self.alerter is not None:
-                self.alerter.user_alert("user_locked", username, now,
-                                        reason=passcode_limits.LOCK_REASON, source=source)
-
-    def lock_of(self, username: str) -> Deferred:
-        """The user's lock (fraud report or passcode guessing), or None."""
-        d = self.run("user_lock", username)
-
-        def unavailable(failure):
-            failure.trap(StoreError)
-            raise ProviderUnavailable(f"store: {failure.value}")
-
-        return d.addErrback(unavailable)
-
-    def fatigue_alert(self, username: str, now: float) -> None:
-        """Pushes for ``username`` were paused after repeated denials."""
-        if self.alerter is not None:
-            self.alerter.user_alert("pushes_paused", username, now)
 
     def set_subscription(self, device: Device, subscription: dict | None) -> Deferred[None]:
         """Replace the device's Web Push subscription (None: long-poll only).

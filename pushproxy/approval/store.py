@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Callable, Iterator, Protocol
 
 from pushproxy.approval.loginstore import SQLiteLoginState
+from pushproxy.approval.clusterstore import SQLiteClusterMethods
 
 STATES = ("pending", "approved", "denied", "fraud", "expired", "cancelled")
 ANSWERS = ("approved", "denied", "fraud")  # states a device's answer sets; they name it
@@ -75,6 +76,11 @@ class Transaction:
     state: str  # one of STATES
     decided_by: str | None  # device id
     decided_at: float | None
+    # cluster mode (read by the clusterstore methods only; None elsewhere)
+    owner: str | None = None  # the node that opened it
+    join_key: str | None = None  # logins with the same key share it
+    outcome: str | None = None  # what the answer means (a PushStatus value)
+    code: str | None = field(default=None, repr=False)  # code-to-login: what the user types
 
 
 @dataclass(frozen=True)
@@ -294,7 +300,7 @@ def _create_private(path: str) -> None:
     os.close(fd)  # an empty file is a valid empty database
 
 
-class SQLiteStore(SQLiteLoginState, Store):
+class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, Store):
     """The Store on one SQLite file (or ``:memory:``, for tests); method contracts are on Store.
 
     One connection per instance, used only from the thread that created it
@@ -529,6 +535,7 @@ class SQLiteStore(SQLiteLoginState, Store):
             gone += db.execute("DELETE FROM bypass_codes WHERE COALESCE(used, expires) < ?",
                                (cutoff,)).rowcount
             gone += db.execute("DELETE FROM passcode_failures WHERE at < ?", (cutoff,)).rowcount
+            gone += db.execute("DELETE FROM device_nonces WHERE expires < ?", (now,)).rowcount
         return gone + self.purge_login_state(now)
 
     def use_totp_step(self, device_id: str, step: int) -> bool:

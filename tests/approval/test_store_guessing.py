@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from pushproxy import passcodes
 from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval import store as store_module
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import SQLiteStore, StoreError
 from pushproxy.metrics import Counters
@@ -82,10 +83,12 @@ def test_a_selector_names_one_unused_code_per_user(store):
     assert store.bypass_code_for("alice", "001", T0)[1] == "h4"
 
 
-def test_version_2_bypass_codes_survive_the_migration_as_legacy_codes(tmp_path):
+def test_version_2_bypass_codes_survive_the_migration_as_legacy_codes(tmp_path, monkeypatch):
     path = str(tmp_path / "v2.db")
-    s = SQLiteStore(path)
-    s.close()
+    real = store_module._load_migrations()
+    with monkeypatch.context() as patch:  # a version 3 file, then back to version 2
+        patch.setattr(store_module, "_load_migrations", lambda folder="migrations": real[:3])
+        SQLiteStore(path).close()
     db = sqlite3.connect(path)  # put the file back to version 2, with an old code in it
     db.execute("DROP TABLE passcode_failures")
     db.execute("DROP INDEX bypass_codes_by_selector")

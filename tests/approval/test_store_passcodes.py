@@ -89,7 +89,7 @@ def make_v1(path):
 
 
 def test_packaged_migrations_now_reach_version_3():
-    assert [v for v, _ in store_module._load_migrations()] == [1, 2, 3]
+    assert [v for v, _ in store_module._load_migrations()][:3] == [1, 2, 3]
 
 
 def test_version_1_database_is_migrated_and_keeps_its_data(dbpath):
@@ -109,15 +109,15 @@ def test_version_1_database_is_migrated_and_keeps_its_data(dbpath):
         assert s.lock_user("alice", T0, "fraud", "tx1") is True
     finally:
         s.close()
-    assert user_version(dbpath) == 3
+    assert user_version(dbpath) == len(store_module._load_migrations())  # the newest
     s = SQLiteStore(dbpath)  # reopening does not run 0002 again (ALTER TABLE would fail)
     assert s.user_lock("alice") is not None
     s.close()
 
 
-def test_fresh_database_is_version_3(dbpath):
+def test_fresh_database_is_at_the_newest_version(dbpath):
     SQLiteStore(dbpath).close()
-    assert user_version(dbpath) == 3
+    assert user_version(dbpath) == len(store_module._load_migrations()) >= 3
 
 
 # -- devices and TOTP steps

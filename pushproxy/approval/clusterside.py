@@ -1,0 +1,136 @@
+"""The approval service in cluster mode (a mixin of `ApprovalService`).
+
+Several nodes or worker processes share one store (`pushproxy.cluster`). Here:
+opening a push or joining the pending one with the same join key on any node,
+`await_decision` (released by an answer recorded on any node), the bus events
+that wake waiters and long-polls, and the node's start (retire its own stale
+work, heartbeat) and stop. The attributes used (run, reactor, wallclock,
+counters, cluster, node, waiters, life, _pollers) are set by ApprovalService.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from pushproxy import logs
+from pushproxy.approval.store import StoreError
+from pushproxy.approval.waiters import ClusterLife, result_of
+from pushproxy.decision import PushResult, PushStatus
+from pushproxy.push import ApprovalRequest, ProviderUnavailable
+
+log = logging.getLogger("pushproxy.approval")
+
+
+def effective_join_key(request: ApprovalRequest) -> str | None:
+    """The key a login joins on: the engine's ``join_key`` and, for number matching,
+    the number its login screen shows (a login showing another number must not join
+    a push that checks for the first: the user would type the wrong one)."""
+    key = getattr(request, "join_key", None)
+    if key is None:
+        return None
+    if request.verification == "number_match":
+        return f"{key}#{request.number or ''}"
+    return f"{key}#{request.verification}"
+
+
+class ClusterSide:
+    """Cluster-mode methods of the approval service."""
+
+    # -- cluster mode
+
+    @defer.inlineCallbacks
+    def start_cluster(self):
+        """Cluster mode, at start: retire this node's own stale work, heartbeat, listen."""
+        self.life = ClusterLife(self.run, self.reactor, self.wallclock, self.node)
+        retired = yield self.life.start()
+        self.cluster.bus.start()
+        return retired
+
+    def stop_cluster(self) -> None:
+        """Stop the heartbeat and the bus."""
+        if self.life is not None:
+            self.life.stop()
+        self.cluster.bus.stop()
+        self.waiters.close()
+
+    def _on_event(self, kind: str, key: str) -> None:
+        # a hint from the bus: read the store again (never trust the event itself)
+        if kind == "decided":
+            if key in self.waiters:
+                self.waiters.recheck(key)
+        else:  # created, closed: the user's pending list changed
+            self._wake(key)
+
+    def _resync(self) -> None:
+        # events were lost while the bus was down: re-read what we wait on
+        self.waiters.recheck_all()
+        for username in list(self._pollers):
+            self._wake(username)
+
+    def _publish(self, kind: str, key: str) -> None:
+        # PostgreSQL: the store announced it within its transaction already
+        if self.cluster is not None and not self.cluster.bus.store_notifies:
+            self.cluster.bus.publish(kind, key)
+
+    def await_decision(self, txid: str) -> Deferred[PushResult]:
+        """Wait for the decision of ``txid``, wherever it is answered.
+
+        ``txid`` may be the txid of a login that joined another node's push (the
+        one its challenge names): then the joined transaction is awaited.
+        Fires with the answer (approved with its device and, for code-to-login,
+        its code; denied; fraud; number mismatch), TIMEOUT once it expired (or its
+        deadline passed), UNAVAILABLE if it was cancelled or is unknown. Cancel the
+        Deferred to stop waiting (in cluster mode this node's waiter is then
+        released; the transaction itself closes when nobody live waits on it)."""
+        waiter = self.waiters.add(txid, None)  # before the read: no event is missed
+        d = self.run("watch_transaction", txid, self.node)
+
+        def read(tx):
+            if waiter.called:
+                return
+            key = txid
+            if tx is not None and tx.id != txid:
+                # a joined login's txid: wait on the transaction it joined
+                key = self.waiters.move(txid, tx.id)
+            result = (PushResult(PushStatus.UNAVAILABLE, txid, detail="unknown transaction")
+                      if tx is None else result_of(tx, self.wallclock()))
+            if result is not None:
+                self.waiters.settle(key, result)
+            else:
+                self.waiters.recheck_at(key, tx.expires)
+
+        def failed(failure):
+            if not waiter.called:
+                self.waiters.settle(txid, PushResult(
+                    PushStatus.UNAVAILABLE, txid, detail=f"store: {failure.getErrorMessage()}"))
+
+        d.addCallbacks(read, failed)
+        return waiter
+
+
+    async def _request_cluster(self, request: ApprovalRequest) -> PushResult:
+        """Open the transaction, or join the pending one with the same join key (on any
+        node): a joined login sends no push and gets the same result (its txid)."""
+        tx = self._new_transaction(request)
+        try:
+            opened = await self.run("open_or_join_transaction", tx, self.node,
+                                    effective_join_key(request), self.wallclock())
+        except StoreError as exc:
+            raise ProviderUnavailable(f"store: {exc}") from None
+        if not opened.devices:
+            return PushResult(PushStatus.NO_DEVICE, request.txid)
+        waiter = self.waiters.add(opened.tx.id, opened.tx.expires)
+        if opened.joined:
+            self.counters.inc("approval_joins")
+            logs.event(log, logging.INFO, "approval.joined", user=request.username,
+                       txid=opened.tx.id, owner=opened.tx.owner)
+            # it may have been decided between the store's answer and now
+            self.waiters.recheck(opened.tx.id)
+        else:
+            self._publish("created", tx.username)
+            self._opened(tx, opened.devices)
+        return await waiter
+

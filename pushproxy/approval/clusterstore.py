@@ -1,0 +1,268 @@
+"""The store methods of cluster mode, for both backends (mixed into SQLiteStore and
+PostgresStore; their contracts are on `ClusterMethods`).
+
+Several nodes (or worker processes) share one store. What they must agree on is
+decided here, in one transaction each: one pending transaction per join key
+(a login that fails over to another node joins the push already on the phone),
+the first answer (with its outcome and code, which a waiter on any node reads
+back), which node waits on which transaction, which nodes are alive (a
+heartbeat row), and which device-request nonces were seen (a replay to another
+node is refused).
+
+On PostgreSQL every change that another node must hear of is announced with
+``pg_notify`` inside the same transaction, so a notification never precedes its
+commit (`pushproxy.approval.notify`). On SQLite the service publishes on its
+bus after the call returns, i.e. after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+CHANNEL = "pushproxy"  # the LISTEN/NOTIFY channel
+# Final states and the PushStatus value an answer means, when no outcome is stored.
+_FULL = ("id, username, nonce, context, created, expires, state, decided_by, decided_at, "
+         "owner, join_key, outcome, code")
+_INSERT = ("id, username, nonce, context, created, expires, state, decided_by, decided_at, "
+           "owner, join_key")
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What `open_or_join_transaction` did: ``tx`` is the transaction this login waits
+    on (the given one, or the pending one it joined), ``devices`` the user's active
+    devices (empty: nothing was recorded), ``joined`` whether it joined another's."""
+
+    tx: object  # Transaction
+    devices: list
+    joined: bool
+
+
+def _full(row: tuple):
+    from pushproxy.approval.store import Transaction
+
+    return Transaction(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
+
+
+def _insert_args(tx, owner: str, join_key: str | None) -> tuple:
+    return (tx.id, tx.username, tx.nonce, json.dumps(tx.context), tx.created, tx.expires,
+            tx.state, tx.decided_by, tx.decided_at, owner, join_key)
+
+
+class ClusterMethods:
+    """The cluster-mode store methods; ``P`` is the backend's placeholder."""
+
+    P = "?"
+
+    # hooks the backends fill in
+    def _notify(self, db, kind: str, key: str) -> None:
+        """Announce ``kind key`` to the other nodes within the open transaction."""
+
+    def _devices_of(self, db, username: str) -> list:
+        from pushproxy.approval.store import _DEVICE, _device
+
+        p = self.P
+        return [_device(r) for r in db.execute(
+            f"SELECT {_DEVICE} FROM devices WHERE username = {p} AND revoked IS NULL "
+            "ORDER BY created, id", (username,)).fetchall()]
+
+    def _waiter(self, db, txid: str, node: str) -> None:
+        raise NotImplementedError
+
+    def _alias(self, db, alias: str, txid: str) -> None:
+        raise NotImplementedError
+
+    def open_or_join_transaction(self, tx, owner: str, join_key: str | None,
+                                 now: float) -> Opened:
+        """Atomically: the user's active devices and, if there are any, either the pending
+        transaction with ``join_key`` (still open at ``now``: joined, ``owner`` noted as
+        a waiter) or ``tx`` recorded as pending, owned by ``owner`` (its waiter).
+        ``join_key`` None never joins. A pending row with the key that is past its
+        expiry is marked expired first (its owner died before closing it)."""
+        from pushproxy.approval.store import STATES, StoreError
+
+        if tx.state not in STATES:
+            raise ValueError(f"not a transaction state: {tx.state!r}")
+        p = self.P
+        with self._write() as db:
+            devices = self._devices_of(db, tx.username)
+            if not devices:
+                return Opened(tx, [], False)
+            if join_key is not None:
+                stale = db.execute(
+                    "UPDATE transactions SET state = 'expired', decided_by = NULL, "
+                    f"decided_at = {p} WHERE join_key = {p} AND state = 'pending' "
+                    f"AND expires <= {p} RETURNING id", (now, join_key, now)).fetchall()
+                for (txid,) in stale:
+                    self._notify(db, "decided", txid)
+            # Insert unless a pending one holds the key; if one does (another node's
+            # insert may have committed since our read: PostgreSQL's READ COMMITTED
+            # sees it in the next statement), join it. Two rounds cover a row that
+            # was decided between the insert's conflict and the read (a third is a fault).
+            for _ in range(3):
+                if join_key is not None:
+                    row = db.execute(f"SELECT {_FULL} FROM transactions WHERE join_key = {p} "
+                                     "AND state = 'pending'", (join_key,)).fetchall()
+                    if row and row[0][1] == tx.username:
+                        self._waiter(db, row[0][0], owner)
+                        if tx.id != row[0][0]:
+                            self._alias(db, tx.id, row[0][0])
+                        return Opened(_full(row[0]), devices, True)
+                    if row:
+                        join_key = None  # another user's key (cannot happen with keyed hashes)
+                inserted = db.execute(
+                    f"INSERT INTO transactions ({_INSERT}) VALUES ({', '.join([p] * 11)}) "
+                    "ON CONFLICT (join_key) WHERE state = 'pending' AND join_key IS NOT NULL "
+                    "DO NOTHING RETURNING id", _insert_args(tx, owner, join_key)).fetchall()
+                if inserted:
+                    self._waiter(db, tx.id, owner)
+                    self._notify(db, "created", tx.username)
+                    return Opened(tx, devices, False)
+            raise StoreError("open_or_join_transaction: the join key kept changing hands")
+
+    def watch_transaction(self, txid: str, node: str | None) -> object | None:
+        """The transaction with its owner, join key, outcome and code, or None; while it
+        is pending, ``node`` (unless None) is recorded as waiting on it. ``txid`` may
+        also be the txid of a login that joined it (the row's id is then another)."""
+        p = self.P
+        # the txid itself, or the transaction a login with this txid joined
+        sql = (f"SELECT {_FULL} FROM transactions WHERE id = {p} OR id = "
+               f"(SELECT txid FROM transaction_aliases WHERE alias = {p}) ORDER BY id = {p} "
+               "DESC LIMIT 1")
+        if node is None:  # a read only: no write lock
+            row = self._one(sql, (txid, txid, txid))
+            return None if row is None else _full(row)
+        with self._write() as db:
+            row = db.execute(sql, (txid, txid, txid)).fetchone()
+            if row is not None and row[6] == "pending":
+                self._waiter(db, row[0], node)
+        return None if row is None else _full(row)
+
+    def answer_transaction(self, txid: str, state: str, device_id: str, now: float,
+                           outcome: str, code: str | None) -> bool:
+        """`decide_transaction` for a device's answer, storing what it means (``outcome``,
+        a PushStatus value) and the code of an approved code-to-login request; whether
+        this call decided it. Announced as ``decided txid`` and ``closed username``."""
+        from pushproxy.approval.store import ANSWERS
+
+        if state not in ANSWERS or not device_id:
+            raise ValueError(f"not an answer: {state!r} by {device_id!r}")
+        p = self.P
+        with self._write() as db:
+            row = db.execute(
+                f"UPDATE transactions SET state = {p}, decided_by = {p}, decided_at = {p}, "
+                f"outcome = {p}, code = {p} WHERE id = {p} AND state = 'pending' "
+                f"AND expires > {p} RETURNING username",
+                (state, device_id, now, outcome, code, txid, now)).fetchall()
+            row = row[0] if row else None
+            if row is not None:
+                self._notify(db, "decided", txid)
+                self._notify(db, "closed", row[0])
+        return row is not None
+
+    def release_transactions(self, txids: list[str], node: str, now: float,
+                             live_since: float) -> int:
+        """``node`` stops waiting on ``txids``; each one that no live node (heartbeat at or
+        after ``live_since``) still waits on is expired. How many were expired."""
+        p = self.P
+        closed = 0
+        with self._write() as db:
+            for txid in txids:
+                db.execute(f"DELETE FROM transaction_waiters WHERE txid = {p} AND node = {p}",
+                           (txid, node))
+                row = db.execute(
+                    "UPDATE transactions SET state = 'expired', decided_by = NULL, "
+                    f"decided_at = {p} WHERE id = {p} AND state = 'pending' AND NOT EXISTS "
+                    "(SELECT 1 FROM transaction_waiters w JOIN nodes n ON n.id = w.node "
+                    f"WHERE w.txid = transactions.id AND n.seen >= {p}) RETURNING username",
+                    (now, txid, live_since)).fetchall()
+                row = row[0] if row else None
+                if row is not None:
+                    closed += 1
+                    self._notify(db, "decided", txid)
+                    self._notify(db, "closed", row[0])
+        return closed
+
+    def retire_stale(self, node: str, now: float, live_since: float) -> int:
+        """At start: ``node`` waits on nothing any more; cancel the pending transactions it
+        owns that no other live node waits on (a joined login elsewhere keeps its push
+        answerable). Other nodes' transactions are left alone. How many were cancelled."""
+        p = self.P
+        with self._write() as db:
+            db.execute(f"DELETE FROM transaction_waiters WHERE node = {p}", (node,))
+            rows = db.execute(
+                f"UPDATE transactions SET state = 'cancelled', decided_by = NULL, "
+                f"decided_at = {p} WHERE owner = {p} AND state = 'pending' AND NOT EXISTS "
+                "(SELECT 1 FROM transaction_waiters w JOIN nodes n ON n.id = w.node "
+                f"WHERE w.txid = transactions.id AND n.seen >= {p}) RETURNING id, username",
+                (now, node, live_since)).fetchall()
+            for txid, username in rows:
+                self._notify(db, "decided", txid)
+                self._notify(db, "closed", username)
+        return len(rows)
+
+    def heartbeat(self, node: str, now: float) -> None:
+        """``node`` is alive at ``now``; also forgets device nonces past their expiry."""
+        p = self.P
+        with self._write() as db:
+            db.execute(f"INSERT INTO nodes (id, started, seen) VALUES ({p}, {p}, {p}) "
+                       "ON CONFLICT (id) DO UPDATE SET seen = excluded.seen", (node, now, now))
+            db.execute(f"DELETE FROM device_nonces WHERE expires < {p}", (now,))
+
+    def live_nodes(self, live_since: float) -> list[str]:
+        """Ids of the nodes whose heartbeat is at or after ``live_since``, sorted."""
+        return [r[0] for r in self._all(
+            f"SELECT id FROM nodes WHERE seen >= {self.P} ORDER BY id", (live_since,))]
+
+    def waiting_transactions(self, username: str, now: float, live_since: float) -> list:
+        """The user's pending transactions open at ``now`` that a live node waits on
+        (what a device should show), oldest first."""
+        p = self.P
+        rows = self._all(
+            f"SELECT {_FULL} FROM transactions WHERE username = {p} AND state = 'pending' "
+            f"AND expires > {p} AND EXISTS (SELECT 1 FROM transaction_waiters w JOIN nodes n "
+            f"ON n.id = w.node WHERE w.txid = transactions.id AND n.seen >= {p}) "
+            "ORDER BY created, id", (username, now, live_since))
+        return [_full(r) for r in rows]
+
+    def claim_device_nonce(self, device_id: str, nonce: str, expires: float) -> bool:
+        """Record a device request's nonce until ``expires``; False if it was seen before
+        (a replay, sent to any node)."""
+        p = self.P
+        return self._change(f"INSERT INTO device_nonces (device_id, nonce, expires) "
+                            f"VALUES ({p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                            (device_id, nonce, expires)) == 1
+
+
+class SQLiteClusterMethods(ClusterMethods):
+    """The cluster methods on SQLite (3.35+ for RETURNING): no notifications in the
+    store; the service publishes on its bus after the commit."""
+
+    P = "?"
+
+    def _alias(self, db, alias: str, txid: str) -> None:
+        db.execute("INSERT OR IGNORE INTO transaction_aliases (alias, txid) VALUES (?, ?)",
+                   (alias, txid))
+
+    def _waiter(self, db, txid: str, node: str) -> None:
+        db.execute("INSERT OR IGNORE INTO transaction_waiters (txid, node) VALUES (?, ?)",
+                   (txid, node))
+
+
+class PgClusterMethods(ClusterMethods):
+    """The cluster methods on PostgreSQL: changes are announced with pg_notify in the
+    transaction that makes them."""
+
+    P = "%s"
+
+    def _notify(self, db, kind: str, key: str) -> None:
+        db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{kind} {key}"))
+
+    def _waiter(self, db, txid: str, node: str) -> None:
+        db.execute("INSERT INTO transaction_waiters (txid, node) VALUES (%s, %s) "
+                   "ON CONFLICT DO NOTHING", (txid, node))
+
+    def _alias(self, db, alias: str, txid: str) -> None:
+        db.execute("INSERT INTO transaction_aliases (alias, txid) VALUES (%s, %s) "
+                   "ON CONFLICT DO NOTHING", (alias, txid))
