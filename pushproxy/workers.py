@@ -175,9 +175,11 @@ class Supervisor:
         from pushproxy import sdnotify
 
         self.notify(sdnotify.reloading_message())
-        self.reloading = {slot.index for slot in self.slots if slot.process is not None}
+        # Only ready workers: one still starting reads the new file anyway, and a
+        # SIGHUP before its handler is installed would kill it.
+        self.reloading = {slot.index for slot in self.slots if slot.ready}
         for slot in self.slots:
-            if slot.process is not None:
+            if slot.index in self.reloading:
                 slot.ready = False  # until it says READY=1 again
                 self._signal(slot, signal.SIGHUP)
         logs.event(log, logging.INFO, "workers.reload", workers=len(self.reloading))

@@ -152,6 +152,18 @@ def test_reload_forwards_sighup_and_says_ready_once_every_worker_reloaded():
     assert h.notes[1].startswith("READY=1")
 
 
+def test_reload_leaves_a_worker_that_is_still_starting_alone():
+    h = Harness(2)
+    h.sup.start()
+    h.sup.message(0, "READY=1")  # worker 1 still starting: SIGHUP would kill it
+    h.sup.reload()
+    assert [p.signals for p in h.spawned] == [[signal.SIGHUP], []]
+    h.sup.message(0, "READY=1")
+    assert not any(n.startswith("READY=1") for n in h.notes)  # worker 1 is not ready yet
+    h.sup.message(1, "READY=1")
+    assert h.notes[-1].startswith("READY=1")
+
+
 def test_the_watchdog_pings_only_while_every_worker_is_alive_and_pinging():
     h = Harness(2, watchdog=5, policy=RestartPolicy(first_delay=7))
     h.sup.start()
