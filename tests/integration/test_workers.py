@@ -216,3 +216,33 @@ def test_workers_that_die_at_start_make_the_supervisor_exit_non_zero(slapd, tmp_
     finally:
         serve.close()
         blocker.close()
+
+
+def test_pushes_are_approved_whichever_worker_holds_the_login_or_the_device(slapd, tmp_path):
+    """The CLI authenticator approves logins while the long-polls, the answers and the
+    RADIUS requests land on either worker (needs the store's cross-process wake-ups)."""
+    pytest.importorskip("pushproxy.approval.notify")
+    import subprocess
+    import sys
+
+    from pushproxy.approval import authenticator as auth
+    from tests.integration.test_store_migrate_serve import approve_login
+
+    path, radius_port, http_port = served_config(tmp_path, slapd, push="timeout: 20")
+    path.write_text(path.read_text().replace("daemon:\n", "daemon:\n  workers: 2\n"))
+    serve = ServeProcess(path)
+    try:
+        serve.wait_for("workers.ready", 30)
+        enroll = subprocess.run([sys.executable, "-m", "pushproxy.cli", "enroll", "alice",
+                                 "--no-qr", "--config", str(path)], capture_output=True,
+                                text=True, timeout=60)
+        assert enroll.returncode == 0, enroll.stderr
+        state_dir = str(tmp_path / "alice-device")
+        auth.enroll(enroll.stdout.strip().splitlines()[-1], state_dir, "cli-phone")
+        for _ in range(6):
+            assert approve_login(serve, radius_port, state_dir) == "Access-Accept"
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(30) == 0
+        assert "Traceback" not in serve.output()
+    finally:
+        serve.close()
