@@ -6,7 +6,6 @@ import argparse
 import gc
 import ipaddress
 import logging
-import os
 import signal
 import sys
 
@@ -87,7 +86,7 @@ def cmd_serve(args) -> int:
 
     notify = sdnotify.notify
     if args.worker is not None:  # one of daemon.workers processes (pushproxy.workers)
-        workers.die_with_parent(os.getppid())
+        workers.die_with_parent()
         workers.tag_logs(args.worker)
         notify = workers.worker_notifier()
     before, after = fdbudget.raise_soft_limit()

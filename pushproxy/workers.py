@@ -40,6 +40,8 @@ log = logging.getLogger("pushproxy.workers")
 
 #: The worker's end of its pipe to the supervisor.
 CHANNEL_FD = 3
+#: The supervisor's process id, in its workers' environment.
+SUPERVISOR_ENV = "PUSHPROXY_SUPERVISOR_PID"
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,7 @@ def worker_env(environ=None) -> dict:
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_PID", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[SUPERVISOR_ENV] = str(os.getpid())  # die_with_parent checks it is still there
     return env
 
 
@@ -297,8 +300,13 @@ def worker_notifier(fd: int = CHANNEL_FD):
     return notify
 
 
-def die_with_parent(parent: int) -> None:
+def die_with_parent(environ=None) -> None:
     """Ask Linux for SIGTERM when the supervisor dies (a graceful stop, not an orphan)."""
+    environ = os.environ if environ is None else environ
+    try:
+        parent = int(environ.get(SUPERVISOR_ENV, ""))
+    except ValueError:
+        parent = os.getppid()
     try:
         import ctypes
 

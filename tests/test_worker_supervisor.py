@@ -3,6 +3,7 @@ driven by a task.Clock and a recording fake for the worker processes."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 
@@ -198,7 +199,8 @@ def test_channel_messages_are_split_on_blank_lines_whatever_the_chunks():
 def test_workers_never_get_the_notify_socket_or_the_watchdog_pid():
     env = worker_env({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_PID": "1", "WATCHDOG_USEC": "3",
                       "PATH": "/bin"})
-    assert env == {"WATCHDOG_USEC": "3", "PATH": "/bin", "PYTHONUNBUFFERED": "1"}
+    assert env == {"WATCHDOG_USEC": "3", "PATH": "/bin", "PYTHONUNBUFFERED": "1",
+                   "PUSHPROXY_SUPERVISOR_PID": str(os.getpid())}
 
 
 def test_reuseport_sockets_share_a_udp_port_while_a_plain_bind_is_refused():

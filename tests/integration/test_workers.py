@@ -246,3 +246,27 @@ def test_pushes_are_approved_whichever_worker_holds_the_login_or_the_device(slap
         assert "Traceback" not in serve.output()
     finally:
         serve.close()
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie counts: it holds no socket)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_stop_when_the_supervisor_is_killed(workers):
+    serve, port, *_ = workers
+    serve.wait_for("workers.ready", 30)
+    pids = [int(p) for p in re.findall(r"worker\.started worker=\d+ pid=(\d+)", serve.output())]
+    assert len(pids) == 2
+    serve.proc.kill()  # SIGKILL: no chance to stop its workers itself
+    serve.proc.wait(10)
+    end = time.monotonic() + 20
+    while not all(gone(pid) for pid in pids) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert all(gone(pid) for pid in pids), serve.output()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:
+        plain.bind(("127.0.0.1", port))  # nobody holds the RADIUS port any more
