@@ -45,6 +45,25 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback TCP ports that were free a moment ago
+    (worker I serves /metrics on the configured port + I)."""
+    while True:
+        first = free_port()
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 def new_device_key() -> tuple[ec.EllipticCurvePrivateKey, str]:
     """The key every benchmark device signs with, and its PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -92,7 +111,7 @@ def write_config(folder: Path, slapd, secret: str, *, push_timeout: float = 60,
     (folder / "radius.secret").chmod(0o600)
     (folder / "ldap.secret").chmod(0o600)
     ports = {"radius": free_port(socket.SOCK_DGRAM), "approval": free_port(),
-             "metrics": free_port()}
+             "metrics": free_ports(workers)}
     policy = textwrap.dedent("""\
         policy:
           rules:
