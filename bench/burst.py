@@ -19,6 +19,7 @@ import time
 from collections import Counter
 
 from bench import radload
+from bench.scrapewatch import ScrapeWatch
 from bench.stats import summary_ms
 
 
@@ -29,7 +30,12 @@ def run(bench, failmode: str, overload: dict | None = None) -> dict:
                               overload=overload)
     try:
         bench.warm(daemon)
-        out = asyncio.run(_burst(bench, daemon, failmode))
+        watch = ScrapeWatch(daemon.config["metrics"]).start()
+        try:
+            out = asyncio.run(_burst(bench, daemon, failmode))
+        finally:
+            watched = watch.stop()
+        out["metrics_watch"] = watched
         metrics = daemon.metrics()
         out["shed"] = {labels["reason"]: int(v) for n, labels, v in metrics.samples
                        if n == "pushproxy_radius_overloaded_total" and v}

@@ -38,6 +38,10 @@ from pushproxy.approval.store import Device, SQLiteStore
 REPO = Path(__file__).resolve().parent.parent
 
 
+class PortTaken(RuntimeError):
+    """The daemon could not bind a port that was free when it was chosen."""
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A loopback port that was free a moment ago."""
     with socket.socket(socket.AF_INET, kind) as sock:
@@ -211,8 +215,9 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pushproxy exited ({self.proc.returncode}):\n"
-                                   + self.log_tail())
+                tail = self.log_tail()
+                kind = PortTaken if "Address already in use" in tail else RuntimeError
+                raise kind(f"pushproxy exited ({self.proc.returncode}):\n" + tail)
             # several workers: their supervisor says when all of them are ready
             if (b"workers.ready" if self.config.get("workers", 1) > 1 else b"daemon.ready") \
                     in self._read_log():

@@ -29,6 +29,7 @@ from bench import freeradius as fr_mod
 from bench import profile as profiling
 from bench import pushproxyd, radload
 from bench.rawldap import RawLdap
+from bench.scrapewatch import ScrapeWatch
 from bench.stats import percentile, summary_ms
 
 SECRET = "bench-radius-secret-0123456789"
@@ -146,9 +147,16 @@ class Bench:
                                          failmode=failmode, overload=overload)
         self.ids = pushproxyd.seed_devices(config["database"], [u for u, _ in self.all_users],
                                            self.key)
-        daemon = pushproxyd.Daemon(config, folder,
-                                   switch_interval=self.sizes.switch_interval or None).start()
-        return daemon
+        for attempt in range(3):
+            try:
+                return pushproxyd.Daemon(config, folder,
+                                         switch_interval=self.sizes.switch_interval or None).start()
+            except pushproxyd.PortTaken:
+                # A port free a moment ago was taken by another process: new ports.
+                config = pushproxyd.write_config(
+                    folder, self.slapd, SECRET, push_timeout=push_timeout, allow_all=allow_all,
+                    ldap_pool=self.sizes.ldap_pool, failmode=failmode, overload=overload)
+        raise RuntimeError("pushproxy: no free ports after 3 attempts")
 
     def devices(self, daemon, user_list: list[str], *, window: int, name: str,
                 per_user_timeout: float = 120, deadline: float = 900) -> "DeviceProcess":
@@ -261,7 +269,14 @@ class Bench:
         daemon = self.new_daemon(push_timeout=s.pending_timeout)
         try:
             self.warm(daemon)
-            result = asyncio.run(self._pending(daemon))
+            watch = ScrapeWatch(daemon.config["metrics"]).start()
+            try:
+                result = asyncio.run(self._pending(daemon))
+            finally:
+                # Scraped from a process of its own, as Prometheus would: the
+                # generator's own scrapes also wait for its busy event loop.
+                result_watch = watch.stop()
+            result["metrics_watch"] = result_watch
             result["metrics_scrapes"] = daemon.scrapes
             result["metrics_slowest_scrape_s"] = round(daemon.slowest_scrape, 3)
             self.verify(daemon, "pending", result)

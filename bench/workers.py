@@ -83,11 +83,16 @@ def new_daemon(bench, pg: Postgres, *, allow_all: bool, workers: int, backend: s
         migrate(str(folder / "seed.db"), database, password=password)
     else:
         os.rename(folder / "seed.db", folder / "pushproxy.db")
-    config = pushproxyd.write_config(folder, bench.slapd, pushproxyd_secret(),
-                                     allow_all=allow_all, ldap_pool=bench.sizes.ldap_pool,
-                                     workers=workers, database=database,
-                                     database_password=password)
-    return pushproxyd.Daemon(config, folder).start(timeout=60)
+    for _ in range(3):
+        config = pushproxyd.write_config(folder, bench.slapd, pushproxyd_secret(),
+                                         allow_all=allow_all, ldap_pool=bench.sizes.ldap_pool,
+                                         workers=workers, database=database,
+                                         database_password=password)
+        try:
+            return pushproxyd.Daemon(config, folder).start(timeout=60)
+        except pushproxyd.PortTaken:  # taken by another process meanwhile: new ports
+            continue
+    raise RuntimeError("pushproxy: no free ports after 3 attempts")
 
 
 def pushproxyd_secret() -> str:

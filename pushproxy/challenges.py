@@ -33,6 +33,7 @@ class Challenge:
     attributes: tuple = ()  # the first factor's reply attributes, for the final Accept
     groups: frozenset = frozenset()  # the user's groups, for group-mapped reply attributes
     sent: str | None = None  # casefolded: the User-Name the first request carried
+    remote: bool = False  # read from the store: its push runs on another node
 
 
 class ChallengeError(Exception):
@@ -72,15 +73,12 @@ class ChallengeTable:
         challenge = self._open.get(state)
         if challenge is None:
             raise ChallengeError("unknown or expired State")
-        if challenge.client != client:
-            raise ChallengeError("State belongs to another client")
-        # The follow-up must name the challenged user: without a User-Name the
-        # answer would be decided (and audited) for nobody.
-        if username is None:
-            raise ChallengeError("follow-up without User-Name")
-        if username.casefold() not in (challenge.username, challenge.sent):
-            raise ChallengeError("State belongs to another user")
+        check_owner(challenge, client, username)
         return challenge
+
+    def get(self, state: bytes) -> Challenge | None:
+        """The open challenge with this State, unchecked (``find`` checks the owner)."""
+        return self._open.get(state)
 
     def close(self, state: bytes) -> None:
         """The challenge is decided: its State can never be used again."""
@@ -93,6 +91,18 @@ class ChallengeTable:
             if challenge.expires > now:
                 break
             del self._open[state]
+
+
+def check_owner(challenge: Challenge, client: str, username: str | None) -> None:
+    """Raise ChallengeError unless the follow-up comes from the challenge's client and user."""
+    if challenge.client != client:
+        raise ChallengeError("State belongs to another client")
+    # The follow-up must name the challenged user: without a User-Name the
+    # answer would be decided (and audited) for nobody.
+    if username is None:
+        raise ChallengeError("follow-up without User-Name")
+    if username.casefold() not in (challenge.username, challenge.sent):
+        raise ChallengeError("State belongs to another user")
 
 
 class RememberedLogins:

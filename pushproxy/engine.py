@@ -10,10 +10,14 @@
     -> push (plain: wait here; verified: Access-Challenge now, the follow-up
        request with the State waits) -> decision -> one audit event
 
-This is the only module that turns decisions into Deferreds and timers. The
-decisions themselves come from the pure functions in `pushproxy.decision`,
-`pushproxy.policy` and `pushproxy.fatigue`; the clock and every backend are
-passed in, so tests drive time with `twisted.internet.task.Clock`.
+This module and its two halves, `pushproxy.pushes` (the push, its limits and
+joins) and `pushproxy.verified` (the Access-Challenge and its answer), are the
+only ones that turn decisions into Deferreds and timers. The decisions
+themselves come from the pure functions in `pushproxy.decision`,
+`pushproxy.policy` and `pushproxy.fatigue`; the state they need lives behind
+`pushproxy.loginstate` (in memory, or the shared store in cluster mode); the
+clock and every backend are passed in, so tests drive time with
+`twisted.internet.task.Clock`.
 """
 
 from __future__ import annotations
@@ -32,24 +36,24 @@ from twisted.internet.interfaces import IReactorTime
 
 from pushproxy import logs
 from pushproxy.audit import AuditEvent, AuditLog, utc_stamp
-from pushproxy.challenges import Challenge, ChallengeError, ChallengeTable, RememberedLogins
 from pushproxy.config import NoDeviceMode, PushConfig
 from pushproxy.decision import (DENIAL_REASONS, Decision, Outcome, PrimaryResult,
                                 PrimaryStatus, PushResult, PushStatus, Reason, check_credentials,
                                 primary_decision, push_decision)
-from pushproxy.fatigue import FatigueGuard, FatigueLimits
+from pushproxy.fatigue import FatigueLimits
+from pushproxy.loginstate import LocalState, LoginState
 from pushproxy.metrics import Counters
 from pushproxy.passcode_limits import LOCK_REASON
-from pushproxy.passcodes import Credential, Factor, is_bypass_code, is_totp_code, parse_password
+from pushproxy.passcodes import Credential, Factor, parse_password
 from pushproxy.password_throttle import PasswordThrottle
 from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluate
-from pushproxy.push import (ApprovalRequest, PasscodeVerdict, ProviderUnavailable, PushProvider,
+from pushproxy.push import (PasscodeVerdict, ProviderUnavailable, PushProvider,
                             SecondFactors)
+from pushproxy.pushes import Fanout, Pushes
+from pushproxy.verified import VerifiedPush
 
 log = logging.getLogger("pushproxy.engine")
 
-_BLOCKS = {"PAUSED": Reason.PUSHES_PAUSED, "TOO_MANY_PENDING": Reason.TOO_MANY_PENDING,
-           "RATE_LIMITED": Reason.RATE_LIMITED}
 _PASSCODE_REASONS = {
     PasscodeVerdict.TOTP: Reason.PASSCODE_TOTP, PasscodeVerdict.BYPASS: Reason.PASSCODE_BYPASS,
     PasscodeVerdict.WRONG: Reason.BAD_PASSCODE,
@@ -57,11 +61,6 @@ _PASSCODE_REASONS = {
     PasscodeVerdict.SOURCE_PAUSED: Reason.PASSCODES_PAUSED_SOURCE,
     PasscodeVerdict.LOCKED: Reason.USER_LOCKED,
     PasscodeVerdict.LOCKED_GUESSING: Reason.USER_LOCKED_GUESSING}
-_MESSAGES = {
-    Verification.NUMBER_MATCH: "Enter {number} in your authenticator app, then continue here.",
-    Verification.CODE_TO_LOGIN: "Approve the request in your authenticator app, then enter "
-                                "the code it shows.",
-}
 
 
 class Directory(Protocol):
@@ -123,31 +122,18 @@ def join_key(req: LoginRequest, user: str) -> tuple | None:
             user.casefold())
 
 
-class _Fanout:
-    """One result, any number of waiters (joined logins and pushes)."""
-
-    def __init__(self) -> None:
-        self._waiters: list[Deferred] = []
-
-    def wait(self) -> Deferred:
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
-
-    def fire(self, result) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(result)
-
-
 @dataclass
 class _PendingLogin:
     digest: bytes
-    fanout: _Fanout
+    fanout: Fanout
 
 
-class Engine:
-    """Runs logins; one instance per daemon."""
+class Engine(Pushes, VerifiedPush):
+    """Runs logins; one instance per daemon (per worker process).
+
+    ``state``: where fatigue limits, challenges and remembered logins live
+    (`pushproxy.loginstate`): in memory by default, in the store in cluster mode.
+    """
 
     def __init__(self, *, clock: IReactorTime, directory: Directory, provider: PushProvider,
                  push: PushConfig, audit: AuditLog, counters: Counters,
@@ -155,7 +141,7 @@ class Engine:
                  new_txid: Callable[[], str] = lambda: secrets.token_urlsafe(16),
                  policy: Policy | None = None, factors: SecondFactors | None = None,
                  limits: FatigueLimits | None = None, delimiter: str = ",",
-                 reply_map=None):
+                 reply_map=None, state: LoginState | None = None):
         self.clock = clock
         self.directory = directory
         self.provider = provider
@@ -167,22 +153,22 @@ class Engine:
         self.policy = policy or Policy(rules=(), default_verification=Verification.NONE,
                                        timezone="UTC", remember_minutes=0)
         self.factors = factors
-        self.fatigue = FatigueGuard(limits or FatigueLimits())
+        self.state: LoginState = state or LocalState(limits)
         self.passwords = PasswordThrottle()  # wrong primary passwords per source
         self.delimiter = delimiter
         # Group/rule -> reply attributes (`pushproxy.replyattrs.ReplyMap`), or None.
         self.reply_map = reply_map
-        self.challenges = ChallengeTable()
-        self.remembered = RememberedLogins()
-        # Keyed HMAC so that equal passwords can be recognised without keeping them.
-        self._digest_key = secrets.token_bytes(32)
         self._logins: dict[tuple, _PendingLogin] = {}
-        self._pushes: dict[tuple, _Fanout] = {}
+        self._pushes: dict[tuple, Fanout] = {}
         self._push_calls: dict[str, Deferred] = {}
         self._answering = 0  # challenge answers waiting for their push
         self._unkeyed = 0  # logins running that can join nothing (no session to key on)
-        self._locked_users: set[str] = set()  # seen locked; cleared when an admin unlocks
         self._stopping = False
+
+    @property
+    def fatigue(self):
+        """The fatigue limits' holder (``.limits`` is replaced on reload)."""
+        return self.state.fatigue
 
     @property
     def pending(self) -> int:
@@ -204,7 +190,9 @@ class Engine:
         key = join_key(req, req.username)
         proof = b"pw:" + req.password.encode("utf-8") if cred is not None \
             else b"proof:" + req.credential
-        digest = hmac.new(self._digest_key, proof, hashlib.sha256).digest()
+        # Keyed HMAC so that equal passwords can be recognised without keeping
+        # them; the key is shared by the nodes of a cluster (their joins compare).
+        digest = hmac.new(self.state.digest_key, proof, hashlib.sha256).digest()
         pending = self._logins.get(key) if key is not None else None
         if pending is not None and hmac.compare_digest(pending.digest, digest):
             # The NAS gave up on us and sent the same login again (new id, or
@@ -213,7 +201,7 @@ class Engine:
             d = pending.fanout.wait()
             d.addCallback(self._finish, req, started, True)
             return d
-        mine = _PendingLogin(digest, _Fanout())
+        mine = _PendingLogin(digest, Fanout())
         if pending is None and key is not None:
             self._logins[key] = mine
         elif key is None:
@@ -320,14 +308,11 @@ class Engine:
             locked = self.factors is not None and (yield self.factors.lock_of(req.username.casefold()))
             user = req.username.casefold()
             if locked:
-                self._locked_users.add(user)
+                self.state.saw_locked(user, now)
                 guessing = getattr(locked, "reason", None) == LOCK_REASON
                 return Decision.of(Reason.USER_LOCKED_GUESSING if guessing else Reason.USER_LOCKED,
                                    rule=policy.rule)
-            if user in self._locked_users:
-                # An admin ran `pushproxy unlock`: the denials behind the lock go too.
-                self._locked_users.discard(user)
-                self.fatigue.clear(user)
+            self.state.saw_unlocked(user, now)  # after an unlock the denials behind it go
         except ProviderUnavailable as exc:
             # The fraud-lock check failed: the push layer is unreachable, as for a push.
             self.counters.inc("push_provider_errors")
@@ -343,13 +328,14 @@ class Engine:
         # for it would let any later bind from that server skip the push, unless
         # a rule names that client and so says its peer is trusted.
         remember = not req.peer_is_application or policy.names_client
-        if cred.factor is not Factor.PUSH_FORCED and remember and self._is_remembered(req, now):
+        if cred.factor is not Factor.PUSH_FORCED and remember \
+                and (yield self._is_remembered(req, now)):
             return Decision.of(Reason.REMEMBERED, rule=policy.rule)
         if self._stopping:
             return Decision.of(Reason.SHUTTING_DOWN)
         verification = self._verification(req, policy)
         if verification is not Verification.NONE:
-            return self._challenge(req, verification, policy.rule, now, primary, sent)
+            return (yield self._challenge(req, verification, policy.rule, now, primary, sent))
         result = yield self._push_for(req, key)
         if isinstance(result, Decision):  # refused by the fatigue limits
             return dataclasses.replace(result, rule=policy.rule)
@@ -380,18 +366,26 @@ class Engine:
             decision.reason is not Reason.WRONG_LOGIN_CODE
         if decision.reason in DENIAL_REASONS:
             if not counted_at_push:
-                self._count_denial(req.username, now)
+                self._count_denial(req.username, now, result.txid)
         elif decision.reason is Reason.PUSH_APPROVED and self.policy.remember_minutes > 0 \
                 and req.calling_station and remember:
-            self.remembered.remember(self._remember_key(req),
-                                     now + self.policy.remember_minutes * 60)
+            self.state.remember(self._remember_key(req), req.username.casefold(),
+                                now + self.policy.remember_minutes * 60)
         return decision
 
-    def _count_denial(self, username: str, now: float) -> None:
-        """The user said no: forget remembered logins; enough of these pause pushes."""
-        self.remembered.forget_user(username)
-        if self.fatigue.record_denial(username.casefold(), now) and self.factors is not None:
-            self.factors.fatigue_alert(username.casefold(), now)
+    def _count_denial(self, username: str, now: float, txid: str | None = None) -> None:
+        """The user said no: forget remembered logins; enough of these pause pushes.
+
+        ``txid``: the push denied; in the store a push's denial counts once,
+        however many nodes see it.
+        """
+        user = username.casefold()
+        self.state.forget_user(user)
+
+        def paused(now_paused: bool) -> None:
+            if now_paused and self.factors is not None:
+                self.factors.fatigue_alert(user, now)
+        self.state.denial(user, now, txid).addCallback(paused)
 
     @defer.inlineCallbacks
     def _passcode(self, req: LoginRequest, code: str, now: float, rule: str | None):
@@ -422,160 +416,10 @@ class Engine:
     def _remember_key(req: LoginRequest) -> tuple:
         return (req.client_name, req.username.casefold(), req.calling_station)
 
-    def _is_remembered(self, req: LoginRequest, now: float) -> bool:
-        return (self.policy.remember_minutes > 0 and req.calling_station is not None
-                and self.remembered.active(self._remember_key(req), now))
-
-    # -- pushes --
-
-    def _push_for(self, req: LoginRequest, key: tuple | None) -> Deferred:
-        """One push per session and credential at a time (`join_key`); later logins join it."""
-        fanout = self._pushes.get(key) if key is not None else None
-        if fanout is not None:
-            self.counters.inc("pushes_joined")
-            return fanout.wait()
-        block = self.fatigue.check(req.username.casefold(), self.wallclock())
-        if block is not None:
-            return defer.succeed(Decision.of(_BLOCKS[block.reason.name]))
-        fanout = _Fanout()
-        if key is not None:
-            self._pushes[key] = fanout
-        waiter = fanout.wait()
-
-        def settle(result: PushResult) -> None:
-            if key is not None:
-                del self._pushes[key]
-            fanout.fire(result)
-
-        self._start_push(req, Verification.NONE, None)[1].addCallback(settle)
-        return waiter
-
-    def _start_push(self, req: LoginRequest, mode: Verification,
-                    number: str | None) -> tuple[str, Deferred]:
-        """Ask the provider; the Deferred fires with a PushResult at the latest at the timeout."""
-        now = self.wallclock()
-        request = ApprovalRequest(
-            # Directories match usernames without regard to case; devices, limits
-            # and locks must too, or "ALICE" would slip past alice's limits.
-            txid=self.new_txid(), username=req.username.casefold(), application=req.client_name,
-            client_ip=req.calling_station, nas=req.nas, created=now,
-            expires=now + self.push.timeout, verification=mode.value, number=number)
-        self.counters.inc("pushes_requested")
-        self.fatigue.push_started(req.username.casefold(), now)
-        call = defer.maybeDeferred(self.provider.request_approval, request)
-        self._push_calls[request.txid] = call
-        call.addTimeout(self.push.timeout, self.clock)
-        call.addErrback(self._push_failed, request)
-
-        def finished(result: PushResult) -> PushResult:
-            self._push_calls.pop(request.txid, None)
-            self.fatigue.push_finished(req.username.casefold())
-            return result
-
-        return request.txid, call.addCallback(finished)
-
-    def _push_failed(self, failure, request: ApprovalRequest) -> PushResult:
-        """Classify a push error: timeout, unreachable provider, or a bug there."""
-        if failure.check(defer.TimeoutError):
-            return PushResult(PushStatus.TIMEOUT, request.txid)
-        if failure.check(defer.CancelledError):
-            return PushResult(PushStatus.UNAVAILABLE, request.txid, detail="cancelled")
-        if failure.check(ProviderUnavailable):
-            detail = str(failure.value)
-        else:
-            log.error("push.provider_error %s", failure.getTraceback())
-            detail = "provider error"
-        self.counters.inc("push_provider_errors")
-        logs.event(log, logging.WARNING, "push.unavailable", txid=request.txid, detail=detail)
-        return PushResult(PushStatus.UNAVAILABLE, request.txid, detail=detail)
-
-    # -- verified push: Access-Challenge and its answer --
-
-    def _challenge(self, req: LoginRequest, mode: Verification, rule: str | None,
-                   now: float, primary: PrimaryResult, sent: str | None) -> Decision:
-        """Open a challenge, start its push, and answer the first request with the State."""
-        block = self.fatigue.check(req.username.casefold(), now)
-        if block is not None:
-            return Decision.of(_BLOCKS[block.reason.name], rule=rule)
-        challenge = self.challenges.open(req.client_name, req.username, mode.value, now,
-                                         ttl=self.push.timeout, sent=sent)
-        txid, d = self._start_push(req, mode, challenge.number)
-        challenge.txid, challenge.rule, challenge.request = txid, rule, req
-        # Kept for the follow-up's Accept.
-        challenge.attributes, challenge.groups = primary.attributes, primary.groups
-
-        def settle(result: PushResult) -> None:
-            challenge.result, challenge.settled = result, True
-            if result.status in (PushStatus.DENIED, PushStatus.FRAUD,
-                                 PushStatus.NUMBER_MISMATCH):
-                self._count_denial(req.username, self.wallclock())
-            for waiter in challenge.waiters:
-                waiter.callback(result)
-            challenge.waiters = []
-
-        d.addCallback(settle)
-        return Decision(Outcome.CHALLENGE, Reason.CHALLENGE_SENT, txid=txid, rule=rule,
-                        message=_MESSAGES[mode].format(number=challenge.number),
-                        state=challenge.state)
-
-    def _respond(self, req: LoginRequest, started: float) -> Deferred[Decision]:
-        """The follow-up request that returns a challenge's State."""
-        try:
-            challenge = self.challenges.find(req.state, req.client_name, req.username,
-                                             self.wallclock())
-        except ChallengeError as exc:
-            logs.event(log, logging.WARNING, "challenge.refused", user=req.username,
-                       client=req.client_name, why=str(exc))
-            return defer.succeed(self._finish(Decision.of(Reason.CHALLENGE_INVALID), req,
-                                              started, False))
-        self._answering += 1
-
-        def done(decision: Decision) -> Decision:
-            self._answering -= 1
-            self.challenges.close(challenge.state)  # single use: a replay finds nothing
-            return self._finish(decision, req, started, False)
-
-        answered = defer.ensureDeferred(self._answer(challenge, req))
-        # Decided for the challenged account, whatever spelling the follow-up used.
-        answered.addCallback(lambda decision: dataclasses.replace(decision,
-                                                                  user=challenge.username))
-        return self._guarded(answered).addCallback(done)
-
-    async def _answer(self, challenge: Challenge, req: LoginRequest) -> Decision:
-        response = (req.password or "").strip()
-        mode = Verification(challenge.mode)
-        own_code = (mode is Verification.CODE_TO_LOGIN and challenge.settled
-                    and challenge.result.code == response)
-        if (is_totp_code(response) or is_bypass_code(response)) and not own_code:
-            # Phone offline: a TOTP or bypass code at the prompt replaces the push.
-            # The follow-up may spell the name differently; the limits key on the
-            # challenge's account, the source on where this request came from.
-            decision = await self._passcode(
-                dataclasses.replace(req, username=challenge.username), response,
-                self.wallclock(), challenge.rule)
-            if decision.outcome is Outcome.ACCEPT or mode is Verification.NUMBER_MATCH:
-                self._withdraw(challenge.txid)
-                return self._challenge_attributes(challenge, decision)
-        if not challenge.settled:
-            waiter: Deferred = Deferred()
-            challenge.waiters.append(waiter)
-            await waiter
-        return self._challenge_attributes(challenge, self._after_push(
-            challenge.request, challenge.result, challenge.rule, response=response, mode=mode))
-
-    def _challenge_attributes(self, challenge: Challenge, decision: Decision) -> Decision:
-        """An Accept at the end of a challenge carries the first request's reply attributes."""
-        if decision.outcome is not Outcome.ACCEPT:
-            return decision
-        primary = PrimaryResult(PrimaryStatus.OK, groups=challenge.groups,
-                                attributes=challenge.attributes)
-        return dataclasses.replace(decision, attributes=primary.attributes
-                                   + self._mapped(challenge.request, primary, decision))
-
-    def _withdraw(self, txid: str | None) -> None:
-        call = self._push_calls.get(txid) if txid else None
-        if call is not None:
-            call.cancel()
+    def _is_remembered(self, req: LoginRequest, now: float) -> Deferred[bool]:
+        if self.policy.remember_minutes <= 0 or req.calling_station is None:
+            return defer.succeed(False)
+        return self.state.remembered(self._remember_key(req), now)
 
     # -- the one place a decision leaves the engine --
 

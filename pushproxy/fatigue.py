@@ -56,6 +56,31 @@ class Block:
     until: float | None = None
 
 
+def block_for(limits: FatigueLimits, now: float, *, pending: int, pushes,
+              paused_until: float | None) -> Block | None:
+    """The pure rule: why a push must not be sent at ``now``, or None if it may.
+
+    ``pending``: the user's pushes waiting for an answer; ``pushes``: times of
+    pushes sent (older ones than the window are ignored); ``paused_until``: the
+    end of a pause after denials, or None. Used by `FatigueGuard` (in memory)
+    and by the store (`pushproxy.approval.loginstore`) alike.
+    """
+    if paused_until is not None and now < paused_until:
+        return Block(BlockReason.PAUSED, paused_until)
+    if pending >= limits.max_pending:
+        return Block(BlockReason.TOO_MANY_PENDING)
+    recent = sorted(t for t in pushes if now < t + limits.window)[-limits.max_pushes:]
+    if len(recent) >= limits.max_pushes:
+        # the oldest of the newest max_pushes frees a slot
+        return Block(BlockReason.RATE_LIMITED, recent[0] + limits.window)
+    return None
+
+
+def denials_pause(limits: FatigueLimits, now: float, denials) -> bool:
+    """The pure rule: whether ``denials`` (times, this one included) pause pushes at ``now``."""
+    return sum(1 for t in denials if now < t + limits.denial_window) >= limits.max_denials
+
+
 @dataclass
 class _User:
     """What is remembered about one user; the deques only keep what a limit can need."""
@@ -143,14 +168,8 @@ class FatigueGuard:
             self._sweep(now)
             return None
         user = self._get(username, now)
-        if user.paused_until is not None:
-            return Block(BlockReason.PAUSED, user.paused_until)
-        if user.pending >= self.limits.max_pending:
-            return Block(BlockReason.TOO_MANY_PENDING)
-        if len(user.pushes) >= self.limits.max_pushes:
-            # the deque holds exactly the newest max_pushes: its oldest frees a slot
-            return Block(BlockReason.RATE_LIMITED, user.pushes[0] + self.limits.window)
-        return None
+        return block_for(self.limits, now, pending=user.pending, pushes=user.pushes,
+                         paused_until=user.paused_until)
 
     def push_started(self, username: str, now: float) -> None:
         """A push to ``username`` was sent at ``now``; call push_finished when it ends."""
@@ -181,7 +200,7 @@ class FatigueGuard:
         if user.paused_until is not None:
             return False
         user.denials.append(now)
-        if len(user.denials) < self.limits.max_denials:
+        if not denials_pause(self.limits, now, user.denials):
             return False
         user.paused_until = now + self.limits.pause
         user.denials.clear()  # after the pause, a new pause needs max_denials new denials

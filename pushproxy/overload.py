@@ -22,6 +22,7 @@ decides them, as it must for a fault (see `pushproxy.approval.runner`).
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -83,16 +84,17 @@ def shed_reason(load: Load, limits: OverloadLimits) -> ShedReason | None:
 
 class LoopLag:
     """How late the event loop runs a timer that should fire every ``every`` seconds,
-    smoothed over the last ticks (a moving average, weight ``alpha`` for the newest):
-    one stall (a GC pause, a busy neighbour on the machine) is not overload, and the
+    as the *least* lateness of the last ``window`` ticks: only a loop that is late at
+    every tick is saturated. One stall -- a GC pause, a busy neighbour on the
+    machine, a blocking call -- makes one tick late however long it lasts (a moving
+    average let a single 3 s stall shed requests on an idle daemon), and the
     requests that queued in the socket during it must not all be shed for it."""
 
-    def __init__(self, clock, every: float = 0.1, alpha: float = 0.2):
+    def __init__(self, clock, every: float = 0.1, window: int = 5):
         self.clock = clock
         self.every = every
-        self.alpha = alpha
         self.last = 0.0  # the lag measured at the last tick
-        self.smoothed = 0.0
+        self._recent: deque[float] = deque(maxlen=window)
         self._due: float | None = None
         self._call = None
 
@@ -113,12 +115,12 @@ class LoopLag:
 
     def _tick(self) -> None:
         self.last = max(0.0, self.clock.seconds() - self._due)
-        self.smoothed += self.alpha * (self.last - self.smoothed)
+        self._recent.append(self.last)
         self._schedule()
 
     def lag(self) -> float:
-        """Seconds of lag, smoothed over the last ticks."""
-        return self.smoothed
+        """Seconds of lag sustained over the last ticks (the least of them)."""
+        return min(self._recent) if len(self._recent) == self._recent.maxlen else 0.0
 
 
 class Admission:

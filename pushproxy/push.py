@@ -36,6 +36,10 @@ class ApprovalRequest:
     expires: float  # epoch seconds; the engine's timeout
     verification: str = "none"  # none | number_match | code_to_login
     number: str | None = None  # number_match: the number the login screen shows (never sent)
+    # Cluster mode: an HMAC of the login's session and credential, equal on every
+    # node for the same login (a NAS failing over); a provider joins a pending
+    # push with the same key instead of sending a second one. None: never joins.
+    join_key: str | None = None
 
 
 class PasscodeVerdict(enum.Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from twisted.internet import defer, ssl, threads
+from twisted.internet import defer, ssl, task, threads
 
 from pushproxy import connlimit, logs
 from pushproxy.approval.alerts import Alerter
@@ -13,8 +13,10 @@ from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.backends import open_store
 from pushproxy.approval.webpush import VapidKeys, WebPushSender
+from pushproxy.cluster import cluster_mode
 from pushproxy.config import ApprovalConfig, Config
 from pushproxy.httpdeadline import Deadlines
+from pushproxy.loginstate import StoreState
 from pushproxy.metrics import Counters
 from pushproxy.metrics_thread import MetricsServer
 from pushproxy.service import Daemon
@@ -104,6 +106,33 @@ class ApprovalComponent:
         self.runner.stop()
 
 
+class LoginStateComponent:
+    """Cluster mode: the engine's decision state in the store, its shared key read at
+    start, and its expired rows deleted every ``PURGE_EVERY`` seconds (by every node:
+    the deletes are idempotent, and a dead node's rows go too)."""
+
+    PURGE_EVERY = 300.0
+
+    def __init__(self, state, reactor):
+        self.state = state
+        self.reactor = reactor
+        self._purge = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Read (first node: create) the key every node derives digests and join keys from."""
+        yield self.state.start()
+        self._purge = task.LoopingCall(self.state.purge, self.reactor.seconds)
+        self._purge.clock = self.reactor
+        self._purge.start(self.PURGE_EVERY, now=False)
+
+    def stop(self):
+        """Stop purging; the store runner belongs to the approval component."""
+        if self._purge is not None and self._purge.running:
+            self._purge.stop()
+        return defer.succeed(None)
+
+
 class MetricsComponent:
     """The admin listener: /metrics (Prometheus) and /healthz."""
 
@@ -174,6 +203,12 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
     daemon = Daemon(config, reactor, approval.service, counters=counters, directory=directory,
                     worker_index=worker_index)
     daemon.components.append(approval)
+    if cluster_mode(config):
+        # Fatigue limits, challenges and remembered logins shared through the store,
+        # so every node and worker decides a login the same way.
+        state = StoreState(approval.runner, config.push.limits, counters=counters)
+        daemon.engine.state = state
+        daemon.components.append(LoginStateComponent(state, reactor))
     if config.daemon.metrics_listen:
         host, port = config.daemon.metrics_listen
         daemon.components.append(MetricsComponent((host, port + worker_index), daemon,

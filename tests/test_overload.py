@@ -110,6 +110,24 @@ def test_loop_lag_sheds_on_sustained_lag_not_on_one_stall():
     lag.stop()
 
 
+def test_one_long_stall_on_an_idle_daemon_sheds_nothing():
+    """A 3 s blocking call makes one tick 3 s late: not a saturated loop (seen in CI:
+    a moving average shed the next request on a daemon with nothing pending)."""
+    clock = Clock()
+    lag = LoopLag(clock, every=0.1)
+    lag.start()
+    admission = Admission(LIMITS, pending=lambda: 0, lag=lag)
+    for _ in range(10):
+        clock.advance(0.1)
+    clock.advance(3.0)
+    assert lag.last == pytest.approx(2.9)
+    assert admission.check() is None
+    for _ in range(3):  # the ticks right after it are on time
+        clock.advance(0.1)
+        assert admission.check() is None
+    lag.stop()
+
+
 def test_daemon_overload_config_is_validated_with_every_problem_named(tmp_path):
     base = GOOD + "daemon:\n  overload:\n"
     config = parse(base + "    store_age: 0.25\n    ldap_queue: 300\n", tmp_path, ENV)

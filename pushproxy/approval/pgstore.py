@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 import psycopg
 
+from pushproxy.approval.loginstore import PostgresLoginState
 from pushproxy.approval.pgwatch import Watchdog
 from pushproxy.approval.store import (
     _DEVICE,
@@ -71,7 +72,7 @@ def _brief(exc: psycopg.Error) -> str:
     return (text or type(exc).__name__)[:500]
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresLoginState, Store):
     """The Store on one PostgreSQL database; method contracts are on Store.
 
     One connection per instance, in autocommit mode (a single statement is its
@@ -337,7 +338,7 @@ class PostgresStore(Store):
                                (cutoff,)).rowcount
             gone += db.execute("DELETE FROM passcode_failures WHERE at < %s",
                                (cutoff,)).rowcount
-        return gone
+        return gone + self.purge_login_state(now)
 
     # -- passcodes
 

@@ -23,6 +23,8 @@ from dataclasses import astuple, dataclass, field
 from importlib import resources
 from typing import Callable, Iterator, Protocol
 
+from pushproxy.approval.loginstore import SQLiteLoginState
+
 STATES = ("pending", "approved", "denied", "fraud", "expired", "cancelled")
 ANSWERS = ("approved", "denied", "fraud")  # states a device's answer sets; they name it
 
@@ -292,7 +294,7 @@ def _create_private(path: str) -> None:
     os.close(fd)  # an empty file is a valid empty database
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteLoginState, Store):
     """The Store on one SQLite file (or ``:memory:``, for tests); method contracts are on Store.
 
     One connection per instance, used only from the thread that created it
@@ -527,7 +529,7 @@ class SQLiteStore(Store):
             gone += db.execute("DELETE FROM bypass_codes WHERE COALESCE(used, expires) < ?",
                                (cutoff,)).rowcount
             gone += db.execute("DELETE FROM passcode_failures WHERE at < ?", (cutoff,)).rowcount
-        return gone
+        return gone + self.purge_login_state(now)
 
     def use_totp_step(self, device_id: str, step: int) -> bool:
         # one conditional UPDATE: of two logins racing with the same code, from

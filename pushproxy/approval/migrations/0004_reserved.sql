@@ -1,0 +1,3 @@
+-- Version 4 is reserved for the cluster's service-side state (transaction
+-- owners, node heartbeats, device nonces); this placeholder changes nothing
+-- and gives way to that migration.

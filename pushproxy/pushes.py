@@ -1,0 +1,157 @@
+"""Pushes: admitted by the fatigue limits, asked of the provider, joined per session.
+
+Part of the engine (`pushproxy.engine.Engine` mixes this in). One push per
+session and credential at a time: a later login of the same session joins the
+push already pending (`pushproxy.engine.join_key`). The fatigue limits are
+asked through the engine's `LoginState` (in memory, or the store in cluster
+mode) in one step with recording the push, and every push carries its
+cross-node ``join_key`` so a provider can join a login that failed over from
+another node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from pushproxy import logs
+from pushproxy.decision import Decision, PushResult, PushStatus, Reason, push_decision
+from pushproxy.fatigue import Block
+from pushproxy.policy import Verification
+from pushproxy.push import ApprovalRequest, ProviderUnavailable
+
+if TYPE_CHECKING:
+    from pushproxy.engine import LoginRequest
+
+log = logging.getLogger("pushproxy.engine")
+
+_BLOCKS = {"PAUSED": Reason.PUSHES_PAUSED, "TOO_MANY_PENDING": Reason.TOO_MANY_PENDING,
+           "RATE_LIMITED": Reason.RATE_LIMITED}
+
+
+class Fanout:
+    """One result, any number of waiters (joined logins and pushes)."""
+
+    def __init__(self) -> None:
+        self._waiters: list[Deferred] = []
+
+    def wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def fire(self, result) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(result)
+
+
+class Pushes:
+    """The push half of the engine; uses the engine's state, provider, clock and counters."""
+
+    def _push_for(self, req: LoginRequest, key: tuple | None) -> Deferred:
+        """One push per session and credential at a time (`join_key`); later logins join it.
+
+        Fires with a PushResult, or with a Decision when the fatigue limits
+        refuse the push (or its state cannot be read: failmode).
+        """
+        fanout = self._pushes.get(key) if key is not None else None
+        if fanout is not None:
+            self.counters.inc("pushes_joined")
+            return fanout.wait()
+        fanout = Fanout()
+        if key is not None:
+            # registered before the limits are asked: in the store that takes a
+            # round trip, and a login of the same session meanwhile joins this one
+            self._pushes[key] = fanout
+        waiter = fanout.wait()
+
+        def settle(result) -> None:
+            if key is not None and self._pushes.get(key) is fanout:
+                del self._pushes[key]
+            fanout.fire(result)
+
+        now, txid = self.wallclock(), self.new_txid()
+        # the same login on every node gets the same key (None: single process)
+        join_key = self.state.join_key(key[:-1], key[-1]) if key else None
+
+        def admitted(block: Block | None) -> None:
+            if block is not None:
+                settle(Decision.of(self._block_reason(block)))
+                return
+            if self._stopping:  # stopped while the limits were asked: send nothing
+                self.state.push_ended(req.username.casefold(), txid, self.wallclock())
+                settle(PushResult(PushStatus.UNAVAILABLE, txid, detail="cancelled"))
+                return
+            self._start_push(req, Verification.NONE, None, txid=txid,
+                             join_key=join_key)[1].addCallback(settle)
+
+        def unavailable(failure) -> None:
+            failure.trap(ProviderUnavailable)
+            settle(self._state_unavailable(req, failure.value, None))
+
+        def crashed(failure) -> None:
+            # a bug must end in a Reject, never leave the login (and its joiners) hanging
+            log.error("engine.internal_error %s", failure.getTraceback())
+            self.counters.inc("internal_errors")
+            settle(Decision.of(Reason.INTERNAL_ERROR))
+
+        self.state.admit(req.username.casefold(), now, txid, now + self.push.timeout,
+                         join_key).addCallbacks(admitted, unavailable).addErrback(crashed)
+        return waiter
+
+    @staticmethod
+    def _block_reason(block: Block) -> Reason:
+        return _BLOCKS[block.reason.name]
+
+    def _state_unavailable(self, req: LoginRequest, exc, rule: str | None) -> Decision:
+        """The shared login state cannot be read: as an unreachable push layer, failmode."""
+        self.counters.inc("push_provider_errors")
+        logs.event(log, logging.WARNING, "push.unavailable", user=req.username,
+                   detail=f"login state: {exc}")
+        return dataclasses.replace(push_decision(PushResult(PushStatus.UNAVAILABLE),
+                                                 self.push.failmode, req.no_device), rule=rule)
+
+    def _start_push(self, req: LoginRequest, mode: Verification, number: str | None, *,
+                    txid: str, join_key: str | None = None) -> tuple[str, Deferred]:
+        """Ask the provider (the push was admitted, ``txid`` counted as started by the
+        fatigue limits); the Deferred fires with a PushResult at the latest at the timeout."""
+        now = self.wallclock()
+        request = ApprovalRequest(
+            # Directories match usernames without regard to case; devices, limits
+            # and locks must too, or "ALICE" would slip past alice's limits.
+            txid=txid, username=req.username.casefold(), application=req.client_name,
+            client_ip=req.calling_station, nas=req.nas, created=now,
+            expires=now + self.push.timeout, verification=mode.value, number=number,
+            join_key=join_key)
+        self.counters.inc("pushes_requested")
+        call = defer.maybeDeferred(self.provider.request_approval, request)
+        self._push_calls[request.txid] = call
+        call.addTimeout(self.push.timeout, self.clock)
+        call.addErrback(self._push_failed, request)
+
+        def finished(result: PushResult) -> PushResult:
+            self._push_calls.pop(request.txid, None)
+            self.state.push_ended(req.username.casefold(), request.txid, self.wallclock())
+            return result
+
+        return request.txid, call.addCallback(finished)
+
+    def _push_failed(self, failure, request: ApprovalRequest) -> PushResult:
+        """Classify a push error: timeout, unreachable provider, or a bug there."""
+        if failure.check(defer.TimeoutError):
+            return PushResult(PushStatus.TIMEOUT, request.txid)
+        if failure.check(defer.CancelledError):
+            return PushResult(PushStatus.UNAVAILABLE, request.txid, detail="cancelled")
+        if failure.check(ProviderUnavailable):
+            detail = str(failure.value)
+        else:
+            log.error("push.provider_error %s", failure.getTraceback())
+            detail = "provider error"
+        self.counters.inc("push_provider_errors")
+        logs.event(log, logging.WARNING, "push.unavailable", txid=request.txid, detail=detail)
+        return PushResult(PushStatus.UNAVAILABLE, request.txid, detail=detail)
