@@ -3,6 +3,7 @@
     python -m bench                      # 3 runs, results in bench/results.json
     python -m bench --runs 5 --out /tmp/results.json
     python -m bench --smoke              # a few dozen logins: checks that it works
+    python -m bench --only workers       # 1 and 2 workers, SQLite and PostgreSQL (issue 15)
 
 As root it installs what is missing (apt-get: freeradius, freeradius-ldap,
 freeradius-utils, slapd, ldap-utils; pip: py-spy); ``--no-install`` never
@@ -88,7 +89,7 @@ def parse_args(argv):
     p.add_argument("--skip-freeradius", action="store_true",
                    help="pushproxy only (no reference, no ratio)")
     p.add_argument("--only", action="append",
-                   choices=("throughput", "pending", "overhead", "burst"),
+                   choices=("throughput", "pending", "overhead", "burst", "workers"),
                    help="run only these scenarios (repeatable)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     for field, default in asdict(Sizes()).items():
@@ -147,6 +148,11 @@ def main(argv=None) -> int:
             if "overhead" in only:
                 log(f"run {n}: proxy overhead")
                 run["overhead"] = bench.overhead()
+            if "workers" in only:  # not in the default set: it starts PostgreSQL
+                from bench import workers as workers_mod
+
+                run["workers"] = workers_mod.run(bench, log=log)
+                print(workers_mod.table(run["workers"]), flush=True)
             if "burst" in only:
                 # The smoke's burst is small: tight bounds make it shed all the same.
                 overload = {"ldap_queue": 40} if args.smoke else None

@@ -49,6 +49,25 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback TCP ports that were free a moment ago
+    (worker I serves /metrics on the configured port + I)."""
+    while True:
+        first = free_port()
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 def new_device_key() -> tuple[ec.EllipticCurvePrivateKey, str]:
     """The key every benchmark device signs with, and its PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -83,17 +102,20 @@ def seed_devices(path: Path, users: list[str], key: ec.EllipticCurvePrivateKey) 
 
 def write_config(folder: Path, slapd, secret: str, *, push_timeout: float = 60,
                  allow_all: bool = False, ldap_pool: int = 8, failmode: str = "secure",
-                 overload: dict | None = None) -> dict:
+                 overload: dict | None = None, workers: int = 1,
+                 database: str = "pushproxy.db", database_password: str | None = None) -> dict:
     """The daemon's config.yaml in ``folder``; returns its ports and paths.
 
-    ``overload``: keys of ``daemon.overload`` (default: the shipped bounds)."""
+    ``overload``: keys of ``daemon.overload`` (default: the shipped bounds).
+    ``workers``: daemon.workers; ``database``: a SQLite file or a postgresql://
+    URL (then ``database_password`` goes to a password file)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "radius.secret").write_text(secret + "\n")
     (folder / "ldap.secret").write_text(slapd.service_password + "\n")
     (folder / "radius.secret").chmod(0o600)
     (folder / "ldap.secret").chmod(0o600)
     ports = {"radius": free_port(socket.SOCK_DGRAM), "approval": free_port(),
-             "metrics": free_port()}
+             "metrics": free_ports(workers)}
     policy = textwrap.dedent("""\
         policy:
           rules:
@@ -135,13 +157,20 @@ def write_config(folder: Path, slapd, secret: str, *, push_timeout: float = 60,
           stop_grace: 0
           metrics_listen: "127.0.0.1:{ports['metrics']}"
           overload: {json.dumps(overload or {})}
+          workers: {workers}
         approval:
           listen: "127.0.0.1:{ports['approval']}"
           public_url: "http://127.0.0.1:{ports['approval']}"
-          database: pushproxy.db
+          database: "{database}"
         """) + policy
+    if database_password is not None:
+        (folder / "db.secret").write_text(database_password + "\n")
+        (folder / "db.secret").chmod(0o600)
+        text = text.replace(f'  database: "{database}"\n',
+                            f'  database: "{database}"\n  database_password_file: db.secret\n')
     (folder / "config.yaml").write_text(text)
-    return {"config": folder / "config.yaml", "database": folder / "pushproxy.db", **ports}
+    return {"config": folder / "config.yaml", "database": folder / "pushproxy.db",
+            "workers": workers, **ports}
 
 
 class Daemon:
@@ -189,7 +218,9 @@ class Daemon:
                 tail = self.log_tail()
                 kind = PortTaken if "Address already in use" in tail else RuntimeError
                 raise kind(f"pushproxy exited ({self.proc.returncode}):\n" + tail)
-            if b"daemon.ready" in self._read_log():
+            # several workers: their supervisor says when all of them are ready
+            if (b"workers.ready" if self.config.get("workers", 1) > 1 else b"daemon.ready") \
+                    in self._read_log():
                 return self
             time.sleep(0.05)
         self.stop()
@@ -231,12 +262,23 @@ class Daemon:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def pids(self) -> list[int]:
+        """The daemon's process ids: with several workers, the supervisor and its workers."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children", encoding="ascii") as f:
+                return [self.pid] + [int(p) for p in f.read().split()]
+        except OSError:
+            return [self.pid]
+
     def metrics(self) -> "Metrics":
-        """The daemon's /metrics now; the slowest scrape so far is in ``slowest_scrape``."""
-        url = f"http://127.0.0.1:{self.config['metrics']}/metrics"
+        """The daemon's /metrics now (every worker's, summed by `Metrics.value`); the
+        slowest scrape so far is in ``slowest_scrape``."""
         started = time.monotonic()
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode("utf-8")
+        text = ""
+        for index in range(self.config.get("workers", 1)):  # worker I: the port + I
+            url = f"http://127.0.0.1:{self.config['metrics'] + index}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text += response.read().decode("utf-8") + "\n"
         took = time.monotonic() - started
         self.slowest_scrape = max(getattr(self, "slowest_scrape", 0.0), took)
         self.scrapes = getattr(self, "scrapes", 0) + 1

@@ -37,6 +37,9 @@ def cmd_check_config(args) -> int:
     else:
         print(f"  warning: {fdbudget.problem(budget)}; `serve` refuses to start under "
               "this limit")
+    note = fdbudget.node_note(config)
+    if note:
+        print(f"  {note}")
     return 0
 
 
@@ -79,16 +82,31 @@ def cmd_serve(args) -> int:
     if config is None:
         return 1
     logs.setup(config.log.level, fmt=config.log.format, use_syslog=config.log.syslog)
+    from pushproxy import sdnotify, workers
+
+    notify = sdnotify.notify
+    if args.worker is not None:  # one of daemon.workers processes (pushproxy.workers)
+        workers.die_with_parent()
+        workers.tag_logs(args.worker)
+        notify = workers.worker_notifier()
     before, after = fdbudget.raise_soft_limit()
-    budget = fdbudget.check(config, after)
+    budget = fdbudget.check(config, after, worker=args.worker or 0)
     if not budget.fits:
         logs.event(log, logging.ERROR, "startup.failed", error=fdbudget.problem(budget))
         return 1
     logs.event(log, logging.INFO, "daemon.descriptors", limit=after, raised_from=(
         before if before != after else None), need=budget.need)
+    if args.worker is None and config.daemon.workers > 1:
+        if not report_file_modes(config, None, "startup"):
+            logs.event(log, logging.ERROR, "startup.failed",
+                       error="secret, key or database files are open to other users "
+                             "(see startup.insecure_file)")
+            return 1
+        for warning in exposure_warnings(config):
+            logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
+        return workers.supervise(args.config, config)
     from twisted.internet import reactor, task
 
-    from pushproxy import sdnotify
     from pushproxy.metrics import Counters
     from pushproxy.wiring import build_daemon
 
@@ -101,7 +119,7 @@ def cmd_serve(args) -> int:
     for warning in exposure_warnings(config):
         logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
     try:
-        daemon = build_daemon(config, reactor, counters=counters)
+        daemon = build_daemon(config, reactor, counters=counters, worker_index=args.worker or 0)
     except Exception as exc:  # startup failures: say what, exit non-zero
         logs.event(log, logging.ERROR, "startup.failed", error=str(exc))
         return 1
@@ -115,7 +133,7 @@ def cmd_serve(args) -> int:
     def ready(_):
         # Every listener is bound and the store is open: only now may systemd
         # (and whatever is ordered after us) send traffic.
-        sdnotify.notify("READY=1\nSTATUS=serving")
+        notify("READY=1\nSTATUS=serving")
         logs.event(log, logging.INFO, "daemon.ready", config=args.config)
         # Start-up objects (modules, config, keys) live for the whole run: keep
         # them out of every later full collection. (The ~140 ms stall measured
@@ -124,10 +142,10 @@ def cmd_serve(args) -> int:
         gc.freeze()
         interval = sdnotify.watchdog_interval()
         if interval:
-            task.LoopingCall(sdnotify.notify, "WATCHDOG=1").start(interval)
+            task.LoopingCall(notify, "WATCHDOG=1").start(interval)
 
     def reload():
-        sdnotify.notify(sdnotify.reloading_message())
+        notify(sdnotify.reloading_message())
         try:
             new = load_config(args.config)
         except ConfigError as exc:
@@ -137,21 +155,21 @@ def cmd_serve(args) -> int:
         else:
             if not report_file_modes(new, daemon.counters, "reload"):
                 logs.event(log, logging.ERROR, "reload.kept_old_config", problems="file modes")
-                sdnotify.notify("READY=1\nSTATUS=serving")
+                notify("READY=1\nSTATUS=serving")
                 return
             budget = fdbudget.check(new)
             if not budget.fits:
                 logs.event(log, logging.ERROR, "reload.refused", problem=fdbudget.problem(budget))
                 logs.event(log, logging.ERROR, "reload.kept_old_config", problems=1)
-                sdnotify.notify("READY=1\nSTATUS=serving")
+                notify("READY=1\nSTATUS=serving")
                 return
             for note in daemon.reload(new):
                 logs.event(log, logging.WARNING, "reload.needs_restart", what=note)
             logs.event(log, logging.INFO, "reload.applied", config=args.config)
-        sdnotify.notify("READY=1\nSTATUS=serving")
+        notify("READY=1\nSTATUS=serving")
 
     def stopping():
-        sdnotify.notify("STOPPING=1")
+        notify("STOPPING=1")
         return daemon.stop()
 
     reactor.callWhenRunning(lambda: daemon.start().addCallbacks(ready, failed))
@@ -169,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the daemon in the foreground")
     p.add_argument("--config", "-c", required=True, help="path to config.yaml")
+    # set by the supervisor of daemon.workers processes (pushproxy.workers), not by hand
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", help="validate a config file and print advice")
     p.add_argument("config", help="path to config.yaml")

@@ -195,6 +195,8 @@ class DaemonConfig:
     overload: OverloadLimits = OverloadLimits()
     # this node's name in a cluster (transaction owner, heartbeat): default the hostname
     node_name: str = ""
+    # worker processes sharing the RADIUS and approval ports (pushproxy.workers)
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         c, root.get("reply_attributes"), "reply_attributes", names=_names(),
         rule_names={r.name for r in policy.rules} if policy else None,
         client_names={cl.name for cl in radius.clients} if radius else None)
+    _check_workers(c, daemon, radius, approval)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
@@ -324,7 +327,7 @@ def _daemon(c: Checker, value) -> DaemonConfig | None:
     m = c.mapping(value, "daemon", optional=("stop_grace", "metrics_listen",
                                              "metrics_max_connections",
                                              "metrics_max_connections_per_source",
-                                             "overload", "node_name"))
+                                             "overload", "node_name", "workers"))
     if m is None:
         return None
     metrics = c.host_port(m["metrics_listen"], "daemon.metrics_listen") \
@@ -339,7 +342,29 @@ def _daemon(c: Checker, value) -> DaemonConfig | None:
             m, "metrics_max_connections_per_source", "daemon.metrics_max_connections_per_source",
             16, minimum=0, maximum=100_000, integer=True),
         overload=parse_limits(c, m.get("overload")),
+        workers=c.number(m, "workers", "daemon.workers", 1, minimum=1, maximum=64,
+                         integer=True),
         node_name=_node_name(c, m))
+
+
+def _check_workers(c: Checker, daemon, radius, approval) -> None:
+    """Several workers share fixed ports and one store (pushproxy.workers)."""
+    if daemon is None or daemon.workers == 1:
+        return
+    ports = [("radius.listen", port) for _, port in (radius.listen if radius else ())]
+    ports += [("approval.listen", approval.listen[1])] if approval else []
+    ports += [("daemon.metrics_listen", daemon.metrics_listen[1])] \
+        if daemon.metrics_listen else []
+    for path, port in ports:
+        if port == 0:
+            c.problem(path, "port 0 (any free port) cannot be shared by daemon.workers "
+                            f"({daemon.workers}) processes: name a port")
+    if daemon.metrics_listen and daemon.metrics_listen[1] + daemon.workers - 1 > 65535:
+        c.problem("daemon.metrics_listen", "worker I listens on this port + I: the "
+                                           "last worker's port would be above 65535")
+    if approval and approval.database == ":memory:":
+        c.problem("daemon.workers", "several workers need one shared store: approval.database "
+                                    "must be a file or a postgresql:// URL, not :memory:")
 
 
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

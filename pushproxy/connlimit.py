@@ -189,13 +189,19 @@ class LimitedFactory(WrappingFactory):
 
 
 def listen(reactor: IReactorTCP, port: int, factory, budget: ConnectionBudget, counters, *,
-           interface: str = "", tls_options=None):
+           interface: str = "", tls_options=None, reuse_port: bool = False):
     """Listen on ``port`` with ``budget`` checked before anything else (TLS included).
 
     TLS sits inside the limiter so a refused connection costs no handshake,
     and the handshake itself runs under the protocol's read deadline.
+    ``reuse_port``: other worker processes share the port (`pushproxy.reuseport`);
+    the budget is then this process's, so a node holds up to workers x the caps.
     """
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
-    return reactor.listenTCP(port, LimitedFactory(factory, budget, counters, reactor),
-                             interface=interface)
+    limited = LimitedFactory(factory, budget, counters, reactor)
+    if reuse_port:
+        from pushproxy import reuseport
+
+        return reuseport.listen_tcp(reactor, port, limited, interface=interface)
+    return reactor.listenTCP(port, limited, interface=interface)

@@ -11,6 +11,11 @@ caps plus a reserve do not fit (`check`), naming the config paths to lower;
          + 2 x ldap_front.max_connections   (each client holds one to the directory)
          + daemon.metrics_max_connections   (when metrics_listen is set)
          + RESERVE + ldap.pool_size         (listeners, RADIUS, store, logs, pushes)
+
+With ``daemon.workers`` N > 1 the limit and the caps are per process: every
+worker has its own approval and metrics budgets, worker 0 alone runs the LDAP
+front end. So worker 0's need is the figure above, and the node as a whole
+may hold up to N x approval.max_connections on the approval port (`node_note`).
 """
 
 from __future__ import annotations
@@ -52,10 +57,10 @@ class Budget:
         return f"descriptor budget: {self.need} needed ({parts}), limit {self.limit}"
 
 
-def parts(config: Config) -> tuple[tuple[str, int], ...]:
-    """What each listener may hold at most, plus the reserve."""
+def parts(config: Config, worker: int = 0) -> tuple[tuple[str, int], ...]:
+    """What each listener may hold at most, plus the reserve (in worker ``worker``)."""
     out = [("approval.max_connections", config.approval.max_connections)]
-    if config.ldap_front is not None:
+    if config.ldap_front is not None and worker == 0:
         out.append(("ldap_front.max_connections (x2: each holds a directory connection)",
                     2 * config.ldap_front.max_connections))
     if config.daemon.metrics_listen:
@@ -85,9 +90,22 @@ def raise_soft_limit() -> tuple[int, int]:
     return before, before
 
 
-def check(config: Config, limit: int | None = None) -> Budget:
+def check(config: Config, limit: int | None = None, *, worker: int = 0) -> Budget:
     """The budget of ``config`` against ``limit`` (default: this process's soft limit)."""
-    return Budget(parts=parts(config), limit=current_limit() if limit is None else limit)
+    return Budget(parts=parts(config, worker),
+                  limit=current_limit() if limit is None else limit)
+
+
+def node_note(config: Config) -> str | None:
+    """With several workers: the caps are per worker, so what the node may hold in all."""
+    n = getattr(config.daemon, "workers", 1)
+    if n <= 1:
+        return None
+    metrics = (f", /metrics {n} x {config.daemon.metrics_max_connections}"
+               if config.daemon.metrics_listen else "")
+    return (f"daemon.workers {n}: the budget above is per worker process; the node may "
+            f"hold up to {n} x {config.approval.max_connections} approval connections"
+            f"{metrics} (the per-source caps too are per worker)")
 
 
 def problem(budget: Budget) -> str:

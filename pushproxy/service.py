@@ -44,8 +44,11 @@ class Daemon:
     """The running proxy: RADIUS listeners, engine, directory and provider."""
 
     def __init__(self, config: Config, reactor, provider: PushProvider, *,
-                 counters: Counters | None = None, directory=None, wallclock=time.time):
+                 counters: Counters | None = None, directory=None, wallclock=time.time,
+                 worker_index: int = 0):
         self.config = config
+        # which of daemon.workers processes this is (pushproxy.workers); 0 when alone
+        self.worker_index = worker_index
         self.reactor = reactor
         self.counters = counters or Counters()
         self.provider = provider
@@ -104,7 +107,12 @@ class Daemon:
             self.directory.start()
         self.upstreams.start()
         for host, port in self.config.radius.listen:
-            listening = self.reactor.listenUDP(port, self.protocol(), interface=host)
+            if self.config.daemon.workers > 1:  # the other workers share the port
+                from pushproxy import reuseport
+
+                listening = reuseport.listen_udp(self.reactor, port, self.protocol(), host)
+            else:
+                listening = self.reactor.listenUDP(port, self.protocol(), interface=host)
             self.ports.append(listening)
             bound = listening.getHost()
             logs.event(log, logging.INFO, "radius.listening", address=bound.host, port=bound.port)

@@ -28,8 +28,10 @@ class ApprovalComponent:
     """The approval service with its store thread, Web Push sender and HTTP listener."""
 
     def __init__(self, config: ApprovalConfig, reactor, counters: Counters, *,
-                 insecure_push_endpoints: bool = False, cluster: ClusterContext | None = None):
+                 insecure_push_endpoints: bool = False, reuse_port: bool = False,
+                 cluster: ClusterContext | None = None):
         self.config = config
+        self.reuse_port = reuse_port  # several workers share the listener (SO_REUSEPORT)
         self.reactor = reactor
         self.counters = counters
         self.insecure_push_endpoints = insecure_push_endpoints
@@ -94,7 +96,8 @@ class ApprovalComponent:
             exempt=self.config.trusted_proxies)
         site.budget = budget  # channels report whether they wait on the peer (eviction)
         self.port = connlimit.listen(self.reactor, port, site, budget, self.counters,
-                                     interface=host, tls_options=options)
+                                     interface=host, tls_options=options,
+                                     reuse_port=self.reuse_port)
         bound = self.port.getHost()
         logs.event(log, logging.INFO, "approval.listening", address=bound.host, port=bound.port,
                    public_url=self.config.public_url)
@@ -191,15 +194,22 @@ class MetricsComponent:
 
 def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
                  directory=None, insecure_push_endpoints: bool = False,
-                 worker: int = 0) -> Daemon:
-    """The daemon for ``config`` with the built-in approval service as its provider;
-    ``worker``: this process's index among ``daemon.workers`` (its node id's suffix)."""
+                 worker_index: int = 0) -> Daemon:
+    """The daemon for ``config`` with the built-in approval service as its provider.
+
+    ``worker_index``: which of ``daemon.workers`` processes this is (its node id's
+    suffix in a cluster). With several, the RADIUS and approval ports are shared
+    (SO_REUSEPORT), each worker serves /metrics and /healthz on metrics_listen's
+    port + its index, and only worker 0 runs the LDAP front end (see pushproxy.workers).
+    """
     counters = counters or Counters()
-    cluster = build_context(config, reactor, worker=worker, counters=counters)
+    several = config.daemon.workers > 1
+    cluster = build_context(config, reactor, worker=worker_index, counters=counters)
     approval = ApprovalComponent(config.approval, reactor, counters,
                                  insecure_push_endpoints=insecure_push_endpoints,
-                                 cluster=cluster)
-    daemon = Daemon(config, reactor, approval.service, counters=counters, directory=directory)
+                                 reuse_port=several, cluster=cluster)
+    daemon = Daemon(config, reactor, approval.service, counters=counters, directory=directory,
+                    worker_index=worker_index)
     daemon.components.append(approval)
     if cluster_mode(config):
         # Fatigue limits, challenges and remembered logins shared through the store,
@@ -208,9 +218,10 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
         daemon.engine.state = state
         daemon.components.append(LoginStateComponent(state, reactor))
     if config.daemon.metrics_listen:
-        daemon.components.append(MetricsComponent(config.daemon.metrics_listen, daemon,
+        host, port = config.daemon.metrics_listen
+        daemon.components.append(MetricsComponent((host, port + worker_index), daemon,
                                                   approval))
-    if config.ldap_front is not None:
+    if config.ldap_front is not None and worker_index == 0:
         from pushproxy.ldapfront.front import LdapFront
 
         daemon.components.append(LdapFront(daemon))
