@@ -110,17 +110,27 @@ class Node:
     def health(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/healthz"
 
+    workers: int = 1
+
     def start(self) -> None:
-        self.serve = ServeProcess(self.config)
+        # A session of its own: the node (a supervisor and its workers) is one
+        # process group, killed as a whole like a crashed machine.
+        self.serve = ServeProcess(self.config, preexec_fn=os.setsid)
 
     def ready(self, deadline: float = 30.0) -> None:
         assert self.serve is not None
-        self.serve.wait_for("daemon.ready", deadline)
+        self.serve.wait_for("workers.ready" if self.workers > 1 else "daemon.ready", deadline)
+
+    def _killpg(self) -> None:
+        try:
+            os.killpg(self.serve.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def kill(self) -> None:
-        """SIGKILL: no drain, no clean-up, as a crashed machine."""
+        """SIGKILL to every process of the node: no drain, no clean-up, as a crashed machine."""
         assert self.serve is not None
-        self.serve.proc.send_signal(signal.SIGKILL)
+        self._killpg()
         self.serve.proc.wait(10)
 
     def stop(self) -> None:
@@ -133,6 +143,7 @@ class Node:
                 self.serve.proc.wait(20)
             except subprocess.TimeoutExpired:
                 pass
+        self._killpg()  # whatever is left of the node (a worker that did not stop)
         self.serve.close()
 
     def login(self, attributes: list, timeout: float = 25, retries: int = 1) -> RadclientResult:
@@ -154,7 +165,8 @@ class Cluster:
     """``count`` nodes over one PostgreSQL database (a fresh schema per cluster)."""
 
     def __init__(self, tmp_path: Path, slapd, postgres: PostgresServer, *, count: int = 3,
-                 push: str = "timeout: 20\nlimits: {max_pending: 10}", clients: str | None = None):
+                 push: str = "timeout: 20\nlimits: {max_pending: 10}", clients: str | None = None,
+                 workers: int = 1):
         self.tmp_path = tmp_path
         self.postgres = postgres
         self.database = postgres.new_database()
@@ -164,7 +176,7 @@ class Cluster:
             folder = tmp_path / f"node{index}"
             folder.mkdir()
             node = Node(f"node{index}", folder, free_port(socket.SOCK_DGRAM), free_port(),
-                        free_port())
+                        free_port(), workers=workers)
             self._configure(node, slapd, push, clients)
             self.nodes.append(node)
 
@@ -178,6 +190,8 @@ class Cluster:
         daemon = f'daemon:\n  metrics_listen: "127.0.0.1:{node.metrics_port}"\n'
         if node_names_supported():
             daemon += f"  node_name: {node.name}\n"
+        if node.workers > 1:  # worker I serves /metrics on metrics_listen's port + I
+            daemon += f"  workers: {node.workers}\n"
         text = path.read_text().replace('listen: ["127.0.0.1:0"]',
                                         f'listen: ["127.0.0.1:{node.radius_port}"]')
         # Every seeded user may log in (alice, bob, carol, dave): the tests need several.

@@ -275,3 +275,22 @@ def test_postgresql_stopped_under_load_failmode_in_bounded_time_then_back(cluste
     auth.answer(at["node1"], wait_pending(at["node1"], deadline=20)[0]["txid"], "approve")
     assert login.result(timeout=30).code == "Access-Accept", c.output()
     assert "Traceback" not in c.output()
+
+
+def test_two_nodes_of_two_workers_one_push_for_one_session_and_one_approval_for_all(cluster):
+    """``daemon.workers: 2`` on each of two nodes: resends of one session from several
+    source ports (the kernel hashes them over the workers) and both nodes join one push."""
+    c = cluster(count=2, workers=2)
+    state = c.enroll("alice", c[1])
+    at2 = c.device_at(state, c[2])
+    session = attrs("alice", station="198.51.100.60", nas="gw-1", port=11)
+    first = c.login(c[1], session)
+    pushed = wait_pending(at2, 1)
+    # Each radclient run sends from a new source port, which the kernel hashes to one of
+    # the workers: most likely both workers of each node see some (not asserted: random).
+    resends = [c.login(node, session) for node in (c[1], c[2]) for _ in range(3)]
+    assert distinct_txids(at2, 3.0) == {pushed[0]["txid"]}
+    assert auth.answer(at2, pushed[0]["txid"], "approve")["status"] == "recorded"
+    codes = [f.result(timeout=30).code for f in [first, *resends]]
+    assert codes == ["Access-Accept"] * 7, c.output()
+    assert "Traceback" not in c.output()
