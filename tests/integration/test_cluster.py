@@ -294,3 +294,30 @@ def test_two_nodes_of_two_workers_one_push_for_one_session_and_one_approval_for_
     codes = [f.result(timeout=30).code for f in [first, *resends]]
     assert codes == ["Access-Accept"] * 7, c.output()
     assert "Traceback" not in c.output()
+
+
+def test_a_restarting_node_retires_only_its_own_stale_pushes(cluster):
+    """Node 3 restarts while node 1 holds a push: the push stays answerable. Node 2 dies
+    with a push nobody else waits on and restarts: that stale push is retired."""
+    c = cluster()
+    state = c.enroll("alice", c[1])
+    at1 = c.device_at(state, c[1])
+    held = c.login(c[1], attrs("alice", station="198.51.100.70"), timeout=40)
+    pushed = wait_pending(at1, 1)
+    c[3].stop()
+    c[3].start()
+    c[3].ready()
+    assert {e["txid"] for e in auth.pending(at1, wait=0)} == {pushed[0]["txid"]}
+    assert auth.answer(at1, pushed[0]["txid"], "approve")["status"] == "recorded"
+    assert held.result(timeout=30).code == "Access-Accept", c.output()
+
+    orphan = c.login(c[2], attrs("alice", station="198.51.100.71"), timeout=5, retries=1)
+    stale = wait_pending(at1, 1)[0]["txid"]
+    c[2].kill()
+    c[2].start()
+    c[2].ready()
+    end = time.monotonic() + 20  # heartbeats: a dead node is known as dead within seconds
+    while stale in {e["txid"] for e in auth.pending(at1, wait=0)} and time.monotonic() < end:
+        time.sleep(0.5)
+    assert stale not in {e["txid"] for e in auth.pending(at1, wait=0)}, c.output()
+    assert orphan.result(timeout=30).code != "Access-Accept"
