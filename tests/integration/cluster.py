@@ -172,6 +172,7 @@ class Cluster:
         self.database = postgres.new_database()
         self.pool = concurrent.futures.ThreadPoolExecutor(32)
         self.nodes: list[Node] = []
+        self._settings = (slapd, push, clients)
         for index in range(1, count + 1):
             folder = tmp_path / f"node{index}"
             folder.mkdir()
@@ -205,12 +206,28 @@ class Cluster:
     def start(self) -> Cluster:
         # The first node applies the migrations alone; the others then start together.
         self.nodes[0].start()
-        self.nodes[0].ready()
+        self._ready(self.nodes[0])
         for node in self.nodes[1:]:
             node.start()
         for node in self.nodes[1:]:
-            node.ready()
+            self._ready(node)
         return self
+
+    def _ready(self, node: Node, attempts: int = 3) -> None:
+        """Wait for ``node``; if a port picked as free was taken meanwhile (other tests
+        run on this machine too), pick new ports and start it again."""
+        for attempt in range(attempts):
+            try:
+                node.ready()
+                return
+            except AssertionError:
+                if "Address already in use" not in node.output() or attempt == attempts - 1:
+                    raise
+            node.stop()
+            node.radius_port, node.http_port = free_port(socket.SOCK_DGRAM), free_port()
+            node.metrics_port = free_port()
+            self._configure(node, *self._settings)
+            node.start()
 
     def close(self) -> None:
         for node in self.nodes:
