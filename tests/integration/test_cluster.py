@@ -36,9 +36,9 @@ def cluster(slapd, postgres, tmp_path):
     made: list[Cluster] = []
 
     def make(**kw) -> Cluster:
-        c = Cluster(tmp_path, slapd, postgres, **kw).start()
-        made.append(c)
-        return c
+        c = Cluster(tmp_path, slapd, postgres, **kw)
+        made.append(c)  # before start: nodes already up are stopped if another fails
+        return c.start()
 
     yield make
     for c in made:
