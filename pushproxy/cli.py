@@ -76,6 +76,18 @@ def report_file_modes(config, counters, stage: str) -> bool:
     return ok
 
 
+def _files_and_exposure_ok(config, counters) -> bool:
+    """Refuse files open to other users (logged); warn about a public http:// URL."""
+    if not report_file_modes(config, counters, "startup"):
+        logs.event(log, logging.ERROR, "startup.failed",
+                   error="secret, key or database files are open to other users "
+                         "(see startup.insecure_file)")
+        return False
+    for warning in exposure_warnings(config):
+        logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
+    return True
+
+
 def cmd_serve(args) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; SIGHUP reloads the config."""
     config = load_config_or_report(args.config)
@@ -97,13 +109,8 @@ def cmd_serve(args) -> int:
     logs.event(log, logging.INFO, "daemon.descriptors", limit=after, raised_from=(
         before if before != after else None), need=budget.need)
     if args.worker is None and config.daemon.workers > 1:
-        if not report_file_modes(config, None, "startup"):
-            logs.event(log, logging.ERROR, "startup.failed",
-                       error="secret, key or database files are open to other users "
-                             "(see startup.insecure_file)")
+        if not _files_and_exposure_ok(config, None):
             return 1
-        for warning in exposure_warnings(config):
-            logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
         return workers.supervise(args.config, config)
     from twisted.internet import reactor, task
 
@@ -111,13 +118,8 @@ def cmd_serve(args) -> int:
     from pushproxy.wiring import build_daemon
 
     counters = Counters()
-    if not report_file_modes(config, counters, "startup"):
-        logs.event(log, logging.ERROR, "startup.failed",
-                   error="secret, key or database files are open to other users "
-                         "(see startup.insecure_file)")
+    if not _files_and_exposure_ok(config, counters):
         return 1
-    for warning in exposure_warnings(config):
-        logs.event(log, logging.WARNING, "startup.exposed", problem=warning)
     try:
         daemon = build_daemon(config, reactor, counters=counters, worker_index=args.worker or 0)
     except Exception as exc:  # startup failures: say what, exit non-zero
