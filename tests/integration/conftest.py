@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
+import pytest_twisted
 
 try:  # tests/integration as a package (with __init__.py files)
     from .slapd import Slapd, slapd_available
@@ -29,3 +30,24 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def stacks(slapd, tmp_path):
+    """Starts daemons on loopback (`test_approval_e2e.Stack`: real slapd, real approval
+    service, in this process's reactor) with ``stacks(**kw)``; stops the ones still
+    running at the end of the test."""
+    from tests.integration.test_approval_e2e import Stack
+
+    running = []
+
+    @pytest_twisted.inlineCallbacks
+    def make(**kw):
+        stack = yield Stack(tmp_path, slapd, **kw).start()
+        running.append(stack)
+        return stack
+
+    yield make
+    for stack in running:
+        if stack.daemon.ports:  # not stopped by the test
+            pytest_twisted.blockon(stack.stop())

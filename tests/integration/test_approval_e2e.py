@@ -111,22 +111,6 @@ class Stack:
         return [json.loads(x) for x in (self.tmp_path / "audit.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture
-def stacks(slapd, tmp_path):
-    running = []
-
-    @pytest_twisted.inlineCallbacks
-    def make(**kw):
-        stack = yield Stack(tmp_path, slapd, **kw).start()
-        running.append(stack)
-        return stack
-
-    yield make
-    for stack in running:
-        if stack.daemon.ports:
-            pytest_twisted.blockon(stack.stop())
-
-
 def first_request(state, deadline=15.0):
     end = time.monotonic() + deadline
     while time.monotonic() < end:

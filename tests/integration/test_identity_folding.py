@@ -26,7 +26,7 @@ from pushproxy.decision import check_credentials
 from tests.integration import folding
 from tests.integration.harness import SECRET
 from tests.integration.radclient import radclient
-from tests.integration.test_approval_e2e import Stack, first_request
+from tests.integration.test_approval_e2e import first_request
 from tests.integration.test_ldap_front import Front, front_section
 
 MA = ("Message-Authenticator", "0x00")
@@ -65,20 +65,8 @@ def attrs(user, station, password="alice-pw", state=None):
 
 
 @pytest.fixture
-def stack(slapd, tmp_path):
-    started = []
-
-    @pytest_twisted.inlineCallbacks
-    def make(**kw):
-        kw.setdefault("push_extra", PUSH)
-        s = yield Stack(tmp_path, slapd, **kw).start()
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        if s.daemon.ports:
-            pytest_twisted.blockon(s.stop())
+def stack(stacks):
+    return lambda **kw: stacks(**{"push_extra": PUSH, **kw})
 
 
 def test_the_scan_finds_the_spellings_the_review_used(folded):

@@ -26,7 +26,7 @@ from pushproxy.config import parse_config
 from tests.integration.harness import ServeProcess, closed_port, write_config
 from tests.integration.slapd import free_port
 from tests.integration.slapd import _write_tls_material
-from tests.integration.test_approval_e2e import Stack, first_request
+from tests.integration.test_approval_e2e import first_request
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapwhoami") is None,
                                 reason="ldap-utils not installed")
@@ -81,20 +81,13 @@ class Front:
 
 
 @pytest.fixture
-def fronts(slapd, tmp_path):
-    running = []
-
+def fronts(stacks, slapd, tmp_path):
     @pytest_twisted.inlineCallbacks
     def make(timeout=20, **extra):
-        stack = Stack(tmp_path, slapd, timeout=timeout, extra=front_section(slapd, **extra))
-        yield stack.start()
-        running.append(stack)
+        stack = yield stacks(timeout=timeout, extra=front_section(slapd, **extra))
         return Front(stack, slapd, tmp_path)
 
-    yield make
-    for stack in running:
-        if stack.daemon.ports:  # not stopped by the test
-            pytest_twisted.blockon(stack.stop())
+    return make
 
 
 def pushes(front) -> int:

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from pushproxy.approval import authenticator as auth
-from tests.integration.test_approval_e2e import Stack, first_request
+from tests.integration.test_approval_e2e import first_request
 from tests.integration.test_ldap_front import FRONT, Front, front_section
 
 pytestmark = pytest.mark.skipif(shutil.which("ldapwhoami") is None,
@@ -24,21 +24,14 @@ pytestmark = pytest.mark.skipif(shutil.which("ldapwhoami") is None,
 
 
 @pytest.fixture
-def front_with(slapd, tmp_path):
-    started = []
-
+def front_with(stacks, slapd, tmp_path):
     @pytest_twisted.inlineCallbacks
     def make(policy: str):
-        stack = Stack(tmp_path, slapd, timeout=20,
-                      extra=textwrap.dedent(policy) + front_section(slapd, bind_cache_seconds=0))
-        yield stack.start()
-        started.append(stack)
+        stack = yield stacks(timeout=20, extra=textwrap.dedent(policy)
+                             + front_section(slapd, bind_cache_seconds=0))
         return Front(stack, slapd, tmp_path)
 
-    yield make
-    for stack in started:
-        if stack.daemon.ports:
-            pytest_twisted.blockon(stack.stop())
+    return make
 
 
 @pytest_twisted.inlineCallbacks

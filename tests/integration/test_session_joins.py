@@ -20,7 +20,7 @@ from twisted.internet import defer, threads
 from pushproxy.approval import authenticator as auth
 from tests.integration.harness import SECRET
 from tests.integration.radclient import radclient
-from tests.integration.test_approval_e2e import Stack, first_request
+from tests.integration.test_approval_e2e import first_request
 
 MA = ("Message-Authenticator", "0x00")
 NUMBER_CLIENT = textwrap.dedent("""\
@@ -48,21 +48,9 @@ def attrs(*, nas="gw-1", port=None, port_id=None, user="alice", password="alice-
 
 
 @pytest.fixture
-def stack(slapd, tmp_path):
-    started = []
-
-    @pytest_twisted.inlineCallbacks
-    def make(**kw):
-        # Two pushes may wait at once, so a second session shows as a second push.
-        kw.setdefault("push_extra", "limits: {max_pending: 2}")
-        s = yield Stack(tmp_path, slapd, **kw).start()
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        if s.daemon.ports:
-            pytest_twisted.blockon(s.stop())
+def stack(stacks):
+    # Two pushes may wait at once, so a second session shows as a second push.
+    return lambda **kw: stacks(**{"push_extra": "limits: {max_pending: 2}", **kw})
 
 
 def pending(state, count, deadline=15.0):

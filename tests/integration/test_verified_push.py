@@ -18,7 +18,7 @@ from twisted.internet import threads
 from pushproxy.approval import authenticator as auth
 from tests.integration.harness import SECRET
 from tests.integration.radclient import radclient
-from tests.integration.test_approval_e2e import Stack, first_request
+from tests.integration.test_approval_e2e import first_request
 
 MA = ("Message-Authenticator", "0x00")
 CLIENTS = textwrap.dedent("""\
@@ -49,21 +49,8 @@ def attrs(user="alice", password="alice-pw", station="198.51.100.7", state=None)
 
 
 @pytest.fixture
-def stack(slapd, tmp_path):
-    started = []
-
-    @pytest_twisted.inlineCallbacks
-    def make(**kw):
-        kw.setdefault("clients", CLIENTS)
-        kw.setdefault("extra", POLICY)
-        s = yield Stack(tmp_path, slapd, **kw).start()
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        if s.daemon.ports:
-            pytest_twisted.blockon(s.stop())
+def stack(stacks):
+    return lambda **kw: stacks(**{"clients": CLIENTS, "extra": POLICY, **kw})
 
 
 def reasons(stack):
