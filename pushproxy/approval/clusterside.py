@@ -4,7 +4,7 @@ Several nodes or worker processes share one store (`pushproxy.cluster`). Here:
 opening a push or joining the pending one with the same join key on any node,
 `await_decision` (released by an answer recorded on any node), the bus events
 that wake waiters and long-polls, and the node's start (retire its own stale
-work, heartbeat) and stop. The attributes used (run, reactor, wallclock,
+work, heartbeat) and stop. The attributes used (store, reactor, wallclock,
 counters, cluster, node, waiters, life, _pollers) are set by ApprovalService.
 """
 
@@ -44,7 +44,7 @@ class ClusterSide:
     @defer.inlineCallbacks
     def start_cluster(self):
         """Cluster mode, at start: retire this node's own stale work, heartbeat, listen."""
-        self.life = ClusterLife(self.run, self.reactor, self.wallclock, self.node)
+        self.life = ClusterLife(self.store, self.reactor, self.wallclock, self.node)
         retired = yield self.life.start()
         self.cluster.bus.start()
         return retired
@@ -86,7 +86,7 @@ class ClusterSide:
         Deferred to stop waiting (in cluster mode this node's waiter is then
         released; the transaction itself closes when nobody live waits on it)."""
         waiter = self.waiters.add(txid, None)  # before the read: no event is missed
-        d = self.run("watch_transaction", txid, self.node)
+        d = self.store.watch_transaction(txid, self.node)
 
         def read(tx):
             if waiter.called:
@@ -116,7 +116,7 @@ class ClusterSide:
         node): a joined login sends no push and gets the same result (its txid)."""
         tx = self._new_transaction(request)
         try:
-            opened = await self.run("open_or_join_transaction", tx, self.node,
+            opened = await self.store.open_or_join_transaction(tx, self.node,
                                     effective_join_key(request), self.wallclock())
         except StoreError as exc:
             raise ProviderUnavailable(f"store: {exc}") from None
