@@ -36,6 +36,7 @@ from pushproxy import logs, passcodes
 from pushproxy.approval import crypto, pushtarget
 from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.clusterside import ClusterSide
+from pushproxy.approval.opentx import OpenTransactions
 from pushproxy.approval.secondfactors import PasscodeSide
 from pushproxy.approval.store import Device, StoreError, Transaction
 from pushproxy.approval.waiters import LIVE_FOR, Waiters
@@ -113,6 +114,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self.push_rules = push_rules or pushtarget.EndpointRules()
         self.resolver = resolver
         self._waiting: dict[str, Deferred] = {}  # txid -> the engine's Deferred
+        self._open = OpenTransactions()  # the transactions of _waiting (no store read)
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._expiring: dict[str, None] = {}  # withdrawn transactions not yet closed
@@ -150,6 +152,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             return PushResult(PushStatus.NO_DEVICE, request.txid)
         waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
         self._waiting[tx.id] = waiter
+        self._open.add(tx)
         self._opened(tx, devices)
         return await waiter
 
@@ -183,6 +186,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         counts only before ``expires`` -- so logins that time out together cost
         one store call and one commit, not one each (issue 22)."""
         self._waiting.pop(txid, None)
+        self._open.discard(txid)
         self._expiring[txid] = None
         if self._expire_call is None:
             self._expire_call = self.reactor.callLater(EXPIRE_EVERY, self.flush_expired)
@@ -340,8 +344,8 @@ class ApprovalService(ClusterSide, PasscodeSide):
         if self.cluster is not None:  # waited for by a live node, any node
             now = self.wallclock()
             return await self.store.waiting_transactions(username, now, now - LIVE_FOR)
-        txs = await self.store.pending_transactions(username, self.wallclock())
-        return [tx for tx in txs if tx.id in self._waiting]
+        # One process: its own logins are the whole truth, kept in memory.
+        return self._open.of_user(username, self.wallclock())
 
     async def _pending(self, device: Device, wait: float) -> list[dict]:
         txs = await self._live(device.username)
@@ -389,7 +393,11 @@ class ApprovalService(ClusterSide, PasscodeSide):
                       number: str | None) -> dict:
         if decision not in _STATES:
             raise ApprovalError(400, "bad_request", "decision must be approve, deny or fraud")
-        tx = await self.store.transaction(txid) if isinstance(txid, str) else None
+        # A transaction this process waits on is in memory (its nonce and context
+        # never change); the compare-and-set below is what decides, in the store.
+        tx = self._open.get(txid)
+        if tx is None and isinstance(txid, str):
+            tx = await self.store.transaction(txid)
         if tx is None or tx.username != device.username:
             if tx is not None:
                 logs.event(log, logging.WARNING, "approval.cross_user_answer", device=device.id,
@@ -442,6 +450,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             body["code"] = code
         result = PushResult(status, txid, device.id, code=code)
         waiter = self._waiting.pop(txid, None)
+        self._open.discard(txid)
         if waiter is not None and not waiter.called:
             waiter.callback(result)
         self.waiters.settle(txid, result)  # joined logins, await_decision
