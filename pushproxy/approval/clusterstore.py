@@ -147,7 +147,9 @@ class ClusterMethods:
                            outcome: str, code: str | None) -> bool:
         """`decide_transaction` for a device's answer, storing what it means (``outcome``,
         a PushStatus value) and the code of an approved code-to-login request; whether
-        this call decided it. Announced as ``decided txid`` and ``closed username``."""
+        this call decided it. Announced as ``decided txid`` and ``closed username``.
+        A revoked device's answer never counts (a node may have authenticated it from
+        its device cache just before the revocation reached it)."""
         from pushproxy.approval.store import ANSWERS
 
         if state not in ANSWERS or not device_id:
@@ -157,8 +159,9 @@ class ClusterMethods:
             row = db.execute(
                 f"UPDATE transactions SET state = {p}, decided_by = {p}, decided_at = {p}, "
                 f"outcome = {p}, code = {p} WHERE id = {p} AND state = 'pending' "
-                f"AND expires > {p} RETURNING username",
-                (state, device_id, now, outcome, code, txid, now)).fetchall()
+                f"AND expires > {p} AND NOT EXISTS (SELECT 1 FROM devices WHERE id = {p} "
+                "AND revoked IS NOT NULL) RETURNING username",
+                (state, device_id, now, outcome, code, txid, now, device_id)).fetchall()
             row = row[0] if row else None
             if row is not None:
                 self._notify(db, "decided", txid)

@@ -21,6 +21,7 @@ its in-memory paths and makes no extra store call.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -36,6 +37,7 @@ from pushproxy import logs, passcodes
 from pushproxy.approval import crypto, pushtarget
 from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.clusterside import ClusterSide
+from pushproxy.approval.devicecache import DeviceCache
 from pushproxy.approval.opentx import OpenTransactions
 from pushproxy.approval.secondfactors import PasscodeSide
 from pushproxy.approval.store import Device, StoreError, Transaction
@@ -115,6 +117,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self.resolver = resolver
         self._waiting: dict[str, Deferred] = {}  # txid -> the engine's Deferred
         self._open = OpenTransactions()  # the transactions of _waiting (no store read)
+        self._devices = DeviceCache()  # cluster mode on PostgreSQL only (see _device)
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._expiring: dict[str, None] = {}  # withdrawn transactions not yet closed
@@ -301,7 +304,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise self._unauthenticated(device_id, "timestamp outside the allowed window")
         if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
             raise self._unauthenticated(device_id, "bad nonce")
-        device = await self.store.device(device_id)
+        device = await self._device(device_id, now)
         if device is None or device.revoked is not None:
             raise self._unauthenticated(device_id, "unknown or revoked device")
         self._forget_nonces(now)
@@ -318,6 +321,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         if device.last_seen is None or now - device.last_seen > LAST_SEEN_EVERY:
             # For `pushproxy devices list`; throttled so long-polls do not write constantly.
             self.store.touch_device(device.id, now).addErrback(lambda _: None)
+            self._devices.refresh(dataclasses.replace(device, last_seen=now))
         return device
 
     def _unauthenticated(self, device_id, why: str) -> ApprovalError:
@@ -437,6 +441,10 @@ class ApprovalService(ClusterSide, PasscodeSide):
                                                         now)
         if not won:
             current = await self.store.transaction(txid)
+            if self.cluster is not None and current.state == "pending" \
+                    and now < current.expires and txid not in self._expiring:
+                # still open: the compare-and-set refused the device (revoked meanwhile)
+                raise self._unauthenticated(device.id, "unknown or revoked device")
             self.counters.inc("answers", outcome="late")
             if current.state in ("expired", "cancelled") or now >= current.expires \
                     or txid in self._expiring:

@@ -7,6 +7,8 @@ The approved login's path on a single node: the lock check and the transaction
 the list before answering, the answer), each authenticated, and the answer's
 compare-and-set. What is served from memory (the node's own pending transactions)
 costs no round trip; the compare-and-set always goes to the store.
+
+Run with ``-s`` to see the figures (docs/benchmarks.md, "Store round trips per login").
 """
 
 from __future__ import annotations
@@ -51,3 +53,51 @@ def test_an_approved_push_login_costs_few_store_round_trips(stacks):
     # the answer's compare-and-set is durable: one commit per login at least
     assert calls.get("decide_transaction") == 1 and commits.get("decide_transaction") == 1
     assert sum(calls.values()) <= 6.5
+
+
+# Background calls of a cluster node, not made by a login.
+BACKGROUND = ("heartbeat", "purge_login_state", "retire_stale", "setting_or_create")
+
+
+def scrape(url: str) -> dict[str, dict[str, float]]:
+    """``store_calls`` and ``store_commits`` by method, from a node's /metrics."""
+    import re
+
+    import requests
+
+    found: dict[str, dict[str, float]] = {"calls": {}, "commits": {}}
+    for line in requests.get(url, timeout=5).text.splitlines():
+        match = re.match(r'pushproxy_store_(calls|commits)_total\{method="(\w+)"\} (\S+)', line)
+        if match and match.group(2) not in BACKGROUND:
+            found[match.group(1)][match.group(2)] = float(match.group(3))
+    return found
+
+
+def test_an_approved_push_login_on_a_postgresql_cluster_node(slapd, postgres, tmp_path):
+    """The same login on a cluster node (PostgreSQL, the bus): the shared fatigue
+    state, the join, the nonces and the answer all go to the store; the device's
+    identity comes from the node's cache once it is known."""
+    from tests.integration.cluster import Cluster, attrs, wait_pending
+
+    cluster = Cluster(tmp_path, slapd, postgres, count=1).start()
+    try:
+        node = cluster[1]
+        state = cluster.device_at(cluster.enroll("alice", node), node)
+        metrics = f"http://127.0.0.1:{node.metrics_port}/metrics"
+        before = scrape(metrics)
+        for i in range(LOGINS):
+            login = cluster.login(node, attrs(station=f"st-{i}"))
+            (request,) = wait_pending(state)
+            auth.answer(state, request["txid"], "approve")
+            assert login.result().code == "Access-Accept"
+        after = scrape(metrics)
+    finally:
+        cluster.close()
+    calls = per_login(after["calls"], before["calls"])
+    commits = per_login(after["commits"], before["commits"])
+    print(f"cluster store calls per login: {sum(calls.values()):.2f} {calls}")
+    print(f"cluster store commits per login: {sum(commits.values()):.2f} {commits}")
+    assert calls.get("answer_transaction") == 1 and commits.get("answer_transaction") == 1
+    assert calls.get("device", 0) <= 0.5  # one read of the device, then the cache
+    assert "transaction" not in calls  # answered at the node that opened it: in memory
+    assert sum(calls.values()) <= 12.5
