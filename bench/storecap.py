@@ -18,6 +18,7 @@ import time
 from twisted.internet import defer, reactor
 
 from bench.pushproxyd import new_device_key, seed_devices
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.store import SQLiteStore, Transaction
 
@@ -26,11 +27,12 @@ from pushproxy.approval.store import SQLiteStore, Transaction
 def measure(runner, users: list[str]):
     """Submit every login's calls at once; print what the store thread did."""
     yield runner.start()
+    store = AsyncStore(runner)
     started = time.monotonic()
     calls = []
     for i, user in enumerate(users):
-        calls.append(runner("user_lock", user))
-        calls.append(runner("open_transaction", Transaction(
+        calls.append(store.user_lock(user))
+        calls.append(store.open_transaction(Transaction(
             id=f"tx{i}", username=user, nonce="n", context={}, created=0.0, expires=1e12,
             state="pending", decided_by=None, decided_at=None)))
     results = yield defer.DeferredList(calls, consumeErrors=True)
@@ -40,7 +42,7 @@ def measure(runner, users: list[str]):
           f"{len(calls) / elapsed:.0f} calls/s, {len(users) / elapsed:.0f} logins/s, "
           f"{failed} failed")
     started = time.monotonic()
-    yield runner("expire_transactions", [f"tx{i}" for i in range(len(users))], 1.0)
+    yield store.expire_transactions([f"tx{i}" for i in range(len(users))], 1.0)
     print(f"expire_transactions of {len(users)} in one call: "
           f"{time.monotonic() - started:.2f} s")
 

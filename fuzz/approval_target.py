@@ -33,7 +33,7 @@ from twisted.test.proto_helpers import StringTransport
 
 from pushproxy.approval import crypto
 from pushproxy.approval.api import build_site
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalService, new_enrollment
 from pushproxy.approval.store import SQLiteStore
 from pushproxy.decision import PushStatus
@@ -66,7 +66,7 @@ class Harness:
         self.clock.advance(T0)
         self.store = SQLiteStore(":memory:")
         self.counters = Counters()
-        self.service = ApprovalService(run=InlineRunner(self.store), reactor=self.clock,
+        self.service = ApprovalService(store=AsyncStore.inline(self.store), reactor=self.clock,
                                        counters=self.counters, vapid_public_key="vapid")
         self.site = build_site(self.service, max_body=16384, reactor=self.clock, app=None)
         link = new_enrollment(self.store, "alice", "https://mfa.example", 900, T0)

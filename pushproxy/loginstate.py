@@ -7,7 +7,7 @@ credential digests and the cross-node join key. Two implementations:
 - `LocalState`: today's in-memory classes (`FatigueGuard`, `ChallengeTable`,
   `RememberedLogins`). A single process on SQLite, the default: no store call
   at all, every Deferred has fired when it is returned.
-- `StoreState`: the same decisions through the approval store runner, so every
+- `StoreState`: the same decisions through the approval store (`AsyncStore`), so every
   node and worker of a cluster (`pushproxy.cluster.cluster_mode`) sees them. A
   State issued by one node is honoured at another; 20 denials spread over three
   nodes pause pushes as they would on one.
@@ -26,7 +26,7 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -38,6 +38,11 @@ from pushproxy.challenges import (Challenge, ChallengeError, ChallengeTable, Rem
                                   check_owner)
 from pushproxy.fatigue import Block, FatigueGuard, FatigueLimits
 from pushproxy.push import ProviderUnavailable
+
+if TYPE_CHECKING:
+    from pushproxy.approval.asyncstore import AsyncStore
+
+T = TypeVar("T")
 
 log = logging.getLogger("pushproxy.loginstate")
 
@@ -166,15 +171,16 @@ def _state_hash(state: bytes) -> str:
 class StoreState:
     """The decision state in the approval store, shared by every node of a cluster.
 
-    ``run`` is the store runner (`pushproxy.approval.runner`); `start` reads
+    ``store`` is the `AsyncStore` (pushproxy.approval.asyncstore); `start` reads
     the secret every node derives its digest and join keys from. Challenges
     started here stay in this process too (the push's waiters live here); a
     follow-up that lands on another node finds the row and waits for the push
     through the provider's ``await_decision``.
     """
 
-    def __init__(self, run, limits: FatigueLimits | None = None, counters=None):
-        self.run = run
+    def __init__(self, store: AsyncStore, limits: FatigueLimits | None = None,
+                 counters=None):
+        self.store = store
         self.counters = counters
         self.fatigue = Limits(limits or FatigueLimits())
         self.local = ChallengeTable()
@@ -185,8 +191,8 @@ class StoreState:
     @defer.inlineCallbacks
     def start(self):
         """Read (or, first node, create) the shared secret."""
-        secret = yield self.run("setting_or_create", SECRET_SETTING,
-                                lambda: secrets.token_hex(32))
+        secret = yield self.store.setting_or_create(SECRET_SETTING,
+                                                    lambda: secrets.token_hex(32))
         root = bytes.fromhex(secret)
         self.digest_key = hmac.new(root, b"credential digest", hashlib.sha256).digest()
         self._join_secret = hmac.new(root, b"join key", hashlib.sha256).digest()
@@ -195,44 +201,46 @@ class StoreState:
     def purge(self, wallclock) -> None:
         """Delete expired challenges, remembered logins and old fatigue rows (background)."""
         limits = self.fatigue.limits
-        self._background("purge_login_state", wallclock(),
+        self._background(self.store.purge_login_state, wallclock(),
                          max(86400.0, limits.window, limits.denial_window) + 60)
 
-    def _call(self, method: str, *args) -> Deferred:
+    @staticmethod
+    def _call(d: Deferred[T]) -> Deferred[T]:
         """A store call the decision depends on: a store fault is ProviderUnavailable."""
         def failed(failure):
             failure.trap(StoreError)
             raise ProviderUnavailable(f"login state: {failure.value}")
-        return self.run(method, *args).addErrback(failed)
+        return d.addErrback(failed)
 
-    def _background(self, method: str, *args) -> None:
-        """Bookkeeping: a store fault is logged and counted, never a login's failure."""
-        self.run(method, *args).addErrback(
-            lambda failure: self._background_failed(method, failure))
+    def _background(self, method: Callable[..., Deferred], *args) -> None:
+        """Bookkeeping (``method`` of the `AsyncStore`): a store fault is logged and
+        counted, never a login's failure."""
+        method(*args).addErrback(
+            lambda failure: self._background_failed(method.__name__, failure))
 
     def admit(self, user, now, txid, expires, join_key=None):
-        return self._call("fatigue_admit", user, now, self.fatigue.limits, txid, expires,
-                          join_key)
+        return self._call(self.store.fatigue_admit(user, now, self.fatigue.limits, txid,
+                                                   expires, join_key))
 
     def push_ended(self, user, txid, now):
-        self._background("fatigue_push_ended", txid, now)
+        self._background(self.store.fatigue_push_ended, txid, now)
 
     def denial(self, user, now, txid):
         def failed(failure):
             failure.trap(ProviderUnavailable)
             self._background_failed("fatigue_denial", failure)
             return False
-        return self._call("fatigue_denial", user, now, self.fatigue.limits,
-                          txid).addErrback(failed)
+        return self._call(self.store.fatigue_denial(user, now, self.fatigue.limits,
+                                                    txid)).addErrback(failed)
 
-    def _background_failed(self, method, failure):
+    def _background_failed(self, method: str, failure):
         if self.counters is not None:
             self.counters.inc("login_state_errors")
         logs.event(log, logging.WARNING, "loginstate.write_failed", call=method,
                    detail=str(failure.value)[:200])
 
     def saw_locked(self, user, now):
-        self._background("fatigue_locked", user, now)
+        self._background(self.store.fatigue_locked, user, now)
 
     def saw_unlocked(self, user, now):
         """Nothing to do here: `fatigue_admit` clears an unlocked user in its transaction."""
@@ -242,22 +250,23 @@ class StoreState:
                         hashlib.sha256).hexdigest()
 
     def remember(self, key, user, until):
-        self._background("remember_login", self._remember_hash(key), user, until)
+        self._background(self.store.remember_login, self._remember_hash(key), user, until)
 
     def remembered(self, key, now):
         def failed(failure):
             failure.trap(ProviderUnavailable)
             return False  # not remembered: the login gets its push (or failmode)
-        return self._call("remembered_login", self._remember_hash(key), now).addErrback(failed)
+        return self._call(self.store.remembered_login(self._remember_hash(key),
+                                                      now)).addErrback(failed)
 
     def forget_user(self, user):
-        self._background("forget_logins", user)
+        self._background(self.store.forget_logins, user)
 
     def open_challenge(self, client, user, mode, now, ttl, sent):
         return self.local.open(client, user, mode, now, ttl=ttl, sent=sent)
 
     def save_challenge(self, challenge):
-        return self._call("open_challenge", challenge_row(challenge))
+        return self._call(self.store.open_challenge(challenge_row(challenge)))
 
     def find_challenge(self, state, client, user, now):
         # The row is the truth (another node may have used the State); the copy
@@ -272,11 +281,11 @@ class StoreState:
             check_owner(challenge, client, user)
             return challenge
         self.local.expire(now)
-        return self._call("challenge", _state_hash(state), now).addCallback(found)
+        return self._call(self.store.challenge(_state_hash(state), now)).addCallback(found)
 
     def close_challenge(self, challenge):
         self.local.close(challenge.state)
-        self._background("close_challenge", _state_hash(challenge.state))
+        self._background(self.store.close_challenge, _state_hash(challenge.state))
 
     def join_key(self, key, digest):
         if key is None:

@@ -73,7 +73,7 @@ class Daemon:
         # its bound; the store's figures come from its runner, when it has one.
         self.admission = Admission(
             config.daemon.overload, pending=lambda: self.engine.pending,
-            store=getattr(provider, "run", None), lag=self.loop_lag,
+            store=getattr(getattr(provider, "store", None), "runner", None), lag=self.loop_lag,
             ldap_queue=lambda: getattr(self.directory, "outstanding", 0))
         self.protocols: list[RadiusProtocol] = []
         self.ports = []
@@ -178,10 +178,10 @@ class Daemon:
         servers = await self.directory.probe() if hasattr(self.directory, "probe") else {}
         directory_ok = any(error is None for error in servers.values())
         store = {"ok": True}
-        run = getattr(self.provider, "run", None)
-        if run is not None:
+        approval_store = getattr(self.provider, "store", None)
+        if approval_store is not None:
             try:
-                await run("check_writable")
+                await approval_store.check_writable()
             except Exception as exc:  # any store failure means unhealthy, with the reason
                 store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         healthy = directory_ok and store["ok"]

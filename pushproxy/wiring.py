@@ -8,6 +8,7 @@ from twisted.internet import defer, ssl, task, threads
 
 from pushproxy import connlimit, logs
 from pushproxy.approval.alerts import Alerter
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.pushtarget import EndpointRules
 from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.service import ApprovalService
@@ -45,8 +46,9 @@ class ApprovalComponent:
         self.runner = ThreadRunner(reactor, lambda: open_store(
             config.database, password=config.database_password, timeout=1.0),
             counters=counters)
+        self.store = AsyncStore(self.runner)
         self.service = ApprovalService(
-            run=self.runner, reactor=reactor, counters=counters, vapid_public_key="",
+            store=self.store, reactor=reactor, counters=counters, vapid_public_key="",
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,
                             use_syslog=config.alert_syslog),
             wallclock=reactor.seconds, push_rules=self.push_rules,
@@ -64,11 +66,11 @@ class ApprovalComponent:
             yield self.service.start_cluster()
         else:
             now = self.reactor.seconds()
-            cancelled = yield self.runner("cancel_pending", now)
+            cancelled = yield self.store.cancel_pending(now)
             if cancelled:
                 logs.event(log, logging.INFO, "approval.cancelled_stale", count=cancelled)
-        pem = yield self.runner("setting_or_create", "vapid_private_pem",
-                                lambda: VapidKeys.generate().to_pem().decode("ascii"))
+        pem = yield self.store.setting_or_create(
+            "vapid_private_pem", lambda: VapidKeys.generate().to_pem().decode("ascii"))
         keys = VapidKeys.from_pem(pem.encode("ascii"))
         self.service.vapid_public_key = keys.public_key_b64url
         self.service.sender = WebPushSender(
@@ -214,7 +216,7 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
     if cluster_mode(config):
         # Fatigue limits, challenges and remembered logins shared through the store,
         # so every node and worker decides a login the same way.
-        state = StoreState(approval.runner, config.push.limits, counters=counters)
+        state = StoreState(approval.store, config.push.limits, counters=counters)
         daemon.engine.state = state
         daemon.components.append(LoginStateComponent(state, reactor))
     if config.daemon.metrics_listen:

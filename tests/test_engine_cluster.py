@@ -1,6 +1,6 @@
 """Cluster mode in the engine: several Engine instances ("nodes") over one store decide as one.
 
-Each node has its own store connection (an InlineRunner, so a Clock drives
+Each node has its own store connection (an inline AsyncStore, so a Clock drives
 time) on one SQLite file or one PostgreSQL database; the push provider is a
 recording fake shared by the nodes, with the ``await_decision(txid)`` the
 approval service offers in cluster mode.
@@ -15,6 +15,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.runner import InlineRunner
 from pushproxy.audit import AuditLog
 from pushproxy.cluster import cluster_mode
@@ -67,12 +68,12 @@ class ClusterProvider:
 class StoreFactors:
     """Second factors over the shared store: the fraud lock is the store's."""
 
-    def __init__(self, run):
-        self.run = run
+    def __init__(self, store):
+        self.store = store
         self.alerts = []
 
     def lock_of(self, username):
-        return self.run("user_lock", username)
+        return self.store.user_lock(username)
 
     def verify_passcode(self, username, code, now, *, source, limits):
         raise AssertionError("no passcodes in these tests")
@@ -92,13 +93,13 @@ class Cluster:
         counters = Counters()
         for _ in range(n):
             store = backend.open() if backend is not None else None
-            run = InlineRunner(store) if store is not None else None
+            shared = AsyncStore.inline(store) if store is not None else None
             if store is not None:
                 self.stores.append(store)
-            state = LocalState(limits) if local else StoreState(run, limits)
+            state = LocalState(limits) if local else StoreState(shared, limits)
             if not local:
                 state.start()
-            factors = StoreFactors(run) if run is not None else None
+            factors = StoreFactors(shared) if shared is not None else None
             self.engines.append(Engine(
                 clock=self.clock, directory=ScriptedDirectory(), provider=provider,
                 push=PushConfig(timeout=60, failmode=FailMode.SECURE,
@@ -283,10 +284,15 @@ def test_single_process_keeps_in_memory_state_and_no_join_key():
     assert cluster_mode(pg)
 
 
-class FailingRunner:
+class FailingRunner(InlineRunner):
     """A store runner whose every call fails as an unreachable database does."""
 
-    def __call__(self, method, *args):
+    def __init__(self):
+        from pushproxy.approval.store import SQLiteStore
+
+        super().__init__(SQLiteStore(":memory:"))  # never called
+
+    def submit(self, method, *args, **kwargs):
         from pushproxy.approval.store import StoreError
 
         return defer.fail(StoreError("approval store: connection refused"))
@@ -302,7 +308,7 @@ def test_an_unreachable_shared_state_follows_failmode_and_starts_no_push(failmod
                     push=PushConfig(timeout=60, failmode=failmode,
                                     no_device=NoDeviceMode.REJECT),
                     audit=AuditLog(os.devnull, counters), counters=counters,
-                    state=StoreState(FailingRunner()))
+                    state=StoreState(AsyncStore(FailingRunner())))
     for verification in (None, Verification.NUMBER_MATCH):
         decision = result(engine.login(req(verification=verification)))[0]
         assert decision.outcome is outcome
@@ -343,7 +349,7 @@ def test_the_cluster_component_purges_expired_state_periodically(backend):
     clock.advance(START)
     store = backend.open()
     try:
-        state = StoreState(InlineRunner(store), LIMITS)
+        state = StoreState(AsyncStore.inline(store), LIMITS)
         component = LoginStateComponent(state, clock)
         component.start()
         state.remember(("vpn", "alice", "st"), "alice", START + 10)
@@ -365,9 +371,9 @@ class HeldRunner(InlineRunner):
         super().__init__(store)
         self.held = []
 
-    def __call__(self, method, *args):
-        if method != "fatigue_admit":
-            return super().__call__(method, *args)
+    def submit(self, method, *args, **kwargs):
+        if method.__name__ != "fatigue_admit":
+            return super().submit(method, *args, **kwargs)
         d = defer.Deferred()
         self.held.append((d, args))
         return d
@@ -384,7 +390,7 @@ def held_engine(tmp_path):
     clock = Clock()
     clock.advance(START)
     runner = HeldRunner(SQLiteStore(str(tmp_path / "approval.db")))
-    state = StoreState(runner, LIMITS)
+    state = StoreState(AsyncStore(runner), LIMITS)
     state.start()
     counters = Counters()
     engine = Engine(clock=clock, directory=ScriptedDirectory(), provider=ClusterProvider(),

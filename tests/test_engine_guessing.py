@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from pushproxy import passcodes
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import Device, SQLiteStore
 from pushproxy.audit import AuditLog
@@ -43,7 +43,7 @@ def make(passcode_limits=None, password_limits=None):
     store.redeem_enrollment("tok", T0, Device("dev1", "alice", "phone", "key", None, T0, None,
                                                None, totp_secret=SECRET))
     counters = Counters()
-    service = ApprovalService(run=InlineRunner(store), reactor=clock, counters=counters,
+    service = ApprovalService(store=AsyncStore.inline(store), reactor=clock, counters=counters,
                               vapid_public_key="k", alerter=Alerts(),
                               cpu=lambda f, *a: defer.maybeDeferred(f, *a))
     push = PushConfig(timeout=60, failmode=FailMode.SECURE, no_device=NoDeviceMode.REJECT,

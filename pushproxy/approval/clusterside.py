@@ -4,8 +4,8 @@ Several nodes or worker processes share one store (`pushproxy.cluster`). Here:
 opening a push or joining the pending one with the same join key on any node,
 `await_decision` (released by an answer recorded on any node), the bus events
 that wake waiters and long-polls, and the node's start (retire its own stale
-work, heartbeat) and stop. The attributes used (run, reactor, wallclock,
-counters, cluster, node, waiters, life, _pollers) are set by ApprovalService.
+work, heartbeat) and stop. The attributes used (store, reactor, wallclock,
+counters, cluster, node, waiters, life, _pollers, _devices) are set by ApprovalService.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ClusterSide:
     @defer.inlineCallbacks
     def start_cluster(self):
         """Cluster mode, at start: retire this node's own stale work, heartbeat, listen."""
-        self.life = ClusterLife(self.run, self.reactor, self.wallclock, self.node)
+        self.life = ClusterLife(self.store, self.reactor, self.wallclock, self.node)
         retired = yield self.life.start()
         self.cluster.bus.start()
         return retired
@@ -61,11 +61,14 @@ class ClusterSide:
         if kind == "decided":
             if key in self.waiters:
                 self.waiters.recheck(key)
+        elif kind == "device":  # revoked (on any node, or by pushproxy revoke)
+            self._devices.forget(key)
         else:  # created, closed: the user's pending list changed
             self._wake(key)
 
     def _resync(self) -> None:
         # events were lost while the bus was down: re-read what we wait on
+        self._devices.clear()
         self.waiters.recheck_all()
         for username in list(self._pollers):
             self._wake(username)
@@ -74,6 +77,26 @@ class ClusterSide:
         # PostgreSQL: the store announced it within its transaction already
         if self.cluster is not None and not self.cluster.bus.store_notifies:
             self.cluster.bus.publish(kind, key)
+
+    def _caching_devices(self) -> bool:
+        """Whether devices may come from `DeviceCache`: only where the store announces
+        every revocation and the bus is connected to hear it (see devicecache)."""
+        bus = self.cluster.bus if self.cluster is not None else None
+        return bus is not None and bus.store_notifies and getattr(bus, "connected", False)
+
+    async def _device(self, device_id, now: float):
+        """The device with this id (revoked or not) or None: from the cache where it is
+        on (cluster mode on PostgreSQL), else from the store."""
+        caching = isinstance(device_id, str) and self._caching_devices()
+        if caching:
+            device = self._devices.get(device_id, now)
+            if device is not None:
+                return device
+        generation = self._devices.generation
+        device = await self.store.device(device_id)
+        if caching and device is not None:
+            self._devices.put(device, now, generation)
+        return device
 
     def await_decision(self, txid: str) -> Deferred[PushResult]:
         """Wait for the decision of ``txid``, wherever it is answered.
@@ -86,7 +109,7 @@ class ClusterSide:
         Deferred to stop waiting (in cluster mode this node's waiter is then
         released; the transaction itself closes when nobody live waits on it)."""
         waiter = self.waiters.add(txid, None)  # before the read: no event is missed
-        d = self.run("watch_transaction", txid, self.node)
+        d = self.store.watch_transaction(txid, self.node)
 
         def read(tx):
             if waiter.called:
@@ -116,8 +139,8 @@ class ClusterSide:
         node): a joined login sends no push and gets the same result (its txid)."""
         tx = self._new_transaction(request)
         try:
-            opened = await self.run("open_or_join_transaction", tx, self.node,
-                                    effective_join_key(request), self.wallclock())
+            opened = await self.store.open_or_join_transaction(
+                tx, self.node, effective_join_key(request), self.wallclock())
         except StoreError as exc:
             raise ProviderUnavailable(f"store: {exc}") from None
         if not opened.devices:
@@ -132,5 +155,11 @@ class ClusterSide:
         else:
             self._publish("created", tx.username)
             self._opened(tx, opened.devices)
-        return await waiter
+        # its nonce and context, for an answer posted to this node (no store read); the
+        # state is the store's: the answer's compare-and-set decides there
+        self._open.add(opened.tx)
+        try:
+            return await waiter
+        finally:
+            self._open.discard(opened.tx.id)
 

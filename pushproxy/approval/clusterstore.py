@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pushproxy.approval.store import Device, Transaction
 
 CHANNEL = "pushproxy"  # the LISTEN/NOTIFY channel
 # Final states and the PushStatus value an answer means, when no outcome is stored.
@@ -34,8 +38,8 @@ class Opened:
     on (the given one, or the pending one it joined), ``devices`` the user's active
     devices (empty: nothing was recorded), ``joined`` whether it joined another's."""
 
-    tx: object  # Transaction
-    devices: list
+    tx: Transaction
+    devices: list[Device]
     joined: bool
 
 
@@ -73,7 +77,7 @@ class ClusterMethods:
     def _alias(self, db, alias: str, txid: str) -> None:
         raise NotImplementedError
 
-    def open_or_join_transaction(self, tx, owner: str, join_key: str | None,
+    def open_or_join_transaction(self, tx: Transaction, owner: str, join_key: str | None,
                                  now: float) -> Opened:
         """Atomically: the user's active devices and, if there are any, either the pending
         transaction with ``join_key`` (still open at ``now``: joined, ``owner`` noted as
@@ -121,7 +125,7 @@ class ClusterMethods:
                     return Opened(tx, devices, False)
             raise StoreError("open_or_join_transaction: the join key kept changing hands")
 
-    def watch_transaction(self, txid: str, node: str | None) -> object | None:
+    def watch_transaction(self, txid: str, node: str | None) -> Transaction | None:
         """The transaction with its owner, join key, outcome and code, or None; while it
         is pending, ``node`` (unless None) is recorded as waiting on it. ``txid`` may
         also be the txid of a login that joined it (the row's id is then another)."""
@@ -143,7 +147,9 @@ class ClusterMethods:
                            outcome: str, code: str | None) -> bool:
         """`decide_transaction` for a device's answer, storing what it means (``outcome``,
         a PushStatus value) and the code of an approved code-to-login request; whether
-        this call decided it. Announced as ``decided txid`` and ``closed username``."""
+        this call decided it. Announced as ``decided txid`` and ``closed username``.
+        A revoked device's answer never counts (a node may have authenticated it from
+        its device cache just before the revocation reached it)."""
         from pushproxy.approval.store import ANSWERS
 
         if state not in ANSWERS or not device_id:
@@ -153,8 +159,9 @@ class ClusterMethods:
             row = db.execute(
                 f"UPDATE transactions SET state = {p}, decided_by = {p}, decided_at = {p}, "
                 f"outcome = {p}, code = {p} WHERE id = {p} AND state = 'pending' "
-                f"AND expires > {p} RETURNING username",
-                (state, device_id, now, outcome, code, txid, now)).fetchall()
+                f"AND expires > {p} AND NOT EXISTS (SELECT 1 FROM devices WHERE id = {p} "
+                "AND revoked IS NOT NULL) RETURNING username",
+                (state, device_id, now, outcome, code, txid, now, device_id)).fetchall()
             row = row[0] if row else None
             if row is not None:
                 self._notify(db, "decided", txid)
@@ -215,7 +222,8 @@ class ClusterMethods:
         return [r[0] for r in self._all(
             f"SELECT id FROM nodes WHERE seen >= {self.P} ORDER BY id", (live_since,))]
 
-    def waiting_transactions(self, username: str, now: float, live_since: float) -> list:
+    def waiting_transactions(self, username: str, now: float,
+                             live_since: float) -> list[Transaction]:
         """The user's pending transactions open at ``now`` that a live node waits on
         (what a device should show), oldest first."""
         p = self.P

@@ -43,7 +43,7 @@ from pushproxy import logs
 log = logging.getLogger("pushproxy.approval.notify")
 
 CHANNEL = "pushproxy"  # the LISTEN/NOTIFY channel (clusterstore.CHANNEL)
-KINDS = ("created", "decided", "closed")
+KINDS = ("created", "decided", "closed", "device")  # device <id>: revoked, drop it from caches
 MAX_EVENT = 1024  # bytes of one event; longer ones are dropped (keys are ids and usernames)
 BACKOFF_FIRST = 0.2  # seconds before the first reconnect attempt
 BACKOFF_MAX = 5.0

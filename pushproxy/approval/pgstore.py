@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import psycopg
 
 from pushproxy.approval.loginstore import PostgresLoginState
-from pushproxy.approval.clusterstore import PgClusterMethods
+from pushproxy.approval.clusterstore import CHANNEL, PgClusterMethods
 from pushproxy.approval.pgwatch import Watchdog
 from pushproxy.approval.store import (
     _DEVICE,
@@ -259,8 +259,12 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
         return None if row is None else _device(row)
 
     def revoke_device(self, device_id: str, now: float) -> bool:
-        return self._change("UPDATE devices SET revoked = %s WHERE id = %s "
-                            "AND revoked IS NULL", (now, device_id)) == 1
+        # one statement: the revocation and its announcement (nodes drop the device
+        # from their caches, pushproxy.approval.devicecache) commit together
+        return self._change("WITH r AS (UPDATE devices SET revoked = %s WHERE id = %s "
+                            "AND revoked IS NULL RETURNING id) "
+                            "SELECT pg_notify(%s, 'device ' || id) FROM r",
+                            (now, device_id, CHANNEL)) == 1
 
     def touch_device(self, device_id: str, now: float) -> None:
         self._change("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))

@@ -30,6 +30,10 @@ backlog drains at once when the lock goes away instead of replaying every
 stale call. Results come back to the reactor in batches (one wake-up for
 every call finished meanwhile), and each call is counted by method with the
 commits it made (``store_calls``, ``store_commits`` in /metrics).
+
+A call is a bound method of the open store (`store`), never a method name:
+`pushproxy.approval.asyncstore.AsyncStore` submits one per operation, so the
+calls are type-checked against `pushproxy.approval.storeapi.StoreAPI`.
 """
 
 from __future__ import annotations
@@ -37,12 +41,18 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 
 from twisted.internet import defer
 from twisted.python import failure as tfailure
 
 from pushproxy.approval.store import StoreError
+
+if TYPE_CHECKING:
+    from pushproxy.approval.storeapi import StoreAPI
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Seconds a call may wait behind a failing store before its caller gets a
 # StoreError. A push makes two calls (lock check, then the transaction)
@@ -56,14 +66,26 @@ MAX_QUEUED = 30.0
 
 
 class InlineRunner:
-    """Calls the store directly (tests with a Clock, the admin CLI)."""
+    """Calls the store directly (tests with a Clock, the admin CLI); with ``counters``,
+    counts calls and commits by method like `ThreadRunner`."""
 
-    def __init__(self, store):
+    def __init__(self, store: StoreAPI, counters=None):
         self.store = store
+        self.counters = counters
 
-    def __call__(self, method: str, *args) -> defer.Deferred:
-        """``store.method(*args)`` as a Deferred."""
-        return defer.maybeDeferred(getattr(self.store, method), *args)
+    def submit(self, method: Callable[P, R], /, *args: P.args,
+               **kwargs: P.kwargs) -> defer.Deferred[R]:
+        """``method(*args, **kwargs)`` (a bound method of `store`) as a Deferred."""
+        if self.counters is None:
+            return defer.maybeDeferred(method, *args, **kwargs)
+        before = getattr(self.store, "commits", 0)
+        d = defer.maybeDeferred(method, *args, **kwargs)
+        name = method.__name__
+        self.counters.inc("store_calls", method=name)
+        commits = getattr(self.store, "commits", 0) - before
+        if commits:
+            self.counters.inc("store_commits", commits, method=name)
+        return d
 
     def start(self) -> defer.Deferred:
         """Nothing to start."""
@@ -77,12 +99,15 @@ class InlineRunner:
 class _Call:
     """One queued store call; ``started`` is set by the store thread."""
 
-    __slots__ = ("method", "args", "deferred", "submitted", "started", "finished", "abandoned",
-                 "timer", "commits")
+    __slots__ = ("function", "method", "args", "kwargs", "deferred", "submitted", "started",
+                 "finished", "abandoned", "timer", "commits")
 
-    def __init__(self, method: str, args: tuple, submitted: float):
-        self.method = method
+    def __init__(self, function: Callable[..., Any], args: tuple, kwargs: dict,
+                 submitted: float):
+        self.function = function  # a bound method of the store
+        self.method = function.__name__  # its name, for counters and messages
         self.args = args
+        self.kwargs = kwargs
         self.deferred: defer.Deferred = defer.Deferred()
         self.submitted = submitted
         self.started: float | None = None
@@ -95,7 +120,7 @@ class _Call:
 class ThreadRunner:
     """Calls the store on one dedicated thread, which also opens it."""
 
-    def __init__(self, reactor, factory: Callable[[], object], *,
+    def __init__(self, reactor, factory: Callable[[], StoreAPI], *,
                  timeout: float = CALL_TIMEOUT, max_queued: float = MAX_QUEUED,
                  stall: float | None = None, counters=None,
                  monotonic: Callable[[], float] = time.monotonic):
@@ -106,11 +131,11 @@ class ThreadRunner:
         self.max_queued = max_queued
         self.counters = counters
         self.monotonic = monotonic
-        self._store = None
+        self._store: StoreAPI | None = None
         self._queue: collections.deque[_Call] = collections.deque()
         self._wake = threading.Condition()
         self._running: _Call | None = None  # the call on the store thread now
-        self._done: list[tuple[_Call, bool, object]] = []
+        self._done: list[tuple[_Call, bool, Any]] = []
         self._last_fault: float | None = None  # monotonic time of the last database error
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -147,13 +172,24 @@ class ThreadRunner:
 
     # -- the reactor side --
 
-    def __call__(self, method: str, *args) -> defer.Deferred:
-        """``store.method(*args)`` on the store thread, as a Deferred; StoreError on a
-        fault (see the module docstring), never for time spent behind busy calls."""
-        return self._submit(method, args, bounded=True)
+    @property
+    def store(self) -> StoreAPI:
+        """The store, opened on the store thread by `start`; its methods are what
+        `submit` takes (binding one does not touch the connection: any thread may)."""
+        if self._store is None:
+            raise StoreError("the approval store is not open (the runner was not started)")
+        return self._store
 
-    def _submit(self, method: str, args: tuple, *, bounded: bool) -> defer.Deferred:
-        call = _Call(method, args, self.monotonic())
+    def submit(self, method: Callable[P, R], /, *args: P.args,
+               **kwargs: P.kwargs) -> defer.Deferred[R]:
+        """``method(*args, **kwargs)`` (a bound method of `store`) on the store thread,
+        as a Deferred; StoreError on a fault (see the module docstring), never for time
+        spent behind busy calls."""
+        return self._submit(method, args, kwargs, bounded=True)
+
+    def _submit(self, method: Callable[..., Any], args: tuple, kwargs: dict, *,
+                bounded: bool) -> defer.Deferred:
+        call = _Call(method, args, kwargs, self.monotonic())
         if bounded:
             call.timer = self.reactor.callLater(self.timeout, self._check, call)
         with self._wake:
@@ -237,15 +273,13 @@ class ThreadRunner:
         if self._store is not None:
             self._store.close()
 
-    def _execute(self, call: _Call) -> tuple[bool, object]:
+    def _execute(self, call: _Call) -> tuple[bool, Any]:
         if call.abandoned:
             return False, tfailure.Failure(
                 StoreError(f"{call.method}: skipped, its caller gave up"))
         try:
-            if self._store is None:
-                self._store = self.factory()
             before = getattr(self._store, "commits", 0)
-            result = getattr(self._store, call.method)(*call.args)
+            result = call.function(*call.args, **call.kwargs)
             call.commits = getattr(self._store, "commits", 0) - before
             return True, result
         except StoreError as exc:
@@ -260,7 +294,13 @@ class ThreadRunner:
         self._thread.start()
         # Not bounded like a login's calls: opening may migrate the schema, and
         # the store's own busy timeout still bounds any wait for a lock.
-        return self._submit("setting", ("schema-check",), bounded=False)
+        return self._submit(self._open, (), {}, bounded=False)
+
+    def _open(self) -> None:
+        """On the store thread: open the store (an sqlite3 connection belongs to the
+        thread that opened it); a failure leaves it closed, and `start` fails."""
+        if self._store is None:
+            self._store = self.factory()
 
     def stop(self) -> None:
         """Stop the thread once the queued calls are done; it closes the store."""

@@ -1,6 +1,6 @@
 """Second factors without a push (the `SecondFactors` side of the approval service, a
 mixin of `ApprovalService`): passcodes (TOTP, bypass codes) within the guessing
-limits, fraud locks and fatigue alerts. The attributes used (run, cpu, counters,
+limits, fraud locks and fatigue alerts. The attributes used (store, cpu, counters,
 alerter) are set by ApprovalService.
 """
 
@@ -41,7 +41,7 @@ class PasscodeSide:
     async def _verify_passcode(self, username: str, code: str, now: float, source: str,
                                limits: PasscodeLimits) -> PasscodeVerdict:
         try:
-            attempt = await self.run("claim_passcode_attempt", username, source, now,
+            attempt = await self.store.claim_passcode_attempt(username, source, now,
                                      now - limits.horizon)
             if attempt.lock is not None:
                 self.counters.inc("passcode_refusals", why="locked")
@@ -53,7 +53,7 @@ class PasscodeSide:
             if refusal is None:
                 kind = await self._check_code(username, code, now)
                 if kind is not None:
-                    await self.run("forget_passcode_attempt", attempt.id)
+                    await self.store.forget_passcode_attempt(attempt.id)
                     return kind
                 self.counters.inc("passcode_failures")
             else:
@@ -70,11 +70,11 @@ class PasscodeSide:
     async def _check_code(self, username: str, code: str, now: float) -> PasscodeVerdict | None:
         """TOTP or BYPASS if ``code`` is a valid unused passcode (used up now), else None."""
         if passcodes.is_totp_code(code):
-            for device in await self.run("devices", username):
+            for device in await self.store.devices(username):
                 step = (passcodes.totp_matches(device.totp_secret, code, now)
                         if device.totp_secret else None)
                 # Accepted once: the store refuses a step it has seen for this device.
-                if step is not None and await self.run("use_totp_step", device.id, step):
+                if step is not None and await self.store.use_totp_step(device.id, step):
                     return PasscodeVerdict.TOTP
             return None
         if not passcodes.is_bypass_code(code):
@@ -83,17 +83,17 @@ class PasscodeSide:
         if selector is not None:
             # The selector names one stored code: a guess costs one scrypt, however
             # many codes the user has (and one when it names none, for even timing).
-            row = await self.run("bypass_code_for", username, selector, now)
+            row = await self.store.bypass_code_for(username, selector, now)
             code_id, stored = row if row is not None else (None, _NO_BYPASS_CODE)
             candidates = [(code_id, stored)]
         else:
             # A 10-digit code issued before selectors: one scrypt per such code
             # still valid (they expire; the guessing limits bound the guesses).
-            candidates = await self.run("legacy_bypass_candidates", username, now)
+            candidates = await self.store.legacy_bypass_candidates(username, now)
         for code_id, stored in candidates:
             # scrypt costs ~50 ms: never on the reactor thread.
             if await self.cpu(passcodes.bypass_code_matches, code, stored) and \
-                    code_id is not None and await self.run("consume_bypass_code", code_id, now):
+                    code_id is not None and await self.store.consume_bypass_code(code_id, now):
                 return PasscodeVerdict.BYPASS
         return None
 
@@ -111,7 +111,7 @@ class PasscodeSide:
                        source=source, pause_s=limits.pause)
             if self.alerter is not None:
                 self.alerter.user_alert("passcodes_paused_source", username, now, source=source)
-        if then.lock and await self.run("lock_user", username, now,
+        if then.lock and await self.store.lock_user(username, now,
                                         passcode_limits.LOCK_REASON, None):
             self.counters.inc("passcode_locks")
             logs.event(log, logging.WARNING, "passcode.user_locked", user=username,
@@ -122,7 +122,7 @@ class PasscodeSide:
 
     def lock_of(self, username: str) -> Deferred:
         """The user's lock (fraud report or passcode guessing), or None."""
-        d = self.run("user_lock", username)
+        d = self.store.user_lock(username)
 
         def unavailable(failure):
             failure.trap(StoreError)

@@ -7,8 +7,9 @@ devices it checks enrollment, request signatures (time window + nonce replay
 protection) and answer signatures, and lets the first valid answer win through
 the store's compare-and-set. A denial ends the wait at once and raises an alert.
 
-The store is synchronous (SQLite); every call goes through a `runner` so the
-daemon can keep it on one dedicated thread while tests run it inline.
+The store is synchronous (SQLite, PostgreSQL); the service holds it as an
+`AsyncStore` (pushproxy.approval.asyncstore), whose runner keeps it on one
+dedicated thread in the daemon while tests run it inline.
 
 In cluster mode (`pushproxy.cluster`: several nodes or workers over one store) a
 login joins a pending push with the same join key on any node, waiters are
@@ -20,6 +21,7 @@ its in-memory paths and makes no extra store call.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -33,7 +35,10 @@ from twisted.internet.defer import Deferred
 
 from pushproxy import logs, passcodes
 from pushproxy.approval import crypto, pushtarget
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.clusterside import ClusterSide
+from pushproxy.approval.devicecache import DeviceCache
+from pushproxy.approval.opentx import OpenTransactions
 from pushproxy.approval.secondfactors import PasscodeSide
 from pushproxy.approval.store import Device, StoreError, Transaction
 from pushproxy.approval.waiters import LIVE_FOR, Waiters
@@ -92,12 +97,12 @@ def new_enrollment(store, username: str, public_url: str, ttl: float, now: float
 class ApprovalService(ClusterSide, PasscodeSide):
     """The push provider and the device-facing logic of the approval API."""
 
-    def __init__(self, *, run: Callable[..., Deferred], reactor, counters: Counters,
+    def __init__(self, *, store: AsyncStore, reactor, counters: Counters,
                  vapid_public_key: str, sender=None, alerter=None,
                  wallclock: Callable[[], float] | None = None, cpu=None,
                  push_rules: pushtarget.EndpointRules | None = None, resolver=None,
                  cluster=None):
-        self.run = run  # run(store_method_name, *args) -> Deferred of the result
+        self.store = store  # every store method, returning a Deferred
         self.reactor = reactor
         self.counters = counters
         self.vapid_public_key = vapid_public_key
@@ -111,6 +116,8 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self.push_rules = push_rules or pushtarget.EndpointRules()
         self.resolver = resolver
         self._waiting: dict[str, Deferred] = {}  # txid -> the engine's Deferred
+        self._open = OpenTransactions()  # the transactions of _waiting (no store read)
+        self._devices = DeviceCache()  # cluster mode on PostgreSQL only (see _device)
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._expiring: dict[str, None] = {}  # withdrawn transactions not yet closed
@@ -118,7 +125,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         # cluster mode (a pushproxy.cluster.ClusterContext with enabled=True): store-backed
         self.cluster = cluster if cluster is not None and cluster.enabled else None
         self.node = self.cluster.node_id if self.cluster is not None else None
-        self.waiters = Waiters(run, reactor, self.wallclock, self.node, self._unwatched)
+        self.waiters = Waiters(store, reactor, self.wallclock, self.node, self._unwatched)
         self.life = None
         if self.cluster is not None:
             self.cluster.bus.subscribe(self._on_event)
@@ -141,13 +148,14 @@ class ApprovalService(ClusterSide, PasscodeSide):
         tx = self._new_transaction(request)
         try:
             # One store call: the devices, and the transaction if there is one.
-            devices = await self.run("open_transaction", tx)
+            devices = await self.store.open_transaction(tx)
         except StoreError as exc:
             raise ProviderUnavailable(f"store: {exc}") from None
         if not devices:
             return PushResult(PushStatus.NO_DEVICE, request.txid)
         waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
         self._waiting[tx.id] = waiter
+        self._open.add(tx)
         self._opened(tx, devices)
         return await waiter
 
@@ -181,6 +189,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         counts only before ``expires`` -- so logins that time out together cost
         one store call and one commit, not one each (issue 22)."""
         self._waiting.pop(txid, None)
+        self._open.discard(txid)
         self._expiring[txid] = None
         if self._expire_call is None:
             self._expire_call = self.reactor.callLater(EXPIRE_EVERY, self.flush_expired)
@@ -196,9 +205,9 @@ class ApprovalService(ClusterSide, PasscodeSide):
         now = self.wallclock()
         if self.cluster is not None:
             # closed only if no other live node waits on it (a joined login elsewhere)
-            d = self.run("release_transactions", txids, self.node, now, now - LIVE_FOR)
+            d = self.store.release_transactions(txids, self.node, now, now - LIVE_FOR)
         else:
-            d = self.run("expire_transactions", txids, now)
+            d = self.store.expire_transactions(txids, now)
         return d.addErrback(lambda f: logs.event(log, logging.WARNING, "approval.close_failed",
                                                  count=len(txids), error=f.getErrorMessage()))
 
@@ -220,7 +229,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
                            endpoint_host=host, status=result.status, error=result.error)
             if result.gone:
                 # The browser dropped the subscription: stop sending to it.
-                return self.run("set_subscription", device.id, None)
+                return self.store.set_subscription(device.id, None)
             return None
 
         d = self.sender.send(device.push_subscription, payload)
@@ -253,7 +262,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise ApprovalError(400, "bad_signature", "the enrollment is not signed by this key")
         now = self.wallclock()
         hashed = crypto.token_hash(token)
-        enrollment = await self.run("enrollment", hashed)
+        enrollment = await self.store.enrollment(hashed)
         device = None
         if enrollment is not None:
             # DNS only for a valid link: no lookups on behalf of anyone who can POST.
@@ -265,7 +274,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
                             name=name, public_key=public_key, push_subscription=subscription,
                             created=now, last_seen=None, revoked=None,
                             totp_secret=passcodes.new_totp_secret())
-            device = await self.run("redeem_enrollment", hashed, now, device)
+            device = await self.store.redeem_enrollment(hashed, now, device)
         if device is None:
             self.counters.inc("enrollments", outcome="refused")
             logs.event(log, logging.WARNING, "approval.enroll_refused")
@@ -295,7 +304,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise self._unauthenticated(device_id, "timestamp outside the allowed window")
         if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
             raise self._unauthenticated(device_id, "bad nonce")
-        device = await self.run("device", device_id)
+        device = await self._device(device_id, now)
         if device is None or device.revoked is not None:
             raise self._unauthenticated(device_id, "unknown or revoked device")
         self._forget_nonces(now)
@@ -304,14 +313,15 @@ class ApprovalService(ClusterSide, PasscodeSide):
         text = crypto.request_text(method, path, timestamp, nonce, body)
         if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
             raise self._unauthenticated(device_id, "bad signature")
-        if self.cluster is not None and not await self.run(
-                "claim_device_nonce", device_id, nonce, now + NONCE_MEMORY):
+        if self.cluster is not None and not await self.store.claim_device_nonce(
+                device_id, nonce, now + NONCE_MEMORY):
             # seen by another node (or worker) of the cluster
             raise self._unauthenticated(device_id, "replayed request")
         self._nonces[(device_id, nonce)] = now + NONCE_MEMORY
         if device.last_seen is None or now - device.last_seen > LAST_SEEN_EVERY:
             # For `pushproxy devices list`; throttled so long-polls do not write constantly.
-            self.run("touch_device", device.id, now).addErrback(lambda _: None)
+            self.store.touch_device(device.id, now).addErrback(lambda _: None)
+            self._devices.refresh(dataclasses.replace(device, last_seen=now))
         return device
 
     def _unauthenticated(self, device_id, why: str) -> ApprovalError:
@@ -337,9 +347,9 @@ class ApprovalService(ClusterSide, PasscodeSide):
         # shown, and approve, a request that nothing waits for.
         if self.cluster is not None:  # waited for by a live node, any node
             now = self.wallclock()
-            return await self.run("waiting_transactions", username, now, now - LIVE_FOR)
-        txs = await self.run("pending_transactions", username, self.wallclock())
-        return [tx for tx in txs if tx.id in self._waiting]
+            return await self.store.waiting_transactions(username, now, now - LIVE_FOR)
+        # One process: its own logins are the whole truth, kept in memory.
+        return self._open.of_user(username, self.wallclock())
 
     async def _pending(self, device: Device, wait: float) -> list[dict]:
         txs = await self._live(device.username)
@@ -387,7 +397,11 @@ class ApprovalService(ClusterSide, PasscodeSide):
                       number: str | None) -> dict:
         if decision not in _STATES:
             raise ApprovalError(400, "bad_request", "decision must be approve, deny or fraud")
-        tx = await self.run("transaction", txid) if isinstance(txid, str) else None
+        # A transaction this process waits on is in memory (its nonce and context
+        # never change); the compare-and-set below is what decides, in the store.
+        tx = self._open.get(txid)
+        if tx is None and isinstance(txid, str):
+            tx = await self.store.transaction(txid)
         if tx is None or tx.username != device.username:
             if tx is not None:
                 logs.event(log, logging.WARNING, "approval.cross_user_answer", device=device.id,
@@ -417,16 +431,20 @@ class ApprovalService(ClusterSide, PasscodeSide):
             code = f"{secrets.randbelow(10 ** 6):06d}"
         if self.cluster is not None:
             # stored with its outcome and code: a waiter on any node reads them back
-            won = tx.state == "pending" and now < tx.expires and await self.run(
-                "answer_transaction", txid, _STATES[decision], device.id, now, status.value,
-                code)
+            won = tx.state == "pending" and now < tx.expires and \
+                await self.store.answer_transaction(txid, _STATES[decision], device.id, now,
+                                                    status.value, code)
         else:
             # Withdrawn but not yet closed in the store (flush_expired): too late.
             won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \
-                and await self.run(
-                "decide_transaction", txid, _STATES[decision], device.id, now)
+                and await self.store.decide_transaction(txid, _STATES[decision], device.id,
+                                                        now)
         if not won:
-            current = await self.run("transaction", txid)
+            current = await self.store.transaction(txid)
+            if self.cluster is not None and current.state == "pending" \
+                    and now < current.expires and txid not in self._expiring:
+                # still open: the compare-and-set refused the device (revoked meanwhile)
+                raise self._unauthenticated(device.id, "unknown or revoked device")
             self.counters.inc("answers", outcome="late")
             if current.state in ("expired", "cancelled") or now >= current.expires \
                     or txid in self._expiring:
@@ -440,6 +458,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             body["code"] = code
         result = PushResult(status, txid, device.id, code=code)
         waiter = self._waiting.pop(txid, None)
+        self._open.discard(txid)
         if waiter is not None and not waiter.called:
             waiter.callback(result)
         self.waiters.settle(txid, result)  # joined logins, await_decision
@@ -449,7 +468,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         if status is PushStatus.FRAUD:
             # "This wasn't me": someone has the password. No more pushes until an admin looks.
             try:
-                await self.run("lock_user", tx.username, now, "fraud report", tx.id)
+                await self.store.lock_user(tx.username, now, "fraud report", tx.id)
             except StoreError as exc:
                 logs.event(log, logging.ERROR, "approval.lock_failed", user=tx.username,
                            error=str(exc))
@@ -469,7 +488,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         check_subscription(subscription)
         self._syntax_check(subscription, device.id)
         await self._check_endpoint(subscription, device.id)
-        await self.run("set_subscription", device.id, subscription)
+        await self.store.set_subscription(device.id, subscription)
 
     def _syntax_check(self, subscription: dict | None, device_id: str | None = None) -> None:
         if subscription is not None:

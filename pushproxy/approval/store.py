@@ -1,9 +1,10 @@
 """The approval service's store: devices, enrollment links, push transactions, settings,
 bypass codes and fraud locks.
 
-`Store` is the interface the service is written against; `SQLiteStore` implements
-it. Time never comes from a clock in here: every call that needs "now" takes it,
-so expiry is decided by the caller and tests are deterministic.
+`Store` is the core of the store interface (the whole of it, with the login-state and
+cluster parts, is `pushproxy.approval.storeapi.StoreAPI`); `SQLiteStore` implements
+it, as `PostgresStore` does. Time never comes from a clock in here: every call that
+needs "now" takes it, so expiry is decided by the caller and tests are deterministic.
 
 The daemon and the command line (``pushproxy enroll``, ``devices``, ``revoke``)
 open the same file from different processes, so every guarantee that matters --

@@ -26,6 +26,7 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 
 from pushproxy import logs
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.store import StoreError, Transaction
 from pushproxy.decision import PushResult, PushStatus
 
@@ -63,13 +64,13 @@ def result_of(tx: Transaction, now: float) -> PushResult | None:
 class Waiters:
     """Deferreds waiting on txids; see the module docstring.
 
-    ``run`` is the store runner; ``node`` this process's node id (None: not in
+    ``store`` is the `AsyncStore`; ``node`` this process's node id (None: not in
     cluster mode, the row is read but no waiter is recorded in the store);
     ``withdraw(txid)`` is called when the last local waiter of a txid gives up."""
 
-    def __init__(self, run: Callable[..., Deferred], reactor, wallclock: Callable[[], float],
+    def __init__(self, store: AsyncStore, reactor, wallclock: Callable[[], float],
                  node: str | None, withdraw: Callable[[str], None]):
-        self.run = run
+        self.store = store
         self.reactor = reactor
         self.wallclock = wallclock
         self.node = node
@@ -140,7 +141,7 @@ class Waiters:
         self._timers.pop(txid, None)
         if txid not in self._by_txid:
             return defer.succeed(None)
-        d = self.run("watch_transaction", txid, None)
+        d = self.store.watch_transaction(txid, None)
 
         def read(tx):
             if txid not in self._by_txid:
@@ -178,9 +179,9 @@ class Waiters:
 class ClusterLife:
     """A node's heartbeat, and retiring its own stale work at start."""
 
-    def __init__(self, run: Callable[..., Deferred], reactor, wallclock: Callable[[], float],
+    def __init__(self, store: AsyncStore, reactor, wallclock: Callable[[], float],
                  node: str, every: float = HEARTBEAT_EVERY):
-        self.run = run
+        self.store = store
         self.reactor = reactor
         self.wallclock = wallclock
         self.node = node
@@ -191,11 +192,11 @@ class ClusterLife:
     def start(self):
         """Retire this node's stale transactions, then beat every ``every`` seconds."""
         now = self.wallclock()
-        retired = yield self.run("retire_stale", self.node, now, now - LIVE_FOR)
+        retired = yield self.store.retire_stale(self.node, now, now - LIVE_FOR)
         if retired:
             logs.event(log, logging.INFO, "approval.cancelled_stale", count=retired,
                        node=self.node)
-        yield self.run("heartbeat", self.node, now)
+        yield self.store.heartbeat(self.node, now)
         self._loop = task.LoopingCall(self.beat)
         self._loop.clock = self.reactor
         self._loop.start(self.every, now=False)
@@ -203,7 +204,7 @@ class ClusterLife:
 
     def beat(self) -> Deferred:
         """One heartbeat (a failing store is logged; the next beat tries again)."""
-        d = self.run("heartbeat", self.node, self.wallclock())
+        d = self.store.heartbeat(self.node, self.wallclock())
         return d.addErrback(lambda f: logs.event(log, logging.WARNING, "approval.heartbeat_failed",
                                                  node=self.node, error=f.getErrorMessage()))
 

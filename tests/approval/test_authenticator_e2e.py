@@ -18,7 +18,7 @@ from twisted.internet import defer, task, threads
 from pushproxy.approval import authenticator as auth
 from pushproxy.approval import authenticator_cli as auth_cli
 from pushproxy.approval.api import build_site
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalService, new_enrollment
 from pushproxy.approval.store import SQLiteStore
 from pushproxy.approval.webpush import VapidKeys
@@ -42,7 +42,7 @@ class World:
     def __init__(self, reactor):
         self.reactor = reactor
         self.store = SQLiteStore(":memory:")
-        self.service = ApprovalService(run=InlineRunner(self.store), reactor=reactor,
+        self.service = ApprovalService(store=AsyncStore.inline(self.store), reactor=reactor,
                                        counters=Counters(),
                                        vapid_public_key=VapidKeys.generate().public_key_b64url)
         self.port = reactor.listenTCP(0, build_site(self.service, max_body=MAX_BODY,

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor, task
 
 from pushproxy.approval import crypto, notify
 from pushproxy.approval.pgstore import PostgresStore
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalError, ApprovalService, new_enrollment
 from pushproxy.cluster import ClusterContext
 from pushproxy.decision import PushStatus
@@ -34,7 +34,7 @@ class Node:
         self.bus = notify.PostgresBus(url, reactor, password=PASSWORD)
         self.counters = Counters()
         self.service = ApprovalService(
-            run=InlineRunner(self.store), reactor=reactor, counters=self.counters,
+            store=AsyncStore.inline(self.store), reactor=reactor, counters=self.counters,
             vapid_public_key="k", wallclock=time.time,
             cluster=ClusterContext(f"{name}/0", self.bus, enabled=True))
 
@@ -277,8 +277,8 @@ def test_sqlite_workers_release_each_others_waiters_through_the_unix_bus(tmp_pat
     for index in range(2):
         store = SQLiteStore(path)
         bus = notify.UnixBus(str(tmp_path), index, 2, reactor)
-        service = ApprovalService(run=InlineRunner(store), reactor=reactor, counters=Counters(),
-                                  vapid_public_key="k", wallclock=time.time,
+        service = ApprovalService(store=AsyncStore.inline(store), reactor=reactor,
+                                  counters=Counters(), vapid_public_key="k", wallclock=time.time,
                                   cluster=ClusterContext(f"n/{index}", bus, enabled=True))
         yield service.start_cluster()
         workers.append((store, bus, service))

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from fuzz.approval_target import Harness, http_request, json_body
 from pushproxy.approval import crypto, pushtarget
 from pushproxy.approval.pushtarget import EndpointRefused, EndpointRules, parse_endpoint
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalError, ApprovalService, new_enrollment
 from pushproxy.approval.store import SQLiteStore
 from pushproxy.approval.webpush import VapidKeys, WebPushSender, b64url_encode
@@ -174,7 +174,7 @@ class Rig:
     def __init__(self, reactor, resolver, rules=STRICT, sender=None):
         self.store = SQLiteStore(":memory:")
         self.counters = Counters()
-        self.service = ApprovalService(run=InlineRunner(self.store), reactor=reactor,
+        self.service = ApprovalService(store=AsyncStore.inline(self.store), reactor=reactor,
                                        counters=self.counters, vapid_public_key="v",
                                        sender=sender, push_rules=rules, resolver=resolver,
                                        wallclock=lambda: 1_800_000_000.0)

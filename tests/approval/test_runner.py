@@ -42,8 +42,8 @@ class BlockingStore:
         time.sleep(0.2)
         raise StoreError("database is locked")
 
-    def setting(self, key):
-        return None
+    def keyed(self, value, *, extra):
+        return value, extra
 
     def close(self):
         pass
@@ -55,8 +55,8 @@ def test_callers_get_a_store_error_at_the_timeout_and_abandoned_calls_are_skippe
     runner = ThreadRunner(reactor, lambda: store, timeout=0.3)
     yield runner.start()
     try:
-        first = runner("stuck")
-        second = runner("quick", 1)
+        first = runner.submit(store.stuck)
+        second = runner.submit(store.quick, 1)
         with pytest.raises(StoreError, match="did not answer"):
             yield first
         # queued behind the stuck call: it fails too, naming the stuck store
@@ -64,10 +64,24 @@ def test_callers_get_a_store_error_at_the_timeout_and_abandoned_calls_are_skippe
             yield second
         store.release.set()
         # the thread is free again: a new call runs; the abandoned "quick 1" never did
-        assert (yield runner("quick", 2)) == 2
+        assert (yield runner.submit(store.quick, 2)) == 2
         assert store.ran == ["stuck", "quick:2"]
     finally:
         store.release.set()
+        runner.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_store_is_opened_at_start_and_calls_take_its_bound_methods():
+    store = BlockingStore()
+    runner = ThreadRunner(reactor, lambda: store, timeout=5)
+    with pytest.raises(StoreError, match="not open"):
+        runner.store  # noqa: B018 -- not opened before start
+    yield runner.start()
+    try:
+        assert runner.store is store
+        assert (yield runner.submit(runner.store.keyed, 1, extra=2)) == (1, 2)
+    finally:
         runner.stop()
 
 
@@ -77,7 +91,7 @@ def test_calls_answered_in_time_are_unaffected():
     runner = ThreadRunner(reactor, lambda: store, timeout=5)
     yield runner.start()
     try:
-        results = yield runner("quick", "a")
+        results = yield runner.submit(store.quick, "a")
         assert results == "a"
     finally:
         runner.stop()
@@ -92,7 +106,7 @@ def test_a_queued_call_behind_busy_quick_calls_is_not_timed_out():
     runner = ThreadRunner(reactor, lambda: store, timeout=0.3)
     yield runner.start()
     try:
-        results = yield defer.gatherResults([runner("slow", i) for i in range(10)])
+        results = yield defer.gatherResults([runner.submit(store.slow, i) for i in range(10)])
         assert results == list(range(10))
     finally:
         runner.stop()
@@ -106,10 +120,10 @@ def test_queued_calls_fail_within_the_timeout_while_the_store_keeps_failing():
     runner = ThreadRunner(reactor, lambda: store, timeout=0.5)
     yield runner.start()
     try:
-        failing = [runner("failing") for _ in range(8)]
+        failing = [runner.submit(store.failing) for _ in range(8)]
         started = time.monotonic()
         with pytest.raises(StoreError, match="failing"):
-            yield runner("quick", "late")
+            yield runner.submit(store.quick, "late")
         assert time.monotonic() - started < 1.2
         for d in failing:
             d.addErrback(lambda f: f.trap(StoreError))
@@ -129,8 +143,8 @@ def test_depth_age_and_per_method_counts():
     runner = ThreadRunner(reactor, lambda: store, timeout=5, counters=counters)
     yield runner.start()
     try:
-        first = runner("stuck")
-        queued = runner("quick", 1)
+        first = runner.submit(store.stuck)
+        queued = runner.submit(store.quick, 1)
         yield deferLater(reactor, 0.2, lambda: None)
         assert runner.depth() == 2
         assert runner.age() >= 0.15 and runner.running_for() >= 0.1
@@ -155,7 +169,7 @@ def test_a_call_finished_on_the_store_thread_is_not_timed_out_while_the_loop_is_
     clock.callFromThread = lambda f, *a: delivered.append((f, a))
     store = BlockingStore()
     runner = ThreadRunner(clock, lambda: store, timeout=0.3, monotonic=clock.seconds)
-    d = runner("quick", 1)
+    d = runner.submit(store.quick, 1)
     # what the store thread does (run here, without the thread, to control time)
     call = runner._queue.popleft()
     call.started = clock.seconds()
@@ -177,7 +191,7 @@ def test_a_slow_call_without_an_error_gets_twice_the_timeout():
     runner = ThreadRunner(reactor, lambda: store, timeout=0.3)
     yield runner.start()
     try:
-        first = runner("stuck")
+        first = runner.submit(store.stuck)
         reactor.callLater(0.45, store.release.set)
         assert (yield first) == "stuck-done"
     finally:

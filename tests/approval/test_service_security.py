@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.task import Clock
 
 from pushproxy.approval import crypto
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import (EXPIRE_EVERY, ApprovalError, ApprovalService,
                                         new_enrollment)
 from pushproxy.approval.store import SQLiteStore
@@ -71,7 +71,7 @@ def env():
     clock.advance(T0)
     store = SQLiteStore(":memory:")
     alerts = Alerts()
-    service = ApprovalService(run=InlineRunner(store), reactor=clock, counters=Counters(),
+    service = ApprovalService(store=AsyncStore.inline(store), reactor=clock, counters=Counters(),
                               vapid_public_key="k", alerter=alerts)
     return clock, store, service, alerts
 

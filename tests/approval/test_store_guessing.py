@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from pushproxy import passcodes
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval import store as store_module
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import SQLiteStore, StoreError
@@ -121,7 +121,7 @@ def make_service(store, alerts=None):
 
     clock = Clock()
     clock.advance(T0)
-    return ApprovalService(run=InlineRunner(store), reactor=clock, counters=Counters(),
+    return ApprovalService(store=AsyncStore.inline(store), reactor=clock, counters=Counters(),
                            vapid_public_key="k", alerter=Alerter(),
                            cpu=lambda f, *args: defer.maybeDeferred(f, *args))
 

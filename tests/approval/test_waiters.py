@@ -4,7 +4,7 @@ expired, cancelled or unknown transaction; what a stored row means for the login
 
 from twisted.internet.task import Clock
 
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.store import Device, SQLiteStore, Transaction
 from pushproxy.approval.waiters import DEADLINE_GRACE, Waiters, result_of
 from pushproxy.decision import PushResult, PushStatus
@@ -37,7 +37,7 @@ def setup():
     store.redeem_enrollment("h", T0, Device("dev1", "alice", "p", "K", None, T0, None, None))
     store.open_or_join_transaction(tx(), "a/0", None, T0)
     withdrawn = []
-    waiters = Waiters(InlineRunner(store), clock, clock.seconds, "a/0", withdrawn.append)
+    waiters = Waiters(AsyncStore.inline(store), clock, clock.seconds, "a/0", withdrawn.append)
     return clock, store, waiters, withdrawn
 
 
@@ -88,7 +88,7 @@ def test_giving_up_await_decision_does_not_close_a_push_a_local_login_waits_for(
     store = SQLiteStore(":memory:")
     store.create_enrollment("alice", "h", T0, T0 + 900)
     store.redeem_enrollment("h", T0, Device("dev1", "alice", "p", "K", None, T0, None, None))
-    service = ApprovalService(run=InlineRunner(store), reactor=clock, counters=Counters(),
+    service = ApprovalService(store=AsyncStore.inline(store), reactor=clock, counters=Counters(),
                               vapid_public_key="k")
     login = service.request_approval(ApprovalRequest("t1", "alice", "vpn", None, None, T0,
                                                      T0 + 60))

@@ -229,7 +229,7 @@ def test_web_push_reaches_a_subscribed_device_encrypted_and_vapid_signed(stacks)
         vapid = headers[b"Authorization"][0].decode()
         assert vapid.startswith("vapid t=") and stack.daemon.provider.vapid_public_key in vapid
         # The device answers what the push told it about.
-        tx = yield stack.daemon.provider.run("transaction", message["txid"])
+        tx = yield stack.daemon.provider.store.transaction(message["txid"])
         sig = crypto.sign(device_key, crypto.answer_text(tx.id, message["nonce"], "approve",
                                                          "alice", device.id))
         yield stack.daemon.provider.answer(device, tx.id, "approve", sig)

@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import defer, threads
 
 from pushproxy.approval.api import build_site
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import Device, SQLiteStore
 from pushproxy.approval.webpush import VapidKeys
@@ -169,7 +169,7 @@ def api():
     from twisted.internet import reactor
 
     store = SQLiteStore(":memory:")
-    service = ApprovalService(run=InlineRunner(store), reactor=reactor, counters=Counters(),
+    service = ApprovalService(store=AsyncStore.inline(store), reactor=reactor, counters=Counters(),
                               vapid_public_key=VapidKeys.generate().public_key_b64url)
     port = reactor.listenTCP(0, build_site(service, max_body=16384, reactor=reactor),
                              interface="127.0.0.1")

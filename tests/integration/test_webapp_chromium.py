@@ -396,7 +396,7 @@ def test_a_push_message_shows_a_notification_and_the_request(app):
     provider = app.stack.daemon.provider
 
     def pending():
-        return threads.blockingCallFromThread(reactor, provider.run, "pending_transactions",
+        return threads.blockingCallFromThread(reactor, provider.store.pending_transactions,
                                               "alice", time.time())
 
     def scenario():
@@ -476,7 +476,7 @@ def test_the_offline_code_signs_in_once_without_a_push(app):
     provider = app.stack.daemon.provider
 
     def pending():
-        return threads.blockingCallFromThread(reactor, provider.run, "pending_transactions",
+        return threads.blockingCallFromThread(reactor, provider.store.pending_transactions,
                                               "alice", time.time())
 
     def scenario():

@@ -28,7 +28,7 @@ def test_store_locked_by_another_process_gives_failmode_within_the_timeout_then_
     try:
         state = yield stack.device()
         counters = stack.daemon.counters
-        devices_before = yield stack.daemon.provider.run("devices")
+        devices_before = yield stack.daemon.provider.store.devices()
         locker = yield threads.deferToThread(rig.SqliteLocker, stack.config.approval.database)
         try:
             started = time.monotonic()
@@ -45,7 +45,7 @@ def test_store_locked_by_another_process_gives_failmode_within_the_timeout_then_
         request = yield threads.deferToThread(first_request, state)
         yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
         (after,) = yield login
-        devices_after = yield stack.daemon.provider.run("devices")
+        devices_after = yield stack.daemon.provider.store.devices()
         outcome, reason = EXPECTED[failmode]
         resilience.record(
             fault=f"store database locked by another process (BEGIN EXCLUSIVE held), "
