@@ -21,6 +21,8 @@ from tests.integration.harness import SECRET, ServeProcess, write_config
 from tests.integration.radclient import radclient_sync
 
 ROOT = Path(__file__).resolve().parents[2]
+STRUCTURED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (debug|info|warning|error|critical) "
+                        r"[a-z_]+(\.[a-z_]+)+( [a-z_]+=\S.*)?$")
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:
@@ -80,6 +82,10 @@ def test_the_shipped_example_starts_once_its_secrets_are_filled_in(tmp_path):
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.proc.wait(20) == 0
         assert "Traceback" not in serve.output()
+        # One structured event per line, Twisted's own lines included (issue 17).
+        for line in serve.output().splitlines():
+            assert STRUCTURED.match(line), line
+        assert "Starting factory" not in serve.output()  # lifecycle chatter is debug
     finally:
         serve.close()
 
