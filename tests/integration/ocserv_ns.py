@@ -178,17 +178,7 @@ class OcservPair:
     # -- set-up
 
     def start(self) -> "OcservPair":
-        _tls_files(self.dir)
-        for ns in (self.srv, self.cli):
-            _run("ip", "netns", "add", ns)
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-        veth_s, veth_c = f"vs{self.srv[-6:]}", f"vc{self.cli[-6:]}"
-        _run("ip", "link", "add", veth_s, "netns", self.srv, "type", "veth", "peer", "name",
-             veth_c, "netns", self.cli)
-        _run("ip", "-n", self.srv, "addr", "add", f"{SERVER_ADDR}/30", "dev", veth_s)
-        _run("ip", "-n", self.cli, "addr", "add", f"{CLIENT_ADDR}/30", "dev", veth_c)
-        _run("ip", "-n", self.srv, "link", "set", veth_s, "up")
-        _run("ip", "-n", self.cli, "link", "set", veth_c, "up")
+        self._tls_and_namespaces()
         self._start_relay()
         self._write_configs()
         ocserv = subprocess.Popen(
@@ -207,6 +197,20 @@ class OcservPair:
                 return self
             time.sleep(0.3)
         raise RuntimeError("ocserv did not listen:\n" + self.log.read_text())
+
+    def _tls_and_namespaces(self) -> None:
+        """The test CA and server certificate; the two namespaces and their veth pair."""
+        _tls_files(self.dir)
+        for ns in (self.srv, self.cli):
+            _run("ip", "netns", "add", ns)
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        veth_s, veth_c = f"vs{self.srv[-6:]}", f"vc{self.cli[-6:]}"
+        _run("ip", "link", "add", veth_s, "netns", self.srv, "type", "veth", "peer", "name",
+             veth_c, "netns", self.cli)
+        _run("ip", "-n", self.srv, "addr", "add", f"{SERVER_ADDR}/30", "dev", veth_s)
+        _run("ip", "-n", self.cli, "addr", "add", f"{CLIENT_ADDR}/30", "dev", veth_c)
+        _run("ip", "-n", self.srv, "link", "set", veth_s, "up")
+        _run("ip", "-n", self.cli, "link", "set", veth_c, "up")
 
     def _start_relay(self) -> None:
         inner, outer = str(self.dir / "relay-ns.sock"), str(self.dir / "relay-host.sock")
