@@ -195,9 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and print advice")
     p.add_argument("config", help="path to config.yaml")
     p.set_defaults(func=cmd_check_config)
-    from pushproxy import demo, radtest
+    from pushproxy import demo, initconfig, radtest
     from pushproxy.approval import authenticator_cli, migrate
 
+    initconfig.add_parser(sub)
     demo.add_parser(sub)
     radtest.add_parser(sub)
     authenticator_cli.add_parser(sub)

@@ -297,12 +297,28 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         rule_names={r.name for r in policy.rules} if policy else None,
         client_names={cl.name for cl in radius.clients} if radius else None)
     _check_workers(c, daemon, radius, approval)
+    _check_tls_files(c, ldap, approval, ldap_front)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
                   reply_attributes=reply_map, ldap_front=ldap_front,
                   sensitive_files=tuple(c.sensitive))
+
+
+def _check_tls_files(c: Checker, ldap, approval, ldap_front) -> None:
+    """Load certificates, keys and CA files as `serve` would (pushproxy.tlsfiles)."""
+    from pushproxy import tlsfiles
+
+    found = []
+    if ldap is not None and ldap.ca_file:
+        found += tlsfiles.ca_bundle(ldap.ca_file, "ldap.ca_file")
+    if approval is not None and approval.tls_cert and approval.tls_key:
+        found += tlsfiles.server_pair(approval.tls_cert, approval.tls_key, "approval")
+    if ldap_front is not None and ldap_front.tls_cert and ldap_front.tls_key:
+        found += tlsfiles.server_pair(ldap_front.tls_cert, ldap_front.tls_key, "ldap_front")
+    for where, problem in found:
+        c.problem(where, problem)
 
 
 @functools.lru_cache(maxsize=1)

@@ -125,8 +125,59 @@ def _first_request(state: str, deadline: float = 20.0) -> dict | None:
     return None
 
 
+def port_in_use(radius_port: int, http_port: int) -> str | None:
+    """Why the demo cannot start on these loopback ports (None: both free now).
+
+    Checked before the reactor starts, so a taken port ends the demo at once
+    with a message that names it, instead of half a walkthrough.
+    """
+    for port, kind, flag, what in ((http_port, socket.SOCK_STREAM, "--http-port", "TCP"),
+                                   (radius_port, socket.SOCK_DGRAM, "--radius-port", "UDP")):
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET, kind) as probe:
+            if kind == socket.SOCK_STREAM:  # as Twisted's listenTCP does
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                return (f"{what} port {port} on 127.0.0.1 ({flag}) is not free: "
+                        f"{exc.strerror}. Another program (or another demo) uses it: run "
+                        f"`pushproxy demo {flag} 0` to take any free port, or stop that "
+                        f"program (ss -ltnup | grep :{port} shows which).")
+    return None
+
+
+def _exit_promptly(reactor, result: dict, grace: float = 5.0) -> None:
+    """Ctrl-C or SIGTERM always ends the demo.
+
+    Twisted's own handlers only ask the reactor to stop, and its shutdown
+    waits for every worker thread; one blocked in a long-poll or a login
+    would keep the process alive with signals ignored. The first signal
+    stops the reactor; a second one, or ``grace`` seconds, exits for sure.
+    """
+    import signal
+    import threading
+
+    def handler(signum, _frame):
+        if result.get("stopping"):
+            os._exit(128 + signum)
+        result["stopping"] = True
+        timer = threading.Timer(grace, os._exit, (128 + signum,))
+        timer.daemon = True
+        timer.start()
+        reactor.callFromThread(reactor.stop)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
 def cmd_demo(args) -> int:
     """Run the demo: walkthrough, then keep serving (or exit with --once)."""
+    problem = port_in_use(args.radius_port, args.http_port)
+    if problem:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 2
     from twisted.internet import reactor
 
     from pushproxy.wiring import build_daemon
@@ -176,12 +227,17 @@ def cmd_demo(args) -> int:
             Audit trail: {folder / 'audit.jsonl'}"""))
 
     def failed(failure):
-        print(f"demo failed: {failure.getErrorMessage()}", file=sys.stderr)
+        message = failure.getErrorMessage()
+        if "already in use" in message:  # taken between the check and the listen
+            message += " (run with --http-port 0 --radius-port 0 for any free ports)"
+        print(f"demo failed: {message}", file=sys.stderr)
         result["code"] = 1
-        reactor.stop()
+        if reactor.running:
+            reactor.stop()
 
+    reactor.callWhenRunning(_exit_promptly, reactor, result)
     reactor.callWhenRunning(lambda: run().addErrback(failed))
-    reactor.run()
+    reactor.run(installSignalHandlers=False)
     return result["code"]
 
 

@@ -12,10 +12,11 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import time
 
-from twisted.logger import globalLogBeginner, STDLibLogObserver
+from twisted.logger import LogLevel, formatEvent, globalLogBeginner
 
 _twisted_routed = False
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@[]+=,")
@@ -97,5 +98,43 @@ def setup(level: str = "info", stream=None, *, fmt: str = "text",
     global _twisted_routed
     if not _twisted_routed:  # Twisted allows choosing its log target once per process
         _twisted_routed = True
-        globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")],
-                                         redirectStandardIO=False)
+        globalLogBeginner.beginLoggingTo([twisted_observer], redirectStandardIO=False)
+
+
+_TWISTED = logging.getLogger("twisted")
+_LEVELS = {LogLevel.debug: logging.DEBUG, LogLevel.info: logging.INFO,
+           LogLevel.warn: logging.WARNING, LogLevel.error: logging.ERROR,
+           LogLevel.critical: logging.CRITICAL}
+# Twisted's lifecycle chatter ("Starting factory <...>", "(UDP Port 1812 Closed)"):
+# pushproxy logs its own *.listening events, so these are debug detail.
+_ROUTINE = re.compile(r"^(?:\S+ \(\S+\) starting on \d+|\S+ starting on \d+|"
+                      r"(?:Starting|Stopping) (?:factory|protocol) |\(\S+ Port \d+ Closed\)|"
+                      r"Main loop terminated\.)")
+
+
+def twisted_observer(evt: dict) -> None:
+    """One of Twisted's own log events as a structured line: ``twisted.log message=...``.
+
+    Twisted writes free text ("Received SIGTERM, shutting down."); routing it
+    through `event` keeps one event per line with quoted values, and a failure
+    becomes ``twisted.error`` with its traceback on the same line.
+    """
+    failure = evt.get("log_failure")
+    level = _LEVELS.get(evt.get("log_level"), logging.INFO)
+    if evt.get("isError") or failure is not None:
+        level = max(level, logging.ERROR)
+    try:
+        text = formatEvent(evt) or ""
+    except Exception:  # a broken format string must not lose the event
+        text = repr(evt.get("log_format"))
+    if level == logging.INFO and _ROUTINE.match(text):
+        level = logging.DEBUG
+    if not _TWISTED.isEnabledFor(level):
+        return
+    name = "twisted.error" if level >= logging.ERROR else "twisted.log"
+    fields = {"message": text.strip(), "source": evt.get("log_namespace")}
+    line = " ".join([name] + [f"{k}={_value(v)}" for k, v in fields.items() if v])
+    exc_info = None
+    if failure is not None:
+        exc_info = (failure.type, failure.value, failure.getTracebackObject())
+    _TWISTED.log(level, line, exc_info=exc_info, extra={"event": name, "fields": fields})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 from pyrad import packet as rpacket
 
@@ -19,10 +20,31 @@ from pushproxy.radius import codec
 EXIT_ACCEPT, EXIT_REJECT, EXIT_NO_ANSWER = 0, 1, 2
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one radius-test exchange saw: the answer, or enough to say why there was none."""
+
+    code: str  # "Access-Accept", "Access-Reject", "Access-Challenge", ... or "no answer"
+    message: str | None  # Reply-Message
+    sent: int = 0  # datagrams sent (the first and the retransmits)
+    refused: int = 0  # ICMP port unreachable: nothing listens at the address
+    unverified: int = 0  # replies whose authenticators do not verify with our secret
+    source: str = ""  # the address this machine sent from (what the server sees)
+
+
 def login(server: str, secret: bytes, username: str, password: str, *,
           calling_station: str | None = None, nas_identifier: str = "pushproxy-radius-test",
           timeout: float = 75.0, retry_every: float = 5.0) -> tuple[str, str | None]:
     """Send the login; returns (code name or "no answer", Reply-Message)."""
+    outcome = exchange(server, secret, username, password, calling_station=calling_station,
+                       nas_identifier=nas_identifier, timeout=timeout, retry_every=retry_every)
+    return outcome.code, outcome.message
+
+
+def exchange(server: str, secret: bytes, username: str, password: str, *,
+             calling_station: str | None = None, nas_identifier: str = "pushproxy-radius-test",
+             timeout: float = 75.0, retry_every: float = 5.0) -> Outcome:
+    """Send the login, retransmitting like a NAS; the typed outcome."""
     host, _, port = server.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     pkt = rpacket.AuthPacket(code=rpacket.AccessRequest, secret=secret,
@@ -36,27 +58,67 @@ def login(server: str, secret: bytes, username: str, password: str, *,
     raw = pkt.RequestPacket()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     deadline = time.monotonic() + timeout
+    sent = refused = unverified = 0
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect((host, int(port)))
+        source = sock.getsockname()[0]
         while time.monotonic() < deadline:
-            sock.send(raw)
+            try:
+                sock.send(raw)
+                sent += 1
+            except ConnectionRefusedError:  # the ICMP error of the previous send
+                refused += 1
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                continue
             sock.settimeout(min(retry_every, max(0.1, deadline - time.monotonic())))
             try:
                 data = sock.recv(4096)
-            except (socket.timeout, ConnectionRefusedError):
+            except socket.timeout:
+                continue
+            except ConnectionRefusedError:
+                refused += 1
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                 continue
             try:
                 reply = pkt.CreateReply(packet=data)
             except rpacket.PacketError:
+                unverified += 1
                 continue
             if not pkt.VerifyReply(reply, data, enforce_ma=True):
+                unverified += 1
                 continue  # not from a server that knows the secret: ignore, as a NAS would
             message = dict.get(reply, 18)
             text = message[0].decode("utf-8", "replace") if message else None
             names = {rpacket.AccessAccept: "Access-Accept", rpacket.AccessReject: "Access-Reject",
                      rpacket.AccessChallenge: "Access-Challenge"}
-            return names.get(reply.code, f"code {reply.code}"), text
-    return "no answer", None
+            return Outcome(names.get(reply.code, f"code {reply.code}"), text, sent, refused,
+                           unverified, source)
+    return Outcome("no answer", None, sent, refused, unverified, source)
+
+
+def explain(outcome: Outcome, server: str, timeout: float) -> list[str]:
+    """Why there was no (believable) answer, from what this side could see."""
+    if outcome.code != "no answer":
+        return []
+    if outcome.unverified:
+        return [f"{outcome.unverified} reply(ies) came back but did not verify (Response "
+                "Authenticator / Message-Authenticator): the shared secret is wrong. The "
+                f"server has another secret for this client ({outcome.source}); compare "
+                "the secret file with the client's secret_file on the server."]
+    if outcome.refused and outcome.refused >= outcome.sent // 2:
+        return [f"{server} refused the datagrams (ICMP port unreachable): nothing listens on "
+                "that port. Is the daemon running, and is this its radius.listen address "
+                "and port?"]
+    return [
+        f"no answer within {timeout:g} s ({outcome.sent} sends). pushproxy answers nothing, "
+        "on purpose, when:",
+        f"  - this machine's address ({outcome.source}) is in no radius.clients entry "
+        "(the server logs radius.drop reason=unknown_client);",
+        "  - the shared secret is wrong (the request's Message-Authenticator does not "
+        "verify: radius.drop reason=bad_message_authenticator);",
+        "  - a firewall drops UDP to the port (or the replies back); or the login still waits "
+        "for the phone, if --timeout is below push.timeout + the directory's time.",
+    ]
 
 
 def cmd_radius_test(args) -> int:
@@ -69,12 +131,14 @@ def cmd_radius_test(args) -> int:
     password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")
     print(f"Sending a login for {args.username!r} to {args.server}; "
           f"approve it on the phone (waiting up to {args.timeout:g} s)...", flush=True)
-    code, message = login(args.server, secret.encode("utf-8"), args.username, password,
-                          calling_station=args.calling_station, timeout=args.timeout)
-    print(code + (f" ({message})" if message else ""))
-    if code == "Access-Accept":
+    outcome = exchange(args.server, secret.encode("utf-8"), args.username, password,
+                       calling_station=args.calling_station, timeout=args.timeout)
+    print(outcome.code + (f" ({outcome.message})" if outcome.message else ""))
+    for line in explain(outcome, args.server, args.timeout):
+        print(line)
+    if outcome.code == "Access-Accept":
         return EXIT_ACCEPT
-    return EXIT_NO_ANSWER if code == "no answer" else EXIT_REJECT
+    return EXIT_NO_ANSWER if outcome.code == "no answer" else EXIT_REJECT
 
 
 def add_parser(sub) -> None:

@@ -76,8 +76,12 @@ def write_config(folder: Path, *, database="pushproxy.db", extra="") -> Path:
     for name in ("gw.secret", "up.secret", "ldap.secret"):
         (folder / name).write_text("a-long-enough-secret\n")
         (folder / name).chmod(0o600)
-    (folder / "tls.crt").write_text("cert\n")
-    (folder / "tls.key").write_text("key\n")
+    # real PEM files: the config loads them as serve would (pushproxy.tlsfiles)
+    from tests.test_config_tls_files import key_and_cert
+
+    key, cert = key_and_cert()
+    (folder / "tls.crt").write_bytes(cert)
+    (folder / "tls.key").write_bytes(key)
     (folder / "tls.key").chmod(0o600)
     path = folder / "config.yaml"
     path.write_text(textwrap.dedent(f"""\

@@ -165,7 +165,9 @@ def test_tls_is_required_for_binds_unless_turned_off(tmp_path):
 
 def test_policy_rules_may_name_the_front_end(tmp_path):
     text = (ROOT / "config.example.yaml").read_text().split("\nldap_front:")[0].replace(
-        "      clients: [fw-legacy]", "      clients: [fw-legacy, wiki-ldap]")
+        "  remember_minutes: 0\n", "  remember_minutes: 0\n  rules:\n"
+        "    - {name: wiki-robot, users: [svc-backup], clients: [vpn-gw-1, wiki-ldap], "
+        "action: allow}\n")
     with pytest.raises(ConfigError, match="wiki-ldap"):
         parse_config(text, base_dir=ROOT, env={})
     cfg = parse_config(text + textwrap.dedent("""

@@ -163,7 +163,8 @@ def test_offline_security_exposure_is_low():
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     # verify checks that ExecStart exists: point it at an executable that does.
     unit = tmp_path / "pushproxy.service"
-    text = UNIT.read_text().replace("/usr/local/bin/pushproxy", sys.executable)
+    text = UNIT.read_text().replace("/opt/pushproxy/bin/pushproxy", sys.executable)
+    assert sys.executable in text
     unit.write_text(text)
     out = subprocess.run([analyze(), "verify", str(unit)], capture_output=True, text=True,
                          timeout=60)

@@ -125,9 +125,15 @@ def _write_tls_material(directory: Path) -> None:
         return builder.sign(signer, hashes.SHA256())
 
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    # KeyUsage on both: Python 3.13's default context verifies with
+    # VERIFY_X509_STRICT, which refuses a CA without keyCertSign.
     ca_cert = cert("pushproxy test CA", "pushproxy test CA", ca_key, ca_key, [
         (x509.BasicConstraints(ca=True, path_length=0), True),
         (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
+        (x509.KeyUsage(digital_signature=False, content_commitment=False,
+                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                       key_cert_sign=True, crl_sign=True, encipher_only=False,
+                       decipher_only=False), True),
     ])
     server_cert = cert("localhost", "pushproxy test CA", key, ca_key, [
         (x509.BasicConstraints(ca=False, path_length=None), True),
@@ -135,6 +141,10 @@ def _write_tls_material(directory: Path) -> None:
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False),
         (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
         (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+        (x509.KeyUsage(digital_signature=True, content_commitment=False,
+                       key_encipherment=False, data_encipherment=False, key_agreement=True,
+                       key_cert_sign=False, crl_sign=False, encipher_only=False,
+                       decipher_only=False), True),
     ])
     pem = serialization.Encoding.PEM
     (directory / "ca.pem").write_bytes(ca_cert.public_bytes(pem))

@@ -17,10 +17,10 @@ from twisted.internet.threads import deferToThread
 
 try:
     from .radclient import RADCLIENT_BIN, radclient, radclient_sync
-    from .slapd import Slapd, slapd_available
+    from .slapd import Slapd, _write_tls_material, slapd_available
 except ImportError:
     from radclient import RADCLIENT_BIN, radclient, radclient_sync
-    from slapd import Slapd, slapd_available
+    from slapd import Slapd, _write_tls_material, slapd_available
 
 requires_radclient = pytest.mark.skipif(
     not os.access(RADCLIENT_BIN, os.X_OK),
@@ -87,8 +87,11 @@ def test_alice_binds_over_ldaps_with_ca_validation(slapd):
 
 def test_ldaps_certificate_rejected_without_the_test_ca(slapd, tmp_path):
     """Certificate validation is real: a different CA file makes the handshake fail."""
-    other = tmp_path / "other-ca.pem"
-    other.write_text(ssl.get_server_certificate(("127.0.0.1", slapd.ldaps_port)))  # leaf, not CA
+    # Another CA, not the server's own leaf: Python 3.13 verifies with
+    # VERIFY_X509_PARTIAL_CHAIN, where a trusted leaf is an anchor by itself.
+    (tmp_path / "other").mkdir()
+    _write_tls_material(tmp_path / "other")
+    other = tmp_path / "other" / "ca.pem"
     conn = _conn(slapd.ldaps_url, slapd.user_dn("alice"), "alice-pw", tls=_tls(str(other)))
     with pytest.raises(ldap3.core.exceptions.LDAPSocketOpenError):
         conn.bind()
