@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import select
 from contextlib import contextmanager
 from dataclasses import astuple
 from typing import Callable, Iterator
@@ -73,6 +74,20 @@ def _brief(exc: psycopg.Error) -> str:
     return (text or type(exc).__name__)[:500]
 
 
+def _hung_up(db: psycopg.Connection) -> bool:
+    """Whether the server has hung up on an idle connection.
+
+    Between calls the server sends nothing on it (the store never LISTENs), so
+    anything to read -- end of file, a reset, a FATAL "terminating connection" --
+    means it is gone; a rare stray message (a parameter change after a reload)
+    only costs a reconnect. One non-blocking poll: no round trip."""
+    try:
+        ready, _, _ = select.select([db.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(ready)
+
+
 class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
     """The Store on one PostgreSQL database; method contracts are on Store.
 
@@ -90,6 +105,7 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
         self._timeout = timeout
         self._db: psycopg.Connection | None = None
         self.commits = 0  # transactions committed by this store (for /metrics)
+        self.reconnects = 0  # idle connections found closed by the server and replaced
         # a call (or a transaction of several statements, each bounded by the
         # server) that runs this long means the server stopped answering
         self._watchdog = Watchdog(max(3 * timeout, timeout + 2))
@@ -127,7 +143,12 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
 
     def _conn(self, limit: float | None = None) -> psycopg.Connection:
         # a broken connection (server restarted, failover, network) is replaced
-        # on the next call: the caller that saw it break already got StoreError
+        # on the next call: the caller that saw it break already got StoreError.
+        # One the server closed while it sat idle is replaced before use: else
+        # the first login after a failover would fail on it (and get failmode).
+        if self._db is not None and not self._db.closed and _hung_up(self._db):
+            self.reconnects += 1
+            self._db.close()
         if self._db is None or self._db.closed or self._db.broken:
             if self._db is not None:
                 self._db.close()
