@@ -487,12 +487,14 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
             return db.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()[0]
 
     def check_writable(self) -> None:
-        # A write that is rolled back: fails on a read-only standby (after a
-        # failover the URL may point at one), on a role without UPDATE, or on a
-        # row lock held past lock_timeout; commits nothing.
-        with self._guard():
-            with self._conn().transaction(force_rollback=True) as tx:
-                tx.connection.execute("UPDATE schema_version SET version = version")
+        # A write that changes nothing, committed: fails on a read-only standby
+        # (after a failover the URL may point at one), on a role without UPDATE,
+        # on a row lock held past lock_timeout -- and on a commit that cannot
+        # finish, as when the only synchronous standby is gone: PostgreSQL does
+        # not apply statement_timeout to that wait, the watchdog ends it. A
+        # rolled-back write would pass there while every login's commit hangs.
+        with self._write() as db:
+            db.execute("UPDATE schema_version SET version = version")
 
     def close(self) -> None:
         self._watchdog.close()

@@ -394,3 +394,45 @@ def test_bus_health_across_a_restart_and_a_degraded_node_that_polls(postgres, sl
         assert "Traceback" not in c.output()
     finally:
         c.close()
+
+
+def test_synchronous_standby_lost_logins_end_in_bounded_time_and_resume(pair, slapd,
+                                                                        tmp_path):
+    """The price of synchronous replication: with its only synchronous standby gone, a
+    commit waits for it and statement_timeout does not end that wait (PostgreSQL turns
+    the timeout off before committing). The store's watchdog does: a login is decided by
+    failmode within push.timeout, never hangs, and /healthz (which commits a test write)
+    leaves "ok" (503 "down", or "busy" while the store thread is stuck). With the standby back, logins are approved again without a restart."""
+    primary, standby = pair
+    url, _ = database_urls(primary, standby)
+    c = Cluster(tmp_path, slapd, primary, count=1, database=url,
+                push=f"timeout: {PUSH_TIMEOUT}\nlimits: {{max_pending: 10}}")
+    try:
+        c.start()
+        node = c[1]
+        device = c.device_at(c.enroll("alice", node), node)
+        standby.stop("immediate")
+        started = time.monotonic()
+        lost = node.login(attrs("alice", station="198.51.100.120"), timeout=45)
+        decided = time.monotonic() - started
+        assert lost.code == "Access-Reject", node.output()
+        assert decided < PUSH_TIMEOUT, decided
+        # /healthz leaves "ok": 503 once its test commit is cut off, or "busy" (200)
+        # while admission control sees the store thread stuck behind such commits.
+        seen = set()
+        end = time.monotonic() + 20
+        while time.monotonic() < end and "down" not in seen:
+            seen.add(requests.get(node.health, timeout=15).json().get("status"))
+            time.sleep(0.3)
+        assert seen & {"down", "busy"}, seen
+        print(f"\nsync standby down: login decided (failmode) in {decided:.2f} s; "
+              f"/healthz states: {sorted(seen)}")
+        standby.start()
+        login = c.login(node, attrs("alice", station="198.51.100.121"), timeout=45)
+        tx = wait_pending(device, deadline=30)[0]["txid"]
+        assert auth.answer(device, tx, "approve")["status"] == "recorded"
+        assert login.result(timeout=30).code == "Access-Accept", node.output()
+        assert eventually_ok(node)
+        assert "Traceback" not in c.output()
+    finally:
+        c.close()
