@@ -358,11 +358,14 @@ def test_bus_health_across_a_restart_and_a_degraded_node_that_polls(postgres, sl
         assert sum("bus.reconnected" in line for line in lines) == 1, lines
 
         # The split: only node 1's bus is cut off; its store connection stays.
+        for node in c.nodes:  # each node's store has reconnected since the restart
+            until(lambda: health_of(node)[1]["status"] == "ok", within=30)
         with psycopg.connect(postgres.url("stores"), password=PASSWORD,
                              autocommit=True) as admin:
-            held = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
-                                 (role,)).fetchone()[0]
-            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT {held - 1}")
+            # a store and a bus connection per node; the limit leaves out one bus
+            count = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+            until(lambda: admin.execute(count, (role,)).fetchone()[0] == 4)
+            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 3")
             marks = {n.name: len(n.serve.lines) for n in c.nodes}
             buses = admin.execute(
                 "SELECT pid, client_port FROM pg_stat_activity WHERE usename = %s "
