@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import select
 from contextlib import contextmanager
 from dataclasses import astuple
 from typing import Callable, Iterator
@@ -33,7 +32,7 @@ import psycopg
 
 from pushproxy.approval.loginstore import PostgresLoginState
 from pushproxy.approval.clusterstore import PgClusterMethods
-from pushproxy.approval.pgwatch import Watchdog
+from pushproxy.approval.pgwatch import Watchdog, hung_up
 from pushproxy.approval.store import (
     _DEVICE,
     _ENROLLMENT,
@@ -72,20 +71,6 @@ def _brief(exc: psycopg.Error) -> str:
     # holds the conninfo, so never the password
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return (text or type(exc).__name__)[:500]
-
-
-def _hung_up(db: psycopg.Connection) -> bool:
-    """Whether the server has hung up on an idle connection.
-
-    Between calls the server sends nothing on it (the store never LISTENs), so
-    anything to read -- end of file, a reset, a FATAL "terminating connection" --
-    means it is gone; a rare stray message (a parameter change after a reload)
-    only costs a reconnect. One non-blocking poll: no round trip."""
-    try:
-        ready, _, _ = select.select([db.fileno()], [], [], 0)
-    except (OSError, ValueError, psycopg.Error):
-        return True
-    return bool(ready)
 
 
 class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
@@ -146,7 +131,7 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
         # on the next call: the caller that saw it break already got StoreError.
         # One the server closed while it sat idle is replaced before use: else
         # the first login after a failover would fail on it (and get failmode).
-        if self._db is not None and not self._db.closed and _hung_up(self._db):
+        if self._db is not None and not self._db.closed and hung_up(self._db):
             self.reconnects += 1
             self._db.close()
         if self._db is None or self._db.closed or self._db.broken:
