@@ -47,7 +47,9 @@ HELP = {
     "approval_transactions": "Approval transactions opened",
     "approval_joins": "Logins that joined a pending push of any node (cluster mode)",
     "bus_events": "Cluster notification bus events, by outcome (received, dropped, unsent, "
-                  "disconnected)",
+                  "disconnected, retry_failed)",
+    "bus_reconnects": "Times the cluster notification bus came back after being lost",
+    "bus_polls": "Store re-reads made because the notification bus was down",
     "answers": "Device answers, by outcome",
     "enrollments": "Device enrollments, by outcome",
     "device_auth_failures": "Device requests refused (signature, time window, replay)",

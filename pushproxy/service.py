@@ -185,10 +185,17 @@ class Daemon:
             except Exception as exc:  # any store failure means unhealthy, with the reason
                 store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         healthy = directory_ok and store["ok"]
-        return {"healthy": healthy, "status": "ok" if healthy else "down",
-                "directory": {"ok": directory_ok,
-                              "servers": {url: err or "ok" for url, err in servers.items()}},
-                "store": store, "pending_logins": self.engine.pending}
+        result = {"healthy": healthy, "status": "ok" if healthy else "down",
+                  "directory": {"ok": directory_ok,
+                                "servers": {url: err or "ok" for url, err in servers.items()}},
+                  "store": store, "pending_logins": self.engine.pending}
+        bus = self.provider.bus_health() if hasattr(self.provider, "bus_health") else None
+        if bus is not None:
+            # a node without its bus still decides logins (it polls the store): 200
+            result["bus"] = bus
+            if healthy and not bus["ok"]:
+                result["status"] = "degraded"
+        return result
 
     @defer.inlineCallbacks
     def stop(self):

@@ -178,6 +178,10 @@ class MetricsComponent:
             gauges[name] = (doc, lambda field=field: getattr(admission.load(), field))
         gauges["overloaded"] = ("1 while new requests are shed (busy), else 0",
                                 lambda: int(admission.check() is not None))
+        cluster = self.approval.service.cluster
+        if cluster is not None:
+            gauges["bus_connected"] = ("1 while the cluster notification bus listens, else 0",
+                                       lambda: int(bool(getattr(cluster.bus, "connected", 1))))
         # Served on threads of its own: a scrape must not wait for a busy event loop.
         self.server = MetricsServer(
             self.listen, metrics_http.registry(self.daemon.counters, gauges),

@@ -5,6 +5,11 @@ runs as ``nobody`` in a folder chowned to it (outside pytest's root-only basetem
 It listens on 127.0.0.1 on a free port, with fsync off (a test database need not
 survive a power cut), password authentication (scram-sha-256) over TCP so the
 store's password path is exercised, and is stopped at the end of the session.
+
+`PostgresServer.standby` makes a streaming standby of a running server
+(pg_basebackup -R, with a physical replication slot), for the failover drill:
+`promote` turns it into the new primary, and `multi_host_url` names both as
+libpq does (``postgresql://u@h1:p1,h2:p2/db?target_session_attrs=read-write``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,12 @@ def free_port() -> int:
 class PostgresServer:
     """One PostgreSQL cluster in its own folder; ``url(db)`` names a database in it."""
 
-    def __init__(self, bindir: str | None = None):
+    # -c settings of every server; ``settings`` adds to or overrides them
+    DEFAULTS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                "max_connections": "60"}
+
+    def __init__(self, bindir: str | None = None, *, settings: dict | None = None):
+        self.settings = dict(self.DEFAULTS, **(settings or {}))
         self.bindir = bindir or pg_bindir()
         if self.bindir is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -60,11 +70,12 @@ class PostgresServer:
             os.chown(self.root, self._uid, self._gid)
         os.chmod(self.root, 0o700)
 
-    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def _run(self, *args: str, timeout: float = 120,
+             env: dict | None = None) -> subprocess.CompletedProcess:
         kwargs = {}
         if self._as_user:
             kwargs = {"user": self._uid, "group": self._gid, "extra_groups": []}
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": self.root}
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": self.root, **(env or {})}
         done = subprocess.run([os.path.join(self.bindir, args[0]), *args[1:]], env=env,
                               cwd=self.root, capture_output=True, text=True, timeout=timeout,
                               **kwargs)
@@ -87,15 +98,53 @@ class PostgresServer:
 
     def start(self) -> None:
         """pg_ctl start and wait until it accepts connections."""
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                   f"-c unix_socket_directories={self.root} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
+        settings = dict(self.settings, listen_addresses="127.0.0.1", port=str(self.port),
+                        unix_socket_directories=self.root)
+        options = " ".join(f"-c {key}={value}" for key, value in settings.items())
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", self.data,
                   "-l", os.path.join(self.root, "server.log"), "-o", options)
 
     def stop(self, mode: str = "fast") -> None:
         """pg_ctl stop (``fast``: disconnects every client at once)."""
         self._run("pg_ctl", "stop", "-w", "-t", "60", "-D", self.data, "-m", mode)
+
+    def running(self) -> bool:
+        """Whether the server runs (pg_ctl status)."""
+        try:
+            self._run("pg_ctl", "status", "-D", self.data, timeout=30)
+        except RuntimeError:
+            return False
+        return True
+
+    def standby(self, name: str = "standby1", *, settings: dict | None = None,
+                slot: bool = True) -> PostgresServer:
+        """A streaming standby of this (running) server, started: pg_basebackup -R
+        (recovery settings written, the password in its primary_conninfo) over
+        loopback, with a physical replication slot of ``name`` unless ``slot`` is
+        False. Its ``cluster_name`` is ``name``: that is the application_name the
+        primary's ``synchronous_standby_names`` refers to."""
+        replica = PostgresServer(self.bindir, settings=dict(
+            {k: v for k, v in self.settings.items() if k != "synchronous_standby_names"},
+            cluster_name=name, **(settings or {})))
+        args = ["pg_basebackup", "-D", replica.data, "-h", "127.0.0.1", "-p", str(self.port),
+                "-U", SUPERUSER, "-R", "-X", "stream", "--no-sync"]
+        if slot:
+            args += ["-C", "-S", name]
+        replica._run(*args, env={"PGPASSWORD": PASSWORD})
+        replica.start()
+        return replica
+
+    def promote(self) -> None:
+        """pg_ctl promote: this standby becomes a primary (waits until it is one)."""
+        self._run("pg_ctl", "promote", "-w", "-t", "60", "-D", self.data)
+
+    def in_recovery(self) -> bool:
+        """Whether this server is a standby (pg_is_in_recovery())."""
+        import psycopg
+
+        with psycopg.connect(self.url(), password=PASSWORD, autocommit=True,
+                             connect_timeout=10) as conn:
+            return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
 
     def cleanup(self) -> None:
         """Stop if running and remove the folder."""
@@ -108,6 +157,14 @@ class PostgresServer:
     def url(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
         """The URL of ``dbname`` (the password goes separately, as in the config)."""
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def multi_host_url(self, other: PostgresServer, dbname: str = "postgres",
+                       user: str = SUPERUSER, query: str = "") -> str:
+        """One URL naming this server and ``other``, as libpq's multi-host syntax does;
+        libpq takes the first that accepts writes (``target_session_attrs``)."""
+        extra = f"&{query}" if query else ""
+        return (f"postgresql://{user}@127.0.0.1:{self.port},127.0.0.1:{other.port}/{dbname}"
+                f"?target_session_attrs=read-write{extra}")
 
     def admin(self, sql: str, dbname: str = "postgres") -> None:
         """Run ``sql`` as the superuser (autocommit: CREATE DATABASE works)."""

@@ -96,3 +96,39 @@ def test_check_config_warns_about_a_remote_database_without_verified_tls(tmp_pat
     assert warned(URL + "?sslmode=verify-full&sslrootcert=/etc/ca.crt") == []
     assert warned("postgresql://pushproxy@127.0.0.1:5432/pushproxy") == []
     assert warned("postgresql://pushproxy@localhost/pushproxy") == []
+
+
+MULTI = ("postgresql://pushproxy@db1.example.com:5432,db2.example.com:5433/pushproxy"
+         "?target_session_attrs=read-write&connect_timeout=2&sslmode=verify-full")
+
+
+def test_a_multi_host_url_with_read_write_is_accepted_with_its_password(tmp_path):
+    """libpq's multi-host URL (the failover set-up of docs/cluster.md) passes validation,
+    and the password still comes from the _file / _env key, never the URL."""
+    (tmp_path / "db.pw").write_text("s3cret-db-pw\n")
+    config = parse(with_database(MULTI, "  database_password_file: db.pw\n"), tmp_path, ENV)
+    assert config.approval.database == MULTI
+    assert config.approval.database_password == "s3cret-db-pw"
+    config = parse(with_database(MULTI, "  database_password_env: DB_PW\n"), tmp_path,
+                   dict(ENV, DB_PW="from-env"))
+    assert config.approval.database_password == "from-env"
+    found = problems(with_database(MULTI.replace("pushproxy@", "pushproxy:hunter2-xyz@")),
+                     tmp_path, ENV)
+    assert any("contains a password" in p for p in found) and \
+        not any("hunter2-xyz" in p for p in found)
+
+
+def test_several_hosts_without_read_write_or_a_bad_session_attr_are_named(tmp_path):
+    """Without target_session_attrs=read-write libpq takes the first host that answers,
+    a standby after a failover; a misspelt value would fail only at the first login."""
+    cases = {
+        MULTI.replace("target_session_attrs=read-write&", ""): "names 2 hosts without "
+                                                             "target_session_attrs=read-write",
+        MULTI.replace("read-write", "any"): "names 2 hosts without",
+        MULTI.replace("read-write", "readwrite"): "target_session_attrs=readwrite is not",
+    }
+    for url, expected in cases.items():
+        found = problems(with_database(url), tmp_path, ENV)
+        assert any(p.startswith(f"approval.database: {expected}") for p in found), (url, found)
+    for fine in (MULTI.replace("read-write", "primary"), URL + "?target_session_attrs=any"):
+        assert parse(with_database(fine), tmp_path, ENV).approval.database == fine

@@ -55,7 +55,29 @@ def postgres_url_problems(url: str) -> list[str]:
         problems.append("names no database: write postgresql://USER@HOST:PORT/DBNAME")
     if not info.get("host") and not info.get("hostaddr"):
         problems.append("names no host: write postgresql://USER@HOST:PORT/DBNAME")
+    problems += _session_attrs_problems(info)
     return problems
+
+
+# libpq's values (PostgreSQL 14+); the store writes, so only these two fit several hosts
+TARGET_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby",
+                        "prefer-standby")
+WRITABLE_ATTRS = ("read-write", "primary")
+
+
+def _session_attrs_problems(info: dict) -> list[str]:
+    # libpq checks the value only when it connects: at the first login, not at start
+    attrs = info.get("target_session_attrs")
+    if attrs is not None and attrs not in TARGET_SESSION_ATTRS:
+        return [f"target_session_attrs={attrs} is not one of libpq's values "
+                f"({', '.join(TARGET_SESSION_ATTRS)})"]
+    hosts = [h for h in str(info.get("host") or info.get("hostaddr") or "").split(",") if h]
+    if len(hosts) > 1 and attrs not in WRITABLE_ATTRS:
+        # libpq would take the first host that answers: after a failover that can be
+        # the old primary come back as a standby, and every write would then fail
+        return [f"names {len(hosts)} hosts without target_session_attrs=read-write: add it "
+                "(libpq then connects to whichever host accepts writes)"]
+    return []
 
 
 def postgres_tls_warning(url: str) -> str | None:

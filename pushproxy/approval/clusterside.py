@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 
 from pushproxy import logs
@@ -22,6 +22,11 @@ from pushproxy.decision import PushResult, PushStatus
 from pushproxy.push import ApprovalRequest, ProviderUnavailable
 
 log = logging.getLogger("pushproxy.approval")
+
+# While the bus is down, what it would have woken (this node's waiters, long-polls)
+# re-reads the store this often instead: answers recorded at other nodes still
+# release logins here, late by up to this much.
+BUS_POLL_EVERY = 1.0
 
 
 def effective_join_key(request: ApprovalRequest) -> str | None:
@@ -46,6 +51,8 @@ class ClusterSide:
         """Cluster mode, at start: retire this node's own stale work, heartbeat, listen."""
         self.life = ClusterLife(self.store, self.reactor, self.wallclock, self.node)
         retired = yield self.life.start()
+        if hasattr(self.cluster.bus, "on_state"):
+            self.cluster.bus.on_state(self._bus_state)
         self.cluster.bus.start()
         return retired
 
@@ -53,8 +60,41 @@ class ClusterSide:
         """Stop the heartbeat and the bus."""
         if self.life is not None:
             self.life.stop()
+        self._bus_state(True)  # stops the polling fallback
         self.cluster.bus.stop()
         self.waiters.close()
+
+    def _bus_state(self, connected: bool) -> None:
+        # Down: no event will come, so poll the store for what this node waits on
+        # (bounded: only this node's waiters and long-polls). Up: stop; the bus's
+        # resync re-reads everything once more.
+        poll = getattr(self, "_bus_poll", None)
+        if connected:
+            if poll is not None and poll.running:
+                poll.stop()
+            self._bus_poll = None
+        elif poll is None:
+            self._bus_poll = task.LoopingCall(self._poll_store)
+            self._bus_poll.clock = self.reactor
+            self._bus_poll.start(BUS_POLL_EVERY, now=False)
+
+    def _poll_store(self) -> None:
+        if len(self.waiters) or self._pollers:
+            self.counters.inc("bus_polls")
+            self._resync()
+
+    def bus_health(self) -> dict | None:
+        """The bus's part of /healthz (None when not in cluster mode): ``ok`` while it
+        listens; when down, logins are still decided and answers from other nodes
+        are found by polling (``fallback``), so the node is degraded, not down."""
+        if self.cluster is None:
+            return None
+        bus = self.cluster.bus
+        up = bool(getattr(bus, "connected", True))
+        health = {"ok": up, "reconnects": int(getattr(bus, "reconnects", 0))}
+        if not up:
+            health["fallback"] = f"polling the store every {BUS_POLL_EVERY:g} s"
+        return health
 
     def _on_event(self, kind: str, key: str) -> None:
         # a hint from the bus: read the store again (never trust the event itself)

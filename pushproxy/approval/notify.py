@@ -13,6 +13,10 @@ a login wait until its next event or timeout, never decide it. Kinds:
 
 Notifications are lost while a bus is disconnected, so every bus calls its
 ``resync`` callbacks after it (re)connects: subscribers re-read what they wait on.
+While it is down, its ``on_state`` callbacks have been told (``False``), so a
+subscriber can poll the store instead (the approval service does,
+`pushproxy.approval.clusterside`); ``True`` when it is back. Each transition is
+one log line (``bus.disconnected``, ``bus.reconnected``), not one per retry.
 
 Three buses, one interface (`Bus`):
 
@@ -36,6 +40,7 @@ import math
 import os
 import socket
 import threading
+import time
 from typing import Callable, Protocol
 
 from pushproxy import logs
@@ -90,12 +95,28 @@ class _Subscribers:
 
     store_notifies = False
 
+    connected = True  # LocalBus, UnixBus: nothing to lose (PostgresBus tracks it)
+    reconnects = 0
+
     def __init__(self, counters=None):
         self._callbacks: list[Callback] = []
         self._resyncs: list[Callable[[], None]] = []
+        self._states: list[Callable[[bool], None]] = []
         self.counters = counters
         self.received = 0
         self.resyncs = 0
+
+    def on_state(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(connected)`` on the reactor thread when the bus goes down
+        (False) or comes back (True)."""
+        self._states.append(callback)
+
+    def _state(self, connected: bool) -> None:
+        for callback in list(self._states):
+            try:
+                callback(connected)
+            except Exception:
+                log.exception("bus.state_callback_failed")
 
     def subscribe(self, callback: Callback) -> None:
         """Call ``callback(kind, key)`` for every event received."""
@@ -166,7 +187,9 @@ class PostgresBus(_Subscribers):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn = None
-        self.connected = False
+        self.connected = False  # LISTENing now (read by /healthz and /metrics)
+        self.reconnects = 0  # times it came back after being lost
+        self._lost_at: float | None = None  # monotonic time it was lost (thread only)
 
     def publish(self, kind: str, key: str) -> None:
         """Nothing: the store announced the change in its own transaction."""
@@ -207,7 +230,12 @@ class PostgresBus(_Subscribers):
                 self._conn.execute(f"LISTEN {CHANNEL}")
                 self.connected = True
                 delay = BACKOFF_FIRST
-                logs.event(log, logging.INFO, "bus.listening", channel=CHANNEL)
+                if self._lost_at is None:
+                    logs.event(log, logging.INFO, "bus.listening", channel=CHANNEL)
+                else:
+                    down = time.monotonic() - self._lost_at
+                    self._lost_at = None
+                    self.reactor.callFromThread(self._back, down, self._server())
                 # after LISTEN: whatever changed before it is found by re-reading
                 self.reactor.callFromThread(self._resync)
                 while not self._stopping.is_set():
@@ -219,7 +247,11 @@ class PostgresBus(_Subscribers):
             except psycopg.Error as exc:
                 if self._stopping.is_set():
                     break
-                self.reactor.callFromThread(self._lost, str(exc).strip()[:300], delay)
+                first = self._lost_at is None
+                if first:
+                    self._lost_at = time.monotonic()
+                self.connected = False  # before the callback: /healthz reads it
+                self.reactor.callFromThread(self._lost, _one_line(exc), delay, first)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
             finally:
@@ -231,9 +263,35 @@ class PostgresBus(_Subscribers):
                     except Exception:
                         pass
 
-    def _lost(self, error: str, delay: float) -> None:
-        self._count("disconnected")
-        logs.event(log, logging.WARNING, "bus.disconnected", error=error, retry_s=delay)
+    def _server(self) -> str:
+        # which server it reached (after a failover: the new primary), for the log
+        try:
+            return f"{self._conn.info.host}:{self._conn.info.port}"
+        except Exception:
+            return "?"
+
+    def _lost(self, error: str, delay: float, first: bool) -> None:
+        # one warning per transition; each failed retry is only counted
+        self._count("disconnected" if first else "retry_failed")
+        if first:
+            logs.event(log, logging.WARNING, "bus.disconnected", error=error, retry_s=delay)
+            self._state(False)
+        else:
+            logs.event(log, logging.DEBUG, "bus.retry_failed", error=error, retry_s=delay)
+
+    def _back(self, down: float, server: str) -> None:
+        self.reconnects += 1
+        if self.counters is not None:
+            self.counters.inc("bus_reconnects")
+        logs.event(log, logging.INFO, "bus.reconnected", channel=CHANNEL, server=server,
+                   down_s=round(down, 3))
+        self._state(True)
+
+
+def _one_line(exc: Exception) -> str:
+    # libpq's message may span lines (one per host of a multi-host URL)
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text[:300]
 
 
 def _socket_path(folder: str, index: int) -> str:

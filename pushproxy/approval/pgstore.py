@@ -32,7 +32,7 @@ import psycopg
 
 from pushproxy.approval.loginstore import PostgresLoginState
 from pushproxy.approval.clusterstore import CHANNEL, PgClusterMethods
-from pushproxy.approval.pgwatch import Watchdog
+from pushproxy.approval.pgwatch import Watchdog, hung_up
 from pushproxy.approval.store import (
     _DEVICE,
     _ENROLLMENT,
@@ -90,6 +90,7 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
         self._timeout = timeout
         self._db: psycopg.Connection | None = None
         self.commits = 0  # transactions committed by this store (for /metrics)
+        self.reconnects = 0  # idle connections found closed by the server and replaced
         # a call (or a transaction of several statements, each bounded by the
         # server) that runs this long means the server stopped answering
         self._watchdog = Watchdog(max(3 * timeout, timeout + 2))
@@ -127,7 +128,12 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
 
     def _conn(self, limit: float | None = None) -> psycopg.Connection:
         # a broken connection (server restarted, failover, network) is replaced
-        # on the next call: the caller that saw it break already got StoreError
+        # on the next call: the caller that saw it break already got StoreError.
+        # One the server closed while it sat idle is replaced before use: else
+        # the first login after a failover would fail on it (and get failmode).
+        if self._db is not None and not self._db.closed and hung_up(self._db):
+            self.reconnects += 1
+            self._db.close()
         if self._db is None or self._db.closed or self._db.broken:
             if self._db is not None:
                 self._db.close()
@@ -470,12 +476,14 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
             return db.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()[0]
 
     def check_writable(self) -> None:
-        # A write that is rolled back: fails on a read-only standby (after a
-        # failover the URL may point at one), on a role without UPDATE, or on a
-        # row lock held past lock_timeout; commits nothing.
-        with self._guard():
-            with self._conn().transaction(force_rollback=True) as tx:
-                tx.connection.execute("UPDATE schema_version SET version = version")
+        # A write that changes nothing, committed: fails on a read-only standby
+        # (after a failover the URL may point at one), on a role without UPDATE,
+        # on a row lock held past lock_timeout -- and on a commit that cannot
+        # finish, as when the only synchronous standby is gone: PostgreSQL does
+        # not apply statement_timeout to that wait, the watchdog ends it. A
+        # rolled-back write would pass there while every login's commit hangs.
+        with self._write() as db:
+            db.execute("UPDATE schema_version SET version = version")
 
     def close(self) -> None:
         self._watchdog.close()

@@ -8,10 +8,14 @@ bound of our own the store thread would wait forever and every later login would
 queue behind it. The watchdog shuts the connection's socket down when one call
 runs past its limit: libpq's read fails at once, the call raises, the store turns
 that into a StoreError and opens a new connection on its next call.
+
+`hung_up` is the other side: before a call, whether the server already closed an
+idle connection (a restart, a failover), so it is replaced rather than failing.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -94,3 +98,17 @@ class Watchdog:
             pass
         finally:
             sock.close()
+
+
+def hung_up(db) -> bool:
+    """Whether the server has hung up on the idle connection ``db`` (psycopg).
+
+    Between calls the server sends nothing on it (the store never LISTENs), so
+    anything to read -- end of file, a reset, a FATAL "terminating connection" --
+    means it is gone; a rare stray message (a parameter change after a reload)
+    only costs a reconnect. One non-blocking poll: no round trip."""
+    try:
+        ready, _, _ = select.select([db.fileno()], [], [], 0)
+    except Exception:  # a closed descriptor (OSError, ValueError), or psycopg's error
+        return True
+    return bool(ready)

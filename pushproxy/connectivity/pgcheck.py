@@ -61,7 +61,8 @@ def check_postgres_store(report: Report, config: Config) -> None:
             report.step("OK", "connect", f"as {info.user} to database {info.dbname} on "
                         f"{info.host}:{info.port}, PostgreSQL {info.server_version // 10000}"
                         f"{', TLS' if tls else ''}", since(started))
-            host = urlsplit(url).hostname or info.host or ""
+            # the host it reached (a multi-host URL names several)
+            host = info.host or urlsplit(url).hostname or ""
             if not tls and not host.startswith("/") and not is_loopback(host):
                 report.step("WARN", "tls", "the connection is not encrypted: add "
                             "?sslmode=verify-full (and sslrootcert=...) to the URL")

@@ -86,12 +86,42 @@ def test_postgres_bus_keeps_retrying_an_unreachable_server(postgres):
     bus = notify.PostgresBus(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", fake,
                              password=PASSWORD, counters=None)
     lost = []
-    bus._lost = lambda error, delay: lost.append(delay)
+    bus._lost = lambda error, delay, first: lost.append((delay, first))
     bus.start()
     try:
         fake.run_until(lambda: len(lost) >= 3)
-        assert lost[:3] == [0.2, 0.4, 0.8]  # backoff
+        assert lost[:3] == [(0.2, True), (0.4, False), (0.8, False)]  # backoff
         assert not bus.connected
+    finally:
+        bus.stop()
+
+
+def test_postgres_bus_reports_each_transition_once_across_a_server_restart(postgres):
+    """PostgreSQL stopped: one ``False`` (however many retries fail), ``connected`` off;
+    started again: one ``True``, a reconnect counted, and a resync."""
+    from pushproxy.metrics import Counters
+
+    fake = QueueReactor()
+    counters = Counters()
+    bus = notify.PostgresBus(postgres.url("postgres"), fake, password=PASSWORD,
+                             counters=counters)
+    states, resyncs = [], []
+    bus.on_state(states.append)
+    bus.on_resync(lambda: resyncs.append(1))
+    bus.start()
+    try:
+        fake.run_until(lambda: resyncs)
+        assert bus.connected and states == []
+        postgres.stop("fast")
+        try:
+            fake.run_until(lambda: counters.get("bus_events", outcome="retry_failed") >= 2)
+            assert states == [False] and not bus.connected
+            assert counters.get("bus_events", outcome="disconnected") == 1
+        finally:
+            postgres.start()
+        fake.run_until(lambda: len(resyncs) == 2, timeout=20)
+        assert states == [False, True] and bus.connected
+        assert bus.reconnects == 1 and counters.get("bus_reconnects") == 1
     finally:
         bus.stop()
 

@@ -87,6 +87,19 @@ def test_server_stopped_mid_use_fails_fast_then_the_same_object_reconnects(postg
     assert store.use_totp_step("dev1", 7) is True
 
 
+def test_an_idle_connection_the_server_closed_is_replaced_before_the_next_call(postgres,
+                                                                             store):
+    """A restart (or a failover) while the store sits idle: the next call reconnects
+    first instead of failing on the dead connection (that login would get failmode)."""
+    enrolled(store)
+    postgres.stop("fast")
+    postgres.start()
+    assert [d.id for d in store.devices("alice")] == ["dev1"]
+    assert store.reconnects == 1
+    assert [d.id for d in store.devices("alice")] == ["dev1"]  # a live one is kept
+    assert store.reconnects == 1
+
+
 def test_a_server_that_stops_answering_is_cut_off_by_the_watchdog(store):
     """The connection's server process is frozen (SIGSTOP): statement_timeout cannot fire
     and TCP still looks alive, yet the call ends in StoreError within the watchdog's bound,

@@ -166,10 +166,11 @@ class Cluster:
 
     def __init__(self, tmp_path: Path, slapd, postgres: PostgresServer, *, count: int = 3,
                  push: str = "timeout: 20\nlimits: {max_pending: 10}", clients: str | None = None,
-                 workers: int = 1):
+                 workers: int = 1, database: str | None = None):
         self.tmp_path = tmp_path
         self.postgres = postgres
-        self.database = postgres.new_database()
+        # ``database``: a URL of the caller's (the failover drill's multi-host URL)
+        self.database = database or postgres.new_database()
         self.pool = concurrent.futures.ThreadPoolExecutor(32)
         self.nodes: list[Node] = []
         self._settings = (slapd, push, clients)
