@@ -34,6 +34,7 @@ from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
 
 if TYPE_CHECKING:  # the section's parser imports this module
     from pushproxy.ldapfront.config import LdapFrontConfig
+    from pushproxy.radsec.settings import RadsecConfig
 
 
 class ConfigError(Exception):
@@ -87,6 +88,13 @@ class RadiusConfig:
     clients: tuple[RadiusClient, ...]
     receive_buffer: int
     reply_cache_seconds: float
+    radsec: "RadsecConfig | None" = None  # RADIUS over TLS (pushproxy.radsec); None: off
+
+    @property
+    def all_clients(self) -> tuple[RadiusClient, ...]:
+        """UDP clients and RadSec clients: one name space for policy and reply rules."""
+        return self.clients + (tuple(r.client for r in self.radsec.clients)
+                               if self.radsec else ())
 
 
 @dataclass(frozen=True)
@@ -286,7 +294,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
                                   account_attribute=ldap.username_attribute if ldap else None)
     front_names = {ldap_front.name} if ldap_front else set()
     policy = parse_policy(c, root.get("policy"), "policy",
-                          client_names={cl.name for cl in radius.clients} | front_names
+                          client_names={cl.name for cl in radius.all_clients} | front_names
                           if radius else None)
     for cl in radius.clients if radius else ():
         if cl.upstream and cl.upstream.groups_from_ldap and ldap and ldap.bind_dn is None:
@@ -295,7 +303,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     reply_map = parse_reply_attributes(
         c, root.get("reply_attributes"), "reply_attributes", names=_names(),
         rule_names={r.name for r in policy.rules} if policy else None,
-        client_names={cl.name for cl in radius.clients} if radius else None)
+        client_names={cl.name for cl in radius.all_clients} if radius else None)
     _check_workers(c, daemon, radius, approval)
     if c.problems:
         raise ConfigError(c.problems)
@@ -391,7 +399,7 @@ def default_node_name() -> str:
 
 def _radius(c: Checker, value) -> RadiusConfig | None:
     m = c.mapping(value, "radius", required=("clients",),
-                  optional=("listen", "receive_buffer", "reply_cache_seconds"))
+                  optional=("listen", "receive_buffer", "reply_cache_seconds", "radsec"))
     if m is None:
         return None
     listen = []
@@ -404,9 +412,14 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
         client = _radius_client(c, item, f"radius.clients[{i}]")
         if client:
             clients.append(client)
-    names = [cl.name for cl in clients]
+    from pushproxy.radsec.settings import parse_radsec
+
+    radsec = parse_radsec(c, m.get("radsec"), "radius.radsec") if "radsec" in m else None
+    names = [cl.name for cl in clients] + [r.client.name for r in radsec.clients] \
+        if radsec else [cl.name for cl in clients]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        c.problem("radius.clients", f"client name {name!r} is used more than once")
+        c.problem("radius.clients", f"client name {name!r} is used more than once "
+                                    "(radius.clients and radius.radsec.clients included)")
     nets = [cl.network for cl in clients]
     for net in sorted({str(n) for n in nets if nets.count(n) > 1}):
         c.problem("radius.clients", f"address {net} is listed more than once")
@@ -417,6 +430,7 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
                                 minimum=65536, integer=True),
         reply_cache_seconds=c.number(m, "reply_cache_seconds", "radius.reply_cache_seconds",
                                      30, minimum=1, maximum=600),
+        radsec=radsec,
     )
 
 
