@@ -91,10 +91,8 @@ def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
         client = _client(c, item, f"{path}.clients[{i}]")
         if client:
             clients.append(client)
-    if cert is None or key is None or ca is None:
-        return None
-    return RadsecConfig(
-        listen=tuple(listen), cert_file=cert, key_file=key, ca_file=ca,
+    config = RadsecConfig(
+        listen=tuple(listen), cert_file=cert or "", key_file=key or "", ca_file=ca or "",
         clients=tuple(clients),
         versions=tuple(v for v in VERSIONS if v in versions) or VERSIONS,
         require_alpn=c.boolean(m, "require_alpn", f"{path}.require_alpn", False),
@@ -113,6 +111,9 @@ def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
         max_in_flight=c.number(m, "max_in_flight", f"{path}.max_in_flight", 256, minimum=1,
                                maximum=65_536, integer=True),
     )
+    # Returned even with a file missing (that problem is recorded, so no Config is
+    # built): its clients still take part in the name checks, every problem at once.
+    return config
 
 
 def _required_file(c: Checker, m: dict, key: str, path: str, reader) -> str | None:
