@@ -125,6 +125,9 @@ class Stack:
                 type tls
                 tls default
                 StatusServer on
+                # radsecproxy gives a TLS server RetryInterval seconds per request
+                # (default 10, at most 60): a login waiting for a phone needs the most.
+                RetryInterval 60
             }}
             realm * {{
                 server pushproxy
