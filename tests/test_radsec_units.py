@@ -387,3 +387,17 @@ def test_no_alpn_is_refused_when_only_radius_1_1_is_offered(ca):
     conn = connect(factory, ca, alpn=None)
     assert conn.transport.aborted
     assert counters.get("radsec_refused", reason="no_alpn") == 1
+
+
+def test_a_radius_1_1_token_never_fetches_another_connections_cached_reply(ca):
+    """Tokens are often counters: a new connection that got the same source port
+    and reuses a Token gets its own decision, not the earlier connection's Accept."""
+    factory, clock, counters = make_factory(ca)
+    first = connect(factory, ca, alpn=b"radius/1.1", port=40000)
+    first.dataReceived(v11_request(b"\x00\x00\x00\x01"))
+    factory.radius.engine.provider.answer(status=PushStatus.APPROVED)
+    assert first.transport.written[0][0] == codec.ACCESS_ACCEPT
+    first.connectionLost(None)
+    second = connect(factory, ca, alpn=b"radius/1.1", port=40000)
+    second.dataReceived(v11_request(b"\x00\x00\x00\x01", password="wrong-password"))
+    assert second.transport.written[0][0] == codec.ACCESS_REJECT

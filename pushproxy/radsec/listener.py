@@ -17,6 +17,7 @@ no request and no request pending. Status-Server is answered like over UDP
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 
@@ -74,6 +75,11 @@ class RadsecConnection(Protocol):
         self.factory = factory
         self.host = host
         self.port = port
+        # The retransmit table's key for this connection's requests: never a UDP
+        # port and never an earlier connection's, so a RADIUS/1.1 Token (often a
+        # counter) cannot fetch a reply cached for another connection that had
+        # the same source port.
+        self.key_port = next(factory.serials)
         self.client = None  # RadsecClient, once the certificate named one
         self.v11 = False
         self.framer = Framer()
@@ -119,6 +125,7 @@ class RadsecConnection(Protocol):
         """Give the client's slot back; a failed handshake is logged (rate-limited)."""
         ours, self._closed = self._closed, True
         self._cancel()
+        self.factory.connections.discard(self)
         if self.client is not None:
             name = self.client.client.name
             self.factory.per_client[name] -= 1
@@ -162,13 +169,13 @@ class RadsecConnection(Protocol):
             _, ident, authenticator = peek_header(data)
         except DropPacket as exc:  # the framer checked the length; defensive
             return self._close("framing", exc.detail)
-        key = RequestKey(self.host, self.port, ident, authenticator)
+        key = RequestKey(self.host, self.key_port, ident, authenticator)
         if len(self._in_flight()) >= factory.config.max_in_flight and key not in self.pending:
             factory.counters.inc("radsec_drops", reason="in_flight")
             factory.note("in_flight", self.host, f"{len(self.pending)} requests pending",
                          client=self.client.client.name)
             return None
-        dropped = factory.radius.receive(data, self.host, self.port, self.client.client,
+        dropped = factory.radius.receive(data, self.host, self.key_port, self.client.client,
                                          self._send, v11=self.v11)
         if dropped in _CLOSING_DROPS:
             return self._close(dropped.value, "")
@@ -241,19 +248,13 @@ class RadsecFactory(Factory):
         self.clock = clock
         self.per_client: Counter[str] = Counter()
         self.connections: set[RadsecConnection] = set()
+        self.serials = itertools.count(65536)  # RadsecConnection.key_port
         self._log = LogLimiter(every=60.0, max_lines=50)
 
     def buildProtocol(self, addr):
-        """A connection protocol that removes itself from `connections` when closed."""
+        """A connection protocol (it leaves `connections` when it closes)."""
         conn = RadsecConnection(self, getattr(addr, "host", "?"), getattr(addr, "port", 0))
         self.connections.add(conn)
-        lost = conn.connectionLost
-
-        def forget(reason=None, conn=conn):
-            self.connections.discard(conn)
-            lost(reason)
-
-        conn.connectionLost = forget
         return conn
 
     def note(self, reason: str, host: str, detail: str, *, client: str | None = None,
