@@ -15,11 +15,16 @@ MAX_PACKET = 4096  # RFC 2865 section 3
 
 
 class FramingError(Exception):
-    """The stream cannot be RADIUS; ``detail`` says why (for the log)."""
+    """The stream cannot be RADIUS; ``detail`` says why (for the log).
 
-    def __init__(self, detail: str):
+    ``packets``: the whole packets that came before the junk in the same read
+    (they are served like any others; only what follows is lost).
+    """
+
+    def __init__(self, detail: str, packets: list[bytes] | None = None):
         super().__init__(detail)
         self.detail = detail
+        self.packets = packets or []
 
 
 class Framer:
@@ -42,7 +47,7 @@ class Framer:
             length = struct.unpack_from("!H", self._buffer, 2)[0]
             if not MIN_PACKET <= length <= MAX_PACKET:
                 raise FramingError(f"length field {length} is outside {MIN_PACKET}.."
-                                   f"{MAX_PACKET}")
+                                   f"{MAX_PACKET}", packets)
             if len(self._buffer) < length:
                 break
             packets.append(bytes(self._buffer[:length]))

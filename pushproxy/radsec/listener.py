@@ -153,14 +153,17 @@ class RadsecConnection(Protocol):
         data, self._early = self._early + data, b""
         if not data:
             return
+        junk = None
         try:
             packets = self.framer.feed(data)
         except FramingError as exc:
-            return self._close("framing", exc.detail)
+            packets, junk = exc.packets, exc
         for packet in packets:
             if self._closed:
                 return
             self._packet(packet)
+        if junk is not None:
+            self._close("framing", junk.detail)
 
     def _packet(self, data: bytes) -> None:
         factory = self.factory
