@@ -117,9 +117,16 @@ class RadsecConnection(Protocol):
         factory.per_client[name] += 1
         self.client = client
         logs.event(log, logging.INFO, "radsec.connected", source=self.host, client=name,
-                   version="1.1" if self.v11 else "1.0", names=names.summary())
+                   version="1.1" if self.v11 else "1.0", tls=self._tls_version(),
+                   names=names.summary())
         self._arm(factory.config.idle_timeout, "idle")
         self._deliver(b"")  # anything that came with the handshake
+
+    def _tls_version(self) -> str | None:
+        try:
+            return self.transport.getHandle().get_protocol_version_name()
+        except Exception:  # a transport without an OpenSSL handle (tests): not logged
+            return None
 
     def connectionLost(self, reason=None) -> None:
         """Give the client's slot back; a failed handshake is logged (rate-limited)."""

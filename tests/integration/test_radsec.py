@@ -2,7 +2,8 @@
 
 radclient -> radsecproxy (Debian's package; UDP in, TLS out with a client
 certificate) -> the in-process daemon's RadSec listener -> engine -> scripted
-push -> reply back the same way. The other peers are Python's ssl module
+push -> reply back the same way; the same with FreeRADIUS 3.2 proxying to a
+TLS home server. The other peers are Python's ssl module
 speaking RADIUS/TLS from a thread: a certificate from another CA, an unknown
 name, garbage, an idle connection, Status-Server, and RADIUS/1.1 built from
 RFC 9765's text (no packaged peer offers radius/1.1: radsecproxy 1.9 sends no ALPN).
@@ -429,3 +430,31 @@ def test_alpn_without_a_radius_version_fails_the_handshake(stack):
         return closed_by_server(sock)
 
     assert (yield threads.deferToThread(other))
+
+
+# -- FreeRADIUS 3.2 as the RadSec client ------------------------------------------------
+
+@pytest.mark.parametrize("mode,expected", [("approve", "Access-Accept"),
+                                           ("deny", "Access-Reject")])
+@pytest_twisted.inlineCallbacks
+def test_freeradius_home_server_over_tls_gets_the_push_decision(stack, tmp_path, mode,
+                                                                 expected):
+    """radclient -> FreeRADIUS (UDP) -> pushproxy over RADIUS/TLS: one push, its answer."""
+    from tests.integration.freeradius_radsec import RadsecFreeRadius
+    from tests.integration.freeradius_upstream import available
+
+    if not available():
+        pytest.skip("freeradius not installed")
+    provider = ScriptedProvider(mode=mode)
+    s = yield stack(provider)
+    fr = RadsecFreeRadius(tmp_path / "freeradius", UDP_SECRET, home_port=s.port,
+                          cert=s.pki.proxy.cert, key=s.pki.proxy.key, ca=s.pki.ca.path)
+    (tmp_path / "freeradius").mkdir()
+    yield threads.deferToThread(fr.start)
+    try:
+        result = yield radclient(fr.address, UDP_SECRET, login_attrs(), timeout=15, retries=1)
+        assert result.code == expected, fr.log()[-3000:]
+        assert [r.application for r in provider.requests] == ["proxy"]
+        assert s.daemon.counters.get("radius_requests", client="proxy") == 1
+    finally:
+        yield threads.deferToThread(fr.stop)
