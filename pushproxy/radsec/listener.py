@@ -17,6 +17,7 @@ no request and no request pending. Status-Server is answered like over UDP
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections import Counter
@@ -115,6 +116,9 @@ class RadsecConnection(Protocol):
             return self._refuse("per_client", f"{name} has "
                                               f"{factory.per_client[name]} connections")
         factory.per_client[name] += 1
+        if factory.secret is not None:  # DTLS: RFC 7360's "radius/dtls"
+            client = dataclasses.replace(client, client=dataclasses.replace(
+                client.client, secret=factory.secret))
         self.client = client
         logs.event(log, logging.INFO, "radsec.connected", source=self.host, client=name,
                    version="1.1" if self.v11 else "1.0", tls=self._tls_version(),
@@ -251,8 +255,10 @@ class RadsecFactory(Factory):
 
     noisy = False
 
-    def __init__(self, config: RadsecConfig, radius, counters, clock):
+    def __init__(self, config: RadsecConfig, radius, counters, clock, *,
+                 secret: bytes | None = None):
         self.config = config
+        self.secret = secret  # None: the clients' own ("radsec"); DTLS: "radius/dtls"
         self.radius = radius  # the RadiusProtocol whose receive() every packet goes through
         self.counters = counters
         self.clock = clock
@@ -285,6 +291,7 @@ class RadsecListener:
         self.reuse_port = reuse_port
         self.factory = None
         self.ports = []
+        self.dtls = []  # DtlsListener per radius.radsec.dtls_listen address
 
     def start(self):
         """Listen on every ``radius.radsec.listen`` address."""
@@ -305,6 +312,18 @@ class RadsecListener:
             bound = listening.getHost()
             logs.event(log, logging.INFO, "radsec.listening", address=bound.host,
                        port=bound.port, versions=",".join(self.config.versions))
+        for host, port in self.config.dtls_listen:
+            from pushproxy.radsec.dtls import DTLS_SECRET, DtlsListener
+
+            dtls = DtlsListener(self.config, RadsecFactory(
+                self.config, self.factory.radius, daemon.counters, daemon.reactor,
+                secret=DTLS_SECRET), daemon.counters, daemon.reactor)
+            listening = daemon.reactor.listenUDP(port, dtls, interface=host)
+            self.ports.append(listening)
+            self.dtls.append(dtls)
+            bound = listening.getHost()
+            logs.event(log, logging.INFO, "radsec.listening", transport="dtls",
+                       address=bound.host, port=bound.port)
         return defer.succeed(None)
 
     @defer.inlineCallbacks
@@ -316,3 +335,6 @@ class RadsecListener:
         if self.factory is not None:
             for conn in list(self.factory.connections):
                 conn._abort()
+        for dtls in self.dtls:
+            dtls.close_all()
+        self.dtls = []

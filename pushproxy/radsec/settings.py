@@ -49,6 +49,7 @@ class RadsecConfig:
     ca_file: str
     clients: tuple[RadsecClient, ...]
     versions: tuple[str, ...] = VERSIONS  # ALPN protocols offered, in preference order
+    dtls_listen: tuple[tuple[str, int], ...] = ()  # RADIUS/DTLS (UDP) addresses; () off
     require_alpn: bool = False  # refuse peers that offer no ALPN at all
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0  # no request and nothing pending: close
@@ -61,7 +62,8 @@ class RadsecConfig:
 def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
     """Check ``radius.radsec``; every problem is recorded with its path."""
     m = c.mapping(value, path, required=("cert_file", "key_file", "ca_file", "clients"),
-                  optional=("listen", "versions", "require_alpn", "handshake_timeout",
+                  optional=("listen", "dtls_listen", "versions", "require_alpn",
+                            "handshake_timeout",
                             "idle_timeout", "max_connections", "max_connections_per_source",
                             "max_connections_per_client", "max_in_flight"))
     if m is None or not m:
@@ -73,6 +75,11 @@ def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
         addr = c.host_port(item, f"{path}.listen[{i}]")
         if addr:
             listen.append(addr)
+    dtls_listen = []
+    for i, item in enumerate(c.seq(m, "dtls_listen", f"{path}.dtls_listen", [])):
+        addr = c.host_port(item, f"{path}.dtls_listen[{i}]")
+        if addr:
+            dtls_listen.append(addr)
     cert = _required_file(c, m, "cert_file", f"{path}.cert_file", c.readable_file)
     key = _required_file(c, m, "key_file", f"{path}.key_file", c.private_file)
     ca = _required_file(c, m, "ca_file", f"{path}.ca_file", c.readable_file)
@@ -92,7 +99,8 @@ def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
         if client:
             clients.append(client)
     config = RadsecConfig(
-        listen=tuple(listen), cert_file=cert or "", key_file=key or "", ca_file=ca or "",
+        listen=tuple(listen), dtls_listen=tuple(dtls_listen), cert_file=cert or "",
+        key_file=key or "", ca_file=ca or "",
         clients=tuple(clients),
         versions=tuple(v for v in VERSIONS if v in versions) or VERSIONS,
         require_alpn=c.boolean(m, "require_alpn", f"{path}.require_alpn", False),

@@ -11,6 +11,7 @@ RFC 9765's text (no packaged peer offers radius/1.1: radsecproxy 1.9 sends no AL
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -216,9 +217,9 @@ def closed_by_server(sock, wait=15.0) -> bool:
         return False
 
 
-def v10_request(code=rpacket.AccessRequest, ident=7, **attrs) -> bytes:
+def v10_request(code=rpacket.AccessRequest, ident=7, secret=b"radsec", **attrs) -> bytes:
     """A RADIUS/1.0 request with the RFC 6614 secret "radsec" and a Message-Authenticator."""
-    pkt = rpacket.AuthPacket(code=code, id=ident, secret=b"radsec", dict=DICT,
+    pkt = rpacket.AuthPacket(code=code, id=ident, secret=secret, dict=DICT,
                              authenticator=rpacket.Packet.CreateAuthenticator())
     for name, value in attrs.items():
         if name == "User_Password":
@@ -458,3 +459,64 @@ def test_freeradius_home_server_over_tls_gets_the_push_decision(stack, tmp_path,
         assert s.daemon.counters.get("radius_requests", client="proxy") == 1
     finally:
         yield threads.deferToThread(fr.stop)
+
+
+# -- RADIUS/DTLS, with openssl s_client as the peer ----------------------------------------
+
+def dtls_exchange(port: int, issued, ca, request: bytes, *, alpn="radius/1.0",
+                  wait: float = 15.0) -> bytes:
+    """One request through ``openssl s_client -dtls1_2`` (a DTLS peer independent of
+    pyOpenSSL's server side); returns what came back (b"" if nothing)."""
+    import select
+
+    proc = subprocess.Popen(
+        ["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}", "-quiet",
+         "-ign_eof", "-cert", str(issued.cert), "-key", str(issued.key), "-CAfile", str(ca),
+         "-verify_return_error", "-alpn", alpn, "-mtu", "1200"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)  # the handshake (s_client sends stdin once it is done)
+        try:
+            proc.stdin.write(request)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            return b""  # s_client gave up: the handshake failed
+        out, end = b"", time.monotonic() + wait
+        while time.monotonic() < end and (len(out) < 4 or
+                                          len(out) < struct.unpack("!H", out[2:4])[0]):
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+        return out
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest_twisted.inlineCallbacks
+def test_dtls_status_server_and_login_with_the_radius_dtls_secret(stack):
+    provider = ScriptedProvider(mode="approve")
+    s = yield stack(provider, dtls_listen='["127.0.0.1:0"]')
+    port = s.listener.ports[-1].getHost().port
+    status = v10_request(code=rpacket.StatusServer, ident=11, secret=b"radius/dtls")
+    reply = yield threads.deferToThread(dtls_exchange, port, s.pki.tool, s.pki.ca.path, status)
+    assert reply[:2] == bytes([rpacket.AccessAccept, 11]), reply
+    login = v10_request(ident=12, secret=b"radius/dtls", User_Name="alice",
+                        User_Password="alice-pw")
+    reply = yield threads.deferToThread(dtls_exchange, port, s.pki.tool, s.pki.ca.path, login)
+    assert reply[:2] == bytes([rpacket.AccessAccept, 12]), reply
+    assert [r.application for r in provider.requests] == ["tool"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_dtls_certificate_from_another_ca_gets_nothing(stack):
+    s = yield stack(dtls_listen='["127.0.0.1:0"]')
+    port = s.listener.ports[-1].getHost().port
+    status = v10_request(code=rpacket.StatusServer, ident=11, secret=b"radius/dtls")
+    reply = yield threads.deferToThread(dtls_exchange, port, s.pki.forged, s.pki.ca.path,
+                                        status, wait=4)
+    assert reply == b""
+    assert s.daemon.counters.get("radsec_refused", reason="dtls_handshake") == 1
