@@ -401,3 +401,60 @@ def test_a_radius_1_1_token_never_fetches_another_connections_cached_reply(ca):
     second = connect(factory, ca, alpn=b"radius/1.1", port=40000)
     second.dataReceived(v11_request(b"\x00\x00\x00\x01", password="wrong-password"))
     assert second.transport.written[0][0] == codec.ACCESS_REJECT
+
+
+# -- upstream over TLS: config ------------------------------------------------------------
+
+UPSTREAM = """\
+radius:
+  clients:
+    - name: vpn
+      address: 127.0.0.1
+      secret_file: s
+      primary: radius
+      upstream:
+{servers}
+ldap:
+  servers: ["ldap://127.0.0.1"]
+  bind_template: "uid={{username}},dc=x"
+  user_base: "dc=x"
+approval:
+  public_url: "https://mfa.example.com"
+  database: ":memory:"
+"""
+
+
+def parse_upstream(tmp_path, servers):
+    (tmp_path / "s").write_text("a-long-shared-secret\n")
+    return parse_config(UPSTREAM.format(servers=servers), base_dir=tmp_path, env={})
+
+
+def test_tls_upstream_uses_radsec_secret_no_resend_and_no_message_authenticator(tmp_path,
+                                                                                ca):
+    config = parse_upstream(tmp_path, f"""\
+        - address: 10.0.1.7:2083
+          timeout: 4
+          retries: 3
+          tls: {{ca_file: {ca.path}, server_name: nps.example.com}}
+""")
+    (server,) = config.radius.clients[0].upstream.servers
+    assert server.secret == b"radsec" and server.tls.server_name == "nps.example.com"
+    assert server.attempts == 1 and server.worst_case == 4
+    assert server.require_message_authenticator is False
+
+
+def test_tls_upstream_problems_are_named(tmp_path, ca):
+    us = ca.issue("us", cn="us")
+    with pytest.raises(ConfigError) as err:
+        parse_upstream(tmp_path, f"""\
+        - address: 10.0.1.7:2083
+          secret_file: s
+          tls: {{ca_file: {ca.path}, cert_file: {us.cert}}}
+        - address: 10.0.1.8:2083
+          tls: {{cert_file: {us.cert}, key_file: {us.key}, colour: red}}
+""")
+    text = "\n".join(err.value.problems)
+    for expected in ("upstream[0].secret: not used over TLS",
+                     "upstream[0].tls: cert_file and key_file go together",
+                     "upstream[1].tls.ca_file", "upstream[1].tls.colour: unknown key"):
+        assert expected in text, (expected, text)
