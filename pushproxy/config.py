@@ -78,6 +78,9 @@ class RadiusClient:
     no_device: NoDeviceMode | None  # None: follow push.no_device
     verification: "Verification | None" = None  # None: the policy decides
     upstream: "UpstreamSettings | None" = None  # primary: radius (issue 10); None: LDAP
+    # Blast-RADIUS for clients that send no Message-Authenticator: drop requests
+    # that carry Proxy-State without one (the attack needs Proxy-State).
+    limit_proxy_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -437,7 +440,8 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
 def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     m = c.mapping(value, path, required=("name", "address"),
                   optional=("secret_file", "secret_env", "require_message_authenticator",
-                            "no_device", "verification", *UPSTREAM_KEYS),
+                            "limit_proxy_state", "no_device", "verification",
+                            *UPSTREAM_KEYS),
                   secret_keys=("secret",))
     if m is None:
         return None
@@ -448,6 +452,7 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
         c.problem(f"{path}.secret", "shorter than 12 characters; use a long random secret")
     mauth = c.boolean(m, "require_message_authenticator",
                       f"{path}.require_message_authenticator", True)
+    limit_proxy_state = c.boolean(m, "limit_proxy_state", f"{path}.limit_proxy_state", True)
     no_device = None
     if "no_device" in m:
         no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
@@ -461,7 +466,8 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
         return None
     return RadiusClient(name=name, network=network, secret=secret.encode("utf-8"),
                         require_message_authenticator=mauth, no_device=no_device,
-                        verification=verification, upstream=upstream)
+                        verification=verification, upstream=upstream,
+                        limit_proxy_state=limit_proxy_state)
 
 
 def _ldap(c: Checker, value) -> LdapConfig | None:

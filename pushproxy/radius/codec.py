@@ -105,11 +105,14 @@ def peek_header(data: bytes) -> tuple[int, int, bytes]:
 
 
 def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
-                   require_message_authenticator: bool, v11: bool = False) -> AccessRequest:
+                   require_message_authenticator: bool, v11: bool = False,
+                   limit_proxy_state: bool = False) -> AccessRequest:
     """Decode and verify a request from a client that shares ``secret``.
 
     ``v11``: a RADIUS/1.1 packet (RFC 9765) from inside TLS: no shared secret,
     User-Password in clear, Message-Authenticator neither needed nor checked.
+    ``limit_proxy_state``: without a Message-Authenticator, a request carrying
+    Proxy-State is dropped (Blast-RADIUS needs Proxy-State in the request).
     """
     code, _, _ = peek_header(data)
     if v11:
@@ -132,6 +135,9 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
     elif require_message_authenticator or code == STATUS_SERVER:
         # RFC 5997 requires it on Status-Server; the client policy on the rest.
         raise DropPacket(DropReason.MISSING_MESSAGE_AUTHENTICATOR)
+    elif limit_proxy_state and 33 in dict.keys(pkt):
+        raise DropPacket(DropReason.MISSING_MESSAGE_AUTHENTICATOR,
+                         "Proxy-State without Message-Authenticator (limit_proxy_state)")
     return AccessRequest(
         code=code, id=pkt.id, authenticator=pkt.authenticator,
         username=_text(pkt, 1, "User-Name"),

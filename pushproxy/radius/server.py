@@ -141,7 +141,8 @@ class RadiusProtocol(DatagramProtocol):
         try:
             request = codec.decode_request(
                 data, client.secret, self.dictionary,
-                require_message_authenticator=client.require_message_authenticator, v11=v11)
+                require_message_authenticator=client.require_message_authenticator, v11=v11,
+                limit_proxy_state=getattr(client, "limit_proxy_state", False))
             if request.code != codec.STATUS_SERVER and self.engine.pending >= self.max_pending:
                 raise DropPacket(DropReason.OVERLOADED, f"{self.engine.pending} pending")
         except DropPacket as exc:

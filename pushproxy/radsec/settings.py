@@ -174,7 +174,10 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
     return RadsecClient(
         client=RadiusClient(name=name, network=network or ipaddress.ip_network("0.0.0.0/0"),
                             secret=RADSEC_SECRET, require_message_authenticator=mauth,
-                            no_device=no_device, verification=verification),
+                            no_device=no_device, verification=verification,
+                            # TLS already protects the packet: proxies (FreeRADIUS)
+                            # add Proxy-State and need not sign it.
+                            limit_proxy_state=False),
         match=match, network=network)
 
 
