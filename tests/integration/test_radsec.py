@@ -520,3 +520,38 @@ def test_dtls_certificate_from_another_ca_gets_nothing(stack):
                                         status, wait=4)
     assert reply == b""
     assert s.daemon.counters.get("radsec_refused", reason="dtls_handshake") == 1
+
+
+# -- `pushproxy serve`: the listener comes from the config (wiring) ------------------------
+
+def test_serve_starts_the_radsec_listener_from_the_config(slapd, tmp_path):
+    """The real daemon process: radius.radsec in the config -> a TLS port answering
+    Status-Server; a world-readable key is refused like any private key."""
+    from tests.integration.harness import ServeProcess
+
+    pki = Pki(tmp_path)
+    port = free_port(socket.SOCK_STREAM)
+    path = write_config(tmp_path, slapd)
+    section = radsec_section(pki).replace('listen: ["127.0.0.1:0"]',
+                                          f'listen: ["127.0.0.1:{port}"]')
+    path.write_text(path.read_text().replace("radius:\n", "radius:\n" + section, 1))
+    proc = ServeProcess(path)
+    try:
+        proc.wait_for("radsec.listening", deadline=30)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(pki.ca.path)
+        ctx.load_cert_chain(pki.tool.cert, pki.tool.key)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="pushproxy.test") as sock:
+                sock.sendall(v10_request(code=rpacket.StatusServer, ident=77))
+                reply = read_packet(sock)
+        assert reply[:2] == bytes([rpacket.AccessAccept, 77])
+    finally:
+        proc.close()
+    pki.server.key.chmod(0o644)
+    proc = ServeProcess(path)
+    try:
+        assert proc.proc.wait(30) != 0
+        assert "radius.radsec.key_file" in proc.output()
+    finally:
+        proc.close()
