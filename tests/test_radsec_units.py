@@ -202,6 +202,22 @@ def test_radsec_problems_are_reported_all_at_once_with_paths(tmp_path, ca):
         assert expected in text, (expected, text)
 
 
+def test_a_ca_file_without_certificates_is_a_config_problem(tmp_path, ca):
+    server = write_pki(tmp_path, ca)
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as err:
+        parse(tmp_path, f"""\
+  radsec:
+    cert_file: {server.cert}
+    key_file: {server.key}
+    ca_file: ca.pem
+    clients:
+      - name: gw
+        match: {{cn: gw}}
+""")
+    assert "radius.radsec.ca_file: no PEM certificates" in "\n".join(err.value.problems)
+
+
 def test_policy_rules_may_name_radsec_clients(tmp_path, ca):
     server = write_pki(tmp_path, ca)
     config = parse(tmp_path, f"""\

@@ -85,6 +85,8 @@ def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
     ca = _required_file(c, m, "ca_file", f"{path}.ca_file", c.readable_file)
     if cert and key:
         _check_pair(c, cert, key, path)
+    if ca:
+        check_certificates(c, ca, f"{path}.ca_file")
     versions = []
     for i, item in enumerate(c.seq(m, "versions", f"{path}.versions", list(VERSIONS),
                                    min_len=1)):
@@ -143,6 +145,17 @@ def _check_pair(c: Checker, cert: str, key: str, path: str) -> None:
         ctx.check_privatekey()
     except (SSL.Error, crypto.Error, OSError, ValueError) as exc:
         c.problem(f"{path}.key_file", f"does not load as the key of cert_file: {exc}")
+
+
+def check_certificates(c: Checker, name: str, path: str) -> None:
+    """At least one PEM certificate, all of them readable (else the listener cannot start)."""
+    from cryptography import x509
+
+    try:
+        with open(name, "rb") as f:
+            x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError) as exc:
+        c.problem(path, f"no PEM certificates could be read from {name}: {exc}")
 
 
 def _client(c: Checker, value, path: str) -> RadsecClient | None:

@@ -149,6 +149,10 @@ def _tls(c, value, path: str, addr) -> UpstreamTls | None:
             c.problem(path, "needs at least ca_file (the CA of the server's certificate)")
         return None
     ca = c.readable_file(m, "ca_file", f"{path}.ca_file")
+    if ca is not None:
+        from pushproxy.radsec.settings import check_certificates
+
+        check_certificates(c, ca, f"{path}.ca_file")
     cert = c.readable_file(m, "cert_file", f"{path}.cert_file")
     key = c.private_file(m, "key_file", f"{path}.key_file")
     if ("cert_file" in m) != ("key_file" in m):
