@@ -241,8 +241,24 @@ class Config:
             f"{self.push.timeout:.0f} s + {first(c)[1]} {first(c)[0]:.0f} s); many gateways "
             "default to 5 s x 3, which rejects every login that waits for a phone"
             for i, c in enumerate(self.radius.clients)
-        ] + (self.ldap_front.timeout_advice(self.push.timeout + self.ldap.response_timeout)
-             if self.ldap_front else [])
+        ] + self._radsec_advice() + (
+            self.ldap_front.timeout_advice(self.push.timeout + self.ldap.response_timeout)
+            if self.ldap_front else [])
+
+    def _radsec_advice(self) -> list[str]:
+        """RadSec peers forget a request after a fixed wait (radsecproxy RetryInterval,
+        FreeRADIUS response_window: at most 60 s), whatever the NAS would wait."""
+        if self.radius.radsec is None:
+            return []
+        need = self.push.timeout + self.ldap.response_timeout
+        text = (f"radius.radsec: RadSec peers must wait at least {need:.0f} s for a reply "
+                f"(push.timeout {self.push.timeout:.0f} s + ldap.response_timeout "
+                f"{self.ldap.response_timeout:.0f} s): radsecproxy RetryInterval, "
+                "FreeRADIUS response_window")
+        if need > 60:
+            text += ("; both allow at most 60 s, so lower push.timeout to "
+                     f"{max(60 - self.ldap.response_timeout - 5, 5):.0f} s or less")
+        return [text]
 
 
 def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:

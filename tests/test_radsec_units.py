@@ -168,6 +168,23 @@ def test_radsec_section_parses_with_defaults(tmp_path, ca):
     assert {c.name for c in config.radius.all_clients} == {"vpn", "gw"}
 
 
+def test_check_config_advises_a_push_timeout_radsec_proxies_can_wait_for(tmp_path, ca):
+    """radsecproxy and FreeRADIUS wait at most 60 s: the default push.timeout (60 s) is
+    too long behind them, and check-config says so."""
+    server = write_pki(tmp_path, ca)
+    config = parse(tmp_path, f"""\
+  radsec:
+    cert_file: {server.cert}
+    key_file: {server.key}
+    ca_file: {ca.path}
+    clients:
+      - name: gw
+        match: {{cn: gw}}
+""")
+    (advice,) = [a for a in config.timeout_advice() if a.startswith("radius.radsec")]
+    assert "at least 65 s" in advice and "lower push.timeout to 50 s" in advice
+
+
 def test_radsec_problems_are_reported_all_at_once_with_paths(tmp_path, ca):
     other = ca.issue("other", cn="o")
     server = write_pki(tmp_path, ca)
