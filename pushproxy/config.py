@@ -96,8 +96,10 @@ class RadiusConfig:
     @property
     def all_clients(self) -> tuple[RadiusClient, ...]:
         """UDP clients and RadSec clients: one name space for policy and reply rules."""
-        return self.clients + (tuple(r.client for r in self.radsec.clients)
-                               if self.radsec else ())
+        if self.radsec is None:
+            return self.clients
+        return self.clients + tuple(r.client for r in self.radsec.clients
+                                    + self.radsec.psk_clients)
 
 
 @dataclass(frozen=True)
@@ -434,7 +436,8 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
     from pushproxy.radsec.settings import parse_radsec
 
     radsec = parse_radsec(c, m.get("radsec"), "radius.radsec") if "radsec" in m else None
-    names = [cl.name for cl in clients] + [r.client.name for r in radsec.clients] \
+    names = [cl.name for cl in clients] + [r.client.name for r in radsec.clients
+                                           + radsec.psk_clients] \
         if radsec else [cl.name for cl in clients]
     for name in sorted({n for n in names if names.count(n) > 1}):
         c.problem("radius.clients", f"client name {name!r} is used more than once "

@@ -491,3 +491,43 @@ def test_tls_upstream_problems_are_named(tmp_path, ca):
                      "upstream[0].tls: cert_file and key_file go together",
                      "upstream[1].tls.ca_file", "upstream[1].tls.colour: unknown key"):
         assert expected in text, (expected, text)
+
+
+def test_psk_clients_are_checked_with_paths(tmp_path, ca):
+    server = write_pki(tmp_path, ca)
+    (tmp_path / "short.psk").write_text("0011\n")
+    (tmp_path / "nothex.psk").write_text("zz" * 20 + "\n")
+    (tmp_path / "good.psk").write_text("ab" * 32 + "\n")
+    with pytest.raises(ConfigError) as err:
+        parse(tmp_path, f"""\
+  radsec:
+    cert_file: {server.cert}
+    key_file: {server.key}
+    ca_file: {ca.path}
+    clients:
+      - name: gw
+        match: {{cn: gw}}
+    psk_clients:
+      - {{name: p1, identity: a, key_file: short.psk}}
+      - {{name: p2, identity: b, key_file: nothex.psk}}
+      - {{name: p3, identity: c, key_file: good.psk}}
+      - {{name: p4, identity: c, key_file: good.psk}}
+      - {{name: gw, identity: d, key: inline}}
+""")
+    text = "\n".join(err.value.problems)
+    for expected in ("psk_clients[0].key: 2 octets", "psk_clients[1].key: must be hexadecimal",
+                     "identity 'c' is used more than once",
+                     "radius.radsec: psk_listen and psk_clients go together",
+                     "psk_clients[4].key: inline secrets are not accepted"):
+        assert expected in text, (expected, text)
+
+
+def test_psk_client_found_only_by_its_identity_and_address():
+    from pushproxy.radsec.settings import PskClient
+
+    lan = PskClient(RadiusClient("lan", ipaddress.ip_network("0.0.0.0/0"), b"radsec", False,
+                                 None), b"gw-1", b"k" * 16, ipaddress.ip_network("10.0.0.0/8"))
+    assert identity.find_psk_client((lan,), b"gw-1", "10.1.1.1") is lan
+    assert identity.find_psk_client((lan,), b"gw-1", "192.0.2.1") is None
+    assert identity.find_psk_client((lan,), b"gw-2", "10.1.1.1") is None
+    assert identity.find_psk_client((lan,), None, "10.1.1.1") is None

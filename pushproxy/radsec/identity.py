@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from pushproxy.netaddr import holds, peer_address
-from pushproxy.radsec.settings import CertificateMatch, RadsecClient
+from pushproxy.radsec.settings import CertificateMatch, PskClient, RadsecClient
 
 
 @dataclass(frozen=True)
@@ -78,4 +78,20 @@ def find_client(clients: tuple[RadsecClient, ...], names: CertificateNames,
             continue
         if matches(client.match, names):
             return client
+    return None
+
+
+def find_psk_client(clients: tuple[PskClient, ...], proved: bytes | None,
+                    host: str) -> PskClient | None:
+    """The client whose PSK identity the handshake proved (and whose address fits)."""
+    if proved is None:
+        return None
+    address = peer_address(host)
+    for client in clients:
+        if client.identity != proved:
+            continue
+        if client.network is not None and (address is None
+                                           or not holds(client.network, address)):
+            return None
+        return client
     return None

@@ -105,10 +105,15 @@ class RadsecConnection(Protocol):
                                  or "1.0" not in factory.config.versions):
             return self._refuse("no_alpn", "the peer offered no ALPN protocol")
         self.v11 = protocol == ALPN["1.1"]
-        cert = self.transport.getPeerCertificate()
-        names = identity.names_of(cert.to_cryptography()) if cert is not None \
-            else identity.CertificateNames()
-        client = identity.find_client(factory.config.clients, names, self.host)
+        if factory.psk is not None:
+            proved = factory.psk.identity_of(self.transport.getHandle())
+            names = identity.CertificateNames(cn=(f"psk:{proved!r}",))
+            client = identity.find_psk_client(factory.config.psk_clients, proved, self.host)
+        else:
+            cert = self.transport.getPeerCertificate()
+            names = identity.names_of(cert.to_cryptography()) if cert is not None \
+                else identity.CertificateNames()
+            client = identity.find_client(factory.config.clients, names, self.host)
         if client is None:
             return self._refuse("unknown_client", names.summary())
         name = client.client.name
@@ -256,9 +261,10 @@ class RadsecFactory(Factory):
     noisy = False
 
     def __init__(self, config: RadsecConfig, radius, counters, clock, *,
-                 secret: bytes | None = None):
+                 secret: bytes | None = None, psk=None):
         self.config = config
         self.secret = secret  # None: the clients' own ("radsec"); DTLS: "radius/dtls"
+        self.psk = psk  # a PskContextFactory: clients known by their PSK identity
         self.radius = radius  # the RadiusProtocol whose receive() every packet goes through
         self.counters = counters
         self.clock = clock
@@ -292,6 +298,7 @@ class RadsecListener:
         self.factory = None
         self.ports = []
         self.dtls = []  # DtlsListener per radius.radsec.dtls_listen address
+        self.extra_factories = []  # the PSK listener's
 
     def start(self):
         """Listen on every ``radius.radsec.listen`` address."""
@@ -312,6 +319,21 @@ class RadsecListener:
             bound = listening.getHost()
             logs.event(log, logging.INFO, "radsec.listening", address=bound.host,
                        port=bound.port, versions=",".join(self.config.versions))
+        if self.config.psk_listen:
+            from pushproxy.radsec.psk import PskContextFactory
+
+            psk = PskContextFactory(self.config, [ALPN[v] for v in self.config.versions])
+            psk_factory = RadsecFactory(self.config, self.factory.radius, daemon.counters,
+                                        daemon.reactor, psk=psk)
+            self.extra_factories.append(psk_factory)
+            for host, port in self.config.psk_listen:
+                listening = connlimit.listen(daemon.reactor, port, psk_factory, budget,
+                                             daemon.counters, interface=host,
+                                             tls_options=psk, reuse_port=self.reuse_port)
+                self.ports.append(listening)
+                bound = listening.getHost()
+                logs.event(log, logging.INFO, "radsec.listening", transport="tls-psk",
+                           address=bound.host, port=bound.port)
         for host, port in self.config.dtls_listen:
             from pushproxy.radsec.dtls import DTLS_SECRET, DtlsListener
 
@@ -332,8 +354,8 @@ class RadsecListener:
         for port in self.ports:
             yield port.stopListening()
         self.ports = []
-        if self.factory is not None:
-            for conn in list(self.factory.connections):
+        for factory in ([self.factory] if self.factory else []) + self.extra_factories:
+            for conn in list(factory.connections):
                 conn._abort()
         for dtls in self.dtls:
             dtls.close_all()

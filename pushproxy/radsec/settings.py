@@ -10,7 +10,7 @@ given must be present). Clients share the RADIUS clients' name space, so
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pushproxy.checker import Checker
 
@@ -40,6 +40,16 @@ class RadsecClient:
 
 
 @dataclass(frozen=True)
+class PskClient:
+    """A RadSec peer known by a TLS-PSK identity and key (no certificates)."""
+
+    client: "object"  # pushproxy.config.RadiusClient, with the secret "radsec"
+    identity: bytes
+    key: bytes = field(repr=False)
+    network: "ipaddress.IPv4Network | ipaddress.IPv6Network | None" = None
+
+
+@dataclass(frozen=True)
 class RadsecConfig:
     """The RadSec listener."""
 
@@ -50,6 +60,8 @@ class RadsecConfig:
     clients: tuple[RadsecClient, ...]
     versions: tuple[str, ...] = VERSIONS  # ALPN protocols offered, in preference order
     dtls_listen: tuple[tuple[str, int], ...] = ()  # RADIUS/DTLS (UDP) addresses; () off
+    psk_listen: tuple[tuple[str, int], ...] = ()  # TLS-PSK addresses; () off
+    psk_clients: tuple[PskClient, ...] = ()
     require_alpn: bool = False  # refuse peers that offer no ALPN at all
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0  # no request and nothing pending: close
@@ -62,7 +74,8 @@ class RadsecConfig:
 def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
     """Check ``radius.radsec``; every problem is recorded with its path."""
     m = c.mapping(value, path, required=("cert_file", "key_file", "ca_file", "clients"),
-                  optional=("listen", "dtls_listen", "versions", "require_alpn",
+                  optional=("listen", "dtls_listen", "psk_listen", "psk_clients", "versions",
+                            "require_alpn",
                             "handshake_timeout",
                             "idle_timeout", "max_connections", "max_connections_per_source",
                             "max_connections_per_client", "max_in_flight"))
@@ -80,6 +93,21 @@ def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
         addr = c.host_port(item, f"{path}.dtls_listen[{i}]")
         if addr:
             dtls_listen.append(addr)
+    psk_listen = []
+    for i, item in enumerate(c.seq(m, "psk_listen", f"{path}.psk_listen", [])):
+        addr = c.host_port(item, f"{path}.psk_listen[{i}]")
+        if addr:
+            psk_listen.append(addr)
+    psk_clients = []
+    for i, item in enumerate(c.seq(m, "psk_clients", f"{path}.psk_clients", [])):
+        psk = _psk_client(c, item, f"{path}.psk_clients[{i}]")
+        if psk:
+            psk_clients.append(psk)
+    if bool(psk_listen) != bool(psk_clients):
+        c.problem(path, "psk_listen and psk_clients go together")
+    identities = [p.identity for p in psk_clients]
+    for ident in sorted({i for i in identities if identities.count(i) > 1}):
+        c.problem(f"{path}.psk_clients", f"identity {ident.decode()!r} is used more than once")
     cert = _required_file(c, m, "cert_file", f"{path}.cert_file", c.readable_file)
     key = _required_file(c, m, "key_file", f"{path}.key_file", c.private_file)
     ca = _required_file(c, m, "ca_file", f"{path}.ca_file", c.readable_file)
@@ -101,7 +129,8 @@ def parse_radsec(c: Checker, value, path: str) -> RadsecConfig | None:
         if client:
             clients.append(client)
     config = RadsecConfig(
-        listen=tuple(listen), dtls_listen=tuple(dtls_listen), cert_file=cert or "",
+        listen=tuple(listen), dtls_listen=tuple(dtls_listen), psk_listen=tuple(psk_listen),
+        psk_clients=tuple(psk_clients), cert_file=cert or "",
         key_file=key or "", ca_file=ca or "",
         clients=tuple(clients),
         versions=tuple(v for v in VERSIONS if v in versions) or VERSIONS,
@@ -192,6 +221,47 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
                             # add Proxy-State and need not sign it.
                             limit_proxy_state=False),
         match=match, network=network)
+
+
+def _psk_client(c: Checker, value, path: str) -> PskClient | None:
+    """``name``, ``identity``, ``key_file``/``key_env`` (hex, at least 16 octets)."""
+    from pushproxy.config import NoDeviceMode, RadiusClient
+    from pushproxy.policy import Verification
+
+    m = c.mapping(value, path, required=("name", "identity"),
+                  optional=("key_file", "key_env", "address", "no_device", "verification"),
+                  secret_keys=("key",))
+    if m is None:
+        return None
+    name = c.string(m, "name", f"{path}.name")
+    identity = c.string(m, "identity", f"{path}.identity")
+    network = c.network(m["address"], f"{path}.address") if "address" in m else None
+    text = c.secret(m, path, "key")
+    key = None
+    if text is not None:
+        try:
+            key = bytes.fromhex(text.strip())
+        except ValueError:
+            c.problem(f"{path}.key", "must be hexadecimal (as openssl s_client -psk takes it)")
+        else:
+            if len(key) < 16:
+                c.problem(f"{path}.key", f"{len(key)} octets; use at least 16 random ones "
+                                         "(32 best)")
+                key = None
+    no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
+                                      [e.value for e in NoDeviceMode], "reject")) \
+        if "no_device" in m else None
+    verification = Verification(c.choice(m, "verification", f"{path}.verification",
+                                         [v.value for v in Verification], "none")) \
+        if "verification" in m else None
+    if name is None or identity is None or key is None or ("address" in m and network is None):
+        return None
+    return PskClient(
+        client=RadiusClient(name=name, network=network or ipaddress.ip_network("0.0.0.0/0"),
+                            secret=RADSEC_SECRET, require_message_authenticator=False,
+                            no_device=no_device, verification=verification,
+                            limit_proxy_state=False),
+        identity=identity.encode("utf-8"), key=key, network=network)
 
 
 def _match(c: Checker, value, path: str) -> CertificateMatch | None:

@@ -467,13 +467,19 @@ def dtls_exchange(port: int, issued, ca, request: bytes, *, alpn="radius/1.0",
                   wait: float = 15.0) -> bytes:
     """One request through ``openssl s_client -dtls1_2`` (a DTLS peer independent of
     pyOpenSSL's server side); returns what came back (b"" if nothing)."""
+    return s_client(["-dtls1_2", "-connect", f"127.0.0.1:{port}", "-cert", str(issued.cert),
+                     "-key", str(issued.key), "-CAfile", str(ca), "-verify_return_error",
+                     "-alpn", alpn, "-mtu", "1200"], request, wait)
+
+
+def s_client(args: list[str], request: bytes, wait: float = 15.0) -> bytes:
+    """``openssl s_client`` with ``args``: send ``request`` once the handshake is done,
+    return the reply (b"" if none came)."""
     import select
 
-    proc = subprocess.Popen(
-        ["openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}", "-quiet",
-         "-ign_eof", "-cert", str(issued.cert), "-key", str(issued.key), "-CAfile", str(ca),
-         "-verify_return_error", "-alpn", alpn, "-mtu", "1200"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(["openssl", "s_client", "-quiet", "-ign_eof", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
         time.sleep(1.0)  # the handshake (s_client sends stdin once it is done)
         try:
@@ -555,3 +561,48 @@ def test_serve_starts_the_radsec_listener_from_the_config(slapd, tmp_path):
         assert "radius.radsec.key_file" in proc.output()
     finally:
         proc.close()
+
+
+# -- TLS-PSK, with openssl s_client as the peer -------------------------------------------
+
+PSK_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+@pytest.fixture
+def psk_stack(stack, tmp_path):
+    @pytest_twisted.inlineCallbacks
+    def make(provider=None):
+        (tmp_path / "gw.psk").write_text(PSK_KEY + "\n")
+        (tmp_path / "gw.psk").chmod(0o600)
+        s = yield stack(provider, psk_listen='["127.0.0.1:0"]',
+                        psk_clients=f'[{{name: psk-gw, identity: gw-1, '
+                                    f'key_file: {tmp_path / "gw.psk"}}}]')
+        return s
+
+    return make
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+@pytest_twisted.inlineCallbacks
+def test_psk_identity_and_key_give_a_radsec_client(psk_stack, version):
+    provider = ScriptedProvider(mode="approve")
+    s = yield psk_stack(provider)
+    port = s.listener.ports[-1].getHost().port
+    login = v10_request(ident=21, User_Name="alice", User_Password="alice-pw")
+    reply = yield threads.deferToThread(
+        s_client, [version, "-connect", f"127.0.0.1:{port}", "-psk_identity", "gw-1",
+                   "-psk", PSK_KEY, "-alpn", "radius/1.0"], login)
+    assert reply[:2] == bytes([rpacket.AccessAccept, 21]), reply
+    assert [r.application for r in provider.requests] == ["psk-gw"]
+
+
+@pytest.mark.parametrize("identity, key", [("gw-2", PSK_KEY), ("gw-1", "ff" * 32)])
+@pytest_twisted.inlineCallbacks
+def test_a_wrong_psk_identity_or_key_is_refused(psk_stack, identity, key):
+    s = yield psk_stack()
+    port = s.listener.ports[-1].getHost().port
+    reply = yield threads.deferToThread(
+        s_client, ["-tls1_2", "-connect", f"127.0.0.1:{port}", "-psk_identity", identity,
+                   "-psk", key], v10_request(code=rpacket.StatusServer), 4)
+    assert reply == b""
+    assert s.daemon.counters.get("radius_requests", client="psk-gw") == 0
