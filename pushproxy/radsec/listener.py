@@ -142,6 +142,12 @@ class RadsecConnection(Protocol):
         ours, self._closed = self._closed, True
         self._cancel()
         self.factory.connections.discard(self)
+        if self.factory.psk is not None and self.client is None:
+            # A handshake that failed after the PSK callback (wrong key) left its entry.
+            try:
+                self.factory.psk.identity_of(self.transport.getHandle())
+            except Exception:  # no handle: nothing was recorded
+                pass
         if self.client is not None:
             name = self.client.client.name
             self.factory.per_client[name] -= 1

@@ -606,3 +606,6 @@ def test_a_wrong_psk_identity_or_key_is_refused(psk_stack, identity, key):
                    "-psk", key], v10_request(code=rpacket.StatusServer), 4)
     assert reply == b""
     assert s.daemon.counters.get("radius_requests", client="psk-gw") == 0
+    yield task.deferLater(reactor, 0.3, lambda: None)  # the server notices the close
+    (psk_factory,) = s.listener.extra_factories
+    assert psk_factory.psk.identities == {}  # nothing left behind by the failed handshake
