@@ -28,7 +28,7 @@ from twisted.internet import defer, reactor, task, threads
 from pushproxy.radius import codec
 from pushproxy.radsec.listener import RadsecListener
 from pushproxy.service import Daemon
-from tests.integration.harness import SECRET, load, write_config
+from tests.integration.harness import load, write_config
 from tests.integration.radclient import radclient
 from tests.radsec_pki import TestCA
 from tests.support import ScriptedProvider
