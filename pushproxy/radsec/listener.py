@@ -42,7 +42,7 @@ log = logging.getLogger("pushproxy.radsec")
 
 ALPN = {"1.0": b"radius/1.0", "1.1": b"radius/1.1"}
 # A request dropped for these reasons means the peer's encoder (or its idea of
-# the secret) is broken; RFC 6613 2.6.4: close rather than guess at the stream.
+# the secret) is broken; RFC 6613: close rather than guess at the stream.
 _CLOSING_DROPS = {DropReason.MALFORMED, DropReason.BAD_MESSAGE_AUTHENTICATOR}
 
 
