@@ -1,4 +1,4 @@
-"""RADIUS packets out of a TCP byte stream, cut by the Length field (RFC 6613 2.6.2). Pure.
+"""RADIUS packets out of a TCP byte stream, cut by the Length field (RFC 6613). Pure.
 
 A stream has no datagram boundaries: a packet may come in pieces, several may
 come in one read. A Length outside 20..4096 means the stream is not RADIUS (or
