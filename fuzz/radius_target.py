@@ -86,7 +86,10 @@ UPSTREAM = UpstreamSettings(
 
 CLIENTS = (
     RadiusClient("vpn", ipaddress.ip_network("127.0.0.0/8"), SECRET, True, None),
-    RadiusClient("legacy", ipaddress.ip_network("127.0.0.9/32"), LEGACY_SECRET, False, None),
+    # limit_proxy_state off: the unsigned Proxy-State paths (reply size, copying)
+    # stay reachable; the switch itself is tested in tests/test_deprecation_switches.py.
+    RadiusClient("legacy", ipaddress.ip_network("127.0.0.9/32"), LEGACY_SECRET, False, None,
+                 limit_proxy_state=False),
     RadiusClient("vpn-nm", ipaddress.ip_network("127.0.0.5/32"), SECRET, True, None,
                  Verification.NUMBER_MATCH),
     RadiusClient("vpn-up", ipaddress.ip_network("127.0.0.7/32"), UP_CLIENT_SECRET, True, None,

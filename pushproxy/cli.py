@@ -53,6 +53,14 @@ def exposure_warnings(config) -> list[str]:
             f"approval.public_url is http:// while approval.listen ({host}) is not "
             "loopback: phones would send device keys and answers in clear text; use "
             "https:// (tls_cert/tls_key, or a TLS reverse proxy with listen on 127.0.0.1)")
+    for i, client in enumerate(config.radius.clients):
+        if len(client.secret) < 16:
+            # draft-ietf-radext-deprecating-radius: at least 16 octets (32 random
+            # ones best); short secrets fall to offline guessing from one packet.
+            warnings.append(
+                f"radius.clients[{i}] ({client.name}): the shared secret is "
+                f"{len(client.secret)} octets; use at least 16, best 32 random ones "
+                "(or RadSec, docs/radsec.md)")
     from pushproxy.approval.backends import is_postgres_url, postgres_tls_warning
 
     if is_postgres_url(config.approval.database):

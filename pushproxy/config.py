@@ -34,6 +34,7 @@ from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
 
 if TYPE_CHECKING:  # the section's parser imports this module
     from pushproxy.ldapfront.config import LdapFrontConfig
+    from pushproxy.radsec.settings import RadsecConfig
 
 
 class ConfigError(Exception):
@@ -77,6 +78,9 @@ class RadiusClient:
     no_device: NoDeviceMode | None  # None: follow push.no_device
     verification: "Verification | None" = None  # None: the policy decides
     upstream: "UpstreamSettings | None" = None  # primary: radius (issue 10); None: LDAP
+    # Blast-RADIUS for clients that send no Message-Authenticator: drop requests
+    # that carry Proxy-State without one (the attack needs Proxy-State).
+    limit_proxy_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,15 @@ class RadiusConfig:
     clients: tuple[RadiusClient, ...]
     receive_buffer: int
     reply_cache_seconds: float
+    radsec: "RadsecConfig | None" = None  # RADIUS over TLS (pushproxy.radsec); None: off
+
+    @property
+    def all_clients(self) -> tuple[RadiusClient, ...]:
+        """UDP clients and RadSec clients: one name space for policy and reply rules."""
+        if self.radsec is None:
+            return self.clients
+        return self.clients + tuple(r.client for r in self.radsec.clients
+                                    + self.radsec.psk_clients)
 
 
 @dataclass(frozen=True)
@@ -230,8 +243,24 @@ class Config:
             f"{self.push.timeout:.0f} s + {first(c)[1]} {first(c)[0]:.0f} s); many gateways "
             "default to 5 s x 3, which rejects every login that waits for a phone"
             for i, c in enumerate(self.radius.clients)
-        ] + (self.ldap_front.timeout_advice(self.push.timeout + self.ldap.response_timeout)
-             if self.ldap_front else [])
+        ] + self._radsec_advice() + (
+            self.ldap_front.timeout_advice(self.push.timeout + self.ldap.response_timeout)
+            if self.ldap_front else [])
+
+    def _radsec_advice(self) -> list[str]:
+        """RadSec peers forget a request after a fixed wait (radsecproxy RetryInterval,
+        FreeRADIUS response_window: at most 60 s), whatever the NAS would wait."""
+        if self.radius.radsec is None:
+            return []
+        need = self.push.timeout + self.ldap.response_timeout
+        text = (f"radius.radsec: RadSec peers must wait at least {need:.0f} s for a reply "
+                f"(push.timeout {self.push.timeout:.0f} s + ldap.response_timeout "
+                f"{self.ldap.response_timeout:.0f} s): radsecproxy RetryInterval, "
+                "FreeRADIUS response_window")
+        if need > 60:
+            text += ("; both allow at most 60 s, so lower push.timeout to "
+                     f"{max(60 - self.ldap.response_timeout - 5, 5):.0f} s or less")
+        return [text]
 
 
 def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
@@ -286,7 +315,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
                                   account_attribute=ldap.username_attribute if ldap else None)
     front_names = {ldap_front.name} if ldap_front else set()
     policy = parse_policy(c, root.get("policy"), "policy",
-                          client_names={cl.name for cl in radius.clients} | front_names
+                          client_names={cl.name for cl in radius.all_clients} | front_names
                           if radius else None)
     for cl in radius.clients if radius else ():
         if cl.upstream and cl.upstream.groups_from_ldap and ldap and ldap.bind_dn is None:
@@ -295,7 +324,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     reply_map = parse_reply_attributes(
         c, root.get("reply_attributes"), "reply_attributes", names=_names(),
         rule_names={r.name for r in policy.rules} if policy else None,
-        client_names={cl.name for cl in radius.clients} if radius else None)
+        client_names={cl.name for cl in radius.all_clients} if radius else None)
     _check_workers(c, daemon, radius, approval)
     _check_tls_files(c, ldap, approval, ldap_front)
     if c.problems:
@@ -407,7 +436,7 @@ def default_node_name() -> str:
 
 def _radius(c: Checker, value) -> RadiusConfig | None:
     m = c.mapping(value, "radius", required=("clients",),
-                  optional=("listen", "receive_buffer", "reply_cache_seconds"))
+                  optional=("listen", "receive_buffer", "reply_cache_seconds", "radsec"))
     if m is None:
         return None
     listen = []
@@ -420,9 +449,15 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
         client = _radius_client(c, item, f"radius.clients[{i}]")
         if client:
             clients.append(client)
-    names = [cl.name for cl in clients]
+    from pushproxy.radsec.settings import parse_radsec
+
+    radsec = parse_radsec(c, m.get("radsec"), "radius.radsec") if "radsec" in m else None
+    names = [cl.name for cl in clients] + [r.client.name for r in radsec.clients
+                                           + radsec.psk_clients] \
+        if radsec else [cl.name for cl in clients]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        c.problem("radius.clients", f"client name {name!r} is used more than once")
+        c.problem("radius.clients", f"client name {name!r} is used more than once "
+                                    "(radius.clients and radius.radsec.clients included)")
     nets = [cl.network for cl in clients]
     for net in sorted({str(n) for n in nets if nets.count(n) > 1}):
         c.problem("radius.clients", f"address {net} is listed more than once")
@@ -433,13 +468,15 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
                                 minimum=65536, integer=True),
         reply_cache_seconds=c.number(m, "reply_cache_seconds", "radius.reply_cache_seconds",
                                      30, minimum=1, maximum=600),
+        radsec=radsec,
     )
 
 
 def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     m = c.mapping(value, path, required=("name", "address"),
                   optional=("secret_file", "secret_env", "require_message_authenticator",
-                            "no_device", "verification", *UPSTREAM_KEYS),
+                            "limit_proxy_state", "no_device", "verification",
+                            *UPSTREAM_KEYS),
                   secret_keys=("secret",))
     if m is None:
         return None
@@ -450,6 +487,7 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
         c.problem(f"{path}.secret", "shorter than 12 characters; use a long random secret")
     mauth = c.boolean(m, "require_message_authenticator",
                       f"{path}.require_message_authenticator", True)
+    limit_proxy_state = c.boolean(m, "limit_proxy_state", f"{path}.limit_proxy_state", True)
     no_device = None
     if "no_device" in m:
         no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
@@ -463,7 +501,8 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
         return None
     return RadiusClient(name=name, network=network, secret=secret.encode("utf-8"),
                         require_message_authenticator=mauth, no_device=no_device,
-                        verification=verification, upstream=upstream)
+                        verification=verification, upstream=upstream,
+                        limit_proxy_state=limit_proxy_state)
 
 
 def _ldap(c: Checker, value) -> LdapConfig | None:

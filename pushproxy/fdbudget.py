@@ -9,6 +9,7 @@ caps plus a reserve do not fit (`check`), naming the config paths to lower;
 
     need = approval.max_connections
          + 2 x ldap_front.max_connections   (each client holds one to the directory)
+         + radius.radsec.max_connections
          + daemon.metrics_max_connections   (when metrics_listen is set)
          + RESERVE + ldap.pool_size         (listeners, RADIUS, store, logs, pushes)
 
@@ -60,6 +61,8 @@ class Budget:
 def parts(config: Config, worker: int = 0) -> tuple[tuple[str, int], ...]:
     """What each listener may hold at most, plus the reserve (in worker ``worker``)."""
     out = [("approval.max_connections", config.approval.max_connections)]
+    if config.radius.radsec is not None:
+        out.append(("radius.radsec.max_connections", config.radius.radsec.max_connections))
     if config.ldap_front is not None and worker == 0:
         out.append(("ldap_front.max_connections (x2: each holds a directory connection)",
                     2 * config.ldap_front.max_connections))

@@ -122,6 +122,7 @@ class Daemon:
         old = self.config
         restart = [f"{section} changed: restart to apply" for section, a, b in (
             ("radius.listen", old.radius.listen, new.radius.listen),
+            ("radius.radsec", old.radius.radsec, new.radius.radsec),
             ("approval", old.approval, new.approval),
             ("daemon.metrics_listen", old.daemon.metrics_listen, new.daemon.metrics_listen),
             ("daemon.metrics_max_connections(_per_source)",

@@ -227,6 +227,10 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
         host, port = config.daemon.metrics_listen
         daemon.components.append(MetricsComponent((host, port + worker_index), daemon,
                                                   approval))
+    if config.radius.radsec is not None:
+        from pushproxy.radsec.listener import RadsecListener
+
+        daemon.components.append(RadsecListener(daemon, reuse_port=several))
     if config.ldap_front is not None and worker_index == 0:
         from pushproxy.ldapfront.front import LdapFront
 

@@ -9,6 +9,7 @@ the request's Proxy-State copied, as the Blast-RADIUS advisories ask.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import ipaddress
@@ -20,7 +21,7 @@ from importlib import resources
 from pyrad import packet as rpacket
 from pyrad.dictionary import Dictionary
 
-from pushproxy.radius.attributes import Attr, wire_value
+from pushproxy.radius.attributes import PLAIN, Attr, encode_attribute, wire_value
 
 ACCESS_REQUEST = rpacket.AccessRequest
 ACCESS_ACCEPT = rpacket.AccessAccept
@@ -82,6 +83,9 @@ class AccessRequest:
     # NAS-Port (5) and NAS-Port-Id (87) as one text, "5" / "id=eth0" / "5 id=eth0":
     # which session of the NAS this is (logins of different ports never join).
     nas_port: str | None = None
+    # RADIUS/1.1 (RFC 9765, negotiated by ALPN over TLS): the authenticator field
+    # holds the Token, nothing is hidden with MD5 and the reply is not signed.
+    v11: bool = False
 
     @property
     def nas(self) -> str | None:
@@ -101,9 +105,18 @@ def peek_header(data: bytes) -> tuple[int, int, bytes]:
 
 
 def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
-                   require_message_authenticator: bool) -> AccessRequest:
-    """Decode and verify a request from a client that shares ``secret``."""
+                   require_message_authenticator: bool, v11: bool = False,
+                   limit_proxy_state: bool = False) -> AccessRequest:
+    """Decode and verify a request from a client that shares ``secret``.
+
+    ``v11``: a RADIUS/1.1 packet (RFC 9765) from inside TLS: no shared secret,
+    User-Password in clear, Message-Authenticator neither needed nor checked.
+    ``limit_proxy_state``: without a Message-Authenticator, a request carrying
+    Proxy-State is dropped (Blast-RADIUS needs Proxy-State in the request).
+    """
     code, _, _ = peek_header(data)
+    if v11:
+        return _decode_v11(data, dictionary, code)
     if code not in (ACCESS_REQUEST, STATUS_SERVER):
         raise DropPacket(DropReason.UNSUPPORTED_CODE, f"code {code}")
     _check_attribute_framing(data)
@@ -122,6 +135,9 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
     elif require_message_authenticator or code == STATUS_SERVER:
         # RFC 5997 requires it on Status-Server; the client policy on the rest.
         raise DropPacket(DropReason.MISSING_MESSAGE_AUTHENTICATOR)
+    elif limit_proxy_state and 33 in dict.keys(pkt):
+        raise DropPacket(DropReason.MISSING_MESSAGE_AUTHENTICATOR,
+                         "Proxy-State without Message-Authenticator (limit_proxy_state)")
     return AccessRequest(
         code=code, id=pkt.id, authenticator=pkt.authenticator,
         username=_text(pkt, 1, "User-Name"),
@@ -136,6 +152,45 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
         packet=pkt,
         nas_port=_nas_port(pkt),
     )
+
+
+def _decode_v11(data: bytes, dictionary: Dictionary, code: int) -> AccessRequest:
+    if code not in (ACCESS_REQUEST, STATUS_SERVER):
+        raise DropPacket(DropReason.UNSUPPORTED_CODE, f"code {code}")
+    _check_attribute_framing(data)
+    try:
+        pkt = rpacket.AuthPacket(packet=data, secret=b"", dict=dictionary)
+    except (rpacket.PacketError, struct.error, ValueError, KeyError, IndexError) as exc:
+        raise DropPacket(DropReason.MALFORMED, str(exc)) from None
+    # RFC 9765 5.2: a Message-Authenticator received over RADIUS/1.1 carries no
+    # meaning; it is left out of the reply (see encode_reply) and not checked.
+    return AccessRequest(
+        code=code, id=pkt.id, authenticator=pkt.authenticator,
+        username=_text(pkt, 1, "User-Name"),
+        password=_clear_password(pkt),
+        password_present=2 in dict.keys(pkt),
+        calling_station=_text(pkt, 31, "Calling-Station-Id"),
+        called_station=_text(pkt, 30, "Called-Station-Id"),
+        nas_ip=_nas_ip(pkt),
+        nas_identifier=_text(pkt, 32, "NAS-Identifier"),
+        has_message_authenticator=80 in dict.keys(pkt),
+        state=_single_octets(pkt, 24, "State"),
+        packet=pkt,
+        nas_port=_nas_port(pkt),
+        v11=True,
+    )
+
+
+def _clear_password(pkt: rpacket.AuthPacket) -> str | None:
+    """RFC 9765 5.1.1: User-Password as the password itself (TLS protects it)."""
+    values = _raw_values(pkt, 2)
+    if len(values) != 1:
+        return None
+    try:
+        # Trailing zeros: a sender that still pads to 16 octets.
+        return values[0].rstrip(b"\x00").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _check_attribute_framing(data: bytes) -> None:
@@ -232,9 +287,10 @@ def encode_reply(request: AccessRequest, code: int, *,
     the Reply-Message (only text for the user) is left out; a reply still too
     long is never sent (DropPacket).
     """
-    data = _encode_reply(request, code, reply_message, state, attributes, raw)
+    encode = _encode_reply_v11 if request.v11 else _encode_reply
+    data = encode(request, code, reply_message, state, attributes, raw)
     if len(data) > MAX_PACKET and reply_message:
-        data = _encode_reply(request, code, None, state, attributes, raw)
+        data = encode(request, code, None, state, attributes, raw)
     if len(data) > MAX_PACKET:
         raise DropPacket(DropReason.MALFORMED, f"the reply would be {len(data)} octets")
     return data
@@ -259,3 +315,25 @@ def _encode_reply(request: AccessRequest, code: int, reply_message: str | None,
         OrderedDict.setdefault(reply, key, []).append(value)
     reply.add_message_authenticator()
     return reply.ReplyPacket()
+
+
+def _encode_reply_v11(request: AccessRequest, code: int, reply_message: str | None,
+                      state: bytes | None, attributes: tuple[tuple[str, object], ...],
+                      raw: tuple[Attr, ...]) -> bytes:
+    """RFC 9765 section 5: Reserved-1 zero, the request's Token and Reserved-2
+    echoed, no Message-Authenticator, hidden attributes sent in clear."""
+    reply = request.packet.CreateReply(message_authenticator=False)
+    reply.code = code
+    if reply_message:
+        reply.AddAttribute("Reply-Message", reply_message.encode("utf-8")[:253])
+    if state is not None:
+        reply.AddAttribute("State", state)
+    for name, value in attributes:
+        reply.AddAttribute(name, value)
+    body = reply._PktEncodeAttributes()
+    for attr in raw:
+        plain = attr.value if attr.tag is None else bytes([attr.tag]) + attr.value
+        body += encode_attribute(dataclasses.replace(attr, hiding=PLAIN, tag=None,
+                                                     value=plain))
+    header = struct.pack("!BBH", code, 0, 20 + len(body))
+    return header + request.authenticator + body

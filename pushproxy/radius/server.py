@@ -99,7 +99,18 @@ class RadiusProtocol(DatagramProtocol):
         host, port = addr[0], addr[1]
         client = self.clients.match(host)
         if client is None:
-            return self._drop(DropReason.UNKNOWN_CLIENT, host, None)
+            self._drop(DropReason.UNKNOWN_CLIENT, host, None)
+            return
+        self.receive(data, host, port, client, lambda reply: self.transport.write(reply, addr))
+
+    def receive(self, data: bytes, host: str, port: int, client: RadiusClient, send, *,
+                v11: bool = False) -> DropReason | None:
+        """One request from a known ``client``; replies go to ``send(bytes)``.
+
+        The UDP listener and the RadSec connections (pushproxy.radsec) share this
+        path: retransmit table, decode and verify, admission, engine. ``v11``:
+        RADIUS/1.1 inside TLS. Returns why the request was dropped, else None.
+        """
         try:
             code, ident, authenticator = codec.peek_header(data)
         except DropPacket as exc:
@@ -109,7 +120,7 @@ class RadiusProtocol(DatagramProtocol):
         lookup = self.table.receive(key, now)
         if lookup.state is State.ANSWERED:
             self.counters.inc("radius_retransmits", client=client.name, state="answered")
-            self.transport.write(lookup.reply, addr)
+            send(lookup.reply)
             return None
         if lookup.state is State.IN_FLIGHT:
             self.counters.inc("radius_retransmits", client=client.name, state="in_flight")
@@ -130,7 +141,8 @@ class RadiusProtocol(DatagramProtocol):
         try:
             request = codec.decode_request(
                 data, client.secret, self.dictionary,
-                require_message_authenticator=client.require_message_authenticator)
+                require_message_authenticator=client.require_message_authenticator, v11=v11,
+                limit_proxy_state=getattr(client, "limit_proxy_state", False))
             if request.code != codec.STATUS_SERVER and self.engine.pending >= self.max_pending:
                 raise DropPacket(DropReason.OVERLOADED, f"{self.engine.pending} pending")
         except DropPacket as exc:
@@ -139,7 +151,7 @@ class RadiusProtocol(DatagramProtocol):
         self.counters.inc("radius_requests", client=client.name)
         if request.code == codec.STATUS_SERVER:
             # RFC 5997: a verified Status-Server is answered with Access-Accept.
-            return self._send(key, addr, codec.encode_reply(request, codec.ACCESS_ACCEPT))
+            return self._send(key, send, codec.encode_reply(request, codec.ACCESS_ACCEPT))
         login = LoginRequest(
             protocol="radius", username=request.username,
             password=request.password, client_name=client.name, source=host,
@@ -159,7 +171,7 @@ class RadiusProtocol(DatagramProtocol):
                 return self._drop(DropReason.MALFORMED, host, client, str(exc))
         reply = _Reply(self, request, eap, host)
         d = self.engine.login(dataclasses.replace(login, finalize=reply.finalize))
-        d.addCallback(self._decided, reply, key, addr)
+        d.addCallback(self._decided, reply, key, send)
         d.addErrback(self._failed, key)
         return None
 
@@ -183,19 +195,20 @@ class RadiusProtocol(DatagramProtocol):
         return dataclasses.replace(login, state=None, primary=primary,
                                    credential=upstream_packets.proof_of(raw)), eap
 
-    def _decided(self, decision: Decision, reply: "_Reply", key, addr) -> None:
+    def _decided(self, decision: Decision, reply: "_Reply", key, send) -> None:
         data = reply.encoded(decision)
         if data is None:
             self.table.abandon(key)
-            return self._drop(DropReason.MALFORMED, key.host, None, "no reply fits in 4096 octets")
-        self._send(key, addr, data)
+            self._drop(DropReason.MALFORMED, key.host, None, "no reply fits in 4096 octets")
+            return None
+        self._send(key, send, data)
         return None
 
-    def _send(self, key: RequestKey, addr, reply: bytes) -> None:
+    def _send(self, key: RequestKey, send, reply: bytes) -> None:
         self.table.answer(key, reply, self.clock.seconds())
         self.counters.inc("radius_replies")
         try:
-            self.transport.write(reply, addr)
+            send(reply)
         except (OSError, AttributeError) as exc:
             # The listener closed while this login was decided (shutdown).
             logs.event(log, logging.WARNING, "radius.send_failed", error=str(exc))
@@ -207,7 +220,7 @@ class RadiusProtocol(DatagramProtocol):
         self.counters.inc("internal_errors")
         self.table.abandon(key)
 
-    def _shed(self, reason, host: str, client: RadiusClient) -> None:
+    def _shed(self, reason, host: str, client: RadiusClient) -> DropReason:
         self.counters.inc("radius_drops", reason=DropReason.OVERLOADED.value)
         self.counters.inc("radius_overloaded", reason=reason.value)
         suppressed = self._shed_log.note(reason, self.clock.seconds())
@@ -215,18 +228,20 @@ class RadiusProtocol(DatagramProtocol):
             logs.event(log, logging.WARNING, "radius.overloaded", reason=reason.value,
                        source=host, client=client.name, suppressed=suppressed or None,
                        load=dataclasses.asdict(self.admission.load()))
+        return DropReason.OVERLOADED
 
     def _drop(self, reason: DropReason, host: str, client: RadiusClient | None,
-              detail: str = "", level: int = logging.INFO) -> None:
+              detail: str = "", level: int = logging.INFO) -> DropReason:
         self.counters.inc("radius_drops", reason=reason.value)
         # Counted always, logged once a minute per source and reason: a flood
         # of junk must not turn into a flood of log lines.
         suppressed = self._drop_log.note((reason, host), self.clock.seconds())
         if suppressed is None:
-            return
+            return reason
         logs.event(log, level, "radius.drop", reason=reason.value, source=host,
                    client=client.name if client else None, detail=detail or None,
                    suppressed=suppressed or None)
+        return reason
 
 
 class _Reply:

@@ -62,11 +62,20 @@ class UpstreamClient(DatagramProtocol):
         self.port = None
         self.stopped = False
         self._bad_log = LogLimiter()
+        self._links: dict[int, object] = {}  # server index -> TlsLink (RADIUS/TLS servers)
+        self._reactor = None
 
     def start(self, reactor) -> None:
         """Open the socket (an ephemeral port, IPv6 if any server is IPv6)."""
         v6 = any(ipaddress.ip_address(s.host).version == 6 for s in self.settings.servers)
         self.port = reactor.listenUDP(0, self, interface="::" if v6 else "0.0.0.0")
+        self._reactor = reactor
+        for index, server in enumerate(self.settings.servers):
+            if server.tls is not None:
+                from pushproxy.upstream.tlslink import TlsLink
+
+                self._links[index] = TlsLink(server, reactor, self.datagramReceived,
+                                             self.counters)
 
     def stop(self):
         """Close the socket; waiting exchanges end as if no server answered."""
@@ -74,11 +83,15 @@ class UpstreamClient(DatagramProtocol):
         for pending in list(self._pending.values()):
             if pending.waiter is not None and not pending.waiter.called:
                 pending.waiter.callback(None)
+        for link in self._links.values():
+            link.close()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else defer.succeed(None)
 
     def _address(self, server: UpstreamServer) -> tuple[str, int]:
         host = server.host
+        if server.tls is not None:
+            return host, server.port  # replies come back under this name (TlsLink)
         if self.port is not None and self.port.getHost().type == "UDP" and \
                 ":" in self.port.getHost().host and ":" not in host:
             host = f"::ffff:{host}"  # an IPv4 server through the dual-stack socket
@@ -120,7 +133,7 @@ class UpstreamClient(DatagramProtocol):
             key = (addr[0], addr[1], ident)
             pending = self._pending[key] = _Pending(request, server)
             try:
-                for attempt in range(server.retries + 1):
+                for attempt in range(server.attempts):
                     attempts += 1
                     if attempt:
                         self.counters.inc("upstream_resends", server=server.name)
@@ -151,6 +164,11 @@ class UpstreamClient(DatagramProtocol):
             return result
 
         waiter.addCallback(settled)
+        link = self._links.get(self.settings.servers.index(pending.server)) \
+            if pending.server.tls is not None else None
+        if link is not None:
+            link.send(pending.request.data)
+            return waiter
         try:
             self.transport.write(pending.request.data, addr)
         except (OSError, AttributeError) as exc:

@@ -14,6 +14,9 @@
             retries: 1                # resends to the same server before the next one
           - address: 10.0.1.6:1812
             secret_file: nps.secret
+          - address: 10.0.1.7:2083    # RADIUS/TLS (RadSec): the secret is "radsec"
+            tls: {ca_file: radsec-ca.pem, cert_file: us.pem, key_file: us.key,
+                  server_name: nps1.example.com}
         pass_attributes: [Class, Filter-Id, Fortinet-Group-Name]   # or: all (default)
         trust_outer_identity: false   # EAP: push the outer User-Name if the Accept has none
         groups_from_ldap: false       # look the user up in ldap: for groups and required_groups
@@ -31,6 +34,16 @@ BACKOFF = 30.0
 
 
 @dataclass(frozen=True)
+class UpstreamTls:
+    """RADIUS/TLS toward an upstream: whom to trust, who we are, the name to check."""
+
+    ca_file: str
+    cert_file: str | None
+    key_file: str | None
+    server_name: str  # checked against the server certificate's SAN (DNS name or IP)
+
+
+@dataclass(frozen=True)
 class UpstreamServer:
     """One upstream RADIUS server."""
 
@@ -40,6 +53,7 @@ class UpstreamServer:
     timeout: float
     retries: int  # resends after the first attempt
     require_message_authenticator: bool
+    tls: UpstreamTls | None = None  # RADIUS/TLS (RFC 6614) instead of UDP
 
     @property
     def name(self) -> str:
@@ -47,9 +61,14 @@ class UpstreamServer:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
+    def attempts(self) -> int:
+        """Sends per request: over TLS no resend (RFC 6614 2.3: TCP retransmits)."""
+        return 1 if self.tls is not None else self.retries + 1
+
+    @property
     def worst_case(self) -> float:
         """Seconds this server can hold a request before failover."""
-        return self.timeout * (self.retries + 1)
+        return self.timeout * self.attempts
 
 
 @dataclass(frozen=True)
@@ -94,24 +113,55 @@ def parse_client_upstream(c, m: dict, path: str, names: Names) -> UpstreamSettin
 def _server(c, value, path: str) -> UpstreamServer | None:
     m = c.mapping(value, path, required=("address",),
                   optional=("secret_file", "secret_env", "timeout", "retries",
-                            "require_message_authenticator"),
+                            "require_message_authenticator", "tls"),
                   secret_keys=("secret",))
     if m is None:
         return None
     addr = c.host_port(m.get("address"), f"{path}.address")
-    secret = c.secret(m, path, "secret")
+    tls = _tls(c, m["tls"], f"{path}.tls", addr) if "tls" in m else None
+    if "tls" in m:
+        if "secret_file" in m or "secret_env" in m:
+            c.problem(f"{path}.secret", "not used over TLS (the secret is \"radsec\")")
+        secret = "radsec"
+    else:
+        secret = c.secret(m, path, "secret")
     timeout = c.number(m, "timeout", f"{path}.timeout", 3, minimum=0.2, maximum=30)
     retries = c.number(m, "retries", f"{path}.retries", 1, minimum=0, maximum=10, integer=True)
+    # Over TLS the reply is protected by TLS: Message-Authenticator not demanded.
     mauth = c.boolean(m, "require_message_authenticator",
-                      f"{path}.require_message_authenticator", True)
-    if addr is None or secret is None:
+                      f"{path}.require_message_authenticator", "tls" not in m)
+    if addr is None or secret is None or ("tls" in m and tls is None):
         return None
     if addr[1] == 0:
-        c.problem(f"{path}.address", "needs a port (usually 1812)")
+        c.problem(f"{path}.address", "needs a port (usually 1812, 2083 with tls)")
         return None
     return UpstreamServer(host=addr[0], port=addr[1], secret=secret.encode("utf-8"),
                           timeout=timeout, retries=retries,
-                          require_message_authenticator=mauth)
+                          require_message_authenticator=mauth, tls=tls)
+
+
+def _tls(c, value, path: str, addr) -> UpstreamTls | None:
+    """``tls:`` of one upstream server: ca_file required, our certificate optional."""
+    m = c.mapping(value, path, required=("ca_file",),
+                  optional=("cert_file", "key_file", "server_name"))
+    if m is None or not m:
+        if m is not None:
+            c.problem(path, "needs at least ca_file (the CA of the server's certificate)")
+        return None
+    ca = c.readable_file(m, "ca_file", f"{path}.ca_file")
+    if ca is not None:
+        from pushproxy.radsec.settings import check_certificates
+
+        check_certificates(c, ca, f"{path}.ca_file")
+    cert = c.readable_file(m, "cert_file", f"{path}.cert_file")
+    key = c.private_file(m, "key_file", f"{path}.key_file")
+    if ("cert_file" in m) != ("key_file" in m):
+        c.problem(path, "cert_file and key_file go together")
+    name = c.string(m, "server_name", f"{path}.server_name", required=False)
+    if ca is None or (addr is None and name is None):
+        return None
+    return UpstreamTls(ca_file=ca, cert_file=cert, key_file=key,
+                       server_name=name or addr[0])
 
 
 def _pass_attributes(c, value, path: str, names: Names):
