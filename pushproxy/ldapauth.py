@@ -1,10 +1,12 @@
 """Primary authentication against LDAP / Active Directory.
 
-ldap3 is synchronous, so every directory conversation runs in a dedicated,
-bounded thread pool that nothing else uses (a slow directory must not starve
-other work, and other work must not starve binds). Each worker thread keeps its
-own connections per server: ldap3 connections are not thread-safe, and
-reconnecting (TCP + TLS) for every login would cost more than the bind itself.
+The two operations of a login (search as the service account, simple bind as
+the user) run on the reactor through `pushproxy.ldapclient`: requests are a
+few bytes of BER built directly (no pyasn1), searches are pipelined on kept
+service-bound connections, and each login's bind borrows a connection of its
+own (`pushproxy.ldapconns`). Nothing waits in a thread, so a slow directory
+holds sockets and timers, not workers. ldap3 stays for the blocking lookup of
+the command-line tools (`pushproxy.ldapsync`) and for `test-connection`.
 
 Failover is a plain ordered list rather than ldap3's ServerPool (which keeps
 every connection and has no lock): servers are tried in order, a server that
@@ -15,23 +17,23 @@ bound how long one server can hold a login.
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
-import threading
 import time
 from dataclasses import dataclass
 
-import ldap3
 from ldap3.core import exceptions as lexc
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
-from twisted.internet import threads
+from OpenSSL import SSL
+from twisted.internet import defer
 from twisted.internet.defer import succeed
-from twisted.python.threadpool import ThreadPool
+from twisted.python import threadable
 
 from pushproxy import logs
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.ldapclient import BASE, SUBTREE, LdapError, LdapTimeout
+from pushproxy.ldapconns import ServerConnections
+from pushproxy.ldapfilter import FilterError, compile_filter
 from pushproxy.metrics import Counters
 
 log = logging.getLogger("pushproxy.ldap")
@@ -43,6 +45,7 @@ INVALID_CREDENTIALS = 49
 
 # Passed instead of a password: search the user and its groups, bind as nobody.
 _LOOKUP = object()
+SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT = 0, 4, 32
 
 
 class ServerFailed(Exception):
@@ -108,6 +111,25 @@ def group_query(mode: GroupMode, dn: str, username: str, group: str) -> tuple[st
                    f"(memberUid={escape_filter_chars(username)}))")
 
 
+def values_of(attrs: dict, attribute: str) -> list:
+    """An entry's values of ``attribute``, whatever the case of its name."""
+    return next((v for k, v in attrs.items() if k.lower() == attribute.lower()), None) or []
+
+
+def conclude(config: LdapConfig, required: frozenset[str], server: str, dn: str, attrs: dict,
+             groups: frozenset[str]) -> PrimaryResult:
+    """The result for a user whose password was right (or who was looked up): account, groups."""
+    account = account_of(attrs, config.username_attribute, dn)
+    if account is None:
+        # Without the stored name there is nothing safe to key devices and
+        # locks on: fail closed rather than fall back to the typed spelling.
+        return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server,
+                             detail=f"no {config.username_attribute} readable in the entry")
+    if required and not groups & required:
+        return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server, account=account)
+    return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server, groups=groups, account=account)
+
+
 @dataclass
 class _ServerState:
     server: LdapServer
@@ -128,22 +150,35 @@ class LdapDirectory:
         self.reactor = reactor
         self.counters = counters
         self.monotonic = monotonic
-        self.pool = ThreadPool(minthreads=1, maxthreads=config.pool_size, name="ldap")
         self._servers = [_ServerState(s) for s in config.servers]
-        self._lock = threading.Lock()
-        self._local = threading.local()
+        self._pools: dict[str, ServerConnections] = {}
         self._outstanding = 0
-        # Certificates are always verified: against ca_file, else the system's trust store.
-        self._tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
-                              version=ssl.PROTOCOL_TLS_CLIENT)
+        self._stopped = False
+        # A filter the encoder cannot read fails every login the same way:
+        # say so once, instead of marking each server failed in turn.
+        try:
+            compile_filter(user_filter(config.user_filter, "x"))
+            self._filter_error = None
+        except FilterError as exc:
+            self._filter_error = f"ldap.user_filter: {exc}"
 
     def start(self) -> None:
-        """Start the worker threads."""
-        self.pool.start()
+        """Nothing to start: connections open on first use."""
 
     def stop(self) -> None:
-        """Stop the worker threads (waits for running binds)."""
-        self.pool.stop()
+        """Close the kept connections (those in use once their operations end).
+
+        Callable from any thread (the service joins it off the reactor).
+        """
+        if self.reactor is not None and not threadable.isInIOThread():
+            self.reactor.callFromThread(self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        self._stopped = True
+        for pool in self._pools.values():
+            pool.close()
 
     @property
     def outstanding(self) -> int:
@@ -172,24 +207,25 @@ class LdapDirectory:
         return self._queue(username, _LOOKUP)
 
     def lookup_blocking(self, username: str) -> PrimaryResult:
-        """``lookup`` in the calling thread (command-line tools; never the reactor)."""
+        """``lookup`` in the calling thread with ldap3 (command-line tools; never the reactor)."""
         if self.config.bind_dn is None:
             return PrimaryResult(PrimaryStatus.UNAVAILABLE,
                                  detail="ldap.bind_dn is needed to look users up")
-        try:
-            return self._authenticate_sync(username, _LOOKUP)
-        finally:
-            for state in self._servers:
-                self._drop_connections(state.server)
+        from pushproxy import ldapsync
+
+        return ldapsync.lookup(self.config, username, self._candidates, self._required)
 
     def _queue(self, username: str, password):
         limit = self.config.pool_size + self.config.max_queue
         if self._outstanding >= limit:
             self.counters.inc("ldap_busy")
             return succeed(PrimaryResult(PrimaryStatus.BUSY, detail="queue full"))
+        if self._filter_error is not None:
+            return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail=self._filter_error))
+        if self._stopped:
+            return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="directory stopped"))
         self._outstanding += 1
-        d = threads.deferToThreadPool(self.reactor, self.pool, self._authenticate_sync,
-                                      username, password)
+        d = self._authenticate(username, password)
 
         def finished(result):
             self._outstanding -= 1
@@ -201,211 +237,192 @@ class LdapDirectory:
 
         return d.addErrback(crashed).addBoth(finished)
 
-    # -- in the worker threads from here on --
-
     def _order(self) -> tuple[list[_ServerState], bool]:
         """The servers to try, and whether they are backoff probes (to release after)."""
         now = self.monotonic()
-        with self._lock:
-            up = [s for s in self._servers if s.down_until <= now]
-            if up:
-                return up, False
-            # Every server in backoff: try them anyway rather than fail outright,
-            # but one login at a time per server. If every login waited out the
-            # timeouts of a hung directory, the pool would fall behind and the
-            # queue would answer minutes late; the others fail at once instead.
-            probes = [s for s in self._servers if not s.probing]
-            for state in probes:
-                state.probing = True
-            return probes, True
+        up = [s for s in self._servers if s.down_until <= now]
+        if up:
+            return up, False
+        # Every server in backoff: try them anyway rather than fail outright,
+        # but one login at a time per server. If every login waited out the
+        # timeouts of a hung directory, logins would queue behind each other
+        # and answer minutes late; the others fail at once instead.
+        probes = [s for s in self._servers if not s.probing]
+        for state in probes:
+            state.probing = True
+        return probes, True
 
-    def _authenticate_sync(self, username: str, password: str) -> PrimaryResult:
+    @defer.inlineCallbacks
+    def _authenticate(self, username: str, password):
         states, probing = self._order()
         try:
-            return self._try_servers(states, username, password)
+            result = yield self._try_servers(states, username, password)
         finally:
             if probing:
-                with self._lock:
-                    for state in states:
-                        state.probing = False
+                for state in states:
+                    state.probing = False
+        return result
 
-    def _try_servers(self, states, username: str, password: str) -> PrimaryResult:
+    def _pool(self, server: LdapServer) -> ServerConnections:
+        pool = self._pools.get(server.url)
+        if pool is None:
+            pool = self._pools[server.url] = ServerConnections(self.reactor, server, self.config)
+        return pool
+
+    @defer.inlineCallbacks
+    def _try_servers(self, states, username: str, password):
         errors = [] if states else ["every server is down; another login is probing them"]
         for state in states:
             started = self.monotonic()
             try:
-                result = self._on_server(state.server, username, password)
+                result = yield self._on_server(state.server, username, password)
             except ServerFailed as exc:
-                self._drop_connections(state.server)
-                with self._lock:
-                    state.down_until = self.monotonic() + self.config.backoff
+                self._pool(state.server).drop()
+                state.down_until = self.monotonic() + self.config.backoff
                 self.counters.inc("ldap_server_errors", server=state.server.url)
                 logs.event(log, logging.WARNING, "ldap.server_failed", server=state.server.url,
                            error=str(exc), elapsed_ms=round((self.monotonic() - started) * 1e3))
                 errors.append(f"{state.server.url}: {exc}")
                 continue
-            with self._lock:
-                state.down_until = 0.0
+            state.down_until = 0.0
             self.counters.observe("ldap_seconds", self.monotonic() - started,
                                   server=state.server.url)
             return result
         return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
 
-    def _on_server(self, server: LdapServer, username: str, password: str) -> PrimaryResult:
+    @defer.inlineCallbacks
+    def _on_server(self, server: LdapServer, username: str, password):
         for attempt in range(2):
-            # A kept connection may have been closed by the server's idle
-            # timeout; that says nothing about the server, so retry once on
-            # fresh connections before calling the server failed.
-            reused = any(url == server.url for url, _ in self._conns())
             try:
                 if self.config.bind_template and password is not _LOOKUP:
-                    return self._direct(server, username, password)
-                return self._search_then_bind(server, username, password)
+                    result = yield self._direct(server, username, password)
+                else:
+                    result = yield self._search_then_bind(server, username, password)
+                return result
             except ServerFailed:
                 raise
-            except (lexc.LDAPException, OSError, ssl.SSLError) as exc:
-                self._drop_connections(server)
-                # (not after a timeout: a hung server would cost the login twice)
-                if reused and attempt == 0 and "timed out" not in str(exc):
+            except (LdapError, OSError, SSL.Error, FilterError) as exc:
+                # A kept connection may have been closed by the server's idle
+                # timeout; that says nothing about the server, so retry once on
+                # fresh connections before calling the server failed (not
+                # after a timeout: a hung server would cost the login twice).
+                if getattr(exc, "reused", False) and attempt == 0 \
+                        and not isinstance(exc, LdapTimeout):
                     continue
                 raise ServerFailed(f"{type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")
 
-    def _search_then_bind(self, server, username, password) -> PrimaryResult:
-        search = self._connection(server, "search")
-        entries = self._find_user(search, username)
+    @defer.inlineCallbacks
+    def _search_then_bind(self, server, username, password):
+        pool = self._pool(server)
+        search = yield pool.search_connection()
+        entries = yield self._find_user(search, username)
         if not entries:
             return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server.url)
         if len(entries) > 1:
             return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
         dn, attrs = entries[0]
-        if password is not _LOOKUP and not self._bind(self._connection(server, "user"), dn,
-                                                      password):
-            return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
-        return self._found(server, search, dn, username, attrs)
+        if password is not _LOOKUP:
+            ok = yield self._bind_user(pool, dn, password)
+            if not ok:
+                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
+            # the search connection may have been replaced meanwhile
+            search = yield pool.search_connection()
+        groups = yield self._member_groups(search, dn, username, attrs)
+        return conclude(self.config, self._required, server.url, dn, attrs, groups)
 
-    def _found(self, server, conn, dn: str, username: str, attrs: dict) -> PrimaryResult:
-        """The result for a user whose password was right: account and groups."""
-        account = account_of(attrs, self.config.username_attribute, dn)
-        if account is None:
-            # Without the stored name there is nothing safe to key devices and
-            # locks on: fail closed rather than fall back to the typed spelling.
-            return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server.url,
-                                 detail=f"no {self.config.username_attribute} readable "
-                                        "in the entry")
-        groups = self._member_groups(conn, dn, username, attrs)
-        if self._required and not groups & self._required:
-            return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url,
-                                 account=account)
-        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url, groups=groups,
-                             account=account)
+    @defer.inlineCallbacks
+    def _direct(self, server, username, password):
+        pool = self._pool(server)
+        conn = yield pool.borrow()
+        healthy = False
+        try:
+            ok = yield self._bind(conn, direct_bind_name(self.config.bind_template, username),
+                                  password)
+            if not ok:
+                healthy = True
+                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server.url)
+            # Read our own entry as the user: we need its DN for the group check.
+            entries = yield self._find_user(conn, username)
+            if len(entries) != 1:
+                healthy = True
+                status = (PrimaryStatus.UNKNOWN_USER if not entries
+                          else PrimaryStatus.AMBIGUOUS_USER)
+                return PrimaryResult(status, server=server.url)
+            dn, attrs = entries[0]
+            groups = yield self._member_groups(conn, dn, username, attrs)
+            healthy = True
+            return conclude(self.config, self._required, server.url, dn, attrs, groups)
+        finally:
+            pool.give_back(conn, healthy)
 
-    def _direct(self, server, username, password) -> PrimaryResult:
-        conn = self._connection(server, "user")
-        if not self._bind(conn, direct_bind_name(self.config.bind_template, username), password):
-            return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server.url)
-        # Read our own entry as the user: we need its DN for the group check.
-        entries = self._find_user(conn, username)
-        if len(entries) != 1:
-            status = PrimaryStatus.UNKNOWN_USER if not entries else PrimaryStatus.AMBIGUOUS_USER
-            return PrimaryResult(status, server=server.url)
-        dn, attrs = entries[0]
-        return self._found(server, conn, dn, username, attrs)
-
-    def _find_user(self, conn, username) -> list[tuple[str, dict]]:
+    @defer.inlineCallbacks
+    def _find_user(self, conn, username):
         wanted = [self.config.username_attribute]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
-        ok = conn.search(self.config.user_base, user_filter(self.config.user_filter, username),
-                         search_scope=ldap3.SUBTREE, attributes=wanted, size_limit=2)
-        code = conn.result.get("result", 0)
-        if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
-            raise ServerFailed(f"user search failed: {conn.result.get('description')}")
-        return [(e["dn"], e.get("attributes", {})) for e in conn.response or []
-                if e.get("type") == "searchResEntry"]
+        flt = compile_filter(user_filter(self.config.user_filter, username))
+        result = yield conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
+                                   size_limit=2)
+        if result.code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
+            raise ServerFailed(f"user search failed: {result.code} {result.message}")
+        return list(result.entries)
 
-    def _bind(self, conn, name: str, password: str) -> bool:
+    @defer.inlineCallbacks
+    def _bind_user(self, pool: ServerConnections, name: str, password: str):
+        """Bind as the user on a connection of its own (never the shared search ones)."""
+        if not password:
+            return False
+        conn = yield pool.borrow()
+        healthy = False
+        try:
+            ok = yield self._bind(conn, name, password)
+            healthy = True
+            return ok
+        finally:
+            pool.give_back(conn, healthy)
+
+    @defer.inlineCallbacks
+    def _bind(self, conn, name: str, password: str):
         if not password:
             # Never an unauthenticated bind (RFC 4513 5.1.2), whoever the caller is.
             return False
         self.counters.inc("ldap_user_binds")
-        conn.authentication = ldap3.SIMPLE
-        conn.user, conn.password = name, password
-        if conn.bind():
+        result = yield conn.bind(name, password)
+        if result.code == SUCCESS:
             return True
-        code = conn.result.get("result")
-        if code == INVALID_CREDENTIALS:
+        if result.code == INVALID_CREDENTIALS:
             return False
-        raise ServerFailed(f"user bind failed: {conn.result.get('description')}")
+        raise ServerFailed(f"user bind failed: {result.code} {result.message}")
 
-    def _member_groups(self, conn, dn: str, username: str, attrs: dict) -> frozenset[str]:
+    @defer.inlineCallbacks
+    def _member_groups(self, conn, dn: str, username: str, attrs: dict):
         """Which of the groups we care about hold the user (normalized DNs)."""
         if not self._candidates:
             return frozenset()
         if self.config.group_mode is GroupMode.MEMBER_OF:
-            return self._candidates & {normalize_dn(g) for g in attrs.get("memberOf", [])}
-        found = set()
-        for group in sorted(self._candidates):
+            return self._candidates & {normalize_dn(g) for g in values_of(attrs, "memberOf")}
+        groups = sorted(self._candidates)
+        searches = []
+        for group in groups:  # pipelined: every query is on the wire before the first answer
             base, flt = group_query(self.config.group_mode, dn, username, group)
-            conn.search(base, flt, search_scope=ldap3.BASE, attributes=ldap3.NO_ATTRIBUTES)
-            if any(e.get("type") == "searchResEntry" for e in conn.response or []):
-                found.add(group)
-        return frozenset(found)
-
-    def _connection(self, server: LdapServer, role: str):
-        """This thread's open connection to ``server`` for ``role`` (search/user)."""
-        conns = self._conns()
-        conn = conns.get((server.url, role))
-        if conn is not None and not conn.closed:
-            return conn
-        conn = conns[(server.url, role)] = self._open(server, role)
-        return conn
-
-    def _open(self, server: LdapServer, role: str):
-        """A new connection to ``server``: TCP (+TLS), and the service bind for "search"."""
-        srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=self._tls,
-                           connect_timeout=self.config.connect_timeout, get_info=ldap3.NONE)
-        user = password = None
-        if role == "search":
-            user, password = self.config.bind_dn, self.config.bind_password
-        conn = ldap3.Connection(srv, user=user, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
-                                read_only=True, raise_exceptions=False,
-                                receive_timeout=self.config.response_timeout,
-                                client_strategy=ldap3.SYNC)
-        conn.open(read_server_info=False)
-        # ldap3 never sets TCP_NODELAY: without it every bind waits ~40 ms on
-        # Nagle + delayed ACK.
-        conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.config.start_tls and not conn.start_tls(read_server_info=False):
-            raise ServerFailed("StartTLS failed")
-        if role == "search" and user is not None and not conn.bind():
-            raise ServerFailed(f"service account bind failed: {conn.result.get('description')}")
-        return conn
+            searches.append(conn.search(base, compile_filter(flt), ["1.1"], scope=BASE))
+        results = yield defer.gatherResults(searches, consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure)
+        return frozenset(g for g, r in zip(groups, results) if r.entries)
 
     def probe(self):
         """Whether each server answers right now: Deferred of {url: None or the error}."""
-        return threads.deferToThreadPool(self.reactor, self.pool, self._probe_sync)
+        return defer.ensureDeferred(self._probe())
 
-    def _probe_sync(self) -> dict[str, str | None]:
-        found = {}
-        for state in self._servers:
+    async def _probe(self) -> dict[str, str | None]:
+        async def one(state):
             try:
-                self._open(state.server, "search").unbind()
-                found[state.server.url] = None
-            except (ServerFailed, lexc.LDAPException, OSError, ssl.SSLError) as exc:
-                found[state.server.url] = f"{type(exc).__name__}: {exc}"
-        return found
-
-    def _conns(self) -> dict:
-        """This worker thread's connections, keyed by (server URL, role)."""
-        return self._local.__dict__.setdefault("conns", {})
-
-    def _drop_connections(self, server: LdapServer) -> None:
-        conns = self._conns()
-        for role in ("search", "user"):
-            conn = conns.pop((server.url, role), None)
-            if conn is not None:
-                try:
-                    conn.unbind()
-                except Exception:  # closing a broken socket: nothing left to do
-                    pass
+                conn = await self._pool(state.server).open(service=True)
+            except (LdapError, OSError, SSL.Error) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            conn.close()
+            return None
+        found = await defer.gatherResults(
+            [defer.ensureDeferred(one(s)) for s in self._servers])
+        return {s.server.url: error for s, error in zip(self._servers, found)}
