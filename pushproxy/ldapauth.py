@@ -31,7 +31,7 @@ from twisted.python import threadable
 from pushproxy import logs
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
-from pushproxy.ldapclient import BASE, SUBTREE, LdapError, LdapTimeout
+from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
 from pushproxy.ldapconns import ServerConnections
 from pushproxy.ldapfilter import FilterError, compile_filter
 from pushproxy.metrics import Counters
@@ -305,9 +305,10 @@ class LdapDirectory:
                 # A kept connection may have been closed by the server's idle
                 # timeout; that says nothing about the server, so retry once on
                 # fresh connections before calling the server failed (not
-                # after a timeout: a hung server would cost the login twice).
+                # after a timeout or a malformed answer: a hung or broken
+                # server would cost the login twice).
                 if getattr(exc, "reused", False) and attempt == 0 \
-                        and not isinstance(exc, LdapTimeout):
+                        and isinstance(exc, LdapConnectionLost):
                     continue
                 raise ServerFailed(f"{type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")

@@ -138,8 +138,8 @@ class LdapClientProtocol(Protocol):
 
     def abort(self, error: LdapError) -> None:
         """Fail every operation with ``error`` and drop the connection at once."""
+        self.closed = True  # first: a caller reacting to the failure must not reuse it
         self._fail_all(error)
-        self.closed = True
         if self.transport is not None:
             self.transport.abortConnection()
 
