@@ -27,6 +27,7 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.defer import succeed
 from twisted.python import threadable
+from twisted.python.failure import Failure
 
 from pushproxy import logs
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
@@ -90,15 +91,24 @@ def account_of(attrs: dict, attribute: str, dn: str) -> str | None:
     values = [v for v in values if v]
     if not values:
         return None
-    try:
-        rdn = parse_dn(dn, escape=False, strip=True)[0]
-    except (lexc.LDAPInvalidDnError, ValueError, IndexError):
-        rdn = None
+    rdn = _first_rdn(dn)
     if rdn is not None and rdn[0].lower() == attribute.lower():
         named = [v for v in values if v.casefold() == rdn[1].casefold()]
         if named:
             return named[0].casefold()
     return min(values, key=lambda v: (v.casefold(), v)).casefold()
+
+
+def _first_rdn(dn: str) -> tuple[str, str] | None:
+    """(type, value) of the DN's first RDN; a plain one is split here, ldap3 parses the rest."""
+    head = dn.split(",", 1)[0]
+    if "\\" not in head and "+" not in head and '"' not in head and head.count("=") == 1:
+        attr, value = head.split("=")
+        return attr.strip(), value.strip()
+    try:
+        return parse_dn(dn, escape=False, strip=True)[0][:2]
+    except (lexc.LDAPInvalidDnError, ValueError, IndexError):
+        return None
 
 
 def group_query(mode: GroupMode, dn: str, username: str, group: str) -> tuple[str, str]:
@@ -252,16 +262,16 @@ class LdapDirectory:
             state.probing = True
         return probes, True
 
-    @defer.inlineCallbacks
     def _authenticate(self, username: str, password):
         states, probing = self._order()
-        try:
-            result = yield self._try_servers(states, username, password)
-        finally:
-            if probing:
+        d = self._try_servers(states, username, password)
+        if probing:
+            def release(result):
                 for state in states:
                     state.probing = False
-        return result
+                return result
+            d.addBoth(release)
+        return d
 
     def _pool(self, server: LdapServer) -> ServerConnections:
         pool = self._pools.get(server.url)
@@ -327,8 +337,8 @@ class LdapDirectory:
             ok = yield self._bind_user(pool, dn, password)
             if not ok:
                 return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
-            # the search connection may have been replaced meanwhile
-            search = yield pool.search_connection()
+            if search.closed:  # dropped meanwhile; the group queries need a live one
+                search = yield pool.search_connection()
         groups = yield self._member_groups(search, dn, username, attrs)
         return conclude(self.config, self._required, server.url, dn, attrs, groups)
 
@@ -357,60 +367,50 @@ class LdapDirectory:
         finally:
             pool.give_back(conn, healthy)
 
-    @defer.inlineCallbacks
     def _find_user(self, conn, username):
+        """The entries the user filter finds (at most two: more is ambiguous anyway)."""
         wanted = [self.config.username_attribute]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
         flt = compile_filter(user_filter(self.config.user_filter, username))
-        result = yield conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
-                                   size_limit=2)
-        if result.code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
-            raise ServerFailed(f"user search failed: {result.code} {result.message}")
-        return list(result.entries)
+        return conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
+                           size_limit=2).addCallback(_entries)
 
-    @defer.inlineCallbacks
     def _bind_user(self, pool: ServerConnections, name: str, password: str):
         """Bind as the user on a connection of its own (never the shared search ones)."""
         if not password:
-            return False
-        conn = yield pool.borrow()
-        healthy = False
-        try:
-            ok = yield self._bind(conn, name, password)
-            healthy = True
-            return ok
-        finally:
-            pool.give_back(conn, healthy)
+            return succeed(False)
 
-    @defer.inlineCallbacks
+        def lent(conn):
+            def back(result):
+                pool.give_back(conn, healthy=not isinstance(result, Failure))
+                return result
+            return self._bind(conn, name, password).addBoth(back)
+        return pool.borrow().addCallback(lent)
+
     def _bind(self, conn, name: str, password: str):
+        """Fires True (bound), False (invalid credentials); other answers fail the server."""
         if not password:
             # Never an unauthenticated bind (RFC 4513 5.1.2), whoever the caller is.
-            return False
+            return succeed(False)
         self.counters.inc("ldap_user_binds")
-        result = yield conn.bind(name, password)
-        if result.code == SUCCESS:
-            return True
-        if result.code == INVALID_CREDENTIALS:
-            return False
-        raise ServerFailed(f"user bind failed: {result.code} {result.message}")
+        return conn.bind(name, password).addCallback(_bound)
 
-    @defer.inlineCallbacks
     def _member_groups(self, conn, dn: str, username: str, attrs: dict):
-        """Which of the groups we care about hold the user (normalized DNs)."""
+        """Which of the groups we care about hold the user (Deferred of normalized DNs)."""
         if not self._candidates:
-            return frozenset()
+            return succeed(frozenset())
         if self.config.group_mode is GroupMode.MEMBER_OF:
-            return self._candidates & {normalize_dn(g) for g in values_of(attrs, "memberOf")}
+            return succeed(self._candidates
+                           & {normalize_dn(g) for g in values_of(attrs, "memberOf")})
         groups = sorted(self._candidates)
         searches = []
         for group in groups:  # pipelined: every query is on the wire before the first answer
             base, flt = group_query(self.config.group_mode, dn, username, group)
             searches.append(conn.search(base, compile_filter(flt), ["1.1"], scope=BASE))
-        results = yield defer.gatherResults(searches, consumeErrors=True).addErrback(
+        return defer.gatherResults(searches, consumeErrors=True).addCallbacks(
+            lambda results: frozenset(g for g, r in zip(groups, results) if r.entries),
             lambda f: f.value.subFailure)
-        return frozenset(g for g, r in zip(groups, results) if r.entries)
 
     def probe(self):
         """Whether each server answers right now: Deferred of {url: None or the error}."""
@@ -427,3 +427,19 @@ class LdapDirectory:
         found = await defer.gatherResults(
             [defer.ensureDeferred(one(s)) for s in self._servers])
         return {s.server.url: error for s, error in zip(self._servers, found)}
+
+
+def _entries(result) -> tuple:
+    """A user search's entries; an error other than "none" or "too many" fails the server."""
+    if result.code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
+        raise ServerFailed(f"user search failed: {result.code} {result.message}")
+    return result.entries
+
+
+def _bound(result) -> bool:
+    """A user bind's answer: True, False for invalidCredentials; anything else fails the server."""
+    if result.code == SUCCESS:
+        return True
+    if result.code == INVALID_CREDENTIALS:
+        return False
+    raise ServerFailed(f"user bind failed: {result.code} {result.message}")
