@@ -34,7 +34,7 @@ from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
 from pushproxy.ldapconns import ServerConnections
-from pushproxy.ldapfilter import FilterError, compile_filter
+from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter
 from pushproxy.metrics import Counters
 
 log = logging.getLogger("pushproxy.ldap")
@@ -55,6 +55,11 @@ class ServerFailed(Exception):
 
 def normalize_dn(dn: str) -> str:
     """A DN in a form where equal DNs compare equal (case, spacing)."""
+    if "\\" not in dn and '"' not in dn and "+" not in dn and "#" not in dn:
+        # A plain DN (every group DN in practice): split here, as ldap3 would.
+        parts = [p.split("=") for p in dn.split(",")]
+        if all(len(p) == 2 and p[0].strip() and p[1].strip() for p in parts):
+            return ",".join(f"{a.strip().lower()}={v.strip().lower()}" for a, v in parts)
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except (lexc.LDAPInvalidDnError, ValueError):
@@ -167,10 +172,10 @@ class LdapDirectory:
         # A filter the encoder cannot read fails every login the same way:
         # say so once, instead of marking each server failed in turn.
         try:
-            compile_filter(user_filter(config.user_filter, "x"))
+            self._user_filter = FilterTemplate(config.user_filter)
             self._filter_error = None
         except FilterError as exc:
-            self._filter_error = f"ldap.user_filter: {exc}"
+            self._user_filter, self._filter_error = None, f"ldap.user_filter: {exc}"
 
     def start(self) -> None:
         """Nothing to start: connections open on first use."""
@@ -300,28 +305,26 @@ class LdapDirectory:
             return result
         return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
 
-    @defer.inlineCallbacks
-    def _on_server(self, server: LdapServer, username: str, password):
-        for attempt in range(2):
-            try:
-                if self.config.bind_template and password is not _LOOKUP:
-                    result = yield self._direct(server, username, password)
-                else:
-                    result = yield self._search_then_bind(server, username, password)
-                return result
-            except ServerFailed:
-                raise
-            except (LdapError, OSError, SSL.Error, FilterError) as exc:
-                # A kept connection may have been closed by the server's idle
-                # timeout; that says nothing about the server, so retry once on
-                # fresh connections before calling the server failed (not
-                # after a timeout or a malformed answer: a hung or broken
-                # server would cost the login twice).
-                if getattr(exc, "reused", False) and attempt == 0 \
-                        and isinstance(exc, LdapConnectionLost):
-                    continue
-                raise ServerFailed(f"{type(exc).__name__}: {exc}") from None
-        raise AssertionError("unreachable")
+    def _on_server(self, server: LdapServer, username: str, password, attempt: int = 0):
+        """One server's answer; fails with ServerFailed when the server is at fault."""
+        if self.config.bind_template and password is not _LOOKUP:
+            d = self._direct(server, username, password)
+        else:
+            d = self._search_then_bind(server, username, password)
+
+        def failed(failure):
+            exc = failure.value
+            if not isinstance(exc, (LdapError, OSError, SSL.Error, FilterError)):
+                return failure  # ServerFailed as it is; anything else is a bug (logged)
+            # A kept connection may have been closed by the server's idle
+            # timeout; that says nothing about the server, so retry once on
+            # fresh connections before calling the server failed (not after
+            # a timeout or a malformed answer: a hung or broken server would
+            # cost the login twice).
+            if attempt == 0 and exc.reused and isinstance(exc, LdapConnectionLost):
+                return self._on_server(server, username, password, attempt=1)
+            raise ServerFailed(f"{type(exc).__name__}: {exc}")
+        return d.addErrback(failed)
 
     @defer.inlineCallbacks
     def _search_then_bind(self, server, username, password):
@@ -372,7 +375,7 @@ class LdapDirectory:
         wanted = [self.config.username_attribute]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
-        flt = compile_filter(user_filter(self.config.user_filter, username))
+        flt = self._user_filter.render(username)  # escaping: see FilterTemplate
         return conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
                            size_limit=2).addCallback(_entries)
 

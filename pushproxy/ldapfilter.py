@@ -141,3 +141,76 @@ def unescape(value: str) -> bytes:
             pos += 1
     return bytes(out)
 
+
+
+_SENTINEL = "\ue000"  # a private-use character: stands for the username while parsing
+_SENTINEL_BYTES = _SENTINEL.encode("utf-8")
+
+
+class FilterTemplate:
+    """A filter with a ``{username}`` placeholder, parsed once, rendered per login.
+
+    ``render(name)`` equals ``compile_filter(template)`` with the username
+    put in escaped (RFC 4515) and unescaped again, i.e. its UTF-8 bytes taken
+    literally; only the elements that hold it are encoded again.
+    """
+
+    def __init__(self, template: str, placeholder: str = "{username}"):
+        self.template, self.placeholder = template, placeholder
+        compile_filter(template.replace(placeholder, "x"))  # a FilterError names the problem
+        self._tree = None
+        if _SENTINEL not in template:
+            try:
+                tree = _tree(compile_filter(template.replace(placeholder, _SENTINEL)))
+            except FilterError:
+                tree = None  # the placeholder outside a value: parsed per login
+            if tree is not None and _count(tree) == template.count(placeholder):
+                self._tree = tree
+
+    def render(self, username: str) -> bytes:
+        """The BER filter for ``username``."""
+        if self._tree is None or not username:  # (an empty substring piece is left out)
+            return compile_filter(self.template.replace(self.placeholder, _escape(username)))
+        return _render(self._tree, username.encode("utf-8"))
+
+
+def _escape(value: str) -> str:
+    """RFC 4515 escaping of an assertion value (the characters with a meaning in a filter)."""
+    return "".join(f"\\{ord(c):02x}" if c in "\\*()\0" else c for c in value)
+
+
+def _tree(data: bytes):
+    """Split BER into (tag, children) where the sentinel is, constant bytes elsewhere."""
+    from pushproxy.ldapfront.ber import read_tlv
+
+    if _SENTINEL_BYTES not in data:
+        return data
+    tag, start, end = read_tlv(data, 0, len(data))
+    if end != len(data):
+        raise FilterError("trailing bytes")
+    if not tag & 0x20:  # primitive: the value holding the username
+        return (tag, data[start:end])
+    children, pos = [], start
+    while pos < end:
+        _, _, stop = read_tlv(data, pos, end)
+        children.append(_tree(data[pos:stop]))
+        pos = stop
+    return (tag, children)
+
+
+def _count(tree) -> int:
+    if isinstance(tree, bytes):
+        return 0
+    tag, body = tree
+    if isinstance(body, bytes):
+        return body.count(_SENTINEL_BYTES)
+    return sum(_count(child) for child in body)
+
+
+def _render(tree, name: bytes) -> bytes:
+    if isinstance(tree, bytes):
+        return tree
+    tag, body = tree
+    if isinstance(body, bytes):
+        return tlv(tag, body.replace(_SENTINEL_BYTES, name))
+    return tlv(tag, b"".join(_render(child, name) for child in body))

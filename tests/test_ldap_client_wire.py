@@ -5,15 +5,20 @@ LdapError (never a crash, never a result nobody asked for)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.operation.search import compile_filter as ldap3_compile
 from ldap3.operation.search import parse_filter
+from ldap3.utils.dn import parse_dn
 from pyasn1.codec.ber import encoder
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from pushproxy.ldapauth import normalize_dn, user_filter
 from pushproxy.ldapclient import (LdapClientProtocol, LdapConnectionLost, LdapProtocolError,
                                   LdapTimeout, SearchResult)
-from pushproxy.ldapfilter import FilterError, compile_filter
+from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter
 from pushproxy.ldapfront import ber
 
 FILTERS = [
@@ -155,3 +160,27 @@ def test_message_ids_wrap_before_the_protocol_maximum():
     proto.bind("a", "b")
     proto.bind("a", "b")
     assert set(proto._ops) == {ber.MAX_MESSAGE_ID, 1}
+
+
+TEMPLATES = ["(&(objectClass=person)(uid={username}))", "(|(uid={username})(mail={username}@x))",
+             "(uid=*{username}*)", "(sAMAccountName={username})",
+             "(uid:caseExactMatch:={username})"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(max_size=12), template=st.sampled_from(TEMPLATES))
+def test_a_parsed_template_renders_what_the_escaped_filter_string_compiles_to(name, template):
+    """The per-login shortcut must send exactly the bytes of the RFC 4515-escaped filter."""
+    assert FilterTemplate(template).render(name) == compile_filter(user_filter(template, name))
+
+
+@pytest.mark.parametrize("dn", ["CN=VPN Users, OU=Groups,DC=Example,DC=com", "cn=a,dc=x",
+                                "uid=a\\,b,dc=x", "cn= x ,dc=y", "cn=a+sn=b,dc=x", "garbage",
+                                "cn=,dc=x", "cn=a=b,dc=x", "", "cn=ÄÖ,dc=x", "c n=a,dc=x"])
+def test_normalize_dn_shortcut_agrees_with_ldap3s_parser(dn):
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+        expected = ",".join(f"{a.lower()}={v.lower()}" for a, v, _ in parts)
+    except (LDAPInvalidDnError, ValueError):
+        expected = dn.strip().lower()
+    assert normalize_dn(dn) == expected
