@@ -184,6 +184,12 @@ class ServerConnections:
         for proto in self._search + self._idle:
             proto.abort(error)
         self._search, self._idle = [], []
+        # Logins queued for a user connection would otherwise wait out the
+        # timeouts one after another on a hung server: they fail over now.
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            waiter.errback(LdapConnectionLost("server marked failed while waiting for a "
+                                              "connection"))
 
     def close(self) -> None:
         """Close idle connections now, lent ones when they come back; refuse new work."""
