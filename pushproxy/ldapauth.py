@@ -284,26 +284,38 @@ class LdapDirectory:
             pool = self._pools[server.url] = ServerConnections(self.reactor, server, self.config)
         return pool
 
-    @defer.inlineCallbacks
     def _try_servers(self, states, username: str, password):
+        """The first answer of a server in ``states``; UNAVAILABLE if each one fails.
+
+        Written as a callback chain rather than a generator: it runs for
+        every login, and each generator layer costs more than the work here.
+        """
         errors = [] if states else ["every server is down; another login is probing them"]
-        for state in states:
-            started = self.monotonic()
-            try:
-                result = yield self._on_server(state.server, username, password)
-            except ServerFailed as exc:
+
+        def attempt(index: int):
+            if index == len(states):
+                return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
+            state, started = states[index], self.monotonic()
+
+            def answered(result):
+                state.down_until = 0.0
+                self.counters.observe("ldap_seconds", self.monotonic() - started,
+                                      server=state.server.url)
+                return result
+
+            def failed(failure):
+                failure.trap(ServerFailed)  # anything else is a bug: logged by _queue
+                exc = failure.value
                 self._pool(state.server).drop()
                 state.down_until = self.monotonic() + self.config.backoff
                 self.counters.inc("ldap_server_errors", server=state.server.url)
                 logs.event(log, logging.WARNING, "ldap.server_failed", server=state.server.url,
                            error=str(exc), elapsed_ms=round((self.monotonic() - started) * 1e3))
                 errors.append(f"{state.server.url}: {exc}")
-                continue
-            state.down_until = 0.0
-            self.counters.observe("ldap_seconds", self.monotonic() - started,
-                                  server=state.server.url)
-            return result
-        return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
+                return attempt(index + 1)
+            return self._on_server(state.server, username, password).addCallbacks(answered,
+                                                                                  failed)
+        return defer.maybeDeferred(attempt, 0)
 
     def _on_server(self, server: LdapServer, username: str, password, attempt: int = 0):
         """One server's answer; fails with ServerFailed when the server is at fault."""
@@ -326,24 +338,39 @@ class LdapDirectory:
             raise ServerFailed(f"{type(exc).__name__}: {exc}")
         return d.addErrback(failed)
 
-    @defer.inlineCallbacks
     def _search_then_bind(self, server, username, password):
+        """Search as the service account, then bind as the entry found (callback chain)."""
         pool = self._pool(server)
-        search = yield pool.search_connection()
-        entries = yield self._find_user(search, username)
-        if not entries:
-            return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server.url)
-        if len(entries) > 1:
-            return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
-        dn, attrs = entries[0]
-        if password is not _LOOKUP:
-            ok = yield self._bind_user(pool, dn, password)
-            if not ok:
-                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
-            if search.closed:  # dropped meanwhile; the group queries need a live one
-                search = yield pool.search_connection()
-        groups = yield self._member_groups(search, dn, username, attrs)
-        return conclude(self.config, self._required, server.url, dn, attrs, groups)
+
+        def searched(entries, search):
+            if not entries:
+                return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server.url)
+            if len(entries) > 1:
+                return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
+            dn, attrs = entries[0]
+            if password is _LOOKUP:
+                return self._with_groups(pool, search, server, dn, username, attrs)
+
+            def bound(ok):
+                if not ok:
+                    return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
+                return self._with_groups(pool, search, server, dn, username, attrs)
+            return self._bind_user(pool, dn, password).addCallback(bound)
+
+        def connected(search):
+            return self._find_user(search, username).addCallback(searched, search)
+        return pool.search_connection().addCallback(connected)
+
+    def _with_groups(self, pool, search, server, dn: str, username: str, attrs: dict):
+        """`conclude` once the user's groups are known (the search connection asks)."""
+        needs_search = self._candidates and self.config.group_mode is not GroupMode.MEMBER_OF
+        if search.closed and needs_search:  # dropped meanwhile; the group queries need one
+            d = pool.search_connection()
+        else:
+            d = succeed(search)
+        d.addCallback(lambda conn: self._member_groups(conn, dn, username, attrs))
+        return d.addCallback(lambda groups: conclude(self.config, self._required, server.url,
+                                                     dn, attrs, groups))
 
     @defer.inlineCallbacks
     def _direct(self, server, username, password):

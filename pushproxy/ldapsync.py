@@ -24,7 +24,7 @@ class _Failed(Exception):
 
 
 def open_search(config: LdapConfig, server: LdapServer) -> ldap3.Connection:
-    """A connection to ``server`` bound as the service account (TLS verified as the daemon does)."""
+    """A connection to ``server`` bound as the service account (TLS verified as the daemon)."""
     tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
                     version=ssl.PROTOCOL_TLS_CLIENT)
     srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=tls,
