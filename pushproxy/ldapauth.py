@@ -181,7 +181,7 @@ class LdapDirectory:
         """Nothing to start: connections open on first use."""
 
     def stop(self) -> None:
-        """Close the kept connections (those in use once their operations end).
+        """Refuse new logins; close the kept connections once the running ones are done.
 
         Callable from any thread (the service joins it off the reactor).
         """
@@ -191,9 +191,12 @@ class LdapDirectory:
             self._close()
 
     def _close(self) -> None:
+        # New logins are refused from now on; those already talking to the
+        # directory finish on the kept connections, which close after the last.
         self._stopped = True
-        for pool in self._pools.values():
-            pool.close()
+        if not self._outstanding:
+            for pool in self._pools.values():
+                pool.close()
 
     @property
     def outstanding(self) -> int:
@@ -244,6 +247,8 @@ class LdapDirectory:
 
         def finished(result):
             self._outstanding -= 1
+            if self._stopped and not self._outstanding:
+                self._close()
             return result
 
         def crashed(failure):

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, threads
 
 from pushproxy.decision import PrimaryStatus
 from pushproxy.ldapauth import LdapDirectory
@@ -250,3 +250,19 @@ def test_probe_reports_each_server(slapd, tmp_path):
     finally:
         directory.stop()
         yield relay.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_lets_logins_in_flight_finish_then_closes_and_refuses_new_ones(slapd, tmp_path):
+    """A reload retires the old directory from a thread while logins are talking to it:
+    they must finish with their real answer, not directory_unavailable."""
+    directory = directory_for(tmp_path, slapd, [slapd.url], pool_size=2)
+    yield directory.authenticate("alice", "alice-pw")  # connections kept
+    pending = [directory.authenticate(u, f"{u}-pw") for u in ("alice", "bob") * 10]
+    yield threads.deferToThread(directory.stop)
+    results = yield defer.gatherResults(pending)
+    assert {r.status for r in results} == {PrimaryStatus.OK}
+    after = yield directory.authenticate("alice", "alice-pw")
+    assert after.status is PrimaryStatus.UNAVAILABLE and "stopped" in after.detail
+    pool = directory._pools[slapd.url]
+    assert pool.closing and not pool._idle and not pool._search
