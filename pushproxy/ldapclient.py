@@ -15,15 +15,12 @@ it did not ask for. Connections and their pools live in `ldapconns`.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 
 from pushproxy.ldapfront import ber
-
-log = logging.getLogger("pushproxy.ldap")
 
 # A response message larger than this is refused (a user entry with its
 # memberOf values is a few kilobytes; this leaves room for large groups).
