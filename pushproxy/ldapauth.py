@@ -1,10 +1,12 @@
 """Primary authentication against LDAP / Active Directory.
 
-ldap3 is synchronous, so every directory conversation runs in a dedicated,
-bounded thread pool that nothing else uses (a slow directory must not starve
-other work, and other work must not starve binds). Each worker thread keeps its
-own connections per server: ldap3 connections are not thread-safe, and
-reconnecting (TCP + TLS) for every login would cost more than the bind itself.
+The two operations of a login (search as the service account, simple bind as
+the user) run on the reactor through `pushproxy.ldapclient`: requests are a
+few bytes of BER built directly (no pyasn1), searches are pipelined on kept
+service-bound connections, and each login's bind borrows a connection of its
+own (`pushproxy.ldapconns`). Nothing waits in a thread, so a slow directory
+holds sockets and timers, not workers. ldap3 stays for the blocking lookup of
+the command-line tools (`pushproxy.ldapsync`) and for `test-connection`.
 
 Failover is a plain ordered list rather than ldap3's ServerPool (which keeps
 every connection and has no lock): servers are tried in order, a server that
@@ -15,23 +17,24 @@ bound how long one server can hold a login.
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
-import threading
 import time
 from dataclasses import dataclass
 
-import ldap3
 from ldap3.core import exceptions as lexc
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
-from twisted.internet import threads
+from OpenSSL import SSL
+from twisted.internet import defer
 from twisted.internet.defer import succeed
-from twisted.python.threadpool import ThreadPool
+from twisted.python import threadable
+from twisted.python.failure import Failure
 
 from pushproxy import logs
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
+from pushproxy.ldapconns import ServerConnections
+from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter
 from pushproxy.metrics import Counters
 
 log = logging.getLogger("pushproxy.ldap")
@@ -43,6 +46,7 @@ INVALID_CREDENTIALS = 49
 
 # Passed instead of a password: search the user and its groups, bind as nobody.
 _LOOKUP = object()
+SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT = 0, 4, 32
 
 
 class ServerFailed(Exception):
@@ -51,6 +55,11 @@ class ServerFailed(Exception):
 
 def normalize_dn(dn: str) -> str:
     """A DN in a form where equal DNs compare equal (case, spacing)."""
+    if "\\" not in dn and '"' not in dn and "+" not in dn and "#" not in dn:
+        # A plain DN (every group DN in practice): split here, as ldap3 would.
+        parts = [p.split("=") for p in dn.split(",")]
+        if all(len(p) == 2 and p[0].strip() and p[1].strip() for p in parts):
+            return ",".join(f"{a.strip().lower()}={v.strip().lower()}" for a, v in parts)
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except (lexc.LDAPInvalidDnError, ValueError):
@@ -87,15 +96,24 @@ def account_of(attrs: dict, attribute: str, dn: str) -> str | None:
     values = [v for v in values if v]
     if not values:
         return None
-    try:
-        rdn = parse_dn(dn, escape=False, strip=True)[0]
-    except (lexc.LDAPInvalidDnError, ValueError, IndexError):
-        rdn = None
+    rdn = _first_rdn(dn)
     if rdn is not None and rdn[0].lower() == attribute.lower():
         named = [v for v in values if v.casefold() == rdn[1].casefold()]
         if named:
             return named[0].casefold()
     return min(values, key=lambda v: (v.casefold(), v)).casefold()
+
+
+def _first_rdn(dn: str) -> tuple[str, str] | None:
+    """(type, value) of the DN's first RDN; a plain one is split here, ldap3 parses the rest."""
+    head = dn.split(",", 1)[0]
+    if "\\" not in head and "+" not in head and '"' not in head and head.count("=") == 1:
+        attr, value = head.split("=")
+        return attr.strip(), value.strip()
+    try:
+        return parse_dn(dn, escape=False, strip=True)[0][:2]
+    except (lexc.LDAPInvalidDnError, ValueError, IndexError):
+        return None
 
 
 def group_query(mode: GroupMode, dn: str, username: str, group: str) -> tuple[str, str]:
@@ -106,6 +124,25 @@ def group_query(mode: GroupMode, dn: str, username: str, group: str) -> tuple[st
     esc = escape_filter_chars(dn)
     return group, (f"(|(member={esc})(uniqueMember={esc})"
                    f"(memberUid={escape_filter_chars(username)}))")
+
+
+def values_of(attrs: dict, attribute: str) -> list:
+    """An entry's values of ``attribute``, whatever the case of its name."""
+    return next((v for k, v in attrs.items() if k.lower() == attribute.lower()), None) or []
+
+
+def conclude(config: LdapConfig, required: frozenset[str], server: str, dn: str, attrs: dict,
+             groups: frozenset[str]) -> PrimaryResult:
+    """The result for a user whose password was right (or who was looked up): account, groups."""
+    account = account_of(attrs, config.username_attribute, dn)
+    if account is None:
+        # Without the stored name there is nothing safe to key devices and
+        # locks on: fail closed rather than fall back to the typed spelling.
+        return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server,
+                             detail=f"no {config.username_attribute} readable in the entry")
+    if required and not groups & required:
+        return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server, account=account)
+    return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server, groups=groups, account=account)
 
 
 @dataclass
@@ -128,22 +165,38 @@ class LdapDirectory:
         self.reactor = reactor
         self.counters = counters
         self.monotonic = monotonic
-        self.pool = ThreadPool(minthreads=1, maxthreads=config.pool_size, name="ldap")
         self._servers = [_ServerState(s) for s in config.servers]
-        self._lock = threading.Lock()
-        self._local = threading.local()
+        self._pools: dict[str, ServerConnections] = {}
         self._outstanding = 0
-        # Certificates are always verified: against ca_file, else the system's trust store.
-        self._tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
-                              version=ssl.PROTOCOL_TLS_CLIENT)
+        self._stopped = False
+        # A filter the encoder cannot read fails every login the same way:
+        # say so once, instead of marking each server failed in turn.
+        try:
+            self._user_filter = FilterTemplate(config.user_filter)
+            self._filter_error = None
+        except FilterError as exc:
+            self._user_filter, self._filter_error = None, f"ldap.user_filter: {exc}"
 
     def start(self) -> None:
-        """Start the worker threads."""
-        self.pool.start()
+        """Nothing to start: connections open on first use."""
 
     def stop(self) -> None:
-        """Stop the worker threads (waits for running binds)."""
-        self.pool.stop()
+        """Refuse new logins; close the kept connections once the running ones are done.
+
+        Callable from any thread (the service joins it off the reactor).
+        """
+        if self.reactor is not None and not threadable.isInIOThread():
+            self.reactor.callFromThread(self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        # New logins are refused from now on; those already talking to the
+        # directory finish on the kept connections, which close after the last.
+        self._stopped = True
+        if not self._outstanding:
+            for pool in self._pools.values():
+                pool.close()
 
     @property
     def outstanding(self) -> int:
@@ -172,27 +225,30 @@ class LdapDirectory:
         return self._queue(username, _LOOKUP)
 
     def lookup_blocking(self, username: str) -> PrimaryResult:
-        """``lookup`` in the calling thread (command-line tools; never the reactor)."""
+        """``lookup`` in the calling thread with ldap3 (command-line tools; never the reactor)."""
         if self.config.bind_dn is None:
             return PrimaryResult(PrimaryStatus.UNAVAILABLE,
                                  detail="ldap.bind_dn is needed to look users up")
-        try:
-            return self._authenticate_sync(username, _LOOKUP)
-        finally:
-            for state in self._servers:
-                self._drop_connections(state.server)
+        from pushproxy import ldapsync
+
+        return ldapsync.lookup(self.config, username, self._candidates, self._required)
 
     def _queue(self, username: str, password):
         limit = self.config.pool_size + self.config.max_queue
         if self._outstanding >= limit:
             self.counters.inc("ldap_busy")
             return succeed(PrimaryResult(PrimaryStatus.BUSY, detail="queue full"))
+        if self._filter_error is not None:
+            return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail=self._filter_error))
+        if self._stopped:
+            return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="directory stopped"))
         self._outstanding += 1
-        d = threads.deferToThreadPool(self.reactor, self.pool, self._authenticate_sync,
-                                      username, password)
+        d = self._authenticate(username, password)
 
         def finished(result):
             self._outstanding -= 1
+            if self._stopped and not self._outstanding:
+                self._close()
             return result
 
         def crashed(failure):
@@ -201,211 +257,224 @@ class LdapDirectory:
 
         return d.addErrback(crashed).addBoth(finished)
 
-    # -- in the worker threads from here on --
-
     def _order(self) -> tuple[list[_ServerState], bool]:
         """The servers to try, and whether they are backoff probes (to release after)."""
         now = self.monotonic()
-        with self._lock:
-            up = [s for s in self._servers if s.down_until <= now]
-            if up:
-                return up, False
-            # Every server in backoff: try them anyway rather than fail outright,
-            # but one login at a time per server. If every login waited out the
-            # timeouts of a hung directory, the pool would fall behind and the
-            # queue would answer minutes late; the others fail at once instead.
-            probes = [s for s in self._servers if not s.probing]
-            for state in probes:
-                state.probing = True
-            return probes, True
+        up = [s for s in self._servers if s.down_until <= now]
+        if up:
+            return up, False
+        # Every server in backoff: try them anyway rather than fail outright,
+        # but one login at a time per server. If every login waited out the
+        # timeouts of a hung directory, logins would queue behind each other
+        # and answer minutes late; the others fail at once instead.
+        probes = [s for s in self._servers if not s.probing]
+        for state in probes:
+            state.probing = True
+        return probes, True
 
-    def _authenticate_sync(self, username: str, password: str) -> PrimaryResult:
+    def _authenticate(self, username: str, password):
         states, probing = self._order()
-        try:
-            return self._try_servers(states, username, password)
-        finally:
-            if probing:
-                with self._lock:
-                    for state in states:
-                        state.probing = False
+        d = self._try_servers(states, username, password)
+        if probing:
+            def release(result):
+                for state in states:
+                    state.probing = False
+                return result
+            d.addBoth(release)
+        return d
 
-    def _try_servers(self, states, username: str, password: str) -> PrimaryResult:
+    def _pool(self, server: LdapServer) -> ServerConnections:
+        pool = self._pools.get(server.url)
+        if pool is None:
+            pool = self._pools[server.url] = ServerConnections(self.reactor, server, self.config)
+        return pool
+
+    def _try_servers(self, states, username: str, password):
+        """The first answer of a server in ``states``; UNAVAILABLE if each one fails.
+
+        Written as a callback chain rather than a generator: it runs for
+        every login, and each generator layer costs more than the work here.
+        """
         errors = [] if states else ["every server is down; another login is probing them"]
-        for state in states:
-            started = self.monotonic()
-            try:
-                result = self._on_server(state.server, username, password)
-            except ServerFailed as exc:
-                self._drop_connections(state.server)
-                with self._lock:
-                    state.down_until = self.monotonic() + self.config.backoff
+
+        def attempt(index: int):
+            if index == len(states):
+                return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
+            state, started = states[index], self.monotonic()
+
+            def answered(result):
+                state.down_until = 0.0
+                self.counters.observe("ldap_seconds", self.monotonic() - started,
+                                      server=state.server.url)
+                return result
+
+            def failed(failure):
+                failure.trap(ServerFailed)  # anything else is a bug: logged by _queue
+                exc = failure.value
+                self._pool(state.server).drop()
+                state.down_until = self.monotonic() + self.config.backoff
                 self.counters.inc("ldap_server_errors", server=state.server.url)
                 logs.event(log, logging.WARNING, "ldap.server_failed", server=state.server.url,
                            error=str(exc), elapsed_ms=round((self.monotonic() - started) * 1e3))
                 errors.append(f"{state.server.url}: {exc}")
-                continue
-            with self._lock:
-                state.down_until = 0.0
-            self.counters.observe("ldap_seconds", self.monotonic() - started,
-                                  server=state.server.url)
-            return result
-        return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
+                return attempt(index + 1)
+            return self._on_server(state.server, username, password).addCallbacks(answered,
+                                                                                  failed)
+        return defer.maybeDeferred(attempt, 0)
 
-    def _on_server(self, server: LdapServer, username: str, password: str) -> PrimaryResult:
-        for attempt in range(2):
+    def _on_server(self, server: LdapServer, username: str, password, attempt: int = 0):
+        """One server's answer; fails with ServerFailed when the server is at fault."""
+        if self.config.bind_template and password is not _LOOKUP:
+            d = self._direct(server, username, password)
+        else:
+            d = self._search_then_bind(server, username, password)
+
+        def failed(failure):
+            exc = failure.value
+            if not isinstance(exc, (LdapError, OSError, SSL.Error, FilterError)):
+                return failure  # ServerFailed as it is; anything else is a bug (logged)
             # A kept connection may have been closed by the server's idle
             # timeout; that says nothing about the server, so retry once on
-            # fresh connections before calling the server failed.
-            reused = any(url == server.url for url, _ in self._conns())
-            try:
-                if self.config.bind_template and password is not _LOOKUP:
-                    return self._direct(server, username, password)
-                return self._search_then_bind(server, username, password)
-            except ServerFailed:
-                raise
-            except (lexc.LDAPException, OSError, ssl.SSLError) as exc:
-                self._drop_connections(server)
-                # (not after a timeout: a hung server would cost the login twice)
-                if reused and attempt == 0 and "timed out" not in str(exc):
-                    continue
-                raise ServerFailed(f"{type(exc).__name__}: {exc}") from None
-        raise AssertionError("unreachable")
+            # fresh connections before calling the server failed (not after
+            # a timeout or a malformed answer: a hung or broken server would
+            # cost the login twice).
+            if attempt == 0 and exc.reused and isinstance(exc, LdapConnectionLost):
+                return self._on_server(server, username, password, attempt=1)
+            raise ServerFailed(f"{type(exc).__name__}: {exc}")
+        return d.addErrback(failed)
 
-    def _search_then_bind(self, server, username, password) -> PrimaryResult:
-        search = self._connection(server, "search")
-        entries = self._find_user(search, username)
-        if not entries:
-            return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server.url)
-        if len(entries) > 1:
-            return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
-        dn, attrs = entries[0]
-        if password is not _LOOKUP and not self._bind(self._connection(server, "user"), dn,
-                                                      password):
-            return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
-        return self._found(server, search, dn, username, attrs)
+    def _search_then_bind(self, server, username, password):
+        """Search as the service account, then bind as the entry found (callback chain)."""
+        pool = self._pool(server)
 
-    def _found(self, server, conn, dn: str, username: str, attrs: dict) -> PrimaryResult:
-        """The result for a user whose password was right: account and groups."""
-        account = account_of(attrs, self.config.username_attribute, dn)
-        if account is None:
-            # Without the stored name there is nothing safe to key devices and
-            # locks on: fail closed rather than fall back to the typed spelling.
-            return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server.url,
-                                 detail=f"no {self.config.username_attribute} readable "
-                                        "in the entry")
-        groups = self._member_groups(conn, dn, username, attrs)
-        if self._required and not groups & self._required:
-            return PrimaryResult(PrimaryStatus.NOT_IN_GROUP, dn=dn, server=server.url,
-                                 account=account)
-        return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server.url, groups=groups,
-                             account=account)
+        def searched(entries, search):
+            if not entries:
+                return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server.url)
+            if len(entries) > 1:
+                return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
+            dn, attrs = entries[0]
+            if password is _LOOKUP:
+                return self._with_groups(pool, search, server, dn, username, attrs)
 
-    def _direct(self, server, username, password) -> PrimaryResult:
-        conn = self._connection(server, "user")
-        if not self._bind(conn, direct_bind_name(self.config.bind_template, username), password):
-            return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server.url)
-        # Read our own entry as the user: we need its DN for the group check.
-        entries = self._find_user(conn, username)
-        if len(entries) != 1:
-            status = PrimaryStatus.UNKNOWN_USER if not entries else PrimaryStatus.AMBIGUOUS_USER
-            return PrimaryResult(status, server=server.url)
-        dn, attrs = entries[0]
-        return self._found(server, conn, dn, username, attrs)
+            def bound(ok):
+                if not ok:
+                    return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
+                return self._with_groups(pool, search, server, dn, username, attrs)
+            return self._bind_user(pool, dn, password).addCallback(bound)
 
-    def _find_user(self, conn, username) -> list[tuple[str, dict]]:
+        def connected(search):
+            return self._find_user(search, username).addCallback(searched, search)
+        return pool.search_connection().addCallback(connected)
+
+    def _with_groups(self, pool, search, server, dn: str, username: str, attrs: dict):
+        """`conclude` once the user's groups are known (the search connection asks)."""
+        needs_search = self._candidates and self.config.group_mode is not GroupMode.MEMBER_OF
+        if search.closed and needs_search:  # dropped meanwhile; the group queries need one
+            d = pool.search_connection()
+        else:
+            d = succeed(search)
+        d.addCallback(lambda conn: self._member_groups(conn, dn, username, attrs))
+        return d.addCallback(lambda groups: conclude(self.config, self._required, server.url,
+                                                     dn, attrs, groups))
+
+    @defer.inlineCallbacks
+    def _direct(self, server, username, password):
+        pool = self._pool(server)
+        conn = yield pool.borrow()
+        healthy = False
+        try:
+            ok = yield self._bind(conn, direct_bind_name(self.config.bind_template, username),
+                                  password)
+            if not ok:
+                healthy = True
+                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server.url)
+            # Read our own entry as the user: we need its DN for the group check.
+            entries = yield self._find_user(conn, username)
+            if len(entries) != 1:
+                healthy = True
+                status = (PrimaryStatus.UNKNOWN_USER if not entries
+                          else PrimaryStatus.AMBIGUOUS_USER)
+                return PrimaryResult(status, server=server.url)
+            dn, attrs = entries[0]
+            groups = yield self._member_groups(conn, dn, username, attrs)
+            healthy = True
+            return conclude(self.config, self._required, server.url, dn, attrs, groups)
+        finally:
+            pool.give_back(conn, healthy)
+
+    def _find_user(self, conn, username):
+        """The entries the user filter finds (at most two: more is ambiguous anyway)."""
         wanted = [self.config.username_attribute]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
-        ok = conn.search(self.config.user_base, user_filter(self.config.user_filter, username),
-                         search_scope=ldap3.SUBTREE, attributes=wanted, size_limit=2)
-        code = conn.result.get("result", 0)
-        if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
-            raise ServerFailed(f"user search failed: {conn.result.get('description')}")
-        return [(e["dn"], e.get("attributes", {})) for e in conn.response or []
-                if e.get("type") == "searchResEntry"]
+        flt = self._user_filter.render(username)  # escaping: see FilterTemplate
+        return conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
+                           size_limit=2).addCallback(_entries)
 
-    def _bind(self, conn, name: str, password: str) -> bool:
+    def _bind_user(self, pool: ServerConnections, name: str, password: str):
+        """Bind as the user on a connection of its own (never the shared search ones)."""
+        if not password:
+            return succeed(False)
+
+        def lent(conn):
+            def back(result):
+                pool.give_back(conn, healthy=not isinstance(result, Failure))
+                return result
+            return self._bind(conn, name, password).addBoth(back)
+        return pool.borrow().addCallback(lent)
+
+    def _bind(self, conn, name: str, password: str):
+        """Fires True (bound), False (invalid credentials); other answers fail the server."""
         if not password:
             # Never an unauthenticated bind (RFC 4513 5.1.2), whoever the caller is.
-            return False
+            return succeed(False)
         self.counters.inc("ldap_user_binds")
-        conn.authentication = ldap3.SIMPLE
-        conn.user, conn.password = name, password
-        if conn.bind():
-            return True
-        code = conn.result.get("result")
-        if code == INVALID_CREDENTIALS:
-            return False
-        raise ServerFailed(f"user bind failed: {conn.result.get('description')}")
+        return conn.bind(name, password).addCallback(_bound)
 
-    def _member_groups(self, conn, dn: str, username: str, attrs: dict) -> frozenset[str]:
-        """Which of the groups we care about hold the user (normalized DNs)."""
+    def _member_groups(self, conn, dn: str, username: str, attrs: dict):
+        """Which of the groups we care about hold the user (Deferred of normalized DNs)."""
         if not self._candidates:
-            return frozenset()
+            return succeed(frozenset())
         if self.config.group_mode is GroupMode.MEMBER_OF:
-            return self._candidates & {normalize_dn(g) for g in attrs.get("memberOf", [])}
-        found = set()
-        for group in sorted(self._candidates):
+            return succeed(self._candidates
+                           & {normalize_dn(g) for g in values_of(attrs, "memberOf")})
+        groups = sorted(self._candidates)
+        searches = []
+        for group in groups:  # pipelined: every query is on the wire before the first answer
             base, flt = group_query(self.config.group_mode, dn, username, group)
-            conn.search(base, flt, search_scope=ldap3.BASE, attributes=ldap3.NO_ATTRIBUTES)
-            if any(e.get("type") == "searchResEntry" for e in conn.response or []):
-                found.add(group)
-        return frozenset(found)
-
-    def _connection(self, server: LdapServer, role: str):
-        """This thread's open connection to ``server`` for ``role`` (search/user)."""
-        conns = self._conns()
-        conn = conns.get((server.url, role))
-        if conn is not None and not conn.closed:
-            return conn
-        conn = conns[(server.url, role)] = self._open(server, role)
-        return conn
-
-    def _open(self, server: LdapServer, role: str):
-        """A new connection to ``server``: TCP (+TLS), and the service bind for "search"."""
-        srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=self._tls,
-                           connect_timeout=self.config.connect_timeout, get_info=ldap3.NONE)
-        user = password = None
-        if role == "search":
-            user, password = self.config.bind_dn, self.config.bind_password
-        conn = ldap3.Connection(srv, user=user, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
-                                read_only=True, raise_exceptions=False,
-                                receive_timeout=self.config.response_timeout,
-                                client_strategy=ldap3.SYNC)
-        conn.open(read_server_info=False)
-        # ldap3 never sets TCP_NODELAY: without it every bind waits ~40 ms on
-        # Nagle + delayed ACK.
-        conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.config.start_tls and not conn.start_tls(read_server_info=False):
-            raise ServerFailed("StartTLS failed")
-        if role == "search" and user is not None and not conn.bind():
-            raise ServerFailed(f"service account bind failed: {conn.result.get('description')}")
-        return conn
+            searches.append(conn.search(base, compile_filter(flt), ["1.1"], scope=BASE))
+        return defer.gatherResults(searches, consumeErrors=True).addCallbacks(
+            lambda results: frozenset(g for g, r in zip(groups, results) if r.entries),
+            lambda f: f.value.subFailure)
 
     def probe(self):
         """Whether each server answers right now: Deferred of {url: None or the error}."""
-        return threads.deferToThreadPool(self.reactor, self.pool, self._probe_sync)
+        return defer.ensureDeferred(self._probe())
 
-    def _probe_sync(self) -> dict[str, str | None]:
-        found = {}
-        for state in self._servers:
+    async def _probe(self) -> dict[str, str | None]:
+        async def one(state):
             try:
-                self._open(state.server, "search").unbind()
-                found[state.server.url] = None
-            except (ServerFailed, lexc.LDAPException, OSError, ssl.SSLError) as exc:
-                found[state.server.url] = f"{type(exc).__name__}: {exc}"
-        return found
+                conn = await self._pool(state.server).open(service=True)
+            except (LdapError, OSError, SSL.Error) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            conn.close()
+            return None
+        found = await defer.gatherResults(
+            [defer.ensureDeferred(one(s)) for s in self._servers])
+        return {s.server.url: error for s, error in zip(self._servers, found)}
 
-    def _conns(self) -> dict:
-        """This worker thread's connections, keyed by (server URL, role)."""
-        return self._local.__dict__.setdefault("conns", {})
 
-    def _drop_connections(self, server: LdapServer) -> None:
-        conns = self._conns()
-        for role in ("search", "user"):
-            conn = conns.pop((server.url, role), None)
-            if conn is not None:
-                try:
-                    conn.unbind()
-                except Exception:  # closing a broken socket: nothing left to do
-                    pass
+def _entries(result) -> tuple:
+    """A user search's entries; an error other than "none" or "too many" fails the server."""
+    if result.code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
+        raise ServerFailed(f"user search failed: {result.code} {result.message}")
+    return result.entries
+
+
+def _bound(result) -> bool:
+    """A user bind's answer: True, False for invalidCredentials; anything else fails the server."""
+    if result.code == SUCCESS:
+        return True
+    if result.code == INVALID_CREDENTIALS:
+        return False
+    raise ServerFailed(f"user bind failed: {result.code} {result.message}")

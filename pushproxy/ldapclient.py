@@ -1,0 +1,232 @@
+"""A small reactor-native LDAP client: search and simple bind, pipelined by message id.
+
+The directory is asked two things per login (search as the service account,
+bind as the user). ldap3 does both synchronously in a thread, encoding BER
+with pyasn1; here both are a few bytes built by `pushproxy.ldapfront.ber`
+and parsed as they arrive on the reactor, with no thread per operation.
+
+`LdapClientProtocol` is one connection: operations are sent at once and
+matched to their responses by message id, each with its own response
+timeout. A connection that times out, breaks the protocol or is told it is
+being disconnected fails every operation still on it and is closed: the
+caller sees an `LdapError` with the reason, never a crash and never a result
+it did not ask for. Connections and their pools live in `ldapconns`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+
+from pushproxy.ldapfront import ber
+
+# A response message larger than this is refused (a user entry with its
+# memberOf values is a few kilobytes; this leaves room for large groups).
+MAX_MESSAGE = 4 * 1024 * 1024
+SUBTREE, BASE = 2, 0
+
+
+class LdapError(Exception):
+    """The directory conversation on one connection failed (the server is at fault)."""
+
+    # True when the connection had answered before: an idle connection the
+    # server closed says nothing about the server, so a caller may retry once.
+    reused = False
+
+
+class LdapTimeout(LdapError):
+    """No response within the response timeout."""
+
+
+class LdapConnectionLost(LdapError):
+    """The connection closed (or could not be made) before the response arrived."""
+
+
+class LdapProtocolError(LdapError):
+    """The server sent something that is not a valid response to what was asked."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A finished search: the result code and the entries (DN, {lower-case attr: values})."""
+
+    code: int
+    message: str
+    entries: tuple[tuple[str, dict[str, list[str]]], ...]
+
+
+class _Op:
+    """One operation in flight: what answers it, and the timer that gives up on it."""
+
+    __slots__ = ("kind", "deferred", "timer", "entries", "limit")
+
+    def __init__(self, kind: int, deferred: Deferred, limit: int):
+        self.kind = kind  # the response tag that finishes it
+        self.deferred = deferred
+        self.timer = None
+        self.entries: list = []
+        self.limit = limit  # entries kept (a server ignoring the size limit costs nothing)
+
+
+class LdapClientProtocol(Protocol):
+    """One LDAP connection with any number of operations in flight."""
+
+    def __init__(self, reactor, response_timeout: float, max_message: int = MAX_MESSAGE):
+        self.reactor = reactor
+        self.response_timeout = response_timeout
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._ops: dict[int, _Op] = {}
+        self._next_id = 1
+        self.answered = 0  # responses completed on this connection
+        self.closed = False
+        self.on_lost = None  # called once with this protocol when the connection ends
+
+    @property
+    def in_flight(self) -> int:
+        """Operations sent and not yet answered."""
+        return len(self._ops)
+
+    def connectionMade(self):
+        """Set TCP_NODELAY: without it small requests wait on Nagle + delayed ACK."""
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)
+
+    # -- operations --
+
+    def search(self, base: str, filter_ber: bytes, attributes: list[str], *,
+               scope: int = SUBTREE, size_limit: int = 0) -> Deferred:
+        """Fires with a `SearchResult`, or fails with an `LdapError`."""
+        mid = self._take_id()
+        data = ber.search_request(mid, base, filter_ber, attributes, scope=scope,
+                                  size_limit=size_limit)
+        return self._send(mid, ber.SEARCH_DONE, data, size_limit or 1000)
+
+    def bind(self, name: str, password: str) -> Deferred:
+        """A simple bind; fires with its `ber.Result` (check ``code``), or fails."""
+        mid = self._take_id()
+        return self._send(mid, ber.BIND_RESPONSE, ber.bind_request(mid, name, password), 0)
+
+    def start_tls(self, options) -> Deferred:
+        """StartTLS (RFC 4511 4.14): fires once TLS is layered on, or fails.
+
+        Operations sent after this are encrypted; a certificate that does not
+        verify closes the connection, failing them with the handshake's error.
+        """
+        mid = self._take_id()
+        d = self._send(mid, ber.EXTENDED_RESPONSE, ber.extended_request(mid, ber.STARTTLS_OID), 0)
+
+        def answered(result):
+            if result.code != ber.SUCCESS:
+                raise LdapProtocolError(f"StartTLS refused: {result.code} {result.message}")
+            self.transport.startTLS(options)
+            return result
+        return d.addCallback(answered)
+
+    def close(self) -> None:
+        """Unbind and close (operations in flight fail)."""
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.write(ber.message(self._take_id(), ber.UNBIND_REQUEST, b""))
+            self.transport.loseConnection()
+
+    def abort(self, error: LdapError) -> None:
+        """Fail every operation with ``error`` and drop the connection at once."""
+        self.closed = True  # first: a caller reacting to the failure must not reuse it
+        self._fail_all(error)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- internals --
+
+    def _take_id(self) -> int:
+        mid = self._next_id
+        self._next_id = 1 if mid >= ber.MAX_MESSAGE_ID else mid + 1
+        return mid
+
+    def _send(self, mid: int, kind: int, data: bytes, limit: int) -> Deferred:
+        d = Deferred()
+        if self.closed:
+            error = LdapConnectionLost("connection already closed")
+            error.reused = self.answered > 0
+            d.errback(error)
+            return d
+        op = self._ops[mid] = _Op(kind, d, limit)
+        op.timer = self.reactor.callLater(self.response_timeout, self._timed_out, mid)
+        self.transport.write(data)
+        return d
+
+    def _timed_out(self, mid: int) -> None:
+        op = self._ops.get(mid)
+        if op is not None:
+            op.timer = None
+            # The connection is hung (or hopelessly slow): every operation on it
+            # would wait as long, so all of them fail now and it is closed.
+            self.abort(LdapTimeout(f"no response within {self.response_timeout:g} s"))
+
+    def dataReceived(self, data: bytes):
+        """Frame and dispatch responses; anything malformed ends the connection."""
+        self._buf += data
+        try:
+            while self._buf and not self.closed:
+                found = ber.next_message(self._buf, self.max_message)
+                if found is None:
+                    return
+                self._dispatch(found[1])
+        except ber.ProtocolError as exc:
+            self.abort(LdapProtocolError(f"malformed response: {exc}"))
+
+    def _dispatch(self, msg: ber.Message) -> None:
+        if msg.message_id == 0:
+            # Unsolicited notification (RFC 4511 4.4): in practice the notice of
+            # disconnection; the server is about to close this connection.
+            raise ber.ProtocolError("server sent an unsolicited notification (disconnecting)")
+        op = self._ops.get(msg.message_id)
+        if op is None:
+            raise ber.ProtocolError(f"response to message id {msg.message_id}, never sent")
+        if msg.op_tag == ber.SEARCH_ENTRY and op.kind == ber.SEARCH_DONE:
+            entry = ber.parse_entry(msg.op)
+            if len(op.entries) < op.limit:
+                op.entries.append(entry)
+            return
+        if msg.op_tag == ber.SEARCH_REFERENCE and op.kind == ber.SEARCH_DONE:
+            return  # referrals are not followed
+        if msg.op_tag != op.kind:
+            raise ber.ProtocolError(f"response tag 0x{msg.op_tag:02x} to a request "
+                                    f"expecting 0x{op.kind:02x}")
+        result = ber.parse_result(msg.op)
+        del self._ops[msg.message_id]
+        if op.timer is not None:
+            op.timer.cancel()
+        self.answered += 1
+        if op.kind == ber.SEARCH_DONE:
+            result = SearchResult(result.code, result.message, tuple(op.entries))
+        op.deferred.callback(result)
+
+    def _fail_all(self, error: LdapError) -> None:
+        error.reused = self.answered > 0
+        ops, self._ops = self._ops, {}
+        for op in ops.values():
+            if op.timer is not None:
+                op.timer.cancel()
+            op.deferred.errback(error)
+
+    def connectionLost(self, reason):
+        """Fail what is still in flight with the reason (e.g. a TLS verification error)."""
+        self.closed = True
+        self._fail_all(LdapConnectionLost(_describe(reason)))
+        if self.on_lost is not None:
+            callback, self.on_lost = self.on_lost, None
+            callback(self)
+
+
+def _describe(reason) -> str:
+    """A short, readable reason for a lost connection (TLS errors name the cause)."""
+    value = getattr(reason, "value", reason)
+    text = str(value)
+    if "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"TLS certificate verify failed ({text[:200]})"
+    return f"{type(value).__name__}: {text[:200]}"

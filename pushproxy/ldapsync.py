@@ -1,0 +1,88 @@
+"""The blocking user lookup of the command-line tools, with ldap3.
+
+The daemon's logins go through the reactor-native client (`pushproxy.ldapauth`);
+a command-line tool (``pushproxy admin``) has no reactor running and asks
+once, so it keeps ldap3: one connection per server, the same filter, the same
+failover order and the same result as `LdapDirectory.lookup`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import ldap3
+from ldap3.core import exceptions as lexc
+
+from pushproxy.config import GroupMode, LdapConfig, LdapServer
+from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.ldapauth import conclude, group_query, normalize_dn, user_filter, values_of
+
+
+class _Failed(Exception):
+    """This server could not answer; try the next one."""
+
+
+def open_search(config: LdapConfig, server: LdapServer) -> ldap3.Connection:
+    """A connection to ``server`` bound as the service account (TLS verified as the daemon)."""
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
+                    version=ssl.PROTOCOL_TLS_CLIENT)
+    srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=tls,
+                       connect_timeout=config.connect_timeout, get_info=ldap3.NONE)
+    conn = ldap3.Connection(srv, user=config.bind_dn, password=config.bind_password,
+                            auto_bind=ldap3.AUTO_BIND_NONE, read_only=True,
+                            raise_exceptions=False, receive_timeout=config.response_timeout,
+                            client_strategy=ldap3.SYNC)
+    conn.open(read_server_info=False)
+    conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if config.start_tls and not conn.start_tls(read_server_info=False):
+        raise _Failed("StartTLS failed")
+    if config.bind_dn is not None and not conn.bind():
+        raise _Failed(f"service account bind failed: {conn.result.get('description')}")
+    return conn
+
+
+def lookup(config: LdapConfig, username: str, candidates: frozenset[str],
+           required: frozenset[str]) -> PrimaryResult:
+    """The user's entry and groups, servers tried in order; UNAVAILABLE if none answers."""
+    errors = []
+    for server in config.servers:
+        try:
+            conn = open_search(config, server)
+            try:
+                return _lookup_on(config, conn, server, username, candidates, required)
+            finally:
+                conn.unbind()
+        except (_Failed, lexc.LDAPException, OSError, ssl.SSLError) as exc:
+            errors.append(f"{server.url}: {type(exc).__name__}: {exc}")
+    return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
+
+
+def _lookup_on(config, conn, server, username, candidates, required) -> PrimaryResult:
+    wanted = [config.username_attribute]
+    if config.group_mode is GroupMode.MEMBER_OF:
+        wanted.append("memberOf")
+    ok = conn.search(config.user_base, user_filter(config.user_filter, username),
+                     search_scope=ldap3.SUBTREE, attributes=wanted, size_limit=2)
+    code = conn.result.get("result", 0)
+    if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
+        raise _Failed(f"user search failed: {conn.result.get('description')}")
+    entries = [(e["dn"], e.get("attributes", {})) for e in conn.response or []
+               if e.get("type") == "searchResEntry"]
+    if not entries:
+        return PrimaryResult(PrimaryStatus.UNKNOWN_USER, server=server.url)
+    if len(entries) > 1:
+        return PrimaryResult(PrimaryStatus.AMBIGUOUS_USER, server=server.url)
+    dn, attrs = entries[0]
+    groups: frozenset[str] = frozenset()
+    if candidates and config.group_mode is GroupMode.MEMBER_OF:
+        groups = candidates & {normalize_dn(g) for g in values_of(attrs, "memberOf")}
+    elif candidates:
+        found = set()
+        for group in sorted(candidates):
+            base, flt = group_query(config.group_mode, dn, username, group)
+            conn.search(base, flt, search_scope=ldap3.BASE, attributes=ldap3.NO_ATTRIBUTES)
+            if any(e.get("type") == "searchResEntry" for e in conn.response or []):
+                found.add(group)
+        groups = frozenset(found)
+    return conclude(config, required, server.url, dn, attrs, groups)

@@ -1,0 +1,186 @@
+"""The reactor-native LDAP client's codec and connection: filters encode exactly as ldap3
+did, and a malformed, hostile or silent server fails the operations with a clear
+LdapError (never a crash, never a result nobody asked for)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.operation.search import compile_filter as ldap3_compile
+from ldap3.operation.search import parse_filter
+from ldap3.utils.dn import parse_dn
+from pyasn1.codec.ber import encoder
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from pushproxy.ldapauth import normalize_dn, user_filter
+from pushproxy.ldapclient import (LdapClientProtocol, LdapConnectionLost, LdapProtocolError,
+                                  LdapTimeout, SearchResult)
+from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter
+from pushproxy.ldapfront import ber
+
+FILTERS = [
+    "(&(objectClass=person)(uid=a\\2a))",
+    "(&(objectClass=inetOrgPerson)(uid=o'brien\\28x\\29))",
+    "(uid=*)",
+    "(cn=a*b*c)",
+    "(cn=*b*)",
+    "(cn=ab*)",
+    "(cn=*ab)",
+    "(memberOf:1.2.840.113556.1.4.1941:=cn=vpn,dc=x)",
+    "(|(member=uid=a\\281\\29,ou=people,dc=x)(uniqueMember=x)(memberUid=y))",
+    "(!(a>=3))",
+    "(a<=3)",
+    "(a~=smith)",
+    "(uid=ＡＬＩＣＥ)",
+    "(uid=x\\5c00)",
+    "(&(|(a=1)(b=2))(!(c=3)))",
+]
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_filters_encode_as_ldap3_encoded_them(text):
+    expected = encoder.encode(ldap3_compile(parse_filter(text, None, False, False, None,
+                                                         False).elements[0]))
+    assert compile_filter(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "uid=a", "(uid=a", "(uid=a))", "(&)", "(=a)", "(uid=a(b)", "(uid=\\zz)", "(uid=\\2)",
+    "(u id=a)", "(&(a=1)", "(" * 40 + "a=1" + ")" * 40,
+])
+def test_malformed_filters_raise_filter_error(text):
+    with pytest.raises(FilterError):
+        compile_filter(text)
+
+
+def connected(timeout=5.0):
+    clock = Clock()
+    proto = LdapClientProtocol(clock, timeout)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport, clock
+
+
+def outcome(d):
+    seen = []
+    d.addBoth(seen.append)
+    return seen
+
+
+def entry(mid, dn, attrs):
+    body = ber.octets(dn) + ber.tlv(ber.SEQUENCE, b"".join(
+        ber.tlv(ber.SEQUENCE, ber.octets(k) + ber.tlv(ber.SET, b"".join(ber.octets(v)
+                                                                         for v in vs)))
+        for k, vs in attrs.items()))
+    return ber.message(mid, ber.SEARCH_ENTRY, body)
+
+
+def done(mid, code=0):
+    return ber.message(mid, ber.SEARCH_DONE, ber.result(code))
+
+
+def test_pipelined_responses_are_matched_by_message_id_in_any_order():
+    proto, transport, _ = connected()
+    first = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"], size_limit=2))
+    second = outcome(proto.search("ou=p", compile_filter("(uid=b)"), ["uid"], size_limit=2))
+    bind = outcome(proto.bind("uid=c,ou=p", "pw"))
+    assert proto.in_flight == 3
+    proto.dataReceived(entry(2, "uid=b,ou=p", {"UID": ["b"]}) + ber.bind_response(3, 49)
+                       + entry(1, "uid=a,ou=p", {"uid": ["a"]}))
+    proto.dataReceived(done(2)[:3])  # split anywhere
+    proto.dataReceived(done(2)[3:] + done(1))
+    assert first == [SearchResult(0, "", (("uid=a,ou=p", {"uid": ["a"]}),))]
+    assert second == [SearchResult(0, "", (("uid=b,ou=p", {"uid": ["b"]}),))]
+    assert bind[0].code == 49
+    assert proto.in_flight == 0
+
+
+def test_a_server_ignoring_the_size_limit_costs_no_memory():
+    proto, _, _ = connected()
+    seen = outcome(proto.search("ou=p", compile_filter("(uid=*)"), ["uid"], size_limit=2))
+    proto.dataReceived(b"".join(entry(1, f"uid={i}", {}) for i in range(50)) + done(1))
+    assert len(seen[0].entries) == 2
+
+
+def test_referrals_are_ignored():
+    proto, _, _ = connected()
+    seen = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
+    proto.dataReceived(ber.message(1, ber.SEARCH_REFERENCE, ber.octets("ldap://elsewhere/"))
+                       + done(1))
+    assert seen == [SearchResult(0, "", ())]
+
+
+def test_a_silent_server_times_out_every_operation_on_the_connection():
+    proto, transport, clock = connected(timeout=2)
+    first = outcome(proto.bind("uid=a", "pw"))
+    clock.advance(1)
+    second = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
+    clock.advance(1.01)
+    assert first[0].check(LdapTimeout) and second[0].check(LdapTimeout)
+    assert transport.disconnecting or proto.closed
+    late = outcome(proto.bind("uid=a", "pw"))
+    assert late[0].check(LdapConnectionLost)
+    assert not clock.getDelayedCalls()
+
+
+@pytest.mark.parametrize("reply", [
+    b"\x02\x01\x01",  # not an LDAPMessage
+    b"\x30\x84\xff\xff\xff\xff",  # a 4 GiB message
+    ber.bind_response(7, 0),  # an id never sent
+    ber.bind_response(1, 0),  # a BindResponse to a search
+    ber.notice_of_disconnection(52, "shutting down"),
+    ber.message(1, ber.SEARCH_ENTRY, ber.octets(b"\xff\xfe")),  # truncated, bad UTF-8
+    ber.message(1, ber.SEARCH_DONE, b"\x0a\x09" + b"\x01" * 9),  # resultCode too large
+])
+def test_malformed_or_unexpected_responses_fail_the_connection_clearly(reply):
+    proto, transport, clock = connected()
+    seen = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
+    proto.dataReceived(reply)
+    assert seen[0].check(LdapProtocolError), seen
+    assert proto.closed
+    assert not clock.getDelayedCalls()  # the timer went with the operation
+
+
+def test_a_lost_connection_fails_what_is_in_flight_and_says_if_it_had_served():
+    proto, _, _ = connected()
+    proto.bind("uid=a", "pw").addErrback(lambda f: None)
+    proto.dataReceived(ber.bind_response(1, 0))
+    seen = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
+    proto.connectionLost(ConnectionResetError("reset by peer"))
+    assert seen[0].check(LdapConnectionLost) and seen[0].value.reused
+    assert "reset by peer" in str(seen[0].value)
+
+
+def test_message_ids_wrap_before_the_protocol_maximum():
+    proto, transport, _ = connected()
+    proto._next_id = ber.MAX_MESSAGE_ID
+    proto.bind("a", "b")
+    proto.bind("a", "b")
+    assert set(proto._ops) == {ber.MAX_MESSAGE_ID, 1}
+
+
+TEMPLATES = ["(&(objectClass=person)(uid={username}))", "(|(uid={username})(mail={username}@x))",
+             "(uid=*{username}*)", "(sAMAccountName={username})",
+             "(uid:caseExactMatch:={username})"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(max_size=12), template=st.sampled_from(TEMPLATES))
+def test_a_parsed_template_renders_what_the_escaped_filter_string_compiles_to(name, template):
+    """The per-login shortcut must send exactly the bytes of the RFC 4515-escaped filter."""
+    assert FilterTemplate(template).render(name) == compile_filter(user_filter(template, name))
+
+
+@pytest.mark.parametrize("dn", ["CN=VPN Users, OU=Groups,DC=Example,DC=com", "cn=a,dc=x",
+                                "uid=a\\,b,dc=x", "cn= x ,dc=y", "cn=a+sn=b,dc=x", "garbage",
+                                "cn=,dc=x", "cn=a=b,dc=x", "", "cn=ÄÖ,dc=x", "c n=a,dc=x"])
+def test_normalize_dn_shortcut_agrees_with_ldap3s_parser(dn):
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+        expected = ",".join(f"{a.lower()}={v.lower()}" for a, v, _ in parts)
+    except (LDAPInvalidDnError, ValueError):
+        expected = dn.strip().lower()
+    assert normalize_dn(dn) == expected
