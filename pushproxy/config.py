@@ -34,6 +34,7 @@ from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
 
 if TYPE_CHECKING:  # the section's parser imports this module
     from pushproxy.ldapfront.config import LdapFrontConfig
+    from pushproxy.rollout.mailconfig import MailConfig
 
 
 class ConfigError(Exception):
@@ -214,6 +215,7 @@ class Config:
     source: str
     reply_attributes: "ReplyMap | None" = None  # group/rule -> Accept attributes
     ldap_front: LdapFrontConfig | None = None  # the LDAP front end; None: off
+    mail: "MailConfig | None" = None  # enrollment mails (pushproxy.rollout); None: off
     # (config path, file, kind) of every secret file and private key: pushproxy.filemodes
     sensitive_files: tuple[tuple[str, str, str], ...] = ()
 
@@ -270,7 +272,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
                      optional=("push", "audit", "log", "daemon", "policy",
-                               "reply_attributes", "ldap_front"))
+                               "reply_attributes", "ldap_front", "mail"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -297,11 +299,14 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         rule_names={r.name for r in policy.rules} if policy else None,
         client_names={cl.name for cl in radius.clients} if radius else None)
     _check_workers(c, daemon, radius, approval)
+    from pushproxy.rollout.mailconfig import parse_mail  # imports pushproxy.checker only
+
+    mail = parse_mail(c, root.get("mail"))
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
-                  reply_attributes=reply_map, ldap_front=ldap_front,
+                  reply_attributes=reply_map, ldap_front=ldap_front, mail=mail,
                   sensitive_files=tuple(c.sensitive))
 
 
