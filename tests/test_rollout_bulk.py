@@ -1,0 +1,146 @@
+"""Bulk enrollment by mail: planning, the sending loop's bookkeeping, the mail, the config."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pushproxy.approval.rolloutstore import UserRollout
+from pushproxy.approval.store import SQLiteStore
+from pushproxy.config import ConfigError, parse_config
+from pushproxy.rollout import bulk
+from pushproxy.rollout.bulk import Action
+from pushproxy.rollout.directory import DirectoryUser, UserStatus
+from pushproxy.rollout.mailconfig import MailConfig, MailSecurity
+from pushproxy.rollout.mailer import SendError, TemplateError, Templates, enrollment_message
+
+REPO = Path(__file__).resolve().parents[1]
+MAIL = MailConfig(host="smtp.example.com", port=587, security=MailSecurity.STARTTLS,
+                  username=None, password=None, sender="MFA <mfa@example.com>",
+                  link_validity=14 * 86400.0)
+
+
+def found(name, mail=True):
+    return DirectoryUser(name, UserStatus.FOUND, account=name, dn=f"uid={name}",
+                         mail=f"{name}@example.com" if mail else None)
+
+
+def test_plan_skips_enrolled_and_open_links_refuses_unknown_reports_no_mail():
+    overview = {"alice": UserRollout("alice", 1, 5.0, None, None),
+                "bob": UserRollout("bob", 0, None, 500.0, 2.0)}
+    users = [found("alice"), found("bob"), found("carol"), found("erin", mail=False),
+             DirectoryUser("nosuch", UserStatus.UNKNOWN), found("carol"),
+             DirectoryUser("dave", UserStatus.UNAVAILABLE, detail="down")]
+    actions = [(p.user.name, p.action) for p in bulk.plan(users, overview)]
+    assert actions == [("alice", Action.ENROLLED), ("bob", Action.PENDING),
+                       ("carol", Action.SEND), ("erin", Action.NO_MAIL),
+                       ("nosuch", Action.REFUSED), ("dave", Action.UNAVAILABLE)]
+    resend = {p.user.name: p.action for p in bulk.plan(users, overview, resend=True)}
+    assert resend["bob"] is Action.RESEND and resend["alice"] is Action.ENROLLED
+    again = {p.user.name: p.action for p in bulk.plan(users, overview, include_enrolled=True)}
+    assert again["alice"] is Action.SEND
+
+
+class Sender:
+    """Records mails; fails for the addresses in ``fail`` (fatal or not)."""
+
+    def __init__(self, fail=None):
+        self.sent, self.fail = [], fail or {}
+
+    def send(self, msg):
+        if msg["To"] in self.fail:
+            raise SendError("refused", fatal=self.fail[msg["To"]])
+        self.sent.append(msg)
+
+
+def run(planned, sender, store):
+    return bulk.run(planned, store=store, sender=sender, mail_config=MAIL,
+                    templates=Templates.load(None), public_url="https://vpn.example.com",
+                    validity=1000.0, clock=lambda: 100.0)
+
+
+def test_a_refused_mail_leaves_no_link_and_a_fatal_failure_stops_the_rest():
+    store = SQLiteStore(":memory:")
+    planned = bulk.plan([found("a"), found("b"), found("c"), found("d")], {})
+    outcomes = run(planned, Sender({"b@example.com": False, "c@example.com": True}), store)
+    assert [(o.planned.user.name, o.sent) for o in outcomes] == [
+        ("a", True), ("b", False), ("c", False), ("d", False)]
+    assert outcomes[3].error == "not sent: refused"  # d never tried: the server is gone
+    assert set(store.rollout_overview(100.0)) == {"a"}  # b, c, d: no open link, no mail
+    assert store.rollout_overview(100.0)["a"].last_mail == 100.0
+
+
+def test_resend_sends_a_new_link_and_ends_the_old_one():
+    store = SQLiteStore(":memory:")
+    store.create_enrollment("a", "old", 1.0, 900.0)
+    planned = bulk.plan([found("a")], store.rollout_overview(100.0), resend=True)
+    sender = Sender()
+    (outcome,) = run(planned, sender, store)
+    assert outcome.sent and store.enrollment("old").expires == 100.0
+    assert store.rollout_overview(100.0)["a"].link_expires == 1100.0
+
+
+def test_the_mail_has_text_html_and_the_qr_code_inline_with_escaped_values():
+    msg = enrollment_message(MAIL, Templates.load(None), user="<b>o'brien</b>",
+                             address="ob@example.com", link="https://x/app/enroll#T&K",
+                             expires=86400.0 * 3, now=0.0)
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    (image,) = [p for p in msg.walk() if p.get_content_maintype() == "image"]
+    assert "https://x/app/enroll#T&K" in text and "<b>o'brien</b>" in text
+    assert "&lt;b&gt;o&#x27;brien&lt;/b&gt;" in html and "<b>o'brien" not in html
+    assert f'cid:{image["Content-ID"].strip("<>")}' in html
+    assert image.get_content().startswith(b"\x89PNG") and msg["Auto-Submitted"]
+
+
+def test_an_admin_template_overrides_ours_and_a_typo_is_refused(tmp_path):
+    (tmp_path / "enroll.txt").write_text("Hi $user: $link until $expires ($days days)\n")
+    templates = Templates.load(str(tmp_path))
+    templates.check()
+    assert templates.text_source.endswith("enroll.txt") and "built-in" in templates.html_source
+    (tmp_path / "enroll.txt").write_text("Hi $usr\n")
+    with pytest.raises(TemplateError, match=r"enroll.txt: unknown .*'usr'"):
+        Templates.load(str(tmp_path)).check()
+
+
+def config_with(mail: str, tmp_path, env=None):
+    base = (REPO / "config.example.yaml").read_text()
+    return parse_config(base + "\n" + textwrap.dedent(mail), base_dir=REPO,
+                        env=env or {"PUSHPROXY_LDAP_PASSWORD": "x"})
+
+
+def test_the_example_config_has_no_mail_and_a_full_section_parses(tmp_path):
+    assert config_with("", tmp_path).mail is None
+    secret = tmp_path / "smtp"
+    secret.write_text("pw\n")
+    cfg = config_with(f"""\
+        mail:
+          host: smtp.example.com
+          security: tls
+          username: mfa
+          password_file: {secret}
+          from: "MFA <mfa@example.com>"
+          link_validity_days: 7
+        """, tmp_path).mail
+    assert (cfg.port, cfg.password, cfg.link_validity) == (465, "pw", 7 * 86400.0)
+    assert "pw" not in repr(cfg)
+
+
+def test_mail_config_problems_are_all_reported(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        config_with("""\
+            mail:
+              host: smtp.example.com
+              security: none
+              username: mfa
+              password: inline
+              from: "not an address"
+              colour: blue
+            """, tmp_path)
+    text = "\n".join(err.value.problems)
+    assert "mail.password: inline secrets are not accepted" in text
+    assert "mail.security: none would send mail.username's password in clear text" in text
+    assert "mail.from: not a mail address" in text
+    assert "mail.colour: unknown key" in text
