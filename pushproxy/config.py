@@ -65,6 +65,7 @@ class NoDeviceMode(Enum):
 
     REJECT = "reject"
     ALLOW = "allow"  # primary factor only, for a rollout period
+    ENROLL = "enroll"  # reject, and mail an enrollment link (needs mail:; pushproxy.rollout)
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,14 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     from pushproxy.rollout.mailconfig import parse_mail  # imports pushproxy.checker only
 
     mail = parse_mail(c, root.get("mail"))
+    enroll_modes = [("push.no_device", push.no_device if push else None)] + [
+        (f"radius.clients ({cl.name}).no_device", cl.no_device)
+        for cl in (radius.clients if radius else ())]
+    for where, mode in enroll_modes:
+        if mode is NoDeviceMode.ENROLL and mail is None and root.get("mail") is None:
+            c.problem(where, "enroll mails a link: it needs the mail: section")
+        if mode is NoDeviceMode.ENROLL and ldap and ldap.bind_dn is None:
+            c.problem(where, "enroll reads the user's mail address: it needs ldap.bind_dn")
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,

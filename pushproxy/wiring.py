@@ -217,6 +217,12 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
         state = StoreState(approval.runner, config.push.limits, counters=counters)
         daemon.engine.state = state
         daemon.components.append(LoginStateComponent(state, reactor))
+    if config.mail is not None:  # no_device: enroll (pushproxy.rollout.loginmail)
+        from pushproxy.rollout.loginmail import LoginEnrollMailer
+
+        mailer = LoginEnrollMailer(config, reactor, approval.runner, counters)
+        daemon.engine.enroll_mail = mailer.request
+        daemon.components.append(mailer)
     if config.daemon.metrics_listen:
         host, port = config.daemon.metrics_listen
         daemon.components.append(MetricsComponent((host, port + worker_index), daemon,

@@ -144,3 +144,31 @@ def test_mail_config_problems_are_all_reported(tmp_path):
     assert "mail.security: none would send mail.username's password in clear text" in text
     assert "mail.from: not a mail address" in text
     assert "mail.colour: unknown key" in text
+
+
+def test_no_device_enroll_needs_the_mail_section(tmp_path):
+    base = (REPO / "config.example.yaml").read_text()
+    text = base.replace("no_device: reject\n", "no_device: enroll\n")  # clients' and push's
+    assert text != base
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, base_dir=REPO, env={"PUSHPROXY_LDAP_PASSWORD": "x"})
+    problems = [p.split(" (line")[0] for p in err.value.problems]
+    assert "push.no_device: enroll mails a link: it needs the mail: section" in problems
+    assert "radius.clients (fw-legacy).no_device: enroll mails a link: it needs the mail: " \
+           "section" in problems
+
+
+def test_the_enroll_answer_says_check_your_mail_and_nothing_else_changes():
+    from pushproxy.config import FailMode, NoDeviceMode
+    from pushproxy.decision import (ENROLL_MESSAGE, Outcome, PushResult, PushStatus, Reason,
+                                    push_decision)
+
+    no_device = PushResult(PushStatus.NO_DEVICE, "tx")
+    enroll = push_decision(no_device, FailMode.SECURE, NoDeviceMode.ENROLL)
+    assert (enroll.outcome, enroll.reason, enroll.message) == (
+        Outcome.REJECT, Reason.NO_DEVICE_ENROLL, ENROLL_MESSAGE)
+    reject = push_decision(no_device, FailMode.SECURE, NoDeviceMode.REJECT)
+    assert (reject.reason, reject.message) == (Reason.NO_DEVICE, None)
+    approved = push_decision(PushResult(PushStatus.APPROVED, "tx"), FailMode.SECURE,
+                             NoDeviceMode.ENROLL)
+    assert approved.outcome is Outcome.ACCEPT

@@ -50,12 +50,12 @@ class RolloutStore(Protocol):
                                reason: str, now: float) -> None:
         """Record a mail the SMTP server accepted."""
 
-    def claim_enrollment_mail(self, username: str, address: str, now: float,
-                              window: float, limit: int) -> int | None:
+    def claim_enrollment_mail(self, username: str, now: float, window: float,
+                              limit: int) -> int | None:
         """Claim a login-triggered mail slot, or None when ``limit`` mails (sent or
         in progress) were claimed for the user in the last ``window`` seconds."""
 
-    def mail_sent(self, claim_id: int, token_hash: str, now: float) -> None:
+    def mail_sent(self, claim_id: int, token_hash: str, address: str, now: float) -> None:
         """The claimed mail was accepted by the SMTP server."""
 
     def forget_enrollment_mail(self, claim_id: int) -> None:
@@ -109,8 +109,8 @@ class _RolloutSQL:
                              "reason, created, sent) VALUES (?, ?, ?, ?, ?, ?)"),
                      (username, token_hash, address, reason, now, now))
 
-    def claim_enrollment_mail(self, username: str, address: str, now: float,
-                              window: float, limit: int) -> int | None:
+    def claim_enrollment_mail(self, username: str, now: float, window: float,
+                              limit: int) -> int | None:
         with self._write() as db:
             self._serialize(db, username)
             count = db.execute(self._q("SELECT COUNT(*) FROM enrollment_mails WHERE "
@@ -120,13 +120,13 @@ class _RolloutSQL:
                 return None
             row = db.execute(self._q("INSERT INTO enrollment_mails (username, token_hash, "
                                      "address, reason, created, sent) VALUES "
-                                     "(?, NULL, ?, 'login', ?, NULL) RETURNING id"),
-                             (username, address, now)).fetchone()
+                                     "(?, NULL, '', 'login', ?, NULL) RETURNING id"),
+                             (username, now)).fetchone()
             return row[0]
 
-    def mail_sent(self, claim_id: int, token_hash: str, now: float) -> None:
-        self._change(self._q("UPDATE enrollment_mails SET sent = ?, token_hash = ? "
-                             "WHERE id = ?"), (now, token_hash, claim_id))
+    def mail_sent(self, claim_id: int, token_hash: str, address: str, now: float) -> None:
+        self._change(self._q("UPDATE enrollment_mails SET sent = ?, token_hash = ?, "
+                             "address = ? WHERE id = ?"), (now, token_hash, address, claim_id))
 
     def forget_enrollment_mail(self, claim_id: int) -> None:
         self._change(self._q("DELETE FROM enrollment_mails WHERE id = ? AND sent IS NULL"),

@@ -205,3 +205,44 @@ def test_smtp_down_or_refusing_marks_nothing_sent(tmp_path, directory, smtp):
     assert code == 0, out
     assert "sent: 1: bob" in out and "skipped: has an open link: 1: alice" in out
     assert len(smtp.wait_for(2)) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_device_enroll_rejects_and_mails_one_link_per_window(tmp_path, directory, smtp):
+    """push.no_device: enroll: the first login of a user without a device is rejected
+    with the Reply-Message and exactly one mail arrives; 20 more logins within
+    mail.login_mail_interval send no more; the mailed link then enrolls a device that
+    approves the next login."""
+    from pushproxy.decision import ENROLL_MESSAGE
+
+    # push.limits counts a login without a device as a push: raised here so all 21
+    # logins get the enrollment answer (by default the 6th on gets push_rate_limited,
+    # and no mail either way)
+    push = "no_device: enroll\nlimits:\n  max_pushes: 50\n"
+    stack = yield Stack(tmp_path, directory, push_extra=push,
+                        extra=mail_section(tmp_path, directory, smtp.port)).start()
+    try:
+        first = yield radclient(stack.radius, SECRET, login_attrs(), timeout=10)
+        assert first.code == "Access-Reject"
+        assert first.get("Reply-Message") == ENROLL_MESSAGE
+        (mail,) = yield threads.deferToThread(smtp.wait_for, 1)
+        assert mail["To"] == "alice@example.com"
+        for i in range(20):
+            again = yield radclient(stack.radius, SECRET,
+                                    login_attrs(station=f"198.51.100.{i + 10}"), timeout=10)
+            assert again.code == "Access-Reject"
+            assert again.get("Reply-Message") == ENROLL_MESSAGE  # the same words
+        yield threads.deferToThread(lambda: __import__("time").sleep(1.0))
+        assert len(smtp.mails()) == 1
+        wrong = yield radclient(stack.radius, SECRET, login_attrs(password="nope"), timeout=10)
+        assert wrong.code == "Access-Reject" and len(smtp.mails()) == 1
+        state = str(tmp_path / "alice-login-mail")
+        yield threads.deferToThread(auth.enroll, link_in(mail), state, "phone")
+        login = radclient(stack.radius, SECRET, login_attrs(), timeout=30)
+        request = yield threads.deferToThread(first_request, state)
+        yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
+        assert (yield login).code == "Access-Accept"
+        reasons = [e["reason"] for e in stack.audit()]
+        assert reasons.count("no_enrolled_device_link_mailed") == 21
+    finally:
+        yield stack.stop()
