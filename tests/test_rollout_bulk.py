@@ -72,6 +72,17 @@ def test_a_refused_mail_leaves_no_link_and_a_fatal_failure_stops_the_rest():
     assert store.rollout_overview(100.0)["a"].last_mail == 100.0
 
 
+def test_an_address_with_a_line_break_is_one_failed_mail_not_a_crash_or_a_header():
+    store = SQLiteStore(":memory:")
+    evil = DirectoryUser("m", UserStatus.FOUND, account="m", dn="uid=m",
+                         mail="m@example.com\r\nBcc: all@example.com")
+    sender = Sender()
+    first, second = run(bulk.plan([evil, found("n")], {}), sender, store)
+    assert not first.sent and "unusable mail address" in first.error
+    assert second.sent and [m["To"] for m in sender.sent] == ["n@example.com"]
+    assert set(store.rollout_overview(100.0)) == {"n"}
+
+
 def test_resend_sends_a_new_link_and_ends_the_old_one():
     store = SQLiteStore(":memory:")
     store.create_enrollment("a", "old", 1.0, 900.0)

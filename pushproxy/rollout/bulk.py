@@ -121,9 +121,13 @@ def _send_one(p: Planned, store, sender, mail_config, templates, public_url, val
     except StoreError as exc:
         return Outcome(p, error=f"store: {exc}"), True
     link = enrollment_link(public_url, token)
-    msg = enrollment_message(mail_config, templates, user=account, address=p.user.mail,
-                             link=link, expires=now + validity, now=now)
     try:
+        try:
+            msg = enrollment_message(mail_config, templates, user=account, address=p.user.mail,
+                                     link=link, expires=now + validity, now=now)
+        except (ValueError, TypeError) as exc:  # e.g. a line break in the directory's value
+            raise SendError(f"unusable mail address {p.user.mail!r}: {exc}", fatal=False) \
+                from None
         sender.send(msg)
     except SendError as exc:
         # the link reached nobody: it must not count as "has an open link"

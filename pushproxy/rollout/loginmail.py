@@ -99,7 +99,7 @@ class LoginEnrollMailer:
                                      link=enrollment_link(self.config.approval.public_url, token),
                                      expires=expires, now=now)
             await self._in_pool(self._send, msg)
-        except (SendError, DirectoryError) as exc:
+        except (SendError, DirectoryError, ValueError) as exc:  # ValueError: a bad address
             if hashed is not None:
                 await self.run("delete_unused_enrollment", hashed)
             await self.run("forget_enrollment_mail", claim)
