@@ -183,3 +183,19 @@ def test_the_enroll_answer_says_check_your_mail_and_nothing_else_changes():
     approved = push_decision(PushResult(PushStatus.APPROVED, "tx"), FailMode.SECURE,
                              NoDeviceMode.ENROLL)
     assert approved.outcome is Outcome.ACCEPT
+
+
+def test_the_example_mail_section_uncommented_is_valid():
+    """config.example.yaml's commented-out mail: section works once uncommented."""
+    import re
+
+    base = (REPO / "config.example.yaml").read_text()
+    head, _, tail = base.partition("\n# mail:\n")
+    assert tail, "the example has a commented-out mail: section"
+    section = "mail:\n" + re.sub(r"(?m)^#   ", "  ", tail)
+    section = section.replace("password_file: secrets/smtp.secret",
+                              "password_env: PUSHPROXY_SMTP_PASSWORD")
+    cfg = parse_config(head + "\n" + section, base_dir=REPO,
+                       env={"PUSHPROXY_LDAP_PASSWORD": "x", "PUSHPROXY_SMTP_PASSWORD": "pw"})
+    assert (cfg.mail.host, cfg.mail.port, cfg.mail.security) == (
+        "smtp.example.com", 587, MailSecurity.STARTTLS)
