@@ -169,6 +169,9 @@ class SmtpSender:
                 raise
         except SendError:
             raise
+        except smtplib.SMTPNotSupportedError:
+            raise SendError(f"{where} offers no AUTH, but mail.username is set", fatal=True) \
+                from None
         except smtplib.SMTPAuthenticationError as exc:
             raise SendError(f"{where} refused mail.username {c.username!r}: "
                             f"{_reply(exc)}", fatal=True) from None

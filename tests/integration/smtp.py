@@ -1,4 +1,5 @@
-"""A real SMTP server on loopback for tests: aiosmtpd with STARTTLS (required) and AUTH.
+"""A real SMTP server on loopback for tests: aiosmtpd with STARTTLS (required) or
+implicit TLS, and AUTH.
 
 `SmtpServer` runs aiosmtpd's Controller (its own thread and asyncio loop) on
 127.0.0.1 with the test CA's server certificate, requires STARTTLS before
@@ -50,17 +51,23 @@ def _authenticator(server, session, envelope, mechanism, auth_data):
 class SmtpServer:
     """aiosmtpd on 127.0.0.1:``port`` with STARTTLS and AUTH; ``received`` holds the mails."""
 
-    def __init__(self, cert: str | Path, key: str | Path, port: int):
+    def __init__(self, cert: str | Path, key: str | Path, port: int, *,
+                 implicit_tls: bool = False):
         self.port = port
         self.refuse: set[str] = set()
         self.received: list[tuple[bool, list[str], email.message.EmailMessage]] = []
         self.lock = threading.Lock()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(cert), str(key))
+        # STARTTLS required, or (implicit_tls) TLS from the first byte, as on port 465.
+        # aiosmtpd 1.4 counts only STARTTLS as TLS for auth_require_tls (it would offer
+        # no AUTH at all on an implicit-TLS session), so that check is off there: the
+        # whole session is TLS anyway.
+        tls = {"ssl_context": context, "auth_require_tls": False} if implicit_tls else {
+            "tls_context": context, "require_starttls": True, "auth_require_tls": True}
         self._controller = Controller(
-            _Handler(self), hostname="127.0.0.1", port=port, tls_context=context,
-            require_starttls=True, authenticator=_authenticator, auth_require_tls=True,
-            auth_required=True, server_hostname="localhost", ready_timeout=10)
+            _Handler(self), hostname="127.0.0.1", port=port, authenticator=_authenticator,
+            auth_required=True, server_hostname="localhost", ready_timeout=10, **tls)
 
     def start(self) -> "SmtpServer":
         """Listen (returns once the server answers)."""

@@ -57,16 +57,16 @@ def smtp(directory):
     server.stop()
 
 
-def mail_section(tmp_path, slapd, port) -> str:
+def mail_section(tmp_path, slapd, port, security="starttls", password=PASSWORD) -> str:
     """The config's mail: section for the loopback SMTP server (password from a file)."""
     secret = tmp_path / "smtp.secret"
-    secret.write_text(PASSWORD + "\n")
+    secret.write_text(password + "\n")
     secret.chmod(0o600)
     return textwrap.dedent(f"""\
         mail:
           host: 127.0.0.1
           port: {port}
-          security: starttls
+          security: {security}
           username: {USER}
           password_file: smtp.secret
           ca_file: {slapd.ca_file}
@@ -246,3 +246,34 @@ def test_no_device_enroll_rejects_and_mails_one_link_per_window(tmp_path, direct
         assert reasons.count("no_enrolled_device_link_mailed") == 21
     finally:
         yield stack.stop()
+
+
+def test_implicit_tls_sends_and_a_refused_login_sends_nothing(tmp_path, directory):
+    """security: tls (port 465 style) with AUTH delivers; a wrong SMTP password is
+    reported for every user, exit 1, and no link is left open."""
+    from tests.integration.harness import write_config
+
+    server = SmtpServer(directory.directory / "server.pem", directory.directory / "server.key",
+                        free_tcp_port(), implicit_tls=True).start()
+    try:
+        config = write_config(tmp_path, directory, approval=textwrap.dedent("""\
+            approval:
+              listen: "127.0.0.1:0"
+              public_url: "https://vpn.example.com"
+              database: pushproxy.db
+            """))
+        base = config.read_text()
+        config.write_text(base + "\n" + mail_section(tmp_path, directory, server.port, "tls",
+                                                     password="wrong"))
+        code, out, err = cli("enroll", "alice", "bob", "--config", str(config))
+        assert code == 1 and "NOT SENT: 2" in out, out
+        assert f"refused mail.username '{USER}'" in out
+        code, out, err = cli("rollout", "status", "--format", "json", "--config", str(config))
+        assert json.loads(out) == []
+        config.write_text(base + "\n" + mail_section(tmp_path, directory, server.port, "tls"))
+        code, out, err = cli("enroll", "alice", "bob", "--config", str(config))
+        assert code == 0 and "sent: 2" in out, out
+        assert sorted(m["To"] for m in server.wait_for(2)) == ["alice@example.com",
+                                                              "bob@example.com"]
+    finally:
+        server.stop()
