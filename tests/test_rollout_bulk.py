@@ -199,3 +199,22 @@ def test_the_example_mail_section_uncommented_is_valid():
                        env={"PUSHPROXY_LDAP_PASSWORD": "x", "PUSHPROXY_SMTP_PASSWORD": "pw"})
     assert (cfg.mail.host, cfg.mail.port, cfg.mail.security) == (
         "smtp.example.com", 587, MailSecurity.STARTTLS)
+
+
+def test_pause_runs_between_sends_and_an_interrupt_leaves_no_open_link():
+    store = SQLiteStore(":memory:")
+    pauses = []
+
+    class Interrupted(Sender):
+        def send(self, msg):
+            if msg["To"] == "c@example.com":
+                raise KeyboardInterrupt
+            super().send(msg)
+
+    planned = bulk.plan([found("a"), found("b"), found("c")], {})
+    with pytest.raises(KeyboardInterrupt):
+        bulk.run(planned, store=store, sender=Interrupted(), mail_config=MAIL,
+                 templates=Templates.load(None), public_url="https://vpn.example.com",
+                 validity=1000.0, clock=lambda: 100.0, pause=lambda: pauses.append(1))
+    assert len(pauses) == 2  # before b and before c, never before the first
+    assert set(store.rollout_overview(100.0)) == {"a", "b"}  # c's link was deleted

@@ -87,8 +87,13 @@ def plan(users: Iterable[DirectoryUser], overview: dict[str, UserRollout], *,
 
 def run(planned: list[Planned], *, store, sender, mail_config, templates, public_url: str,
         validity: float, clock: Callable[[], float],
-        progress: Callable[[int, int, Outcome], None] = lambda i, n, o: None) -> list[Outcome]:
-    """Send every planned mail; after a fatal SMTP failure the rest are reported unsent."""
+        progress: Callable[[int, int, Outcome], None] = lambda i, n, o: None,
+        pause: Callable[[], None] = lambda: None) -> list[Outcome]:
+    """Send every planned mail; after a fatal SMTP failure the rest are reported unsent.
+
+    ``pause`` runs before every send after the first (``--per-minute``: providers
+    such as Microsoft 365 refuse more than about 30 mails a minute from one account).
+    """
     outcomes: list[Outcome] = []
     to_send = sum(1 for p in planned if p.action in SENDS)
     done = 0
@@ -101,6 +106,8 @@ def run(planned: list[Planned], *, store, sender, mail_config, templates, public
         if stopped is not None:
             outcome = Outcome(p, error=f"not sent: {stopped}")
         else:
+            if done > 1:
+                pause()
             outcome, fatal = _send_one(p, store, sender, mail_config, templates,
                                        public_url, validity, clock)
             if fatal:
@@ -129,12 +136,15 @@ def _send_one(p: Planned, store, sender, mail_config, templates, public_url, val
             raise SendError(f"unusable mail address {p.user.mail!r}: {exc}", fatal=False) \
                 from None
         sender.send(msg)
-    except SendError as exc:
-        # the link reached nobody: it must not count as "has an open link"
+    except BaseException as exc:
+        # The link reached nobody (or, interrupted with Ctrl-C mid-send, perhaps
+        # somebody: then the user asks again): it must not count as "has an open link".
         try:
             store.delete_unused_enrollment(hashed)
         except StoreError:
             pass  # it expires by itself; the mail is still reported unsent
+        if not isinstance(exc, SendError):
+            raise
         return Outcome(p, error=str(exc)), exc.fatal
     try:
         store.record_enrollment_mail(account, hashed, p.user.mail,

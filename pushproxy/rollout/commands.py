@@ -14,6 +14,7 @@ import time
 
 from pushproxy.approval.backends import open_store
 from pushproxy.approval.store import StoreError
+from pushproxy.argtypes import whole_number
 from pushproxy.config import load_config_or_report
 from pushproxy.rollout import bulk, status
 from pushproxy.rollout.directory import DirectoryError, RolloutDirectory
@@ -85,9 +86,15 @@ def cmd_enroll_mail(args, out=None, err=None) -> int:
             what = f"mailed to {user.mail}" if outcome.sent else f"NOT SENT: {outcome.error}"
             print(f"[{i}/{n}] {user.account}: {what}", file=out, flush=True)
 
+        gap = 60.0 / args.per_minute if args.per_minute else 0.0
         outcomes = bulk.run(planned, store=store, sender=sender, mail_config=config.mail,
                             templates=templates, public_url=config.approval.public_url,
-                            validity=validity, clock=time.time, progress=progress)
+                            validity=validity, clock=time.time, progress=progress,
+                            pause=lambda: time.sleep(gap))
+    except KeyboardInterrupt:
+        print("interrupted: the mails reported above are sent and recorded; run the same "
+              "command again to mail the rest", file=err)
+        return 130
     except StoreError as exc:
         print(f"store {config.approval.database}: {exc}", file=err)
         return 2
@@ -171,6 +178,9 @@ def add_enroll_arguments(p) -> None:
                    help="also mail users who have an open link (their older links end)")
     p.add_argument("--include-enrolled", action="store_true",
                    help="also mail users who already have a device (a second device)")
+    p.add_argument("--per-minute", type=whole_number(1, 100_000), metavar="N",
+                   help="send at most N mails a minute (a provider's sending limit, e.g. "
+                        "30 for Microsoft 365)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --mail/--group: show what would be sent, send nothing")
 
