@@ -1,0 +1,52 @@
+"""Issue 19 acceptance: a link from an enrollment mail, opened in headless Chromium,
+enrolls the web authenticator, which then approves a real RADIUS login.
+
+The mail comes from ``pushproxy enroll --mail`` through the loopback SMTP server
+(aiosmtpd, STARTTLS + AUTH) of test_rollout_mail; the browser helpers are those of
+test_webapp_chromium.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from tests.integration.test_approval_e2e import Stack
+from tests.integration.test_rollout_mail import (  # noqa: F401 (directory, smtp: fixtures)
+    cli, directory, link_in, mail_section, smtp)
+from tests.integration.test_webapp_chromium import (CHROMEDRIVER, CHROMIUM, EnrolledApp, Phone,
+                                                    enroll_in_browser, in_thread,
+                                                    login_and_answer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_mailed_link_enrolls_chromium_which_approves_a_radius_login(tmp_path, directory,
+                                                                      smtp):
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            pytest.skip(f"{path} is missing (apt-get install {package})")
+    stack = yield Stack(tmp_path, directory,
+                        extra=mail_section(tmp_path, directory, smtp.port)).start()
+    phone = None
+    try:
+        code, out, err = yield threads.deferToThread(
+            cli, "enroll", "--mail", "alice", "--config", str(stack.config_path))
+        assert code == 0 and "sent: 1: alice" in out, (out, err)
+        (mail,) = yield threads.deferToThread(smtp.wait_for, 1)
+        phone = yield in_thread(Phone, tempfile.mkdtemp(prefix="chromium-", dir=tmp_path))
+        app = EnrolledApp(phone, stack)
+        yield in_thread(enroll_in_browser, phone, app, link_in(mail))
+        approved = yield in_thread(login_and_answer, app, "198.51.100.7", ("approve",),
+                                   "Approved")
+        assert approved.code == "Access-Accept"
+        code, out, err = yield threads.deferToThread(
+            cli, "rollout", "status", "--format", "csv", "--config", str(stack.config_path))
+        assert out.splitlines()[1].startswith("alice,device,1,"), out
+    finally:
+        if phone is not None:
+            yield in_thread(phone.quit)
+        yield stack.stop()
