@@ -225,7 +225,19 @@ function cleanName(text) {
   return text.replace(/[\p{C}]/gu, "").replace(/\s+/gu, " ").trim().slice(0, 64);
 }
 
+/** Which of the enrollment screen's per-platform instructions fits this browser. */
+function platformHelp() {
+  const agent = navigator.userAgent;
+  // iPadOS 13+ says "Macintosh"; only a touch screen tells it from a Mac.
+  if (/iPhone|iPad|iPod/.test(agent) || (/Macintosh/.test(agent) && navigator.maxTouchPoints > 1)) {
+    return "help-ios";
+  }
+  if (/Android/.test(agent)) return "help-android";
+  return "help-desktop";
+}
+
 function showEnroll(replacing) {
+  $(platformHelp()).open = true;
   $("enroll-replacing").hidden = !replacing;
   if (!$("device-name").value) $("device-name").value = defaultDeviceName();
   $("enroll-status").textContent = "";

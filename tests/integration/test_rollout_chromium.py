@@ -18,8 +18,8 @@ from twisted.internet import threads
 from tests.integration.test_approval_e2e import Stack
 from tests.integration.test_rollout_mail import (  # noqa: F401 (directory, smtp: fixtures)
     cli, directory, link_in, mail_section, smtp)
-from tests.integration.test_webapp_chromium import (CHROMEDRIVER, CHROMIUM, EnrolledApp, Phone,
-                                                    enroll_in_browser, in_thread,
+from tests.integration.test_webapp_chromium import (CHROMEDRIVER, CHROMIUM, By, EnrolledApp,
+                                                    Phone, enroll_in_browser, in_thread,
                                                     login_and_answer)
 
 
@@ -39,6 +39,17 @@ def test_a_mailed_link_enrolls_chromium_which_approves_a_radius_login(tmp_path, 
         (mail,) = yield threads.deferToThread(smtp.wait_for, 1)
         phone = yield in_thread(Phone, tempfile.mkdtemp(prefix="chromium-", dir=tmp_path))
         app = EnrolledApp(phone, stack)
+
+        def platform_help():
+            phone.open(link_in(mail))
+            phone.visible("enroll-button")
+            return {h: phone.driver.find_element(By.ID, h).get_attribute("open")
+                    for h in ("help-ios", "help-android", "help-desktop", "help-cli")}
+
+        # the enrollment page opens the instructions for this browser (desktop Chromium)
+        opened = yield in_thread(platform_help)
+        assert opened == {"help-ios": None, "help-android": None, "help-desktop": "true",
+                          "help-cli": None}
         yield in_thread(enroll_in_browser, phone, app, link_in(mail))
         approved = yield in_thread(login_and_answer, app, "198.51.100.7", ("approve",),
                                    "Approved")
