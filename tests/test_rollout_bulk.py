@@ -218,3 +218,16 @@ def test_pause_runs_between_sends_and_an_interrupt_leaves_no_open_link():
                  validity=1000.0, clock=lambda: 100.0, pause=lambda: pauses.append(1))
     assert len(pauses) == 2  # before b and before c, never before the first
     assert set(store.rollout_overview(100.0)) == {"a", "b"}  # c's link was deleted
+
+
+def test_check_config_reports_a_broken_admin_template(tmp_path):
+    (tmp_path / "enroll.html").write_text("<p>$user $linkk</p>")
+    with pytest.raises(ConfigError) as err:
+        config_with(f"""\
+            mail:
+              host: smtp.example.com
+              from: mfa@example.com
+              templates: {tmp_path}
+            """, tmp_path)
+    (problem,) = err.value.problems
+    assert problem.startswith("mail.templates: ") and "enroll.html: unknown" in problem

@@ -114,6 +114,12 @@ def parse_mail(c: Checker, value) -> MailConfig | None:
                 c.problem("mail.templates", f"not a folder: {folder}")
             else:
                 templates = str(folder)
+                from pushproxy.rollout.mailer import TemplateError, Templates  # imports us
+
+                try:  # a typo in the admin's template shows now, not mid-rollout
+                    Templates.load(templates).check()
+                except TemplateError as exc:
+                    c.problem("mail.templates", str(exc))
     subject = c.string(m, "subject", "mail.subject", required=False) or DEFAULT_SUBJECT
     if "\n" in subject or "\r" in subject:
         c.problem("mail.subject", "must be one line")
