@@ -243,8 +243,9 @@ def add_parsers(sub) -> None:
                         "only for users it cannot look up (primary: radius without LDAP)")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.add_argument("--png", metavar="FILE", help="also write the QR code as a PNG image")
-    p.add_argument("--ttl", type=float, help="seconds the link stays valid "
-                                             "(default: approval.enrollment_ttl)")
+    p.add_argument("--ttl", type=float, help="seconds the link stays valid (default: "
+                                             "approval.enrollment_ttl; by mail: "
+                                             "mail.link_validity_days)")
     p.add_argument("--no-qr", action="store_true", help="print the link only")
     from pushproxy.rollout.commands import add_enroll_arguments
 
