@@ -78,6 +78,7 @@ class ApprovalComponent:
                           counters=self.counters, max_failures=self.config.max_failures,
                           failure_window=self.config.failure_window,
                           trusted_proxies=self.config.trusted_proxies,
+                          device_links=(self.config.public_url, self.config.enrollment_ttl),
                           deadlines=Deadlines(head=self.config.header_timeout,
                                               body=self.config.body_timeout,
                                               idle=self.config.keepalive_timeout))

@@ -180,6 +180,7 @@ function wireButtons() {
   $("report-fraud").addEventListener("click", () => answer("fraud"));
   $("result-ok").addEventListener("click", dismissResult);
   $("show-code").addEventListener("click", () => showCode(true));
+  $("add-device").addEventListener("click", addDevice);
   $("code-back").addEventListener("click", () => showCode(false));
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && state.screen === "code") showCode(false);
@@ -357,6 +358,24 @@ async function syncPush() {
     }
   } catch (err) {
     // Stays on long-poll; tried again at the next start.
+  }
+}
+
+/** "Add another device": this device signs the request for a one-time setup link. */
+async function addDevice() {
+  const status = $("add-device-status");
+  status.textContent = "Making a setup link…";
+  try {
+    const answer = await PP.call(API_BASE, "POST", "v1/device/enrollment",
+      { body: {}, device: state.device });
+    $("add-device-qr").src = answer.qr;
+    $("add-device-link").textContent = answer.link;
+    $("add-device-link").href = answer.link;
+    $("add-device-expires").textContent = new Date(answer.expires * 1000).toLocaleTimeString();
+    $("add-device-box").hidden = false;
+    status.textContent = "";
+  } catch (err) {
+    status.textContent = "Could not make a setup link. Try again later.";
   }
 }
 

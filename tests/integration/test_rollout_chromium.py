@@ -1,5 +1,6 @@
 """Issue 19 acceptance: a link from an enrollment mail, opened in headless Chromium,
-enrolls the web authenticator, which then approves a real RADIUS login.
+enrolls the web authenticator, which then approves a real RADIUS login and makes a
+one-time link ("add another device") that enrolls a second device.
 
 The mail comes from ``pushproxy enroll --mail`` through the loopback SMTP server
 (aiosmtpd, STARTTLS + AUTH) of test_rollout_mail; the browser helpers are those of
@@ -15,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
+from pushproxy.approval import authenticator as auth
 from tests.integration.test_approval_e2e import Stack
 from tests.integration.test_rollout_mail import (  # noqa: F401 (directory, smtp: fixtures)
     cli, directory, link_in, mail_section, smtp)
@@ -54,9 +56,22 @@ def test_a_mailed_link_enrolls_chromium_which_approves_a_radius_login(tmp_path, 
         approved = yield in_thread(login_and_answer, app, "198.51.100.7", ("approve",),
                                    "Approved")
         assert approved.code == "Access-Accept"
+        # "add another device": the app signs the request; the CLI authenticator
+        # redeems the link it shows and becomes alice's second device
+        def add_device():
+            phone.visible("screen-idle")
+            phone.click("add-device")
+            phone.visible("add-device-box")
+            qr = phone.driver.find_element(By.ID, "add-device-qr").get_attribute("src")
+            return phone.text("add-device-link"), qr
+
+        link, qr = yield in_thread(add_device)
+        assert qr.startswith("data:image/png;base64,") and "/app/enroll#" in link
+        second = yield threads.deferToThread(auth.enroll, link, str(tmp_path / "cli"), "cli")
+        assert second["username"] == "alice"
         code, out, err = yield threads.deferToThread(
             cli, "rollout", "status", "--format", "csv", "--config", str(stack.config_path))
-        assert out.splitlines()[1].startswith("alice,device,1,"), out
+        assert out.splitlines()[1].startswith("alice,device,2,"), out
     finally:
         if phone is not None:
             yield in_thread(phone.quit)
