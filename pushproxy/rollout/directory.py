@@ -65,7 +65,8 @@ class RolloutDirectory:
         self._conn = None
 
     def close(self) -> None:
-        """Close the connection this object opened (if any)."""
+        """Close the connections this object opened (if any)."""
+        self._ldap.close_blocking()
         if self._conn is not None:
             try:
                 self._conn.unbind()
@@ -142,7 +143,7 @@ class RolloutDirectory:
 
     def user(self, name: str) -> DirectoryUser:
         """Look ``name`` up as a login would, then read its mail address."""
-        found = self._ldap.lookup_blocking(name)
+        found = self._ldap.lookup_blocking(name, keep=True)
         status = _STATUS.get(found.status, UserStatus.UNAVAILABLE)
         if status is not UserStatus.FOUND or not found.account:
             return DirectoryUser(name, status if status is not UserStatus.FOUND

@@ -53,8 +53,17 @@ class LoginEnrollMailer:
         return defer.succeed(None)
 
     def stop(self):
-        """Stop the sending thread (a send under way finishes first)."""
-        return threads.deferToThread(self.pool.stop)
+        """Close the directory connections, then stop the sending thread (a send under
+        way finishes first)."""
+        d = self._in_pool(self._close_directory)
+        d.addErrback(lambda _: None)  # closing broken sockets: nothing left to do
+        d.addCallback(lambda _: threads.deferToThread(self.pool.stop))
+        return d
+
+    def _close_directory(self) -> None:
+        if self._directory is not None:
+            self._directory.close()
+            self._directory = None
 
     def request(self, account: str, dn: str | None) -> None:
         """Mail ``account`` an enrollment link, unless it got one recently. Never raises."""
