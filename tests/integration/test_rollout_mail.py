@@ -277,3 +277,32 @@ def test_implicit_tls_sends_and_a_refused_login_sends_nothing(tmp_path, director
                                                               "bob@example.com"]
     finally:
         server.stop()
+
+
+def test_bulk_enrollment_and_status_on_postgresql(tmp_path, directory, smtp, postgres):
+    """The bulk command and rollout status on the PostgreSQL store (migration 6 there):
+    mails go out once, a re-run skips, status reads the same rows."""
+    from tests.integration.harness import write_config
+    from tests.pg import PASSWORD as DB_PASSWORD
+
+    (tmp_path / "db.pw").write_text(DB_PASSWORD + "\n")
+    (tmp_path / "db.pw").chmod(0o600)
+    config = write_config(tmp_path, directory, approval=textwrap.dedent(f"""\
+        approval:
+          listen: "127.0.0.1:0"
+          public_url: "https://vpn.example.com"
+          database: "{postgres.new_database()}"
+          database_password_file: db.pw
+        """))
+    config.write_text(config.read_text() + "\n" + mail_section(tmp_path, directory, smtp.port))
+    group = directory.group_dn("vpn-users")
+    code, out, err = cli("enroll", "--group", group, "--config", str(config))
+    assert code == 1 and "sent: 3" in out and "no mail address: 1: erin" in out, (out, err)
+    assert len(smtp.wait_for(3)) == 3
+    code, out, err = cli("enroll", "--group", group, "--config", str(config))
+    assert "skipped: has an open link: 3" in out and len(smtp.mails()) == 3, out
+    code, out, err = cli("rollout", "status", "--group", group, "--format", "json",
+                         "--config", str(config))
+    assert {r["user"]: r["status"] for r in json.loads(out)} == {
+        "alice": "pending_link", "bob": "pending_link", "o'brien(x)": "pending_link",
+        "erin": "none"}
