@@ -231,3 +231,33 @@ def test_check_config_reports_a_broken_admin_template(tmp_path):
             """, tmp_path)
     (problem,) = err.value.problems
     assert problem.startswith("mail.templates: ") and "enroll.html: unknown" in problem
+
+
+def test_status_rows_join_directory_and_store_in_every_format():
+    import io
+    import json as jsonlib
+
+    from pushproxy.rollout import status
+
+    overview = {"alice": UserRollout("alice", 2, 86400.0, None, 10.0),
+                "bob": UserRollout("bob", 0, None, 172800.0, 20.0),
+                "zed": UserRollout("zed", 1, None, None, None)}  # not in the group
+    users = [found("alice"), found("bob"), found("carol", mail=False),
+             DirectoryUser("ghost", UserStatus.UNKNOWN)]
+    rows = status.rows(users, overview)
+    assert [(r.user, r.status, r.devices, r.directory) for r in rows] == [
+        ("alice", "device", 2, "found"), ("bob", "pending_link", 0, "found"),
+        ("carol", "none", 0, "found"), ("ghost", "none", 0, "unknown")]
+    assert rows[0].last_used == "1970-01-02T00:00:00.000Z" and rows[2].mail is None
+    out = io.StringIO()
+    status.write(rows, "text", out)
+    assert out.getvalue().splitlines()[-1] == (
+        "4 user(s): 1 with a device, 1 with an open link, 2 with neither")
+    out = io.StringIO()
+    status.write(rows, "json", out)
+    assert [r["user"] for r in jsonlib.loads(out.getvalue())] == ["alice", "bob", "carol",
+                                                                  "ghost"]
+    out = io.StringIO()
+    status.write(rows, "csv", out)
+    assert out.getvalue().splitlines()[0] == ",".join(status.FIELDS)
+    assert [r.user for r in status.rows(None, overview)] == ["alice", "bob", "zed"]
