@@ -306,6 +306,8 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     enroll_modes = [("push.no_device", push.no_device if push else None)] + [
         (f"radius.clients ({cl.name}).no_device", cl.no_device)
         for cl in (radius.clients if radius else ())]
+    if ldap_front is not None:
+        enroll_modes.append(("ldap_front.no_device", ldap_front.no_device))
     for where, mode in enroll_modes:
         if mode is NoDeviceMode.ENROLL and mail is None and root.get("mail") is None:
             c.problem(where, "enroll mails a link: it needs the mail: section")
