@@ -67,6 +67,14 @@ def resolve_account(config, name: str) -> tuple[str | None, str | None]:
 
 def cmd_enroll(args) -> int:
     """Create a one-time enrollment link for a user and show it as a QR code."""
+    if args.group or args.mail or len(args.user) > 1:  # bulk, by mail: pushproxy.rollout
+        from pushproxy.rollout.commands import cmd_enroll_mail
+
+        return cmd_enroll_mail(args)
+    if len(args.user) != 1:
+        print("enroll: name a user (or --group DN to mail a whole group)", file=sys.stderr)
+        return 2
+    args.user = args.user[0]
     config, store = _store(args)
     if store is None:
         return 1
@@ -228,15 +236,20 @@ def add_parsers(sub) -> None:
     """Register ``enroll``, ``devices``, ``bypass``, ``unlock`` and ``locks`` on the CLI's
     subparsers."""
     p = sub.add_parser("enroll", help="create a one-time enrollment link (and QR code) for a user")
-    p.add_argument("user", help="looked up in the directory; the entry's stored name is enrolled")
+    p.add_argument("user", nargs="*", help="looked up in the directory; the entry's stored "
+                                           "name is enrolled (several names: by mail)")
     p.add_argument("--no-directory-check", action="store_true",
                    help="enroll the name as given (casefolded) without asking the directory: "
                         "only for users it cannot look up (primary: radius without LDAP)")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
     p.add_argument("--png", metavar="FILE", help="also write the QR code as a PNG image")
-    p.add_argument("--ttl", type=float, help="seconds the link stays valid "
-                                             "(default: approval.enrollment_ttl)")
+    p.add_argument("--ttl", type=float, help="seconds the link stays valid (default: "
+                                             "approval.enrollment_ttl; by mail: "
+                                             "mail.link_validity_days)")
     p.add_argument("--no-qr", action="store_true", help="print the link only")
+    from pushproxy.rollout.commands import add_enroll_arguments
+
+    add_enroll_arguments(p)
     p.set_defaults(func=cmd_enroll)
     devices = sub.add_parser("devices", help="list or revoke enrolled devices")
     dsub = devices.add_subparsers(dest="devices_command", required=True)

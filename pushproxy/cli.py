@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_parsers(sub)
     policy.add_parser(sub)
     connectivity.add_parser(sub)
+    from pushproxy.rollout import commands as rollout
+
+    rollout.add_parser(sub)
     return parser
 
 

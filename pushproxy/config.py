@@ -35,6 +35,7 @@ from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
 if TYPE_CHECKING:  # the section's parser imports this module
     from pushproxy.ldapfront.config import LdapFrontConfig
     from pushproxy.radsec.settings import RadsecConfig
+    from pushproxy.rollout.mailconfig import MailConfig
 
 
 class ConfigError(Exception):
@@ -65,6 +66,7 @@ class NoDeviceMode(Enum):
 
     REJECT = "reject"
     ALLOW = "allow"  # primary factor only, for a rollout period
+    ENROLL = "enroll"  # reject, and mail an enrollment link (needs mail:; pushproxy.rollout)
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ class Config:
     source: str
     reply_attributes: "ReplyMap | None" = None  # group/rule -> Accept attributes
     ldap_front: LdapFrontConfig | None = None  # the LDAP front end; None: off
+    mail: "MailConfig | None" = None  # enrollment mails (pushproxy.rollout); None: off
     # (config path, file, kind) of every secret file and private key: pushproxy.filemodes
     sensitive_files: tuple[tuple[str, str, str], ...] = ()
 
@@ -299,7 +302,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
                      optional=("push", "audit", "log", "daemon", "policy",
-                               "reply_attributes", "ldap_front"))
+                               "reply_attributes", "ldap_front", "mail"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -327,11 +330,24 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
         client_names={cl.name for cl in radius.all_clients} if radius else None)
     _check_workers(c, daemon, radius, approval)
     _check_tls_files(c, ldap, approval, ldap_front)
+    from pushproxy.rollout.mailconfig import parse_mail  # imports pushproxy.checker only
+
+    mail = parse_mail(c, root.get("mail"))
+    enroll_modes = [("push.no_device", push.no_device if push else None)] + [
+        (f"radius.clients ({cl.name}).no_device", cl.no_device)
+        for cl in (radius.clients if radius else ())]
+    if ldap_front is not None:
+        enroll_modes.append(("ldap_front.no_device", ldap_front.no_device))
+    for where, mode in enroll_modes:
+        if mode is NoDeviceMode.ENROLL and mail is None and root.get("mail") is None:
+            c.problem(where, "enroll mails a link: it needs the mail: section")
+        if mode is NoDeviceMode.ENROLL and ldap and ldap.bind_dn is None:
+            c.problem(where, "enroll reads the user's mail address: it needs ldap.bind_dn")
     if c.problems:
         raise ConfigError(c.problems)
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
-                  reply_attributes=reply_map, ldap_front=ldap_front,
+                  reply_attributes=reply_map, ldap_front=ldap_front, mail=mail,
                   sensitive_files=tuple(c.sensitive))
 
 

@@ -35,6 +35,7 @@ class Reason(enum.Enum):
     PUSH_UNAVAILABLE_SAFE = "push_unavailable_failmode_safe"
     NO_DEVICE = "no_enrolled_device"
     NO_DEVICE_ALLOWED = "no_enrolled_device_allowed"
+    NO_DEVICE_ENROLL = "no_enrolled_device_link_mailed"  # no_device: enroll (rate-limited)
     BAD_CREDENTIALS = "bad_credentials"
     UNKNOWN_USER = "unknown_user"
     AMBIGUOUS_USER = "ambiguous_user"
@@ -71,6 +72,11 @@ class Reason(enum.Enum):
 ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,
                             Reason.NO_DEVICE_ALLOWED, Reason.POLICY_ALLOW, Reason.REMEMBERED,
                             Reason.PASSCODE_TOTP, Reason.PASSCODE_BYPASS})
+# The Reply-Message of a login rejected with no_device: enroll. The same words whether or
+# not a mail went out this time (rate limit): they must not tell a password guesser
+# anything about the mailbox.
+ENROLL_MESSAGE = ("No sign-in device is set up for you yet. Check your mail for a link "
+                  "to set one up, then sign in again.")
 # Reasons that count as the user saying no (MFA-fatigue accounting).
 DENIAL_REASONS = frozenset({Reason.PUSH_DENIED, Reason.PUSH_FRAUD, Reason.NUMBER_MISMATCH,
                             Reason.WRONG_LOGIN_CODE})
@@ -228,6 +234,9 @@ def push_decision(result: PushResult, failmode: FailMode, no_device: NoDeviceMod
         return Decision.of(Reason.NUMBER_MISMATCH, result)
     if status is PushStatus.TIMEOUT:
         return Decision.of(Reason.PUSH_TIMEOUT, result)
+    if status is PushStatus.NO_DEVICE and no_device is NoDeviceMode.ENROLL:
+        return dataclasses.replace(Decision.of(Reason.NO_DEVICE_ENROLL, result),
+                                   message=ENROLL_MESSAGE)
     if status is PushStatus.NO_DEVICE:
         allowed = no_device is NoDeviceMode.ALLOW
         return Decision.of(Reason.NO_DEVICE_ALLOWED if allowed else Reason.NO_DEVICE, result)

@@ -164,6 +164,9 @@ class Engine(Pushes, VerifiedPush):
         self._answering = 0  # challenge answers waiting for their push
         self._unkeyed = 0  # logins running that can join nothing (no session to key on)
         self._stopping = False
+        # no_device: enroll: called with (account, dn) to mail a link; set by the
+        # wiring when a mail: section exists (pushproxy.rollout.loginmail)
+        self.enroll_mail: Callable[[str, str | None], None] | None = None
 
     @property
     def fatigue(self):
@@ -273,6 +276,8 @@ class Engine(Pushes, VerifiedPush):
         if decision.outcome is Outcome.ACCEPT:
             decision = dataclasses.replace(
                 decision, attributes=primary.attributes + self._mapped(req, primary, decision))
+        if decision.reason is Reason.NO_DEVICE_ENROLL and self.enroll_mail is not None:
+            self.enroll_mail(account, primary.dn)  # off the login's path; never raises
         return dataclasses.replace(decision, user=account)
 
     @staticmethod

@@ -19,7 +19,7 @@ from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapauth import conclude, group_query, normalize_dn, user_filter, values_of
 
 
-class _Failed(Exception):
+class ServerUnusable(Exception):
     """This server could not answer; try the next one."""
 
 
@@ -36,26 +36,52 @@ def open_search(config: LdapConfig, server: LdapServer) -> ldap3.Connection:
     conn.open(read_server_info=False)
     conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if config.start_tls and not conn.start_tls(read_server_info=False):
-        raise _Failed("StartTLS failed")
+        raise ServerUnusable("StartTLS failed")
     if config.bind_dn is not None and not conn.bind():
-        raise _Failed(f"service account bind failed: {conn.result.get('description')}")
+        raise ServerUnusable(f"service account bind failed: {conn.result.get('description')}")
     return conn
 
 
 def lookup(config: LdapConfig, username: str, candidates: frozenset[str],
-           required: frozenset[str]) -> PrimaryResult:
-    """The user's entry and groups, servers tried in order; UNAVAILABLE if none answers."""
+           required: frozenset[str], conns: dict | None = None) -> PrimaryResult:
+    """The user's entry and groups, servers tried in order; UNAVAILABLE if none answers.
+
+    ``conns`` (server URL -> connection) keeps each server's connection for the
+    caller's next lookup (`close_all` ends them); without it each lookup opens
+    and closes its own."""
     errors = []
     for server in config.servers:
         try:
-            conn = open_search(config, server)
+            conn = conns.get(server.url) if conns is not None else None
+            if conn is None or conn.closed:
+                conn = open_search(config, server)
+                if conns is not None:
+                    conns[server.url] = conn
             try:
                 return _lookup_on(config, conn, server, username, candidates, required)
             finally:
-                conn.unbind()
-        except (_Failed, lexc.LDAPException, OSError, ssl.SSLError) as exc:
+                if conns is None:
+                    conn.unbind()
+        except (ServerUnusable, lexc.LDAPException, OSError, ssl.SSLError) as exc:
+            if conns is not None:
+                _close(conns.pop(server.url, None))
             errors.append(f"{server.url}: {type(exc).__name__}: {exc}")
     return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="; ".join(errors))
+
+
+def close_all(conns: dict) -> None:
+    """Close and forget the connections ``lookup`` kept in ``conns``."""
+    while conns:
+        _close(conns.popitem()[1])
+
+
+def _close(conn) -> None:
+    if conn is None:
+        return
+    try:
+        conn.unbind()
+    except (lexc.LDAPException, OSError, ssl.SSLError):
+        pass  # closing a broken socket: nothing left to do
 
 
 def _lookup_on(config, conn, server, username, candidates, required) -> PrimaryResult:
@@ -66,7 +92,7 @@ def _lookup_on(config, conn, server, username, candidates, required) -> PrimaryR
                      search_scope=ldap3.SUBTREE, attributes=wanted, size_limit=2)
     code = conn.result.get("result", 0)
     if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
-        raise _Failed(f"user search failed: {conn.result.get('description')}")
+        raise ServerUnusable(f"user search failed: {conn.result.get('description')}")
     entries = [(e["dn"], e.get("attributes", {})) for e in conn.response or []
                if e.get("type") == "searchResEntry"]
     if not entries:

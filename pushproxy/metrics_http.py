@@ -52,6 +52,8 @@ HELP = {
     "bus_polls": "Store re-reads made because the notification bus was down",
     "answers": "Device answers, by outcome",
     "enrollments": "Device enrollments, by outcome",
+    "enroll_mails": "Enrollment mails of no_device: enroll, by outcome (sent, rate_limited, "
+                    "failed, no_address, dropped, error)",
     "device_auth_failures": "Device requests refused (signature, time window, replay)",
     "alerts": "Alerts raised, by kind",
     "alert_webhooks": "Alert webhook posts, by outcome",

@@ -131,7 +131,8 @@ class Daemon:
             ("log.format/log.syslog", (old.log.format, old.log.syslog),
              (new.log.format, new.log.syslog)),
             ("ldap_front (added or removed)", old.ldap_front is None,
-             new.ldap_front is None)) if a != b]
+             new.ldap_front is None),
+            ("mail", old.mail, new.mail)) if a != b]
         for component in self.components:
             if hasattr(component, "reload") and new.ldap_front is not None:
                 restart += component.reload(new)

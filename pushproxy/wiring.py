@@ -80,6 +80,7 @@ class ApprovalComponent:
                           counters=self.counters, max_failures=self.config.max_failures,
                           failure_window=self.config.failure_window,
                           trusted_proxies=self.config.trusted_proxies,
+                          device_links=(self.config.public_url, self.config.enrollment_ttl),
                           deadlines=Deadlines(head=self.config.header_timeout,
                                               body=self.config.body_timeout,
                                               idle=self.config.keepalive_timeout))
@@ -223,6 +224,12 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
         state = StoreState(approval.store, config.push.limits, counters=counters)
         daemon.engine.state = state
         daemon.components.append(LoginStateComponent(state, reactor))
+    if config.mail is not None:  # no_device: enroll (pushproxy.rollout.loginmail)
+        from pushproxy.rollout.loginmail import LoginEnrollMailer
+
+        mailer = LoginEnrollMailer(config, reactor, approval.store, counters)
+        daemon.engine.enroll_mail = mailer.request
+        daemon.components.append(mailer)
     if config.daemon.metrics_listen:
         host, port = config.daemon.metrics_listen
         daemon.components.append(MetricsComponent((host, port + worker_index), daemon,

@@ -177,10 +177,13 @@ class ApprovalApi:
     """
 
     def __init__(self, service: Any, *, enroll_limit: FailureLimiter | None = None,
-                 auth_limit: FailureLimiter | None = None):
+                 auth_limit: FailureLimiter | None = None,
+                 device_links: tuple[str, float] | None = None):
         self.service = service
         self.enroll_limit = enroll_limit
         self.auth_limit = auth_limit
+        # (public_url, enrollment_ttl) for "add a device"; None: not offered
+        self.device_links = device_links
 
     async def info(self, request: server.Request) -> tuple[int, dict]:
         """``GET /v1/info``: version, VAPID key, server time (no authentication)."""
@@ -268,6 +271,16 @@ class ApprovalApi:
         answer = await self.service.answer(device, txid, decision, signature, number)
         return 200, answer or {"status": "recorded"}
 
+    async def device_link(self, request: server.Request) -> tuple[int, dict]:
+        """``POST /v1/device/enrollment``: a one-time link for another device of this
+        device's user (pushproxy.approval.adddevice)."""
+        device, _ = await self._device(request)
+        if self.device_links is None:
+            raise ApprovalError(404, "not_found", "adding devices is not offered here")
+        from pushproxy.approval.adddevice import new_device_link
+
+        return 201, await new_device_link(self.service, device, *self.device_links)
+
     async def subscription(self, request: server.Request) -> tuple[int, dict]:
         """``PUT /v1/device/subscription``: replace (or clear) the Web Push subscription."""
         device, body = await self._device(request)
@@ -303,6 +316,7 @@ class ApiRoot(resource.Resource):
         device.putChild(b"pending", Endpoint({b"GET": api.pending}))
         device.putChild(b"answer", Endpoint({b"POST": api.answer}))
         device.putChild(b"subscription", Endpoint({b"PUT": api.subscription}))
+        device.putChild(b"enrollment", Endpoint({b"POST": api.device_link}))
         v1.putChild(b"device", device)
         self.putChild(b"v1", v1)
 
@@ -328,7 +342,8 @@ class _Directory(resource.Resource):
 def build_site(service: Any, *, max_body: int, reactor: Any,
                app: str | os.PathLike | None = WEBAPP_DIR, counters: Counters | None = None,
                max_failures: int = 10, failure_window: float = 300.0,
-               trusted_proxies: tuple = (), deadlines: Deadlines = Deadlines()) -> ApiSite:
+               trusted_proxies: tuple = (), deadlines: Deadlines = Deadlines(),
+               device_links: tuple[str, float] | None = None) -> ApiSite:
     """The approval API as a Site for ``reactor.listenTCP`` / ``listenSSL``.
 
     ``max_body`` is ``approval.max_body``. ``site.resource`` is the `ApiRoot`,
@@ -345,7 +360,7 @@ def build_site(service: Any, *, max_body: int, reactor: Any,
                                    max_failures=max_failures, window=failure_window)
               for kind in ("enroll", "device_auth")}
     root = ApiRoot(ApprovalApi(service, enroll_limit=limits["enroll"],
-                               auth_limit=limits["device_auth"]))
+                               auth_limit=limits["device_auth"], device_links=device_links))
     if app is not None:
         root.putChild(b"app", WebApp(app))
     return ApiSite(root, max_body=max_body, reactor=reactor, trusted_proxies=trusted_proxies,

@@ -23,6 +23,7 @@ from pushproxy.approval.runner import InlineRunner
 if TYPE_CHECKING:
     from pushproxy.approval.clusterstore import Opened
     from pushproxy.approval.loginstore import ChallengeRow
+    from pushproxy.approval.rolloutstore import UserRollout
     from pushproxy.approval.store import Device, Enrollment, Lock, PasscodeAttempt, Transaction
     from pushproxy.approval.storeapi import Runner, StoreAPI
     from pushproxy.fatigue import Block, FatigueLimits
@@ -296,3 +297,40 @@ class AsyncStore:
         """`StoreAPI.claim_device_nonce`, where the store runs."""
         return self._runner.submit(self._runner.store.claim_device_nonce,
                                    device_id, nonce, expires)
+
+    # -- the rollout: open links and enrollment mails (RolloutStore)
+
+    def rollout_overview(self, now: float) -> Deferred[dict[str, UserRollout]]:
+        """`StoreAPI.rollout_overview`, where the store runs."""
+        return self._runner.submit(self._runner.store.rollout_overview, now)
+
+    def delete_unused_enrollment(self, token_hash: str) -> Deferred[bool]:
+        """`StoreAPI.delete_unused_enrollment`, where the store runs."""
+        return self._runner.submit(self._runner.store.delete_unused_enrollment, token_hash)
+
+    def end_open_enrollments(self, username: str, now: float,
+                             keep: str | None) -> Deferred[int]:
+        """`StoreAPI.end_open_enrollments`, where the store runs."""
+        return self._runner.submit(self._runner.store.end_open_enrollments, username, now, keep)
+
+    def record_enrollment_mail(self, username: str, token_hash: str, address: str,
+                               reason: str, now: float) -> Deferred[None]:
+        """`StoreAPI.record_enrollment_mail`, where the store runs."""
+        return self._runner.submit(self._runner.store.record_enrollment_mail,
+                                   username, token_hash, address, reason, now)
+
+    def claim_enrollment_mail(self, username: str, now: float, window: float,
+                              limit: int) -> Deferred[int | None]:
+        """`StoreAPI.claim_enrollment_mail`, where the store runs."""
+        return self._runner.submit(self._runner.store.claim_enrollment_mail,
+                                   username, now, window, limit)
+
+    def mail_sent(self, claim_id: int, token_hash: str, address: str,
+                  now: float) -> Deferred[None]:
+        """`StoreAPI.mail_sent`, where the store runs."""
+        return self._runner.submit(self._runner.store.mail_sent,
+                                   claim_id, token_hash, address, now)
+
+    def forget_enrollment_mail(self, claim_id: int) -> Deferred[None]:
+        """`StoreAPI.forget_enrollment_mail`, where the store runs."""
+        return self._runner.submit(self._runner.store.forget_enrollment_mail, claim_id)

@@ -270,6 +270,10 @@ class DeviceClient:
             body["number"] = number
         return self.request("POST", "/v1/device/answer", body)
 
+    def device_link(self) -> dict:
+        """A one-time link for another device of this user ("add a device"): link, expires."""
+        return self.request("POST", "/v1/device/enrollment", {})
+
     def set_subscription(self, subscription: dict | None) -> dict:
         """Replace this device's Web Push subscription (None: long-poll only)."""
         return self.request("PUT", "/v1/device/subscription", {"push_subscription": subscription})

@@ -109,6 +109,26 @@ def cmd_pending(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_device(args: argparse.Namespace) -> int:
+    """``authenticator add-device``: a one-time link (and QR code) for another device."""
+    try:
+        with DeviceClient(args.state, _args_verify(args)) as device:
+            answer = device.device_link()
+    except AuthenticatorError as exc:
+        return _fail(exc)
+    link = answer.get("link")
+    if not isinstance(link, str):
+        return _fail(AuthenticatorError("the server's answer has no link"))
+    if not args.no_qr:
+        import segno
+
+        segno.make(link, error="m").terminal(out=sys.stdout, compact=True)
+    print(f"Open this link on the new device (works once, valid until "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(answer.get('expires', 0)))}):")
+    print(link)
+    return 0
+
+
 def _cmd_answer(args: argparse.Namespace, decision: str) -> int:
     try:
         with DeviceClient(args.state, _args_verify(args)) as device:
@@ -324,6 +344,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fraud", action="store_true",
                    help="report it: this login attempt was not me")
     p.set_defaults(func=cmd_deny)
+
+    p = sub.add_parser("add-device", parents=[common],
+                       help="a one-time link for another device of the same user")
+    p.add_argument("--no-qr", action="store_true", help="print the link only")
+    p.set_defaults(func=cmd_add_device)
 
     # Offline: no server, so no TLS options.
     p = sub.add_parser("code", help="show the current passcode (works offline)",

@@ -33,6 +33,7 @@ import psycopg
 from pushproxy.approval.loginstore import PostgresLoginState
 from pushproxy.approval.clusterstore import CHANNEL, PgClusterMethods
 from pushproxy.approval.pgwatch import Watchdog, hung_up
+from pushproxy.approval.rolloutstore import PostgresRolloutMethods
 from pushproxy.approval.store import (
     _DEVICE,
     _ENROLLMENT,
@@ -73,7 +74,7 @@ def _brief(exc: psycopg.Error) -> str:
     return (text or type(exc).__name__)[:500]
 
 
-class PostgresStore(PostgresLoginState, PgClusterMethods, Store):
+class PostgresStore(PostgresLoginState, PgClusterMethods, PostgresRolloutMethods, Store):
     """The Store on one PostgreSQL database; method contracts are on Store.
 
     One connection per instance, in autocommit mode (a single statement is its

@@ -9,7 +9,9 @@ same signature, and nothing public that the other lacks). It is composed of
 - `LoginStateStore` (pushproxy.approval.loginstore): fatigue limits, open
   challenges and remembered logins of cluster mode;
 - `ClusterStore` (here): joining pushes across nodes, waiters, heartbeats and
-  device-request nonces of cluster mode.
+  device-request nonces of cluster mode;
+- `RolloutStore` (pushproxy.approval.rolloutstore): who has a device or an open
+  link, and the enrollment mails sent.
 
 Store methods block (SQLite, psycopg). The command line calls them directly; the
 daemon never does: it holds an `AsyncStore` (pushproxy.approval.asyncstore), a
@@ -23,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ParamSpec, Protocol, TypeVar
 
 from pushproxy.approval.loginstore import LoginStateStore
+from pushproxy.approval.rolloutstore import RolloutStore
 from pushproxy.approval.store import Store
 
 if TYPE_CHECKING:
@@ -81,7 +84,7 @@ class ClusterStore(Protocol):
         """Record a device request's nonce until ``expires``; False if seen before."""
 
 
-class StoreAPI(Store, LoginStateStore, ClusterStore, Protocol):
+class StoreAPI(Store, LoginStateStore, ClusterStore, RolloutStore, Protocol):
     """Everything a store backend implements; see the module docstring."""
 
     commits: int  # transactions committed by this store object (per-method in /metrics)

@@ -180,6 +180,7 @@ function wireButtons() {
   $("report-fraud").addEventListener("click", () => answer("fraud"));
   $("result-ok").addEventListener("click", dismissResult);
   $("show-code").addEventListener("click", () => showCode(true));
+  $("add-device").addEventListener("click", addDevice);
   $("code-back").addEventListener("click", () => showCode(false));
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && state.screen === "code") showCode(false);
@@ -225,7 +226,19 @@ function cleanName(text) {
   return text.replace(/[\p{C}]/gu, "").replace(/\s+/gu, " ").trim().slice(0, 64);
 }
 
+/** Which of the enrollment screen's per-platform instructions fits this browser. */
+function platformHelp() {
+  const agent = navigator.userAgent;
+  // iPadOS 13+ says "Macintosh"; only a touch screen tells it from a Mac.
+  if (/iPhone|iPad|iPod/.test(agent) || (/Macintosh/.test(agent) && navigator.maxTouchPoints > 1)) {
+    return "help-ios";
+  }
+  if (/Android/.test(agent)) return "help-android";
+  return "help-desktop";
+}
+
 function showEnroll(replacing) {
+  $(platformHelp()).open = true;
   $("enroll-replacing").hidden = !replacing;
   if (!$("device-name").value) $("device-name").value = defaultDeviceName();
   $("enroll-status").textContent = "";
@@ -345,6 +358,24 @@ async function syncPush() {
     }
   } catch (err) {
     // Stays on long-poll; tried again at the next start.
+  }
+}
+
+/** "Add another device": this device signs the request for a one-time setup link. */
+async function addDevice() {
+  const status = $("add-device-status");
+  status.textContent = "Making a setup link…";
+  try {
+    const answer = await PP.call(API_BASE, "POST", "v1/device/enrollment",
+      { body: {}, device: state.device });
+    $("add-device-qr").src = answer.qr;
+    $("add-device-link").textContent = answer.link;
+    $("add-device-link").href = answer.link;
+    $("add-device-expires").textContent = new Date(answer.expires * 1000).toLocaleTimeString();
+    $("add-device-box").hidden = false;
+    status.textContent = "";
+  } catch (err) {
+    status.textContent = "Could not make a setup link. Try again later.";
   }
 }
 
