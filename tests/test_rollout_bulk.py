@@ -159,13 +159,16 @@ def test_mail_config_problems_are_all_reported(tmp_path):
 
 def test_no_device_enroll_needs_the_mail_section(tmp_path):
     base = (REPO / "config.example.yaml").read_text()
-    text = base.replace("no_device: reject\n", "no_device: enroll\n")  # clients' and push's
-    assert text != base
+    text = base.replace("no_device: reject\n", "no_device: enroll\n")  # push's
+    # and a gateway's own setting
+    gateway = "      secret_file: secrets/vpn-gw-1.secret"
+    assert text.count(gateway) == 1
+    text = text.replace(gateway, "      no_device: enroll\n" + gateway)
     with pytest.raises(ConfigError) as err:
         parse_config(text, base_dir=REPO, env={"PUSHPROXY_LDAP_PASSWORD": "x"})
     problems = [p.split(" (line")[0] for p in err.value.problems]
     assert "push.no_device: enroll mails a link: it needs the mail: section" in problems
-    assert "radius.clients (fw-legacy).no_device: enroll mails a link: it needs the mail: " \
+    assert "radius.clients (vpn-gw-1).no_device: enroll mails a link: it needs the mail: " \
            "section" in problems
 
 
