@@ -176,7 +176,9 @@ class MetricsComponent:
             gauges[name] = (doc, lambda field=field: getattr(admission.load(), field))
         gauges["overloaded"] = ("1 while new requests are shed (busy), else 0",
                                 lambda: int(admission.check() is not None))
-        # Served on threads of its own: a scrape must not wait for a busy event loop.
+        gauges["shed_waiting"] = ("Shed requests remembered so that their resends are "
+                                  "served before newcomers", lambda: admission.waiting)
+        # Served by a process of its own: a scrape must not wait for a busy daemon.
         self.server = MetricsServer(
             self.listen, metrics_http.registry(self.daemon.counters, gauges),
             metrics_http.HealthResource(self.daemon.health, self.daemon.reactor),
