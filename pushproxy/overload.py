@@ -198,8 +198,9 @@ class Admission:
             loop_lag=self.lag.lag() if self.lag is not None else 0.0)
 
     def check(self) -> ShedReason | None:
-        """Why to shed a new login now, or None to admit it."""
-        return shed_reason(self.load(), self.limits)
+        """Why a newcomer (a new login, an LDAP front-end bind) is shed now, or None:
+        the daemon is busy while this is not None (/healthz, gauge ``overloaded``)."""
+        return shed_reason(self.load(), self.limits, self.NEWCOMER_SHARE)
 
 
 def parse_limits(c: Checker, value, path: str = "daemon.overload") -> OverloadLimits:
