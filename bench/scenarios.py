@@ -371,7 +371,13 @@ class Bench:
             results = [t.result() for t in done]
         finally:
             client.close()
-        approved = set(approve)
+        # Right means: Accept exactly for the logins whose phone's approval the daemon
+        # took (200). An approval that came too late (410, or the push had already
+        # timed out when the phone looked: "missed") must end in Reject, and is
+        # reported: on a starved machine the phones fall behind the push timeout.
+        approved = {a["user"] for a in answers["records"] if a["status"] == 200}
+        out["approvals_missed"] = len(answers["missed"])
+        out["approved_by_device"] = len(approved)
         outcomes = Counter()
         wrong = 0
         lost = len(unfinished)
@@ -388,6 +394,14 @@ class Bench:
         # Who was not answered: told apart from the daemon's own count of decisions.
         out["unanswered"] = sorted(tasks[t] for t in unfinished)[:200] + [
             r.user for r in results if r.outcome is None][:200]
+        # A timed-out login waited its push timeout after it was taken in: the rest of
+        # its round trip is the time it was shed (and its LDAP stage).
+        intake = sorted(r.rtt - s.pending_timeout for r in results
+                        if r.outcome == "reject" and r.rtt is not None)
+        if intake:
+            out["intake_wait_s"] = {
+                "n": len(intake), "p50": round(percentile(intake, 50), 2),
+                "p99": round(percentile(intake, 99), 2), "max": round(intake[-1], 2)}
         decided = (await asyncio.to_thread(daemon.metrics)).value("pushproxy_decisions_total")
         out["daemon_decisions"] = int(decided)
         if lost or wrong:
