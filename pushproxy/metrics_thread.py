@@ -51,8 +51,6 @@ class MetricsServer:
 
     #: seconds between renders when nobody asks (bounds how old the figures get)
     RENDER_EVERY = 1.0
-    #: seconds `start` waits for the serving process to say it serves
-    START_WAIT = 15.0
 
     def __init__(self, listen: tuple[str, int], registry, health, reactor, *,
                  budget: ConnectionBudget | None = None, counters=None,
@@ -75,7 +73,7 @@ class MetricsServer:
         self._health_out: bytes | None = None  # a health result to send down
         self._health_running = False
         self._write_lock = threading.Lock()
-        self._serving = threading.Event()
+        self.serving = threading.Event()  # set once the serving process says it serves
 
     def start(self) -> tuple[str, int]:
         """Bind, start the serving process and the feed; the bound address."""
@@ -92,10 +90,9 @@ class MetricsServer:
         self._sock = sock
         self._spawn()
         threading.Thread(target=self._feed, name="metrics-feed", daemon=True).start()
-        # Serving once this returns, as a listener should be (connections made
-        # meanwhile wait in the socket's backlog).
-        if not self._serving.wait(self.START_WAIT):
-            logs.event(log, logging.WARNING, "metrics.slow_start", waited_s=self.START_WAIT)
+        # Not waited for: the socket listens already, and a connection made before
+        # the process is up waits in its backlog (a start that waited for the
+        # process's interpreter took seconds on a loaded machine).
         return sock.getsockname()[:2]
 
     def _spawn(self) -> None:
@@ -122,7 +119,7 @@ class MetricsServer:
             kind, _, rest = line.rstrip(b"\n").partition(b" ")
             try:
                 if kind == b"R":
-                    self._serving.set()
+                    self.serving.set()
                 elif kind == b"M":
                     with self._wake:
                         self._want_metrics = True

@@ -40,6 +40,7 @@ def serve(loop, health):
     server = MetricsServer(("127.0.0.1", 0), registry(counters, gauges),
                            HealthResource(health, loop), loop, health_timeout=0.3)
     host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
     return server, f"http://{host}:{port}"
 
 
@@ -107,6 +108,7 @@ def test_the_admin_listener_refuses_past_its_per_source_cap_and_counts_it(no_pro
                            RunningLoop(), budget=ConnectionBudget("metrics", total=8, per_source=2),
                            counters=counters, timeout=5.0)
     host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
     held = []
     try:
         for _ in range(2):
@@ -141,6 +143,7 @@ def test_trickled_bytes_do_not_extend_the_request_deadline(no_proxy):
                            HealthResource(lambda: defer.succeed({"healthy": True}), RunningLoop()),
                            RunningLoop(), counters=counters, timeout=1.0)
     host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
     try:
         s = socket.create_connection((host, port), timeout=5)
         started = time.monotonic()
@@ -191,6 +194,7 @@ def serve_counters(counters, gauges=None):
                            HealthResource(lambda: defer.succeed({"healthy": True}), loop), loop,
                            counters=counters, fresh_wait=0.5)
     host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
     return server, f"http://{host}:{port}"
 
 
