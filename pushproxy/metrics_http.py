@@ -178,7 +178,8 @@ class AdminSite(server.Site):
 def build_site(counters: Counters, gauges: dict, health: Callable[[], defer.Deferred],
                clock, deadlines: Deadlines = Deadlines()) -> server.Site:
     """The admin site: /metrics and /healthz on the event loop (the daemon serves them
-    from threads, `pushproxy.metrics_thread`, with the same resources)."""
+    from a process of its own, `pushproxy.metrics_thread`, with the same registry and
+    health check)."""
     registry_ = registry(counters, gauges)
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(registry_))

@@ -1,101 +1,61 @@
-"""The admin listener on threads of its own: /metrics never waits for the event loop.
+"""The admin listener: /metrics and /healthz served by a small process of its own.
 
-Under a login storm the event loop is the busiest thing in the process (and
-shares one interpreter lock with the LDAP and store threads); a scrape served
-by it waited seconds behind the storm (issue 22), exactly when an operator
-needs the figures. Here a small threaded HTTP server renders /metrics from
-the thread-safe `Counters` and the gauges (plain reads of live state), so a
-scrape costs milliseconds however late the loop runs. /healthz still asks the
-directory and the store, which only the event loop can do: it is handed to
-the loop (`metrics_http.HealthResource`'s check and one-second cache) and
-answered within ``health_timeout`` seconds, or as failed.
+Under a login storm the daemon is CPU-bound, and all its threads (event
+loop, store, eight LDAP threads) take turns on one interpreter lock. Served
+from a thread of the daemon, a scrape needed that lock after every socket
+call and waited up to 1.9 s for it (issue 22; docs/benchmarks.md has the
+measurements). So the daemon only *makes* the figures -- a render of the
+Prometheus text takes ~1-2 ms of CPU -- and `pushproxy.metrics_proc`, a child
+process with an interpreter lock of its own, holds the connections and
+serves them. The daemon binds the listening socket itself (address errors
+surface at start, as before) and passes it on.
+
+Here, in the daemon, the "metrics-feed" thread renders the figures once a
+second and whenever the child asks (a scrape arrived), and sends them down
+the child's stdin; the "metrics-read" thread reads the child's requests: a
+health check (run on the event loop, `metrics_http.HealthResource` with its
+one-second cache, its result sent down), counters (refused connections,
+deadlines: counted in the daemon's `Counters`) and log events. If the child
+dies it is started again; if the daemon dies the child sees end of file and
+exits.
 
 Connections are held to a `connlimit.ConnectionBudget` (``daemon.metrics_max_connections``
 in total and ``metrics_max_connections_per_source``; more are closed unanswered
 and counted), and each connection has ``timeout`` seconds in all to send its
-request line and headers, however slowly it trickles them (a timer, not a
-per-read socket timeout): a stuck or trickling client cannot hold the listener.
+request line and headers, however slowly it trickles them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from pushproxy import logs
-from pushproxy.connlimit import Admission, ConnectionBudget
+from pushproxy.connlimit import ConnectionBudget
+from pushproxy.metrics_proc import FRAME
 
 log = logging.getLogger("pushproxy.metrics")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, handler, budget: ConnectionBudget, counters):
-        self._budget = budget
-        self._counters = counters
-        self._lock = threading.Lock()  # the budget's bookkeeping is not thread-safe
-        self._keys: dict[int, str] = {}
-        self._logged: dict[str, float] = {}
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-
-    def process_request(self, request, client_address):
-        host = client_address[0] if client_address else None
-        with self._lock:
-            verdict, key = self._budget.admit(host)
-            if verdict is Admission.ADMITTED:
-                self._keys[id(request)] = key
-        if verdict is not Admission.ADMITTED:
-            self._refused(verdict, key)
-            self.shutdown_request(request)  # busy: the scraper tries again
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(request)
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(request)
-
-    def _release(self, request) -> None:
-        with self._lock:
-            key = self._keys.pop(id(request), None)
-            if key is not None:
-                self._budget.release(key)
-
-    def _refused(self, verdict: Admission, key: str) -> None:
-        if self._counters is not None:
-            self._counters.inc("connections_refused", listener="metrics", reason=verdict.value)
-        now = time.monotonic()
-        with self._lock:
-            if now - self._logged.get(key, -60.0) < 60.0:
-                return
-            self._logged[key] = now
-            if len(self._logged) > 1024:
-                self._logged.clear()
-        logs.event(log, logging.WARNING, "connection.refused", listener="metrics",
-                   source=key, reason=verdict.value)
-
-
 class MetricsServer:
-    """GET /metrics (Prometheus text) and GET /healthz (JSON; 200, or 503 when down)."""
+    """GET /metrics (Prometheus text) and GET /healthz (JSON; 200, or 503 when down),
+    served by a child process fed from here."""
+
+    #: seconds between renders when nobody asks (bounds how old the figures get)
+    RENDER_EVERY = 1.0
 
     def __init__(self, listen: tuple[str, int], registry, health, reactor, *,
                  budget: ConnectionBudget | None = None, counters=None,
-                 timeout: float = 5.0, health_timeout: float = 10.0):
+                 timeout: float = 5.0, health_timeout: float = 10.0,
+                 fresh_wait: float = 0.25):
         self.listen = listen
         self.registry = registry
         self.health = health  # metrics_http.HealthResource: ._result() on the loop
@@ -104,92 +64,160 @@ class MetricsServer:
         self.counters = counters
         self.timeout = timeout
         self.health_timeout = health_timeout
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self.fresh_wait = fresh_wait  # a scrape waits this long for newer figures
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._wake = threading.Condition()
+        self._want_metrics = False
+        self._health_out: bytes | None = None  # a health result to send down
+        self._health_running = False
+        self._write_lock = threading.Lock()
+        self.serving = threading.Event()  # set once the serving process says it serves
 
     def start(self) -> tuple[str, int]:
-        """Listen and serve on a thread; the bound address."""
-        owner = self
+        """Bind, start the serving process and the feed; the bound address."""
+        host, port = self.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._spawn()
+        threading.Thread(target=self._feed, name="metrics-feed", daemon=True).start()
+        # Not waited for: the socket listens already, and a connection made before
+        # the process is up waits in its backlog (a start that waited for the
+        # process's interpreter took seconds on a loaded machine).
+        return sock.getsockname()[:2]
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = owner.timeout  # per read; the deadline below bounds the whole request
-            protocol_version = "HTTP/1.0"
+    def _spawn(self) -> None:
+        opts = {"fd": self._sock.fileno(), "timeout": self.timeout,
+                "health_timeout": self.health_timeout, "fresh_wait": self.fresh_wait,
+                "total": self.budget.total, "per_source": self.budget.per_source}
+        # The daemon's own import path, however it was started.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pushproxy.metrics_proc", json.dumps(opts)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(self._sock.fileno(),),
+            env=env, close_fds=True)
+        self._proc = proc
+        with self._wake:
+            self._want_metrics = True  # its first figures
+            self._wake.notify_all()
+        threading.Thread(target=self._read, args=(proc,), name="metrics-read",
+                         daemon=True).start()
 
-            def setup(self):
-                super().setup()
-                # Trickled bytes restart a socket timeout, not this timer.
-                self._deadline = threading.Timer(owner.timeout, self._expire)
-                self._deadline.daemon = True
-                self._deadline.start()
+    # -- from the child --
 
-            def _expire(self):
-                if owner.counters is not None:
-                    owner.counters.inc("http_deadline_closed", listener="metrics", phase="head")
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            kind, _, rest = line.rstrip(b"\n").partition(b" ")
+            try:
+                if kind == b"R":
+                    self.serving.set()
+                elif kind == b"M":
+                    with self._wake:
+                        self._want_metrics = True
+                        self._wake.notify_all()
+                elif kind == b"H":
+                    self._health_wanted()
+                elif kind == b"C" and self.counters is not None:
+                    name, labels = json.loads(rest)
+                    self.counters.inc(name, **labels)
+                elif kind == b"E":
+                    level, event, fields = json.loads(rest)
+                    logs.event(log, level, event, **fields)
+            except (ValueError, TypeError):
+                pass  # a garbled line from our own child: nothing to act on
+        proc.stdout.close()
+        if self._stopping.is_set():
+            return
+        code = proc.wait()
+        logs.event(log, logging.ERROR, "metrics.process_exited", code=code)
+        self._stopping.wait(1.0)  # no tight loop if it cannot start at all
+        if not self._stopping.is_set():
+            self._spawn()
 
-            def finish(self):
-                self._deadline.cancel()
-                super().finish()
+    def _health_wanted(self) -> None:
+        with self._wake:
+            if self._health_running:
+                return  # the check under way answers this request too
+            self._health_running = True
 
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                self._deadline.cancel()  # the request is in: answering is on us
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(owner.registry))
-                elif path == "/healthz":
-                    result = owner._health()
-                    self._send(200 if result.get("healthy") else 503, "application/json",
-                               json.dumps(result, sort_keys=True).encode("utf-8") + b"\n",
-                               no_store=True)
-                else:
-                    self._send(404, "text/plain", b"not found\n")
+        def done(result: dict) -> None:
+            body = json.dumps(result, sort_keys=True).encode("utf-8") + b"\n"
+            with self._wake:
+                self._health_running = False
+                self._health_out = body
+                self._wake.notify_all()
 
-            def _send(self, status: int, kind: str, body: bytes, no_store=False):
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                if no_store:
-                    self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+        def failed(failure) -> None:
+            log.error("health.check_failed %s", failure.getTraceback())
+            done({"healthy": False, "status": "down", "error": "health check failed"})
 
-            def log_message(self, format, *args):  # noqa: A002
-                pass  # scrapes every few seconds: no access log
+        def run() -> None:
+            self.health._result().addCallbacks(done, failed)
 
-        self._server = _Server(self.listen, Handler, self.budget, self.counters)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
-                                        daemon=True)
-        self._thread.start()
-        return self._server.server_address[:2]
-
-    def _health(self) -> dict:
-        """Run the health check on the event loop; wait for it here, bounded."""
-        done = threading.Event()
-        box: dict = {}
-
-        def run():
-            def keep(result):
-                box["result"] = result
-                done.set()
-
-            def failed(failure):
-                log.error("health.check_failed %s", failure.getTraceback())
-                keep({"healthy": False, "status": "down", "error": "health check failed"})
-
-            self.health._result().addCallbacks(keep, failed)
-
+        # Only the event loop may ask the directory and the store.
         self.reactor.callFromThread(run)
-        if not done.wait(self.health_timeout):
-            return {"healthy": False, "status": "down",
-                    "error": f"health check did not finish within {self.health_timeout:g} s"}
-        return box["result"]
+
+    # -- to the child --
+
+    def _feed(self) -> None:
+        due = time.monotonic()
+        while not self._stopping.is_set():
+            with self._wake:
+                self._wake.wait_for(
+                    lambda: self._want_metrics or self._health_out is not None
+                    or self._stopping.is_set(), max(0.0, due - time.monotonic()))
+                health, self._health_out = self._health_out, None
+                wanted, self._want_metrics = self._want_metrics, False
+            if self._stopping.is_set():
+                return
+            if health is not None:
+                self._send(b"H", health)
+            if wanted or time.monotonic() >= due:
+                try:
+                    body = generate_latest(self.registry)
+                except Exception:  # a broken gauge must not end the feed: log it, retry
+                    log.exception("metrics.render_failed")
+                    body = None
+                if body is not None:
+                    self._send(b"M", body)
+                due = time.monotonic() + self.RENDER_EVERY
+
+    def _send(self, kind: bytes, body: bytes) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            with self._write_lock:
+                proc.stdin.write(FRAME.pack(kind, time.time(), len(body)) + body)
+                proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the child is gone: _read starts another
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stop the feed and the serving process; close the socket."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.stdin.close()  # end of file: the child exits
+            except OSError:
+                pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -22,9 +22,9 @@ decides them, as it must for a fault (see `pushproxy.approval.runner`).
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Callable, Hashable
 
 from pushproxy.checker import Checker
 
@@ -64,20 +64,22 @@ class Load:
     loop_lag: float = 0.0
 
 
-def shed_reason(load: Load, limits: OverloadLimits) -> ShedReason | None:
-    """Why a new login must be shed now, or None to admit it."""
+def shed_reason(load: Load, limits: OverloadLimits, share: float = 1.0) -> ShedReason | None:
+    """Why a new login must be shed now, or None to admit it. ``share``: the part of
+    each queue bound this request may fill (newcomers get less than resends of
+    requests shed long ago, see `Admission.admit`); ``max_pending`` is never shared."""
     if load.pending >= limits.max_pending:
         return ShedReason.MAX_PENDING
-    if load.loop_lag >= limits.loop_lag:
+    if load.loop_lag >= limits.loop_lag * share:
         return ShedReason.LOOP_LAG
     # A slow head call is a lock, not load: leave it to the runner's bound
     # (and push.failmode), or a locked store would turn into silence.
     store_progressing = not load.store_faulty and load.store_running < limits.store_age
-    if store_progressing and load.store_queue >= limits.store_queue:
+    if store_progressing and load.store_queue >= limits.store_queue * share:
         return ShedReason.STORE_QUEUE
-    if store_progressing and load.store_age >= limits.store_age:
+    if store_progressing and load.store_age >= limits.store_age * share:
         return ShedReason.STORE_AGE
-    if load.ldap_queue >= limits.ldap_queue:
+    if load.ldap_queue >= limits.ldap_queue * share:
         return ShedReason.LDAP_QUEUE
     return None
 
@@ -124,7 +126,26 @@ class LoopLag:
 
 
 class Admission:
-    """Reads the live figures; `check` says whether to shed a new login."""
+    """Reads the live figures; `check` says whether the daemon is busy, `admit` whether
+    to shed one new request.
+
+    Shedding alone is not fair: which request gets in depends on when its
+    datagram happens to arrive, and a NAS resends an old request less often
+    than a new one (backoff), so under a long storm some logins were shed again
+    and again for over a minute while newer ones got in (the 20,000-login
+    pending run: 141 logins never admitted within 60 s). So a request that was
+    shed is remembered (its RADIUS key, bounded in number and time), and once
+    it has waited ``elder_after`` seconds a resend of it may fill the queues up
+    to their bounds, while a newcomer is shed at ``newcomer_share`` of them:
+    the oldest are served first, and no bound is ever exceeded."""
+
+    #: seconds after its first shed from which a resend is served before newcomers
+    ELDER_AFTER = 5.0
+    #: the part of each queue bound a newcomer may fill
+    NEWCOMER_SHARE = 0.8
+    #: at most this many shed requests remembered, each for at most REMEMBER seconds
+    REMEMBER_MAX = 100_000
+    REMEMBER = 300.0
 
     def __init__(self, limits: OverloadLimits, *, pending: Callable[[], int],
                  store=None, ldap_queue: Callable[[], int] | None = None,
@@ -134,6 +155,34 @@ class Admission:
         self.store = store  # depth(), age(), running_for(), faulty() (ThreadRunner)
         self.ldap_queue = ldap_queue
         self.lag = lag
+        self._shed_at: OrderedDict[Hashable, float] = OrderedDict()  # key -> first shed
+
+    @property
+    def waiting(self) -> int:
+        """Shed requests remembered (their NAS presumably still resending)."""
+        return len(self._shed_at)
+
+    def admit(self, key: Hashable, now: float) -> ShedReason | None:
+        """Why to shed the new request ``key`` now (remembering it), or None to admit it."""
+        first = self._shed_at.get(key)
+        elder = first is not None and now - first >= self.ELDER_AFTER
+        reason = shed_reason(self.load(), self.limits,
+                             1.0 if elder else self.NEWCOMER_SHARE)
+        if reason is None:
+            if first is not None:
+                del self._shed_at[key]
+        elif first is None:
+            self._shed_at[key] = now
+            self._forget(now)
+        return reason
+
+    def _forget(self, now: float) -> None:
+        # Oldest first in insertion order: drop the expired and the excess.
+        while self._shed_at:
+            oldest_key, oldest = next(iter(self._shed_at.items()))
+            if now - oldest < self.REMEMBER and len(self._shed_at) <= self.REMEMBER_MAX:
+                break
+            del self._shed_at[oldest_key]
 
     def load(self) -> Load:
         """The figures now (cheap: no store call, no I/O)."""
@@ -149,8 +198,9 @@ class Admission:
             loop_lag=self.lag.lag() if self.lag is not None else 0.0)
 
     def check(self) -> ShedReason | None:
-        """Why to shed a new login now, or None to admit it."""
-        return shed_reason(self.load(), self.limits)
+        """Why a newcomer (a new login, an LDAP front-end bind) is shed now, or None:
+        the daemon is busy while this is not None (/healthz, gauge ``overloaded``)."""
+        return shed_reason(self.load(), self.limits, self.NEWCOMER_SHARE)
 
 
 def parse_limits(c: Checker, value, path: str = "daemon.overload") -> OverloadLimits:

@@ -183,7 +183,9 @@ class MetricsComponent:
         if cluster is not None:
             gauges["bus_connected"] = ("1 while the cluster notification bus listens, else 0",
                                        lambda: int(bool(getattr(cluster.bus, "connected", 1))))
-        # Served on threads of its own: a scrape must not wait for a busy event loop.
+        gauges["shed_waiting"] = ("Shed requests remembered so that their resends are "
+                                  "served before newcomers", lambda: admission.waiting)
+        # Served by a process of its own: a scrape must not wait for a busy daemon.
         self.server = MetricsServer(
             self.listen, metrics_http.registry(self.daemon.counters, gauges),
             metrics_http.HealthResource(self.daemon.health, self.daemon.reactor),

@@ -1,6 +1,7 @@
-"""The admin listener's own threads (issue 22): /metrics answers while the event loop is
-stalled, /healthz reports busy as 200 and down as 503, and a stalled loop makes /healthz
-fail within its bound instead of hanging the scraper."""
+"""The admin listener's own process (issue 22): /metrics answers while the event loop is
+stalled and while the daemon cannot render, with the figures' age in them; /healthz reports
+busy as 200 and down as 503, and a stalled loop makes /healthz fail within its bound
+instead of hanging the scraper; the serving process follows the daemon's life."""
 
 from __future__ import annotations
 
@@ -39,7 +40,18 @@ def serve(loop, health):
     server = MetricsServer(("127.0.0.1", 0), registry(counters, gauges),
                            HealthResource(health, loop), loop, health_timeout=0.3)
     host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
     return server, f"http://{host}:{port}"
+
+
+def eventually(condition, within: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``within`` seconds pass."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def get(url):
@@ -96,6 +108,7 @@ def test_the_admin_listener_refuses_past_its_per_source_cap_and_counts_it(no_pro
                            RunningLoop(), budget=ConnectionBudget("metrics", total=8, per_source=2),
                            counters=counters, timeout=5.0)
     host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
     held = []
     try:
         for _ in range(2):
@@ -112,8 +125,9 @@ def test_the_admin_listener_refuses_past_its_per_source_cap_and_counts_it(no_pro
         other.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
         assert other.recv(100).startswith(b"HTTP/1.0 200")
         other.close()
-        assert counters.get("connections_refused", listener="metrics",
-                              reason="per_source") == 1
+        # counted by the daemon, told by the serving process: wait for the message
+        assert eventually(lambda: counters.get("connections_refused", listener="metrics",
+                                               reason="per_source") == 1)
     finally:
         for s in held:
             s.close()
@@ -129,6 +143,7 @@ def test_trickled_bytes_do_not_extend_the_request_deadline(no_proxy):
                            HealthResource(lambda: defer.succeed({"healthy": True}), RunningLoop()),
                            RunningLoop(), counters=counters, timeout=1.0)
     host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
     try:
         s = socket.create_connection((host, port), timeout=5)
         started = time.monotonic()
@@ -154,3 +169,87 @@ def test_trickled_bytes_do_not_extend_the_request_deadline(no_proxy):
         s.close()
     finally:
         server.stop()
+
+
+def test_a_scrape_sees_what_was_counted_before_it(no_proxy):
+    """Figures are made for the scrape that asks (not only once a second): a counter
+    bumped just before a scrape is in it, and the figures say how old they are."""
+    counters = Counters()
+    server, base = serve_counters(counters)
+    try:
+        for n in range(1, 4):
+            counters.inc("radius_requests", client="a")
+            status, text = get(base + "/metrics")
+            assert status == 200
+            assert f'pushproxy_radius_requests_total{{client="a"}} {n}.0' in text
+        assert "pushproxy_metrics_age_seconds " in text
+        assert "pushproxy_metrics_rendered_timestamp_seconds " in text
+    finally:
+        server.stop()
+
+
+def serve_counters(counters, gauges=None):
+    loop = RunningLoop()
+    server = MetricsServer(("127.0.0.1", 0), registry(counters, gauges or {}),
+                           HealthResource(lambda: defer.succeed({"healthy": True}), loop), loop,
+                           counters=counters, fresh_wait=0.5)
+    host, port = server.start()
+    assert server.serving.wait(30)  # its deadlines are timed from when it serves
+    return server, f"http://{host}:{port}"
+
+
+def test_a_daemon_that_cannot_render_gets_older_figures_served_not_a_hung_scrape(no_proxy):
+    """While the daemon's side is stuck making figures (here: a gauge that blocks, as a
+    starved interpreter would), a scrape gets the last figures with their age."""
+    import threading
+
+    release, stall = threading.Event(), threading.Event()
+
+    def blocking_gauge():
+        if stall.is_set():
+            release.wait(20)
+        return 5
+
+    counters = Counters()
+    server, base = serve_counters(counters, {"store_queue": ("q", blocking_gauge)})
+    try:
+        counters.inc("radius_requests", client="a")
+        status, text = get(base + "/metrics")  # the first render, before the stall
+        assert status == 200 and "pushproxy_store_queue 5.0" in text
+        stall.set()
+        counters.inc("radius_requests", client="a")
+        status, text = get(base + "/metrics")  # the daemon's render now hangs
+        assert status == 200
+        assert 'pushproxy_radius_requests_total{client="a"} 1.0' in text  # the older figures
+        assert "pushproxy_metrics_age_seconds " in text
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_the_serving_process_is_started_again_and_ends_with_the_daemon(no_proxy):
+    """Killed, the serving process is replaced on the same port; `stop` (like the daemon's
+    end: its pipe closes) ends it."""
+    import os
+    import signal
+
+    counters = Counters()
+    server, base = serve_counters(counters)
+    try:
+        first = server._proc
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        assert eventually(lambda: server._proc is not first and server._proc is not None)
+        assert eventually(lambda: get_or_none(base + "/metrics") == 200, within=20)
+        second = server._proc
+    finally:
+        server.stop()
+    second.wait(10)  # ended by the closed pipe, not left behind
+    assert second.returncode == 0
+
+
+def get_or_none(url):
+    try:
+        return get(url)[0]
+    except OSError:
+        return None

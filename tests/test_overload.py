@@ -91,6 +91,43 @@ def test_admission_sheds_on_store_depth_and_ldap_queue():
     assert admission.check() is None
 
 
+def test_a_request_shed_long_ago_is_served_before_newcomers_and_no_bound_is_exceeded():
+    """Fairness under a long storm: a resend of a request first shed at least
+    ELDER_AFTER s ago may fill the queue to its bound; a newcomer only to
+    NEWCOMER_SHARE of it. Without this, which request got in was luck, and some
+    logins were shed for over a minute while newer ones got in."""
+    clock = Clock()
+    ldap = [0]
+    admission = Admission(LIMITS, pending=lambda: 0, ldap_queue=lambda: ldap[0])
+    old, new = ("10.0.0.1", 1812, 7, b"a" * 16), ("10.0.0.1", 1812, 8, b"b" * 16)
+    ldap[0] = 20  # at the bound: everybody is shed
+    assert admission.admit(old, clock.seconds()) is ShedReason.LDAP_QUEUE
+    assert admission.waiting == 1
+    clock.advance(Admission.ELDER_AFTER)
+    ldap[0] = 17  # between 80 % and 100 % of the bound
+    assert admission.admit(new, clock.seconds()) is ShedReason.LDAP_QUEUE  # newcomer
+    assert admission.admit(old, clock.seconds()) is None  # the elder's resend gets in
+    assert admission.waiting == 1  # admitted: forgotten (the newcomer is remembered)
+    ldap[0] = 20
+    clock.advance(Admission.ELDER_AFTER)
+    assert admission.admit(new, clock.seconds()) is ShedReason.LDAP_QUEUE  # the bound holds
+    ldap[0] = 3
+    other = ("10.0.0.2", 1812, 1, b"c" * 16)
+    assert admission.admit(other, clock.seconds()) is None  # quiet: everyone gets in
+
+
+def test_shed_requests_are_remembered_bounded_in_number_and_time():
+    clock = Clock()
+    admission = Admission(LIMITS, pending=lambda: 0, ldap_queue=lambda: 99)
+    admission.REMEMBER_MAX = 3
+    for i in range(5):
+        admission.admit(("10.0.0.1", 1, i, b"x"), clock.seconds())
+    assert admission.waiting == 3
+    clock.advance(Admission.REMEMBER)
+    admission.admit(("10.0.0.1", 1, 99, b"x"), clock.seconds())
+    assert admission.waiting == 1  # the expired ones went with the next shed
+
+
 def test_loop_lag_sheds_on_sustained_lag_not_on_one_stall():
     clock = Clock()
     lag = LoopLag(clock, every=0.1)

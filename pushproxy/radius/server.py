@@ -132,7 +132,7 @@ class RadiusProtocol(DatagramProtocol):
             self.table.abandon(key)
             return self._drop(DropReason.SHUTTING_DOWN, host, client)
         if code != codec.STATUS_SERVER and self.admission is not None:
-            shed = self.admission.check()
+            shed = self.admission.admit(key, now)
             if shed is not None:
                 # Not answered and not remembered: the NAS's retransmit is a new
                 # request again, served once there is room (issue 22).
