@@ -63,6 +63,19 @@ class ApprovalError(Exception):
         self.message = message
 
 
+class _Waiting:
+    """A login's wait for its answer, handed out of the coroutine that opened it."""
+
+    __slots__ = ("deferred",)
+
+    def __init__(self, deferred: Deferred):
+        self.deferred = deferred
+
+
+def _unwrap(result):
+    return result.deferred if isinstance(result, _Waiting) else result
+
+
 def transaction_view(tx: Transaction) -> dict:
     """What a device sees of a transaction (the `pending` list, the Web Push payload).
 
@@ -133,7 +146,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
 
     def request_approval(self, request: ApprovalRequest) -> Deferred[PushResult]:
         """Open a transaction for this login and wait for the first valid answer."""
-        return defer.ensureDeferred(self._request(request))
+        return defer.ensureDeferred(self._request(request)).addCallback(_unwrap)
 
     async def _request(self, request: ApprovalRequest) -> PushResult:
         if self.cluster is not None:
@@ -149,7 +162,9 @@ class ApprovalService(ClusterSide, PasscodeSide):
         waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
         self._waiting[tx.id] = waiter
         self._opened(tx, devices)
-        return await waiter
+        # Not awaited here: the coroutine (frame, context, Deferreds) ends now
+        # and the login waits on this one Deferred alone (issue 16).
+        return _Waiting(waiter)
 
     def _opened(self, tx: Transaction, devices: list[Device]) -> None:
         self.counters.inc("approval_transactions")
