@@ -176,6 +176,8 @@ class MetricsComponent:
             gauges[name] = (doc, lambda field=field: getattr(admission.load(), field))
         gauges["overloaded"] = ("1 while new requests are shed (busy), else 0",
                                 lambda: int(admission.check() is not None))
+        from pushproxy.gcwatch import WATCH  # collector pauses (issue 16)
+        gauges.update(WATCH.install().gauges())
         # Served on threads of its own: a scrape must not wait for a busy event loop.
         self.server = MetricsServer(
             self.listen, metrics_http.registry(self.daemon.counters, gauges),
