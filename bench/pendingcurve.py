@@ -78,6 +78,17 @@ def run(bench, *, steps: list[int], probes: int, timeout: float, source: Path | 
         daemon.stop()
 
 
+async def _metrics(daemon, tries: int = 6):
+    """/metrics, retried: on a loaded machine one scrape can take over its 10 s timeout."""
+    for attempt in range(tries):
+        try:
+            return await asyncio.to_thread(daemon.metrics)
+        except OSError:  # (socket.timeout and URLError are OSErrors)
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(1.0)
+
+
 def _gc(metrics) -> dict:
     return {"full_collections": int(metrics.value("pushproxy_gc_full_collections")),
             "full_pause_total_s": round(metrics.value("pushproxy_gc_full_pause_seconds_total"), 4),
@@ -96,13 +107,13 @@ async def _curve(bench, daemon, steps: list[int], probes: int, timeout: float) -
         rss0 = daemon.rss()
         out["rss_before_bytes"] = rss0
         started = time.monotonic()
-        base = (await asyncio.to_thread(daemon.metrics)).value(
+        base = (await _metrics(daemon)).value(
             "pushproxy_pushes_requested_total")
         used_probes = 0
         for step in steps:
             # Send up to this step, paced by the pushes the daemon has opened.
             while len(tasks) < step:
-                metrics = await asyncio.to_thread(daemon.metrics)
+                metrics = await _metrics(daemon)
                 taken = metrics.value("pushproxy_pushes_requested_total") - base
                 room = min(int(taken) + FILL_BACKLOG - len(tasks), 500, step - len(tasks))
                 for user, password in logins[len(tasks):len(tasks) + max(0, room)]:
@@ -111,7 +122,7 @@ async def _curve(bench, daemon, steps: list[int], probes: int, timeout: float) -
                 await asyncio.sleep(0.1)
             waiting = 0
             while time.monotonic() < started + timeout:
-                metrics = await asyncio.to_thread(daemon.metrics)
+                metrics = await _metrics(daemon)
                 waiting = metrics.value("pushproxy_pending_approvals")
                 if waiting >= step:
                     break
@@ -119,7 +130,7 @@ async def _curve(bench, daemon, steps: list[int], probes: int, timeout: float) -
             reached = time.monotonic() - started
             await asyncio.sleep(0.5)
             rss = daemon.rss()
-            gc_before = _gc(await asyncio.to_thread(daemon.metrics))
+            gc_before = _gc(await _metrics(daemon))
             point = {"step": step, "held": int(waiting), "reached_s": round(reached, 1),
                      "rss_bytes": rss,
                      "bytes_per_pending_login": round((rss - rss0) / max(1, step)),
@@ -130,7 +141,7 @@ async def _curve(bench, daemon, steps: list[int], probes: int, timeout: float) -
                 probed = await bench._probe(client, daemon, share, f"curve-probe-{step}")
                 probed.pop("login_rtt_ms_in_order", None)
                 point["other_logins"] = probed
-                gc_after = _gc(await asyncio.to_thread(daemon.metrics))
+                gc_after = _gc(await _metrics(daemon))
                 point["gc_during_probes"] = {
                     "full_collections": gc_after["full_collections"]
                     - gc_before["full_collections"],
