@@ -447,17 +447,19 @@ class ApprovalService(ClusterSide, PasscodeSide):
                     or txid in self._expiring:
                 raise ApprovalError(410, "expired", "this request has expired")
             raise ApprovalError(409, "already_decided", "this request was already answered")
+        # The waiting login first (its RADIUS reply goes out in this call), then
+        # what can wait: the log line, events, other devices, alerts (issue 16).
+        result = PushResult(status, txid, device.id, code=code)
+        waiter = self._waiting.pop(txid, None)
+        if waiter is not None and not waiter.called:
+            waiter.callback(result)
+        self.waiters.settle(txid, result)  # joined logins, await_decision
         self.counters.inc("answers", outcome=status.value)
         logs.event(log, logging.INFO, "approval.answered", user=tx.username, device=device.id,
                    txid=txid, decision=status.value)
         body = {"status": "recorded"}
         if code is not None:
             body["code"] = code
-        result = PushResult(status, txid, device.id, code=code)
-        waiter = self._waiting.pop(txid, None)
-        if waiter is not None and not waiter.called:
-            waiter.callback(result)
-        self.waiters.settle(txid, result)  # joined logins, await_decision
         self._publish("decided", txid)  # other workers (PostgreSQL: the store did)
         self._publish("closed", tx.username)
         self._wake(tx.username)  # other devices see it closed
