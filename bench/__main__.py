@@ -164,7 +164,9 @@ def main(argv=None) -> int:
                 from bench import pendingcurve
 
                 steps = pendingcurve.steps_of(sizes.curve, len(bench.pd))
-                timeout = sizes.curve_timeout or round(60 + steps[-1] / 100)
+                # push.timeout is at most 600 s: 100,000 held at once need a fill
+                # of at least ~170 logins/s
+                timeout = sizes.curve_timeout or min(600, round(60 + steps[-1] / 100))
                 variants = [("this tree", None)]
                 if args.curve_baseline:
                     source = pendingcurve.baseline_source(args.curve_baseline,
