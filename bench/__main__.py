@@ -89,8 +89,13 @@ def parse_args(argv):
     p.add_argument("--skip-freeradius", action="store_true",
                    help="pushproxy only (no reference, no ratio)")
     p.add_argument("--only", action="append",
-                   choices=("throughput", "pending", "overhead", "burst", "workers"),
-                   help="run only these scenarios (repeatable)")
+                   choices=("throughput", "pending", "overhead", "burst", "workers",
+                            "pending-curve"),
+                   help="run only these scenarios (repeatable); pending-curve: memory and "
+                        "other logins' latency at --curve pending logins (issue 16)")
+    p.add_argument("--curve-baseline", metavar="REV", default=None,
+                   help="pending-curve: run it first against git revision REV's daemon "
+                        "(before/after in one run)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     for field, default in asdict(Sizes()).items():
         text = f"size: {field} (default {default})"
@@ -109,6 +114,8 @@ def main(argv=None) -> int:
     sizes = replace(sizes, **overrides)
     runs = 1 if args.smoke and args.runs == 3 else max(1, args.runs)
     only = set(args.only or ("throughput", "pending", "overhead", "burst"))
+    if args.smoke and not args.only:
+        only.add("pending-curve")  # at tiny sizes: does the curve still work?
     want_profile = not (args.smoke or args.no_profile) and "throughput" in only
 
     def log(text):
@@ -153,6 +160,25 @@ def main(argv=None) -> int:
 
                 run["workers"] = workers_mod.run(bench, log=log)
                 print(workers_mod.table(run["workers"]), flush=True)
+            if "pending-curve" in only:
+                from bench import pendingcurve
+
+                steps = pendingcurve.steps_of(sizes.curve, len(bench.pd))
+                # push.timeout is at most 600 s: 100,000 held at once need a fill
+                # of at least ~170 logins/s
+                timeout = sizes.curve_timeout or min(600, round(60 + steps[-1] / 100))
+                variants = [("this tree", None)]
+                if args.curve_baseline:
+                    source = pendingcurve.baseline_source(args.curve_baseline,
+                                                          workdir / "baseline-src")
+                    variants.insert(0, (f"baseline {args.curve_baseline}", source))
+                run["pending_curve"] = []
+                for label, source in variants:
+                    log(f"run {n}: pending curve {steps}, {label}, push.timeout {timeout} s")
+                    run["pending_curve"].append(pendingcurve.run(
+                        bench, steps=steps, probes=sizes.curve_probes, timeout=timeout,
+                        source=source, label=label))
+                print(pendingcurve.table(run["pending_curve"]), flush=True)
             if "burst" in only:
                 # The smoke's burst is small: tight bounds make it shed all the same.
                 overload = {"ldap_queue": 40} if args.smoke else None

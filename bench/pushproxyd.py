@@ -176,8 +176,11 @@ def write_config(folder: Path, slapd, secret: str, *, push_timeout: float = 60,
 class Daemon:
     """``python -m pushproxy.cli serve --config FILE`` as a child process."""
 
-    def __init__(self, config: dict, folder: Path, *, switch_interval: float | None = None):
+    def __init__(self, config: dict, folder: Path, *, switch_interval: float | None = None,
+                 source: Path | None = None):
         self.config = config
+        # Where its code comes from: this tree, or another revision's (a before/after run).
+        self.source = source or REPO
         # An experiment knob, off by default: the daemon as shipped runs with
         # Python's default GIL switch interval (5 ms).
         self.switch_interval = switch_interval
@@ -200,7 +203,8 @@ class Daemon:
 
     def start(self, timeout: float = 30.0) -> "Daemon":
         """Start it and wait for ``daemon.ready`` in its log."""
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ,
+                   PYTHONPATH=str(self.source) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "ab")
         self._offset = self._log.tell()
         command = [sys.executable, "-m", "pushproxy.cli"]

@@ -70,6 +70,10 @@ class Sizes:
     overhead: int = 1000  # sequential logins for the proxy-overhead phase
     warmup: int = 100
     ldap_pool: int = 8  # ldap.pool_size of the daemon (its default)
+    # pending-curve (bench.pendingcurve): steps, other logins per step, push.timeout (0: auto)
+    curve: str = "1000,10000,20000,100000"
+    curve_probes: int = 75
+    curve_timeout: float = 0.0
     switch_interval: float = 0.0  # >0: experiment, sys.setswitchinterval in the daemon
 
     @classmethod
@@ -79,7 +83,8 @@ class Sizes:
         on a loaded machine, where starting a Python process takes seconds.)"""
         return cls(throughput=30, freeradius_repeat=1, concurrency=8, window=16, pending=40,
                    pending_timeout=15, probes=10, latency=20, overhead=20, warmup=5,
-                   burst=150, burst_timeout=30)
+                   burst=150, burst_timeout=30, curve="10,20,40", curve_probes=3,
+                   curve_timeout=20)
 
 
 def users(prefix: str, count: int) -> list[tuple[str, str]]:
@@ -146,8 +151,10 @@ class Bench:
             self.slapd.stop()
 
     def new_daemon(self, *, allow_all: bool = False, push_timeout: float = 60,
-                   failmode: str = "secure", overload: dict | None = None):
-        """A pushproxy daemon on a fresh store with a device for every user."""
+                   failmode: str = "secure", overload: dict | None = None,
+                   source: Path | None = None):
+        """A pushproxy daemon on a fresh store with a device for every user (its code
+        from ``source``, default this tree)."""
         self.daemon_count += 1
         folder = self.workdir / f"pushproxy-{self.daemon_count}"
         config = pushproxyd.write_config(folder, self.slapd, SECRET, push_timeout=push_timeout,
@@ -157,7 +164,7 @@ class Bench:
                                            self.key)
         for attempt in range(3):
             try:
-                return pushproxyd.Daemon(config, folder,
+                return pushproxyd.Daemon(config, folder, source=source,
                                          switch_interval=self.sizes.switch_interval or None).start()
             except pushproxyd.PortTaken:
                 # A port free a moment ago was taken by another process: new ports.

@@ -50,6 +50,7 @@ from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluat
 from pushproxy.push import (PasscodeVerdict, ProviderUnavailable, PushProvider,
                             SecondFactors)
 from pushproxy.pushes import Fanout, Pushes
+from pushproxy.timers import TimerWheel
 from pushproxy.verified import VerifiedPush
 
 log = logging.getLogger("pushproxy.engine")
@@ -122,10 +123,27 @@ def join_key(req: LoginRequest, user: str) -> tuple | None:
             user.casefold())
 
 
-@dataclass
 class _PendingLogin:
-    digest: bytes
-    fanout: Fanout
+    """A keyed login running: what a later login of its session compares and joins."""
+
+    __slots__ = ("digest", "fanout")
+
+    def __init__(self, digest: bytes, fanout: Fanout):
+        self.digest = digest
+        self.fanout = fanout
+
+
+class _AwaitPush:
+    """A login whose push is out: all the engine keeps while the phone decides."""
+
+    __slots__ = ("push", "req", "rule", "remember", "primary")
+
+    def __init__(self, push: Deferred, req: LoginRequest, rule: str | None, remember: bool):
+        self.push = push
+        self.req = req
+        self.rule = rule
+        self.remember = remember
+        self.primary: PrimaryResult | None = None
 
 
 class Engine(Pushes, VerifiedPush):
@@ -143,6 +161,7 @@ class Engine(Pushes, VerifiedPush):
                  limits: FatigueLimits | None = None, delimiter: str = ",",
                  reply_map=None, state: LoginState | None = None):
         self.clock = clock
+        self.timers = TimerWheel(clock)  # push timeouts: one reactor timer for all
         self.directory = directory
         self.provider = provider
         self.push = push
@@ -218,7 +237,8 @@ class Engine(Pushes, VerifiedPush):
             mine.fanout.fire(decision)
             return self._finish(decision, req, started, False)
 
-        return self._guarded(self._run(req, cred, digest)).addCallback(done)
+        return self._guarded(self._run(req, cred, digest).addCallback(self._resume)
+                             ).addCallback(done)
 
     def _guarded(self, d: Deferred) -> Deferred[Decision]:
         """Any unexpected error becomes a Reject, never an Accept and never a hang."""
@@ -273,12 +293,36 @@ class Engine(Pushes, VerifiedPush):
         cred = cred or Credential("", Factor.PUSH_DEFAULT)
         decision = yield self._second_factor(req, cred, key and key + (digest,), primary,
                                              sent=sent)
+        if isinstance(decision, _AwaitPush):
+            # The push is out: this generator ends here, and the login waits as
+            # one small record on the push's Deferred (`_resume`).
+            decision.primary = primary
+            return decision
+        return self._completed(decision, req, primary)
+
+    def _completed(self, decision: Decision, req: LoginRequest,
+                   primary: PrimaryResult) -> Decision:
+        """The mapped reply attributes of an Accept, and the account it was decided for."""
         if decision.outcome is Outcome.ACCEPT:
             decision = dataclasses.replace(
                 decision, attributes=primary.attributes + self._mapped(req, primary, decision))
         if decision.reason is Reason.NO_DEVICE_ENROLL and self.enroll_mail is not None:
-            self.enroll_mail(account, primary.dn)  # off the login's path; never raises
-        return dataclasses.replace(decision, user=account)
+            self.enroll_mail(req.username, primary.dn)  # off the login's path; never raises
+        return dataclasses.replace(decision, user=req.username)
+
+    def _resume(self, result):
+        """A login waiting for its push: the rest of it runs when the push answers."""
+        if isinstance(result, _AwaitPush):
+            return result.push.addCallback(self._pushed, result)
+        return result
+
+    def _pushed(self, result, wait: "_AwaitPush") -> Decision:
+        if isinstance(result, Decision):  # refused by the fatigue limits
+            decision = dataclasses.replace(result, rule=wait.rule)
+        else:
+            decision = self._after_push(wait.req, result, wait.rule, response=None,
+                                        remember=wait.remember)
+        return self._completed(decision, wait.req, wait.primary)
 
     @staticmethod
     def user_key(req: LoginRequest, primary: PrimaryResult) -> str:
@@ -341,10 +385,8 @@ class Engine(Pushes, VerifiedPush):
         verification = self._verification(req, policy)
         if verification is not Verification.NONE:
             return (yield self._challenge(req, verification, policy.rule, now, primary, sent))
-        result = yield self._push_for(req, key)
-        if isinstance(result, Decision):  # refused by the fatigue limits
-            return dataclasses.replace(result, rule=policy.rule)
-        return self._after_push(req, result, policy.rule, response=None, remember=remember)
+        # Not waited for in this generator: see `_resume` and `_pushed`.
+        return _AwaitPush(self._push_for(req, key), req, policy.rule, remember)
 
     def _after_push(self, req: LoginRequest, result: PushResult, rule: str | None, *,
                     response: str | None, mode: Verification = Verification.NONE,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 
@@ -81,12 +81,15 @@ def denials_pause(limits: FatigueLimits, now: float, denials) -> bool:
     return sum(1 for t in denials if now < t + limits.denial_window) >= limits.max_denials
 
 
-@dataclass
+@dataclass(slots=True)
 class _User:
-    """What is remembered about one user; the deques only keep what a limit can need."""
+    """What is remembered about one user; the lists only keep what a limit can need.
 
-    pushes: deque
-    denials: deque
+    Small lists, not deques: a deque allocates a 64-slot block (~600 bytes)
+    even for the one push a pending login has made (issue 16)."""
+
+    pushes: list
+    denials: list
     pending: int = 0
     paused_until: float | None = None
 
@@ -118,9 +121,8 @@ class FatigueGuard:
         user = self._users.get(username)
         if user is None:
             # Only the newest max_pushes pushes (max_denials denials) can decide
-            # a limit, so the deques never grow beyond that.
-            user = _User(deque(maxlen=self.limits.max_pushes),
-                         deque(maxlen=self.limits.max_denials))
+            # a limit, so the lists never grow beyond that.
+            user = _User([], [])
             self._users[username] = user
             self._evict(username)
         self._users.move_to_end(username)
@@ -144,9 +146,9 @@ class FatigueGuard:
 
     def _expire(self, user: _User, now: float) -> None:
         while user.pushes and now >= user.pushes[0] + self.limits.window:
-            user.pushes.popleft()
+            del user.pushes[0]
         while user.denials and now >= user.denials[0] + self.limits.denial_window:
-            user.denials.popleft()
+            del user.denials[0]
         if user.paused_until is not None and now >= user.paused_until:
             user.paused_until = None
 
@@ -176,6 +178,8 @@ class FatigueGuard:
         user = self._get(username, now)
         user.pending += 1
         user.pushes.append(now)
+        if len(user.pushes) > self.limits.max_pushes:
+            del user.pushes[0]
 
     def admit(self, username: str, now: float) -> Block | None:
         """check() and, if allowed, push_started() in one step (no await in between)."""
@@ -200,6 +204,8 @@ class FatigueGuard:
         if user.paused_until is not None:
             return False
         user.denials.append(now)
+        if len(user.denials) > self.limits.max_denials:
+            del user.denials[0]
         if not denials_pause(self.limits, now, user.denials):
             return False
         user.paused_until = now + self.limits.pause

@@ -33,21 +33,40 @@ _BLOCKS = {"PAUSED": Reason.PUSHES_PAUSED, "TOO_MANY_PENDING": Reason.TOO_MANY_P
            "RATE_LIMITED": Reason.RATE_LIMITED}
 
 
+def _cancel(call: Deferred) -> None:
+    call.cancel()
+
+
 class Fanout:
-    """One result, any number of waiters (joined logins and pushes)."""
+    """One result, any number of waiters (joined logins and pushes).
+
+    Slotted and list-free for the usual single waiter: one of these lives
+    for every pending login (issue 16)."""
+
+    __slots__ = ("_waiters",)
 
     def __init__(self) -> None:
-        self._waiters: list[Deferred] = []
+        self._waiters: Deferred | list[Deferred] | None = None
 
     def wait(self) -> Deferred:
+        """A Deferred that fires with the result."""
         d: Deferred = Deferred()
-        self._waiters.append(d)
+        if self._waiters is None:
+            self._waiters = d
+        elif isinstance(self._waiters, list):
+            self._waiters.append(d)
+        else:
+            self._waiters = [self._waiters, d]
         return d
 
     def fire(self, result) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(result)
+        """Fire every waiter with ``result`` (once; later waiters are not fired)."""
+        waiters, self._waiters = self._waiters, None
+        if isinstance(waiters, Deferred):
+            waiters.callback(result)
+        elif waiters:
+            for d in waiters:
+                d.callback(result)
 
 
 class Pushes:
@@ -131,19 +150,24 @@ class Pushes:
         self.counters.inc("pushes_requested")
         call = defer.maybeDeferred(self.provider.request_approval, request)
         self._push_calls[request.txid] = call
-        call.addTimeout(self.push.timeout, self.clock)
-        call.addErrback(self._push_failed, request)
+        # One record in the engine's timer heap, not a DelayedCall per push
+        # (`pushproxy.timers`); when it fires, the call is cancelled, and a
+        # cancellation whose timer has run is the timeout.
+        timer = self.timers.call_later(self.push.timeout, _cancel, call)
+        call.addErrback(self._push_failed, request, timer)
+        call.addCallback(self._push_finished, request.txid, req.username.casefold(), timer)
+        return request.txid, call
 
-        def finished(result: PushResult) -> PushResult:
-            self._push_calls.pop(request.txid, None)
-            self.state.push_ended(req.username.casefold(), request.txid, self.wallclock())
-            return result
+    def _push_finished(self, result: PushResult, txid: str, user: str, timer) -> PushResult:
+        timer.cancel()
+        self._push_calls.pop(txid, None)
+        self.state.push_ended(user, txid, self.wallclock())
+        return result
 
-        return request.txid, call.addCallback(finished)
-
-    def _push_failed(self, failure, request: ApprovalRequest) -> PushResult:
+    def _push_failed(self, failure, request: ApprovalRequest, timer=None) -> PushResult:
         """Classify a push error: timeout, unreachable provider, or a bug there."""
-        if failure.check(defer.TimeoutError):
+        if failure.check(defer.TimeoutError) or (
+                timer is not None and not timer.active() and failure.check(defer.CancelledError)):
             return PushResult(PushStatus.TIMEOUT, request.txid)
         if failure.check(defer.CancelledError):
             return PushResult(PushStatus.UNAVAILABLE, request.txid, detail="cancelled")

@@ -63,6 +63,27 @@ def test_every_login_got_the_expected_answer(smoke):
                                    "reject": sizes["pending"] // 2}
 
 
+def test_the_pending_curve_reports_every_step_and_answers_every_login(smoke):
+    """Issue 16: memory and other logins' latency at each step, read from the daemon;
+    the later half approved, the first half timed out, nothing lost."""
+    result, stdout = smoke
+    (run,) = result["runs"]
+    sizes = result["sizes"]
+    (curve,) = run["pending_curve"]
+    wanted = [int(s) for s in sizes["curve"].split(",")]
+    assert [p["step"] for p in curve["steps"]] == wanted
+    for point in curve["steps"]:
+        assert point["held"] == point["step"] and point["rss_bytes"] > 0
+        assert isinstance(point["bytes_per_pending_login"], int)
+        assert point["other_logins"]["outcomes"] == {"accept": sizes["curve_probes"]}
+        assert set(point["gc"]) == {"full_collections", "full_pause_total_s",
+                                    "full_pause_max_s"}
+    assert curve["errors"] == 0 and curve["failmode_decisions"] == {}
+    assert curve["outcomes"] == {"accept": wanted[-1] - wanted[-1] // 2,
+                                 "reject": wanted[-1] // 2}
+    assert "B/login" in stdout
+
+
 def test_summary_table_and_targets_are_well_formed(smoke):
     result, stdout = smoke
     assert {t["key"] for t in result["targets"]} >= {"bytes_pending", "busy_p99", "a2a_p99",

@@ -68,6 +68,19 @@ class ApprovalError(Exception):
         self.message = message
 
 
+class _Waiting:
+    """A login's wait for its answer, handed out of the coroutine that opened it."""
+
+    __slots__ = ("deferred",)
+
+    def __init__(self, deferred: Deferred):
+        self.deferred = deferred
+
+
+def _unwrap(result):
+    return result.deferred if isinstance(result, _Waiting) else result
+
+
 def transaction_view(tx: Transaction) -> dict:
     """What a device sees of a transaction (the `pending` list, the Web Push payload).
 
@@ -140,7 +153,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
 
     def request_approval(self, request: ApprovalRequest) -> Deferred[PushResult]:
         """Open a transaction for this login and wait for the first valid answer."""
-        return defer.ensureDeferred(self._request(request))
+        return defer.ensureDeferred(self._request(request)).addCallback(_unwrap)
 
     async def _request(self, request: ApprovalRequest) -> PushResult:
         if self.cluster is not None:
@@ -157,7 +170,9 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self._waiting[tx.id] = waiter
         self._open.add(tx)
         self._opened(tx, devices)
-        return await waiter
+        # Not awaited here: the coroutine (frame, context, Deferreds) ends now
+        # and the login waits on this one Deferred alone (issue 16).
+        return _Waiting(waiter)
 
     def _opened(self, tx: Transaction, devices: list[Device]) -> None:
         self.counters.inc("approval_transactions")
@@ -450,18 +465,20 @@ class ApprovalService(ClusterSide, PasscodeSide):
                     or txid in self._expiring:
                 raise ApprovalError(410, "expired", "this request has expired")
             raise ApprovalError(409, "already_decided", "this request was already answered")
-        self.counters.inc("answers", outcome=status.value)
-        logs.event(log, logging.INFO, "approval.answered", user=tx.username, device=device.id,
-                   txid=txid, decision=status.value)
-        body = {"status": "recorded"}
-        if code is not None:
-            body["code"] = code
+        # The waiting login first (its RADIUS reply goes out in this call), then
+        # what can wait: the log line, events, other devices, alerts (issue 16).
         result = PushResult(status, txid, device.id, code=code)
         waiter = self._waiting.pop(txid, None)
         self._open.discard(txid)
         if waiter is not None and not waiter.called:
             waiter.callback(result)
         self.waiters.settle(txid, result)  # joined logins, await_decision
+        self.counters.inc("answers", outcome=status.value)
+        logs.event(log, logging.INFO, "approval.answered", user=tx.username, device=device.id,
+                   txid=txid, decision=status.value)
+        body = {"status": "recorded"}
+        if code is not None:
+            body["code"] = code
         self._publish("decided", txid)  # other workers (PostgreSQL: the store did)
         self._publish("closed", tx.username)
         self._wake(tx.username)  # other devices see it closed

@@ -29,6 +29,7 @@ from pushproxy import logs
 from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.store import StoreError, Transaction
 from pushproxy.decision import PushResult, PushStatus
+from pushproxy.timers import TimerWheel
 
 log = logging.getLogger("pushproxy.approval")
 
@@ -77,6 +78,7 @@ class Waiters:
         self.withdraw = withdraw
         self._by_txid: dict[str, list[Deferred]] = defaultdict(list)
         self._timers: dict[str, object] = {}
+        self._wheel = TimerWheel(reactor)  # one reactor timer for every deadline
         self._key: dict[Deferred, str] = {}  # each waiter -> the txid it waits on now
 
     def __len__(self) -> int:
@@ -99,7 +101,7 @@ class Waiters:
         """Read the row of a watched ``txid`` again just past its deadline ``expires``."""
         if txid in self._by_txid and txid not in self._timers:
             delay = max(0.0, expires - self.wallclock()) + DEADLINE_GRACE
-            self._timers[txid] = self.reactor.callLater(delay, self.recheck, txid)
+            self._timers[txid] = self._wheel.call_later(delay, self.recheck, txid)
 
     def move(self, old: str, new: str) -> str:
         """The waiters of ``old`` now wait on ``new`` (a joined login's txid -> the
@@ -159,7 +161,7 @@ class Waiters:
                        error=failure.getErrorMessage())
             if txid in self._by_txid and txid not in self._timers:
                 # the store is failing: try again soon (the login's own timeout bounds it)
-                self._timers[txid] = self.reactor.callLater(1.0, self.recheck, txid)
+                self._timers[txid] = self._wheel.call_later(1.0, self.recheck, txid)
 
         return d.addCallback(read).addErrback(failed)
 
@@ -170,9 +172,7 @@ class Waiters:
 
     def close(self) -> None:
         """Cancel the timers (at shutdown)."""
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
+        self._wheel.stop()
         self._timers.clear()
 
 

@@ -169,7 +169,7 @@ class RadiusProtocol(DatagramProtocol):
                 # raw parse for forwarding does not.
                 self.table.abandon(key)
                 return self._drop(DropReason.MALFORMED, host, client, str(exc))
-        reply = _Reply(self, request, eap, host)
+        reply = _Reply(self, request, eap, host, key, send)
         d = self.engine.login(dataclasses.replace(login, finalize=reply.finalize))
         d.addCallback(self._decided, reply, key, send)
         d.addErrback(self._failed, key)
@@ -196,6 +196,8 @@ class RadiusProtocol(DatagramProtocol):
                                    credential=upstream_packets.proof_of(raw)), eap
 
     def _decided(self, decision: Decision, reply: "_Reply", key, send) -> None:
+        if reply.sent:  # written when the decision was final (`_Reply.finalize`)
+            return None
         data = reply.encoded(decision)
         if data is None:
             self.table.abandon(key)
@@ -218,7 +220,8 @@ class RadiusProtocol(DatagramProtocol):
         # and never an Accept.
         log.error("radius.reply_failed %s", failure.getTraceback())
         self.counters.inc("internal_errors")
-        self.table.abandon(key)
+        if self.table.state(key, self.clock.seconds()) is State.IN_FLIGHT:
+            self.table.abandon(key)  # (a reply sent at finalize stays cached)
 
     def _shed(self, reason, host: str, client: RadiusClient) -> DropReason:
         self.counters.inc("radius_drops", reason=DropReason.OVERLOADED.value)
@@ -254,9 +257,12 @@ class _Reply:
     """
 
     def __init__(self, proto: RadiusProtocol, request: codec.AccessRequest, eap: bool,
-                 host: str):
+                 host: str, key: RequestKey | None = None, send=None):
         self.proto = proto
         self.host = host
+        self.key = key
+        self.send = send  # bytes -> None: to the NAS's address, or its RadSec connection
+        self.sent = False
         self.request = request
         self.eap = eap
         self.decision: Decision | None = None
@@ -280,6 +286,11 @@ class _Reply:
             except DropPacket:
                 self.data = None
         self.decision = decision
+        if self.data is not None and self.key is not None and not self.sent:
+            # Out now, before the engine logs and audits the decision (a file
+            # write each): the NAS waits for nothing that can wait (issue 16).
+            self.sent = True
+            self.proto._send(self.key, self.send, self.data)
         return decision
 
     def encoded(self, decision: Decision) -> bytes | None:
