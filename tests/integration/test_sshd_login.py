@@ -11,16 +11,12 @@ pam_radius's timeout is set as docs/gateways/linux-pam.md says (above the push).
 from __future__ import annotations
 
 import concurrent.futures
-import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.integration.harness import SECRET, ServeProcess, write_config
+from tests.integration.harness import SECRET
+from tests.integration.served_login import answer, audit, cli, free_port, served_with_phones
 from tests.integration.sshd import Sshd, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
@@ -34,57 +30,17 @@ CLIENT = textwrap.dedent("""\
 """)
 
 
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pushproxy.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
 @pytest.fixture
 def stack(slapd, tmp_path):
     """pushproxy serve + sshd; alice and bob have an enrolled CLI authenticator."""
-    http_port, radius_port = free_port(), free_port(socket.SOCK_DGRAM)
-    config = write_config(tmp_path, slapd, clients=CLIENT, push="timeout: 20",
-                          approval=textwrap.dedent(f"""\
-        approval:
-          listen: "127.0.0.1:{http_port}"
-          public_url: "http://127.0.0.1:{http_port}"
-          database: pushproxy.db
-        """))
-    config.write_text(config.read_text().replace('listen: ["127.0.0.1:0"]',
-                                                 f'listen: ["127.0.0.1:{radius_port}"]'))
-    serve = ServeProcess(config)
-    sshd = Sshd(tmp_path / "sshd", free_port(), f"127.0.0.1:{radius_port}", SECRET,
-                ["alice", "bob"], timeout=PAM_TIMEOUT)
-    try:
-        serve.wait_for("daemon.ready", deadline=30)
-        phones = {}
-        for user in ("alice", "bob"):
-            link = cli("enroll", user, "--no-qr", "--config", str(config))
-            assert link.returncode == 0, link.stderr
-            phones[user] = str(tmp_path / f"{user}-phone")
-            made = cli("authenticator", "enroll", link.stdout.strip().splitlines()[-1],
-                       "--state", phones[user], "--name", f"{user}-phone")
-            assert made.returncode == 0, made.stdout + made.stderr
-        sshd.start()
-        yield sshd, phones, tmp_path
-    finally:
-        sshd.stop()
-        serve.close()
-
-
-def answer(phone: str, decision: str) -> subprocess.CompletedProcess:
-    return cli("authenticator", "watch", "--state", phone, "--auto", decision, "--count", "1",
-               timeout=60)
-
-
-def audit(tmp_path) -> list[dict]:
-    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    with served_with_phones(slapd, tmp_path, CLIENT) as (radius_port, phones):
+        sshd = Sshd(tmp_path / "sshd", free_port(), f"127.0.0.1:{radius_port}", SECRET,
+                    ["alice", "bob"], timeout=PAM_TIMEOUT)
+        try:
+            sshd.start()
+            yield sshd, phones, tmp_path
+        finally:
+            sshd.stop()
 
 
 def test_ssh_login_approved_on_the_phone_runs_the_command(stack):
