@@ -488,6 +488,21 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
     )
 
 
+
+def client_modes(c: Checker, m: dict, path: str) -> tuple["NoDeviceMode | None",
+                                                          "Verification | None"]:
+    """A RADIUS client's own ``no_device`` and ``verification`` (None: the defaults),
+    for UDP and RadSec clients alike."""
+    no_device = None
+    if "no_device" in m:
+        no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
+                                          [e.value for e in NoDeviceMode], "reject"))
+    verification = None
+    if "verification" in m:
+        verification = Verification(c.choice(m, "verification", f"{path}.verification",
+                                             [v.value for v in Verification], "none"))
+    return no_device, verification
+
 def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     m = c.mapping(value, path, required=("name", "address"),
                   optional=("secret_file", "secret_env", "require_message_authenticator",
@@ -504,14 +519,7 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     mauth = c.boolean(m, "require_message_authenticator",
                       f"{path}.require_message_authenticator", True)
     limit_proxy_state = c.boolean(m, "limit_proxy_state", f"{path}.limit_proxy_state", True)
-    no_device = None
-    if "no_device" in m:
-        no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
-                                          [e.value for e in NoDeviceMode], "reject"))
-    verification = None
-    if "verification" in m:
-        verification = Verification(c.choice(m, "verification", f"{path}.verification",
-                                             [v.value for v in Verification], "none"))
+    no_device, verification = client_modes(c, m, path)
     upstream = parse_client_upstream(c, m, path, _names())
     if name is None or network is None or secret is None:
         return None

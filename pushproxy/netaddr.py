@@ -29,3 +29,13 @@ def peer_address(host: str) -> Address | None:
 def holds(network: Network, address: Address) -> bool:
     """Whether ``network`` holds ``address`` (an address of the other IP version never)."""
     return address.version == network.version and address in network
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback name or address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

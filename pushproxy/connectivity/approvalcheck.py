@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import requests
 
 from pushproxy.config import Config
-from pushproxy.connectivity.net import innermost, is_loopback, short, system_trust
+from pushproxy.connectivity.net import innermost, short, system_trust
+from pushproxy.netaddr import is_loopback
 from pushproxy.connectivity.report import Report, since
 
 

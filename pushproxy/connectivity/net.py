@@ -294,16 +294,6 @@ def short(exc: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback name or address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def system_trust() -> str | bool:
     """The system's CA bundle, as phones trust public CAs rather than requests' certifi."""
     paths = ssl.get_default_verify_paths()

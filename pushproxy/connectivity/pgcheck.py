@@ -11,7 +11,7 @@ import psycopg  # this module is imported only for a postgresql:// store
 
 from pushproxy.config import Config
 from pushproxy.connectivity.approvalcheck import schema_is_current
-from pushproxy.connectivity.net import is_loopback
+from pushproxy.netaddr import is_loopback
 from pushproxy.connectivity.report import Report, since
 
 CONNECT_TIMEOUT = 5  # seconds

@@ -138,20 +138,7 @@ def decode_request(data: bytes, secret: bytes, dictionary: Dictionary, *,
     elif limit_proxy_state and 33 in dict.keys(pkt):
         raise DropPacket(DropReason.MISSING_MESSAGE_AUTHENTICATOR,
                          "Proxy-State without Message-Authenticator (limit_proxy_state)")
-    return AccessRequest(
-        code=code, id=pkt.id, authenticator=pkt.authenticator,
-        username=_text(pkt, 1, "User-Name"),
-        password=_password(pkt),
-        password_present=2 in dict.keys(pkt),
-        calling_station=_text(pkt, 31, "Calling-Station-Id"),
-        called_station=_text(pkt, 30, "Called-Station-Id"),
-        nas_ip=_nas_ip(pkt),
-        nas_identifier=_text(pkt, 32, "NAS-Identifier"),
-        has_message_authenticator=has_ma,
-        state=_single_octets(pkt, 24, "State"),
-        packet=pkt,
-        nas_port=_nas_port(pkt),
-    )
+    return _request(pkt, code, _password(pkt), has_ma, v11=False)
 
 
 def _decode_v11(data: bytes, dictionary: Dictionary, code: int) -> AccessRequest:
@@ -164,22 +151,27 @@ def _decode_v11(data: bytes, dictionary: Dictionary, code: int) -> AccessRequest
         raise DropPacket(DropReason.MALFORMED, str(exc)) from None
     # RFC 9765 5.2: a Message-Authenticator received over RADIUS/1.1 carries no
     # meaning; it is left out of the reply (see encode_reply) and not checked.
+    return _request(pkt, code, _clear_password(pkt), 80 in dict.keys(pkt), v11=True)
+
+
+
+def _request(pkt, code: int, password: str | None, has_ma: bool, *, v11: bool) -> AccessRequest:
+    """The AccessRequest of a decoded and verified packet (either RADIUS version)."""
     return AccessRequest(
         code=code, id=pkt.id, authenticator=pkt.authenticator,
         username=_text(pkt, 1, "User-Name"),
-        password=_clear_password(pkt),
+        password=password,
         password_present=2 in dict.keys(pkt),
         calling_station=_text(pkt, 31, "Calling-Station-Id"),
         called_station=_text(pkt, 30, "Called-Station-Id"),
         nas_ip=_nas_ip(pkt),
         nas_identifier=_text(pkt, 32, "NAS-Identifier"),
-        has_message_authenticator=80 in dict.keys(pkt),
+        has_message_authenticator=has_ma,
         state=_single_octets(pkt, 24, "State"),
         packet=pkt,
         nas_port=_nas_port(pkt),
-        v11=True,
+        v11=v11,
     )
-
 
 def _clear_password(pkt: rpacket.AuthPacket) -> str | None:
     """RFC 9765 5.1.1: User-Password as the password itself (TLS protects it)."""

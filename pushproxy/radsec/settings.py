@@ -188,8 +188,7 @@ def check_certificates(c: Checker, name: str, path: str) -> None:
 
 
 def _client(c: Checker, value, path: str) -> RadsecClient | None:
-    from pushproxy.config import NoDeviceMode, RadiusClient
-    from pushproxy.policy import Verification
+    from pushproxy.config import RadiusClient, client_modes
 
     m = c.mapping(value, path, required=("name", "match"),
                   optional=("address", "require_message_authenticator", "no_device",
@@ -199,14 +198,7 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
     name = c.string(m, "name", f"{path}.name")
     network = c.network(m["address"], f"{path}.address") if "address" in m else None
     match = _match(c, m.get("match"), f"{path}.match")
-    no_device = None
-    if "no_device" in m:
-        no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
-                                          [e.value for e in NoDeviceMode], "reject"))
-    verification = None
-    if "verification" in m:
-        verification = Verification(c.choice(m, "verification", f"{path}.verification",
-                                             [v.value for v in Verification], "none"))
+    no_device, verification = client_modes(c, m, path)
     # TLS protects every packet, so Message-Authenticator is not demanded by default
     # (RFC 6614 / RFC 9765); a site may still ask for it on RADIUS/1.0.
     mauth = c.boolean(m, "require_message_authenticator",
@@ -225,8 +217,7 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
 
 def _psk_client(c: Checker, value, path: str) -> PskClient | None:
     """``name``, ``identity``, ``key_file``/``key_env`` (hex, at least 16 octets)."""
-    from pushproxy.config import NoDeviceMode, RadiusClient
-    from pushproxy.policy import Verification
+    from pushproxy.config import RadiusClient, client_modes
 
     m = c.mapping(value, path, required=("name", "identity"),
                   optional=("key_file", "key_env", "address", "no_device", "verification"),
@@ -248,12 +239,7 @@ def _psk_client(c: Checker, value, path: str) -> PskClient | None:
                 c.problem(f"{path}.key", f"{len(key)} octets; use at least 16 random ones "
                                          "(32 best)")
                 key = None
-    no_device = NoDeviceMode(c.choice(m, "no_device", f"{path}.no_device",
-                                      [e.value for e in NoDeviceMode], "reject")) \
-        if "no_device" in m else None
-    verification = Verification(c.choice(m, "verification", f"{path}.verification",
-                                         [v.value for v in Verification], "none")) \
-        if "verification" in m else None
+    no_device, verification = client_modes(c, m, path)
     if name is None or identity is None or key is None or ("address" in m and network is None):
         return None
     return PskClient(

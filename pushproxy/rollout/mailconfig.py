@@ -19,13 +19,13 @@ password is never sent over a connection without TLS: ``security: none`` with
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.utils import parseaddr
 from enum import Enum
 
 from pushproxy.checker import Checker
+from pushproxy.netaddr import is_loopback
 
 DEFAULT_SUBJECT = "Set up sign-in approval on your phone"
 
@@ -61,15 +61,6 @@ class MailConfig:
     service_name: str = "the VPN"  # what the mail says the user signs in to
 
 
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_mail(c: Checker, value) -> MailConfig | None:
     """Validate the ``mail:`` section (None when absent or wrong; problems go to ``c``)."""
     if value is None:
@@ -91,7 +82,7 @@ def parse_mail(c: Checker, value) -> MailConfig | None:
     password = c.secret(m, "mail", "password", required=username is not None)
     if password is not None and username is None:
         c.problem("mail.username", "missing (a password was given)")
-    if username and security is MailSecurity.NONE and host and not _is_local(host):
+    if username and security is MailSecurity.NONE and host and not is_loopback(host):
         c.problem("mail.security", "none would send mail.username's password in clear text "
                                    f"to {host}: use starttls or tls")
     sender = c.string(m, "from", "mail.from") or ""
