@@ -748,7 +748,10 @@ async function pollLoop() {
     state.pollController = controller;
     const timer = setTimeout(() => controller.abort(), POLL_TIMEOUT_MS);
     try {
-      const wait = state.quickPoll ? 0 : POLL_WAIT;
+      // While a request is on screen, ask without waiting: the server holds a
+      // long-poll while the user has nothing open, so a request answered on another
+      // device would otherwise stay on this screen for up to POLL_WAIT seconds.
+      const wait = state.quickPoll || state.requests.size ? 0 : POLL_WAIT;
       state.quickPoll = false;
       const pending = await PP.call(API_BASE, "GET", `v1/device/pending?wait=${wait}`,
         { device: state.device, signal: controller.signal });

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -14,6 +15,7 @@ import requests
 from twisted.internet import threads
 
 from pushproxy.approval import authenticator as auth
+from pushproxy.approval import crypto
 from pushproxy.approval.store import SQLiteStore
 from tests.integration.harness import SECRET
 from tests.integration.radclient import radclient
@@ -74,3 +76,37 @@ def test_no_link_without_the_signature_of_an_active_device(stacks, tmp_path):
     with pytest.raises(auth.ApiError) as refused:
         yield threads.deferToThread(ask)
     assert refused.value.status in (401, 403)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_device_of_another_user_gets_no_link_for_alice(stacks, tmp_path):
+    stack = yield stacks()
+    alice = yield stack.device("alice", "phone")
+    bob = yield stack.device("bob", "phone")
+    url = stack.config.approval.public_url + "/v1/device/enrollment"
+    alice_id = auth.load_state(alice)[0].device_id
+    _, bob_key = auth.load_state(bob)
+    path = urlsplit(url).path
+
+    def signed(device_id):
+        return requests.post(url, data=b"{}", timeout=10, headers={
+            "Content-Type": "application/json",
+            **crypto.device_headers(bob_key, device_id, "POST", path, b"{}")})
+
+    # bob's key signing a request that names alice's device: refused; the same
+    # request naming bob's own device is accepted (so the refusal is the signature's)
+    stolen = yield threads.deferToThread(signed, alice_id)
+    assert stolen.status_code == 401
+    own = yield threads.deferToThread(signed, auth.load_state(bob)[0].device_id)
+    assert own.status_code == 201
+    # bob's own device signing: the link is bob's, never alice's
+    link = yield threads.deferToThread(add_device_cli, bob)
+    enrolled = yield threads.deferToThread(auth.enroll, link, str(tmp_path / "b2"), "bob-2")
+    assert enrolled["username"] == "bob"
+    store = SQLiteStore(stack.config.approval.database)
+    try:
+        assert [d.id for d in store.devices("alice")] == [alice_id]
+        assert len(store.devices("bob")) == 2
+    finally:
+        store.close()
+
