@@ -124,19 +124,29 @@ def cmd_devices_list(args) -> int:
 
 
 def cmd_devices_revoke(args) -> int:
-    """Revoke a device: it can no longer see or answer requests."""
+    """Revoke a device: it can no longer see or answer requests.
+
+    The user's open enrollment links end with it: a lost phone may have made an
+    "add a device" link (or the thief may read the mailbox a rollout link went
+    to), and such a link would enroll a new device after the revocation. The
+    admin hands out a fresh link afterwards."""
     config, store = _store(args)
     if store is None:
         return 1
+    now = time.time()
     try:
         device = store.device(args.device_id)
-        revoked = store.revoke_device(args.device_id, time.time())
+        revoked = store.revoke_device(args.device_id, now)
+        ended = store.end_open_enrollments(device.username, now, None) if revoked else 0
     finally:
         store.close()
     if not revoked:
         print(f"no active device {args.device_id!r}", file=sys.stderr)
         return 1
     print(f"revoked {device.id} ({device.name}) of {device.username}")
+    if ended:
+        print(f"ended {ended} open enrollment link(s) of {device.username}; "
+              f"pushproxy enroll {device.username} makes a new one")
     return 0
 
 

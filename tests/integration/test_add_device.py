@@ -110,3 +110,24 @@ def test_a_device_of_another_user_gets_no_link_for_alice(stacks, tmp_path):
     finally:
         store.close()
 
+
+@pytest_twisted.inlineCallbacks
+def test_revoking_the_device_ends_the_link_it_made(stacks, tmp_path):
+    """A stolen phone's "add a device" link must not outlive the phone's revocation."""
+    stack = yield stacks()
+    phone = yield stack.device("alice", "stolen-phone")
+    link = yield threads.deferToThread(add_device_cli, phone)
+    device_id = auth.load_state(phone)[0].device_id
+    revoke = yield threads.deferToThread(
+        subprocess.run, [sys.executable, "-m", "pushproxy.cli", "devices", "revoke", device_id,
+                         "--config", str(stack.config_path)],
+        capture_output=True, text=True, timeout=60)
+    assert revoke.returncode == 0, revoke.stderr
+    assert "ended 1 open enrollment link(s) of alice" in revoke.stdout
+    with pytest.raises(auth.ApiError):
+        yield threads.deferToThread(auth.enroll, link, str(tmp_path / "thief"), "thief")
+    store = SQLiteStore(stack.config.approval.database)
+    try:
+        assert store.devices("alice") == []  # active ones: none, and no thief's
+    finally:
+        store.close()
