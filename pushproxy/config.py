@@ -255,15 +255,31 @@ class Config:
         FreeRADIUS response_window: at most 60 s), whatever the NAS would wait."""
         if self.radius.radsec is None:
             return []
-        need = self.push.timeout + self.ldap.response_timeout
+        # The slowest first factor among the RadSec clients (LDAP or primary: radius).
+        first, what = self.ldap.response_timeout, "ldap.response_timeout"
+        for r in self.radius.radsec.clients + self.radius.radsec.psk_clients:
+            if r.client.upstream is not None and r.client.upstream.worst_case > first:
+                first, what = r.client.upstream.worst_case, "upstream servers' timeout"
+        need = self.push.timeout + first
         text = (f"radius.radsec: RadSec peers must wait at least {need:.0f} s for a reply "
-                f"(push.timeout {self.push.timeout:.0f} s + ldap.response_timeout "
-                f"{self.ldap.response_timeout:.0f} s): radsecproxy RetryInterval, "
+                f"(push.timeout {self.push.timeout:.0f} s + {what} "
+                f"{first:.0f} s): radsecproxy RetryInterval, "
                 "FreeRADIUS response_window")
         if need > 60:
             text += ("; both allow at most 60 s, so lower push.timeout to "
-                     f"{max(60 - self.ldap.response_timeout - 5, 5):.0f} s or less")
+                     f"{max(60 - first - 5, 5):.0f} s or less")
         return [text]
+
+
+def _named_clients(radius: "RadiusConfig | None"):
+    """(config list, client) for UDP and RadSec clients: problems name the right list."""
+    if radius is None:
+        return []
+    found = [("radius.clients", cl) for cl in radius.clients]
+    if radius.radsec is not None:
+        found += [("radius.radsec.clients", r.client) for r in radius.radsec.clients]
+        found += [("radius.radsec.psk_clients", r.client) for r in radius.radsec.psk_clients]
+    return found
 
 
 def load_config(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
@@ -320,9 +336,9 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     policy = parse_policy(c, root.get("policy"), "policy",
                           client_names={cl.name for cl in radius.all_clients} | front_names
                           if radius else None)
-    for cl in radius.clients if radius else ():
+    for where, cl in _named_clients(radius):
         if cl.upstream and cl.upstream.groups_from_ldap and ldap and ldap.bind_dn is None:
-            c.problem(f"radius.clients ({cl.name}).groups_from_ldap",
+            c.problem(f"{where} ({cl.name}).groups_from_ldap",
                       "needs ldap.bind_dn: users are looked up by the service account")
     reply_map = parse_reply_attributes(
         c, root.get("reply_attributes"), "reply_attributes", names=_names(),

@@ -66,7 +66,7 @@ class Daemon:
         self.clients = ClientTable(config.radius.clients)
         # primary: radius clients (issue 10)
         self.upstreams = UpstreamClients(reactor, self.counters, Names(self.dictionary))
-        self.upstreams.configure(config.radius.clients)
+        self.upstreams.configure(config.radius.all_clients)  # UDP and RadSec
         self.upstream_states = UpstreamStates()
         self.loop_lag = LoopLag(reactor)
         # Busy is not broken (issue 22): new requests are shed while a queue is over
@@ -141,7 +141,7 @@ class Daemon:
             proto.clients = self.clients
             proto.default_no_device = new.push.no_device
         self.table.hold = new.radius.reply_cache_seconds
-        self.upstreams.configure(new.radius.clients)
+        self.upstreams.configure(new.radius.all_clients)
         self.engine.reply_map = new.reply_attributes
         groups_changed = (interesting_groups(new.policy) != interesting_groups(old.policy)
                           or new.reply_attributes != old.reply_attributes)

@@ -4,7 +4,9 @@ A RadSec client is known by its certificate, not by its address: the chain must
 verify against ``ca_file`` and the certificate must carry the names in the
 client's ``match`` (SAN dNSName, SAN URI, SAN IP address, subject CN; every name
 given must be present). Clients share the RADIUS clients' name space, so
-``policy`` rules and ``reply_attributes`` name them the same way.
+``policy`` rules and ``reply_attributes`` name them the same way. A client may
+check its first factor on an upstream RADIUS server (``primary: radius`` with
+``upstream:``), parsed by the same code as a UDP client's.
 """
 
 from __future__ import annotations
@@ -188,17 +190,20 @@ def check_certificates(c: Checker, name: str, path: str) -> None:
 
 
 def _client(c: Checker, value, path: str) -> RadsecClient | None:
-    from pushproxy.config import RadiusClient, client_modes
+    from pushproxy.config import RadiusClient, _names, client_modes
+    from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
+    from pushproxy.upstream.settings import parse_client_upstream
 
     m = c.mapping(value, path, required=("name", "match"),
                   optional=("address", "require_message_authenticator", "no_device",
-                            "verification"))
+                            "verification", *UPSTREAM_KEYS))
     if m is None:
         return None
     name = c.string(m, "name", f"{path}.name")
     network = c.network(m["address"], f"{path}.address") if "address" in m else None
     match = _match(c, m.get("match"), f"{path}.match")
     no_device, verification = client_modes(c, m, path)
+    upstream = parse_client_upstream(c, m, path, _names())
     # TLS protects every packet, so Message-Authenticator is not demanded by default
     # (RFC 6614 / RFC 9765); a site may still ask for it on RADIUS/1.0.
     mauth = c.boolean(m, "require_message_authenticator",
@@ -209,6 +214,7 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
         client=RadiusClient(name=name, network=network or ipaddress.ip_network("0.0.0.0/0"),
                             secret=RADSEC_SECRET, require_message_authenticator=mauth,
                             no_device=no_device, verification=verification,
+                            upstream=upstream,
                             # TLS already protects the packet: proxies (FreeRADIUS)
                             # add Proxy-State and need not sign it.
                             limit_proxy_state=False),
@@ -217,10 +223,13 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
 
 def _psk_client(c: Checker, value, path: str) -> PskClient | None:
     """``name``, ``identity``, ``key_file``/``key_env`` (hex, at least 16 octets)."""
-    from pushproxy.config import RadiusClient, client_modes
+    from pushproxy.config import RadiusClient, _names, client_modes
+    from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
+    from pushproxy.upstream.settings import parse_client_upstream
 
     m = c.mapping(value, path, required=("name", "identity"),
-                  optional=("key_file", "key_env", "address", "no_device", "verification"),
+                  optional=("key_file", "key_env", "address", "no_device", "verification",
+                            *UPSTREAM_KEYS),
                   secret_keys=("key",))
     if m is None:
         return None
@@ -240,13 +249,14 @@ def _psk_client(c: Checker, value, path: str) -> PskClient | None:
                                          "(32 best)")
                 key = None
     no_device, verification = client_modes(c, m, path)
+    upstream = parse_client_upstream(c, m, path, _names())
     if name is None or identity is None or key is None or ("address" in m and network is None):
         return None
     return PskClient(
         client=RadiusClient(name=name, network=network or ipaddress.ip_network("0.0.0.0/0"),
                             secret=RADSEC_SECRET, require_message_authenticator=False,
                             no_device=no_device, verification=verification,
-                            limit_proxy_state=False),
+                            upstream=upstream, limit_proxy_state=False),
         identity=identity.encode("utf-8"), key=key, network=network)
 
 

@@ -20,6 +20,8 @@
         pass_attributes: [Class, Filter-Id, Fortinet-Group-Name]   # or: all (default)
         trust_outer_identity: false   # EAP: push the outer User-Name if the Accept has none
         groups_from_ldap: false       # look the user up in ldap: for groups and required_groups
+
+RadSec clients (``radius.radsec.clients``, ``psk_clients``) take the same keys.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ KEYS = ("primary", "upstream", "pass_attributes", "trust_outer_identity", "group
 
 
 def parse_client_upstream(c, m: dict, path: str, names: Names) -> UpstreamSettings | None:
-    """The upstream part of one ``radius.clients[i]`` mapping; None for ``primary: ldap``."""
+    """The upstream part of one RADIUS client's mapping (UDP or RadSec); None for
+    ``primary: ldap``."""
     primary = c.choice(m, "primary", f"{path}.primary", ("ldap", "radius"), "ldap")
     if primary != "radius":
         for key in KEYS[1:]:
