@@ -13,7 +13,10 @@ measures), max and p99.9, with the thread's CPU time for the slowest calls:
 a slow call with little CPU waited (for the disk, a checkpoint's fsync, or
 the interpreter lock), one with much CPU worked. ``--repeat N`` runs the
 burst N times on the same file, so the WAL grows and checkpoints happen as
-in a long run.
+in a long run. ``--checkpointer`` opens the store as the daemon does, with its WAL
+checkpoints on a thread of their own (`pushproxy.approval.walcheckpoint`)
+instead of inside the commits: the same burst with and without checkpoints
+inside the store calls.
 """
 
 from __future__ import annotations
@@ -102,23 +105,33 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.storecap")
     parser.add_argument("logins", type=int, nargs="?", default=5000)
     parser.add_argument("--repeat", type=int, default=1, help="bursts on the same file")
+    parser.add_argument("--checkpointer", action="store_true",
+                        help="checkpoints from a thread of their own, not in store calls")
     args = parser.parse_args(argv)
     count = args.logins
     path = os.path.join(tempfile.mkdtemp(prefix="pushproxy-storecap-"), "store.db")
     users = [f"u{i:05d}" for i in range(count)]
     seed_devices(path, users, new_device_key()[0])
-    runner = TimedRunner(reactor, lambda: SQLiteStore(path, busy_timeout=1.0))
+    runner = TimedRunner(reactor, lambda: SQLiteStore(
+        path, busy_timeout=1.0, background_checkpoints=args.checkpointer))
+    checkpointer = []  # the store's, read before the runner closes it
 
     def run():
         d = measure(runner, users, args.repeat)
+        d.addBoth(lambda r: (checkpointer.append(getattr(runner._store, "_checkpointer", None)),
+                             r)[1])
         d.addErrback(lambda f: print(f.getTraceback()))
         d.addBoth(lambda _: (runner.stop(), reactor.stop()))
 
     reactor.callWhenRunning(run)
     reactor.run()
+    if checkpointer and checkpointer[0] is not None:
+        print(f"{checkpointer[0].rounds} PASSIVE checkpoints off the store thread, "
+              f"slowest {checkpointer[0].slowest * 1000:.1f} ms")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)
+    os.rmdir(os.path.dirname(path))
     return 0
 
 
