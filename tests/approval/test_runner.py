@@ -251,3 +251,17 @@ def test_a_call_still_running_after_the_confirmation_fails_and_so_does_the_queue
     clock.advance(0.5)  # the queued call's next look
     assert "stuck on a call" in str(second.result.value)
     second.addErrback(lambda _: None)
+
+
+def test_slow_calls_are_logged_at_most_once_a_second_with_what_they_waited_for(caplog):
+    clock, store, runner = _clocked_runner()
+    caplog.set_level("INFO", logger="pushproxy.approval.runner")
+    for at in (10.0, 10.5, 11.2):
+        runner.submit(store.quick, 1)
+        call = runner._queue.popleft()
+        call.started, call.finished = at - 0.6, at
+        runner._slow(call, cpu=0.01, process=0.5, collecting=0.0)
+    lines = [r.getMessage() for r in caplog.records if "store.slow_call" in r.getMessage()]
+    assert len(lines) == 2
+    assert "thread_cpu_s=0.01" in lines[0] and "process_cpu_s=0.5" in lines[0]
+    assert "not_logged_since=1" in lines[1]
