@@ -14,8 +14,12 @@ So the daemon's connection raises its automatic checkpoint to a safety net
 this thread runs a PASSIVE checkpoint every `EVERY` seconds from its own
 connection. In WAL mode a PASSIVE checkpoint takes no lock a writer needs
 (it copies what no reader still uses and never waits), so the store thread's
-commits go on meanwhile; once the WAL is fully copied, the next commit
-starts it again from the beginning, which keeps the file bounded.
+commits go on meanwhile. Once the WAL is fully copied, the next commit
+starts it again from the beginning; under a storm's steady commits that
+moment may not come (each commit lands while a checkpoint copies), and the
+WAL grows to the safety net, where the store connection's own checkpoint --
+with nearly everything already copied by this thread -- completes it and the
+WAL starts again: bounded at about `SAFETY_NET_PAGES` pages (40 MB).
 """
 
 from __future__ import annotations
