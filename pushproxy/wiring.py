@@ -44,8 +44,8 @@ class ApprovalComponent:
         # timeouts): a login must not wait long on another process's lock
         # (push.failmode decides instead); see ThreadRunner.
         self.runner = ThreadRunner(reactor, lambda: open_store(
-            config.database, password=config.database_password, timeout=1.0),
-            counters=counters)
+            config.database, password=config.database_password, timeout=1.0,
+            background_checkpoints=True), counters=counters)
         self.store = AsyncStore(self.runner)
         self.service = ApprovalService(
             store=self.store, reactor=reactor, counters=counters, vapid_public_key="",

@@ -12,15 +12,18 @@ def is_postgres_url(database: str) -> bool:
 
 
 def open_store(database: str, *, password: str | None = None,
-               timeout: float = 5.0) -> Store:
+               timeout: float = 5.0, background_checkpoints: bool = False) -> Store:
     """The store for ``database``; ``timeout`` bounds each wait (SQLite's busy timeout,
-    PostgreSQL's statement and lock timeouts). StoreError if it cannot be opened."""
+    PostgreSQL's statement and lock timeouts). StoreError if it cannot be opened.
+    ``background_checkpoints`` (the daemon): a SQLite store's WAL checkpoints run on a
+    thread of their own, not inside its commits (`pushproxy.approval.walcheckpoint`)."""
     if is_postgres_url(database):
         # imported here: psycopg (and libpq) are needed only by a PostgreSQL store
         from pushproxy.approval.pgstore import PostgresStore
 
         return PostgresStore(database, password=password, timeout=timeout)
-    return SQLiteStore(database, busy_timeout=timeout)
+    return SQLiteStore(database, busy_timeout=timeout,
+                       background_checkpoints=background_checkpoints)
 
 
 def postgres_url_problems(url: str) -> list[str]:

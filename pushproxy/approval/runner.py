@@ -25,6 +25,20 @@ gets a StoreError (the service turns it into ProviderUnavailable, and
 - it has been queued ``max_queued`` seconds (a last bound; admission control,
   `pushproxy.overload`, keeps the queue far shorter than that).
 
+A call found past ``stall`` is failed only once the event loop has run
+``confirm`` seconds (0.25 s) after that finding and the call is still not
+finished: the store thread stamps a call finished only when it runs Python
+again, so after the whole process stood still (a long garbage collection on
+either thread, the process starved of CPU by the machine) the watchdog can
+wake before the store thread, seeing a call that SQLite answered long ago as
+running for seconds. The loop running is what lets the store thread take the
+interpreter lock, so a call still unfinished after ``confirm`` of it is truly
+stuck; a frozen disk still fails, ``confirm`` later. Store calls over 0.5 s are
+logged (``store.slow_call``, at most one line a second) with the store
+thread's CPU time, the process's, and the garbage collector's time during the
+call, which tell working, waiting for the disk, and waiting for the
+interpreter lock apart.
+
 A call whose caller gave up is skipped when the thread reaches it, so the
 backlog drains at once when the lock goes away instead of replaying every
 stale call. Results come back to the reactor in batches (one wake-up for
@@ -39,6 +53,8 @@ calls are type-checked against `pushproxy.approval.storeapi.StoreAPI`.
 from __future__ import annotations
 
 import collections
+import gc
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
@@ -46,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 from twisted.internet import defer
 from twisted.python import failure as tfailure
 
+from pushproxy import logs
 from pushproxy.approval.store import StoreError
 
 if TYPE_CHECKING:
@@ -63,6 +80,29 @@ R = TypeVar("R")
 CALL_TIMEOUT = 2.0
 # Seconds a call may wait in the queue while the store makes progress.
 MAX_QUEUED = 30.0
+# Seconds the event loop must run after finding a call past the stall bound
+# before it fails the call (see the module docstring).
+CONFIRM = 0.25
+# Store calls running longer than this are logged (``store.slow_call``).
+SLOW_CALL = 0.5
+
+log = logging.getLogger(__name__)
+
+
+class _GCClock:
+    """Seconds spent in garbage collection by the whole process (any thread), from
+    `gc.callbacks`; read by the store thread to explain a slow call."""
+
+    def __init__(self):
+        self.total = 0.0
+        self._began: float | None = None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self._began is not None:
+            self.total += time.perf_counter() - self._began
+            self._began = None
 
 
 class InlineRunner:
@@ -100,7 +140,7 @@ class _Call:
     """One queued store call; ``started`` is set by the store thread."""
 
     __slots__ = ("function", "method", "args", "kwargs", "deferred", "submitted", "started",
-                 "finished", "abandoned", "timer", "commits")
+                 "finished", "abandoned", "timer", "commits", "suspect")
 
     def __init__(self, function: Callable[..., Any], args: tuple, kwargs: dict,
                  submitted: float):
@@ -115,6 +155,8 @@ class _Call:
         self.abandoned = False
         self.timer = None
         self.commits = 0
+        # when the watchdog first found it past the stall bound (not yet failed)
+        self.suspect: float | None = None
 
 
 class ThreadRunner:
@@ -122,12 +164,13 @@ class ThreadRunner:
 
     def __init__(self, reactor, factory: Callable[[], StoreAPI], *,
                  timeout: float = CALL_TIMEOUT, max_queued: float = MAX_QUEUED,
-                 stall: float | None = None, counters=None,
+                 stall: float | None = None, confirm: float = CONFIRM, counters=None,
                  monotonic: Callable[[], float] = time.monotonic):
         self.reactor = reactor
         self.factory = factory
         self.timeout = timeout
         self.stall = 2 * timeout if stall is None else stall
+        self.confirm = confirm
         self.max_queued = max_queued
         self.counters = counters
         self.monotonic = monotonic
@@ -139,6 +182,9 @@ class ThreadRunner:
         self._last_fault: float | None = None  # monotonic time of the last database error
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._gc = _GCClock()
+        self._slow_logged = float("-inf")  # when the last store.slow_call line was written
+        self._slow_unlogged = 0  # slow calls since, not logged
 
     # -- what admission control and /metrics read (any thread) --
 
@@ -206,13 +252,14 @@ class ThreadRunner:
         now = self.monotonic()
         failing = self._last_fault is not None and now - self._last_fault < self.timeout
         if call.started is not None:
-            if now - call.started >= self.stall:
+            if self._stuck(call, now):
                 return self._give_up(call, f"the store did not answer {call.method} within "
                                            f"{self.stall:g} s (disk or database stuck?)")
+            if call.suspect is not None:  # past the bound: give the store thread its turn
+                return self._recheck(call, call.suspect + self.confirm - now)
             return self._recheck(call, call.started + self.stall - now)
         head = self._running
-        stuck = head is not None and head.started is not None \
-            and now - head.started >= self.stall
+        stuck = head is not None and self._stuck(head, now)
         if stuck or failing:
             why = "stuck on a call" if stuck else "failing"
             return self._give_up(call, f"the store is {why}: {call.method} not started "
@@ -221,6 +268,15 @@ class ThreadRunner:
             return self._give_up(call, f"{call.method} queued for {self.max_queued:g} s")
         # Busy, not broken: the store answers, this call just waits its turn.
         self._recheck(call, self.timeout / 4)
+
+    def _stuck(self, call: _Call, now: float) -> bool:
+        """Whether a running call is stuck: past ``stall``, and still unfinished
+        ``confirm`` seconds of a running event loop after that was first seen."""
+        if call.started is None or call.finished is not None or now - call.started < self.stall:
+            return False
+        if call.suspect is None:
+            call.suspect = now
+        return now - call.suspect >= self.confirm
 
     def _recheck(self, call: _Call, delay: float) -> None:
         call.timer = self.reactor.callLater(max(delay, 0.01), self._check, call)
@@ -262,8 +318,12 @@ class ThreadRunner:
                 call = self._queue.popleft()
                 self._running = call
             call.started = self.monotonic()
+            cpu, process, gc_before = time.thread_time(), time.process_time(), self._gc.total
             ok, result = self._execute(call)
             call.finished = self.monotonic()
+            if call.finished - call.started >= SLOW_CALL:
+                self._slow(call, time.thread_time() - cpu, time.process_time() - process,
+                           self._gc.total - gc_before)
             with self._wake:
                 self._running = None
                 first = not self._done
@@ -272,6 +332,21 @@ class ThreadRunner:
                 self.reactor.callFromThread(self._deliver)
         if self._store is not None:
             self._store.close()
+
+    def _slow(self, call: _Call, cpu: float, process: float, collecting: float) -> None:
+        """On the store thread: log a slow call, at most one line a second. Little
+        thread CPU with much process CPU: the thread waited for the interpreter lock
+        (or the disk while the rest worked); little of both: the disk, or the process
+        had no CPU; ``gc_s`` near ``seconds``: a garbage collection held everything."""
+        if call.finished - self._slow_logged < 1.0:
+            self._slow_unlogged += 1
+            return
+        logs.event(log, logging.INFO, "store.slow_call", method=call.method,
+                   seconds=round(call.finished - call.started, 3),
+                   thread_cpu_s=round(cpu, 3), process_cpu_s=round(process, 3),
+                   gc_s=round(collecting, 3), not_logged_since=self._slow_unlogged)
+        self._slow_logged = call.finished
+        self._slow_unlogged = 0
 
     def _execute(self, call: _Call) -> tuple[bool, Any]:
         if call.abandoned:
@@ -290,6 +365,8 @@ class ThreadRunner:
 
     def start(self) -> defer.Deferred:
         """Start the thread and open the store (errors surface here, at start-up)."""
+        if self._gc not in gc.callbacks:
+            gc.callbacks.append(self._gc)
         self._thread = threading.Thread(target=self._work, name="store", daemon=True)
         self._thread.start()
         # Not bounded like a login's calls: opening may migrate the schema, and
@@ -309,3 +386,5 @@ class ThreadRunner:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(10)
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)

@@ -311,8 +311,10 @@ class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods, 
     coordinate through SQLite's locks, waiting up to ``busy_timeout`` seconds.
     """
 
-    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 5.0,
+                 background_checkpoints: bool = False) -> None:
         memory = path in (":memory:", "")
+        self._checkpointer = None
         try:
             if not memory:
                 _create_private(path)
@@ -330,6 +332,14 @@ class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods, 
                 if not memory:
                     self._wal(busy_timeout)
                 self._migrate()
+                if background_checkpoints and not memory:
+                    # the daemon: checkpoints (and their fsyncs) off the store thread,
+                    # see pushproxy/approval/walcheckpoint.py
+                    from pushproxy.approval import walcheckpoint
+
+                    self._db.execute(
+                        f"PRAGMA wal_autocheckpoint = {walcheckpoint.SAFETY_NET_PAGES}")
+                    self._checkpointer = walcheckpoint.WALCheckpointer(path).start()
         except BaseException:
             self._db.close()
             raise
@@ -653,4 +663,6 @@ class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods, 
             return db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._db.close()

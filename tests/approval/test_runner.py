@@ -197,3 +197,71 @@ def test_a_slow_call_without_an_error_gets_twice_the_timeout():
     finally:
         store.release.set()
         runner.stop()
+
+
+def _clocked_runner():
+    """A ThreadRunner on a Clock whose store thread the test plays by hand."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.callFromThread = lambda f, *a: None
+    store = BlockingStore()
+    runner = ThreadRunner(clock, lambda: store, timeout=0.3, monotonic=clock.seconds)
+    return clock, store, runner
+
+
+def test_a_call_answered_while_the_whole_process_stood_still_is_not_failed():
+    """The process stood still for longer than the stall bound (a long garbage
+    collection, no CPU on a loaded machine) while SQLite answered a call: when the
+    loop wakes, the store thread has not yet run Python to stamp the call finished.
+    The watchdog must let it, not fail the login as a stuck store (issue 22: the one
+    failmode decision of a 20,000-login run)."""
+    clock, store, runner = _clocked_runner()
+    d = runner.submit(store.quick, 1)
+    call = runner._queue.popleft()
+    runner._running = call
+    call.started = clock.seconds()
+    clock.advance(5)  # one jump: the loop did not run for 5 s (stall bound 0.6 s)
+    assert not d.called
+    # the store thread gets the interpreter lock once the loop runs again
+    ok, result = runner._execute(call)
+    call.finished = clock.seconds()
+    runner._running = None
+    runner._done.append((call, ok, result))
+    clock.advance(runner.confirm)
+    runner._deliver()
+    assert d.result == 1
+
+
+def test_a_call_still_running_after_the_confirmation_fails_and_so_does_the_queue():
+    """A frozen disk: the call stays unfinished while the loop runs on; it fails
+    ``confirm`` after the stall bound is seen, and the call queued behind it too."""
+    clock, store, runner = _clocked_runner()
+    first = runner.submit(store.stuck)
+    second = runner.submit(store.quick, 2)
+    call = runner._queue.popleft()
+    runner._running = call
+    call.started = clock.seconds()
+    clock.advance(0.6)  # at the stall bound: seen, not yet failed
+    assert not first.called
+    clock.advance(runner.confirm)
+    assert isinstance(first.result.value, StoreError)
+    assert "did not answer stuck" in str(first.result.value)
+    first.addErrback(lambda _: None)
+    clock.advance(0.5)  # the queued call's next look
+    assert "stuck on a call" in str(second.result.value)
+    second.addErrback(lambda _: None)
+
+
+def test_slow_calls_are_logged_at_most_once_a_second_with_what_they_waited_for(caplog):
+    clock, store, runner = _clocked_runner()
+    caplog.set_level("INFO", logger="pushproxy.approval.runner")
+    for at in (10.0, 10.5, 11.2):
+        runner.submit(store.quick, 1)
+        call = runner._queue.popleft()
+        call.started, call.finished = at - 0.6, at
+        runner._slow(call, cpu=0.01, process=0.5, collecting=0.0)
+    lines = [r.getMessage() for r in caplog.records if "store.slow_call" in r.getMessage()]
+    assert len(lines) == 2
+    assert "thread_cpu_s=0.01" in lines[0] and "process_cpu_s=0.5" in lines[0]
+    assert "not_logged_since=1" in lines[1]
