@@ -162,6 +162,16 @@ class LdapClientProtocol(Protocol):
     def _timed_out(self, mid: int) -> None:
         op = self._ops.get(mid)
         if op is not None:
+            # The timer may run after the process itself stood still (a long
+            # garbage collection, an event loop seconds behind under a burst), with
+            # the answer already waiting unread in the socket: a busy daemon, not
+            # a hung server (issue 22). One turn of the event loop reads the socket
+            # first; only an operation still unanswered after that fails.
+            op.timer = self.reactor.callLater(0, self._still_unanswered, mid)
+
+    def _still_unanswered(self, mid: int) -> None:
+        op = self._ops.get(mid)
+        if op is not None:
             op.timer = None
             # The connection is hung (or hopelessly slow): every operation on it
             # would wait as long, so all of them fail now and it is closed.

@@ -49,6 +49,36 @@ class ServerFailedError(LdapError):
     """A connection to the server could not be set up (connect, TLS or service bind)."""
 
 
+
+def confirmed_timeout(reactor, d: defer.Deferred, seconds: float) -> defer.Deferred:
+    """``d``, cancelled if it has not fired ``seconds`` later *and* after one more
+    turn of the event loop.
+
+    A timer that runs late because the process itself stood still (a full garbage
+    collection, an event loop seconds behind under a burst) runs before the loop
+    polls the sockets, so a connection that completed meanwhile would be counted
+    as a connect timeout and the server marked failed: a busy daemon read as a
+    broken directory (issue 22). The extra turn lets the loop see it first.
+    """
+    def expired():
+        nonlocal timer
+        timer = reactor.callLater(0, confirm)
+
+    def confirm():
+        nonlocal timer
+        timer = None
+        if not d.called:
+            d.cancel()
+
+    timer = reactor.callLater(seconds, expired)
+
+    def settled(result):
+        if timer is not None and timer.active():
+            timer.cancel()
+        return result
+
+    return d.addBoth(settled)
+
 class ServerConnections:
     """The kept connections to one server."""
 
@@ -73,8 +103,11 @@ class ServerConnections:
     def open(self, service: bool):
         """A new connection: TCP (+TLS), and the service bind when ``service``."""
         cfg = self.config
+        # Twisted's own connect timeout is only the backstop: `confirmed_timeout`
+        # gives up on the connection (see there why not Twisted's timer).
         endpoint = endpoints.HostnameEndpoint(self.reactor, self.server.host,
-                                              self.server.port, timeout=cfg.connect_timeout)
+                                              self.server.port,
+                                              timeout=2 * cfg.connect_timeout + 1)
         try:
             options = self._options() if self.server.use_ssl or cfg.start_tls else None
         except Exception as exc:  # an unreadable or malformed ca_file
@@ -84,8 +117,12 @@ class ServerConnections:
         factory = Factory.forProtocol(lambda: LdapClientProtocol(self.reactor,
                                                                  cfg.response_timeout))
         try:
-            proto = yield endpoint.connect(factory)
-        except Exception as exc:  # refused, unreachable, connect timeout, DNS
+            proto = yield confirmed_timeout(self.reactor, endpoint.connect(factory),
+                                            cfg.connect_timeout)
+        except defer.CancelledError:
+            raise ServerFailedError(f"connect failed: no connection within "
+                                    f"{cfg.connect_timeout:g} s") from None
+        except Exception as exc:  # refused, unreachable, DNS
             raise ServerFailedError(f"connect failed: {type(exc).__name__}: {exc}") from None
         if hasattr(proto, "wrappedProtocol"):  # under wrapClientTLS
             proto = proto.wrappedProtocol

@@ -14,6 +14,7 @@ from ldap3.utils.dn import parse_dn
 from pyasn1.codec.ber import encoder
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from pushproxy.ldapauth import normalize_dn, user_filter
 from pushproxy.ldapclient import (LdapClientProtocol, LdapConnectionLost, LdapProtocolError,
@@ -126,6 +127,22 @@ def test_a_silent_server_times_out_every_operation_on_the_connection():
     assert not clock.getDelayedCalls()
 
 
+def test_an_answer_read_after_a_stall_of_the_daemon_itself_is_not_a_timeout():
+    """The process stood still past the response timeout (a full garbage collection)
+    while the answer arrived: the late timer runs before the event loop reads the
+    socket, and the answer still counts (issue 22: busy is not broken)."""
+    proto, transport, clock = connected(timeout=2)
+    first = outcome(proto.bind("uid=a", "pw"))
+    clock.rightNow += 3  # the stall
+    (timer,) = clock.getDelayedCalls()
+    clock.calls.remove(timer)
+    timer.func(*timer.args, **timer.kw)  # the reactor runs due timers first...
+    proto.dataReceived(ber.bind_response(1, 0))  # ...then reads what waited in the socket
+    clock.advance(0)
+    assert first and not isinstance(first[0], Failure) and not proto.closed, first
+    assert not clock.getDelayedCalls()
+
+
 @pytest.mark.parametrize("reply", [
     b"\x02\x01\x01",  # not an LDAPMessage
     b"\x30\x84\xff\xff\xff\xff",  # a 4 GiB message
@@ -184,3 +201,25 @@ def test_normalize_dn_shortcut_agrees_with_ldap3s_parser(dn):
     except (LDAPInvalidDnError, ValueError):
         expected = dn.strip().lower()
     assert normalize_dn(dn) == expected
+
+
+def test_a_connection_made_during_a_stall_of_the_daemon_is_not_a_connect_timeout():
+    from twisted.internet import defer
+
+    from pushproxy.ldapconns import confirmed_timeout
+
+    clock = Clock()
+    made = defer.Deferred()
+    seen = outcome(confirmed_timeout(clock, made, 2))
+    clock.rightNow += 3  # the process stood still past the connect timeout
+    (timer,) = clock.getDelayedCalls()
+    clock.calls.remove(timer)
+    timer.func(*timer.args, **timer.kw)  # the late timer runs first...
+    made.callback("connected")  # ...then the loop sees the connection completed
+    clock.advance(0)
+    assert seen == ["connected"] and not clock.getDelayedCalls()
+    # and a connection that never completes is given up one turn after the timeout
+    never = defer.Deferred()
+    gave_up = outcome(confirmed_timeout(clock, never, 2))
+    clock.advance(2)
+    assert gave_up[0].check(defer.CancelledError) and not clock.getDelayedCalls()
