@@ -9,14 +9,34 @@ import logging
 import signal
 import sys
 
-from pushproxy import __version__, fdbudget, filemodes, logs
-from pushproxy.config import ConfigError, load_config, load_config_or_report
+from pushproxy import __version__
 
 log = logging.getLogger("pushproxy.cli")
+
+#: The subcommands other modules define: (module, its registering function, the
+#: top-level commands it registers), in the order of ``pushproxy --help``. Only
+#: the module of the command that runs is imported (every one for help or an
+#: unknown command): importing them all (config, Twisted, ldap3, ldaptor, the
+#: store) took ~1.5 s of CPU before even a refusal like `pushproxy demo` with
+#: port 8080 taken could be printed.
+SUBCOMMANDS = (
+    ("pushproxy.initconfig", "add_parser", ("init",)),
+    ("pushproxy.demo", "add_parser", ("demo",)),
+    ("pushproxy.radtest", "add_parser", ("radius-test",)),
+    ("pushproxy.approval.authenticator_cli", "add_parser", ("authenticator",)),
+    ("pushproxy.approval.migrate", "add_parser", ("store",)),
+    ("pushproxy.admin", "add_parsers", ("enroll", "devices", "bypass", "unlock", "locks")),
+    ("pushproxy.policy", "add_parser", ("policy",)),
+    ("pushproxy.connectivity", "add_parser", ("test-connection",)),
+    ("pushproxy.rollout.commands", "add_parser", ("rollout",)),
+)
 
 
 def cmd_check_config(args) -> int:
     """Validate a config file; print every problem, or the timeout advice."""
+    from pushproxy import fdbudget, filemodes
+    from pushproxy.config import load_config_or_report
+
     config = load_config_or_report(args.config)
     if config is None:
         return 1
@@ -72,6 +92,8 @@ def exposure_warnings(config) -> list[str]:
 
 def report_file_modes(config, counters, stage: str) -> bool:
     """Log every too-open secret/key/database file; False if one must be refused."""
+    from pushproxy import filemodes, logs
+
     ok = True
     for finding in filemodes.check_config_files(config):
         ok &= not finding.refuse
@@ -86,6 +108,8 @@ def report_file_modes(config, counters, stage: str) -> bool:
 
 def _files_and_exposure_ok(config, counters) -> bool:
     """Refuse files open to other users (logged); warn about a public http:// URL."""
+    from pushproxy import logs
+
     if not report_file_modes(config, counters, "startup"):
         logs.event(log, logging.ERROR, "startup.failed",
                    error="secret, key or database files are open to other users "
@@ -98,6 +122,9 @@ def _files_and_exposure_ok(config, counters) -> bool:
 
 def cmd_serve(args) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    from pushproxy import fdbudget, logs
+    from pushproxy.config import ConfigError, load_config, load_config_or_report
+
     config = load_config_or_report(args.config)
     if config is None:
         return 1
@@ -189,8 +216,22 @@ def cmd_serve(args) -> int:
     return exit_code[0]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def chosen_command(argv: list[str] | None) -> str | None:
+    """The subcommand argv names, if it is a known one (None: help, --version, a typo)."""
+    # The top-level options (-h, --version) print the top-level help or version:
+    # anything before the command gets the full parser, so that help is unchanged.
+    first = argv[0] if argv else None
+    known = {"serve", "check-config"} | {name for _module, _adder, names in SUBCOMMANDS
+                                         for name in names}
+    return first if first in known else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every subcommand, or with argv only the one argv runs.
+
+    With argv naming a command of SUBCOMMANDS, the other modules are not
+    imported; that command's parser (and its help) is the same either way.
+    """
     parser = argparse.ArgumentParser(prog="pushproxy",
                                      description="Push-MFA proxy for RADIUS and LDAP.")
     parser.add_argument("--version", action="version", version=f"pushproxy {__version__}")
@@ -203,28 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and print advice")
     p.add_argument("config", help="path to config.yaml")
     p.set_defaults(func=cmd_check_config)
-    from pushproxy import demo, initconfig, radtest
-    from pushproxy.approval import authenticator_cli, migrate
-
-    initconfig.add_parser(sub)
-    demo.add_parser(sub)
-    radtest.add_parser(sub)
-    authenticator_cli.add_parser(sub)
-    migrate.add_parser(sub)
-    from pushproxy import admin, connectivity, policy
-
-    admin.add_parsers(sub)
-    policy.add_parser(sub)
-    connectivity.add_parser(sub)
-    from pushproxy.rollout import commands as rollout
-
-    rollout.add_parser(sub)
+    chosen = chosen_command(argv)
+    for module, adder, names in SUBCOMMANDS:
+        if chosen is None or chosen in names:
+            # __import__ (not importlib.import_module): -X importtime lists it
+            getattr(__import__(module, fromlist=[adder]), adder)(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     return args.func(args)
 
 

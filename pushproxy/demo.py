@@ -18,14 +18,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from twisted.internet import defer, threads
-
-from pushproxy import demo_directory, logs
-from pushproxy.approval import authenticator, authenticator_cli
-from pushproxy.approval.service import new_enrollment
-from pushproxy.approval.store import SQLiteStore
-from pushproxy.config import load_config
-from pushproxy.radtest import login as radius_login
+# Twisted, the directory, the store and the config are imported where they are
+# used: a taken port must end the demo at once, before ~1 s of imports.
 
 
 def _free_port(kind: int) -> int:
@@ -36,6 +30,8 @@ def _free_port(kind: int) -> int:
 
 def write_demo_config(folder: Path, ldap_url: str, radius_port: int, http_port: int) -> Path:
     """The demo's config.yaml (a real config, validated like any other)."""
+    from pushproxy import demo_directory
+
     (folder / "radius.secret").write_text(secrets.token_urlsafe(18) + "\n")
     (folder / "ldap.secret").write_text(demo_directory.DEMO_SERVICE_PASSWORD + "\n")
     for name in ("radius.secret", "ldap.secret"):
@@ -77,9 +73,23 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-@defer.inlineCallbacks
 def walkthrough(reactor, folder: Path, config, server: str):
-    """Enroll alice and bob, approve alice's login, deny bob's; returns True if all went right."""
+    """Enroll alice and bob, approve alice's login, deny bob's; fires True if all went right."""
+    from twisted.internet import defer
+
+    return defer.inlineCallbacks(_walkthrough)(reactor, folder, config, server)
+
+
+def _walkthrough(reactor, folder: Path, config, server: str):
+    """`walkthrough`'s steps (an inlineCallbacks generator)."""
+    from twisted.internet import threads
+
+    from pushproxy import demo_directory
+    from pushproxy.approval import authenticator, authenticator_cli
+    from pushproxy.approval.service import new_enrollment
+    from pushproxy.approval.store import SQLiteStore
+    from pushproxy.radtest import login as radius_login
+
     secret = config.radius.clients[0].secret
     store = SQLiteStore(config.approval.database)
     try:
@@ -117,6 +127,8 @@ def walkthrough(reactor, folder: Path, config, server: str):
 
 def _first_request(state: str, deadline: float = 20.0) -> dict | None:
     """Long-poll the device's pending list until the login's request shows up."""
+    from pushproxy.approval import authenticator
+
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         found = authenticator.pending(state, wait=5)
@@ -178,8 +190,12 @@ def cmd_demo(args) -> int:
     if problem:
         print(f"demo: {problem}", file=sys.stderr)
         return 2
-    from twisted.internet import reactor
+    from twisted.internet import defer, reactor
 
+    from pushproxy import demo_directory, logs
+    from pushproxy.approval.service import new_enrollment
+    from pushproxy.approval.store import SQLiteStore
+    from pushproxy.config import load_config
     from pushproxy.wiring import build_daemon
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="pushproxy-demo-")).resolve()

@@ -32,6 +32,32 @@ def test_a_taken_http_port_is_named_with_the_way_out(tmp_path):
     assert "Traceback" not in err and not (tmp_path / "config.yaml").exists()
 
 
+def test_the_default_port_8080_taken_ends_the_demo_before_the_heavy_imports(tmp_path):
+    """Issue 17: `pushproxy demo` (defaults) with 8080 taken exits non-zero with the hint.
+
+    The refusal comes before config, Twisted, the store or the directory are
+    imported (`-X importtime` lists every import); these took ~1.5 s of CPU.
+    """
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 8080))
+            taken.listen(1)
+        except OSError:
+            pass  # another program holds 8080: taken all the same
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pushproxy.cli",
+                               "demo", "--dir", str(tmp_path)], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "TCP port 8080 on 127.0.0.1 (--http-port) is not free" in proc.stderr
+    assert "run `pushproxy demo --http-port 0` to take any free port" in proc.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    heavy = {"pushproxy.config", "pushproxy.demo_directory", "pushproxy.approval.store",
+             "pushproxy.fdbudget", "pushproxy.rollout.commands", "twisted", "ldap3", "ldaptor"}
+    assert "pushproxy.demo" in imported and not heavy & imported, heavy & imported
+    assert not (tmp_path / "config.yaml").exists()
+
+
 def test_a_taken_radius_port_is_named_too(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))

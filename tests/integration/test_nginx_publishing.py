@@ -4,7 +4,10 @@ The server block is taken from the doc itself (only ports, certificate paths
 and the name are swapped for the test's), with a test CA; the CLI
 authenticator (verifying that CA) enrolls and approves through nginx over
 HTTPS, long-polls included, and that approval releases a real RADIUS login.
-The web authenticator's page is served through the same proxy.
+The web authenticator's page is served through the same proxy; headless
+Chromium (the browser helpers of test_webapp_chromium, trusting the test
+server's key) enrolls the web authenticator from the link and approves a
+radclient login through nginx.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -153,3 +157,54 @@ def test_enroll_and_approve_through_nginx_release_a_radius_login(published, tmp_
     assert result.code == "Access-Accept", result.stdout + result.stderr
     access = (folder / "access.log").read_text()
     assert "/v1/" in access and "/app/" in access  # the device API went through nginx
+
+
+def spki_hash(cert_pem: Path) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)): what --ignore-certificate-errors-spki-list takes."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(cert_pem.read_bytes()).public_key()
+    spki = key.public_bytes(serialization.Encoding.DER,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def test_chromium_enrolls_the_web_authenticator_and_approves_through_nginx(published,
+                                                                           tmp_path):
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from tests.integration.test_webapp_chromium import (
+        CHROMEDRIVER, CHROMIUM, Phone, enroll_in_browser, login_and_answer)
+
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            pytest.skip(f"{path} is missing (apt-get install {package})")
+    config, public, folder, radius_port, http_port = published
+    link = cli("enroll", "alice", "--no-qr", "--config", str(config))
+    assert link.returncode == 0, link.stderr
+    url = link.stdout.strip().splitlines()[-1]
+    assert url.startswith(f"{public}/app/enroll#")
+    # Chromium trusts the test server's key (as an installed CA would make it), so the
+    # page is a secure context over real TLS: no certificate-error interstitial, and
+    # WebCrypto and the service worker work as they do for a public certificate.
+    phone = Phone(tempfile.mkdtemp(prefix="chromium-", dir=tmp_path),
+                  (f"--ignore-certificate-errors-spki-list={spki_hash(folder / 'server.pem')}",))
+    try:
+        # the helpers' duck types: where the app is and where RADIUS logins go
+        stack = SimpleNamespace(config=SimpleNamespace(approval=SimpleNamespace(public_url=public)),
+                                radius=f"127.0.0.1:{radius_port}")
+        app = SimpleNamespace(phone=phone, stack=stack, origin=public, app_url=f"{public}/app/")
+        enroll_in_browser(phone, app, url)
+        assert phone.driver.current_url.startswith(f"{public}/app/")
+        approved = login_and_answer(app, "198.51.100.7", ("approve",), "Approved")
+    finally:
+        phone.quit()
+    assert approved.code == "Access-Accept", approved.stdout + approved.stderr
+    # the browser's enrollment and answer went through nginx, not around it
+    browser = [line for line in (folder / "access.log").read_text().splitlines()
+               if "HeadlessChrome" in line]
+    assert any("/app/" in line for line in browser), browser
+    assert any("POST /v1/" in line for line in browser), browser

@@ -97,10 +97,10 @@ def blocking(fn, *args, **kwargs):
 class Phone:
     """Headless Chromium at phone size, with the few helpers the tests need."""
 
-    def __init__(self, profile: str):
+    def __init__(self, profile: str, extra_flags: tuple[str, ...] = ()):
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
-        for flag in CHROMIUM_FLAGS:
+        for flag in CHROMIUM_FLAGS + tuple(extra_flags):
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={profile}")
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
