@@ -97,6 +97,9 @@ class LoginRequest:
     # a reply it cannot encode (over 4096 octets) turns an Accept into a Reject,
     # and the audit trail must say what the client really got. Never raises.
     finalize: Callable[[Decision], Decision] | None = None
+    # Sends what `finalize` encoded, once the decision is audited and logged,
+    # before anything else the login's end does.
+    deliver: Callable[[], None] | None = None
     # What tells one session of the NAS from another, for joins: RADIUS
     # NAS-IP-Address and NAS-Port / NAS-Port-Id; the LDAP front end's client
     # connection. See `join_key`.
@@ -490,8 +493,13 @@ class Engine(Pushes, VerifiedPush):
                       rule=decision.rule, latency_ms=round(elapsed * 1000.0, 1),
                       txid=decision.txid, device=decision.device, joined=joined,
                       sent_user=req.username)
-        logs.event(log, logging.INFO, "login.decision", **fields)
+        # The record first, the reply after it: every reply a client gets is in
+        # the audit trail and the daemon log, even if the process dies right after
+        # sending it, and whoever reads either after the reply finds it there.
         self.audit.record(AuditEvent(time=utc_stamp(self.wallclock()), **fields))
+        logs.event(log, logging.INFO, "login.decision", **fields)
+        if req.deliver is not None:
+            req.deliver()
         return decision
 
     def stop(self) -> None:

@@ -1,6 +1,7 @@
-"""The approval answer path writes the Access-Accept before anything that can wait
-(issue 16): the RADIUS reply leaves before the decision's log line and audit event,
-and the approval service releases the waiting login before its own log line."""
+"""The approval answer path: the RADIUS reply leaves right after the decision's
+audit record and log line (so both hold every reply sent, and whoever reads them
+after the reply finds it), and the approval service releases the waiting login
+before its own log line (issue 16)."""
 
 import logging
 import os
@@ -25,16 +26,30 @@ class OrderAudit(AuditLog):
         super().record(event)
 
 
-def test_the_accept_is_written_before_the_decision_is_audited():
+def test_the_accept_is_written_once_right_after_its_audit_record_and_log_line(caplog):
+    caplog.set_level(logging.INFO, logger="pushproxy")
     proto, clock = make()
     audit = OrderAudit(proto.transport, proto.counters)
     proto.engine.audit = audit
-    pkt, raw = request()
-    proto.datagramReceived(raw, NAS)
-    proto.engine.provider.answer(status=PushStatus.APPROVED)
-    (data, addr), = proto.transport.sent  # once: not written again after the audit
+    sent_at_log = []
+
+    class Spy(logging.Handler):
+        def emit(self, record):
+            if "login.decision" in record.getMessage():
+                sent_at_log.append(len(proto.transport.sent))
+
+    spy = Spy()
+    logging.getLogger("pushproxy").addHandler(spy)
+    try:
+        pkt, raw = request()
+        proto.datagramReceived(raw, NAS)
+        proto.engine.provider.answer(status=PushStatus.APPROVED)
+    finally:
+        logging.getLogger("pushproxy").removeHandler(spy)
+    (data, addr), = proto.transport.sent  # once: not written again by the server
     assert verify(pkt, data).code == codec.ACCESS_ACCEPT
-    assert audit.sent_at_record == [1]
+    assert audit.sent_at_record == [0]
+    assert sent_at_log == [0]
     proto.datagramReceived(raw, NAS)  # a retransmit gets the cached reply
     assert proto.transport.sent[1][0] == data
 

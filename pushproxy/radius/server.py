@@ -170,7 +170,8 @@ class RadiusProtocol(DatagramProtocol):
                 self.table.abandon(key)
                 return self._drop(DropReason.MALFORMED, host, client, str(exc))
         reply = _Reply(self, request, eap, host, key, send)
-        d = self.engine.login(dataclasses.replace(login, finalize=reply.finalize))
+        d = self.engine.login(dataclasses.replace(login, finalize=reply.finalize,
+                                                   deliver=reply.deliver))
         d.addCallback(self._decided, reply, key, send)
         d.addErrback(self._failed, key)
         return None
@@ -196,7 +197,7 @@ class RadiusProtocol(DatagramProtocol):
                                    credential=upstream_packets.proof_of(raw)), eap
 
     def _decided(self, decision: Decision, reply: "_Reply", key, send) -> None:
-        if reply.sent:  # written when the decision was final (`_Reply.finalize`)
+        if reply.sent:  # written once the decision was recorded (`_Reply.deliver`)
             return None
         data = reply.encoded(decision)
         if data is None:
@@ -221,7 +222,7 @@ class RadiusProtocol(DatagramProtocol):
         log.error("radius.reply_failed %s", failure.getTraceback())
         self.counters.inc("internal_errors")
         if self.table.state(key, self.clock.seconds()) is State.IN_FLIGHT:
-            self.table.abandon(key)  # (a reply sent at finalize stays cached)
+            self.table.abandon(key)  # (a reply already delivered stays cached)
 
     def _shed(self, reason, host: str, client: RadiusClient) -> DropReason:
         self.counters.inc("radius_drops", reason=DropReason.OVERLOADED.value)
@@ -286,12 +287,14 @@ class _Reply:
             except DropPacket:
                 self.data = None
         self.decision = decision
+        return decision
+
+    def deliver(self) -> None:
+        """Send the finalized reply now: the engine calls this once the decision is
+        audited and logged, before the rest of the login's end (issue 16)."""
         if self.data is not None and self.key is not None and not self.sent:
-            # Out now, before the engine logs and audits the decision (a file
-            # write each): the NAS waits for nothing that can wait (issue 16).
             self.sent = True
             self.proto._send(self.key, self.send, self.data)
-        return decision
 
     def encoded(self, decision: Decision) -> bytes | None:
         """The bytes for ``decision``: those made at finalize, or made now."""
