@@ -17,6 +17,7 @@ from ldap3.core import exceptions as lexc
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapauth import conclude, group_query, normalize_dn, user_filter, values_of
+from pushproxy.ldaptls import ldap3_tls
 
 
 class ServerUnusable(Exception):
@@ -25,8 +26,9 @@ class ServerUnusable(Exception):
 
 def open_search(config: LdapConfig, server: LdapServer) -> ldap3.Connection:
     """A connection to ``server`` bound as the service account (TLS verified as the daemon)."""
-    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
-                    version=ssl.PROTOCOL_TLS_CLIENT)
+    # Python's ssl checks the name in the handshake (ldap3's own check, the
+    # one deciding on Python 3.12+, ignores IP-address names): see ldaptls.
+    tls = ldap3_tls(config.ca_file, server.host)
     srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=tls,
                        connect_timeout=config.connect_timeout, get_info=ldap3.NONE)
     conn = ldap3.Connection(srv, user=config.bind_dn, password=config.bind_password,
