@@ -17,7 +17,7 @@ import ssl
 from cryptography import x509
 
 from pushproxy.config import LdapConfig
-from pushproxy.ldaptls import client_context
+from pushproxy.ldaptls import client_context, names_of
 
 
 # The StartTLS extended request (RFC 4511 4.14.1), message id 1, BER-encoded by
@@ -205,21 +205,11 @@ def handshake_problem(exc: Exception, timeout: float) -> str:
     return f"TLS handshake failed: {exc}"
 
 
-def _names(cert: x509.Certificate) -> list[str]:
-    """The certificate's subjectAltName entries, as DNS:... and IP:..."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return ([f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)]
-            + [f"IP:{a}" for a in san.get_values_for_type(x509.IPAddress)])
-
-
 def describe_certificate(der: bytes) -> tuple[str, datetime.datetime]:
     """One line about a DER certificate (subject, names, issuer, expiry) and its expiry time."""
     cert = x509.load_der_x509_certificate(der)
     not_after = cert.not_valid_after_utc
-    names = ", ".join(_names(cert)) or "none (no subjectAltName)"
+    names = ", ".join(names_of(cert)) or "none (no subjectAltName)"
     text = (f"subject {cert.subject.rfc4514_string()}; names {names}; issued by "
             f"{cert.issuer.rfc4514_string()}; valid until {not_after:%Y-%m-%d %H:%M} UTC")
     return text, not_after
@@ -279,12 +269,12 @@ def hostname_problem(addrs: list[tuple], cfg: LdapConfig, host: str, der: bytes)
 
 def _mismatch(cert: x509.Certificate, host: str) -> str:
     """What a certificate that does not name ``host`` names instead, and why it does not count."""
-    names = ", ".join(_names(cert)) or f"only {cert.subject.rfc4514_string()}"
+    names = ", ".join(names_of(cert)) or f"only {cert.subject.rfc4514_string()}"
     try:
         ipaddress.ip_address(host)
         hint = " (an IP address matches only an IP: entry)"
     except ValueError:
-        dns = [n[4:] for n in _names(cert) if n.startswith("DNS:")]
+        dns = [n[4:] for n in names_of(cert) if n.startswith("DNS:")]
         if any("*" in n and not n.startswith("*.") for n in dns):
             hint = (" (a wildcard counts only as the whole leftmost label, *.example.com; "
                     "a partial one such as w*.example.com matches nothing)")

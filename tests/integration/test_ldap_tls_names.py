@@ -8,6 +8,8 @@ over StartTLS:
 
 - ``twisted``: the daemon's logins (`LdapDirectory.authenticate`, the reactor
   client of `pushproxy.ldapconns`);
+- ``front``: the LDAP front end's connection to the directory
+  (`pushproxy.ldapfront.upstream.UpstreamConnector`);
 - ``ldap3``: the command-line tools' lookup (`LdapDirectory.lookup_blocking`,
   `pushproxy.ldapsync`, also behind the rollout commands);
 - ``check``: ``pushproxy test-connection``'s steps (its own handshake and name
@@ -34,6 +36,7 @@ from pushproxy.connectivity.ldapcheck import check_ldap_server
 from pushproxy.connectivity.report import Report
 from pushproxy.decision import PrimaryStatus
 from pushproxy.ldapauth import LdapDirectory
+from pushproxy.ldapfront.upstream import UpstreamConnector, UpstreamFailed
 from pushproxy.metrics import Counters
 from tests.integration.harness import load, write_config
 from tests.integration.slapd import Slapd, slapd_available
@@ -41,7 +44,7 @@ from tests.radsec_pki import TestCA
 
 HOSTS = ("localhost", "127.0.0.1")
 MODES = ("ldaps", "starttls")
-PATHS = ("twisted", "ldap3", "check")
+PATHS = ("twisted", "front", "ldap3", "check")
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,15 @@ def _outcomes(tmp_path, server, ca_file):
                 assert result.status is PrimaryStatus.UNAVAILABLE, result
                 assert "certificate" in result.detail.lower(), result.detail
                 assert daemon.counters.get("ldap_user_binds") == 0  # no password sent
+
+            connector = UpstreamConnector(reactor, Counters(), config.ldap)
+            try:
+                upstream = yield defer.ensureDeferred(connector.connect())
+                upstream.transport.loseConnection()
+                found["front", mode, host] = True
+            except UpstreamFailed as exc:
+                found["front", mode, host] = False
+                assert "certificate" in str(exc).lower() or "TLS failed" in str(exc), exc
 
             cli = LdapDirectory(config.ldap, reactor=None, counters=Counters())
             looked = cli.lookup_blocking("alice")
