@@ -8,6 +8,7 @@ failover order and the same result as `LdapDirectory.lookup`.
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 
@@ -24,6 +25,15 @@ class ServerUnusable(Exception):
     """This server could not answer; try the next one."""
 
 
+def receive_timeout(seconds: float) -> int:
+    """``ldap.response_timeout`` as ldap3 can take it: whole seconds, rounded up.
+
+    ldap3 packs it into SO_RCVTIMEO as an integer: 1.5 raised struct.error out
+    of every lookup (a crash, not a failed server).
+    """
+    return max(1, math.ceil(seconds))
+
+
 def open_search(config: LdapConfig, server: LdapServer) -> ldap3.Connection:
     """A connection to ``server`` bound as the service account (TLS verified as the daemon)."""
     # Python's ssl checks the name in the handshake (ldap3's own check, the
@@ -33,7 +43,8 @@ def open_search(config: LdapConfig, server: LdapServer) -> ldap3.Connection:
                        connect_timeout=config.connect_timeout, get_info=ldap3.NONE)
     conn = ldap3.Connection(srv, user=config.bind_dn, password=config.bind_password,
                             auto_bind=ldap3.AUTO_BIND_NONE, read_only=True,
-                            raise_exceptions=False, receive_timeout=config.response_timeout,
+                            raise_exceptions=False,
+                            receive_timeout=receive_timeout(config.response_timeout),
                             client_strategy=ldap3.SYNC)
     conn.open(read_server_info=False)
     conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

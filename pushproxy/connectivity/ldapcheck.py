@@ -17,6 +17,7 @@ from ldap3.core import exceptions as lexc
 
 from pushproxy.config import Config, GroupMode, LdapConfig, LdapServer
 from pushproxy.ldapauth import account_of, group_query, normalize_dn, user_filter
+from pushproxy.ldapsync import receive_timeout
 from pushproxy.ldaptls import ldap3_tls
 from pushproxy.connectivity.net import (address, describe_certificate, dns_problem,
                                         handshake_problem, hostname_problem, peek_certificate,
@@ -62,7 +63,8 @@ def _ldap_connection(cfg: LdapConfig, server: LdapServer, user: str | None,
                        connect_timeout=cfg.connect_timeout, get_info=ldap3.NONE)
     conn = ldap3.Connection(srv, user=user, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
                             read_only=True, raise_exceptions=False,
-                            receive_timeout=cfg.response_timeout, client_strategy=ldap3.SYNC)
+                            receive_timeout=receive_timeout(cfg.response_timeout),
+                            client_strategy=ldap3.SYNC)
     conn.open(read_server_info=False)
     conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if cfg.start_tls and not conn.start_tls(read_server_info=False):
