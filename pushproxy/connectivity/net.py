@@ -148,7 +148,7 @@ def start_tls(sock: socket.socket) -> tuple[int, str]:
 
 
 def tls_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
-    """The daemon's trust settings (CA file or system store), the name left to `hostname_problem`."""
+    """The daemon's trust settings (CA file or system store); the name is `hostname_problem`'s."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # The chain first, the name in a step of its own: "untrusted" and "wrong
     # name" point at different fixes.

@@ -28,15 +28,20 @@ from __future__ import annotations
 import io
 from dataclasses import replace
 
+import ldap3
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from ldap3.core.exceptions import LDAPException
+from twisted.internet import defer, endpoints, reactor, ssl
+from twisted.internet.protocol import Factory
 
 from pushproxy.connectivity.ldapcheck import check_ldap_server
 from pushproxy.connectivity.report import Report
 from pushproxy.decision import PrimaryStatus
 from pushproxy.ldapauth import LdapDirectory
+from pushproxy.ldapclient import LdapClientProtocol, LdapError
 from pushproxy.ldapfront.upstream import UpstreamConnector, UpstreamFailed
+from pushproxy.ldaptls import NameCheckedTLS, ldap3_tls
 from pushproxy.metrics import Counters
 from tests.integration.harness import load, write_config
 from tests.integration.slapd import Slapd, slapd_available
@@ -190,3 +195,58 @@ def test_a_name_only_in_the_common_name_is_refused_on_every_path(served, tmp_pat
     found, reports = yield _outcomes(tmp_path, server, ca)
     assert found == _expect(set()), _table(found)
     assert "CN is not checked" in reports["ldaps", "localhost"], reports["ldaps", "localhost"]
+
+
+def _ldap3_binds(server: Slapd, ca_file: str, name: str) -> bool:
+    """Whether ldap3 with `ldap3_tls` binds at 127.0.0.1, the certificate checked for ``name``."""
+    tls = ldap3_tls(ca_file, name)
+    srv = ldap3.Server("127.0.0.1", port=server.ldaps_port, use_ssl=True, tls=tls,
+                       connect_timeout=2, get_info=ldap3.NONE)
+    conn = ldap3.Connection(srv, user=server.service_dn, password=server.service_password,
+                            raise_exceptions=False, receive_timeout=2)
+    try:
+        return conn.bind()
+    except LDAPException:
+        return False
+    finally:
+        conn.unbind()
+
+
+@defer.inlineCallbacks
+def _twisted_binds(server: Slapd, ca_file: str, name: str):
+    """Whether the reactor client with `NameCheckedTLS` binds, the name checked: ``name``."""
+    with open(ca_file, "rb") as handle:
+        trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(handle.read())])
+    endpoint = endpoints.wrapClientTLS(
+        NameCheckedTLS(name, trust),
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.ldaps_port, timeout=2))
+    wrapper = yield endpoint.connect(Factory.forProtocol(lambda: LdapClientProtocol(reactor, 2)))
+    proto = getattr(wrapper, "wrappedProtocol", wrapper)
+    try:
+        result = yield proto.bind(server.service_dn, server.service_password)
+        return result.code == 0
+    except LdapError as exc:
+        assert "does not name" in str(exc), exc
+        return False
+    finally:
+        proto.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_wildcard_counts_only_as_the_whole_leftmost_label_on_both_tls_stacks(served,
+                                                                               tmp_path):
+    """DNS:*.example.com names w1.example.com only; DNS:w*.example.net (the partial
+    wildcard ldap3's own check accepted on 3.12+) names nothing.
+
+    slapd is dialled at 127.0.0.1 and the certificate checked for a DNS name this
+    machine need not resolve: both checks take the name apart from the address.
+    """
+    server, ca = served("wildcards", dns=["*.example.com", "w*.example.net"])
+    names = {"w1.example.com": True, "example.com": False, "a.w1.example.com": False,
+             "w1.example.net": False}
+    found = {}
+    for name in names:
+        found["ldap3", name] = _ldap3_binds(server, ca, name)
+        found["twisted", name] = yield _twisted_binds(server, ca, name)
+    assert found == {(stack, name): ok for name, ok in names.items()
+                     for stack in ("ldap3", "twisted")}, found
