@@ -11,8 +11,9 @@ version.
 Here the context does the check during the handshake (``check_hostname``
 with ``server_hostname`` set: OpenSSL's X509_check_host / X509_check_ip, the
 same on 3.11, 3.12 and 3.13), and `CheckedTls` hands that context to ldap3 so
-ldap3's own check never runs. The daemon's logins go through Twisted
-(`pushproxy.ldapconns`, pyOpenSSL), with `NameCheckedTLS`: service_identity's
+ldap3's own check never runs. The daemon's logins and the LDAP front end's
+upstream connections go through Twisted (`pushproxy.ldapconns`,
+`pushproxy.ldapfront.upstream`; pyOpenSSL), with `NameCheckedTLS`: service_identity's
 rules (DNS and IP-address subjectAltNames, whole-label wildcards only, never
 the subject's common name), failing closed. Twisted's own callback
 (``optionsForClientTLS``, Twisted 26.10 with service_identity 26.1) logs and
