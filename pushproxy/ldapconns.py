@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from pushproxy.config import LdapConfig, LdapServer
 from pushproxy.ldapclient import LdapClientProtocol, LdapConnectionLost, LdapError
 from pushproxy.ldapfront import ber
+from pushproxy.ldaptls import NameCheckedTLS
 
 # A search connection takes this many operations in flight before a second
 # one is opened beside it (slapd reads one connection in one thread).
@@ -42,7 +43,9 @@ def tls_options(config: LdapConfig, host: str):
         trust = ssl.trustRootFromCertificates(certs)
     else:
         trust = ssl.platformTrust()
-    return ssl.optionsForClientTLS(host, trustRoot=trust)
+    # Not optionsForClientTLS itself: its name check lets a certificate without
+    # usable subjectAltNames through (see ldaptls.NameCheckedTLS).
+    return NameCheckedTLS(host, trust)
 
 
 class ServerFailedError(LdapError):

@@ -8,6 +8,7 @@ failover order and the same result as `LdapDirectory.lookup`.
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 
@@ -17,21 +18,33 @@ from ldap3.core import exceptions as lexc
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapauth import conclude, group_query, normalize_dn, user_filter, values_of
+from pushproxy.ldaptls import ldap3_tls
 
 
 class ServerUnusable(Exception):
     """This server could not answer; try the next one."""
 
 
+def receive_timeout(seconds: float) -> int:
+    """``ldap.response_timeout`` as ldap3 can take it: whole seconds, rounded up.
+
+    ldap3 packs it into SO_RCVTIMEO as an integer: 1.5 raised struct.error out
+    of every lookup (a crash, not a failed server).
+    """
+    return max(1, math.ceil(seconds))
+
+
 def open_search(config: LdapConfig, server: LdapServer) -> ldap3.Connection:
     """A connection to ``server`` bound as the service account (TLS verified as the daemon)."""
-    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file,
-                    version=ssl.PROTOCOL_TLS_CLIENT)
+    # Python's ssl checks the name in the handshake (ldap3's own check, the
+    # one deciding on Python 3.12+, ignores IP-address names): see ldaptls.
+    tls = ldap3_tls(config.ca_file, server.host)
     srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=tls,
                        connect_timeout=config.connect_timeout, get_info=ldap3.NONE)
     conn = ldap3.Connection(srv, user=config.bind_dn, password=config.bind_password,
                             auto_bind=ldap3.AUTO_BIND_NONE, read_only=True,
-                            raise_exceptions=False, receive_timeout=config.response_timeout,
+                            raise_exceptions=False,
+                            receive_timeout=receive_timeout(config.response_timeout),
                             client_strategy=ldap3.SYNC)
     conn.open(read_server_info=False)
     conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -17,6 +17,8 @@ from ldap3.core import exceptions as lexc
 
 from pushproxy.config import Config, GroupMode, LdapConfig, LdapServer
 from pushproxy.ldapauth import account_of, group_query, normalize_dn, user_filter
+from pushproxy.ldapsync import receive_timeout
+from pushproxy.ldaptls import ldap3_tls
 from pushproxy.connectivity.net import (address, describe_certificate, dns_problem,
                                         handshake_problem, hostname_problem, peek_certificate,
                                         resolve, start_tls, tcp_connect, tls_context,
@@ -56,13 +58,13 @@ _AD_BIND_CODES = {
 def _ldap_connection(cfg: LdapConfig, server: LdapServer, user: str | None,
                      password: str | None) -> ldap3.Connection:
     """An open connection made exactly like the daemon's (ldapauth._connection), not bound."""
-    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=cfg.ca_file,
-                    version=ssl.PROTOCOL_TLS_CLIENT)
+    tls = ldap3_tls(cfg.ca_file, server.host)  # the name checked by Python's ssl
     srv = ldap3.Server(server.host, port=server.port, use_ssl=server.use_ssl, tls=tls,
                        connect_timeout=cfg.connect_timeout, get_info=ldap3.NONE)
     conn = ldap3.Connection(srv, user=user, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
                             read_only=True, raise_exceptions=False,
-                            receive_timeout=cfg.response_timeout, client_strategy=ldap3.SYNC)
+                            receive_timeout=receive_timeout(cfg.response_timeout),
+                            client_strategy=ldap3.SYNC)
     conn.open(read_server_info=False)
     conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if cfg.start_tls and not conn.start_tls(read_server_info=False):
@@ -217,7 +219,8 @@ def _check_tls(report: Report, cfg: LdapConfig, server: LdapServer, sock: socket
                     f"against {trust}", since(started))
 
         started = time.perf_counter()
-        text, not_after = describe_certificate(tls.getpeercert(binary_form=True))
+        der = tls.getpeercert(binary_form=True)
+        text, not_after = describe_certificate(der)
         left = not_after - datetime.datetime.now(datetime.timezone.utc)
         if left < datetime.timedelta(days=EXPIRY_WARNING_DAYS):
             report.step("WARN", "certificate", f"{text}; expires in {left.days} days: renew it "
@@ -226,7 +229,7 @@ def _check_tls(report: Report, cfg: LdapConfig, server: LdapServer, sock: socket
             report.step("OK", "certificate", f"{text} ({left.days} days left)", since(started))
 
         started = time.perf_counter()
-        problem = hostname_problem(tls, server.host)
+        problem = hostname_problem(addrs, cfg, server.host, der)
         if problem:
             return fail("hostname", problem, since(started))
         report.step("OK", "hostname", f"the certificate names {server.host}", since(started))

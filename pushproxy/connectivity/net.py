@@ -13,12 +13,11 @@ import ipaddress
 import os
 import socket
 import ssl
-import warnings
 
 from cryptography import x509
-from ldap3.core import exceptions as lexc
 
 from pushproxy.config import LdapConfig
+from pushproxy.ldaptls import client_context, names_of
 
 
 # The StartTLS extended request (RFC 4511 4.14.1), message id 1, BER-encoded by
@@ -149,10 +148,10 @@ def start_tls(sock: socket.socket) -> tuple[int, str]:
 
 
 def tls_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
-    """The daemon's TLS settings: CA file or system store, chain verified, name checked apart."""
+    """The daemon's trust settings (CA file or system store); the name is `hostname_problem`'s."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    # ldap3 (and so the daemon) checks the host name itself after the handshake:
-    # do the same, so "untrusted" and "wrong name" are separate steps.
+    # The chain first, the name in a step of its own: "untrusted" and "wrong
+    # name" point at different fixes.
     ctx.check_hostname = False
     if not verify:
         ctx.verify_mode = ssl.CERT_NONE
@@ -206,21 +205,11 @@ def handshake_problem(exc: Exception, timeout: float) -> str:
     return f"TLS handshake failed: {exc}"
 
 
-def _names(cert: x509.Certificate) -> list[str]:
-    """The certificate's subjectAltName entries, as DNS:... and IP:..."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return ([f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)]
-            + [f"IP:{a}" for a in san.get_values_for_type(x509.IPAddress)])
-
-
 def describe_certificate(der: bytes) -> tuple[str, datetime.datetime]:
     """One line about a DER certificate (subject, names, issuer, expiry) and its expiry time."""
     cert = x509.load_der_x509_certificate(der)
     not_after = cert.not_valid_after_utc
-    names = ", ".join(_names(cert)) or "none (no subjectAltName)"
+    names = ", ".join(names_of(cert)) or "none (no subjectAltName)"
     text = (f"subject {cert.subject.rfc4514_string()}; names {names}; issued by "
             f"{cert.issuer.rfc4514_string()}; valid until {not_after:%Y-%m-%d %H:%M} UTC")
     return text, not_after
@@ -244,27 +233,57 @@ def peek_certificate(addrs: list[tuple], cfg: LdapConfig) -> str | None:
         sock.close()
 
 
-def hostname_problem(tls: ssl.SSLSocket, host: str) -> str | None:
-    """None when the certificate names ``host`` by ldap3's own rule, else what it names."""
-    from ldap3.core.tls import check_hostname
+# OpenSSL's verify codes for a certificate that is trusted but names another host.
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
+
+def hostname_problem(addrs: list[tuple], cfg: LdapConfig, host: str, der: bytes) -> str | None:
+    """None when the certificate names ``host`` by the daemon's rule, else what it names.
+
+    The verdict is a real handshake on a new connection with the context the
+    ldap3 paths use (`pushproxy.ldaptls`: Python's ssl checks the name), so
+    this step can never say OK to a name those connections refuse, or the
+    reverse, whatever the Python version. ``der``: the certificate the first
+    handshake saw, to say what it names.
+    """
+    sock, problems = tcp_connect(addrs, cfg.connect_timeout)
+    if sock is None:
+        return f"could not connect again for the name check: {'; '.join(problems)}"
     try:
-        with warnings.catch_warnings():
-            # Python 3.11's ssl.match_hostname, which ldap3 calls, is deprecated.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            check_hostname(tls, host, None)
-        return None
-    except lexc.LDAPCertificateError:
-        cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-        names = ", ".join(_names(cert)) or f"only {cert.subject.rfc4514_string()}"
-        hint = ""
-        try:
-            ipaddress.ip_address(host)
-            hint = " (an IP address matches only an IP: entry)"
-        except ValueError:
-            pass
-        return (f"the certificate does not name {host}{hint}; it names {names}: use one of "
-                f"those names in ldap.servers, or have the certificate reissued for {host}")
+        sock.settimeout(cfg.response_timeout)
+        if cfg.start_tls:
+            code, _ = start_tls(sock)
+            if code != 0:
+                return f"the server refused StartTLS on the second connection ({code})"
+        with client_context(cfg.ca_file).wrap_socket(sock, server_hostname=host):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code not in _NAME_MISMATCH:
+            return f"certificate verification failed: {exc.verify_message or exc}"
+    except (OSError, ValueError, EOFError) as exc:
+        return f"the name check could not complete: {type(exc).__name__}: {exc}"
+    finally:
+        sock.close()
+    return _mismatch(x509.load_der_x509_certificate(der), host)
+
+
+def _mismatch(cert: x509.Certificate, host: str) -> str:
+    """What a certificate that does not name ``host`` names instead, and why it does not count."""
+    names = ", ".join(names_of(cert)) or f"only {cert.subject.rfc4514_string()}"
+    try:
+        ipaddress.ip_address(host)
+        hint = " (an IP address matches only an IP: entry)"
+    except ValueError:
+        dns = [n[4:] for n in names_of(cert) if n.startswith("DNS:")]
+        if any("*" in n and not n.startswith("*.") for n in dns):
+            hint = (" (a wildcard counts only as the whole leftmost label, *.example.com; "
+                    "a partial one such as w*.example.com matches nothing)")
+        elif not dns:
+            hint = " (the subject's CN is not checked: the name must be a DNS: entry)"
+        else:
+            hint = ""
+    return (f"the certificate does not name {host}{hint}; it names {names}: use one of "
+            f"those names in ldap.servers, or have the certificate reissued for {host}")
 
 
 def innermost(exc: BaseException) -> BaseException:

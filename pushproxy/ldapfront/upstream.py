@@ -22,6 +22,7 @@ from zope.interface import implementer
 from pushproxy import logs
 from pushproxy.config import LdapConfig, LdapServer
 from pushproxy.ldapfront import ber
+from pushproxy.ldaptls import NameCheckedTLS
 from pushproxy.metrics import Counters
 
 log = logging.getLogger("pushproxy.ldapfront")
@@ -45,7 +46,9 @@ def client_tls(server: LdapServer, ca_file: str | None):
         certs = [ssl.Certificate.loadPEM(block + marker)
                  for block in pem.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
         trust = ssl.trustRootFromCertificates(certs)
-    return ssl.optionsForClientTLS(server.host, trustRoot=trust)
+    # Not optionsForClientTLS itself: its name check lets a certificate without
+    # usable subjectAltNames through (see ldaptls.NameCheckedTLS).
+    return NameCheckedTLS(server.host, trust)
 
 
 class _Exchange:
