@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from pushproxy.config import LdapConfig, LdapServer
 from pushproxy.ldapclient import LdapClientProtocol, LdapConnectionLost, LdapError
 from pushproxy.ldapfront import ber
-from pushproxy.ldaptls import NameCheckedTLS
+from pushproxy.tlsnames import NameCheckedTLS
 
 # A search connection takes this many operations in flight before a second
 # one is opened beside it (slapd reads one connection in one thread).
@@ -44,7 +44,7 @@ def tls_options(config: LdapConfig, host: str):
     else:
         trust = ssl.platformTrust()
     # Not optionsForClientTLS itself: its name check lets a certificate without
-    # usable subjectAltNames through (see ldaptls.NameCheckedTLS).
+    # usable subjectAltNames through (see tlsnames.NameCheckedTLS).
     return NameCheckedTLS(host, trust)
 
 

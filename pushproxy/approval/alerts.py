@@ -13,11 +13,14 @@ import logging
 import syslog
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet import defer
+from twisted.web.client import Agent
 
 from pushproxy import logs
 from pushproxy.audit import utc_stamp
 from pushproxy.metrics import Counters
+from pushproxy.tlsnames import NameCheckedPolicy
 
 log = logging.getLogger("pushproxy.alerts")
 
@@ -31,12 +34,16 @@ class Alerter:
     """Sends one alert per denied or fraud-reported push."""
 
     def __init__(self, reactor, counters: Counters, *, webhook: str | None = None,
-                 use_syslog: bool = False, timeout: float = 10.0, http_client=treq):
+                 use_syslog: bool = False, timeout: float = 10.0, http_client=None):
         self.reactor = reactor
         self.counters = counters
         self.webhook = webhook
         self.use_syslog = use_syslog
         self.timeout = timeout
+        if http_client is None:
+            # Agent's default HTTPS policy lets a certificate without usable
+            # subjectAltNames through (see pushproxy.tlsnames).
+            http_client = HTTPClient(Agent(reactor, contextFactory=NameCheckedPolicy()))
         self.http = http_client
 
     def alert(self, kind: str, tx, device, now: float) -> defer.Deferred:

@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IResolutionReceiver, IStreamClientEndpoint
-from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from pushproxy.netaddr import Address, peer_address
+from pushproxy.tlsnames import NameCheckedPolicy
 
 #: Seconds registration waits for DNS before accepting on the syntactic checks alone.
 REGISTRATION_DNS_TIMEOUT = 5.0
@@ -242,7 +242,7 @@ class CheckedEndpointFactory:
         self.reactor = reactor
         self.rules = rules
         self.resolver = resolver if resolver is not None else reactor.nameResolver
-        self.tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
+        self.tls_policy = tls_policy or NameCheckedPolicy()
         self.connect_timeout = connect_timeout
 
     def endpointForURI(self, uri):  # noqa: N802 (Twisted's interface)

@@ -17,7 +17,8 @@ import ssl
 from cryptography import x509
 
 from pushproxy.config import LdapConfig
-from pushproxy.ldaptls import client_context, names_of
+from pushproxy.ldaptls import client_context
+from pushproxy.tlsnames import names_of
 
 
 # The StartTLS extended request (RFC 4511 4.14.1), message id 1, BER-encoded by

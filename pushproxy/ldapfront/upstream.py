@@ -22,7 +22,7 @@ from zope.interface import implementer
 from pushproxy import logs
 from pushproxy.config import LdapConfig, LdapServer
 from pushproxy.ldapfront import ber
-from pushproxy.ldaptls import NameCheckedTLS
+from pushproxy.tlsnames import NameCheckedTLS
 from pushproxy.metrics import Counters
 
 log = logging.getLogger("pushproxy.ldapfront")
@@ -47,7 +47,7 @@ def client_tls(server: LdapServer, ca_file: str | None):
                  for block in pem.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
         trust = ssl.trustRootFromCertificates(certs)
     # Not optionsForClientTLS itself: its name check lets a certificate without
-    # usable subjectAltNames through (see ldaptls.NameCheckedTLS).
+    # usable subjectAltNames through (see tlsnames.NameCheckedTLS).
     return NameCheckedTLS(server.host, trust)
 
 

@@ -20,6 +20,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 
 from pushproxy import logs
 from pushproxy.radsec.framing import Framer, FramingError
+from pushproxy.tlsnames import NameCheckedTLS
 from pushproxy.upstream.settings import UpstreamServer
 
 log = logging.getLogger("pushproxy.upstream")
@@ -36,11 +37,11 @@ def client_options(server: UpstreamServer):
         with open(tls.cert_file, "rb") as f, open(tls.key_file, "rb") as k:
             client_cert = ssl.PrivateCertificate.loadPEM(f.read() + k.read())
     # A DNS name is checked against the SAN dNSNames, an IP address against the
-    # SAN iPAddresses (service_identity, through Twisted).
-    return ssl.optionsForClientTLS(tls.server_name, trustRoot=trust,
-                                   clientCertificate=client_cert,
-                                   extraCertificateOptions={
-                                       "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+    # SAN iPAddresses, failing closed (Twisted's own check lets a certificate
+    # without usable subjectAltNames through: see pushproxy.tlsnames).
+    return NameCheckedTLS(tls.server_name, trust, clientCertificate=client_cert,
+                          extraCertificateOptions={
+                              "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
 
 
 def _pems(data: bytes) -> list[bytes]:

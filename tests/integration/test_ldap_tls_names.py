@@ -41,7 +41,8 @@ from pushproxy.decision import PrimaryStatus
 from pushproxy.ldapauth import LdapDirectory
 from pushproxy.ldapclient import LdapClientProtocol, LdapError
 from pushproxy.ldapfront.upstream import UpstreamConnector, UpstreamFailed
-from pushproxy.ldaptls import NameCheckedTLS, ldap3_tls
+from pushproxy.ldaptls import ldap3_tls
+from pushproxy.tlsnames import NameCheckedTLS
 from pushproxy.metrics import Counters
 from tests.integration.harness import load, write_config
 from tests.integration.slapd import Slapd, slapd_available
