@@ -30,7 +30,8 @@ from twisted.internet.defer import succeed
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
-from pushproxy import logs
+from pushproxy import adgroups, adstate, logs
+from pushproxy.adgroups import IncompleteAnswer
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
@@ -355,6 +356,8 @@ class LdapDirectory:
 
         def failed(failure):
             exc = failure.value
+            if isinstance(exc, IncompleteAnswer):
+                return self._incomplete(server, exc)
             if not isinstance(exc, (LdapError, OSError, SSL.Error, FilterError)):
                 return failure  # ServerFailed as it is; anything else is a bug (logged)
             # A kept connection may have been closed by the server's idle
@@ -366,6 +369,41 @@ class LdapDirectory:
                 return self._on_server(server, username, password, attempt=1)
             raise ServerFailed(f"{type(exc).__name__}: {exc}")
         return d.addErrback(failed)
+
+    def _incomplete(self, server: LdapServer, exc: IncompleteAnswer) -> PrimaryResult:
+        """A partial answer (referral, ranged memberOf): refused, the server stays up."""
+        self.counters.inc("ldap_incomplete_answers", why=exc.why)
+        logs.event(log, logging.WARNING, "ldap.incomplete_answer", server=server.url,
+                   why=exc.why, detail=str(exc))
+        return PrimaryResult(PrimaryStatus.UNAVAILABLE, server=server.url, detail=str(exc))
+
+    def _now(self) -> float:
+        """Wall-clock seconds (accountExpires is a date): the reactor's, so tests use a Clock."""
+        return self.reactor.seconds() if self.reactor is not None else time.time()
+
+    def _refused(self, server: LdapServer, dn: str | None, attrs: dict,
+                 refusal: adstate.BindRefusal | None = None,
+                 state: adstate.AccountState | None = None) -> PrimaryResult | None:
+        """The result for an account the directory refuses, or None (usable).
+
+        ``refusal``: the bind failed, and AD's diagnostic may say why; else the
+        password was proved and the entry's own flags are read.
+        """
+        if refusal is not None:
+            if refusal.state is None:
+                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
+            state, proved = refusal.state, refusal.password_proved
+            detail = f"bind refused: AD data {refusal.data:x}"
+        else:
+            state, proved = adstate.entry_state(attrs, self._now()), True
+            if state is None:
+                return None
+            detail = "the entry's account flags"
+        self.counters.inc("ldap_account_refusals", state=state.value)
+        account = account_of(attrs, self.config.username_attribute, dn) if dn else None
+        return PrimaryResult(PrimaryStatus.ACCOUNT_REFUSED, dn=dn, server=server.url,
+                             account=account, account_state=state, password_proved=proved,
+                             detail=detail)
 
     def _search_then_bind(self, server, username, password):
         """Search as the service account, then bind as the entry found (callback chain)."""
@@ -380,9 +418,9 @@ class LdapDirectory:
             if password is _LOOKUP:
                 return self._with_groups(pool, search, server, dn, username, attrs)
 
-            def bound(ok):
-                if not ok:
-                    return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
+            def bound(refusal):
+                if refusal is not None:
+                    return self._refused(server, dn, attrs, refusal)
                 return self._with_groups(pool, search, server, dn, username, attrs)
             return self._bind_user(pool, dn, password).addCallback(bound)
 
@@ -392,6 +430,9 @@ class LdapDirectory:
 
     def _with_groups(self, pool, search, server, dn: str, username: str, attrs: dict):
         """`conclude` once the user's groups are known (the search connection asks)."""
+        refused = self._refused(server, dn, attrs)  # the password is proved (or looked up)
+        if refused is not None:
+            return succeed(refused)
         needs_search = self._candidates and self.config.group_mode is not GroupMode.MEMBER_OF
         if search.closed and needs_search:  # dropped meanwhile; the group queries need one
             d = pool.search_connection()
@@ -407,11 +448,11 @@ class LdapDirectory:
         conn = yield pool.borrow()
         healthy = False
         try:
-            ok = yield self._bind(conn, direct_bind_name(self.config.bind_template, username),
-                                  password)
-            if not ok:
+            refusal = yield self._bind(conn, direct_bind_name(self.config.bind_template,
+                                                               username), password)
+            if refusal is not None:
                 healthy = True
-                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server.url)
+                return self._refused(server, None, {}, refusal)
             # Read our own entry as the user: we need its DN for the group check.
             entries = yield self._find_user(conn, username)
             if len(entries) != 1:
@@ -420,6 +461,10 @@ class LdapDirectory:
                           else PrimaryStatus.AMBIGUOUS_USER)
                 return PrimaryResult(status, server=server.url)
             dn, attrs = entries[0]
+            refused = self._refused(server, dn, attrs)
+            if refused is not None:
+                healthy = True
+                return refused
             groups = yield self._member_groups(conn, dn, username, attrs)
             healthy = True
             return conclude(self.config, self._required, server.url, dn, attrs, groups)
@@ -428,7 +473,10 @@ class LdapDirectory:
 
     def _find_user(self, conn, username):
         """The entries the user filter finds (at most two: more is ambiguous anyway)."""
-        wanted = [self.config.username_attribute]
+        # AD's account flags and primary group ride along (a directory
+        # without them answers without them).
+        wanted = [self.config.username_attribute, *adstate.STATE_ATTRIBUTES,
+                  adgroups.PRIMARY_GROUP_ID]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
         flt = self._user_filter.render(username)  # escaping: see FilterTemplate
@@ -438,7 +486,7 @@ class LdapDirectory:
     def _bind_user(self, pool: ServerConnections, name: str, password: str):
         """Bind as the user on a connection of its own (never the shared search ones)."""
         if not password:
-            return succeed(False)
+            return succeed(_NO_PASSWORD)
 
         def lent(conn):
             def back(result):
@@ -448,10 +496,10 @@ class LdapDirectory:
         return pool.borrow().addCallback(lent)
 
     def _bind(self, conn, name: str, password: str):
-        """Fires True (bound), False (invalid credentials); other answers fail the server."""
+        """Fires None (bound) or the BindRefusal of invalid credentials; others fail the server."""
         if not password:
             # Never an unauthenticated bind (RFC 4513 5.1.2), whoever the caller is.
-            return succeed(False)
+            return succeed(_NO_PASSWORD)
         self.counters.inc("ldap_user_binds")
         return conn.bind(name, password).addCallback(_bound)
 
@@ -459,17 +507,39 @@ class LdapDirectory:
         """Which of the groups we care about hold the user (Deferred of normalized DNs)."""
         if not self._candidates:
             return succeed(frozenset())
+        direct: frozenset[str] = frozenset()
+        groups: list[str] = []
         if self.config.group_mode is GroupMode.MEMBER_OF:
-            return succeed(self._candidates
-                           & {normalize_dn(g) for g in values_of(attrs, "memberOf")})
-        groups = sorted(self._candidates)
+            ranged = adgroups.ranged(attrs, "memberOf")
+            if ranged is not None:
+                raise IncompleteAnswer("range", f"the entry lists {ranged} (more groups than "
+                                       "the DC returns at once): use group_mode ad_nested")
+            direct = self._candidates & {normalize_dn(g) for g in values_of(attrs, "memberOf")}
+        else:
+            groups = sorted(self._candidates)
+        rid = adgroups.primary_group_id(attrs)
+        primary = adgroups.primary_group_candidates(normalize_dn(dn), sorted(self._candidates),
+                                                    rid)
+        if not groups and not primary:
+            return succeed(direct)
         searches = []
         for group in groups:  # pipelined: every query is on the wire before the first answer
             base, flt = group_query(self.config.group_mode, dn, username, group)
             searches.append(conn.search(base, compile_filter(flt), ["1.1"], scope=BASE))
+        token_filter, token_attrs = adgroups.primary_group_query()
+        for group in primary:  # AD's primary group is in no member list: compare RIDs
+            searches.append(conn.search(group, token_filter, token_attrs, scope=BASE))
+
+        def answered(results):
+            found = set(direct)
+            for group, r in zip(groups + primary, results):
+                adgroups.check_group_answer(group, r.code, r.message)
+            found.update(g for g, r in zip(groups, results) if r.entries)
+            found.update(g for g, r in zip(primary, results[len(groups):])
+                         if adgroups.is_primary_group(rid, r.entries))
+            return frozenset(found)
         return defer.gatherResults(searches, consumeErrors=True).addCallbacks(
-            lambda results: frozenset(g for g, r in zip(groups, results) if r.entries),
-            lambda f: f.value.subFailure)
+            answered, lambda f: f.value.subFailure)
 
     def probe(self):
         """Whether each server answers right now: Deferred of {url: None or the error}."""
@@ -489,16 +559,34 @@ class LdapDirectory:
 
 
 def _entries(result) -> tuple:
-    """A user search's entries; an error other than "none" or "too many" fails the server."""
+    """A user search's entries; an error other than "none" or "too many" fails the server.
+
+    A referral, or no entry but references to another domain, is an
+    incomplete answer: the user may be there (a global catalog would know).
+    """
+    if result.code == adgroups.REFERRAL:
+        raise IncompleteAnswer("referral", f"the user search was referred elsewhere "
+                               f"({result.message[:120]}): search a global catalog instead")
     if result.code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
         raise ServerFailed(f"user search failed: {result.code} {result.message}")
+    foreign = adgroups.foreign_references(getattr(result, "references", ()))
+    if not result.entries and foreign:
+        raise IncompleteAnswer("referral", f"user not found here, and the search refers to "
+                               f"{foreign[0]} (not followed): search a global catalog instead")
     return result.entries
 
 
-def _bound(result) -> bool:
-    """A user bind's answer: True, False for invalidCredentials; anything else fails the server."""
+# The refusal of a bind never sent (no password): a plain wrong password.
+_NO_PASSWORD = adstate.BindRefusal(None, None)
+
+
+def _bound(result) -> adstate.BindRefusal | None:
+    """A user bind's answer: None (bound), or AD's reason for invalidCredentials.
+
+    Any other result fails the server.
+    """
     if result.code == SUCCESS:
-        return True
+        return None
     if result.code == INVALID_CREDENTIALS:
-        return False
+        return adstate.parse_bind_diagnostic(result.message)
     raise ServerFailed(f"user bind failed: {result.code} {result.message}")
