@@ -48,7 +48,8 @@ def _single(attrs: dict, name: str) -> str | None:
         values = [values]
     if not values or len(values) != 1:
         return None
-    value = values[0].strip() if isinstance(values[0], str) else None
+    # Strict: a RID is plain digits (it grants membership, so no lenient parsing).
+    value = values[0] if isinstance(values[0], str) else None
     return value if value and _RID.fullmatch(value) else None
 
 
