@@ -34,6 +34,8 @@ from pushproxy import adgroups, adstate, logs
 from pushproxy.adgroups import IncompleteAnswer
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.ldapanswers import (NO_PASSWORD, ServerFailed, account_refusal, bind_refusal,
+                                   user_entries)
 from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
 from pushproxy.ldapconns import ServerConnections
 from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter
@@ -43,16 +45,10 @@ log = logging.getLogger("pushproxy.ldap")
 
 # Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups.
 AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
-INVALID_CREDENTIALS = 49
 
 
 # Passed instead of a password: search the user and its groups, bind as nobody.
 _LOOKUP = object()
-SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT = 0, 4, 32
-
-
-class ServerFailed(Exception):
-    """This server could not serve the request; try the next one."""
 
 
 def normalize_dn(dn: str) -> str:
@@ -382,28 +378,13 @@ class LdapDirectory:
         return self.reactor.seconds() if self.reactor is not None else time.time()
 
     def _refused(self, server: LdapServer, dn: str | None, attrs: dict,
-                 refusal: adstate.BindRefusal | None = None,
-                 state: adstate.AccountState | None = None) -> PrimaryResult | None:
-        """The result for an account the directory refuses, or None (usable).
-
-        ``refusal``: the bind failed, and AD's diagnostic may say why; else the
-        password was proved and the entry's own flags are read.
-        """
-        if refusal is not None:
-            if refusal.state is None:
-                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
-            state, proved = refusal.state, refusal.password_proved
-            detail = f"bind refused: AD data {refusal.data:x}"
-        else:
-            state, proved = adstate.entry_state(attrs, self._now()), True
-            if state is None:
-                return None
-            detail = "the entry's account flags"
-        self.counters.inc("ldap_account_refusals", state=state.value)
+                 refusal: adstate.BindRefusal | None = None) -> PrimaryResult | None:
+        """`account_refusal` for this login (counted); None when the account is usable."""
         account = account_of(attrs, self.config.username_attribute, dn) if dn else None
-        return PrimaryResult(PrimaryStatus.ACCOUNT_REFUSED, dn=dn, server=server.url,
-                             account=account, account_state=state, password_proved=proved,
-                             detail=detail)
+        result = account_refusal(server.url, dn, account, attrs, refusal, self._now())
+        if result is not None and result.account_state is not None:
+            self.counters.inc("ldap_account_refusals", state=result.account_state.value)
+        return result
 
     def _search_then_bind(self, server, username, password):
         """Search as the service account, then bind as the entry found (callback chain)."""
@@ -481,12 +462,12 @@ class LdapDirectory:
             wanted.append("memberOf")
         flt = self._user_filter.render(username)  # escaping: see FilterTemplate
         return conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
-                           size_limit=2).addCallback(_entries)
+                           size_limit=2).addCallback(user_entries)
 
     def _bind_user(self, pool: ServerConnections, name: str, password: str):
         """Bind as the user on a connection of its own (never the shared search ones)."""
         if not password:
-            return succeed(_NO_PASSWORD)
+            return succeed(NO_PASSWORD)
 
         def lent(conn):
             def back(result):
@@ -499,9 +480,9 @@ class LdapDirectory:
         """Fires None (bound) or the BindRefusal of invalid credentials; others fail the server."""
         if not password:
             # Never an unauthenticated bind (RFC 4513 5.1.2), whoever the caller is.
-            return succeed(_NO_PASSWORD)
+            return succeed(NO_PASSWORD)
         self.counters.inc("ldap_user_binds")
-        return conn.bind(name, password).addCallback(_bound)
+        return conn.bind(name, password).addCallback(bind_refusal)
 
     def _member_groups(self, conn, dn: str, username: str, attrs: dict):
         """Which of the groups we care about hold the user (Deferred of normalized DNs)."""
@@ -556,37 +537,3 @@ class LdapDirectory:
         found = await defer.gatherResults(
             [defer.ensureDeferred(one(s)) for s in self._servers])
         return {s.server.url: error for s, error in zip(self._servers, found)}
-
-
-def _entries(result) -> tuple:
-    """A user search's entries; an error other than "none" or "too many" fails the server.
-
-    A referral, or no entry but references to another domain, is an
-    incomplete answer: the user may be there (a global catalog would know).
-    """
-    if result.code == adgroups.REFERRAL:
-        raise IncompleteAnswer("referral", f"the user search was referred elsewhere "
-                               f"({result.message[:120]}): search a global catalog instead")
-    if result.code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
-        raise ServerFailed(f"user search failed: {result.code} {result.message}")
-    foreign = adgroups.foreign_references(getattr(result, "references", ()))
-    if not result.entries and foreign:
-        raise IncompleteAnswer("referral", f"user not found here, and the search refers to "
-                               f"{foreign[0]} (not followed): search a global catalog instead")
-    return result.entries
-
-
-# The refusal of a bind never sent (no password): a plain wrong password.
-_NO_PASSWORD = adstate.BindRefusal(None, None)
-
-
-def _bound(result) -> adstate.BindRefusal | None:
-    """A user bind's answer: None (bound), or AD's reason for invalidCredentials.
-
-    Any other result fails the server.
-    """
-    if result.code == SUCCESS:
-        return None
-    if result.code == INVALID_CREDENTIALS:
-        return adstate.parse_bind_diagnostic(result.message)
-    raise ServerFailed(f"user bind failed: {result.code} {result.message}")
