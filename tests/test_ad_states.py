@@ -165,3 +165,37 @@ def test_the_ldap_front_end_answers_a_state_with_ads_own_diagnostic_and_others_v
         AccountState.ACCOUNT_DISABLED)
     assert bind_result(Decision.of(Reason.BAD_CREDENTIALS)) == (49, "Login denied")
     assert bind_result(Decision.of(Reason.PUSH_DENIED)) == (49, "Login denied")
+
+
+class StateDirectory:
+    """A directory answering every login with one account state (records the calls)."""
+
+    def __init__(self, state, proved):
+        self.state, self.proved, self.calls = state, proved, []
+
+    def authenticate(self, username, password):
+        from twisted.internet import defer
+
+        self.calls.append(username)
+        return defer.succeed(PrimaryResult(PrimaryStatus.ACCOUNT_REFUSED,
+                                           account_state=self.state,
+                                           password_proved=self.proved))
+
+
+@pytest.mark.parametrize("state,proved,throttled", [
+    (AccountState.ACCOUNT_LOCKED, False, True),  # AD says 775 to any password: a guess
+    (AccountState.MUST_CHANGE_PASSWORD, True, False),  # the user knows the password
+])
+def test_only_states_said_without_the_password_count_towards_the_password_throttle(
+        state, proved, throttled):
+    from pushproxy.password_throttle import PasswordLimits
+    from tests.test_engine_guessing import make, req, run
+
+    engine, clock, store = make(password_limits=PasswordLimits(max_failures=2, window=60,
+                                                               pause=60))
+    engine.directory = StateDirectory(state, proved)
+    got = [run(engine.login(req("whatever", station="203.0.113.9")))[0].reason
+           for _ in range(3)]
+    third = Reason.PASSWORDS_THROTTLED if throttled else Reason(state.value)
+    assert got == [Reason(state.value)] * 2 + [third]
+    assert engine.provider.requests == []
