@@ -82,9 +82,40 @@ def primary_group_query() -> tuple[bytes, list[str]]:
     return ber.f_present("objectClass"), [PRIMARY_GROUP_TOKEN]
 
 
+def group_rid(group_entries) -> str | None:
+    """The RID (primaryGroupToken) a group's base read returned, or None."""
+    return next((rid for _, attrs in group_entries
+                 if (rid := _single(attrs, PRIMARY_GROUP_TOKEN)) is not None), None)
+
+
 def is_primary_group(rid: str, group_entries) -> bool:
     """Whether a group whose base read returned ``group_entries`` has the RID ``rid``."""
-    return any(_single(attrs, PRIMARY_GROUP_TOKEN) == rid for _, attrs in group_entries)
+    return rid is not None and group_rid(group_entries) == rid
+
+
+class GroupRids:
+    """The RIDs of the configured groups, each kept ``ttl`` seconds (``now`` passed in).
+
+    Saves a query per group and login. A domain never reuses a RID, so a
+    kept value can at worst miss a group deleted and recreated under the same
+    DN for ``ttl`` seconds; it can never make another group the primary one.
+    Only configured groups are kept, so the table cannot grow.
+    """
+
+    def __init__(self, ttl: float = 300.0):
+        self.ttl = ttl
+        self._known: dict[str, tuple[str | None, float]] = {}
+
+    def get(self, group: str, now: float) -> tuple[bool, str | None]:
+        """(known, rid): known False when the group must be asked."""
+        found = self._known.get(group)
+        if found is None or found[1] <= now:
+            return False, None
+        return True, found[0]
+
+    def put(self, group: str, rid: str | None, now: float) -> None:
+        """Keep what the group's base read said (None: no RID, e.g. not an AD group)."""
+        self._known[group] = (rid, now + self.ttl)
 
 
 def ranged(attrs: dict, name: str) -> str | None:

@@ -164,6 +164,7 @@ class LdapDirectory:
         self.counters = counters
         self.monotonic = monotonic
         self._servers = [_ServerState(s) for s in config.servers]
+        self._rids = adgroups.GroupRids()  # the configured groups' RIDs (primary group)
         self._pools: dict[str, ServerConnections] = {}
         self._outstanding = 0
         self._blocking = threading.local()  # lookup_blocking's kept connections
@@ -499,8 +500,15 @@ class LdapDirectory:
         else:
             groups = sorted(self._candidates)
         rid = adgroups.primary_group_id(attrs)
-        primary = adgroups.primary_group_candidates(normalize_dn(dn), sorted(self._candidates),
-                                                    rid)
+        now = self.monotonic()
+        primary = []  # AD's primary group is in no member list: compare RIDs
+        for group in adgroups.primary_group_candidates(normalize_dn(dn),
+                                                       sorted(self._candidates), rid):
+            known, group_rid = self._rids.get(group, now)
+            if not known:
+                primary.append(group)
+            elif group_rid == rid:
+                direct |= {group}
         if not groups and not primary:
             return succeed(direct)
         searches = []
@@ -508,7 +516,7 @@ class LdapDirectory:
             base, flt = group_query(self.config.group_mode, dn, username, group)
             searches.append(conn.search(base, compile_filter(flt), ["1.1"], scope=BASE))
         token_filter, token_attrs = adgroups.primary_group_query()
-        for group in primary:  # AD's primary group is in no member list: compare RIDs
+        for group in primary:
             searches.append(conn.search(group, token_filter, token_attrs, scope=BASE))
 
         def answered(results):
@@ -516,8 +524,10 @@ class LdapDirectory:
             for group, r in zip(groups + primary, results):
                 adgroups.check_group_answer(group, r.code, r.message)
             found.update(g for g, r in zip(groups, results) if r.entries)
-            found.update(g for g, r in zip(primary, results[len(groups):])
-                         if adgroups.is_primary_group(rid, r.entries))
+            for group, r in zip(primary, results[len(groups):]):
+                self._rids.put(group, adgroups.group_rid(r.entries), now)
+                if adgroups.is_primary_group(rid, r.entries):
+                    found.add(group)
             return frozenset(found)
         return defer.gatherResults(searches, consumeErrors=True).addCallbacks(
             answered, lambda f: f.value.subFailure)

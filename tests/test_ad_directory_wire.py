@@ -251,3 +251,43 @@ def test_a_ranged_member_of_is_refused_in_member_of_mode(server):
     result = yield login(ldap)
     assert result.status is PrimaryStatus.UNAVAILABLE and "ad_nested" in result.detail
     assert counters.get("ldap_incomplete_answers", why="range") == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_groups_rid_is_asked_once_per_ttl_not_per_login(server):
+    factory, port = server
+    asked = []
+
+    def token(base):
+        asked.append(base)
+        return "513"
+    factory.script = script_for(
+        lambda mid: [entry(mid, ALICE, alice(primaryGroupID=["513"])), done(mid)], token=token)
+    clock = Clock()
+    ldap, _ = directory(port, mode=GroupMode.MEMBER_OF, groups=(USERS_GROUP,))
+    ldap.monotonic = clock.seconds
+    try:
+        for _ in range(3):
+            result = yield ldap.authenticate("alice", "right")
+            assert result.groups == frozenset({USERS_GROUP})
+        assert asked == [USERS_GROUP]
+        clock.advance(301)
+        assert (yield ldap.authenticate("alice", "right")).status is PrimaryStatus.OK
+        assert asked == [USERS_GROUP] * 2
+    finally:
+        yield threads.deferToThread(ldap.stop)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_lookup_for_an_upstream_login_refuses_a_disabled_account(server):
+    """groups_from_ldap: the upstream proved the password; AD's flags still refuse."""
+    factory, port = server
+    factory.script = script_for(
+        lambda mid: [entry(mid, ALICE, alice(userAccountControl=["514"])), done(mid)])
+    ldap, _ = directory(port)
+    try:
+        result = yield ldap.lookup("alice")
+    finally:
+        yield threads.deferToThread(ldap.stop)
+    assert (result.status, result.account_state) == (PrimaryStatus.ACCOUNT_REFUSED,
+                                                     AccountState.ACCOUNT_DISABLED)
