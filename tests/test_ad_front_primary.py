@@ -108,3 +108,26 @@ def test_a_ranged_member_of_raises_in_member_of_mode():
     failure, _ = read(Upstream(search=user(**{"memberOf;range=0-1499": [VPN]})), groups={VPN},
                       mode=GroupMode.MEMBER_OF)
     assert failure.check(IncompleteAnswer)
+
+
+def test_the_front_end_refuses_a_partial_group_answer_as_unavailable_with_a_counter():
+    """A referral on a group query: 'directory unavailable', never 'not a member'."""
+    from tests.test_ldapfront_protocol import FrontState, connect
+
+    def search(base, op):
+        if b"1.2.840.113556.1.4.1941" in op:
+            return [], 10
+        return user()(base, op)
+    front = FrontState(login_attribute="sAMAccountName")
+    front.group_mode, front.candidates = GroupMode.AD_NESTED, frozenset({VPN})
+    proto, _ = connect(front)
+    upstream = Upstream(search=search)
+
+    async def ensure():
+        return upstream
+    proto._ensure_upstream = ensure
+    out = []
+    defer.ensureDeferred(proto._primary(2, ALICE, "pw")).addBoth(out.append)
+    (result, _), = out
+    assert result.status is PrimaryStatus.UNAVAILABLE and "group query" in result.detail
+    assert front.counters.get("ldap_incomplete_answers", why="referral") == 1

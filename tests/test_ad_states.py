@@ -5,6 +5,8 @@ and the LDAP front end answers with AD's own ``data`` code."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pushproxy.adstate import (AD_DATA, AccountState, BindRefusal, ad_diagnostic, entry_state,
                                mschap_error_state, parse_bind_diagnostic)
@@ -199,3 +201,35 @@ def test_only_states_said_without_the_password_count_towards_the_password_thrott
     third = Reason.PASSWORDS_THROTTLED if throttled else Reason(state.value)
     assert got == [Reason(state.value)] * 2 + [third]
     assert engine.provider.requests == []
+
+_NOISE = st.text(alphabet=st.sampled_from(list("data 0123456789abcdefABCDEF,:xv\u200b５\n")) |
+                 st.characters(), max_size=80)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_NOISE, st.sampled_from(
+    ["AcceptSecurityContext error", "data 533", "data 775", ", ", "data 52e"])), max_size=8))
+def test_no_diagnostic_crashes_the_parser_and_a_state_needs_exactly_one_known_code(parts):
+    message = "".join(parts)
+    refusal = parse_bind_diagnostic(message)
+    if refusal.state is not None:
+        assert "AcceptSecurityContext error" in message[:512]
+        assert AD_DATA[refusal.data][0] is refusal.state
+
+
+_VALUES = st.lists(st.one_of(st.text(max_size=25), st.integers().map(str)), max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["userAccountControl", "useraccountcontrol",
+                                        "msDS-User-Account-Control-Computed", "accountExpires",
+                                        "pwdLastSet", "lockoutTime", "other"]), _VALUES),
+       st.floats(min_value=0, max_value=4e9))
+def test_no_entry_crashes_the_flag_reader(attrs, now):
+    assert entry_state(attrs, now) in (None, *AccountState)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_no_mschap_error_crashes_its_reader(value):
+    assert mschap_error_state(value) in (None, *AccountState)
