@@ -415,7 +415,9 @@ class LdapDirectory:
         refused = self._refused(server, dn, attrs)  # the password is proved (or looked up)
         if refused is not None:
             return succeed(refused)
-        needs_search = self._candidates and self.config.group_mode is not GroupMode.MEMBER_OF
+        # member_of reads the entry alone, unless AD's primary group is to be compared.
+        needs_search = self._candidates and (self.config.group_mode is not GroupMode.MEMBER_OF
+                                             or adgroups.primary_group_id(attrs) is not None)
         if search.closed and needs_search:  # dropped meanwhile; the group queries need one
             d = pool.search_connection()
         else:
