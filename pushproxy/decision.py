@@ -13,6 +13,7 @@ import enum
 import unicodedata
 from dataclasses import dataclass
 
+from pushproxy.adstate import AccountState
 from pushproxy.config import FailMode, NoDeviceMode
 
 
@@ -67,6 +68,14 @@ class Reason(enum.Enum):
     WRONG_LOGIN_CODE = "wrong_login_code"
     UPSTREAM_CHALLENGE = "upstream_challenge"  # relayed: the upstream server wants another round
     REPLY_TOO_LARGE = "reply_too_large"  # the answer would not fit in a RADIUS packet
+    # The directory refuses the account itself (pushproxy.adstate.AccountState): no push.
+    PASSWORD_EXPIRED = "password_expired"
+    MUST_CHANGE_PASSWORD = "must_change_password"
+    ACCOUNT_DISABLED = "account_disabled"
+    ACCOUNT_LOCKED = "account_locked"
+    ACCOUNT_EXPIRED = "account_expired"
+    LOGON_HOURS = "logon_hours"
+    LOGON_WORKSTATION = "logon_workstation"
 
 
 ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,
@@ -93,6 +102,7 @@ class PrimaryStatus(enum.Enum):
     UNAVAILABLE = "unavailable"
     BUSY = "busy"
     CHALLENGE = "challenge"  # an upstream RADIUS server asked for another round trip (EAP)
+    ACCOUNT_REFUSED = "account_refused"  # disabled, locked, expired...: see account_state
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,17 @@ class PrimaryResult:
     # Python folds it to "ali̇ce"). None: the first factor read no entry, and
     # the engine keys on the proved or sent name, casefolded.
     account: str | None = None
+    # ACCOUNT_REFUSED: the directory's reason (AD's bind diagnostic, the
+    # entry's flags, an upstream's MS-CHAP-Error), and whether the password
+    # was proved right (AD says 775 "locked out" for any password).
+    account_state: AccountState | None = None
+    password_proved: bool = False
+
+    @property
+    def wrong_password(self) -> bool:
+        """Whether this answer counts as a wrong password (the source's throttle)."""
+        return self.status is PrimaryStatus.BAD_CREDENTIALS or (
+            self.status is PrimaryStatus.ACCOUNT_REFUSED and not self.password_proved)
 
 
 class PushStatus(enum.Enum):
@@ -215,6 +236,11 @@ def primary_decision(result: PrimaryResult) -> Decision | None:
     if result.status is PrimaryStatus.CHALLENGE:
         return Decision(Outcome.CHALLENGE, Reason.UPSTREAM_CHALLENGE,
                         attributes=result.attributes)
+    if result.status is PrimaryStatus.ACCOUNT_REFUSED:
+        # Each state its own reason; a refusal that names none is a wrong password.
+        state = result.account_state
+        reason = Reason(state.value) if state is not None else Reason.BAD_CREDENTIALS
+        return dataclasses.replace(Decision.of(reason), attributes=result.attributes)
     # An upstream's Reject is relayed with its attributes (MS-CHAP-Error:
     # password expired, retry allowed...).
     return dataclasses.replace(Decision.of(_PRIMARY_REASONS[result.status]),

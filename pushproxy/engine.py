@@ -38,7 +38,7 @@ from pushproxy import logs
 from pushproxy.audit import AuditEvent, AuditLog, utc_stamp
 from pushproxy.config import NoDeviceMode, PushConfig
 from pushproxy.decision import (DENIAL_REASONS, Decision, Outcome, PrimaryResult,
-                                PrimaryStatus, PushResult, PushStatus, Reason, check_credentials,
+                                PushResult, PushStatus, Reason, check_credentials,
                                 primary_decision, push_decision)
 from pushproxy.fatigue import FatigueLimits
 from pushproxy.loginstate import LocalState, LoginState
@@ -262,7 +262,7 @@ class Engine(Pushes, VerifiedPush):
             return Decision.of(Reason.PASSWORDS_THROTTLED)
         primary = yield (req.primary or self.directory).authenticate(
             req.username, cred.password if cred is not None else None)
-        if primary.status is PrimaryStatus.BAD_CREDENTIALS and self.passwords.failed(
+        if primary.wrong_password and self.passwords.failed(
                 self.push.password_limits, source, self.clock.seconds()):
             limits = self.push.password_limits
             # Once per pause, so a flood does not flood the log too.

@@ -30,9 +30,12 @@ from twisted.internet.defer import succeed
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
-from pushproxy import logs
+from pushproxy import adgroups, adstate, logs
+from pushproxy.adgroups import IncompleteAnswer
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.ldapanswers import (NO_PASSWORD, ServerFailed, account_refusal, bind_refusal,
+                                   user_entries)
 from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
 from pushproxy.ldapconns import ServerConnections
 from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter
@@ -42,16 +45,10 @@ log = logging.getLogger("pushproxy.ldap")
 
 # Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: membership through nested groups.
 AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
-INVALID_CREDENTIALS = 49
 
 
 # Passed instead of a password: search the user and its groups, bind as nobody.
 _LOOKUP = object()
-SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT = 0, 4, 32
-
-
-class ServerFailed(Exception):
-    """This server could not serve the request; try the next one."""
 
 
 def normalize_dn(dn: str) -> str:
@@ -167,6 +164,7 @@ class LdapDirectory:
         self.counters = counters
         self.monotonic = monotonic
         self._servers = [_ServerState(s) for s in config.servers]
+        self._rids = adgroups.GroupRids()  # the configured groups' RIDs (primary group)
         self._pools: dict[str, ServerConnections] = {}
         self._outstanding = 0
         self._blocking = threading.local()  # lookup_blocking's kept connections
@@ -355,6 +353,8 @@ class LdapDirectory:
 
         def failed(failure):
             exc = failure.value
+            if isinstance(exc, IncompleteAnswer):
+                return self._incomplete(server, exc)
             if not isinstance(exc, (LdapError, OSError, SSL.Error, FilterError)):
                 return failure  # ServerFailed as it is; anything else is a bug (logged)
             # A kept connection may have been closed by the server's idle
@@ -366,6 +366,26 @@ class LdapDirectory:
                 return self._on_server(server, username, password, attempt=1)
             raise ServerFailed(f"{type(exc).__name__}: {exc}")
         return d.addErrback(failed)
+
+    def _incomplete(self, server: LdapServer, exc: IncompleteAnswer) -> PrimaryResult:
+        """A partial answer (referral, ranged memberOf): refused, the server stays up."""
+        self.counters.inc("ldap_incomplete_answers", why=exc.why)
+        logs.event(log, logging.WARNING, "ldap.incomplete_answer", server=server.url,
+                   why=exc.why, detail=str(exc))
+        return PrimaryResult(PrimaryStatus.UNAVAILABLE, server=server.url, detail=str(exc))
+
+    def _now(self) -> float:
+        """Wall-clock seconds (accountExpires is a date): the reactor's, so tests use a Clock."""
+        return self.reactor.seconds() if self.reactor is not None else time.time()
+
+    def _refused(self, server: LdapServer, dn: str | None, attrs: dict,
+                 refusal: adstate.BindRefusal | None = None) -> PrimaryResult | None:
+        """`account_refusal` for this login (counted); None when the account is usable."""
+        account = account_of(attrs, self.config.username_attribute, dn) if dn else None
+        result = account_refusal(server.url, dn, account, attrs, refusal, self._now())
+        if result is not None and result.account_state is not None:
+            self.counters.inc("ldap_account_refusals", state=result.account_state.value)
+        return result
 
     def _search_then_bind(self, server, username, password):
         """Search as the service account, then bind as the entry found (callback chain)."""
@@ -380,9 +400,9 @@ class LdapDirectory:
             if password is _LOOKUP:
                 return self._with_groups(pool, search, server, dn, username, attrs)
 
-            def bound(ok):
-                if not ok:
-                    return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn, server=server.url)
+            def bound(refusal):
+                if refusal is not None:
+                    return self._refused(server, dn, attrs, refusal)
                 return self._with_groups(pool, search, server, dn, username, attrs)
             return self._bind_user(pool, dn, password).addCallback(bound)
 
@@ -392,7 +412,12 @@ class LdapDirectory:
 
     def _with_groups(self, pool, search, server, dn: str, username: str, attrs: dict):
         """`conclude` once the user's groups are known (the search connection asks)."""
-        needs_search = self._candidates and self.config.group_mode is not GroupMode.MEMBER_OF
+        refused = self._refused(server, dn, attrs)  # the password is proved (or looked up)
+        if refused is not None:
+            return succeed(refused)
+        # member_of reads the entry alone, unless AD's primary group is to be compared.
+        needs_search = self._candidates and (self.config.group_mode is not GroupMode.MEMBER_OF
+                                             or adgroups.primary_group_id(attrs) is not None)
         if search.closed and needs_search:  # dropped meanwhile; the group queries need one
             d = pool.search_connection()
         else:
@@ -407,11 +432,11 @@ class LdapDirectory:
         conn = yield pool.borrow()
         healthy = False
         try:
-            ok = yield self._bind(conn, direct_bind_name(self.config.bind_template, username),
-                                  password)
-            if not ok:
+            refusal = yield self._bind(conn, direct_bind_name(self.config.bind_template,
+                                                               username), password)
+            if refusal is not None:
                 healthy = True
-                return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server.url)
+                return self._refused(server, None, {}, refusal)
             # Read our own entry as the user: we need its DN for the group check.
             entries = yield self._find_user(conn, username)
             if len(entries) != 1:
@@ -420,6 +445,10 @@ class LdapDirectory:
                           else PrimaryStatus.AMBIGUOUS_USER)
                 return PrimaryResult(status, server=server.url)
             dn, attrs = entries[0]
+            refused = self._refused(server, dn, attrs)
+            if refused is not None:
+                healthy = True
+                return refused
             groups = yield self._member_groups(conn, dn, username, attrs)
             healthy = True
             return conclude(self.config, self._required, server.url, dn, attrs, groups)
@@ -428,17 +457,20 @@ class LdapDirectory:
 
     def _find_user(self, conn, username):
         """The entries the user filter finds (at most two: more is ambiguous anyway)."""
-        wanted = [self.config.username_attribute]
+        # AD's account flags and primary group ride along (a directory
+        # without them answers without them).
+        wanted = [self.config.username_attribute, *adstate.STATE_ATTRIBUTES,
+                  adgroups.PRIMARY_GROUP_ID]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
         flt = self._user_filter.render(username)  # escaping: see FilterTemplate
         return conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
-                           size_limit=2).addCallback(_entries)
+                           size_limit=2).addCallback(user_entries)
 
     def _bind_user(self, pool: ServerConnections, name: str, password: str):
         """Bind as the user on a connection of its own (never the shared search ones)."""
         if not password:
-            return succeed(False)
+            return succeed(NO_PASSWORD)
 
         def lent(conn):
             def back(result):
@@ -448,28 +480,59 @@ class LdapDirectory:
         return pool.borrow().addCallback(lent)
 
     def _bind(self, conn, name: str, password: str):
-        """Fires True (bound), False (invalid credentials); other answers fail the server."""
+        """Fires None (bound) or the BindRefusal of invalid credentials; others fail the server."""
         if not password:
             # Never an unauthenticated bind (RFC 4513 5.1.2), whoever the caller is.
-            return succeed(False)
+            return succeed(NO_PASSWORD)
         self.counters.inc("ldap_user_binds")
-        return conn.bind(name, password).addCallback(_bound)
+        return conn.bind(name, password).addCallback(bind_refusal)
 
     def _member_groups(self, conn, dn: str, username: str, attrs: dict):
         """Which of the groups we care about hold the user (Deferred of normalized DNs)."""
         if not self._candidates:
             return succeed(frozenset())
+        direct: frozenset[str] = frozenset()
+        groups: list[str] = []
         if self.config.group_mode is GroupMode.MEMBER_OF:
-            return succeed(self._candidates
-                           & {normalize_dn(g) for g in values_of(attrs, "memberOf")})
-        groups = sorted(self._candidates)
+            ranged = adgroups.ranged(attrs, "memberOf")
+            if ranged is not None:
+                raise IncompleteAnswer("range", f"the entry lists {ranged} (more groups than "
+                                       "the DC returns at once): use group_mode ad_nested")
+            direct = self._candidates & {normalize_dn(g) for g in values_of(attrs, "memberOf")}
+        else:
+            groups = sorted(self._candidates)
+        rid = adgroups.primary_group_id(attrs)
+        now = self.monotonic()
+        primary = []  # AD's primary group is in no member list: compare RIDs
+        for group in adgroups.primary_group_candidates(normalize_dn(dn),
+                                                       sorted(self._candidates), rid):
+            known, group_rid = self._rids.get(group, now)
+            if not known:
+                primary.append(group)
+            elif group_rid == rid:
+                direct |= {group}
+        if not groups and not primary:
+            return succeed(direct)
         searches = []
         for group in groups:  # pipelined: every query is on the wire before the first answer
             base, flt = group_query(self.config.group_mode, dn, username, group)
             searches.append(conn.search(base, compile_filter(flt), ["1.1"], scope=BASE))
+        token_filter, token_attrs = adgroups.primary_group_query()
+        for group in primary:
+            searches.append(conn.search(group, token_filter, token_attrs, scope=BASE))
+
+        def answered(results):
+            found = set(direct)
+            for group, r in zip(groups + primary, results):
+                adgroups.check_group_answer(group, r.code, r.message)
+            found.update(g for g, r in zip(groups, results) if r.entries)
+            for group, r in zip(primary, results[len(groups):]):
+                self._rids.put(group, adgroups.group_rid(r.entries), now)
+                if adgroups.is_primary_group(rid, r.entries):
+                    found.add(group)
+            return frozenset(found)
         return defer.gatherResults(searches, consumeErrors=True).addCallbacks(
-            lambda results: frozenset(g for g, r in zip(groups, results) if r.entries),
-            lambda f: f.value.subFailure)
+            answered, lambda f: f.value.subFailure)
 
     def probe(self):
         """Whether each server answers right now: Deferred of {url: None or the error}."""
@@ -486,19 +549,3 @@ class LdapDirectory:
         found = await defer.gatherResults(
             [defer.ensureDeferred(one(s)) for s in self._servers])
         return {s.server.url: error for s, error in zip(self._servers, found)}
-
-
-def _entries(result) -> tuple:
-    """A user search's entries; an error other than "none" or "too many" fails the server."""
-    if result.code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
-        raise ServerFailed(f"user search failed: {result.code} {result.message}")
-    return result.entries
-
-
-def _bound(result) -> bool:
-    """A user bind's answer: True, False for invalidCredentials; anything else fails the server."""
-    if result.code == SUCCESS:
-        return True
-    if result.code == INVALID_CREDENTIALS:
-        return False
-    raise ServerFailed(f"user bind failed: {result.code} {result.message}")

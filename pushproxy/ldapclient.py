@@ -26,6 +26,7 @@ from pushproxy.ldapfront import ber
 # memberOf values is a few kilobytes; this leaves room for large groups).
 MAX_MESSAGE = 4 * 1024 * 1024
 SUBTREE, BASE = 2, 0
+MAX_REFERENCES = 16  # continuation references kept per search (the rest are dropped)
 
 
 class LdapError(Exception):
@@ -55,12 +56,15 @@ class SearchResult:
     code: int
     message: str
     entries: tuple[tuple[str, dict[str, list[str]]], ...]
+    # Search continuation references (URLs of other domains): not followed;
+    # the caller decides whether the answer is complete without them.
+    references: tuple[str, ...] = ()
 
 
 class _Op:
     """One operation in flight: what answers it, and the timer that gives up on it."""
 
-    __slots__ = ("kind", "deferred", "timer", "entries", "limit")
+    __slots__ = ("kind", "deferred", "timer", "entries", "limit", "references")
 
     def __init__(self, kind: int, deferred: Deferred, limit: int):
         self.kind = kind  # the response tag that finishes it
@@ -68,6 +72,7 @@ class _Op:
         self.timer = None
         self.entries: list = []
         self.limit = limit  # entries kept (a server ignoring the size limit costs nothing)
+        self.references: list[str] = []
 
 
 class LdapClientProtocol(Protocol):
@@ -203,7 +208,10 @@ class LdapClientProtocol(Protocol):
                 op.entries.append(entry)
             return
         if msg.op_tag == ber.SEARCH_REFERENCE and op.kind == ber.SEARCH_DONE:
-            return  # referrals are not followed
+            # Not followed, but kept (a few) for the caller to judge.
+            if len(op.references) < MAX_REFERENCES:
+                op.references.append(_reference(msg.op))
+            return
         if msg.op_tag != op.kind:
             raise ber.ProtocolError(f"response tag 0x{msg.op_tag:02x} to a request "
                                     f"expecting 0x{op.kind:02x}")
@@ -213,7 +221,8 @@ class LdapClientProtocol(Protocol):
             op.timer.cancel()
         self.answered += 1
         if op.kind == ber.SEARCH_DONE:
-            result = SearchResult(result.code, result.message, tuple(op.entries))
+            result = SearchResult(result.code, result.message, tuple(op.entries),
+                                  tuple(op.references))
         op.deferred.callback(result)
 
     def _fail_all(self, error: LdapError) -> None:
@@ -231,6 +240,16 @@ class LdapClientProtocol(Protocol):
         if self.on_lost is not None:
             callback, self.on_lost = self.on_lost, None
             callback(self)
+
+
+def _reference(op: bytes) -> str:
+    """A SearchResultReference's first URL (RFC 4511 4.5.3), or "" when it has none."""
+    if not op:
+        return ""
+    tag, start, end = ber.read_tlv(op, 0, len(op))
+    if tag != ber.OCTET_STRING:
+        raise ber.ProtocolError("search reference without a URL")
+    return op[start:end].decode("utf-8", "replace")[:512]
 
 
 def _describe(reason) -> str:

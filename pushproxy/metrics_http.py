@@ -42,6 +42,8 @@ HELP = {
     "ldap_user_binds": "LDAP binds as a user",
     "ldap_server_errors": "LDAP server failures, by server",
     "ldap_busy": "Logins refused because the LDAP queue was full",
+    "ldap_account_refusals": "Accounts the directory refused (AD account states), by state",
+    "ldap_incomplete_answers": "Logins refused on a partial directory answer (referral, range)",
     "audit_events": "Audit events written",
     "audit_write_errors": "Audit events that could not be written",
     "approval_transactions": "Approval transactions opened",

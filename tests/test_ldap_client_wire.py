@@ -106,12 +106,25 @@ def test_a_server_ignoring_the_size_limit_costs_no_memory():
     assert len(seen[0].entries) == 2
 
 
-def test_referrals_are_ignored():
+def test_referrals_are_not_followed_but_reported_to_the_caller():
+    """A continuation reference is kept (the caller judges whether the answer is complete)."""
     proto, _, _ = connected()
     seen = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
     proto.dataReceived(ber.message(1, ber.SEARCH_REFERENCE, ber.octets("ldap://elsewhere/"))
                        + done(1))
-    assert seen == [SearchResult(0, "", ())]
+    assert seen == [SearchResult(0, "", (), ("ldap://elsewhere/",))]
+
+
+def test_a_reference_flood_keeps_a_bounded_few_and_a_reference_without_url_is_malformed():
+    proto, _, _ = connected()
+    seen = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
+    proto.dataReceived(b"".join(ber.message(1, ber.SEARCH_REFERENCE, ber.octets(f"ldap://r{i}/"))
+                                for i in range(100)) + done(1))
+    assert len(seen[0].references) == 16
+    proto, _, _ = connected()
+    seen = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
+    proto.dataReceived(ber.message(1, ber.SEARCH_REFERENCE, ber.integer(5)) + done(1))
+    assert isinstance(seen[0], Failure) and seen[0].check(LdapProtocolError)
 
 
 def test_a_silent_server_times_out_every_operation_on_the_connection():

@@ -11,6 +11,7 @@ bind is pending, so that id cannot clash with one of the client's.
 
 from __future__ import annotations
 
+from pushproxy import adgroups, adstate
 from pushproxy.config import GroupMode
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapauth import AD_IN_CHAIN, normalize_dn
@@ -27,20 +28,30 @@ _UNAVAILABLE = {ber.BUSY: PrimaryStatus.BUSY, ber.UNAVAILABLE: PrimaryStatus.UNA
 
 
 async def _search(upstream: Upstream, mid: int, base: str, filter_: bytes,
-                  attributes: list[str]) -> list[tuple[str, dict[str, list[str]]]]:
-    """Base-scope search: the entries found (none when the base is missing or unreadable)."""
+                  attributes: list[str],
+                  group: bool = False) -> list[tuple[str, dict[str, list[str]]]]:
+    """Base-scope search: the entries found (none when the base is missing or unreadable).
+
+    ``group``: a membership question, whose answer must be a plain yes or no
+    (a referral raises IncompleteAnswer, see `adgroups.check_group_answer`).
+    """
     answers = await upstream.exchange(
         ber.search_request(mid, base, filter_, attributes, size_limit=1,
                            time_limit=max(1, int(upstream.response_timeout))),
         mid, _SEARCH_DONE)
+    if group and answers and answers[-1].op_tag == ber.SEARCH_DONE:
+        done = ber.parse_result(answers[-1].op)
+        adgroups.check_group_answer(base, done.code, done.message)
     return [ber.parse_entry(m.op) for m in answers if m.op_tag == ber.SEARCH_ENTRY]
 
 
 async def read_user(upstream: Upstream, mid: int, dn: str, password: str, attribute: str,
                     group_mode: GroupMode, candidates: frozenset[str],
-                    counters: Counters) -> tuple[PrimaryResult, str]:
+                    counters: Counters, now: float | None = None) -> tuple[PrimaryResult, str]:
     """Bind as ``dn``; the PrimaryResult and the username to give the engine.
 
+    ``now`` (wall-clock seconds) dates the entry's accountExpires; None skips
+    reading the entry's account flags (AD refuses those binds itself).
     Raises UpstreamFailed (or ProtocolError) when the server stops answering.
     """
     server = upstream.server.url
@@ -48,11 +59,23 @@ async def read_user(upstream: Upstream, mid: int, dn: str, password: str, attrib
     counters.inc("ldap_front_user_binds")
     (answer,) = (await upstream.exchange(ber.bind_request(mid, dn, password), mid,
                                          _BIND_DONE))[-1:]
-    code = ber.parse_result(answer.op).code
+    bind = ber.parse_result(answer.op)
+    code = bind.code
+    if code == ber.INVALID_CREDENTIALS:
+        refusal = adstate.parse_bind_diagnostic(bind.message)
+        if refusal.state is not None:
+            # AD's own reason (disabled, must change...): no push, and the
+            # client hears the same "data" code AD would have told it.
+            counters.inc("ldap_account_refusals", state=refusal.state.value)
+            return PrimaryResult(PrimaryStatus.ACCOUNT_REFUSED, dn=dn, server=server,
+                                 account_state=refusal.state,
+                                 password_proved=refusal.password_proved,
+                                 detail=f"bind refused: AD data {refusal.data:x}"), guess
     if code != ber.SUCCESS:
         status = _UNAVAILABLE.get(code, PrimaryStatus.BAD_CREDENTIALS)
         return PrimaryResult(status, dn=dn, server=server, detail=f"bind result {code}"), guess
-    wanted = [attribute] + (["memberOf"] if group_mode is GroupMode.MEMBER_OF else [])
+    wanted = [attribute, *adstate.STATE_ATTRIBUTES, adgroups.PRIMARY_GROUP_ID]
+    wanted += ["memberOf"] if group_mode is GroupMode.MEMBER_OF else []
     entries = await _search(upstream, mid, dn, ber.f_present("objectClass"), wanted)
     # The entry's DN as stored (not as typed: slapd binds "uid=alİce" as alice),
     # so a multi-valued login attribute gives the value the entry is named by.
@@ -67,6 +90,12 @@ async def read_user(upstream: Upstream, mid: int, dn: str, password: str, attrib
     if username is None:
         return PrimaryResult(PrimaryStatus.UNKNOWN_USER, dn=dn, server=server,
                              detail=f"no {attribute} readable in the entry"), guess
+    state = adstate.entry_state(attrs, now) if now is not None else None
+    if state is not None:  # the password is proved: the entry's flags are safe to read
+        counters.inc("ldap_account_refusals", state=state.value)
+        return PrimaryResult(PrimaryStatus.ACCOUNT_REFUSED, dn=dn, server=server,
+                             account=username.casefold(), account_state=state,
+                             password_proved=True, detail="the entry's account flags"), username
     groups = await _groups(upstream, mid, dn, username, attrs, group_mode, candidates)
     # The account every piece of per-user state keys on: the stored name.
     return PrimaryResult(PrimaryStatus.OK, dn=dn, server=server, groups=groups,
@@ -76,12 +105,26 @@ async def read_user(upstream: Upstream, mid: int, dn: str, password: str, attrib
 async def _groups(upstream: Upstream, mid: int, dn: str, username: str,
                   attrs: dict[str, list[str]], mode: GroupMode,
                   candidates: frozenset[str]) -> frozenset[str]:
-    """Which of ``candidates`` (normalized DNs) hold the user."""
+    """Which of ``candidates`` (normalized DNs) hold the user.
+
+    Raises IncompleteAnswer when part of the answer is elsewhere (see adgroups).
+    """
     if not candidates:
         return frozenset()
-    if mode is GroupMode.MEMBER_OF:
-        return candidates & {normalize_dn(g) for g in attrs.get("memberof", [])}
     found = set()
+    rid = adgroups.primary_group_id(attrs)
+    token_filter, token_attrs = adgroups.primary_group_query()
+    for group in adgroups.primary_group_candidates(normalize_dn(dn), sorted(candidates), rid):
+        if adgroups.is_primary_group(rid, await _search(upstream, mid, group, token_filter,
+                                                        token_attrs, group=True)):
+            found.add(group)
+    if mode is GroupMode.MEMBER_OF:
+        ranged = adgroups.ranged(attrs, "memberOf")
+        if ranged is not None:
+            raise adgroups.IncompleteAnswer("range", f"the entry lists {ranged}: "
+                                            "use group_mode ad_nested")
+        return frozenset(found) | (candidates
+                                   & {normalize_dn(g) for g in attrs.get("memberof", [])})
     for group in sorted(candidates):
         if mode is GroupMode.AD_NESTED:
             base, filter_ = dn, ber.f_extensible(AD_IN_CHAIN, "memberOf", group)
@@ -89,7 +132,7 @@ async def _groups(upstream: Upstream, mid: int, dn: str, username: str,
             base, filter_ = group, ber.f_or(ber.f_equal("member", dn),
                                             ber.f_equal("uniqueMember", dn),
                                             ber.f_equal("memberUid", username))
-        if await _search(upstream, mid, base, filter_, ["1.1"]):
+        if await _search(upstream, mid, base, filter_, ["1.1"], group=True):
             found.add(group)
     return frozenset(found)
 

@@ -25,6 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 
 from pushproxy import logs
+from pushproxy.adgroups import IncompleteAnswer
+from pushproxy.adstate import AccountState, ad_diagnostic
 from pushproxy.decision import Decision, Outcome, PrimaryResult, PrimaryStatus, Reason
 from pushproxy.engine import LoginRequest
 from pushproxy.ldapauth import normalize_dn
@@ -41,6 +43,8 @@ from pushproxy.radius.loglimit import LogLimiter
 log = logging.getLogger("pushproxy.ldapfront")
 ABORT_AFTER = 10.0  # seconds a disconnected peer gets to read its notice
 
+# Reasons that are an AD account state (they share its values).
+_AD_STATES = {Reason(state.value): state for state in AccountState}
 _DECISION_CODES = {
     Reason.DIRECTORY_UNAVAILABLE: (ber.UNAVAILABLE, "directory unavailable"),
     Reason.SHUTTING_DOWN: (ber.UNAVAILABLE, "shutting down"),
@@ -51,10 +55,17 @@ _DECISION_CODES = {
 def bind_result(decision: Decision) -> tuple[int, str]:
     """The one mapping from a decision to a BindResponse (result code, message).
 
-    Deliberately vague about which factor failed, like the RADIUS reply.
+    Deliberately vague about which factor failed, like the RADIUS reply;
+    except that an account AD refuses gets AD's own diagnostic (``data 773``
+    must change, ``data 533`` disabled...), which Windows and AD-aware
+    clients act on. AD says those only to the right password (775, locked,
+    to anyone), so the client learns no more than AD would tell it.
     """
     if decision.outcome is Outcome.ACCEPT:
         return ber.SUCCESS, ""
+    state = _AD_STATES.get(decision.reason)
+    if state is not None:
+        return ber.INVALID_CREDENTIALS, ad_diagnostic(state)
     return _DECISION_CODES.get(decision.reason, (ber.INVALID_CREDENTIALS, "Login denied"))
 
 
@@ -428,7 +439,14 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         try:
             return await read_user(upstream, mid, dn, password, cfg.login_attribute,
                                    self.front.group_mode, self.front.candidates,
-                                   self.front.counters)
+                                   self.front.counters, now=self.front.reactor.seconds())
+        except IncompleteAnswer as exc:
+            # A referral or ranged memberOf: deciding on the part that came
+            # back could grant or deny wrongly (pushproxy.adgroups).
+            self.front.counters.inc("ldap_incomplete_answers", why=exc.why)
+            logs.event(log, logging.WARNING, "ldap_front.incomplete_answer",
+                       server=upstream.server.url, why=exc.why, detail=str(exc))
+            return PrimaryResult(PrimaryStatus.UNAVAILABLE, dn=dn, detail=str(exc)), guess
         except (UpstreamFailed, ber.ProtocolError) as exc:
             self._drop_upstream()
             logs.event(log, logging.WARNING, "ldap_front.user_bind_failed",

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from pushproxy import logs
+from pushproxy.adstate import AccountState, mschap_error_state
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.upstream.client import UpstreamClient
-from pushproxy.upstream.packets import (ACCESS_ACCEPT, ACCESS_CHALLENGE, relayed,
+from pushproxy.upstream.packets import (ACCESS_ACCEPT, ACCESS_CHALLENGE, MICROSOFT, relayed,
                                         reply_user_name, state_of)
 
 log = logging.getLogger("pushproxy.upstream")
 
+MS_CHAP_ERROR = 2  # Microsoft vendor attribute (RFC 2548 2.1.5)
 STATE_TTL = 120.0  # seconds a relayed Challenge's State stays valid for its follow-up
 
 
@@ -106,6 +108,15 @@ class UpstreamPrimary:
                                      self.client.clock.seconds())
             return PrimaryResult(PrimaryStatus.CHALLENGE, server=server, attributes=attributes)
         if reply.code != ACCESS_ACCEPT:
+            # An MS-CHAP-Error naming the account's state (E=648 expired, 647
+            # disabled...) gets that audit reason; the Reject is relayed as
+            # it came, so the client still sees the upstream's own code.
+            state = mschap_state(reply.attributes)
+            if state is not None:
+                return PrimaryResult(PrimaryStatus.ACCOUNT_REFUSED, server=server,
+                                     detail="upstream Access-Reject (MS-CHAP-Error)",
+                                     attributes=attributes, account_state=state,
+                                     password_proved=state is not AccountState.ACCOUNT_LOCKED)
             return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, server=server,
                                  detail="upstream Access-Reject", attributes=attributes)
         proved = reply_user_name(reply)
@@ -128,10 +139,20 @@ class UpstreamPrimary:
             # Unknown in the directory, not in ldap.required_groups, or the
             # directory is down: the groups decide policy, so fail closed.
             return PrimaryResult(found.status, dn=found.dn, server=server,
-                                 detail=f"directory lookup: {found.detail}")
+                                 detail=f"directory lookup: {found.detail}",
+                                 account=found.account, account_state=found.account_state,
+                                 password_proved=True)
         # The entry's stored name is the account (as for primary: ldap).
         return PrimaryResult(PrimaryStatus.OK, dn=found.dn, server=server, username=identity,
                              groups=found.groups, attributes=attributes, account=found.account)
+
+
+def mschap_state(attributes) -> AccountState | None:
+    """The account state the first MS-CHAP-Error in an upstream's Reject names, if any."""
+    for attr in attributes:
+        if attr.key == (MICROSOFT, MS_CHAP_ERROR):
+            return mschap_error_state(attr.value)
+    return None
 
 
 def directory_name(username: str) -> str:

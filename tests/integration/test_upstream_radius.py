@@ -11,6 +11,7 @@ ScriptedProvider elsewhere (recording every push asked for).
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import socket
 import textwrap
@@ -43,6 +44,8 @@ USERS = textwrap.dedent("""\
     \tClass = "upstream-class-carol"
     mallory Cleartext-Password := "mallory-up"
     frank Cleartext-Password := "frank-old", SMB-Account-CTRL-TEXT := "[Ue]"
+    grace Cleartext-Password := "grace-pw", SMB-Account-CTRL-TEXT := "[UD]"
+    heidi Cleartext-Password := "heidi-pw", SMB-Account-CTRL-TEXT := "[UL]"
     """)
 
 
@@ -380,3 +383,24 @@ def test_mschapv2_password_expired_is_relayed_for_the_client_to_change_it(proxy,
     assert result.code == "Access-Reject", result.stdout
     assert "E=648" in result.get("MS-CHAP-Error", ""), result.stdout
     assert provider.requests == []
+
+
+@pytest.mark.parametrize("user,password,error,reason", [
+    ("frank", "frank-old", "E=648", "password_expired"),
+    ("grace", "grace-pw", "E=691", "account_disabled"),  # FreeRADIUS: "M=Account disabled"
+    ("heidi", "heidi-pw", "E=647", "account_locked"),  # FreeRADIUS: "M=Account locked out"
+    ("alice", "not-alices", "E=691", "bad_credentials"),
+])
+@pytest_twisted.inlineCallbacks
+def test_mschapv2_errors_give_the_accounts_state_as_the_audit_reason(proxy, upstream, tmp_path,
+                                                                    user, password, error,
+                                                                    reason):
+    """The upstream's MS-CHAP-Error is relayed as it came, and names the audit reason."""
+    daemon, address, provider = yield proxy(client_yaml([upstream.address]), any_group=True)
+    attrs, _ = mschapv2(user, password)
+    result = yield radclient(address, SECRET, attrs)
+    assert result.code == "Access-Reject", result.stdout
+    assert error in result.get("MS-CHAP-Error", ""), result.stdout
+    assert provider.requests == []
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in events] == [reason]
