@@ -25,6 +25,7 @@ import enum
 import ipaddress
 import logging
 import math
+import os
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ MAX_TEXT = 64  # characters of a name shown on a prompt or written to the audit 
 _DOCUMENTATION = tuple(ipaddress.ip_network(n) for n in (
     "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "3fff::/20"))
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: not a place
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 
 
 class AddressKind(enum.Enum):
@@ -142,9 +145,7 @@ def kind_of(ip) -> AddressKind:
         return AddressKind.DOCUMENTATION
     if ip.version == 4 and ip in _SHARED:
         return AddressKind.PRIVATE
-    if ip.is_private and (ip.version == 6 and ip in ipaddress.ip_network("fc00::/7")
-                          or ip.version == 4 and any(ip in ipaddress.ip_network(n) for n in (
-                              "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))):
+    if any(ip in net for net in _PRIVATE if net.version == ip.version):
         return AddressKind.PRIVATE
     if ip.is_unspecified or ip.is_reserved or ip.is_private or not ip.is_global:
         return AddressKind.RESERVED
@@ -166,10 +167,28 @@ class GeoIPError(Exception):
 
 
 def _open(path: str):
+    """A reader over a private copy of the file.
+
+    Readers map their file: one rewritten in place (not replaced by a rename,
+    as geoipupdate does) would change under the reader in use and corrupt its
+    lookups. The copy lives in an anonymous memory file (Linux memfd), which
+    keeps the fast mapped reader; elsewhere the file is read into memory.
+    """
     import maxminddb
 
     try:
-        reader = maxminddb.open_database(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("pushproxy-geoip")
+            try:
+                with os.fdopen(os.dup(fd), "wb") as out:
+                    out.write(data)
+                reader = maxminddb.open_database(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)  # the mapping keeps the memory file alive
+        else:
+            reader = maxminddb.open_database(path, maxminddb.MODE_MEMORY)
         reader.metadata()  # the metadata section parses
         return reader
     except (OSError, ValueError, maxminddb.InvalidDatabaseError, RuntimeError) as exc:
