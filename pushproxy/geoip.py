@@ -195,6 +195,23 @@ def _open(path: str):
         raise GeoIPError(f"{path}: {exc}") from None
 
 
+def check_database(path: str) -> str | None:
+    """Why ``path`` is not a usable MaxMind DB (None: it opens), read without copying it."""
+    import maxminddb
+
+    try:
+        reader = maxminddb.open_database(path, maxminddb.MODE_FILE)
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError, RuntimeError) as exc:
+        return str(exc)[:200]
+    try:
+        meta = reader.metadata()
+        if meta.ip_version not in (4, 6) or meta.node_count <= 0:
+            return f"unusable metadata (ip_version {meta.ip_version}, {meta.node_count} nodes)"
+        return None
+    finally:
+        reader.close()
+
+
 def _number(value, low: float, high: float) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -312,10 +329,9 @@ def parse_geoip(c, value, path: str) -> GeoConfig | None:
         c.problem(path, "names no database: set city_database and/or asn_database")
     for key, file in (("city_database", city), ("asn_database", asn)):
         if file:
-            try:
-                _open(file)
-            except GeoIPError as exc:
-                c.problem(f"{path}.{key}", f"not a MaxMind-format database: {exc}")
+            problem = check_database(file)
+            if problem:
+                c.problem(f"{path}.{key}", f"not a MaxMind-format database: {problem}")
     nets = tuple(c.network(item, f"{path}.look_up[{i}]")
                  for i, item in enumerate(c.seq(m, "look_up", f"{path}.look_up", [])))
     return GeoConfig(city_database=city, asn_database=asn,
