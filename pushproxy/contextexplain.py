@@ -8,6 +8,8 @@ engine decide (`pushproxy.risk.assess`, `pushproxy.policy.evaluate`).
 
 from __future__ import annotations
 
+import os
+
 from pushproxy.approval.baselinestore import Baseline
 from pushproxy.geoip import GeoIPError
 from pushproxy.policy import Action, LoginContext, Verification, evaluate
@@ -22,6 +24,11 @@ def _baseline(config, user: str) -> tuple[Baseline, str | None]:
     approval = config.approval
     if approval.database == ":memory:":
         return Baseline(user), "the store is in memory: no baseline outside the daemon"
+    from pushproxy.approval.backends import is_postgres_url
+
+    if not is_postgres_url(approval.database) and not os.path.exists(approval.database):
+        # never create a store just to read it
+        return Baseline(user), f"no store at {approval.database} yet"
     try:
         store = open_store(approval.database,
                            password=getattr(approval, "database_password", None))
