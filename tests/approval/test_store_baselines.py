@@ -53,3 +53,24 @@ def test_a_second_connection_sees_what_another_learned(backend, store):
         assert other.user_baseline("alice").countries == {"PT"}
     finally:
         other.close()
+
+
+def test_store_migrate_copies_baselines_to_postgresql(tmp_path, postgres):
+    from pushproxy.approval.migrate import migrate
+    from pushproxy.approval.pgstore import PostgresStore
+    from pushproxy.approval.store import SQLiteStore
+    from tests.pg import PASSWORD
+
+    source = str(tmp_path / "approval.db")
+    s = SQLiteStore(source)
+    s.learn_login("alice", 10.0, [("country", "DE"), ("hour", "8")], (52.5, 13.4, "DE"), 8)
+    want = s.user_baseline("alice")
+    s.close()
+    target = postgres.new_database()
+    report = {c.table: c.rows for c in migrate(source, target, password=PASSWORD)}
+    assert report["baseline_users"] == 1 and report["baseline_items"] == 2
+    pg = PostgresStore(target, password=PASSWORD)
+    try:
+        assert pg.user_baseline("alice") == want
+    finally:
+        pg.close()
