@@ -89,3 +89,25 @@ def test_explain_never_creates_a_store_it_only_reads(tmp_path):
     text = explain(config(tmp_path, db), "10.1.2.3", "2027-01-15T08:00+00:00")
     assert "Location: 10.1.2.3: private address" in text
     assert f"no store at {db} yet" in text and not db.exists()
+
+
+def cli(cfg: Path, *argv: str):
+    env = {**os.environ, "GW_SECRET": "a-long-enough-secret", "LDAP_PW": "pw",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pushproxy.cli", *argv, "--config", str(cfg)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+
+def test_baseline_show_and_forget(tmp_path):
+    db = tmp_path / "pushproxy.db"
+    store = SQLiteStore(str(db))
+    store.learn_login("alice", T0, [("hour", "8"), ("country", "DE")], (52.52, 13.405, "DE"), 64)
+    store.close()
+    cfg = config(tmp_path, db)
+    shown = cli(cfg, "baseline", "show", "ALICE")
+    assert shown.returncode == 0, shown.stderr
+    assert "alice: 1 approved login(s)" in shown.stdout and "learning (2 logins" in shown.stdout
+    assert "countries: DE" in shown.stdout and "hours: 8" in shown.stdout
+    forgot = cli(cfg, "baseline", "forget", "alice")
+    assert forgot.returncode == 0 and "forgot alice's baseline (3 row(s))" in forgot.stdout
+    assert "nothing learned yet" in cli(cfg, "baseline", "show", "alice").stdout
