@@ -172,3 +172,45 @@ def test_an_ipv4_only_database_gives_unknown_for_ipv6(tmp_path):
                           tuple(map(ipaddress.ip_network, LOOK_UP))))
     assert geo.locate("192.0.2.1").country_code == "DE"
     assert geo.locate("2001:db8:1::1").label() == "unknown location"
+
+
+def test_any_record_shape_gives_a_bounded_printable_location(tmp_path):
+    """Hypothesis: whatever a database holds for an address (nested maps, lists, numbers
+    of any size, any text), `locate` neither raises nor returns unbounded text."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    text = st.text(max_size=300)
+    leaf = st.one_of(text, st.integers(min_value=-2 ** 63, max_value=2 ** 64 - 1),
+                     st.floats(allow_nan=False), st.booleans())
+    value = st.recursive(leaf, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)), max_leaves=12)
+    keys = st.sampled_from(["country", "city", "location", "names", "en", "iso_code",
+                            "latitude", "longitude", "accuracy_radius",
+                            "autonomous_system_number", "autonomous_system_organization"])
+    shaped = st.recursive(st.one_of(leaf, value), lambda inner: st.dictionaries(
+        keys, inner, max_size=5), max_leaves=20)
+    records = st.dictionaries(keys, shaped, min_size=1, max_size=5)
+    counter = iter(range(10 ** 6))
+
+    @settings(max_examples=60, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])
+    @given(city=records, asn=records)
+    def check(city, asn):
+        n = next(counter)
+        try:
+            c = write_city(tmp_path / f"c{n}.mmdb", places=[], extra={"192.0.2.0/24": city})
+            a = write_asn(tmp_path / f"a{n}.mmdb", places=[], extra={"192.0.2.0/24": asn})
+        except Exception:  # noqa: BLE001 - a shape mmdb-writer cannot encode: not our input
+            return
+        geo = GeoIP(GeoConfig(str(c), str(a), (ipaddress.ip_network("192.0.2.0/24"),)))
+        loc = geo.locate("192.0.2.7")
+        for field in (loc.country, loc.city, loc.org, loc.label()):
+            assert field is None or (field.isprintable() and len(field) <= 3 * MAX_TEXT + 20)
+        assert loc.latitude is None or -90 <= loc.latitude <= 90
+        assert loc.asn is None or 0 < loc.asn < 2 ** 32
+        import json
+        json.dumps(loc.as_dict())
+
+    check()
