@@ -133,3 +133,23 @@ def test_a_wrong_password_is_audited_with_its_location_and_no_baseline_read(setu
                               no_device=NoDeviceMode.REJECT)).addCallback(out.append)
     assert out[0].reason is Reason.BAD_CREDENTIALS
     assert audit(tmp_path)[-1]["location"]["city"] == "Berlin"
+
+
+def test_an_application_peer_is_located_but_never_assessed_or_learned(setup):
+    """The LDAP front end's peer is the application server, not the user: a bind relayed
+    from a server in Tokyo ten minutes after alice's Berlin logins is no travel."""
+    import dataclasses
+
+    engine, clock, store, alerts, _ = setup
+    for station in ("192.0.2.1", "192.0.2.2"):
+        run(engine, station)
+    clock.advance(600)
+    out = []
+    engine.login(dataclasses.replace(login("203.0.113.9"), peer_is_application=True)
+                 ).addCallback(out.append)
+    assert out == [] and alerts.sent == []  # a push is out, nothing denied
+    request = engine.provider.requests[-1]
+    assert request.location["country_code"] == "JP" and request.warnings == ()
+    engine.provider.answer(status=PushStatus.APPROVED)
+    assert out[0].reason is Reason.PUSH_APPROVED
+    assert store.user_baseline("alice").approved == 2  # not learned
