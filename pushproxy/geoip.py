@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import ipaddress
 import logging
 import math
@@ -110,9 +111,10 @@ def clean_text(value, limit: int = MAX_TEXT) -> str | None:
     """
     if not isinstance(value, str):
         return None
-    value = value[:limit * 4]  # bound the work before normalizing
-    text = "".join(ch for ch in unicodedata.normalize("NFC", value)
-                   if unicodedata.category(ch)[0] not in ("C", "Z") or ch == " ")
+    text = unicodedata.normalize("NFC", value[:limit * 4])  # bounded work first
+    if not text.isprintable():  # the usual name needs no character-by-character pass
+        text = "".join(ch for ch in text
+                       if unicodedata.category(ch)[0] not in ("C", "Z") or ch == " ")
     text = " ".join(text.split())
     if len(text) > limit:
         text = text[:limit - 1] + "…"
@@ -133,6 +135,7 @@ def classify(text: str | None) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Ad
     return ip, kind_of(ip)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the stdlib's is_private/is_global scan lists
 def kind_of(ip) -> AddressKind:
     """The special-purpose class of ``ip`` (most specific first), or PUBLIC."""
     if ip.is_loopback:
