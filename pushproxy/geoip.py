@@ -20,7 +20,6 @@ keeps the old database and says so in the log.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import ipaddress
@@ -256,7 +255,7 @@ class GeoIP:
                 self._count("geoip_reload_failed")
                 logs.event(log, logging.ERROR, "geoip.reload_failed", database=path,
                            detail=str(exc)[:200], kept="the database loaded before")
-        self.config = dataclasses.replace(self.config, look_up=config.look_up)
+        self.config = config  # the paths configured; a file that failed keeps its old reader
         if ok:
             logs.event(log, logging.INFO, "geoip.reloaded", city=config.city_database,
                        asn=config.asn_database)

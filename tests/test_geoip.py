@@ -214,3 +214,15 @@ def test_any_record_shape_gives_a_bounded_printable_location(tmp_path):
         json.dumps(loc.as_dict())
 
     check()
+
+
+def test_reload_with_new_paths_and_look_up_networks(tmp_path):
+    first = write_city(tmp_path / "a.mmdb")
+    second = write_city(tmp_path / "b.mmdb", places=[
+        ("198.51.100.0/24", "FR", "France", "Paris", 48.85, 2.35, 1, "x")])
+    geo = GeoIP(GeoConfig(str(first), None, (ipaddress.ip_network("192.0.2.0/24"),)))
+    assert geo.reload(GeoConfig(str(second), None,
+                                (ipaddress.ip_network("198.51.100.0/24"),))) is True
+    assert geo.locate("198.51.100.1").country_code == "FR"
+    assert geo.locate("192.0.2.1").label() == "documentation address"  # no longer listed
+    assert geo.reload() is True and geo.config.city_database == str(second)
