@@ -31,7 +31,7 @@ import enum
 import ipaddress
 import math
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from pushproxy.approval.baselinestore import Baseline
@@ -226,7 +226,6 @@ class ContextConfig:
 
     geoip: object | None = None  # pushproxy.geoip.GeoConfig
     risk: RiskSettings | None = None  # None: no baselines, no signals
-    notes: tuple[str, ...] = field(default=(), compare=False)
 
 
 def parse_context(c, value, path: str = "context") -> ContextConfig | None:
