@@ -43,6 +43,10 @@ class AuditEvent:
     # The User-Name as sent; ``user`` is the account the directory proved once
     # the password was right (all per-user state keys on it), else the name sent.
     sent_user: str | None = None
+    # Where the client address is (pushproxy.geoip.Location.as_dict; None: no
+    # context section) and the risk signals the login raised (pushproxy.risk).
+    location: dict | None = None
+    signals: list | None = None
 
 
 def utc_stamp(epoch: float) -> str:

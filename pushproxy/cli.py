@@ -29,6 +29,7 @@ SUBCOMMANDS = (
     ("pushproxy.policy", "add_parser", ("policy",)),
     ("pushproxy.connectivity", "add_parser", ("test-connection",)),
     ("pushproxy.rollout.commands", "add_parser", ("rollout",)),
+    ("pushproxy.baselinecli", "add_parser", ("baseline",)),
 )
 
 

@@ -35,6 +35,7 @@ from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
 if TYPE_CHECKING:  # the section's parser imports this module
     from pushproxy.ldapfront.config import LdapFrontConfig
     from pushproxy.radsec.settings import RadsecConfig
+    from pushproxy.risk import ContextConfig
     from pushproxy.rollout.mailconfig import MailConfig
 
 
@@ -232,6 +233,8 @@ class Config:
     mail: "MailConfig | None" = None  # enrollment mails (pushproxy.rollout); None: off
     # (config path, file, kind) of every secret file and private key: pushproxy.filemodes
     sensitive_files: tuple[tuple[str, str, str], ...] = ()
+    # location databases, per-user baselines and risk signals (issue 21); None: off
+    context: "ContextConfig | None" = None
 
     def timeout_advice(self) -> list[str]:
         """What a network admin must set on each gateway so logins can finish."""
@@ -318,7 +321,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     c = Checker(doc, base_dir=base_dir, env=env)
     root = c.mapping(doc.data, "", required=("radius", "ldap", "approval"),
                      optional=("push", "audit", "log", "daemon", "policy",
-                               "reply_attributes", "ldap_front", "mail"))
+                               "reply_attributes", "ldap_front", "mail", "context"))
     if root is None:
         raise ConfigError(c.problems)
     radius = _radius(c, root.get("radius"))
@@ -349,6 +352,9 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     from pushproxy.rollout.mailconfig import parse_mail  # imports pushproxy.checker only
 
     mail = parse_mail(c, root.get("mail"))
+    from pushproxy.risk import parse_context  # location databases, baselines, signals
+
+    context = parse_context(c, root.get("context"))
     enroll_modes = [("push.no_device", push.no_device if push else None)] + [
         (f"radius.clients ({cl.name}).no_device", cl.no_device)
         for cl in (radius.clients if radius else ())]
@@ -364,7 +370,7 @@ def parse_config(text: str, *, base_dir: Path, env, source: str = "<config>") ->
     return Config(radius=radius, ldap=ldap, push=push, audit=audit, approval=approval,
                   log=log, daemon=daemon, policy=policy, source=source,
                   reply_attributes=reply_map, ldap_front=ldap_front, mail=mail,
-                  sensitive_files=tuple(c.sensitive))
+                  sensitive_files=tuple(c.sensitive), context=context)
 
 
 def _check_tls_files(c: Checker, ldap, approval, ldap_front) -> None:

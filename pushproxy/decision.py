@@ -50,6 +50,7 @@ class Reason(enum.Enum):
     INTERNAL_ERROR = "internal_error"
     POLICY_ALLOW = "policy_allow"
     POLICY_DENY = "policy_deny"
+    RISK_DENY = "risk_signal_deny"  # a risk signal set to deny (context.signals)
     REMEMBERED = "remembered_login"
     PASSCODE_TOTP = "passcode_totp"
     PASSCODE_BYPASS = "passcode_bypass"
@@ -178,6 +179,7 @@ class Decision:
     # Challenge, what it sent. Never set on a Reject of our own (a denied push).
     attributes: tuple = ()
     user: str | None = None  # the account the login was decided for, when the primary proved one
+    signals: tuple[str, ...] = ()  # risk signals this login raised (pushproxy.risk)
 
     @classmethod
     def of(cls, reason: Reason, push: PushResult | None = None, *,

@@ -28,7 +28,7 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -50,8 +50,12 @@ from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluat
 from pushproxy.push import (PasscodeVerdict, ProviderUnavailable, PushProvider,
                             SecondFactors)
 from pushproxy.pushes import Fanout, Pushes
+from pushproxy.risk import RiskAction
 from pushproxy.timers import TimerWheel
 from pushproxy.verified import VerifiedPush
+
+if TYPE_CHECKING:
+    from pushproxy.contextcheck import ContextChecks, LoginRisk
 
 log = logging.getLogger("pushproxy.engine")
 
@@ -108,6 +112,9 @@ class LoginRequest:
     # The LDAP front end: the peer is the application server, not the user,
     # so `networks` rules and remembered logins need a rule naming the client.
     peer_is_application: bool = False
+    # Where the login comes from and its risk signals (`pushproxy.contextcheck`),
+    # set by the engine once the password was right; None: no context section.
+    context: "LoginRisk | None" = None
 
 
 def join_key(req: LoginRequest, user: str) -> tuple | None:
@@ -189,6 +196,9 @@ class Engine(Pushes, VerifiedPush):
         # no_device: enroll: called with (account, dn) to mail a link; set by the
         # wiring when a mail: section exists (pushproxy.rollout.loginmail)
         self.enroll_mail: Callable[[str, str | None], None] | None = None
+        # The login's location, baselines and risk signals (config ``context:``),
+        # set by the wiring; None: off.
+        self.context: ContextChecks | None = None
 
     @property
     def fatigue(self):
@@ -294,6 +304,9 @@ class Engine(Pushes, VerifiedPush):
         req = dataclasses.replace(req, username=account)
         key = join_key(req, account)
         cred = cred or Credential("", Factor.PUSH_DEFAULT)
+        if self.context is not None:
+            req = dataclasses.replace(req, context=(yield self.context.prepare(
+                req, self.wallclock())))
         decision = yield self._second_factor(req, cred, key and key + (digest,), primary,
                                              sent=sent)
         if isinstance(decision, _AwaitPush):
@@ -309,6 +322,8 @@ class Engine(Pushes, VerifiedPush):
         if decision.outcome is Outcome.ACCEPT:
             decision = dataclasses.replace(
                 decision, attributes=primary.attributes + self._mapped(req, primary, decision))
+        if req.context is not None and req.context.signals:
+            decision = dataclasses.replace(decision, signals=req.context.signals)
         if decision.reason is Reason.NO_DEVICE_ENROLL and self.enroll_mail is not None:
             self.enroll_mail(req.username, primary.dn)  # off the login's path; never raises
         return dataclasses.replace(decision, user=req.username)
@@ -355,6 +370,12 @@ class Engine(Pushes, VerifiedPush):
             return Decision.of(Reason.POLICY_DENY, rule=policy.rule)
         if policy.action is Action.ALLOW:
             return Decision.of(Reason.POLICY_ALLOW, rule=policy.rule)
+        risk = req.context.assessment if req.context is not None else None
+        if risk is not None and risk.action is RiskAction.DENY:
+            self.context.alert(req, risk.deciding(), req.context.location, now)
+            return Decision.of(Reason.RISK_DENY, rule=policy.rule)
+        # A signal set to step_up: number matching, and no remembered login.
+        step_up = risk is not None and risk.action is RiskAction.STEP_UP
         try:
             # The lock first: a locked user's passcode is not even checked.
             locked = self.factors is not None and (yield self.factors.lock_of(req.username.casefold()))
@@ -380,12 +401,14 @@ class Engine(Pushes, VerifiedPush):
         # for it would let any later bind from that server skip the push, unless
         # a rule names that client and so says its peer is trusted.
         remember = not req.peer_is_application or policy.names_client
-        if cred.factor is not Factor.PUSH_FORCED and remember \
+        if cred.factor is not Factor.PUSH_FORCED and remember and not step_up \
                 and (yield self._is_remembered(req, now)):
             return Decision.of(Reason.REMEMBERED, rule=policy.rule)
         if self._stopping:
             return Decision.of(Reason.SHUTTING_DOWN)
         verification = self._verification(req, policy)
+        if step_up and verification is Verification.NONE:
+            verification = Verification.NUMBER_MATCH
         if verification is not Verification.NONE:
             return (yield self._challenge(req, verification, policy.rule, now, primary, sent))
         # Not waited for in this generator: see `_resume` and `_pushed`.
@@ -414,6 +437,8 @@ class Engine(Pushes, VerifiedPush):
         # user may never come back to the prompt); a wrong code only shows here.
         counted_at_push = mode is not Verification.NONE and \
             decision.reason is not Reason.WRONG_LOGIN_CODE
+        if decision.reason is Reason.PUSH_APPROVED and self.context is not None:
+            self.context.learn(req, now)  # the baseline learns approved logins only
         if decision.reason in DENIAL_REASONS:
             if not counted_at_push:
                 self._count_denial(req.username, now, result.txid)
@@ -493,11 +518,16 @@ class Engine(Pushes, VerifiedPush):
                       rule=decision.rule, latency_ms=round(elapsed * 1000.0, 1),
                       txid=decision.txid, device=decision.device, joined=joined,
                       sent_user=req.username)
+        location = self.context.locate(req.calling_station) if self.context else None
         # The record first, the reply after it: every reply a client gets is in
         # the audit trail and the daemon log, even if the process dies right after
         # sending it, and whoever reads either after the reply finds it there.
-        self.audit.record(AuditEvent(time=utc_stamp(self.wallclock()), **fields))
-        logs.event(log, logging.INFO, "login.decision", **fields)
+        self.audit.record(AuditEvent(time=utc_stamp(self.wallclock()), **fields,
+                                     location=location.as_dict() if location else None,
+                                     signals=list(decision.signals) or None))
+        logs.event(log, logging.INFO, "login.decision", **fields,
+                   location=location.label() if location else None,
+                   signals=",".join(decision.signals) or None)
         if req.deliver is not None:
             req.deliver()
         return decision

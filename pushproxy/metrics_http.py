@@ -74,6 +74,13 @@ HELP = {
                            "(the one waiting longest on its peer), by listener",
     "http_deadline_closed": "HTTP connections closed because a request (head, body) or the "
                             "next one (idle) did not arrive in time, by listener and phase",
+    "geoip_lookup_errors": "Location lookups that failed in the database (a corrupt file, "
+                           "an IPv6 address in an IPv4-only one); shown as unknown",
+    "geoip_reload_failed": "Location databases that did not open on reload (the old one "
+                           "stays in use)",
+    "context_errors": "Baselines that could not be read or written (the login went on "
+                      "without risk signals)",
+    "context_denials": "Logins denied by a risk signal (context.signals ... deny)",
     "decision_seconds": "Time from request to decision, by outcome",
     "ldap_seconds": "Time of one LDAP conversation (search + bind + groups), by server",
 }

@@ -404,6 +404,10 @@ def cmd_explain(args) -> int:
     ctx = LoginContext(args.user, args.client, args.ip, frozenset(args.group), now,
                        peer_is_application=app)
     print(explain(policy, ctx))
+    if getattr(config, "context", None) is not None:  # location and risk signals (issue 21)
+        from pushproxy.contextexplain import explain_context
+
+        print(explain_context(config, ctx))
     return 0
 
 

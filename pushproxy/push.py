@@ -40,6 +40,10 @@ class ApprovalRequest:
     # node for the same login (a NAS failing over); a provider joins a pending
     # push with the same key instead of sending a second one. None: never joins.
     join_key: str | None = None
+    # Where the client address is (`pushproxy.geoip.Location.as_dict`) and the
+    # risk warnings to show ("First login from Portugal"); None/(): not known.
+    location: dict | None = None
+    warnings: tuple[str, ...] = ()
 
 
 class PasscodeVerdict(enum.Enum):

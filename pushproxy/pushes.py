@@ -146,7 +146,9 @@ class Pushes:
             txid=txid, username=req.username.casefold(), application=req.client_name,
             client_ip=req.calling_station, nas=req.nas, created=now,
             expires=now + self.push.timeout, verification=mode.value, number=number,
-            join_key=join_key)
+            join_key=join_key,
+            location=req.context.location.as_dict() if req.context is not None else None,
+            warnings=req.context.warnings if req.context is not None else ())
         self.counters.inc("pushes_requested")
         call = defer.maybeDeferred(self.provider.request_approval, request)
         self._push_calls[request.txid] = call

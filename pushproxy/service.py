@@ -157,6 +157,10 @@ class Daemon:
         for proto in self.protocols:
             proto.max_pending = new.daemon.overload.max_pending
         self.engine.policy = new.policy
+        if self.engine.context is not None:  # opens the location databases again
+            restart += self.engine.context.reload(new.context)
+        elif new.context is not None:
+            restart.append("context (added): restart to apply")
         self.engine.delimiter = new.push.passcode_delimiter
         self.engine.fatigue.limits = new.push.limits
         self.audit.path = new.audit.path

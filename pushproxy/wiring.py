@@ -234,6 +234,13 @@ def build_daemon(config: Config, reactor, *, counters: Counters | None = None,
         mailer = LoginEnrollMailer(config, reactor, approval.store, counters)
         daemon.engine.enroll_mail = mailer.request
         daemon.components.append(mailer)
+    if config.context is not None:  # location, baselines, risk signals (issue 21)
+        from pushproxy.contextcheck import ContextChecks
+
+        daemon.engine.context = ContextChecks(
+            config.context, store=approval.store, counters=counters,
+            timezone=lambda: daemon.engine.policy.timezone,
+            alerter=getattr(approval.service, "alerter", None))
     if config.daemon.metrics_listen:
         host, port = config.daemon.metrics_listen
         daemon.components.append(MetricsComponent((host, port + worker_index), daemon,

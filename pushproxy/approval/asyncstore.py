@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from pushproxy.approval.runner import InlineRunner
 
 if TYPE_CHECKING:
+    from pushproxy.approval.baselinestore import Baseline
     from pushproxy.approval.clusterstore import Opened
     from pushproxy.approval.loginstore import ChallengeRow
     from pushproxy.approval.rolloutstore import UserRollout
@@ -334,3 +335,19 @@ class AsyncStore:
     def forget_enrollment_mail(self, claim_id: int) -> Deferred[None]:
         """`StoreAPI.forget_enrollment_mail`, where the store runs."""
         return self._runner.submit(self._runner.store.forget_enrollment_mail, claim_id)
+
+    # -- per-user login baselines (BaselineStore)
+
+    def user_baseline(self, username: str) -> Deferred[Baseline]:
+        """`StoreAPI.user_baseline`, where the store runs."""
+        return self._runner.submit(self._runner.store.user_baseline, username)
+
+    def learn_login(self, username: str, now: float, items: list[tuple[str, str]],
+                    place: tuple[float, float, str | None] | None, keep: int) -> Deferred[None]:
+        """`StoreAPI.learn_login`, where the store runs."""
+        return self._runner.submit(self._runner.store.learn_login,
+                                   username, now, items, place, keep)
+
+    def forget_baseline(self, username: str) -> Deferred[int]:
+        """`StoreAPI.forget_baseline`, where the store runs."""
+        return self._runner.submit(self._runner.store.forget_baseline, username)

@@ -40,6 +40,21 @@ _VERIFICATION = {
 }
 
 
+def _location(entry: dict) -> str:
+    """The request's location line ("-" when the server sent none); bounded, printable."""
+    location = entry.get("location")
+    label = location.get("label") if isinstance(location, dict) else None
+    return _clean(label)[:160] if isinstance(label, str) else "-"
+
+
+def _warnings(entry: dict) -> list[str]:
+    """The request's risk warnings ("First login from Portugal"), at most 5, printable."""
+    found = entry.get("warnings")
+    if not isinstance(found, list):
+        return []
+    return [f"  WARNING:     {_clean(w)[:160]}" for w in found[:5] if isinstance(w, str)]
+
+
 def describe(entry: dict, server_time: float) -> str:
     """A multi-line, terminal-safe description of one pending request."""
     created = entry.get("created")
@@ -50,6 +65,8 @@ def describe(entry: dict, server_time: float) -> str:
         f"  user:        {_clean(entry.get('username'))}",
         f"  application: {_clean(entry.get('application'))}",
         f"  client IP:   {_clean(entry.get('client_ip'))}",
+        f"  location:    {_location(entry)}",
+        *_warnings(entry),
         f"  NAS:         {_clean(entry.get('nas'))}",
         f"  check:       {_VERIFICATION.get(entry.get('verification'), 'approve or deny')}",
         f"  time:        {when}",

@@ -91,7 +91,8 @@ def transaction_view(tx: Transaction) -> dict:
             "application": tx.context.get("application"),
             "client_ip": tx.context.get("client_ip"), "nas": tx.context.get("nas"),
             "created": tx.created, "expires": tx.expires,
-            "verification": tx.context.get("verification", "none")}
+            "verification": tx.context.get("verification", "none"),
+            "location": tx.context.get("location"), "warnings": tx.context.get("warnings") or []}
 
 
 def enrollment_link(public_url: str, token: str) -> str:
@@ -186,7 +187,8 @@ class ApprovalService(ClusterSide, PasscodeSide):
             id=request.txid, username=request.username, nonce=secrets.token_urlsafe(16),
             context={"application": request.application, "client_ip": request.client_ip,
                      "nas": request.nas, "verification": request.verification,
-                     "number": request.number},
+                     "number": request.number, "location": request.location,
+                     "warnings": list(request.warnings)},
             created=request.created, expires=request.expires, state="pending",
             decided_by=None, decided_at=None)
 

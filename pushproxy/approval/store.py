@@ -24,6 +24,7 @@ from dataclasses import astuple, dataclass, field
 from importlib import resources
 from typing import Callable, Iterator, Protocol
 
+from pushproxy.approval.baselinestore import SQLiteBaselineMethods
 from pushproxy.approval.loginstore import SQLiteLoginState
 from pushproxy.approval.clusterstore import SQLiteClusterMethods
 from pushproxy.approval.rolloutstore import SQLiteRolloutMethods
@@ -302,7 +303,8 @@ def _create_private(path: str) -> None:
     os.close(fd)  # an empty file is a valid empty database
 
 
-class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods, Store):
+class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods,
+                  SQLiteBaselineMethods, Store):
     """The Store on one SQLite file (or ``:memory:``, for tests); method contracts are on Store.
 
     One connection per instance, used only from the thread that created it

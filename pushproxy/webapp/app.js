@@ -527,6 +527,19 @@ function fillRequest(request) {
   $("request-application").textContent = text(request.application);
   $("request-client-ip").textContent = text(request.client_ip);
   $("request-nas").textContent = text(request.nas);
+  // Location and risk warnings come from the server's databases: text only, bounded.
+  const location = request.location && typeof request.location.label === "string"
+    ? request.location.label.slice(0, 160) : null;
+  $("request-location").textContent = text(location);
+  const warnings = Array.isArray(request.warnings)
+    ? request.warnings.filter((w) => typeof w === "string").slice(0, 5) : [];
+  const list = $("request-warnings");
+  list.replaceChildren(...warnings.map((w) => {
+    const item = document.createElement("li");
+    item.textContent = w.slice(0, 160);
+    return item;
+  }));
+  list.hidden = warnings.length === 0;
   $("request-time").textContent = PP.localDate(request.created).toLocaleTimeString();
   // Verified push: the login screen shows a number to type here (number_match),
   // or the app shows a code to type there after approval (code_to_login).

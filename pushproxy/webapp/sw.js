@@ -100,6 +100,9 @@ function describe(request) {
   const parts = [];
   if (request.application) parts.push(request.application);
   if (request.client_ip) parts.push(`from ${request.client_ip}`);
+  if (request.location && typeof request.location.label === "string") {
+    parts.push(`(${request.location.label.slice(0, 160)})`);
+  }
   if (request.nas) parts.push(`via ${request.nas}`);
   return `${request.username}: ${parts.join(" ") || "sign-in"}`;
 }
