@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Protocol
 from pushproxy.approval.loginstore import SQLiteLoginState
 from pushproxy.approval.clusterstore import SQLiteClusterMethods
 from pushproxy.approval.rolloutstore import SQLiteRolloutMethods
+from pushproxy.approval.passkeystore import SQLitePasskeyMethods
 
 STATES = ("pending", "approved", "denied", "fraud", "expired", "cancelled")
 ANSWERS = ("approved", "denied", "fraud")  # states a device's answer sets; they name it
@@ -302,7 +303,8 @@ def _create_private(path: str) -> None:
     os.close(fd)  # an empty file is a valid empty database
 
 
-class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods, Store):
+class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods,
+                  SQLitePasskeyMethods, Store):
     """The Store on one SQLite file (or ``:memory:``, for tests); method contracts are on Store.
 
     One connection per instance, used only from the thread that created it

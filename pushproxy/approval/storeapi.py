@@ -11,7 +11,9 @@ same signature, and nothing public that the other lacks). It is composed of
 - `ClusterStore` (here): joining pushes across nodes, waiters, heartbeats and
   device-request nonces of cluster mode;
 - `RolloutStore` (pushproxy.approval.rolloutstore): who has a device or an open
-  link, and the enrollment mails sent.
+  link, and the enrollment mails sent;
+- `PasskeyStore` (pushproxy.approval.passkeystore): passkeys bound to devices and
+  single-use WebAuthn challenges (presence, docs/presence.md).
 
 Store methods block (SQLite, psycopg). The command line calls them directly; the
 daemon never does: it holds an `AsyncStore` (pushproxy.approval.asyncstore), a
@@ -25,6 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ParamSpec, Protocol, TypeVar
 
 from pushproxy.approval.loginstore import LoginStateStore
+from pushproxy.approval.passkeystore import PasskeyStore
 from pushproxy.approval.rolloutstore import RolloutStore
 from pushproxy.approval.store import Store
 
@@ -84,7 +87,7 @@ class ClusterStore(Protocol):
         """Record a device request's nonce until ``expires``; False if seen before."""
 
 
-class StoreAPI(Store, LoginStateStore, ClusterStore, RolloutStore, Protocol):
+class StoreAPI(Store, LoginStateStore, ClusterStore, RolloutStore, PasskeyStore, Protocol):
     """Everything a store backend implements; see the module docstring."""
 
     commits: int  # transactions committed by this store object (per-method in /metrics)
