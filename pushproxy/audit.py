@@ -43,6 +43,9 @@ class AuditEvent:
     # The User-Name as sent; ``user`` is the account the directory proved once
     # the password was right (all per-user state keys on it), else the name sent.
     sent_user: str | None = None
+    # presence (docs/presence.md): "verified", "not_verified" (approved without a
+    # passkey check, as the policy allows), None when the login needed none
+    presence: str | None = None
 
 
 def utc_stamp(epoch: float) -> str:

@@ -67,6 +67,8 @@ class Reason(enum.Enum):
     WRONG_LOGIN_CODE = "wrong_login_code"
     UPSTREAM_CHALLENGE = "upstream_challenge"  # relayed: the upstream server wants another round
     REPLY_TOO_LARGE = "reply_too_large"  # the answer would not fit in a RADIUS packet
+    # presence required (docs/presence.md): the approval came without a valid passkey assertion
+    PRESENCE_NOT_VERIFIED = "presence_not_verified"
 
 
 ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,
@@ -125,6 +127,8 @@ class PushStatus(enum.Enum):
     DENIED = "denied"
     FRAUD = "fraud"  # denied and reported as "this wasn't me"
     NUMBER_MISMATCH = "number_mismatch"  # number matching: the user typed another number
+    # presence required: an Approve without a valid WebAuthn assertion (refused, not a "no")
+    PRESENCE_NOT_VERIFIED = "presence_not_verified"
     NO_DEVICE = "no_device"
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
@@ -139,6 +143,10 @@ class PushResult:
     device: str | None = None
     detail: str = ""
     code: str | None = None  # code_to_login: what the device showed after approval
+    # presence (docs/presence.md): "verified" (a passkey assertion with user
+    # verification came with the approval), "not_verified" (allowed without one
+    # by policy), None (not asked for)
+    presence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class Decision:
     # Challenge, what it sent. Never set on a Reject of our own (a denied push).
     attributes: tuple = ()
     user: str | None = None  # the account the login was decided for, when the primary proved one
+    presence: str | None = None  # the push's `PushResult.presence`, for the audit trail
 
     @classmethod
     def of(cls, reason: Reason, push: PushResult | None = None, *,
@@ -164,7 +173,8 @@ class Decision:
         """A decision whose outcome follows from its reason."""
         outcome = Outcome.ACCEPT if reason in ACCEPT_REASONS else Outcome.REJECT
         return cls(outcome, reason, push.txid if push else None,
-                   push.device if push else None, rule=rule)
+                   push.device if push else None, rule=rule,
+                   presence=push.presence if push else None)
 
 
 _PRIMARY_REASONS = {
@@ -234,6 +244,8 @@ def push_decision(result: PushResult, failmode: FailMode, no_device: NoDeviceMod
         return Decision.of(Reason.NUMBER_MISMATCH, result)
     if status is PushStatus.TIMEOUT:
         return Decision.of(Reason.PUSH_TIMEOUT, result)
+    if status is PushStatus.PRESENCE_NOT_VERIFIED:
+        return Decision.of(Reason.PRESENCE_NOT_VERIFIED, result)
     if status is PushStatus.NO_DEVICE and no_device is NoDeviceMode.ENROLL:
         return dataclasses.replace(Decision.of(Reason.NO_DEVICE_ENROLL, result),
                                    message=ENROLL_MESSAGE)
