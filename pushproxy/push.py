@@ -40,6 +40,10 @@ class ApprovalRequest:
     # node for the same login (a NAS failing over); a provider joins a pending
     # push with the same key instead of sending a second one. None: never joins.
     join_key: str | None = None
+    # Presence (docs/presence.md): an Approve needs a passkey assertion with user
+    # verification. "refuse": a device without a passkey cannot approve; "allow":
+    # it can, and the result says presence not_verified. None: not required.
+    user_verification: str | None = None
 
 
 class PasscodeVerdict(enum.Enum):

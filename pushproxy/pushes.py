@@ -146,7 +146,7 @@ class Pushes:
             txid=txid, username=req.username.casefold(), application=req.client_name,
             client_ip=req.calling_station, nas=req.nas, created=now,
             expires=now + self.push.timeout, verification=mode.value, number=number,
-            join_key=join_key)
+            join_key=join_key, user_verification=req.user_verification)
         self.counters.inc("pushes_requested")
         call = defer.maybeDeferred(self.provider.request_approval, request)
         self._push_calls[request.txid] = call
