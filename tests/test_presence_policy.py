@@ -1,0 +1,155 @@
+"""Presence in the policy and per-client sensitivity: parsing, the floor the client
+puts under the rules, ``policy explain``, and what the engine asks of the provider."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from pushproxy import sensitivity, yamlsource
+from pushproxy.audit import AuditLog
+from pushproxy.checker import Checker
+from pushproxy.config import FailMode, NoDeviceMode, PushConfig
+from pushproxy.decision import Outcome, PushResult, PushStatus, Reason
+from pushproxy.engine import Engine, LoginRequest
+from pushproxy.metrics import Counters
+from pushproxy.policy import LoginContext, Verification, evaluate, explain
+from pushproxy.sensitivity import ClientRequirements
+from tests.support import ScriptedDirectory, ScriptedProvider
+from tests.test_policy import good, parse
+
+PRESENCE = """
+policy:
+  require_user_verification: false
+  user_verification_fallback: allow
+  rules:
+    - name: admins
+      users: [root-alice]
+      action: push
+      require_user_verification: true
+"""
+
+
+def ctx(user="alice", client="vpn-gw-1"):
+    return LoginContext(user, client, "203.0.113.7", frozenset(), 1_800_000_000)
+
+
+def test_a_rule_turns_presence_on_and_the_default_stays_off():
+    policy = good(PRESENCE)
+    assert policy.user_verification_fallback == "allow"
+    assert evaluate(policy, ctx("root-alice")).user_verification is True
+    assert evaluate(policy, ctx("bob")).user_verification is False
+
+
+def test_presence_keys_are_checked():
+    _, problems = parse("""
+        policy:
+          require_user_verification: "yes"
+          user_verification_fallback: maybe
+          rules:
+            - {name: r, action: allow, require_user_verification: true}
+        """)
+    text = "\n".join(str(p) for p in problems)
+    assert "policy.require_user_verification" in text
+    assert "policy.user_verification_fallback" in text
+    assert "policy.rules[0].require_user_verification" in text and "only applies" in text
+
+
+def client_requirements(text, **kw):
+    doc = yamlsource.load(textwrap.dedent(text))
+    c = Checker(doc, base_dir=Path("."), env={})
+    return sensitivity.parse(c, doc.data["client"], "client", **kw), c.problems
+
+
+def test_client_sensitivity_parses_and_the_ldap_front_end_cannot_require_a_number():
+    requires, problems = client_requirements("""
+        client: {require_verification: number_match, require_user_verification: true}""")
+    assert problems == [] and requires == ClientRequirements(Verification.NUMBER_MATCH, True)
+    _, problems = client_requirements("client: {require_verification: none}")
+    assert problems  # "none" requires nothing: not a value
+    _, problems = client_requirements("client: {require_verification: number_match}",
+                                      verification_allowed=False)
+    assert any("LDAP bind" in str(p) for p in problems)
+
+
+def test_the_client_floor_raises_a_plain_push_and_never_lowers_a_rule():
+    strict = ClientRequirements(Verification.NUMBER_MATCH, True)
+    needs = sensitivity.apply(strict, Verification.NONE, False)
+    assert needs.verification is Verification.NUMBER_MATCH and needs.user_verification
+    assert needs.raised_by_client and needs.presence_by_client
+    # a rule's own verified mode stays (it proves the same: the user is at the screen)
+    assert sensitivity.apply(strict, Verification.CODE_TO_LOGIN, False).verification \
+        is Verification.CODE_TO_LOGIN
+    # nothing required: the policy's choice, untouched
+    assert sensitivity.apply(ClientRequirements(), Verification.NONE, True) == \
+        sensitivity.PushNeeds(Verification.NONE, True)
+
+
+def test_explain_shows_presence_and_the_client_floor():
+    policy = good(PRESENCE)
+    text = explain(policy, ctx("bob"), ClientRequirements(Verification.NUMBER_MATCH, True))
+    assert "Result: push with number_match verification" in text
+    assert "client 'vpn-gw-1' requires number_match (require_verification)" in text
+    assert "Presence: Approve needs a passkey" in text and "require_user_verification" in text
+    assert "allowed, audited as presence not_verified" in text
+    assert "Presence: not required" in explain(policy, ctx("bob"))
+    assert "rule 'admins' requires it" in explain(policy, ctx("root-alice"))
+
+
+def make(tmp_path, policy=None):
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    counters = Counters()
+    engine = Engine(clock=clock, directory=ScriptedDirectory(), provider=ScriptedProvider(),
+                    push=PushConfig(timeout=60, failmode=FailMode.SECURE,
+                                    no_device=NoDeviceMode.REJECT),
+                    audit=AuditLog(str(tmp_path / "audit.jsonl"), counters),
+                    counters=counters, policy=policy)
+    return engine
+
+
+def login(requires=ClientRequirements(), station="198.51.100.7"):
+    return LoginRequest(protocol="radius", username="alice", password="alice-pw",
+                        client_name="vpn-gw-1", source="127.0.0.1",
+                        calling_station=station, nas="gw1",
+                        no_device=NoDeviceMode.REJECT, requires=requires)
+
+
+def test_the_engine_asks_the_provider_for_presence_with_the_policys_fallback(tmp_path):
+    engine = make(tmp_path, good(PRESENCE))
+    engine.login(login())
+    engine.login(login(ClientRequirements(user_verification=True), station="198.51.100.8"))
+    plain, sensitive = engine.provider.requests
+    assert plain.user_verification is None
+    assert sensitive.user_verification == "allow"
+
+
+def test_a_refused_presence_check_rejects_and_the_audit_says_why(tmp_path):
+    engine = make(tmp_path, good(PRESENCE))
+    got = []
+    engine.login(login(ClientRequirements(user_verification=True))).addCallback(got.append)
+    (request,) = engine.provider.requests
+    engine.provider._pending.pop(request.txid).callback(
+        PushResult(PushStatus.PRESENCE_NOT_VERIFIED, request.txid, "dev1",
+                   presence="refused:uv_off"))
+    assert got[0].outcome is Outcome.REJECT and got[0].reason is Reason.PRESENCE_NOT_VERIFIED
+    import json
+
+    (event,) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert (event["reason"], event["presence"]) == ("presence_not_verified", "refused:uv_off")
+
+
+def test_an_approval_without_presence_is_audited_as_such(tmp_path):
+    engine = make(tmp_path, good(PRESENCE))
+    got = []
+    engine.login(login(ClientRequirements(user_verification=True))).addCallback(got.append)
+    (request,) = engine.provider.requests
+    engine.provider._pending.pop(request.txid).callback(
+        PushResult(PushStatus.APPROVED, request.txid, "dev1", presence="not_verified"))
+    assert got[0].outcome is Outcome.ACCEPT
+    import json
+
+    (event,) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert (event["reason"], event["presence"]) == ("push_approved", "not_verified")
