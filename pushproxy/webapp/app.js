@@ -171,6 +171,7 @@ function wireButtons() {
   });
   $("notify-button").addEventListener("click", turnOnNotifications);
   $("approve").addEventListener("click", () => answer("approve"));
+  $("passkey-button").addEventListener("click", () => setUpPasskey());
   $("request-number").addEventListener("keydown", (event) => {
     if (event.key === "Enter") answer("approve");
   });
@@ -313,6 +314,9 @@ async function enroll() {
       pushing.then((late) => late && attachSubscription(late)).catch(() => {});
     }
     startApproving(true);
+    // The passkey for presence, right away (the main screen offers it again if
+    // this fails or the user cancels).
+    setUpPasskey({ quiet: true });
   } catch (err) {
     if (err instanceof PP.ApiError && err.code === "invalid_enrollment") {
       show("enroll-invalid");
@@ -411,9 +415,33 @@ function startApproving(justEnrolled) {
     $("idle-enrolled").textContent = `This phone is set up for ${state.device.username}.`;
   }
   updatePushHints();
+  updatePasskeyBox();
   render();
   startPolling();
   syncPush();
+}
+
+// -- presence: a platform passkey (passkey.js, docs/presence.md) --
+
+async function updatePasskeyBox() {
+  $("passkey-box").hidden = Boolean(state.device.passkey) || !(await PK.available());
+}
+
+async function setUpPasskey({ quiet = false } = {}) {
+  if (state.device.passkey || !(await PK.available())) return;
+  $("passkey-button").disabled = true;
+  if (!quiet) $("passkey-status").textContent = "Setting up…";
+  try {
+    await PK.register(API_BASE, state.device);
+    state.device.passkey = true;
+    await PP.saveDevice(state.device);
+    $("passkey-status").textContent = "Face or fingerprint is set up.";
+  } catch (err) {
+    if (!quiet) $("passkey-status").textContent = `Not set up: ${describeError(err)}`;
+  } finally {
+    $("passkey-button").disabled = false;
+    updatePasskeyBox();
+  }
 }
 
 function knownRequest(request) {
@@ -603,6 +631,11 @@ const RESULTS = {
     title: "Sent",
     detail: "If the number matched the one on the sign-in screen, the sign-in goes ahead.",
   },
+  presence: {
+    title: "Not approved",
+    detail: "This sign-in needs your face or fingerprint on this phone, and that check did " +
+      "not succeed. Sign in again to get a new request.",
+  },
   404: { title: "No longer open", detail: "This request is gone." },
   409: { title: "Already answered", detail: "This request was answered on another device." },
   410: { title: "Expired", detail: "This request expired before your answer arrived." },
@@ -627,6 +660,12 @@ async function answer(decision) {
       request.txid, request.nonce, decision, request.username, state.device.deviceId, number));
     const body = { txid: request.txid, decision, signature };
     if (number !== null) body.number = number;
+    if (decision === "approve" && request.user_verification === "required" &&
+        state.device.passkey) {
+      // Face or fingerprint first; without it the server refuses the Approve.
+      const assertion = await PK.assert(API_BASE, state.device, request);
+      if (assertion) body.webauthn = assertion;
+    }
     const reply = await PP.call(API_BASE, "POST", "v1/device/answer",
       { body, device: state.device });
     if (reply && typeof reply.code === "string") {
@@ -639,7 +678,9 @@ async function answer(decision) {
       finish(request, number !== null ? RESULTS.matched : RESULTS[decision]);
     }
   } catch (err) {
-    if (err instanceof PP.ApiError && RESULTS[err.status]) {
+    if (err instanceof PP.ApiError && err.code === "presence_not_verified") {
+      finish(request, RESULTS.presence);
+    } else if (err instanceof PP.ApiError && RESULTS[err.status]) {
       finish(request, RESULTS[err.status]);
     } else {
       $("request-status").textContent =
