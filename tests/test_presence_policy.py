@@ -155,3 +155,20 @@ def test_an_approval_without_presence_is_audited_as_such(tmp_path):
 
     (event,) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert (event["reason"], event["presence"]) == ("push_approved", "not_verified")
+
+
+def test_check_config_warns_when_presence_cannot_work(tmp_path):
+    """An IP address as public_url host cannot be a WebAuthn RP ID: said at check time."""
+    from types import SimpleNamespace
+
+    from pushproxy.approval.presence import config_warnings
+
+    def config(url, policy_text=PRESENCE):
+        radius = SimpleNamespace(all_clients=())
+        return SimpleNamespace(policy=good(policy_text), radius=radius, ldap_front=None,
+                               approval=SimpleNamespace(public_url=url))
+
+    (warning,) = config_warnings(config("http://127.0.0.1:8443"))
+    assert "'127.0.0.1' is not a DNS name" in warning and "allowed without it" in warning
+    assert config_warnings(config("https://mfa.example.com")) == []
+    assert config_warnings(config("http://127.0.0.1", "policy: {}")) == []

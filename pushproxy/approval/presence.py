@@ -286,3 +286,22 @@ def parse_payload(value) -> dict | None:
         except ValueError:
             raise Malformed("webauthn is not JSON") from None
     return check_shape(value, registration=False)
+
+
+def config_warnings(config) -> list[str]:
+    """check-config / serve: presence is required somewhere but cannot work as set up."""
+    policy = config.policy
+    clients = [c.name for c in config.radius.all_clients if c.requires.user_verification]
+    front = getattr(config, "ldap_front", None)
+    if front is not None and front.requires.user_verification:
+        clients.append(front.name)
+    needed = policy.require_user_verification or clients or any(
+        rule.user_verification for rule in policy.rules)
+    rp = RelyingParty.from_public_url(config.approval.public_url)
+    if not needed or rp.usable:
+        return []
+    outcome = ("refused" if policy.user_verification_fallback == "refuse"
+               else "allowed without it (presence not_verified)")
+    return [f"presence is required (policy or clients {', '.join(clients) or '-'}) but "
+            f"approval.public_url's host {rp.rp_id!r} is not a DNS name: WebAuthn passkeys "
+            f"need one, so no device can make one and every such Approve is {outcome}"]
