@@ -1,4 +1,4 @@
-"""Issue 21 item 4: a sensitive RADIUS client requires verified push and presence
+"""Issue 21 item 4: a sensitive RADIUS client (or the LDAP front end) requires verified push and presence
 whatever the policy rules say (real daemon, slapd, radclient, the command-line
 authenticator), and ``pushproxy policy explain`` says so."""
 
@@ -85,3 +85,29 @@ def test_policy_explain_shows_the_client_floor(stack):
         capture_output=True, text=True, timeout=60)
     assert "Result: push with none verification" in plain.stdout
     assert "Presence: not required" in plain.stdout
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_ldap_front_end_can_require_presence(stacks, slapd, tmp_path):
+    """ldap_front.require_user_verification: a bind's push needs a passkey; the
+    command-line authenticator has none, so its Approve is refused and the bind fails."""
+    import shutil
+
+    from tests.integration.test_ldap_front import FRONT, Front, front_section
+
+    if shutil.which("ldapwhoami") is None:
+        pytest.skip("ldap-utils not installed")
+    s = yield stacks(timeout=20, extra=front_section(slapd, bind_cache_seconds=0,
+                                                     require_user_verification="true"))
+    front = Front(s, slapd, tmp_path)
+    state = yield s.device()
+    bind = front.whoami("alice", "alice-pw")
+    request = yield threads.deferToThread(first_request, state)
+    assert request["user_verification"] == "required"
+    with pytest.raises(auth.ApiError):
+        yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
+    code, _, _ = yield bind
+    assert code != 0
+    (event,) = front.audit()
+    assert (event["client"], event["reason"], event["presence"]) == \
+        (FRONT, "presence_not_verified", "refused:no_passkey")
