@@ -172,3 +172,26 @@ def test_check_config_warns_when_presence_cannot_work(tmp_path):
     assert "'127.0.0.1' is not a DNS name" in warning and "allowed without it" in warning
     assert config_warnings(config("https://mfa.example.com")) == []
     assert config_warnings(config("http://127.0.0.1", "policy: {}")) == []
+
+
+def test_radsec_clients_take_the_sensitivity_keys():
+    from pushproxy.radsec import settings
+
+    doc = yamlsource.load(textwrap.dedent("""\
+        clients:
+          - name: radsecproxy-dc1
+            match: {dns: radsecproxy.example.com}
+            require_verification: code_to_login
+            require_user_verification: true
+        psk:
+          - name: gw-psk
+            identity: gw-1
+            key_env: GW_PSK
+            require_user_verification: true
+        """))
+    c = Checker(doc, base_dir=Path("."), env={"GW_PSK": "00112233445566778899aabbccddeeff"})
+    tls = settings._client(c, doc.data["clients"][0], "radius.radsec.clients[0]")
+    psk = settings._psk_client(c, doc.data["psk"][0], "radius.radsec.psk_clients[0]")
+    assert c.problems == []
+    assert tls.client.requires == ClientRequirements(Verification.CODE_TO_LOGIN, True)
+    assert psk.client.requires == ClientRequirements(None, True)

@@ -1,6 +1,7 @@
-"""Issue 21 item 4: a sensitive RADIUS client (or the LDAP front end) requires verified push and presence
-whatever the policy rules say (real daemon, slapd, radclient, the command-line
-authenticator), and ``pushproxy policy explain`` says so."""
+"""Issue 21 item 4: a sensitive RADIUS client (or the LDAP front end) requires
+verified push and presence whatever the policy rules say (real daemon, slapd,
+radclient, ldapwhoami, the command-line authenticator), and ``pushproxy policy
+explain`` says so."""
 
 from __future__ import annotations
 
