@@ -567,8 +567,15 @@ function fillRequest(request) {
   const hint = matching ? "Type the number shown on the sign-in screen, then approve."
     : request.verification === "code_to_login"
       ? "After you approve, this app shows a code to type at the sign-in." : "";
-  $("request-hint").textContent = hint;
-  $("request-hint").hidden = !hint;
+  // Presence: Approve asks for the face or fingerprint (passkey.js); a phone
+  // without a passkey may not be able to approve at all (the policy decides).
+  const presence = request.user_verification !== "required" ? ""
+    : state.device.passkey ? "Approving asks for your face or fingerprint."
+      : "This sign-in asks for a face or fingerprint check, which this phone is not set " +
+        "up for: your approval may be refused.";
+  const hints = [hint, presence].filter(Boolean).join(" ");
+  $("request-hint").textContent = hints;
+  $("request-hint").hidden = !hints;
   const count = state.requests.size;
   const position = [...state.requests.values()].sort((a, b) => a.created - b.created)
     .findIndex((r) => r.txid === request.txid) + 1;

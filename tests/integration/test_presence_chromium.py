@@ -118,6 +118,7 @@ def approve_in_page(app: EnrolledApp, station: str, result: str):
                             login_attrs(station=station), timeout=30)
         phone.visible("screen-request")
         phone.wait_text("request-client-ip", station)
+        assert phone.text("request-hint") == "Approving asks for your face or fingerprint."
         phone.click("approve")
         phone.wait_text("result-title", result)
         return login.result(timeout=40), phone.text("result-detail")
