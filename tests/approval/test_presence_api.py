@@ -15,7 +15,7 @@ from pushproxy.approval import authenticator as auth
 from pushproxy.approval import crypto
 from pushproxy.approval.presence import RelyingParty
 from pushproxy.decision import PushStatus
-from tests.approval.softauthn import UP, UV, SoftAuthenticator
+from tests.approval.softauthn import UP, SoftAuthenticator
 from tests.approval.test_authenticator_e2e import World, answered, enrolled, in_thread
 
 RP = RelyingParty(rp_id="localhost", origin="https://localhost:8443")
