@@ -16,6 +16,8 @@ the command-line authenticator, which has no passkey, is refused under
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -136,6 +138,11 @@ def test_enrollment_creates_a_platform_passkey_bound_to_the_device(app):
                                   {"authenticatorId": app.authenticator})
     (credential,) = credentials["credentials"]
     assert credential["rpId"] == "localhost" and not credential["isResidentCredential"]
+    listed = yield threads.deferToThread(subprocess.run, [
+        sys.executable, "-m", "pushproxy.cli", "devices", "list", "--config",
+        str(app.stack.config_path)], capture_output=True, text=True, timeout=60)
+    (line,) = [x for x in listed.stdout.splitlines() if x.startswith(device.id)]
+    assert line.endswith(", passkey"), listed.stdout
 
 
 @pytest_twisted.inlineCallbacks
