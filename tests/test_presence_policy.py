@@ -195,3 +195,17 @@ def test_radsec_clients_take_the_sensitivity_keys():
     assert c.problems == []
     assert tls.client.requires == ClientRequirements(Verification.CODE_TO_LOGIN, True)
     assert psk.client.requires == ClientRequirements(None, True)
+
+
+def test_the_relying_party_is_the_public_urls_host_and_origin():
+    from pushproxy.approval.presence import RelyingParty
+
+    assert RelyingParty.from_public_url("https://MFA.example.com:443/prefix") == \
+        RelyingParty("mfa.example.com", "https://mfa.example.com")
+    assert RelyingParty.from_public_url("http://localhost:8080") == \
+        RelyingParty("localhost", "http://localhost:8080")
+    assert RelyingParty.from_public_url("https://mfa.example.com:8443").origin == \
+        "https://mfa.example.com:8443"
+    assert not RelyingParty.from_public_url("https://192.0.2.1").usable
+    assert not RelyingParty.from_public_url("https://[2001:db8::1]").usable
+    assert RelyingParty.from_public_url("https://mfa.example.com").usable

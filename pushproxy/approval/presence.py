@@ -71,8 +71,12 @@ class RelyingParty:
     def from_public_url(cls, public_url: str) -> RelyingParty:
         """The RP of ``approval.public_url`` (its host; origin = scheme://host[:port])."""
         parts = urlsplit(public_url)
-        return cls(rp_id=(parts.hostname or "").lower(),
-                   origin=f"{parts.scheme}://{parts.netloc.lower()}")
+        host = (parts.hostname or "").lower()
+        shown = f"[{host}]" if ":" in host else host
+        # as a browser serializes the origin: no user info, no default port
+        default = {"https": 443, "http": 80}.get(parts.scheme)
+        port = f":{parts.port}" if parts.port and parts.port != default else ""
+        return cls(rp_id=host, origin=f"{parts.scheme}://{shown}{port}")
 
     @property
     def usable(self) -> bool:
