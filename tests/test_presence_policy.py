@@ -209,3 +209,31 @@ def test_the_relying_party_is_the_public_urls_host_and_origin():
     assert not RelyingParty.from_public_url("https://192.0.2.1").usable
     assert not RelyingParty.from_public_url("https://[2001:db8::1]").usable
     assert RelyingParty.from_public_url("https://mfa.example.com").usable
+
+
+def test_a_login_that_needs_presence_is_never_remembered(tmp_path):
+    """remember_minutes would let the next login skip the push, and with it the face."""
+    remembering = good("""
+        policy:
+          remember_minutes: 30
+          require_user_verification: true
+        """)
+    engine = make(tmp_path, remembering)
+    for _ in range(2):
+        got = []
+        engine.login(login()).addCallback(got.append)
+        request = engine.provider.requests[-1]
+        engine.provider._pending.pop(request.txid).callback(
+            PushResult(PushStatus.APPROVED, request.txid, "dev1", presence="verified"))
+        assert got[0].reason is Reason.PUSH_APPROVED
+    assert len(engine.provider.requests) == 2  # the second login was pushed again
+    # without presence the same policy remembers the login (the control)
+    engine = make(tmp_path, good("policy: {remember_minutes: 30}"))
+    got = []
+    engine.login(login()).addCallback(got.append)
+    request = engine.provider.requests[-1]
+    engine.provider._pending.pop(request.txid).callback(
+        PushResult(PushStatus.APPROVED, request.txid, "dev1"))
+    again = []
+    engine.login(login()).addCallback(again.append)
+    assert again[0].reason is Reason.REMEMBERED and len(engine.provider.requests) == 1
