@@ -274,3 +274,12 @@ async def test_an_ip_address_public_url_offers_no_passkeys(ip_world, tmp_path):
     state_dir, _ = await enrolled(ip_world, tmp_path)
     status, body = await in_thread(call, state_dir, "POST", "/v1/device/passkey-options", {})
     assert (status, body["error"]) == (409, "no_rp")
+
+
+def test_the_cli_says_when_a_request_needs_presence():
+    from pushproxy.approval.authenticator_cli import describe
+
+    entry = {"txid": "t", "username": "alice", "created": 1.0, "expires": 61.0,
+             "user_verification": "required"}
+    assert "presence:    needs a face or fingerprint" in describe(entry, 1.0)
+    assert "presence" not in describe({**entry, "user_verification": "none"}, 1.0)
