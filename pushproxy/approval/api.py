@@ -281,10 +281,20 @@ class ApprovalApi:
     async def device_link(self, request: server.Request) -> tuple[int, dict]:
         """``POST /v1/device/enrollment``: a one-time link for another device of this
         device's user (pushproxy.approval.adddevice)."""
-        device, _ = await self._device(request)
+        device, body = await self._device(request)
         if self.device_links is None:
             raise ApprovalError(404, "not_found", "adding devices is not offered here")
         from pushproxy.approval.adddevice import new_device_link
+        from pushproxy.approval.presence import Refusal
+
+        try:
+            # a device with a passkey adds one only with its face or fingerprint
+            webauthn = parse_payload(_json_object(body or b"{}").get("webauthn"))
+            await self.service.presence.check_add_device(device, webauthn)
+        except Malformed as exc:
+            raise _bad_request(str(exc)) from None
+        except Refusal as exc:
+            raise ApprovalError(403, "presence_not_verified", exc.why) from None
 
         return 201, await new_device_link(self.service, device, *self.device_links)
 

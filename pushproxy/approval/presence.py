@@ -102,6 +102,18 @@ def approval_subject(txid: str) -> str:
     return f"approve:{txid}"
 
 
+#: The store's name for the challenge of "add a device" (docs/presence.md): a device
+#: with a passkey makes a link for a new device only with its face or fingerprint,
+#: or a thief holding the unlocked phone could enroll a phone of their own.
+ADD_DEVICE = "add-device"
+
+
+def add_device_challenge(device_id: str, nonce: str) -> bytes:
+    """The challenge an "add a device" assertion must sign."""
+    return hashlib.sha256("\0".join(("pushproxy-presence-v1", ADD_DEVICE, device_id,
+                                     nonce)).encode("utf-8")).digest()
+
+
 def check_shape(credential, *, registration: bool) -> dict:
     """The browser's PublicKeyCredential JSON, bounded; `Malformed` if it is not one."""
     if not isinstance(credential, dict):
@@ -197,16 +209,23 @@ class Presence:
     # -- approvals
 
     async def request_options(self, device, tx) -> dict:
-        """PublicKeyCredentialRequestOptions for approving ``tx`` on ``device``."""
+        """PublicKeyCredentialRequestOptions for approving ``tx`` on ``device``
+        (``tx`` None: for "add a device")."""
         passkeys = await self.store.passkeys(device.id)
         if not passkeys:
             raise Refusal("no_passkey", "this device has no passkey")
         now = self.wallclock()
         nonce = secrets.token_urlsafe(24)
         # single use, and no longer than the request it is for
-        await self.store.put_webauthn_challenge(device.id, approval_subject(tx.id), nonce,
-                                                tx.expires, now)
-        return {"challenge": b64url_encode(approval_challenge(tx.id, device.id, nonce)),
+        if tx is None:
+            await self.store.put_webauthn_challenge(device.id, ADD_DEVICE, nonce,
+                                                    now + REGISTER_TTL, now)
+            challenge = add_device_challenge(device.id, nonce)
+        else:
+            await self.store.put_webauthn_challenge(device.id, approval_subject(tx.id), nonce,
+                                                    tx.expires, now)
+            challenge = approval_challenge(tx.id, device.id, nonce)
+        return {"challenge": b64url_encode(challenge),
                 "rpId": self.rp.rp_id, "timeout": TIMEOUT_MS, "userVerification": "required",
                 "allowCredentials": [{"type": "public-key", "id": p.credential_id,
                                       "transports": ["internal"]} for p in passkeys]}
@@ -224,15 +243,26 @@ class Presence:
             if fallback == "allow":
                 return "not_verified"
             raise Refusal("no_passkey", "presence is required and this device has no passkey")
+        return await self._check(device, passkeys, assertion, approval_subject(tx.id),
+                                 lambda nonce: approval_challenge(tx.id, device.id, nonce))
+
+    async def check_add_device(self, device, assertion) -> str | None:
+        """Whether ``device`` may make a link for a new device: a device with a passkey
+        must prove presence ("verified"); one without needs nothing (None)."""
+        passkeys = await self.store.passkeys(device.id)
+        if not passkeys:
+            return None
+        return await self._check(device, passkeys, assertion, ADD_DEVICE,
+                                 lambda nonce: add_device_challenge(device.id, nonce))
+
+    async def _check(self, device, passkeys, assertion, subject: str, challenge_of) -> str:
         if assertion is None:
-            raise Refusal("no_assertion", "presence is required: the Approve carried no "
+            raise Refusal("no_assertion", "presence is required: the request carried no "
                                           "passkey assertion")
         now = self.wallclock()
-        nonce = await self.store.take_webauthn_challenge(device.id, approval_subject(tx.id),
-                                                         now)
+        nonce = await self.store.take_webauthn_challenge(device.id, subject, now)
         if nonce is None:
-            raise Refusal("no_challenge", "no open presence challenge for this request on "
-                                          "this device")
+            raise Refusal("no_challenge", "no open presence challenge for this on this device")
         passkey = next((p for p in passkeys if p.credential_id == assertion["rawId"]
                         or p.credential_id == assertion["id"]), None)
         if passkey is None:
@@ -240,8 +270,7 @@ class Presence:
                                               "this device")
         try:
             verified = verify_authentication_response(
-                credential=assertion,
-                expected_challenge=approval_challenge(tx.id, device.id, nonce),
+                credential=assertion, expected_challenge=challenge_of(nonce),
                 expected_rp_id=self.rp.rp_id, expected_origin=self.rp.origin,
                 credential_public_key=b64url_decode(passkey.public_key),
                 credential_current_sign_count=passkey.sign_count,

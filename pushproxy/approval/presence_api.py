@@ -7,7 +7,9 @@ Device-authenticated like the rest of ``/v1/device`` (`ApprovalApi._device`):
 - ``POST /v1/device/passkey`` ``{"credential": PublicKeyCredential JSON}``:
   verify and bind the passkey to the device;
 - ``POST /v1/device/presence`` ``{"txid": ..., "decision": "approve"}``: request
-  options whose challenge binds the transaction, the decision and the device.
+  options whose challenge binds the transaction, the decision and the device;
+  ``{"decision": "add_device"}``: for "add a device" (``POST /v1/device/enrollment``
+  with ``"webauthn"``), which a device with a passkey must pass.
 
 The assertion itself travels in the answer (``POST /v1/device/answer``,
 ``"webauthn": {...}``) so that it is checked in the answer's own path.
@@ -62,12 +64,14 @@ class PresenceApi:
 
         device, body = await self.api._device(request)
         fields = _json_object(body)
-        txid = _string(fields, "txid")
-        if _string(fields, "decision") != "approve":
-            raise _bad("only an Approve needs presence (decision must be approve)")
-        tx = await self.service.open_transaction_of(device, txid)
-        if not tx.context.get("user_verification"):
-            raise ApprovalError(409, "not_required", "this request does not need presence")
+        decision = _string(fields, "decision")
+        tx = None
+        if decision == "approve":
+            tx = await self.service.open_transaction_of(device, _string(fields, "txid"))
+            if not tx.context.get("user_verification"):
+                raise ApprovalError(409, "not_required", "this request does not need presence")
+        elif decision != "add_device":
+            raise _bad("presence is asked for approve (with txid) or add_device")
         try:
             return 200, {"publicKey": await self.service.presence.request_options(device, tx)}
         except Refusal as exc:

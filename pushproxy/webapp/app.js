@@ -370,8 +370,14 @@ async function addDevice() {
   const status = $("add-device-status");
   status.textContent = "Making a setup link…";
   try {
+    const body = {};
+    if (state.device.passkey) {
+      // a phone with a passkey adds another only with its face or fingerprint
+      const assertion = await PK.assert(API_BASE, state.device, null);
+      if (assertion) body.webauthn = assertion;
+    }
     const answer = await PP.call(API_BASE, "POST", "v1/device/enrollment",
-      { body: {}, device: state.device });
+      { body, device: state.device });
     $("add-device-qr").src = answer.qr;
     $("add-device-link").textContent = answer.link;
     $("add-device-link").href = answer.link;

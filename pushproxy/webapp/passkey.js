@@ -70,11 +70,13 @@ const PK = (() => {
   /**
    * The assertion for approving request (JSON for the answer's "webauthn"), or
    * null when the user or the authenticator did not verify: the Approve then
-   * goes without it and the server records the refusal.
+   * goes without it and the server records the refusal. request null: for
+   * "add a device".
    */
   async function assert(apiBase, device, request) {
-    const options = await PP.call(apiBase, "POST", "v1/device/presence",
-      { body: { txid: request.txid, decision: "approve" }, device });
+    const body = request ? { txid: request.txid, decision: "approve" }
+      : { decision: "add_device" };
+    const options = await PP.call(apiBase, "POST", "v1/device/presence", { body, device });
     try {
       const credential = await navigator.credentials.get(
         { publicKey: requestOptions(options.publicKey) });

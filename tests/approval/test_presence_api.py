@@ -283,3 +283,46 @@ def test_the_cli_says_when_a_request_needs_presence():
              "user_verification": "required"}
     assert "presence:    needs a face or fingerprint" in describe(entry, 1.0)
     assert "presence" not in describe({**entry, "user_verification": "none"}, 1.0)
+
+
+def add_device(state_dir, webauthn=None):
+    body = {} if webauthn is None else {"webauthn": webauthn}
+    return call(state_dir, "POST", "/v1/device/enrollment", body)
+
+
+@pytest.fixture
+def linking_world(reactor):
+    from pushproxy.approval.api import build_site
+
+    w = World(reactor, relying_party=RP)
+    # World's site offers no "add a device": this one does
+    w.port.stopListening()
+    w.port = reactor.listenTCP(0, build_site(w.service, max_body=16384, reactor=reactor,
+                                             device_links=(w.base_url, 900.0)),
+                               interface="127.0.0.1")
+    w.base_url = f"http://127.0.0.1:{w.port.getHost().port}"
+    yield w
+    w.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_with_a_passkey_adds_a_device_only_with_presence(linking_world,
+                                                                       tmp_path):
+    """A thief with the unlocked phone must not enroll a phone of their own."""
+    world = linking_world
+    plain, _ = await enrolled(world, tmp_path, name="no-passkey")
+    assert (await in_thread(add_device, plain))[0] == 200  # no passkey: as before
+    state_dir, soft = await with_passkey(world, tmp_path)
+    status, body = await in_thread(add_device, state_dir)
+    assert (status, body["error"]) == (403, "presence_not_verified")
+
+    def options():
+        return call(state_dir, "POST", "/v1/device/presence", {"decision": "add_device"})
+
+    status, body = await in_thread(options)
+    status, refused = await in_thread(add_device, state_dir, soft.get(body["publicKey"],
+                                                                      flags=UP))
+    assert (status, refused["error"]) == (403, "presence_not_verified")  # UV off
+    status, body = await in_thread(options)
+    status, answer = await in_thread(add_device, state_dir, soft.get(body["publicKey"]))
+    assert status == 200 and "#" in answer["link"]

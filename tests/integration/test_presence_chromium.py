@@ -320,3 +320,30 @@ def test_an_assertion_without_the_uv_flag_is_refused_by_the_server(app):
     assert reply.code == "Access-Reject"
     event = last_audit(app.stack, before + 1)
     assert (event["reason"], event["presence"]) == ("presence_not_verified", "refused:uv_off")
+
+
+@pytest_twisted.inlineCallbacks
+def test_add_another_device_asks_for_the_face_and_refuses_without_it(app):
+    """A thief holding the unlocked phone cannot make a setup link for a phone of their
+    own: "Add another device" needs the passkey too."""
+    from tests.integration.test_rollout_chromium import add_device_link
+
+    phone = app.phone
+
+    def scenario():
+        phone.open(app.app_url)
+        phone.cdp("WebAuthn.setUserVerified", {"authenticatorId": app.authenticator,
+                                               "isUserVerified": False})
+        try:
+            phone.visible("screen-idle")
+            phone.click("add-device")
+            phone.wait_text("add-device-status", "Could not make a setup link")
+            refused = phone.driver.find_element("id", "add-device-box").is_displayed()
+        finally:
+            phone.cdp("WebAuthn.setUserVerified", {"authenticatorId": app.authenticator,
+                                                   "isUserVerified": True})
+        return refused, add_device_link(phone)
+
+    refused, (link, qr) = yield in_thread(scenario)
+    assert not refused
+    assert "/app/enroll#" in link and qr.startswith("data:image/png;base64,")
