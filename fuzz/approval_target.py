@@ -15,7 +15,9 @@ fields reach the code behind those checks. `check` is the oracle:
   ``approve`` for it with the phone's key (and the right number, for number
   matching): hostile JSON, wrong types, forged or replayed signatures never
   approve anything;
-- a device is enrolled only with the real enrollment token.
+- a device is enrolled only with the real enrollment token;
+- the third login needs presence (a passkey assertion, docs/presence.md) and the
+  phone has a passkey whose private key nobody holds: it is never approved.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from twisted.test.proto_helpers import StringTransport
 from pushproxy.approval import crypto
 from pushproxy.approval.api import build_site
 from pushproxy.approval.asyncstore import AsyncStore
+from pushproxy.approval.passkeystore import Passkey
+from pushproxy.approval.presence import RelyingParty
+from pushproxy.approval.webpush import b64url_encode
 from pushproxy.approval.service import ApprovalService, new_enrollment
 from pushproxy.approval.store import SQLiteStore
 from pushproxy.decision import PushStatus
@@ -46,6 +51,12 @@ PHONE_KEY = ec.generate_private_key(ec.SECP256R1())
 PHONE_PUBLIC = crypto.public_key_text(PHONE_KEY.public_key())
 NEW_KEY = ec.generate_private_key(ec.SECP256R1())
 NEW_PUBLIC = crypto.public_key_text(NEW_KEY.public_key())
+# The phone's passkey: a real ES256 COSE key whose private half is thrown away.
+_PASSKEY = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+PASSKEY_COSE = b64url_encode(
+    b"\xa5\x01\x02\x03\x26\x20\x01\x21\x58\x20" + _PASSKEY.x.to_bytes(32, "big")
+    + b"\x22\x58\x20" + _PASSKEY.y.to_bytes(32, "big"))
+PASSKEY_ID = b64url_encode(b"fuzz-passkey-id!")
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
@@ -66,8 +77,10 @@ class Harness:
         self.clock.advance(T0)
         self.store = SQLiteStore(":memory:")
         self.counters = Counters()
-        self.service = ApprovalService(store=AsyncStore.inline(self.store), reactor=self.clock,
-                                       counters=self.counters, vapid_public_key="vapid")
+        self.service = ApprovalService(
+            store=AsyncStore.inline(self.store), reactor=self.clock, counters=self.counters,
+            vapid_public_key="vapid",
+            relying_party=RelyingParty.from_public_url("https://mfa.example"))
         self.site = build_site(self.service, max_body=16384, reactor=self.clock, app=None)
         link = new_enrollment(self.store, "alice", "https://mfa.example", 900, T0)
         token = link.split("#", 1)[1]
@@ -75,13 +88,18 @@ class Harness:
         self.device = _value(self.service.enroll(token, PHONE_PUBLIC, "phone", None, sig))
         self.token = new_enrollment(self.store, "alice", "https://mfa.example", 900,
                                     T0).split("#", 1)[1]
+        self.store.add_passkey(Passkey(PASSKEY_ID, self.device.id, PASSKEY_COSE, 0, True,
+                                       False, False, T0))
         self.results = {}
-        for txid, verification in (("tx-plain", "none"), ("tx-number", "number_match")):
+        for txid, verification, presence in (("tx-plain", "none", None),
+                                             ("tx-number", "number_match", None),
+                                             ("tx-presence", "none", "refuse")):
             got = []
             self.service.request_approval(ApprovalRequest(
                 txid=txid, username="alice", application="vpn", client_ip="198.51.100.7",
                 nas="gw1", created=T0, expires=T0 + 600, verification=verification,
-                number=NUMBER if verification == "number_match" else None)).addBoth(got.append)
+                number=NUMBER if verification == "number_match" else None,
+                user_verification=presence)).addBoth(got.append)
             self.results[txid] = got
         self.nonces = {tx.id: tx.nonce for tx in self.store.pending_transactions("alice", T0)}
 

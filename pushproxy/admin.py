@@ -108,6 +108,8 @@ def cmd_devices_list(args) -> int:
         return 1
     try:
         devices = store.devices(args.user, include_revoked=args.all)
+        # presence (docs/presence.md): which devices can approve with a face or fingerprint
+        with_passkey = {d.id for d in devices if store.passkeys(d.id)}
     finally:
         store.close()
     if not devices:
@@ -118,6 +120,8 @@ def cmd_devices_list(args) -> int:
         seen = utc_stamp(d.last_seen) if d.last_seen else "-"
         status = f"revoked {utc_stamp(d.revoked)}" if d.revoked else (
             "web push" if d.push_subscription else "long-poll")
+        if d.id in with_passkey and not d.revoked:
+            status += ", passkey"
         print(f"{d.id:18} {d.username:16} {d.name[:24]:24} {utc_stamp(d.created):24} "
               f"{seen:24} {status}")
     return 0

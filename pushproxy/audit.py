@@ -47,6 +47,9 @@ class AuditEvent:
     # context section) and the risk signals the login raised (pushproxy.risk).
     location: dict | None = None
     signals: list | None = None
+    # presence (docs/presence.md): "verified", "not_verified" (approved without a
+    # passkey check, as the policy allows), None when the login needed none
+    presence: str | None = None
 
 
 def utc_stamp(epoch: float) -> str:

@@ -88,6 +88,9 @@ def exposure_warnings(config) -> list[str]:
         tls = postgres_tls_warning(config.approval.database)
         if tls:
             warnings.append(tls)
+    from pushproxy.approval.presence import config_warnings
+
+    warnings += config_warnings(config)
     return warnings
 
 

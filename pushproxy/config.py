@@ -28,6 +28,8 @@ from pushproxy.passcode_limits import PasscodeLimits, parse_passcode_limits
 from pushproxy.password_throttle import PasswordLimits, parse_password_limits
 from pushproxy.overload import OverloadLimits, parse_limits
 from pushproxy.policy import Policy, Verification, parse_policy
+from pushproxy import sensitivity
+from pushproxy.sensitivity import ClientRequirements
 from pushproxy.replyattrs import ReplyMap, parse_reply_attributes
 from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
 from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
@@ -84,6 +86,9 @@ class RadiusClient:
     # Blast-RADIUS for clients that send no Message-Authenticator: drop requests
     # that carry Proxy-State without one (the attack needs Proxy-State).
     limit_proxy_state: bool = True
+    # sensitivity (pushproxy.sensitivity): verified push / presence required
+    # for this client's logins, whatever the policy rules say
+    requires: ClientRequirements = ClientRequirements()
 
 
 @dataclass(frozen=True)
@@ -529,7 +534,7 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
     m = c.mapping(value, path, required=("name", "address"),
                   optional=("secret_file", "secret_env", "require_message_authenticator",
                             "limit_proxy_state", "no_device", "verification",
-                            *UPSTREAM_KEYS),
+                            *sensitivity.KEYS, *UPSTREAM_KEYS),
                   secret_keys=("secret",))
     if m is None:
         return None
@@ -542,13 +547,14 @@ def _radius_client(c: Checker, value, path: str) -> RadiusClient | None:
                       f"{path}.require_message_authenticator", True)
     limit_proxy_state = c.boolean(m, "limit_proxy_state", f"{path}.limit_proxy_state", True)
     no_device, verification = client_modes(c, m, path)
+    requires = sensitivity.parse(c, m, path)
     upstream = parse_client_upstream(c, m, path, _names())
     if name is None or network is None or secret is None:
         return None
     return RadiusClient(name=name, network=network, secret=secret.encode("utf-8"),
                         require_message_authenticator=mauth, no_device=no_device,
                         verification=verification, upstream=upstream,
-                        limit_proxy_state=limit_proxy_state)
+                        limit_proxy_state=limit_proxy_state, requires=requires)
 
 
 def _ldap(c: Checker, value) -> LdapConfig | None:

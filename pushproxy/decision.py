@@ -77,6 +77,8 @@ class Reason(enum.Enum):
     ACCOUNT_EXPIRED = "account_expired"
     LOGON_HOURS = "logon_hours"
     LOGON_WORKSTATION = "logon_workstation"
+    # presence required (docs/presence.md): the approval came without a valid passkey assertion
+    PRESENCE_NOT_VERIFIED = "presence_not_verified"
 
 
 ACCEPT_REASONS = frozenset({Reason.PUSH_APPROVED, Reason.PUSH_UNAVAILABLE_SAFE,
@@ -147,6 +149,8 @@ class PushStatus(enum.Enum):
     DENIED = "denied"
     FRAUD = "fraud"  # denied and reported as "this wasn't me"
     NUMBER_MISMATCH = "number_mismatch"  # number matching: the user typed another number
+    # presence required: an Approve without a valid WebAuthn assertion (refused, not a "no")
+    PRESENCE_NOT_VERIFIED = "presence_not_verified"
     NO_DEVICE = "no_device"
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
@@ -161,6 +165,10 @@ class PushResult:
     device: str | None = None
     detail: str = ""
     code: str | None = None  # code_to_login: what the device showed after approval
+    # presence (docs/presence.md): "verified" (a passkey assertion with user
+    # verification came with the approval), "not_verified" (allowed without one
+    # by policy), None (not asked for)
+    presence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,7 @@ class Decision:
     attributes: tuple = ()
     user: str | None = None  # the account the login was decided for, when the primary proved one
     signals: tuple[str, ...] = ()  # risk signals this login raised (pushproxy.risk)
+    presence: str | None = None  # the push's `PushResult.presence`, for the audit trail
 
     @classmethod
     def of(cls, reason: Reason, push: PushResult | None = None, *,
@@ -187,7 +196,8 @@ class Decision:
         """A decision whose outcome follows from its reason."""
         outcome = Outcome.ACCEPT if reason in ACCEPT_REASONS else Outcome.REJECT
         return cls(outcome, reason, push.txid if push else None,
-                   push.device if push else None, rule=rule)
+                   push.device if push else None, rule=rule,
+                   presence=push.presence if push else None)
 
 
 _PRIMARY_REASONS = {
@@ -262,6 +272,8 @@ def push_decision(result: PushResult, failmode: FailMode, no_device: NoDeviceMod
         return Decision.of(Reason.NUMBER_MISMATCH, result)
     if status is PushStatus.TIMEOUT:
         return Decision.of(Reason.PUSH_TIMEOUT, result)
+    if status is PushStatus.PRESENCE_NOT_VERIFIED:
+        return Decision.of(Reason.PRESENCE_NOT_VERIFIED, result)
     if status is PushStatus.NO_DEVICE and no_device is NoDeviceMode.ENROLL:
         return dataclasses.replace(Decision.of(Reason.NO_DEVICE_ENROLL, result),
                                    message=ENROLL_MESSAGE)

@@ -47,6 +47,8 @@ from pushproxy.passcode_limits import LOCK_REASON
 from pushproxy.passcodes import Credential, Factor, parse_password
 from pushproxy.password_throttle import PasswordThrottle
 from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluate
+from pushproxy import sensitivity
+from pushproxy.sensitivity import ClientRequirements
 from pushproxy.push import (PasscodeVerdict, ProviderUnavailable, PushProvider,
                             SecondFactors)
 from pushproxy.pushes import Fanout, Pushes
@@ -115,6 +117,12 @@ class LoginRequest:
     # Where the login comes from and its risk signals (`pushproxy.contextcheck`),
     # set by the engine once the password was right; None: no context section.
     context: "LoginRisk | None" = None
+    # The client's sensitivity (pushproxy.sensitivity): a floor under the policy.
+    requires: ClientRequirements = ClientRequirements()
+    # Set by the engine, not by front ends: presence required for this login's
+    # push, with the policy's fallback for a device without a passkey
+    # ("refuse" / "allow"); None: not required.
+    user_verification: str | None = None
 
 
 def join_key(req: LoginRequest, user: str) -> tuple | None:
@@ -401,12 +409,19 @@ class Engine(Pushes, VerifiedPush):
         # for it would let any later bind from that server skip the push, unless
         # a rule names that client and so says its peer is trusted.
         remember = not req.peer_is_application or policy.names_client
+        needs = sensitivity.apply(req.requires, self._verification(req, policy),
+                                  policy.user_verification)
+        if needs.user_verification:
+            # the push must be approved with a passkey: a remembered login would skip it
+            remember = False
+            req = dataclasses.replace(req,
+                                      user_verification=self.policy.user_verification_fallback)
         if cred.factor is not Factor.PUSH_FORCED and remember and not step_up \
                 and (yield self._is_remembered(req, now)):
             return Decision.of(Reason.REMEMBERED, rule=policy.rule)
         if self._stopping:
             return Decision.of(Reason.SHUTTING_DOWN)
-        verification = self._verification(req, policy)
+        verification = needs.verification
         if step_up and verification is Verification.NONE:
             verification = Verification.NUMBER_MATCH
         if verification is not Verification.NONE:
@@ -424,6 +439,8 @@ class Engine(Pushes, VerifiedPush):
         """
         if remember is None:
             remember = not req.peer_is_application
+        if req.user_verification is not None:
+            remember = False  # presence is asked for every login, never remembered
         if self._stopping:
             return Decision.of(Reason.SHUTTING_DOWN, result)
         decision = dataclasses.replace(
@@ -517,7 +534,7 @@ class Engine(Pushes, VerifiedPush):
                       outcome=decision.outcome.value, reason=decision.reason.value,
                       rule=decision.rule, latency_ms=round(elapsed * 1000.0, 1),
                       txid=decision.txid, device=decision.device, joined=joined,
-                      sent_user=req.username)
+                      sent_user=req.username, presence=decision.presence)
         location = self.context.locate(req.calling_station) if self.context else None
         # The record first, the reply after it: every reply a client gets is in
         # the audit trail and the daemon log, even if the process dies right after

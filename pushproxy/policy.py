@@ -64,6 +64,13 @@ class Rule:
     days: frozenset[int] | None = None  # 0 = Monday, in the policy's time zone
     hours: tuple[int, int] | None = None  # minutes [start, end); start > end wraps midnight
     verification: Verification | None = None  # PUSH only; None: the policy's default
+    # PUSH only: presence (a passkey assertion with user verification, docs/presence.md)
+    # required for an approval; None: the policy's require_user_verification
+    user_verification: bool | None = None
+
+
+#: What an Approve from a device without a passkey gets when presence is required.
+UV_FALLBACKS = ("refuse", "allow")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,11 @@ class Policy:
     default_verification: Verification = Verification.NONE
     timezone: str = "UTC"  # an IANA zoneinfo key
     remember_minutes: float = 0  # 0: remembered logins are off
+    require_user_verification: bool = False  # the default of rules that do not say
+    # a device that has no passkey (the CLI authenticator, a browser without a
+    # platform authenticator): "refuse" its Approve, or "allow" it, audited as
+    # presence not_verified
+    user_verification_fallback: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,7 @@ class PolicyDecision:
     # The matching rule names the login's client in ``clients``: only then do
     # remembered logins apply to an application peer (the LDAP front end).
     names_client: bool = False
+    user_verification: bool = False  # PUSH only: presence required (before the client's floor)
 
 
 def _normalize(dn: str) -> str:
@@ -184,14 +197,19 @@ def evaluate(policy: Policy, ctx: LoginContext) -> PolicyDecision:
         misses = _misses(rule, ctx, ip, local)
         if not misses:
             verification = None
+            presence = False
             if rule.action is Action.PUSH:
                 verification = rule.verification or policy.default_verification
+                presence = policy.require_user_verification if rule.user_verification is None \
+                    else rule.user_verification
             return PolicyDecision(rule.action, verification, rule.name, tuple(reasons),
                                   rule_sets_verification=rule.verification is not None,
                                   names_client=bool(rule.clients
-                                                    and ctx.client_name in rule.clients))
+                                                    and ctx.client_name in rule.clients),
+                                  user_verification=presence)
         reasons.append(f"{rule.name}: " + "; ".join(misses))
-    return PolicyDecision(Action.PUSH, policy.default_verification, None, tuple(reasons))
+    return PolicyDecision(Action.PUSH, policy.default_verification, None, tuple(reasons),
+                          user_verification=policy.require_user_verification)
 
 
 def interesting_groups(policy: Policy) -> frozenset[str]:
@@ -199,8 +217,13 @@ def interesting_groups(policy: Policy) -> frozenset[str]:
     return frozenset(g for rule in policy.rules for g in (rule.groups or ()))
 
 
-def explain(policy: Policy, ctx: LoginContext) -> str:
-    """A multi-line, human account of how ``ctx`` goes through ``policy``."""
+def explain(policy: Policy, ctx: LoginContext, requires=None,
+            client_verification: Verification | None = None) -> str:
+    """A multi-line, human account of how ``ctx`` goes through ``policy``.
+
+    ``requires`` is the client's `pushproxy.sensitivity.ClientRequirements`
+    (None: nothing), ``client_verification`` its ``verification`` setting.
+    """
     decision = evaluate(policy, ctx)
     local = datetime.fromtimestamp(ctx.now, zoneinfo.ZoneInfo(policy.timezone))
     groups = "; ".join(sorted(ctx.groups)) or "(none)"
@@ -221,7 +244,28 @@ def explain(policy: Policy, ctx: LoginContext) -> str:
             lines.append(f"  {i + 1}. {rule.name}: not checked (an earlier rule matched)")
     where = f"rule {decision.rule!r}" if decision.rule else "no rule matched: the default"
     if decision.action is Action.PUSH:
-        lines.append(f"Result: push with {decision.verification.value} verification ({where})")
+        from pushproxy import sensitivity
+
+        requires = requires or sensitivity.ClientRequirements()
+        chosen = decision.verification if decision.rule_sets_verification \
+            else (client_verification or decision.verification)
+        needs = sensitivity.apply(requires, chosen, decision.user_verification)
+        lines.append(f"Result: push with {needs.verification.value} verification ({where})")
+        if needs.raised_by_client:
+            lines.append(f"Client sensitivity: client {ctx.client_name!r} requires "
+                         f"{needs.verification.value} (require_verification), whatever the "
+                         "rules say")
+        if needs.user_verification:
+            who = (f"client {ctx.client_name!r} requires it (require_user_verification)"
+                   if needs.presence_by_client else
+                   f"{where} requires it (require_user_verification)")
+            fallback = ("refused" if policy.user_verification_fallback == "refuse" else
+                        "allowed, audited as presence not_verified")
+            lines.append(f"Presence: Approve needs a passkey with user verification (face or "
+                         f"fingerprint): {who}; a device without a passkey: {fallback} "
+                         "(policy.user_verification_fallback)")
+        else:
+            lines.append("Presence: not required")
         if policy.remember_minutes and ctx.peer_is_application and not decision.names_client:
             lines.append("Remembered login: off for this client (its peer is an application "
                          "server; a rule whose clients name it turns it on)")
@@ -252,7 +296,9 @@ def parse_policy(checker, value, path: str = "policy", push_default: str = "none
     if value is None:
         return Policy(default_verification=Verification(push_default))
     m = c.mapping(value, path, optional=("timezone", "default_verification",
-                                         "remember_minutes", "rules"))
+                                         "remember_minutes", "rules",
+                                         "require_user_verification",
+                                         "user_verification_fallback"))
     if m is None:
         return None
     tz = c.string(m, "timezone", f"{path}.timezone", required=False) or "UTC"
@@ -265,6 +311,10 @@ def parse_policy(checker, value, path: str = "policy", push_default: str = "none
                        [v.value for v in Verification], push_default)
     remember = c.number(m, "remember_minutes", f"{path}.remember_minutes", 0,
                         minimum=0, maximum=1440)
+    presence = c.boolean(m, "require_user_verification", f"{path}.require_user_verification",
+                         False)
+    fallback = c.choice(m, "user_verification_fallback", f"{path}.user_verification_fallback",
+                        list(UV_FALLBACKS), "refuse")
     items = c.seq(m, "rules", f"{path}.rules", [])
     rules = [_rule(c, item, f"{path}.rules[{i}]", client_names) for i, item in enumerate(items)]
     seen: dict[str, int] = {}
@@ -284,7 +334,8 @@ def parse_policy(checker, value, path: str = "policy", push_default: str = "none
     if len(c.problems) > before:
         return None
     return Policy(rules=tuple(rules), default_verification=Verification(default),
-                  timezone=tz, remember_minutes=remember)
+                  timezone=tz, remember_minutes=remember, require_user_verification=presence,
+                  user_verification_fallback=fallback)
 
 
 def _strings(c, m: dict, key: str, path: str) -> list[tuple[str, str]] | None:
@@ -302,7 +353,7 @@ def _strings(c, m: dict, key: str, path: str) -> list[tuple[str, str]] | None:
 
 def _rule(c, value, path: str, client_names: set[str] | None) -> Rule | None:
     m = c.mapping(value, path, required=("name", "action"),
-                  optional=_CONDITIONS + ("verification",))
+                  optional=_CONDITIONS + ("verification", "require_user_verification"))
     if m is None:
         return None
     name = c.string(m, "name", f"{path}.name", required=False) or ""
@@ -317,6 +368,13 @@ def _rule(c, value, path: str, client_names: set[str] | None) -> Rule | None:
         if action is not None and action is not Action.PUSH:
             c.problem(f"{path}.verification", f"only applies to action push (an "
                                               f"{action.value} rule sends no push)")
+    presence = None
+    if "require_user_verification" in m:
+        presence = c.boolean(m, "require_user_verification",
+                             f"{path}.require_user_verification", False)
+        if action is not None and action is not Action.PUSH:
+            c.problem(f"{path}.require_user_verification",
+                      f"only applies to action push (an {action.value} rule sends no push)")
     clients = _strings(c, m, "clients", path)
     for where, text in clients or ():
         if client_names is not None and text not in client_names:
@@ -346,6 +404,7 @@ def _rule(c, value, path: str, client_names: set[str] | None) -> Rule | None:
     hours = _hours(c, m["hours"], f"{path}.hours") if "hours" in m else None
     return Rule(
         name=name, action=action or Action.PUSH, verification=verification,
+        user_verification=presence,
         clients=None if clients is None else frozenset(t for _, t in clients),
         networks=networks,
         groups=None if groups is None else frozenset(_normalize(t) for _, t in groups),
@@ -403,7 +462,10 @@ def cmd_explain(args) -> int:
               f"{', '.join(sorted(names))})", file=sys.stderr)
     ctx = LoginContext(args.user, args.client, args.ip, frozenset(args.group), now,
                        peer_is_application=app)
-    print(explain(policy, ctx))
+    everyone = getattr(config.radius, "all_clients", config.radius.clients)  # with RadSec's
+    client = next((cl for cl in everyone if cl.name == args.client), None)
+    requires = front.requires if app else getattr(client, "requires", None)
+    print(explain(policy, ctx, requires, getattr(client, "verification", None)))
     if getattr(config, "context", None) is not None:  # location and risk signals (issue 21)
         from pushproxy.contextexplain import explain_context
 

@@ -44,6 +44,10 @@ class ApprovalRequest:
     # risk warnings to show ("First login from Portugal"); None/(): not known.
     location: dict | None = None
     warnings: tuple[str, ...] = ()
+    # Presence (docs/presence.md): an Approve needs a passkey assertion with user
+    # verification. "refuse": a device without a passkey cannot approve; "allow":
+    # it can, and the result says presence not_verified. None: not required.
+    user_verification: str | None = None
 
 
 class PasscodeVerdict(enum.Enum):

@@ -148,7 +148,8 @@ class Pushes:
             expires=now + self.push.timeout, verification=mode.value, number=number,
             join_key=join_key,
             location=req.context.location.as_dict() if req.context is not None else None,
-            warnings=req.context.warnings if req.context is not None else ())
+            warnings=req.context.warnings if req.context is not None else (),
+            user_verification=req.user_verification)
         self.counters.inc("pushes_requested")
         call = defer.maybeDeferred(self.provider.request_approval, request)
         self._push_calls[request.txid] = call

@@ -6,6 +6,7 @@ import logging
 
 from twisted.internet import defer, ssl, task, threads
 
+from pushproxy.approval.presence import RelyingParty
 from pushproxy import connlimit, logs
 from pushproxy.approval.alerts import Alerter
 from pushproxy.approval.asyncstore import AsyncStore
@@ -52,7 +53,8 @@ class ApprovalComponent:
             alerter=Alerter(reactor, counters, webhook=config.alert_webhook,
                             use_syslog=config.alert_syslog),
             wallclock=reactor.seconds, push_rules=self.push_rules,
-            resolver=getattr(reactor, "nameResolver", None), cluster=cluster)
+            resolver=getattr(reactor, "nameResolver", None), cluster=cluster,
+            relying_party=RelyingParty.from_public_url(config.public_url))
         self.port = None
 
     @defer.inlineCallbacks

@@ -28,6 +28,7 @@ from twisted.web import resource, server
 from pushproxy import logs, passcodes
 from pushproxy.metrics import Counters
 from pushproxy.approval.crypto import DECISIONS
+from pushproxy.approval.presence import Malformed, parse_payload
 from pushproxy.approval.ratelimit import FailureLimiter
 from pushproxy.approval.service import MAX_WAIT, ApprovalError
 from pushproxy.httpdeadline import Deadlines
@@ -266,18 +267,34 @@ class ApprovalApi:
             raise _bad_request("number must be a string of digits")
         if decision not in DECISIONS:
             raise _bad_request(f"decision must be one of {', '.join(DECISIONS)}")
+        try:
+            # presence: the passkey assertion of an Approve (docs/presence.md)
+            webauthn = parse_payload(fields.get("webauthn"))
+        except Malformed as exc:
+            raise _bad_request(str(exc)) from None
         # Deliberately not cancelled on disconnect: a half-recorded answer could
         # leave the waiting login hanging until its timeout.
-        answer = await self.service.answer(device, txid, decision, signature, number)
+        answer = await self.service.answer(device, txid, decision, signature, number,
+                                           **({"webauthn": webauthn} if webauthn else {}))
         return 200, answer or {"status": "recorded"}
 
     async def device_link(self, request: server.Request) -> tuple[int, dict]:
         """``POST /v1/device/enrollment``: a one-time link for another device of this
         device's user (pushproxy.approval.adddevice)."""
-        device, _ = await self._device(request)
+        device, body = await self._device(request)
         if self.device_links is None:
             raise ApprovalError(404, "not_found", "adding devices is not offered here")
         from pushproxy.approval.adddevice import new_device_link
+        from pushproxy.approval.presence import Refusal
+
+        try:
+            # a device with a passkey adds one only with its face or fingerprint
+            webauthn = parse_payload(_json_object(body or b"{}").get("webauthn"))
+            await self.service.presence.check_add_device(device, webauthn)
+        except Malformed as exc:
+            raise _bad_request(str(exc)) from None
+        except Refusal as exc:
+            raise ApprovalError(403, "presence_not_verified", exc.why) from None
 
         return 201, await new_device_link(self.service, device, *self.device_links)
 
@@ -317,6 +334,12 @@ class ApiRoot(resource.Resource):
         device.putChild(b"answer", Endpoint({b"POST": api.answer}))
         device.putChild(b"subscription", Endpoint({b"PUT": api.subscription}))
         device.putChild(b"enrollment", Endpoint({b"POST": api.device_link}))
+        from pushproxy.approval.presence_api import PresenceApi
+
+        presence = PresenceApi(api)
+        device.putChild(b"passkey-options", Endpoint({b"POST": presence.passkey_options}))
+        device.putChild(b"passkey", Endpoint({b"POST": presence.passkey}))
+        device.putChild(b"presence", Endpoint({b"POST": presence.presence}))
         v1.putChild(b"device", device)
         self.putChild(b"v1", v1)
 

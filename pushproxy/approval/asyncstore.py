@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pushproxy.approval.baselinestore import Baseline
     from pushproxy.approval.clusterstore import Opened
     from pushproxy.approval.loginstore import ChallengeRow
+    from pushproxy.approval.passkeystore import Passkey
     from pushproxy.approval.rolloutstore import UserRollout
     from pushproxy.approval.store import Device, Enrollment, Lock, PasscodeAttempt, Transaction
     from pushproxy.approval.storeapi import Runner, StoreAPI
@@ -351,3 +352,31 @@ class AsyncStore:
     def forget_baseline(self, username: str) -> Deferred[int]:
         """`StoreAPI.forget_baseline`, where the store runs."""
         return self._runner.submit(self._runner.store.forget_baseline, username)
+
+    # -- passkeys and WebAuthn challenges (PasskeyStore)
+
+    def add_passkey(self, passkey: Passkey) -> Deferred[bool]:
+        """`StoreAPI.add_passkey`, where the store runs."""
+        return self._runner.submit(self._runner.store.add_passkey, passkey)
+
+    def passkeys(self, device_id: str) -> Deferred[list[Passkey]]:
+        """`StoreAPI.passkeys`, where the store runs."""
+        return self._runner.submit(self._runner.store.passkeys, device_id)
+
+    def put_webauthn_challenge(self, device_id: str, subject: str, nonce: str,
+                               expires: float, now: float) -> Deferred[None]:
+        """`StoreAPI.put_webauthn_challenge`, where the store runs."""
+        return self._runner.submit(self._runner.store.put_webauthn_challenge,
+                                   device_id, subject, nonce, expires, now)
+
+    def take_webauthn_challenge(self, device_id: str, subject: str,
+                                now: float) -> Deferred[str | None]:
+        """`StoreAPI.take_webauthn_challenge`, where the store runs."""
+        return self._runner.submit(self._runner.store.take_webauthn_challenge,
+                                   device_id, subject, now)
+
+    def passkey_used(self, credential_id: str, device_id: str, old_count: int,
+                     new_count: int, now: float) -> Deferred[bool]:
+        """`StoreAPI.passkey_used`, where the store runs."""
+        return self._runner.submit(self._runner.store.passkey_used,
+                                   credential_id, device_id, old_count, new_count, now)

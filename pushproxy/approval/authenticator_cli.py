@@ -60,6 +60,10 @@ def describe(entry: dict, server_time: float) -> str:
     created = entry.get("created")
     when = (time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(created))
             if isinstance(created, (int, float)) else "-")
+    # presence (docs/presence.md): this authenticator has no passkey
+    presence = (["  presence:    needs a face or fingerprint on a phone with a passkey: an "
+                 "approve from here counts only if the policy allows it"]
+                if entry.get("user_verification") == "required" else [])
     return "\n".join([
         f"request {_clean(entry.get('txid'))}",
         f"  user:        {_clean(entry.get('username'))}",
@@ -71,7 +75,7 @@ def describe(entry: dict, server_time: float) -> str:
         f"  check:       {_VERIFICATION.get(entry.get('verification'), 'approve or deny')}",
         f"  time:        {when}",
         f"  expires in:  {request_seconds_left(entry, server_time):.0f} s",
-    ])
+    ] + presence)
 
 
 # -- the command line

@@ -23,7 +23,8 @@ from pushproxy.approval.store import SQLiteStore, StoreError
 # In foreign-key order (enrollments name devices). A table missing on either side
 # (an older schema) is skipped and reported.
 TABLES = ("devices", "enrollments", "transactions", "settings", "bypass_codes", "user_locks",
-          "passcode_failures", "enrollment_mails", "baseline_users", "baseline_items")
+          "passcode_failures", "enrollment_mails", "baseline_users", "baseline_items",
+          "passkeys")
 # Tables whose ids PostgreSQL hands out: its sequence must move past the copied ids.
 IDENTITY = ("bypass_codes", "passcode_failures", "enrollment_mails")
 # What is not copied (see the module docstring), per table.

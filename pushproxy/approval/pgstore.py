@@ -35,6 +35,7 @@ from pushproxy.approval.loginstore import PostgresLoginState
 from pushproxy.approval.clusterstore import CHANNEL, PgClusterMethods
 from pushproxy.approval.pgwatch import Watchdog, hung_up
 from pushproxy.approval.rolloutstore import PostgresRolloutMethods
+from pushproxy.approval.passkeystore import PostgresPasskeyMethods
 from pushproxy.approval.store import (
     _DEVICE,
     _ENROLLMENT,
@@ -76,7 +77,7 @@ def _brief(exc: psycopg.Error) -> str:
 
 
 class PostgresStore(PostgresLoginState, PgClusterMethods, PostgresRolloutMethods,
-                    PostgresBaselineMethods, Store):
+                    PostgresBaselineMethods, PostgresPasskeyMethods, Store):
     """The Store on one PostgreSQL database; method contracts are on Store.
 
     One connection per instance, in autocommit mode (a single statement is its

@@ -39,6 +39,7 @@ from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.clusterside import ClusterSide
 from pushproxy.approval.devicecache import DeviceCache
 from pushproxy.approval.opentx import OpenTransactions
+from pushproxy.approval.presence import Presence, Refusal, RelyingParty
 from pushproxy.approval.secondfactors import PasscodeSide
 from pushproxy.approval.store import Device, StoreError, Transaction
 from pushproxy.approval.waiters import LIVE_FOR, Waiters
@@ -92,7 +93,10 @@ def transaction_view(tx: Transaction) -> dict:
             "client_ip": tx.context.get("client_ip"), "nas": tx.context.get("nas"),
             "created": tx.created, "expires": tx.expires,
             "verification": tx.context.get("verification", "none"),
-            "location": tx.context.get("location"), "warnings": tx.context.get("warnings") or []}
+            "location": tx.context.get("location"), "warnings": tx.context.get("warnings") or [],
+            # presence: Approve needs a passkey assertion (docs/presence.md)
+            "user_verification": "required" if tx.context.get("user_verification")
+            else "none"}
 
 
 def enrollment_link(public_url: str, token: str) -> str:
@@ -115,7 +119,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
                  vapid_public_key: str, sender=None, alerter=None,
                  wallclock: Callable[[], float] | None = None, cpu=None,
                  push_rules: pushtarget.EndpointRules | None = None, resolver=None,
-                 cluster=None):
+                 cluster=None, relying_party: RelyingParty | None = None):
         self.store = store  # every store method, returning a Deferred
         self.reactor = reactor
         self.counters = counters
@@ -141,6 +145,9 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self.node = self.cluster.node_id if self.cluster is not None else None
         self.waiters = Waiters(store, reactor, self.wallclock, self.node, self._unwatched)
         self.life = None
+        # passkeys (docs/presence.md); the RP is approval.public_url's host
+        self.presence = Presence(store, relying_party or RelyingParty("", ""), self.wallclock,
+                                 counters)
         if self.cluster is not None:
             self.cluster.bus.subscribe(self._on_event)
             self.cluster.bus.on_resync(self._resync)
@@ -188,7 +195,8 @@ class ApprovalService(ClusterSide, PasscodeSide):
             context={"application": request.application, "client_ip": request.client_ip,
                      "nas": request.nas, "verification": request.verification,
                      "number": request.number, "location": request.location,
-                     "warnings": list(request.warnings)},
+                     "warnings": list(request.warnings),
+                     "user_verification": request.user_verification},
             created=request.created, expires=request.expires, state="pending",
             decided_by=None, decided_at=None)
 
@@ -401,17 +409,20 @@ class ApprovalService(ClusterSide, PasscodeSide):
                 poll.callback(None)
 
     def answer(self, device: Device, txid: str, decision: str, signature: str,
-               number: str | None = None) -> Deferred[dict]:
+               number: str | None = None, webauthn: dict | None = None) -> Deferred[dict]:
         """A device's signed answer; the first valid one decides the login.
 
         Fires with the body for the device: ``{"status": "recorded"}``, plus
         ``"code"`` (what the user types at the gateway) for an approved
-        code-to-login request.
+        code-to-login request. ``webauthn``: the passkey assertion of an Approve
+        that needs presence (`pushproxy.approval.presence`); an Approve whose
+        presence check fails is recorded as refused, then answered 403.
         """
-        return defer.ensureDeferred(self._answer(device, txid, decision, signature, number))
+        return defer.ensureDeferred(self._answer(device, txid, decision, signature, number,
+                                                 webauthn))
 
     async def _answer(self, device: Device, txid: str, decision: str, signature: str,
-                      number: str | None) -> dict:
+                      number: str | None, webauthn: dict | None = None) -> dict:
         if decision not in _STATES:
             raise ApprovalError(400, "bad_request", "decision must be approve, deny or fraud")
         # A transaction this process waits on is in memory (its nonce and context
@@ -443,6 +454,20 @@ class ApprovalService(ClusterSide, PasscodeSide):
         if matching and not hmac.compare_digest(number, tx.context.get("number") or ""):
             # A wrong number is a "no": most likely a login the user did not start.
             decision, status = "deny", PushStatus.NUMBER_MISMATCH
+        presence, refusal = None, None
+        if status is PushStatus.APPROVED and tx.context.get("user_verification") \
+                and tx.state == "pending" and now < tx.expires:
+            # in the answer's own path, before its compare-and-set: a refused
+            # presence check is recorded as this request's answer (audited)
+            try:
+                presence = await self.presence.check_approval(
+                    device, tx, webauthn, tx.context["user_verification"])
+            except Refusal as exc:
+                refusal, presence = exc, f"refused:{exc.code}"
+                decision, status = "deny", PushStatus.PRESENCE_NOT_VERIFIED
+                logs.event(log, logging.WARNING, "approval.presence_refused", device=device.id,
+                           user=tx.username, txid=txid, code=exc.code, why=exc.why)
+            now = self.wallclock()
         code = None
         if status is PushStatus.APPROVED and tx.context.get("verification") == "code_to_login":
             code = f"{secrets.randbelow(10 ** 6):06d}"
@@ -469,7 +494,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise ApprovalError(409, "already_decided", "this request was already answered")
         # The waiting login first (its RADIUS reply goes out in this call), then
         # what can wait: the log line, events, other devices, alerts (issue 16).
-        result = PushResult(status, txid, device.id, code=code)
+        result = PushResult(status, txid, device.id, code=code, presence=presence)
         waiter = self._waiting.pop(txid, None)
         self._open.discard(txid)
         if waiter is not None and not waiter.called:
@@ -493,7 +518,19 @@ class ApprovalService(ClusterSide, PasscodeSide):
                            error=str(exc))
         if status is not PushStatus.APPROVED and self.alerter is not None:
             self.alerter.alert(status.value, tx, device, now)
+        if refusal is not None:
+            raise ApprovalError(403, "presence_not_verified",
+                                f"the Approve was refused: {refusal.why}")
         return body
+
+    async def open_transaction_of(self, device: Device, txid: str) -> Transaction:
+        """The open request ``txid`` of the device's user (ApprovalError 404/410 if not)."""
+        tx = self._open.get(txid) or await self.store.transaction(txid)
+        if tx is None or tx.username != device.username:
+            raise ApprovalError(404, "unknown_transaction", "no such request for this user")
+        if tx.state != "pending" or self.wallclock() >= tx.expires or txid in self._expiring:
+            raise ApprovalError(410, "expired", "this request is no longer open")
+        return tx
 
     def set_subscription(self, device: Device, subscription: dict | None) -> Deferred[None]:
         """Replace the device's Web Push subscription (None: long-poll only).

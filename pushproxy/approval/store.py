@@ -28,6 +28,7 @@ from pushproxy.approval.baselinestore import SQLiteBaselineMethods
 from pushproxy.approval.loginstore import SQLiteLoginState
 from pushproxy.approval.clusterstore import SQLiteClusterMethods
 from pushproxy.approval.rolloutstore import SQLiteRolloutMethods
+from pushproxy.approval.passkeystore import SQLitePasskeyMethods
 
 STATES = ("pending", "approved", "denied", "fraud", "expired", "cancelled")
 ANSWERS = ("approved", "denied", "fraud")  # states a device's answer sets; they name it
@@ -304,7 +305,7 @@ def _create_private(path: str) -> None:
 
 
 class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods,
-                  SQLiteBaselineMethods, Store):
+                  SQLiteBaselineMethods, SQLitePasskeyMethods, Store):
     """The Store on one SQLite file (or ``:memory:``, for tests); method contracts are on Store.
 
     One connection per instance, used only from the thread that created it

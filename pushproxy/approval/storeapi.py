@@ -13,6 +13,8 @@ same signature, and nothing public that the other lacks). It is composed of
 - `RolloutStore` (pushproxy.approval.rolloutstore): who has a device or an open
   link, and the enrollment mails sent;
 - `BaselineStore` (pushproxy.approval.baselinestore): per-user login baselines.
+- `PasskeyStore` (pushproxy.approval.passkeystore): passkeys bound to devices and
+  single-use WebAuthn challenges (presence, docs/presence.md).
 
 Store methods block (SQLite, psycopg). The command line calls them directly; the
 daemon never does: it holds an `AsyncStore` (pushproxy.approval.asyncstore), a
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, ParamSpec, Protocol, TypeVar
 
 from pushproxy.approval.baselinestore import BaselineStore
 from pushproxy.approval.loginstore import LoginStateStore
+from pushproxy.approval.passkeystore import PasskeyStore
 from pushproxy.approval.rolloutstore import RolloutStore
 from pushproxy.approval.store import Store
 
@@ -86,7 +89,8 @@ class ClusterStore(Protocol):
         """Record a device request's nonce until ``expires``; False if seen before."""
 
 
-class StoreAPI(Store, LoginStateStore, ClusterStore, RolloutStore, BaselineStore, Protocol):
+class StoreAPI(Store, LoginStateStore, ClusterStore, RolloutStore, BaselineStore, PasskeyStore,
+               Protocol):
     """Everything a store backend implements; see the module docstring."""
 
     commits: int  # transactions committed by this store object (per-method in /metrics)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 
+from pushproxy import sensitivity
+from pushproxy.sensitivity import ClientRequirements
 from pushproxy.checker import Checker
 from pushproxy.config import NoDeviceMode
 from pushproxy.ldapauth import normalize_dn
@@ -50,6 +52,8 @@ class LdapFrontConfig:
     idle_timeout: float  # seconds without a complete message (or an answer) before closing
     max_connections_per_source: int = 100  # 0: off (pushproxy/connlimit.py)
     first_message_timeout: float = 10.0  # accept (TLS handshake included) to a whole message
+    # sensitivity (pushproxy.sensitivity): presence required for every bind's push
+    requires: ClientRequirements = ClientRequirements()
 
     def timeout_advice(self, need: float) -> list[str]:
         """What LDAP clients must allow for a bind that waits for a phone."""
@@ -62,7 +66,7 @@ KEYS = ("name", "listen", "listen_ldaps", "tls_cert", "tls_key", "require_tls",
         "login_attribute", "service_dns", "exempt_ous", "exempt_groups", "allow_anonymous",
         "allow_unauthenticated", "sasl", "no_device", "bind_cache_seconds", "bind_cache_size",
         "max_message_size", "max_connections", "max_queued", "idle_timeout",
-        "max_connections_per_source", "first_message_timeout")
+        "max_connections_per_source", "first_message_timeout", *sensitivity.KEYS)
 
 
 def _dns(c: Checker, m: dict, key: str, path: str) -> list[str]:
@@ -163,5 +167,6 @@ def parse_ldap_front(c: Checker, value, path: str = "ldap_front",
         first_message_timeout=c.number(m, "first_message_timeout",
                                        f"{path}.first_message_timeout", 10, minimum=1,
                                        maximum=300),
+        requires=sensitivity.parse(c, m, path, verification_allowed=False),
     )
     return config if len(c.problems) == before else None

@@ -413,7 +413,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             no_device=front.config.no_device or front.push_no_device,
             # LDAP cannot carry a challenge: plain push unless a rule says otherwise
             # (such a rule gets a Reject here, see docs/ldap-front.md).
-            verification=Verification.NONE, primary=_Known(result)))
+            verification=Verification.NONE, primary=_Known(result),
+            requires=front.config.requires))
         if decision.outcome is Outcome.ACCEPT:
             front.cache.remember(key, front.reactor.seconds())
         else:

@@ -158,7 +158,7 @@ class RadiusProtocol(DatagramProtocol):
             calling_station=request.calling_station, nas=request.nas,
             nas_ip=request.nas_ip, port=request.nas_port,
             no_device=client.no_device or self.default_no_device,
-            state=request.state, verification=client.verification)
+            state=request.state, verification=client.verification, requires=client.requires)
         eap = False
         upstream = self.upstreams.get(client.name) if client.upstream is not None else None
         if upstream is not None:

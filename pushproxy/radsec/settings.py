@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from pushproxy import sensitivity
 from pushproxy.checker import Checker
 
 # RFC 6614 section 2.3: RADIUS/1.0 over TLS uses this fixed shared secret.
@@ -196,13 +197,14 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
 
     m = c.mapping(value, path, required=("name", "match"),
                   optional=("address", "require_message_authenticator", "no_device",
-                            "verification", *UPSTREAM_KEYS))
+                            "verification", *sensitivity.KEYS, *UPSTREAM_KEYS))
     if m is None:
         return None
     name = c.string(m, "name", f"{path}.name")
     network = c.network(m["address"], f"{path}.address") if "address" in m else None
     match = _match(c, m.get("match"), f"{path}.match")
     no_device, verification = client_modes(c, m, path)
+    requires = sensitivity.parse(c, m, path)
     upstream = parse_client_upstream(c, m, path, _names())
     # TLS protects every packet, so Message-Authenticator is not demanded by default
     # (RFC 6614 / RFC 9765); a site may still ask for it on RADIUS/1.0.
@@ -214,7 +216,7 @@ def _client(c: Checker, value, path: str) -> RadsecClient | None:
         client=RadiusClient(name=name, network=network or ipaddress.ip_network("0.0.0.0/0"),
                             secret=RADSEC_SECRET, require_message_authenticator=mauth,
                             no_device=no_device, verification=verification,
-                            upstream=upstream,
+                            upstream=upstream, requires=requires,
                             # TLS already protects the packet: proxies (FreeRADIUS)
                             # add Proxy-State and need not sign it.
                             limit_proxy_state=False),
@@ -229,7 +231,7 @@ def _psk_client(c: Checker, value, path: str) -> PskClient | None:
 
     m = c.mapping(value, path, required=("name", "identity"),
                   optional=("key_file", "key_env", "address", "no_device", "verification",
-                            *UPSTREAM_KEYS),
+                            *sensitivity.KEYS, *UPSTREAM_KEYS),
                   secret_keys=("key",))
     if m is None:
         return None
@@ -249,6 +251,7 @@ def _psk_client(c: Checker, value, path: str) -> PskClient | None:
                                          "(32 best)")
                 key = None
     no_device, verification = client_modes(c, m, path)
+    requires = sensitivity.parse(c, m, path)
     upstream = parse_client_upstream(c, m, path, _names())
     if name is None or identity is None or key is None or ("address" in m and network is None):
         return None
@@ -256,7 +259,8 @@ def _psk_client(c: Checker, value, path: str) -> PskClient | None:
         client=RadiusClient(name=name, network=network or ipaddress.ip_network("0.0.0.0/0"),
                             secret=RADSEC_SECRET, require_message_authenticator=False,
                             no_device=no_device, verification=verification,
-                            upstream=upstream, limit_proxy_state=False),
+                            upstream=upstream, limit_proxy_state=False,
+                            requires=requires),
         identity=identity.encode("utf-8"), key=key, network=network)
 
 

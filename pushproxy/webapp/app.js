@@ -171,6 +171,7 @@ function wireButtons() {
   });
   $("notify-button").addEventListener("click", turnOnNotifications);
   $("approve").addEventListener("click", () => answer("approve"));
+  $("passkey-button").addEventListener("click", () => setUpPasskey());
   $("request-number").addEventListener("keydown", (event) => {
     if (event.key === "Enter") answer("approve");
   });
@@ -313,6 +314,9 @@ async function enroll() {
       pushing.then((late) => late && attachSubscription(late)).catch(() => {});
     }
     startApproving(true);
+    // The passkey for presence, right away (the main screen offers it again if
+    // this fails or the user cancels).
+    setUpPasskey({ quiet: true });
   } catch (err) {
     if (err instanceof PP.ApiError && err.code === "invalid_enrollment") {
       show("enroll-invalid");
@@ -366,8 +370,14 @@ async function addDevice() {
   const status = $("add-device-status");
   status.textContent = "Making a setup link…";
   try {
+    const body = {};
+    if (state.device.passkey) {
+      // a phone with a passkey adds another only with its face or fingerprint
+      const assertion = await PK.assert(API_BASE, state.device, null);
+      if (assertion) body.webauthn = assertion;
+    }
     const answer = await PP.call(API_BASE, "POST", "v1/device/enrollment",
-      { body: {}, device: state.device });
+      { body, device: state.device });
     $("add-device-qr").src = answer.qr;
     $("add-device-link").textContent = answer.link;
     $("add-device-link").href = answer.link;
@@ -411,9 +421,33 @@ function startApproving(justEnrolled) {
     $("idle-enrolled").textContent = `This phone is set up for ${state.device.username}.`;
   }
   updatePushHints();
+  updatePasskeyBox();
   render();
   startPolling();
   syncPush();
+}
+
+// -- presence: a platform passkey (passkey.js, docs/presence.md) --
+
+async function updatePasskeyBox() {
+  $("passkey-box").hidden = Boolean(state.device.passkey) || !(await PK.available());
+}
+
+async function setUpPasskey({ quiet = false } = {}) {
+  if (state.device.passkey || !(await PK.available())) return;
+  $("passkey-button").disabled = true;
+  if (!quiet) $("passkey-status").textContent = "Setting up…";
+  try {
+    await PK.register(API_BASE, state.device);
+    state.device.passkey = true;
+    await PP.saveDevice(state.device);
+    $("passkey-status").textContent = "Face or fingerprint is set up.";
+  } catch (err) {
+    if (!quiet) $("passkey-status").textContent = `Not set up: ${describeError(err)}`;
+  } finally {
+    $("passkey-button").disabled = false;
+    updatePasskeyBox();
+  }
 }
 
 function knownRequest(request) {
@@ -552,8 +586,15 @@ function fillRequest(request) {
   const hint = matching ? "Type the number shown on the sign-in screen, then approve."
     : request.verification === "code_to_login"
       ? "After you approve, this app shows a code to type at the sign-in." : "";
-  $("request-hint").textContent = hint;
-  $("request-hint").hidden = !hint;
+  // Presence: Approve asks for the face or fingerprint (passkey.js); a phone
+  // without a passkey may not be able to approve at all (the policy decides).
+  const presence = request.user_verification !== "required" ? ""
+    : state.device.passkey ? "Approving asks for your face or fingerprint."
+      : "This sign-in asks for a face or fingerprint check, which this phone is not set " +
+        "up for: your approval may be refused.";
+  const hints = [hint, presence].filter(Boolean).join(" ");
+  $("request-hint").textContent = hints;
+  $("request-hint").hidden = !hints;
   const count = state.requests.size;
   const position = [...state.requests.values()].sort((a, b) => a.created - b.created)
     .findIndex((r) => r.txid === request.txid) + 1;
@@ -616,6 +657,11 @@ const RESULTS = {
     title: "Sent",
     detail: "If the number matched the one on the sign-in screen, the sign-in goes ahead.",
   },
+  presence: {
+    title: "Not approved",
+    detail: "This sign-in needs your face or fingerprint on this phone, and that check did " +
+      "not succeed. Sign in again to get a new request.",
+  },
   404: { title: "No longer open", detail: "This request is gone." },
   409: { title: "Already answered", detail: "This request was answered on another device." },
   410: { title: "Expired", detail: "This request expired before your answer arrived." },
@@ -640,6 +686,12 @@ async function answer(decision) {
       request.txid, request.nonce, decision, request.username, state.device.deviceId, number));
     const body = { txid: request.txid, decision, signature };
     if (number !== null) body.number = number;
+    if (decision === "approve" && request.user_verification === "required" &&
+        state.device.passkey) {
+      // Face or fingerprint first; without it the server refuses the Approve.
+      const assertion = await PK.assert(API_BASE, state.device, request);
+      if (assertion) body.webauthn = assertion;
+    }
     const reply = await PP.call(API_BASE, "POST", "v1/device/answer",
       { body, device: state.device });
     if (reply && typeof reply.code === "string") {
@@ -652,7 +704,9 @@ async function answer(decision) {
       finish(request, number !== null ? RESULTS.matched : RESULTS[decision]);
     }
   } catch (err) {
-    if (err instanceof PP.ApiError && RESULTS[err.status]) {
+    if (err instanceof PP.ApiError && err.code === "presence_not_verified") {
+      finish(request, RESULTS.presence);
+    } else if (err instanceof PP.ApiError && RESULTS[err.status]) {
       finish(request, RESULTS[err.status]);
     } else {
       $("request-status").textContent =

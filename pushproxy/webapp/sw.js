@@ -19,7 +19,7 @@ const APP_URL = new URL("./", self.location.href).href;
 
 const CACHE = "pushproxy-app-v1";
 // What the app needs to start (index.html is what "./" answers).
-const APP_FILES = ["./", "common.js", "app.js", "style.css", "manifest.webmanifest",
+const APP_FILES = ["./", "common.js", "passkey.js", "app.js", "style.css", "manifest.webmanifest",
   "icons/icon.svg", "icons/icon-192.png"];
 const NETWORK_GRACE_MS = 5000;
 const INSTALL_GRACE_MS = 10000;

@@ -45,12 +45,13 @@ def answered(d):
 class World:
     """The server side of one test: store, service, listening site, open logins."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, **service_options):
         self.reactor = reactor
         self.store = SQLiteStore(":memory:")
         self.service = ApprovalService(store=AsyncStore.inline(self.store), reactor=reactor,
                                        counters=Counters(),
-                                       vapid_public_key=VapidKeys.generate().public_key_b64url)
+                                       vapid_public_key=VapidKeys.generate().public_key_b64url,
+                                       **service_options)
         self.port = reactor.listenTCP(0, build_site(self.service, max_body=MAX_BODY,
                                                     reactor=reactor), interface="127.0.0.1")
         self.base_url = f"http://127.0.0.1:{self.port.getHost().port}"
@@ -62,13 +63,15 @@ class World:
         now = time.time() if now is None else now
         return new_enrollment(self.store, username, self.base_url, ttl, now)
 
-    def login(self, username="alice", timeout=60.0):
-        """Start a login the way the engine does; returns (request, provider Deferred)."""
+    def login(self, username="alice", timeout=60.0, **options):
+        """Start a login the way the engine does; returns (request, provider Deferred).
+
+        ``options``: more `ApprovalRequest` fields (user_verification, ...)."""
         self._n += 1
         now = time.time()
         request = ApprovalRequest(txid=f"tx{self._n}-{os.urandom(4).hex()}", username=username,
                                   application="vpn-gw-1", client_ip="198.51.100.7", nas="gw1",
-                                  created=now, expires=now + timeout)
+                                  created=now, expires=now + timeout, **options)
         d = self.service.request_approval(request)
         self.logins.append(d)
         return request, d

@@ -345,3 +345,35 @@ def test_a_follow_up_naming_a_joined_logins_txid_awaits_the_push_it_joined(nodes
     unknown = fired(c.service.await_decision("nope"))
     yield until(lambda: unknown)
     assert unknown[0].status is PushStatus.UNAVAILABLE
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_presence_refusal_on_node_b_reaches_the_login_on_node_a(nodes):
+    """Presence in cluster mode: the challenge handed out by node A is taken on node B
+    (the store holds it), and a refused check reaches A's login as a refusal."""
+    from pushproxy.approval.presence import RelyingParty
+    from tests.approval.softauthn import UP, SoftAuthenticator
+
+    rp = RelyingParty("localhost", "https://localhost")
+    a, b = nodes("a"), nodes("b")
+    for node in (a, b):
+        node.service.presence.rp = rp
+    yield a.start()
+    yield b.start()
+    phone = yield Phone().enroll(a)
+    soft = SoftAuthenticator(rp.rp_id, rp.origin)
+    options = yield a.service.presence.creation_options(phone.device)
+    yield b.service.presence.register(phone.device, soft.create(options))
+    for txid, flags, expected in (("t1", UP, PushStatus.PRESENCE_NOT_VERIFIED),
+                                  ("t2", None, PushStatus.APPROVED)):
+        req = ApprovalRequest(**{**request(txid).__dict__, "user_verification": "refuse"})
+        got = fired(a.service.request_approval(req))
+        (tx,) = yield b.service.pending(phone.device, 0)
+        tx_row = yield a.service.open_transaction_of(phone.device, txid)
+        assertion_options = yield a.service.presence.request_options(phone.device, tx_row)
+        assertion = soft.get(assertion_options, **({"flags": flags} if flags else {}))
+        sig = crypto.sign(phone.key, crypto.answer_text(txid, tx["nonce"], "approve", "alice",
+                                                        phone.device.id))
+        answered = fired(b.service.answer(phone.device, txid, "approve", sig, None, assertion))
+        yield until(lambda: got and answered)
+        assert got[0].status is expected, got[0]

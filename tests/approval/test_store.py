@@ -434,7 +434,8 @@ def test_failed_migration_leaves_database_untouched(dbpath, monkeypatch):
 
 
 def test_packaged_migrations_are_numbered_from_one():
-    assert [v for v, _ in store_module._load_migrations()] == [1, 2, 3, 4, 5, 6, 7]
+    versions = [v for v, _ in store_module._load_migrations()]
+    assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 8
 
 
 def test_database_from_the_future_is_refused(dbpath):

@@ -8,13 +8,17 @@ real token. Deterministic (derandomized); ``PUSHPROXY_FUZZ_EXAMPLES`` raises
 the number of examples for a long run (docs/security.md).
 """
 
+import base64
+import json
 import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz.approval_target import NEW_PUBLIC, Harness, OracleFailure, http_request, json_body
+from fuzz.approval_target import (NEW_PUBLIC, PASSKEY_ID, Harness, OracleFailure, http_request,
+                                  json_body)
+from pushproxy.decision import PushStatus
 from pushproxy.approval.crypto import DECISIONS
 
 EXAMPLES = int(os.environ.get("PUSHPROXY_FUZZ_EXAMPLES", "150"))
@@ -115,6 +119,46 @@ def test_any_endpoint_with_fuzzed_auth_headers_never_5xx(method, path, headers, 
 def test_raw_bytes_never_5xx(raw):
     h = Harness()
     h.check(h.exchange(raw), expect_answer=False)
+
+
+def b64u(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+#: A WebAuthn assertion shaped right, with fuzzed contents (raw bytes, JSON, CBOR-ish).
+ASSERTION = st.fixed_dictionaries({
+    "id": st.one_of(st.just(PASSKEY_ID), st.binary(max_size=40).map(b64u)),
+    "type": st.one_of(st.just("public-key"), TEXT),
+    "response": st.fixed_dictionaries({
+        "clientDataJSON": st.one_of(
+            st.binary(max_size=300).map(b64u),
+            JSON.map(lambda v: b64u(json.dumps(v).encode("ascii")))),
+        "authenticatorData": st.one_of(st.binary(max_size=120).map(b64u),
+                                       st.binary(min_size=37, max_size=37).map(b64u)),
+        "signature": st.one_of(st.binary(max_size=80).map(b64u), TEXT),
+        "userHandle": st.one_of(st.none(), TEXT)}),
+}).map(lambda c: {**c, "rawId": c["id"]})
+
+
+@FUZZ
+@given(data=st.data())
+def test_presence_answers_never_5xx_and_never_approve(data):
+    """The login that needs presence: its phone has a passkey nobody can use, so no
+    approve, with whatever webauthn payload, may ever approve it."""
+    h = Harness()
+    if data.draw(st.booleans()):  # the challenge handed out first: deeper checks run
+        body = json_body({"txid": "tx-presence", "decision": "approve"})
+        h.check(h.exchange(http_request("POST", "/v1/device/presence",
+                                        h.sign_request("POST", "/v1/device/presence", body,
+                                                       "p" * 22), body)))
+    webauthn = data.draw(st.one_of(ASSERTION, JSON, st.none()))
+    signature = h.sign_answer("tx-presence", "approve", None)
+    body = json_body({"txid": "tx-presence", "decision": "approve", "signature": signature,
+                      "webauthn": webauthn})
+    headers = h.sign_request("POST", "/v1/device/answer", body, "n" * 22)
+    h.check(h.exchange(http_request("POST", "/v1/device/answer", headers, body)))
+    got = h.results["tx-presence"]
+    assert not got or got[0].status is not PushStatus.APPROVED
 
 
 # -- regressions: inputs the fuzzers found (each was a 500 before the fix)

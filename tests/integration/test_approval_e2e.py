@@ -69,13 +69,14 @@ class Stack:
     """A running daemon with the built-in approval service, and its config folder."""
 
     def __init__(self, tmp_path, slapd, *, timeout=20, webhook=None, http_port=None,
-                 clients=None, push_extra="", extra=""):
+                 clients=None, push_extra="", extra="", public_host="127.0.0.1"):
         self.tmp_path = tmp_path
         self.http_port = http_port or free_tcp_port()
+        # public_host "localhost": passkeys need a DNS name as RP ID (docs/presence.md)
         approval = textwrap.dedent(f"""\
             approval:
               listen: "127.0.0.1:{self.http_port}"
-              public_url: "http://127.0.0.1:{self.http_port}"
+              public_url: "http://{public_host}:{self.http_port}"
               database: pushproxy.db
             """) + (f'  alert_webhook: "{webhook}"\n' if webhook else "")
         self.config_path = write_config(tmp_path, slapd, push=f"timeout: {timeout}\n{push_extra}",

@@ -176,7 +176,7 @@ def spki_hash(cert_pem: Path) -> str:
 def test_chromium_enrolls_the_web_authenticator_and_approves_through_nginx(published,
                                                                            tmp_path):
     pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from tests.integration.test_webapp_chromium import (
+    from tests.integration.chromium import (
         CHROMEDRIVER, CHROMIUM, Phone, enroll_in_browser, login_and_answer)
 
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):

@@ -26,7 +26,7 @@ from tests.integration.radclient import radclient_sync
 from tests.integration.test_approval_e2e import Stack, login_attrs
 from tests.integration.test_rollout_mail import (  # noqa: F401 (directory, smtp: fixtures)
     cli, directory, link_in, mail_section, smtp)
-from tests.integration.test_webapp_chromium import (CHROMEDRIVER, CHROMIUM, By, EnrolledApp,
+from tests.integration.chromium import (CHROMEDRIVER, CHROMIUM, By, EnrolledApp,
                                                     Phone, enroll_in_browser, in_thread,
                                                     login_and_answer)
 
