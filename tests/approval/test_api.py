@@ -480,6 +480,15 @@ async def test_invalid_wait_is_400(base, http, service, query):
     assert service.called("pending") == []
 
 
+async def _poll_reached(reactor, service, seconds: float = 10.0):
+    """Until the long poll reached the service (a loaded machine may take longer than 0.2 s)."""
+    for _ in range(int(seconds / 0.02)):
+        if service.polls:
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"the long poll did not reach the service within {seconds} s")
+
+
 @pytest.mark.parametrize("query,wait", [("wait=0", 0.0), ("wait=30", 30.0),
                                         ("wait=2.5", 2.5), ("other=1", 0.0)])
 @pytest_twisted.ensureDeferred
@@ -487,7 +496,7 @@ async def test_valid_wait_reaches_the_service(reactor, base, http, service, quer
     d = defer.ensureDeferred(call(http, "GET", base + "/v1/device/pending?" + query,
                                   headers=AUTH))
     if wait > 0:
-        await task.deferLater(reactor, 0.2, lambda: None)
+        await _poll_reached(reactor, service)
         service.polls[0].callback([])
     status, _, body, _ = await d
     assert status == 200
@@ -498,7 +507,7 @@ async def test_valid_wait_reaches_the_service(reactor, base, http, service, quer
 async def test_long_poll_answers_when_the_service_fires(reactor, base, http, service):
     d = defer.ensureDeferred(call(http, "GET", base + "/v1/device/pending?wait=25",
                                   headers=AUTH))
-    await task.deferLater(reactor, 0.2, lambda: None)
+    await _poll_reached(reactor, service)
     assert not d.called
     service.polls[0].callback([{"txid": "new"}])
     status, _, body, _ = await d
@@ -510,7 +519,7 @@ async def test_long_poll_answers_when_the_service_fires(reactor, base, http, ser
 async def test_client_disconnect_cancels_the_long_poll(reactor, base, http, service):
     d = defer.ensureDeferred(call(http, "GET", base + "/v1/device/pending?wait=25",
                                   headers=AUTH))
-    await task.deferLater(reactor, 0.2, lambda: None)
+    await _poll_reached(reactor, service)
     assert len(service.polls) == 1 and not service.poll_cancelled
     d.cancel()  # Agent aborts the connection
     with pytest.raises(Exception):
