@@ -8,8 +8,10 @@ import pytest
 import pytest_twisted
 
 try:  # tests/integration as a package (with __init__.py files)
+    from .samba_dc import SambaDC, samba_unavailable
     from .slapd import Slapd, slapd_available
 except ImportError:  # rootdir-relative "prepend" import mode without packages
+    from samba_dc import SambaDC, samba_unavailable
     from slapd import Slapd, slapd_available
 
 
@@ -30,6 +32,27 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
+    """One private Samba AD DC (CORP.EXAMPLE, LDAPS on its own 127.x.y.z) for the session.
+
+    Skipped when samba is not installed or the tests do not run as root.  Tests
+    must not change the seeded accounts in a way other tests can observe (the
+    domain has no lockout threshold; only ``locked`` locks, and it is locked
+    already).  Its database is deleted at the end; logs and the CA stay under
+    pytest's basetemp.
+    """
+    problem = samba_unavailable()
+    if problem:
+        pytest.skip(problem)
+    server = SambaDC(tmp_path_factory.mktemp("samba"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture
