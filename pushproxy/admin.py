@@ -60,7 +60,9 @@ def resolve_account(config, name: str) -> tuple[str | None, str | None]:
     why = {PrimaryStatus.UNKNOWN_USER: f"no user {name!r} in the directory "
                                        "(ldap.user_base, ldap.user_filter)",
            PrimaryStatus.AMBIGUOUS_USER: f"{name!r} matches more than one directory entry",
-           PrimaryStatus.NOT_IN_GROUP: f"{name!r} is in none of ldap.required_groups"}
+           PrimaryStatus.NOT_IN_GROUP: f"{name!r} is in none of ldap.required_groups",
+           PrimaryStatus.UNKNOWN_DOMAIN: f"{name!r} names a domain not in "
+                                         "ldap.active_directory.domains"}
     return None, why.get(found.status, f"cannot look {name!r} up in the directory: "
                                        f"{found.detail or found.status.value}")
 

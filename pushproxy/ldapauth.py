@@ -31,6 +31,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from pushproxy import logs
+from pushproxy.adnames import ForeignDomain, canonical_account, parse_name, search_for
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
@@ -66,6 +67,28 @@ def normalize_dn(dn: str) -> str:
     except (lexc.LDAPInvalidDnError, ValueError):
         return dn.strip().lower()
     return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+
+
+def user_search(config: LdapConfig, username: str) -> tuple[str, str, str] | ForeignDomain:
+    """(base, filter template, value for ``{username}``) of the search for ``username``.
+
+    Without ``ldap.active_directory``: ``user_base``, ``user_filter`` and the
+    name as sent. With it, an AD name's domain picks the base, and a UPN is
+    compared to userPrincipalName (`pushproxy.adnames`); a name for a domain
+    not served is a `ForeignDomain`, never searched.
+    """
+    ad = config.active_directory
+    if ad is None:
+        return config.user_base, config.user_filter, username
+    name = parse_name(ad, username)
+    if isinstance(name, ForeignDomain):
+        return name
+    return search_for(ad, name, config.user_filter)
+
+
+def foreign_domain(name: ForeignDomain) -> PrimaryResult:
+    """The first factor's answer for a name whose domain is not served."""
+    return PrimaryResult(PrimaryStatus.UNKNOWN_DOMAIN, detail=name.why)
 
 
 def user_filter(template: str, username: str) -> str:
@@ -136,6 +159,8 @@ def conclude(config: LdapConfig, required: frozenset[str], server: str, dn: str,
              groups: frozenset[str]) -> PrimaryResult:
     """The result for a user whose password was right (or who was looked up): account, groups."""
     account = account_of(attrs, config.username_attribute, dn)
+    if account is not None:
+        account = canonical_account(config.active_directory, account, dn)
     if account is None:
         # Without the stored name there is nothing safe to key devices and
         # locks on: fail closed rather than fall back to the typed spelling.
@@ -178,6 +203,13 @@ class LdapDirectory:
             self._filter_error = None
         except FilterError as exc:
             self._user_filter, self._filter_error = None, f"ldap.user_filter: {exc}"
+        self._filters = {config.user_filter: self._user_filter}
+        if config.active_directory is not None:
+            try:
+                upn = config.active_directory.upn_filter
+                self._filters[upn] = FilterTemplate(upn)
+            except FilterError as exc:
+                self._filter_error = f"ldap.active_directory.upn_filter: {exc}"
 
     def start(self) -> None:
         """Nothing to start: connections open on first use."""
@@ -266,6 +298,11 @@ class LdapDirectory:
             return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail=self._filter_error))
         if self._stopped:
             return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="directory stopped"))
+        search = user_search(self.config, username)
+        if isinstance(search, ForeignDomain):
+            # Before any directory traffic: a name for another domain is not ours to check.
+            self.counters.inc("ldap_foreign_domain")
+            return succeed(foreign_domain(search))
         self._outstanding += 1
         d = self._authenticate(username, password)
 
@@ -431,8 +468,12 @@ class LdapDirectory:
         wanted = [self.config.username_attribute]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
-        flt = self._user_filter.render(username)  # escaping: see FilterTemplate
-        return conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
+        search = user_search(self.config, username)
+        if isinstance(search, ForeignDomain):  # refused in _queue already; never searched
+            return succeed(())
+        base, template, value = search
+        flt = self._filters[template].render(value)  # escaping: see FilterTemplate
+        return conn.search(base, flt, wanted, scope=SUBTREE,
                            size_limit=2).addCallback(_entries)
 
     def _bind_user(self, pool: ServerConnections, name: str, password: str):
