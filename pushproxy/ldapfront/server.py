@@ -437,6 +437,7 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             # An AD login name (classify let only these through without a DN).
             ad_name = ad_bind(ad, dn, self.front.user_filter)
             if isinstance(ad_name, ForeignDomain):
+                self.front.counters.inc("ldap_foreign_domain")
                 return PrimaryResult(PrimaryStatus.UNKNOWN_DOMAIN, detail=ad_name.why), dn
         if not password:
             # "password" was only a passcode: never an unauthenticated bind upstream.

@@ -13,8 +13,11 @@ with ``unknown_domain`` before any push.
 from __future__ import annotations
 
 import shutil
+import ssl
 import textwrap
 import types
+
+import ldap3
 
 import pytest
 import pytest_twisted
@@ -22,6 +25,7 @@ from twisted.internet import threads
 
 from pushproxy.admin import resolve_account
 from pushproxy.approval import authenticator as auth
+from tests.integration import folding
 from tests.integration.harness import SECRET
 from tests.integration.radclient import radclient
 from tests.integration.test_approval_e2e import Stack, first_request, login_attrs
@@ -246,4 +250,55 @@ def test_ldap_front_refuses_foreign_domains_and_passes_ad_named_service_accounts
     assert bound(code, err), (code, err)
     assert front.counter("pushes_requested") == 0
     assert [e["reason"] for e in front.audit()] == ["unknown_domain"]
+    assert front.counter("ldap_foreign_domain") == 1
     assert front.counter("ldap_front_binds_passed", kind="service") == 1
+
+
+# The three ways a spelling reaches the search: plain, down-level, UPN.
+FORMS = (("sAMAccountName", "", "{}"), ("sAMAccountName", "", "CORP\\{}"),
+         ("userPrincipalName", "@corp.example", "{}@corp.example"))
+MAX_LOGINS = 150  # radclient runs, bounded; a deterministic sample beyond it
+# AD spellings with spaces, dots and mixed forms: each is alice or refused.
+AD_HOSTILE = ("CORP\\ alice", "CORP \\alice", "CORP\\alice@corp.example", "alice @corp.example",
+              "alice@ corp.example", "alice@corp.example.", "CORP.EXAMPLE\\alice", "alice@CORP",
+              "CORP\\\\alice", "CORP\\*", "*@corp.example", "CORP\\al*", "alice\u200b@corp.example")
+REFUSED_UNREAD = {"invalid_username", "unknown_domain", "unknown_user", "bad_credentials"}
+
+
+@pytest.fixture(scope="module")
+def ad_folded(samba_dc):
+    """Per form, the candidate spellings (issue 8's corpus) the DC resolves to alice's entry."""
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=samba_dc.ca_file)
+    server = ldap3.Server(samba_dc.ldaps_url, use_ssl=True, tls=tls, get_info=ldap3.NONE)
+    conn = ldap3.Connection(server, samba_dc.service_dn, samba_dc.service_password,
+                            auto_bind=True, raise_exceptions=False)
+    try:
+        return {form: folding.folded_spellings(None, "alice", conn=conn,
+                                               base="DC=corp,DC=example",
+                                               dn=samba_dc.user_dn("alice"),
+                                               attribute=attribute, suffix=suffix)
+                for attribute, suffix, form in FORMS}
+    finally:
+        conn.unbind()
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_spelling_the_dc_folds_onto_alice_is_keyed_on_another_account(ad_stacks, samba_dc,
+                                                                         ad_folded):
+    """Every name the DC resolves to alice, in every AD form, is alice or refused unread."""
+    print({form: len(hits) for form, hits in ad_folded.items()})
+    # Samba 4.17 folds ASCII case only (slapd folds dozens more): the scan must see that.
+    assert all("Alice" in hits for hits in ad_folded.values()), ad_folded
+    names = sorted({form.format(s) for form, hits in ad_folded.items() for s in hits})
+    step = max(1, -(-len(names) // MAX_LOGINS))
+    names = names[::step] + list(AD_HOSTILE)
+    stack = yield ad_stacks(push="no_device: reject\nlimits: {max_pushes: 1000}")
+    for name in names:
+        assert (yield login(stack, samba_dc, name)).code == "Access-Reject", name
+    events = stack.audit()
+    assert len(events) == len(names)
+    for name, event in zip(names, events):
+        # A push (here: no device) only ever for alice; anything else refused unpushed.
+        assert (event["user"] == "alice" and event["reason"] == "no_enrolled_device") or \
+            event["reason"] in REFUSED_UNREAD, (name, event)
+    assert sum(e["reason"] == "no_enrolled_device" for e in events) >= 15
