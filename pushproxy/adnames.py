@@ -25,9 +25,14 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pushproxy.checker import Checker
+from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapfilter import FilterError, compile_filter
+
+if TYPE_CHECKING:
+    from pushproxy.config import LdapConfig
 
 DEFAULT_UPN_FILTER = "(&(objectClass=user)(userPrincipalName={username}))"
 # NetBIOS domain names: 1-15 characters, none of these (MS "Naming conventions in AD").
@@ -119,6 +124,28 @@ def search_for(ad: ActiveDirectory, name: AdName, user_filter: str) -> tuple[str
     if name.form is NameForm.UPN:
         return name.domain.base, ad.upn_filter, name.value
     return name.domain.base, user_filter, name.value
+
+
+def user_search(config: "LdapConfig", username: str) -> tuple[str, str, str] | ForeignDomain:
+    """(base, filter template, value for ``{username}``) of the search for ``username``.
+
+    Without ``ldap.active_directory``: ``user_base``, ``user_filter`` and the
+    name as sent. With it, an AD name's domain picks the base, and a UPN is
+    compared to userPrincipalName (`pushproxy.adnames`); a name for a domain
+    not served is a `ForeignDomain`, never searched.
+    """
+    ad = config.active_directory
+    if ad is None:
+        return config.user_base, config.user_filter, username
+    name = parse_name(ad, username)
+    if isinstance(name, ForeignDomain):
+        return name
+    return search_for(ad, name, config.user_filter)
+
+
+def foreign_domain(name: ForeignDomain) -> PrimaryResult:
+    """The first factor's answer for a name whose domain is not served."""
+    return PrimaryResult(PrimaryStatus.UNKNOWN_DOMAIN, detail=name.why)
 
 
 def _under(dn: str, base: str) -> bool:

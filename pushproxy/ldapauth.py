@@ -31,7 +31,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from pushproxy import logs
-from pushproxy.adnames import ForeignDomain, canonical_account, parse_name, search_for
+from pushproxy.adnames import ForeignDomain, canonical_account, foreign_domain, user_search
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
@@ -67,28 +67,6 @@ def normalize_dn(dn: str) -> str:
     except (lexc.LDAPInvalidDnError, ValueError):
         return dn.strip().lower()
     return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
-
-
-def user_search(config: LdapConfig, username: str) -> tuple[str, str, str] | ForeignDomain:
-    """(base, filter template, value for ``{username}``) of the search for ``username``.
-
-    Without ``ldap.active_directory``: ``user_base``, ``user_filter`` and the
-    name as sent. With it, an AD name's domain picks the base, and a UPN is
-    compared to userPrincipalName (`pushproxy.adnames`); a name for a domain
-    not served is a `ForeignDomain`, never searched.
-    """
-    ad = config.active_directory
-    if ad is None:
-        return config.user_base, config.user_filter, username
-    name = parse_name(ad, username)
-    if isinstance(name, ForeignDomain):
-        return name
-    return search_for(ad, name, config.user_filter)
-
-
-def foreign_domain(name: ForeignDomain) -> PrimaryResult:
-    """The first factor's answer for a name whose domain is not served."""
-    return PrimaryResult(PrimaryStatus.UNKNOWN_DOMAIN, detail=name.why)
 
 
 def user_filter(template: str, username: str) -> str:

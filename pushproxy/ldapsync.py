@@ -16,9 +16,8 @@ from ldap3.core import exceptions as lexc
 
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
-from pushproxy.adnames import ForeignDomain
-from pushproxy.ldapauth import (conclude, foreign_domain, group_query, normalize_dn,
-                                user_filter, user_search, values_of)
+from pushproxy.adnames import ForeignDomain, foreign_domain, user_search
+from pushproxy.ldapauth import conclude, group_query, normalize_dn, user_filter, values_of
 
 
 class ServerUnusable(Exception):
