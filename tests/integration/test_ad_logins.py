@@ -183,6 +183,17 @@ def test_enrollment_resolves_every_spelling_to_the_canonical_account(samba_dc, t
     assert resolve_account(config, "CORP\\bob") == ("bob", None)
     account, why = resolve_account(config, "EVIL\\alice")
     assert account is None and "not in ldap.active_directory" in why
+    # Group rollouts: members through nested groups, each under the key its logins use.
+    from pushproxy.rollout.directory import RolloutDirectory, UserStatus
+
+    rollout = RolloutDirectory(config.ldap)
+    try:
+        assert sorted(rollout.members(samba_dc.group_dn("vpn-users"))) == ["alice", "bob"]
+        found = rollout.user("CORP\\alice")
+        assert (found.status, found.account) == (UserStatus.FOUND, "alice")
+        assert rollout.user("EVIL\\alice").status is UserStatus.UNKNOWN
+    finally:
+        rollout.close()
 
 
 @pytest.fixture
