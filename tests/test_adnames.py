@@ -231,3 +231,13 @@ def test_a_refusal_after_the_directory_named_the_entry_audits_that_account(tmp_p
     assert got[0].reason is Reason.NOT_IN_GROUP
     (event,) = audit_lines(tmp_path)
     assert (event["user"], event["sent_user"]) == ("alicia", "alice@alt.example")
+
+
+def test_admin_commands_look_only_ad_spellings_up(tmp_path):
+    """Without AD domains, and for a plain name, the name is the key: no directory is asked."""
+    from pushproxy.admin import ad_account
+
+    plain = parse_config(GOOD, base_dir=tmp_path, env=ENV)
+    assert ad_account(plain, "CORP\\alice") == ("CORP\\alice", None)
+    with_ad = parse_config(GOOD + SECTION, base_dir=tmp_path, env=ENV)
+    assert ad_account(with_ad, "alice") == ("alice", None)

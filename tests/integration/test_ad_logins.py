@@ -23,7 +23,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from pushproxy.admin import resolve_account
+from pushproxy.admin import ad_account, resolve_account
 from pushproxy.approval import authenticator as auth
 from tests.integration import folding
 from tests.integration.harness import SECRET
@@ -183,6 +183,9 @@ def test_enrollment_resolves_every_spelling_to_the_canonical_account(samba_dc, t
     assert resolve_account(config, "CORP\\bob") == ("bob", None)
     account, why = resolve_account(config, "EVIL\\alice")
     assert account is None and "not in ldap.active_directory" in why
+    # devices, bypass and unlock act on the same key
+    assert ad_account(config, "alice@corp.example") == ("alice", None)
+    assert ad_account(config, "eu\\alice")[0] is None
     # Group rollouts: members through nested groups, each under the key its logins use.
     from pushproxy.rollout.directory import RolloutDirectory, UserStatus
 
