@@ -245,8 +245,15 @@ def test_ldap_front_binds_with_upn_and_domain_user(ad_fronts, samba_dc):
     yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
     code, out, err = yield pending
     assert code == 0 and "userPrincipalName: alice@corp.example" in out, err
+    # A plain sAMAccountName goes upstream as CORP\alice.
+    pending = front.run("ldapwhoami", "-D", "ALICE", "-w", password)
+    request = yield threads.deferToThread(first_request, state)
+    yield threads.deferToThread(auth.answer, state, request["txid"], "approve")
+    code, out, err = yield pending
+    assert bound(code, err), (code, err)
     assert [(e["user"], e["reason"]) for e in front.audit()] == [
-        ("alice", "push_approved"), ("alice", "push_denied"), ("alice", "push_approved")]
+        ("alice", "push_approved"), ("alice", "push_denied"), ("alice", "push_approved"),
+        ("alice", "push_approved")]
 
 
 @pytest.mark.skipif(shutil.which("ldapwhoami") is None, reason="ldap-utils not installed")
