@@ -120,10 +120,32 @@ def parse_name(ad: ActiveDirectory, typed: str) -> AdName | ForeignDomain:
 
 
 def search_for(ad: ActiveDirectory, name: AdName, user_filter: str) -> tuple[str, str, str]:
-    """(base, filter template, value for ``{username}``) that find ``name``'s entry."""
-    if name.form is NameForm.UPN:
+    """(base, filter template, value for ``{username}``) that find ``name``'s entry.
+
+    A UPN whose suffix is the domain's own DNS name (read from its base,
+    ``DC=corp,DC=example`` -> corp.example) also finds an account that has
+    no userPrincipalName at all by its sAMAccountName, as the DC binds such
+    an "implicit UPN". An account whose stored UPN differs is not found that
+    way: its own UPN is the one to type.
+    """
+    if name.form is not NameForm.UPN:
+        return name.domain.base, user_filter, name.value
+    account, _, suffix = name.value.rpartition("@")
+    if suffix != dns_name(name.domain.base):
         return name.domain.base, ad.upn_filter, name.value
-    return name.domain.base, user_filter, name.value
+    # The sAMAccountName goes in escaped (RFC 4515, and "{" so that no
+    # placeholder can hide in it); {username} stays for the whole UPN.
+    sam = user_filter.replace("{username}", "".join(
+        f"\\{ord(ch):02x}" if ch in "\\*()\0{}" else ch for ch in account))
+    return (name.domain.base, f"(|{ad.upn_filter}(&{sam}(!(userPrincipalName=*))))",
+            name.value)
+
+
+def dns_name(base: str) -> str | None:
+    """The DNS name a domain's base DN spells (DC=corp,DC=example -> corp.example), or None."""
+    parts = [p.strip() for p in base.split(",")]
+    labels = [p[3:].strip().lower() for p in parts if p[:3].lower() == "dc="]
+    return ".".join(labels) if labels and len(labels) == len(parts) else None
 
 
 def user_search(config: "LdapConfig", username: str) -> tuple[str, str, str] | ForeignDomain:

@@ -450,7 +450,8 @@ class LdapDirectory:
         if isinstance(search, ForeignDomain):  # refused in _queue already; never searched
             return succeed(())
         base, template, value = search
-        flt = self._filters[template].render(value)  # escaping: see FilterTemplate
+        compiled = self._filters.get(template) or FilterTemplate(template)  # implicit UPNs
+        flt = compiled.render(value)  # escaping: see FilterTemplate
         return conn.search(base, flt, wanted, scope=SUBTREE,
                            size_limit=2).addCallback(_entries)
 

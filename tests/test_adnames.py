@@ -54,8 +54,9 @@ def test_names_for_domains_not_served_are_foreign(typed):
 
 def test_a_upn_is_compared_to_user_principal_name_under_its_domain():
     """UPNs use the UPN filter; plain and down-level names use ldap.user_filter."""
-    upn = parse_name(AD, "alice@eu.corp.example")
-    assert search_for(AD, upn, FILTER) == (EU.base, AD.upn_filter, "alice@eu.corp.example")
+    upn = parse_name(AD, "alice@alt.example")
+    assert search_for(AD, upn, FILTER) == (CORP.base, AD.upn_filter, "alice@alt.example")
+    assert search_for(AD, parse_name(AD, "alice@eu.corp.example"), FILTER)[0] == EU.base
     assert search_for(AD, parse_name(AD, "EU\\bob"), FILTER) == (EU.base, FILTER, "bob")
 
 
@@ -241,3 +242,17 @@ def test_admin_commands_look_only_ad_spellings_up(tmp_path):
     assert ad_account(plain, "CORP\\alice") == ("CORP\\alice", None)
     with_ad = parse_config(GOOD + SECTION, base_dir=tmp_path, env=ENV)
     assert ad_account(with_ad, "alice") == ("alice", None)
+
+
+def test_a_upn_in_the_domains_own_dns_name_also_finds_an_account_without_one():
+    """alice@corp.example: userPrincipalName, or sAMAccountName where no UPN is stored;
+    an alternate suffix is the stored UPN only; the name part is escaped."""
+    from pushproxy.adnames import dns_name
+
+    assert (dns_name(CORP.base), dns_name("OU=x,DC=corp")) == ("corp.example", None)
+    base, template, value = search_for(AD, parse_name(AD, "a*(b){c}@corp.example"), FILTER)
+    assert (base, value) == (CORP.base, "a*(b){c}@corp.example")
+    assert template == ("(|(&(objectClass=user)(userPrincipalName={username}))"
+                        "(&(&(objectClass=user)(sAMAccountName=a\\2a\\28b\\29\\7bc\\7d))"
+                        "(!(userPrincipalName=*))))")
+    assert search_for(AD, parse_name(AD, "a@alt.example"), FILTER)[1] == AD.upn_filter

@@ -323,3 +323,38 @@ def test_no_spelling_the_dc_folds_onto_alice_is_keyed_on_another_account(ad_stac
         assert (event["user"] == "alice" and event["reason"] == "no_enrolled_device") or \
             event["reason"] in REFUSED_UNREAD, (name, event)
     assert sum(e["reason"] == "no_enrolled_device" for e in events) >= 15
+
+
+@pytest.fixture
+def no_upn_user(samba_dc):
+    """dave, added for one test with no userPrincipalName (as scripts create accounts)."""
+    from tests.integration.samba_dc import ADMIN_PASSWORD
+
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=samba_dc.ca_file)
+    server = ldap3.Server(samba_dc.ldaps_url, use_ssl=True, tls=tls, get_info=ldap3.NONE)
+    admin = ldap3.Connection(server, "administrator@corp.example", ADMIN_PASSWORD,
+                             auto_bind=True)
+    dn, password = samba_dc.user_dn("dave"), "No-Upn-Here-52"
+    assert admin.add(dn, ["top", "person", "organizationalPerson", "user"], {
+        "sAMAccountName": "dave", "userAccountControl": "512",
+        "unicodePwd": f'"{password}"'.encode("utf-16-le")}), admin.result
+    try:
+        yield password
+    finally:
+        admin.delete(dn)
+        admin.unbind()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_account_without_a_upn_logs_in_by_its_implicit_upn(ad_stacks, samba_dc,
+                                                            no_upn_user):
+    """dave@corp.example finds dave (no UPN stored), as the DC binds it; dave@alt.example not."""
+    assert samba_dc.bind("dave@corp.example", no_upn_user).ok  # the DC's own behaviour
+    stack = yield ad_stacks()
+    for name in ("dave@corp.example", "dave@alt.example", "CORP\\dave"):
+        result = yield radclient(stack.radius, SECRET,
+                                 login_attrs(user=name, password=no_upn_user), timeout=30)
+        assert result.code == "Access-Reject", name  # dave is in no group
+    assert [(e["user"], e["reason"]) for e in stack.audit()] == [
+        ("dave", "not_in_required_group"), ("dave@alt.example", "unknown_user"),
+        ("dave", "not_in_required_group")]
