@@ -60,9 +60,36 @@ def resolve_account(config, name: str) -> tuple[str | None, str | None]:
     why = {PrimaryStatus.UNKNOWN_USER: f"no user {name!r} in the directory "
                                        "(ldap.user_base, ldap.user_filter)",
            PrimaryStatus.AMBIGUOUS_USER: f"{name!r} matches more than one directory entry",
-           PrimaryStatus.NOT_IN_GROUP: f"{name!r} is in none of ldap.required_groups"}
+           PrimaryStatus.NOT_IN_GROUP: f"{name!r} is in none of ldap.required_groups",
+           PrimaryStatus.UNKNOWN_DOMAIN: f"{name!r} names a domain not in "
+                                         "ldap.active_directory.domains"}
     return None, why.get(found.status, f"cannot look {name!r} up in the directory: "
                                        f"{found.detail or found.status.value}")
+
+
+def ad_account(config, name: str | None) -> tuple[str | None, str | None]:
+    """``name`` as an account key for the commands that take one (devices, bypass, unlock).
+
+    With ``ldap.active_directory``, an AD spelling (``CORP\\alice``,
+    ``alice@corp.example``) is looked up as a login would be, so the command
+    acts on the account logins key on; any other name is the key itself.
+    (None, why) when the lookup finds no single account.
+    """
+    if name is None or config.ldap.active_directory is None or not any(
+            ch in name for ch in "\\@"):
+        return name, None
+    return resolve_account(config, name)
+
+
+def _resolved(args, config, store, command: str) -> bool:
+    """Replace ``args.user`` by its account key; False (said why, store closed) if none."""
+    user, why = ad_account(config, getattr(args, "user", None))
+    if why is not None:
+        store.close()
+        print(f"{command}: {why}", file=sys.stderr)
+        return False
+    args.user = user
+    return True
 
 
 def cmd_enroll(args) -> int:
@@ -104,7 +131,7 @@ def cmd_enroll(args) -> int:
 def cmd_devices_list(args) -> int:
     """List enrolled devices (all users, or one)."""
     config, store = _store(args)
-    if store is None:
+    if store is None or not _resolved(args, config, store, "devices"):
         return 1
     try:
         devices = store.devices(args.user, include_revoked=args.all)
@@ -157,7 +184,7 @@ def cmd_devices_revoke(args) -> int:
 def cmd_bypass(args) -> int:
     """Issue one-time bypass codes for a user; printed once, stored only hashed."""
     config, store = _store(args)
-    if store is None:
+    if store is None or not _resolved(args, config, store, "bypass"):
         return 1
     now = time.time()
     try:
@@ -199,7 +226,7 @@ def cmd_bypass(args) -> int:
 def cmd_unlock(args) -> int:
     """Lift a fraud or guessing lock: logins resume, and passcode failures start from zero."""
     config, store = _store(args)
-    if store is None:
+    if store is None or not _resolved(args, config, store, "unlock"):
         return 1
     try:
         lock = store.user_lock(args.user)

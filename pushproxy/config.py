@@ -35,6 +35,7 @@ from pushproxy.upstream.settings import KEYS as UPSTREAM_KEYS
 from pushproxy.upstream.settings import UpstreamSettings, parse_client_upstream
 
 if TYPE_CHECKING:  # the section's parser imports this module
+    from pushproxy.adnames import ActiveDirectory
     from pushproxy.ldapfront.config import LdapFrontConfig
     from pushproxy.radsec.settings import RadsecConfig
     from pushproxy.risk import ContextConfig
@@ -143,6 +144,8 @@ class LdapConfig:
     # The entry attribute whose stored value is the account every piece of
     # per-user state is keyed on (see PrimaryResult.account).
     username_attribute: str = "uid"
+    # AD login names (UPN, DOMAIN\user) and the domains served (pushproxy.adnames); None: off
+    active_directory: "ActiveDirectory | None" = None
 
 
 @dataclass(frozen=True)
@@ -563,7 +566,7 @@ def _ldap(c: Checker, value) -> LdapConfig | None:
                             "bind_password_env", "user_filter", "bind_template",
                             "required_groups", "group_membership", "group_base",
                             "connect_timeout", "response_timeout", "backoff", "pool_size",
-                            "max_queue", "username_attribute"),
+                            "max_queue", "username_attribute", "active_directory"),
                   secret_keys=("bind_password",))
     if m is None:
         return None
@@ -592,6 +595,11 @@ def _ldap(c: Checker, value) -> LdapConfig | None:
     elif not (user_filter.startswith("(") and user_filter.endswith(")")):
         c.problem("ldap.user_filter", "must be an LDAP filter in parentheses")
     username_attribute = _username_attribute(c, m, user_filter)
+    from pushproxy.adnames import parse_active_directory  # imports pushproxy.checker only
+
+    active_directory = parse_active_directory(
+        c, m["active_directory"], "ldap.active_directory",
+        username_attribute=username_attribute) if "active_directory" in m else None
     groups = tuple(c.string({"g": g}, "g", f"ldap.required_groups[{i}]") or ""
                    for i, g in enumerate(c.seq(m, "required_groups", "ldap.required_groups", [])))
     mode = c.choice(m, "group_membership", "ldap.group_membership",
@@ -614,6 +622,7 @@ def _ldap(c: Checker, value) -> LdapConfig | None:
                            integer=True),
         max_queue=c.number(m, "max_queue", "ldap.max_queue", 1000, minimum=1, integer=True),
         username_attribute=username_attribute or "uid",
+        active_directory=active_directory,
     )
 
 

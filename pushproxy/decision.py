@@ -40,6 +40,7 @@ class Reason(enum.Enum):
     BAD_CREDENTIALS = "bad_credentials"
     UNKNOWN_USER = "unknown_user"
     AMBIGUOUS_USER = "ambiguous_user"
+    UNKNOWN_DOMAIN = "unknown_domain"  # CORP\user or user@suffix for a domain not served
     NOT_IN_GROUP = "not_in_required_group"
     INVALID_USERNAME = "invalid_username"
     EMPTY_PASSWORD = "empty_password"
@@ -101,6 +102,7 @@ class PrimaryStatus(enum.Enum):
     BAD_CREDENTIALS = "bad_credentials"
     UNKNOWN_USER = "unknown_user"
     AMBIGUOUS_USER = "ambiguous_user"
+    UNKNOWN_DOMAIN = "unknown_domain"  # the name's domain is not in ldap.active_directory
     NOT_IN_GROUP = "not_in_group"
     UNAVAILABLE = "unavailable"
     BUSY = "busy"
@@ -204,6 +206,7 @@ _PRIMARY_REASONS = {
     PrimaryStatus.BAD_CREDENTIALS: Reason.BAD_CREDENTIALS,
     PrimaryStatus.UNKNOWN_USER: Reason.UNKNOWN_USER,
     PrimaryStatus.AMBIGUOUS_USER: Reason.AMBIGUOUS_USER,
+    PrimaryStatus.UNKNOWN_DOMAIN: Reason.UNKNOWN_DOMAIN,
     PrimaryStatus.NOT_IN_GROUP: Reason.NOT_IN_GROUP,
     PrimaryStatus.UNAVAILABLE: Reason.DIRECTORY_UNAVAILABLE,
     PrimaryStatus.BUSY: Reason.DIRECTORY_BUSY,

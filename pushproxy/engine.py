@@ -290,6 +290,8 @@ class Engine(Pushes, VerifiedPush):
                        pause_s=limits.pause)
         decision = primary_decision(primary)
         if decision is not None:
+            if primary.account:  # the directory named the entry (not in a group): audit it
+                decision = dataclasses.replace(decision, user=primary.account)
             return decision
         if primary.username and primary.username != req.username:
             # EAP: push to the identity the upstream proved, never the outer one

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from pushproxy import adgroups, adstate, logs
 from pushproxy.adgroups import IncompleteAnswer
+from pushproxy.adnames import ForeignDomain, canonical_account, foreign_domain, user_search
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapanswers import (NO_PASSWORD, ServerFailed, account_refusal, bind_refusal,
@@ -133,6 +134,8 @@ def conclude(config: LdapConfig, required: frozenset[str], server: str, dn: str,
              groups: frozenset[str]) -> PrimaryResult:
     """The result for a user whose password was right (or who was looked up): account, groups."""
     account = account_of(attrs, config.username_attribute, dn)
+    if account is not None:
+        account = canonical_account(config.active_directory, account, dn)
     if account is None:
         # Without the stored name there is nothing safe to key devices and
         # locks on: fail closed rather than fall back to the typed spelling.
@@ -176,6 +179,13 @@ class LdapDirectory:
             self._filter_error = None
         except FilterError as exc:
             self._user_filter, self._filter_error = None, f"ldap.user_filter: {exc}"
+        self._filters = {config.user_filter: self._user_filter}
+        if config.active_directory is not None:
+            try:
+                upn = config.active_directory.upn_filter
+                self._filters[upn] = FilterTemplate(upn)
+            except FilterError as exc:
+                self._filter_error = f"ldap.active_directory.upn_filter: {exc}"
 
     def start(self) -> None:
         """Nothing to start: connections open on first use."""
@@ -264,6 +274,11 @@ class LdapDirectory:
             return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail=self._filter_error))
         if self._stopped:
             return succeed(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="directory stopped"))
+        search = user_search(self.config, username)
+        if isinstance(search, ForeignDomain):
+            # Before any directory traffic: a name for another domain is not ours to check.
+            self.counters.inc("ldap_foreign_domain")
+            return succeed(foreign_domain(search))
         self._outstanding += 1
         d = self._authenticate(username, password)
 
@@ -382,6 +397,8 @@ class LdapDirectory:
                  refusal: adstate.BindRefusal | None = None) -> PrimaryResult | None:
         """`account_refusal` for this login (counted); None when the account is usable."""
         account = account_of(attrs, self.config.username_attribute, dn) if dn else None
+        if account is not None:
+            account = canonical_account(self.config.active_directory, account, dn)
         result = account_refusal(server.url, dn, account, attrs, refusal, self._now())
         if result is not None and result.account_state is not None:
             self.counters.inc("ldap_account_refusals", state=result.account_state.value)
@@ -463,8 +480,13 @@ class LdapDirectory:
                   adgroups.PRIMARY_GROUP_ID]
         if self.config.group_mode is GroupMode.MEMBER_OF:
             wanted.append("memberOf")
-        flt = self._user_filter.render(username)  # escaping: see FilterTemplate
-        return conn.search(self.config.user_base, flt, wanted, scope=SUBTREE,
+        search = user_search(self.config, username)
+        if isinstance(search, ForeignDomain):  # refused in _queue already; never searched
+            return succeed(())
+        base, template, value = search
+        compiled = self._filters.get(template) or FilterTemplate(template)  # implicit UPNs
+        flt = compiled.render(value)  # escaping: see FilterTemplate
+        return conn.search(base, flt, wanted, scope=SUBTREE,
                            size_limit=2).addCallback(user_entries)
 
     def _bind_user(self, pool: ServerConnections, name: str, password: str):

@@ -17,6 +17,7 @@ from ldap3.core import exceptions as lexc
 
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
+from pushproxy.adnames import ForeignDomain, foreign_domain, user_search
 from pushproxy.ldapauth import conclude, group_query, normalize_dn, user_filter, values_of
 from pushproxy.ldaptls import ldap3_tls
 
@@ -101,7 +102,11 @@ def _lookup_on(config, conn, server, username, candidates, required) -> PrimaryR
     wanted = [config.username_attribute]
     if config.group_mode is GroupMode.MEMBER_OF:
         wanted.append("memberOf")
-    ok = conn.search(config.user_base, user_filter(config.user_filter, username),
+    search = user_search(config, username)
+    if isinstance(search, ForeignDomain):
+        return foreign_domain(search)
+    base, template, value = search
+    ok = conn.search(base, user_filter(template, value),
                      search_scope=ldap3.SUBTREE, attributes=wanted, size_limit=2)
     code = conn.result.get("result", 0)
     if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject

@@ -11,12 +11,15 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 
+from pushproxy.adnames import ActiveDirectory, ForeignDomain, NameForm, parse_name, search_for
 from pushproxy.ldapauth import normalize_dn
 from pushproxy.ldapfront import ber
+from pushproxy.ldapfilter import FilterTemplate
 from pushproxy.ldapfront.config import LdapFrontConfig, SaslMode
 
 
@@ -72,8 +75,14 @@ def in_subtree(dn: str, base: str) -> bool:
     return dn == base or dn.endswith("," + base)
 
 
-def classify(req: ber.BindRequest, config: LdapFrontConfig, *, tls: bool) -> BindKind:
-    """What to do with ``req`` (``tls``: the client connection is encrypted)."""
+def classify(req: ber.BindRequest, config: LdapFrontConfig, *, tls: bool,
+             ad: ActiveDirectory | None = None) -> BindKind:
+    """What to do with ``req`` (``tls``: the client connection is encrypted).
+
+    ``ad``: ``ldap.active_directory``; with it a bind name that is not a DN is an
+    AD login name (UPN, DOMAIN\\user, sAMAccountName), a user bind like a DN:
+    `ad_bind` says which account it names once the directory bound it.
+    """
     if req.version != 3:
         return BindKind.REFUSE_VERSION
     if not req.simple:
@@ -86,18 +95,49 @@ def classify(req: ber.BindRequest, config: LdapFrontConfig, *, tls: bool) -> Bin
             else BindKind.REFUSE_UNAUTHENTICATED
     if config.require_tls and not tls:
         return BindKind.REFUSE_CLEARTEXT
-    if not req.name or not is_dn(req.name):
+    if not req.name:
         return BindKind.REFUSE_BAD_NAME
     try:
         req.password.decode("utf-8")
     except UnicodeDecodeError:
         return BindKind.REFUSE_BAD_NAME
+    if not is_dn(req.name):
+        # Service accounts and exempt OUs are matched on the entry's DN once
+        # the directory bound the name (`ad_bind`), never on the spelling typed.
+        return BindKind.USER if ad is not None else BindKind.REFUSE_BAD_NAME
     dn = normalize_dn(req.name)
     if dn in config.service_dns:
         return BindKind.SERVICE
     if any(in_subtree(dn, ou) for ou in config.exempt_ous):
         return BindKind.EXEMPT_OU
     return BindKind.USER
+
+
+@dataclass(frozen=True)
+class AdBind:
+    """How to check an AD login name upstream: the name to bind with, then the search
+    (subtree under ``base``, BER ``filter_``) that finds the entry it bound."""
+
+    bind_name: str
+    base: str
+    filter_: bytes
+
+
+def ad_bind(ad: ActiveDirectory, name: str, user_filter: str) -> AdBind | ForeignDomain:
+    """The upstream bind and entry search for the AD login name ``name``, or a refusal.
+
+    A UPN and ``DOMAIN\\user`` go upstream as typed (AD binds both); a plain
+    sAMAccountName gets the first domain's NetBIOS name, as a Windows logon
+    would give it. A name for a domain not served is refused here, before
+    any traffic: the DC would otherwise check a password for a domain the
+    proxy knows nothing about (a trusted forest, say).
+    """
+    parsed = parse_name(ad, name)
+    if isinstance(parsed, ForeignDomain):
+        return parsed
+    base, template, value = search_for(ad, parsed, user_filter)
+    bind_name = f"{parsed.domain.netbios}\\{name}" if parsed.form is NameForm.PLAIN else name
+    return AdBind(bind_name, base, FilterTemplate(template).render(value))
 
 
 def rdn_value(dn: str, attribute: str) -> str | None:

@@ -66,6 +66,9 @@ class LdapFront:
         self.config = config.ldap_front
         self.connector.ldap = config.ldap
         self.group_mode = config.ldap.group_mode
+        # AD login names in bind DNs (pushproxy.adnames), searched with ldap.user_filter
+        self.active_directory = config.ldap.active_directory
+        self.user_filter = config.ldap.user_filter
         self.required_groups = normalized(config.ldap.required_groups)
         self.candidates = (self.required_groups | interesting_groups(config.policy)
                            | self.config.exempt_groups)

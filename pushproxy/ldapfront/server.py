@@ -26,13 +26,14 @@ from twisted.protocols.policies import TimeoutMixin
 
 from pushproxy import logs
 from pushproxy.adgroups import IncompleteAnswer
+from pushproxy.adnames import ForeignDomain
 from pushproxy.adstate import AccountState, ad_diagnostic
 from pushproxy.decision import Decision, Outcome, PrimaryResult, PrimaryStatus, Reason
 from pushproxy.engine import LoginRequest
 from pushproxy.ldapauth import normalize_dn
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import (PASS_THROUGH, REFUSAL_CODES, REFUSAL_MESSAGES,
-                                       classify, rdn_value)
+                                       ad_bind, classify, in_subtree, is_dn, rdn_value)
 from pushproxy.ldapfront.primary import read_user
 from pushproxy.ldapfront.upstream import Upstream, UpstreamFailed
 from pushproxy.netaddr import peer_address
@@ -336,7 +337,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
 
     def _bind(self, msg: ber.Message, req: ber.BindRequest) -> None:
         front = self.front
-        kind = classify(req, front.config, tls=self.tls)
+        kind = classify(req, front.config, tls=self.tls,
+                        ad=getattr(front, "active_directory", None))
         if not front.accepting:
             self.transport.write(ber.bind_response(msg.message_id, ber.UNAVAILABLE,
                                                    "shutting down"))
@@ -397,6 +399,18 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             return
         if cached:
             front.cache.forget(key)  # the password no longer works upstream
+        if result.status is PrimaryStatus.OK and result.dn and not is_dn(req.name):
+            # An AD name (svc@corp.example, CORP\svc) of a service account or of an
+            # exempt OU: known only now, from the entry the directory bound.
+            stored = normalize_dn(result.dn)
+            kind = ("service" if stored in front.config.service_dns else "exempt_ou"
+                    if any(in_subtree(stored, ou) for ou in front.config.exempt_ous) else None)
+            if kind is not None:
+                front.counters.inc("ldap_front_binds_passed", kind=kind)
+                logs.event(log, logging.INFO, "ldap_front.bind_passed", kind=kind,
+                           dn=result.dn, user=username, source=self.peer)
+                self.transport.write(ber.bind_response(mid, ber.SUCCESS))
+                return
         if result.status is PrimaryStatus.OK and result.groups & front.config.exempt_groups:
             front.counters.inc("ldap_front_binds_passed", kind="exempt_group")
             logs.event(log, logging.INFO, "ldap_front.bind_passed", kind="exempt_group",
@@ -428,8 +442,15 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
 
     async def _primary(self, mid: int, dn: str, password: str) -> tuple[PrimaryResult, str]:
         """Bind as the user on this client's upstream connection, then read the entry."""
-        cfg = self.front.config
+        cfg, ad = self.front.config, getattr(self.front, "active_directory", None)
         guess = rdn_value(dn, cfg.login_attribute) or dn
+        ad_name = None
+        if ad is not None and not is_dn(dn):
+            # An AD login name (classify let only these through without a DN).
+            ad_name = ad_bind(ad, dn, self.front.user_filter)
+            if isinstance(ad_name, ForeignDomain):
+                self.front.counters.inc("ldap_foreign_domain")
+                return PrimaryResult(PrimaryStatus.UNKNOWN_DOMAIN, detail=ad_name.why), dn
         if not password:
             # "password" was only a passcode: never an unauthenticated bind upstream.
             return PrimaryResult(PrimaryStatus.BAD_CREDENTIALS, dn=dn), guess
@@ -440,7 +461,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         try:
             return await read_user(upstream, mid, dn, password, cfg.login_attribute,
                                    self.front.group_mode, self.front.candidates,
-                                   self.front.counters, now=self.front.reactor.seconds())
+                                   self.front.counters, now=self.front.reactor.seconds(),
+                                   ad_name=ad_name, ad=ad)
         except IncompleteAnswer as exc:
             # A referral or ranged memberOf: deciding on the part that came
             # back could grant or deny wrongly (pushproxy.adgroups).

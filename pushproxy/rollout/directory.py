@@ -18,6 +18,7 @@ from ldap3.core import exceptions as lexc
 
 from pushproxy.decision import PrimaryStatus
 from pushproxy import ldapsync
+from pushproxy.adnames import canonical_account
 from pushproxy.ldapauth import LdapDirectory, account_of
 from pushproxy.metrics import Counters
 
@@ -53,6 +54,7 @@ class DirectoryUser:
 
 _STATUS = {PrimaryStatus.OK: UserStatus.FOUND, PrimaryStatus.UNKNOWN_USER: UserStatus.UNKNOWN,
            PrimaryStatus.AMBIGUOUS_USER: UserStatus.AMBIGUOUS,
+           PrimaryStatus.UNKNOWN_DOMAIN: UserStatus.UNKNOWN,
            PrimaryStatus.NOT_IN_GROUP: UserStatus.NOT_ALLOWED}
 
 
@@ -140,6 +142,7 @@ class RolloutDirectory:
                 continue
             account = account_of(entry, self.config.username_attribute, entry_dn)
             if account:
+                account = canonical_account(self.config.active_directory, account, entry_dn)
                 names.append(account)
 
     def user(self, name: str) -> DirectoryUser:

@@ -134,7 +134,10 @@ class UpstreamPrimary:
         if self.directory is None or not hasattr(self.directory, "lookup"):
             return PrimaryResult(PrimaryStatus.UNAVAILABLE, server=server,
                                  detail="groups_from_ldap without a directory")
-        found = yield self.directory.lookup(directory_name(identity or username))
+        name = identity or username
+        if getattr(getattr(self.directory, "config", None), "active_directory", None) is None:
+            name = directory_name(name)  # with AD domains the lookup reads DOMAIN\user itself
+        found = yield self.directory.lookup(name)
         if found.status is not PrimaryStatus.OK:
             # Unknown in the directory, not in ldap.required_groups, or the
             # directory is down: the groups decide policy, so fail closed.

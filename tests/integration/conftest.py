@@ -50,6 +50,7 @@ def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
     server = SambaDC(tmp_path_factory.mktemp("samba"))
     try:
         server.start()
+        print(f"\nSamba AD DC {server.address} ready in {server.startup_seconds:.1f} s")
         yield server
     finally:
         server.cleanup()

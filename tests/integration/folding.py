@@ -61,23 +61,34 @@ def candidates(name: str, max_ignorable: int = 400) -> list[str]:
     return sorted(out)
 
 
-def _found(conn, base: str, names: list[str], dn: str) -> bool:
-    flt = "(|" + "".join(f"(uid={escape_filter_chars(n)})" for n in names) + ")"
+def _found(conn, base: str, names: list[str], dn: str, attribute: str = "uid",
+           suffix: str = "") -> bool:
+    flt = "(|" + "".join(f"({attribute}={escape_filter_chars(n + suffix)})"
+                         for n in names) + ")"
     conn.search(base, flt, search_scope=ldap3.SUBTREE, attributes=ldap3.NO_ATTRIBUTES)
     return any(e.get("dn", "").lower() == dn.lower() for e in conn.response or []
                if e.get("type") == "searchResEntry")
 
 
-def folded_spellings(slapd, name: str, batch: int = 64) -> list[str]:
-    """The candidates whose search finds ``name``'s entry in ``slapd`` (bisected batches)."""
-    dn = slapd.user_dn(name)
-    server = ldap3.Server("127.0.0.1", port=slapd.port, get_info=ldap3.NONE)
-    conn = ldap3.Connection(server, slapd.service_dn, slapd.service_password, auto_bind=True,
-                            raise_exceptions=False)
+def folded_spellings(slapd, name: str, batch: int = 64, *, conn=None, base: str | None = None,
+                     dn: str | None = None, attribute: str = "uid",
+                     suffix: str = "") -> list[str]:
+    """The candidates whose search finds ``name``'s entry in ``slapd`` (bisected batches).
+
+    Another directory (the Samba AD DC): pass its service-bound ``conn``, the
+    search ``base``, the entry's ``dn`` and the ``attribute`` compared (a UPN
+    search appends ``suffix`` to each candidate); the connection stays open.
+    """
+    own = conn is None
+    if own:
+        dn, base = slapd.user_dn(name), slapd.people_dn
+        server = ldap3.Server("127.0.0.1", port=slapd.port, get_info=ldap3.NONE)
+        conn = ldap3.Connection(server, slapd.service_dn, slapd.service_password,
+                                auto_bind=True, raise_exceptions=False)
     hits: list[str] = []
 
     def probe(names: list[str]) -> None:
-        if not _found(conn, slapd.people_dn, names, dn):
+        if not _found(conn, base, names, dn, attribute, suffix):
             return
         if len(names) == 1:
             hits.append(names[0])
@@ -91,5 +102,6 @@ def folded_spellings(slapd, name: str, batch: int = 64) -> list[str]:
         for start in range(0, len(every), batch):
             probe(every[start:start + batch])
     finally:
-        conn.unbind()
+        if own:
+            conn.unbind()
     return sorted(hits)

@@ -15,8 +15,12 @@ SECRET = "integration-secret-0123"
 
 
 def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extra="", clients=None,
-                 approval=None, stop_grace=1) -> Path:
-    """A config.yaml for a daemon on 127.0.0.1 (free port) using the test slapd."""
+                 approval=None, stop_grace=1,
+                 user_filter="(&(objectClass=inetOrgPerson)(uid={username}))") -> Path:
+    """A config.yaml for a daemon on 127.0.0.1 (free port) using the test slapd.
+
+    ``slapd``: anything with its ``url``, ``service_dn``, ``service_password``,
+    ``people_dn`` and ``group_dn(name)`` (the Samba AD DC's tests pass an adapter)."""
     (tmp / "radius.secret").write_text(SECRET + "\n")
     (tmp / "ldap.secret").write_text(slapd.service_password + "\n")
     for name in ("radius.secret", "ldap.secret"):  # serve refuses secrets others can read
@@ -43,7 +47,7 @@ def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extr
           bind_dn: "{bind_dn}"
           bind_password_file: ldap.secret
           user_base: "{people}"
-          user_filter: "(&(objectClass=inetOrgPerson)(uid={{username}}))"
+          user_filter: "{user_filter}"
           required_groups: ["{group}"]
           connect_timeout: 2
           response_timeout: 2
@@ -57,7 +61,7 @@ def write_config(tmp: Path, slapd, *, servers=None, push="timeout: 5", ldap_extr
         {approval}
     """).format(clients=textwrap.indent(clients, "    "),
                 servers="[" + ", ".join(f'"{s}"' for s in servers) + "]",
-                bind_dn=slapd.service_dn, people=slapd.people_dn,
+                bind_dn=slapd.service_dn, people=slapd.people_dn, user_filter=user_filter,
                 group=slapd.group_dn("vpn-users"),
                 ldap_extra=textwrap.indent(textwrap.dedent(ldap_extra), "  "),
                 push=textwrap.indent(textwrap.dedent(push), "  "),

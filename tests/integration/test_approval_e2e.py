@@ -69,7 +69,8 @@ class Stack:
     """A running daemon with the built-in approval service, and its config folder."""
 
     def __init__(self, tmp_path, slapd, *, timeout=20, webhook=None, http_port=None,
-                 clients=None, push_extra="", extra="", public_host="127.0.0.1"):
+                 clients=None, push_extra="", extra="", public_host="127.0.0.1",
+                 ldap_extra="", user_filter=None):
         self.tmp_path = tmp_path
         self.http_port = http_port or free_tcp_port()
         # public_host "localhost": passkeys need a DNS name as RP ID (docs/presence.md)
@@ -79,8 +80,10 @@ class Stack:
               public_url: "http://{public_host}:{self.http_port}"
               database: pushproxy.db
             """) + (f'  alert_webhook: "{webhook}"\n' if webhook else "")
+        more = {"user_filter": user_filter} if user_filter else {}
         self.config_path = write_config(tmp_path, slapd, push=f"timeout: {timeout}\n{push_extra}",
-                                        approval=approval, clients=clients)
+                                        approval=approval, clients=clients,
+                                        ldap_extra=ldap_extra, **more)
         if extra:  # more top-level sections (policy)
             self.config_path.write_text(self.config_path.read_text() + "\n" + extra)
         self.config = load(self.config_path)
