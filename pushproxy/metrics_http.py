@@ -42,6 +42,8 @@ HELP = {
     "ldap_user_binds": "LDAP binds as a user",
     "ldap_server_errors": "LDAP server failures, by server",
     "ldap_busy": "Logins refused because the LDAP queue was full",
+    "ldap_op_timeouts": "LDAP operations that timed out alone while the server answered "
+                        "others (retried once; the server is not marked failed), by server",
     "audit_events": "Audit events written",
     "audit_write_errors": "Audit events that could not be written",
     "approval_transactions": "Approval transactions opened",
