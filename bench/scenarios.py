@@ -95,8 +95,10 @@ def users(prefix: str, count: int) -> list[tuple[str, str]]:
 class Bench:
     """Shared state of one benchmark invocation."""
 
-    def __init__(self, workdir: Path, sizes: Sizes, *, use_freeradius: bool, log=print):
+    def __init__(self, workdir: Path, sizes: Sizes, *, use_freeradius: bool, log=print,
+                 slapd_loglevel: str = "0"):
         self.workdir = workdir
+        self.slapd_loglevel = slapd_loglevel
         self.sizes = sizes
         self.log = log
         self.use_freeradius = use_freeradius
@@ -125,7 +127,7 @@ class Bench:
 
         started = time.monotonic()
         self.slapd = Slapd(extra_users=self.all_users, extra_users_groups=["vpn-users"],
-                           loglevel="0", base_dir=str(self.workdir))
+                           loglevel=self.slapd_loglevel, base_dir=str(self.workdir))
         self.slapd.start()
         self.log(f"slapd: {len(self.all_users)} users, {time.monotonic() - started:.1f} s, "
                  f"pid {self.slapd.pid}")
