@@ -7,10 +7,13 @@ and parsed as they arrive on the reactor, with no thread per operation.
 
 `LdapClientProtocol` is one connection: operations are sent at once and
 matched to their responses by message id, each with its own response
-timeout. A connection that times out, breaks the protocol or is told it is
+timeout (judged after a short grace, see `_timed_out`). A connection whose
+server answered nothing meanwhile, that breaks the protocol or is told it is
 being disconnected fails every operation still on it and is closed: the
 caller sees an `LdapError` with the reason, never a crash and never a result
-it did not ask for. Connections and their pools live in `ldapconns`.
+it did not ask for. An operation that times out while the server answers
+others fails alone (`LdapTimeout.server_answering`) and retires its
+connection. Connections and their pools live in `ldapconns`.
 """
 
 from __future__ import annotations
