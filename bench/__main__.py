@@ -97,6 +97,9 @@ def parse_args(argv):
                    help="pending-curve: run it first against git revision REV's daemon "
                         "(before/after in one run)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    p.add_argument("--slapd-loglevel", default="0",
+                   help="slapd's -d level (default 0; 'stats' logs every operation with its "
+                        "time, to see when the directory answered; it costs slapd CPU)")
     for field, default in asdict(Sizes()).items():
         text = f"size: {field} (default {default})"
         if field == "switch_interval":
@@ -132,7 +135,8 @@ def main(argv=None) -> int:
 
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="pushproxy-bench-"))
-    bench = Bench(workdir, sizes, use_freeradius=use_fr, log=log)
+    bench = Bench(workdir, sizes, use_freeradius=use_fr, log=log,
+                  slapd_loglevel=args.slapd_loglevel)
     result = {"machine": machine(), "sizes": asdict(sizes), "runs_requested": runs,
               "freeradius_used": use_fr, "started": time.strftime(
                   "%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "runs": []}

@@ -7,6 +7,12 @@ per pending login (tracemalloc), objects the collector tracks per pending
 login, and how long one full collection takes with them held (median of 5).
 A developer's microscope beside ``--only pending-curve``, which reads the
 daemon's RSS: this one names the lines that allocate (``-v``).
+
+``--threshold A,B,C`` runs the fill under ``gc.set_threshold(A, B, C)``
+(``default`` keeps CPython's; ``daemon`` takes the daemon's own, see
+`pushproxy.gcwatch.tune`) and prints the collections the fill triggered
+(count, total and longest pause per generation): run it once each way to
+compare what a threshold costs and saves (docs/benchmarks.md, issue 22).
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from pyrad import packet as rpacket
 from twisted.internet import defer
 from twisted.internet import reactor
 
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import Device, SQLiteStore
 from pushproxy.audit import AuditLog
 from pushproxy.config import FailMode, NoDeviceMode, PushConfig, RadiusClient
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.engine import Engine
+from pushproxy.gcwatch import GcWatch, tune
 from pushproxy.metrics import Counters
 from pushproxy.radius import codec
 from pushproxy.radius.retransmit import RetransmitTable
@@ -52,6 +59,7 @@ class _Directory:
 def main(argv: list[str]) -> int:
     count = int(argv[0]) if argv and argv[0].isdigit() else 2000
     verbose = "-v" in argv
+    threshold = argv[argv.index("--threshold") + 1] if "--threshold" in argv else "default"
     dictionary = codec.load_dictionary()
     counters = Counters()
     store = SQLiteStore(":memory:")
@@ -60,7 +68,7 @@ def main(argv: list[str]) -> int:
         store.create_enrollment(f"u{i:06d}", f"h{i}", now, now + 900)
         store.redeem_enrollment(f"h{i}", now, Device(f"d{i}", f"u{i:06d}", "p", "K", None, now,
                                                      None, None))
-    service = ApprovalService(run=InlineRunner(store), reactor=reactor, counters=counters,
+    service = ApprovalService(store=AsyncStore.inline(store), reactor=reactor, counters=counters,
                               vapid_public_key="k")
     engine = Engine(clock=reactor, directory=_Directory(), provider=service,
                     push=PushConfig(timeout=600, failmode=FailMode.SECURE,
@@ -88,10 +96,18 @@ def main(argv: list[str]) -> int:
     proto.datagramReceived(raws[count], ("127.0.0.1", 1))  # warm: imports, first objects
     gc.collect()
     gc.freeze()
+    if threshold == "daemon":
+        tune()
+    elif threshold != "default":
+        gc.set_threshold(*(int(x) for x in threshold.split(",")))
+    watch = GcWatch().install()
     tracemalloc.start(1)
     before, objects = tracemalloc.take_snapshot(), len(gc.get_objects())
+    started = time.perf_counter()
     for i in range(count):
         proto.datagramReceived(raws[i], ("127.0.0.1", 2000 + i))
+    fill = time.perf_counter() - started
+    watch.uninstall()
     gc.collect()
     after, objects = tracemalloc.take_snapshot(), len(gc.get_objects()) - objects
     tracemalloc.stop()
@@ -106,6 +122,11 @@ def main(argv: list[str]) -> int:
         gc.collect()
         pauses.append(time.perf_counter() - started)
     print(f"one full collection with them held: {sorted(pauses)[2] * 1000:.1f} ms")
+    print(f"the fill under gc thresholds {gc.get_threshold()} ({threshold}): {fill:.2f} s "
+          "(with tracemalloc)")
+    for gen, name in enumerate(("young", "middle", "full")):
+        print(f"  {name:6} collections {watch.count[gen]:5}, pauses total "
+              f"{watch.total[gen] * 1000:8.1f} ms, longest {watch.longest[gen] * 1000:7.1f} ms")
     if verbose:
         for d in diff[:25]:
             print(f"{d.size_diff / count:8.0f} B {d.count_diff / count:6.1f} blocks  {d.traceback[0]}")

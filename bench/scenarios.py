@@ -95,8 +95,10 @@ def users(prefix: str, count: int) -> list[tuple[str, str]]:
 class Bench:
     """Shared state of one benchmark invocation."""
 
-    def __init__(self, workdir: Path, sizes: Sizes, *, use_freeradius: bool, log=print):
+    def __init__(self, workdir: Path, sizes: Sizes, *, use_freeradius: bool, log=print,
+                 slapd_loglevel: str = "0"):
         self.workdir = workdir
+        self.slapd_loglevel = slapd_loglevel
         self.sizes = sizes
         self.log = log
         self.use_freeradius = use_freeradius
@@ -125,7 +127,7 @@ class Bench:
 
         started = time.monotonic()
         self.slapd = Slapd(extra_users=self.all_users, extra_users_groups=["vpn-users"],
-                           loglevel="0", base_dir=str(self.workdir))
+                           loglevel=self.slapd_loglevel, base_dir=str(self.workdir))
         self.slapd.start()
         self.log(f"slapd: {len(self.all_users)} users, {time.monotonic() - started:.1f} s, "
                  f"pid {self.slapd.pid}")
@@ -356,12 +358,17 @@ class Bench:
             fill = admitted - started
             await asyncio.sleep(0.5)
             rss1 = daemon.rss()
+            gc_fill = await asyncio.to_thread(daemon.metrics)
             out.update({
                 "fill_s": round(fill, 2), "held_at_once": held,
                 "fill_rate_per_s": round(taken / fill, 1) if fill > 0 else None,
                 "rss_before_bytes": rss0, "rss_pending_bytes": rss1,
                 "bytes_per_pending_login": round((rss1 - rss0) / max(1, held)),
-                "fill_cpu_s": round(daemon.cpu_seconds() - cpu0, 2)})
+                "fill_cpu_s": round(daemon.cpu_seconds() - cpu0, 2),
+                # The collector's pauses up to the end of the fill (gcwatch, /metrics).
+                "gc_at_fill_end": {f"{gen}_{what}": round(gc_fill.value(
+                    f"pushproxy_gc_{gen}_{what}"), 3) for gen in ("middle", "full")
+                    for what in ("collections", "pause_seconds_total", "pause_max_seconds")}})
             # Other logins, approved at once, while the pending ones wait.
             out["during_pending"] = await self._probe(client, daemon, self.pq, "latency-busy")
             # Resolve: the later half is approved by the device, the first half times out.

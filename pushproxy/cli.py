@@ -153,6 +153,7 @@ def cmd_serve(args) -> int:
         return workers.supervise(args.config, config)
     from twisted.internet import reactor, task
 
+    from pushproxy import gcwatch
     from pushproxy.metrics import Counters
     from pushproxy.wiring import build_daemon
 
@@ -179,8 +180,10 @@ def cmd_serve(args) -> int:
         # Start-up objects (modules, config, keys) live for the whole run: keep
         # them out of every later full collection. (The ~140 ms stall measured
         # with 20,000 logins pending comes from the pending objects themselves;
-        # see docs/benchmarks.md.)
+        # see docs/benchmarks.md.) Then the thresholds: fewer full collections
+        # while thousands of logins are held (gcwatch.tune, issue 22).
         gc.freeze()
+        gcwatch.tune()
         interval = sdnotify.watchdog_interval()
         if interval:
             task.LoopingCall(notify, "WATCHDOG=1").start(interval)

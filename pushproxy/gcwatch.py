@@ -68,3 +68,19 @@ class GcWatch:
 
 #: The daemon's one watch (a process has one collector).
 WATCH = GcWatch()
+
+#: The daemon's collector thresholds (`tune`); CPython's default is (700, 10, 10).
+#: A full collection walks every object the pending logins hold (~100 each):
+#: seconds with 20,000 pending on a loaded 2-core machine, every thread
+#: stopped. CPython starts one after every 10 middle collections (~70,000
+#: objects that survived into the oldest generation), so a fill of 20,000
+#: logins ran 12-19 of them; after every 100 it runs 2 (``python -m
+#: bench.pendingmem 20000 --threshold ...``, docs/benchmarks.md). The price:
+#: cyclic garbage that reached the oldest generation waits longer for its
+#: collection (CPython still also waits for that generation to grow by 25 %).
+THRESHOLDS = (700, 10, 100)
+
+
+def tune() -> None:
+    """Set the daemon's collector thresholds (called once start-up objects are frozen)."""
+    gc.set_threshold(*THRESHOLDS)

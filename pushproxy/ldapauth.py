@@ -37,10 +37,11 @@ from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.ldapanswers import (NO_PASSWORD, ServerFailed, account_refusal, bind_refusal,
                                    user_entries)
-from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError
+from pushproxy.ldapclient import BASE, SUBTREE, LdapConnectionLost, LdapError, LdapTimeout
 from pushproxy.ldapconns import ServerConnections
 from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter
 from pushproxy.metrics import Counters
+from pushproxy.radius.loglimit import LogLimiter
 
 log = logging.getLogger("pushproxy.ldap")
 
@@ -171,6 +172,7 @@ class LdapDirectory:
         self._pools: dict[str, ServerConnections] = {}
         self._outstanding = 0
         self._blocking = threading.local()  # lookup_blocking's kept connections
+        self._slow_log = LogLimiter(every=10.0, max_lines=10)  # ldap.slow_operation lines
         self._stopped = False
         # A filter the encoder cannot read fails every login the same way:
         # say so once, instead of marking each server failed in turn.
@@ -379,6 +381,8 @@ class LdapDirectory:
             # cost the login twice).
             if attempt == 0 and exc.reused and isinstance(exc, LdapConnectionLost):
                 return self._on_server(server, username, password, attempt=1)
+            if isinstance(exc, LdapTimeout) and exc.server_answering:
+                return self._slow_operation(server, username, password, attempt, exc)
             raise ServerFailed(f"{type(exc).__name__}: {exc}")
         return d.addErrback(failed)
 
@@ -403,6 +407,24 @@ class LdapDirectory:
         if result is not None and result.account_state is not None:
             self.counters.inc("ldap_account_refusals", state=result.account_state.value)
         return result
+
+    def _slow_operation(self, server: LdapServer, username: str, password, attempt: int,
+                        exc: LdapTimeout):
+        """One operation timed out while the server went on answering others: busy.
+
+        Only that login is concerned (its connection was retired, nothing else
+        on it failed) and the server is not marked failed: it is retried once on
+        the server's other connections, then answered ``directory_busy``.
+        """
+        self.counters.inc("ldap_op_timeouts", server=server.url)
+        suppressed = self._slow_log.note(server.url, self.monotonic())
+        if suppressed is not None:
+            logs.event(log, logging.WARNING, "ldap.slow_operation", server=server.url,
+                       error=str(exc), retry=attempt == 0, suppressed=suppressed or None)
+        if attempt == 0:
+            return self._on_server(server, username, password, attempt=1)
+        return PrimaryResult(PrimaryStatus.BUSY, server=server.url,
+                             detail=f"directory busy: {exc}")
 
     def _search_then_bind(self, server, username, password):
         """Search as the service account, then bind as the entry found (callback chain)."""
@@ -435,7 +457,7 @@ class LdapDirectory:
         # member_of reads the entry alone, unless AD's primary group is to be compared.
         needs_search = self._candidates and (self.config.group_mode is not GroupMode.MEMBER_OF
                                              or adgroups.primary_group_id(attrs) is not None)
-        if search.closed and needs_search:  # dropped meanwhile; the group queries need one
+        if (search.closed or search.retiring) and needs_search:  # the group queries need one
             d = pool.search_connection()
         else:
             d = succeed(search)

@@ -7,10 +7,13 @@ and parsed as they arrive on the reactor, with no thread per operation.
 
 `LdapClientProtocol` is one connection: operations are sent at once and
 matched to their responses by message id, each with its own response
-timeout. A connection that times out, breaks the protocol or is told it is
+timeout (judged after a short grace, see `_timed_out`). A connection whose
+server answered nothing meanwhile, that breaks the protocol or is told it is
 being disconnected fails every operation still on it and is closed: the
 caller sees an `LdapError` with the reason, never a crash and never a result
-it did not ask for. Connections and their pools live in `ldapconns`.
+it did not ask for. An operation that times out while the server answers
+others fails alone (`LdapTimeout.server_answering`) and retires its
+connection. Connections and their pools live in `ldapconns`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,25 @@ class LdapError(Exception):
 class LdapTimeout(LdapError):
     """No response within the response timeout."""
 
+    # True when the server went on answering other operations meanwhile (on
+    # any connection to it): that one operation is slow, the server is busy,
+    # not hung -- only that operation failed, the connection is retired.
+    server_answering = False
+
+
+class ServerActivity:
+    """What one server answered, shared by every connection to it.
+
+    At an operation's timeout it tells a busy server (answering others, just
+    not this one in time) from a hung one (silent on every connection).
+    """
+
+    __slots__ = ("answered", "last_answer")
+
+    def __init__(self):
+        self.answered = 0  # responses completed, all connections
+        self.last_answer = None  # reactor time of the last one
+
 
 class LdapConnectionLost(LdapError):
     """The connection closed (or could not be made) before the response arrived."""
@@ -64,30 +86,48 @@ class SearchResult:
 class _Op:
     """One operation in flight: what answers it, and the timer that gives up on it."""
 
-    __slots__ = ("kind", "deferred", "timer", "entries", "limit", "references")
+    __slots__ = ("kind", "deferred", "timer", "entries", "limit", "references",
+                 "answered_before", "server_before", "due", "rechecks")
 
-    def __init__(self, kind: int, deferred: Deferred, limit: int):
+    def __init__(self, kind: int, deferred: Deferred, limit: int, answered_before: int,
+                 server_before: int):
         self.kind = kind  # the response tag that finishes it
         self.deferred = deferred
         self.timer = None
         self.entries: list = []
         self.limit = limit  # entries kept (a server ignoring the size limit costs nothing)
         self.references: list[str] = []
+        # The connection's answer count when this was sent: at its timeout, how
+        # many others the server answered meanwhile (busy, or hung?).
+        self.answered_before = answered_before
+        self.server_before = server_before  # the same, for the whole server
+        self.due = 0.0  # when its response timeout was found passed
+        self.rechecks = 0
 
 
 class LdapClientProtocol(Protocol):
     """One LDAP connection with any number of operations in flight."""
 
-    def __init__(self, reactor, response_timeout: float, max_message: int = MAX_MESSAGE):
+    def __init__(self, reactor, response_timeout: float, max_message: int = MAX_MESSAGE,
+                 activity: ServerActivity | None = None):
         self.reactor = reactor
+        self.activity = activity if activity is not None else ServerActivity()
         self.response_timeout = response_timeout
         self.max_message = max_message
         self._buf = bytearray()
         self._ops: dict[int, _Op] = {}
         self._next_id = 1
         self.answered = 0  # responses completed on this connection
+        self.last_data = None  # reactor time of the last bytes received
         self.closed = False
+        # Set once an operation timed out while the server answered others: no
+        # new operations here; closed once the ones in flight are answered.
+        self.retiring = False
+        self._abandoned: set[int] = set()  # timed out alone: a late answer is dropped
         self.on_lost = None  # called once with this protocol when the connection ends
+        # After the timeout, how long the event loop runs on before an unanswered
+        # operation is judged (see `_timed_out`).
+        self.grace = min(1.0, response_timeout / 5)
 
     @property
     def in_flight(self) -> int:
@@ -159,7 +199,7 @@ class LdapClientProtocol(Protocol):
             error.reused = self.answered > 0
             d.errback(error)
             return d
-        op = self._ops[mid] = _Op(kind, d, limit)
+        op = self._ops[mid] = _Op(kind, d, limit, self.answered, self.activity.answered)
         op.timer = self.reactor.callLater(self.response_timeout, self._timed_out, mid)
         self.transport.write(data)
         return d
@@ -167,23 +207,85 @@ class LdapClientProtocol(Protocol):
     def _timed_out(self, mid: int) -> None:
         op = self._ops.get(mid)
         if op is not None:
-            # The timer may run after the process itself stood still (a long
-            # garbage collection, an event loop seconds behind under a burst), with
-            # the answer already waiting unread in the socket: a busy daemon, not
-            # a hung server (issue 22). One turn of the event loop reads the socket
-            # first; only an operation still unanswered after that fails.
-            op.timer = self.reactor.callLater(0, self._still_unanswered, mid)
+            # Not judged yet: the event loop runs on for `grace` first. The timer
+            # counts from `transport.write`, which only buffers the request; the
+            # reactor sends it on its next pass. When the process itself stands
+            # still in between (a full garbage collection with thousands of
+            # logins pending took 4.6 s), the request leaves only after the
+            # stall, and the reactor runs the overdue timers before it polls the
+            # sockets: the answer comes a round trip after the flush, too late
+            # for a check one loop turn later. A pending run marked the only
+            # server failed that way (issue 22): slapd's log shows it received
+            # the 8 binds 5.4 s after they were written, in the same millisecond,
+            # and answered each in under 0.2 ms. The grace lets a buffered
+            # request go out and its answer come back; a hung server still fails
+            # `grace` after its timeout.
+            op.due = self.reactor.seconds()
+            op.timer = self.reactor.callLater(self.grace, self._still_unanswered, mid)
 
     def _still_unanswered(self, mid: int) -> None:
         op = self._ops.get(mid)
-        if op is not None:
-            op.timer = None
-            # The connection is hung (or hopelessly slow): every operation on it
-            # would wait as long, so all of them fail now and it is closed.
-            self.abort(LdapTimeout(f"no response within {self.response_timeout:g} s"))
+        if op is None:
+            return
+        now = self.reactor.seconds()
+        if now - op.due > 2 * self.grace and op.rechecks < 3:
+            # The grace itself ran late: the process stood still again. Let the
+            # loop run for a grace once more (a few times at most).
+            op.rechecks += 1
+            op.due = now
+            op.timer = self.reactor.callLater(self.grace, self._still_unanswered, mid)
+            return
+        op.timer = None
+        error = LdapTimeout(f"no response within {self.response_timeout:g} s "
+                            f"({self._describe_wait(mid, op)})")
+        if self._server_answering(op):
+            # Busy, not hung: the server answered other operations (on any
+            # connection) since this one was sent, and during the grace. Failing
+            # everything queued on it (and calling the server failed) would turn
+            # one slow answer into hundreds of rejected logins (issue 22). Only
+            # this operation fails; the server is told to abandon it, its late
+            # answer is dropped, and the connection takes no new work.
+            error.server_answering = True
+            error.reused = self.answered > 0
+            del self._ops[mid]
+            self._abandoned.add(mid)
+            self.retiring = True
+            self.transport.write(ber.message(self._take_id(), ber.ABANDON_REQUEST,
+                                             ber.integer(mid)[2:]))
+            op.deferred.errback(error)
+            self._left()
+            return
+        # The connection is hung (or hopelessly slow): every operation on it
+        # would wait as long, so all of them fail now and it is closed.
+        self.abort(error)
+
+    def _server_answering(self, op: _Op) -> bool:
+        """Whether the server answered others since ``op`` was sent, and during its grace.
+
+        A server that froze has answered nothing during the grace, so a hung
+        server still fails every operation `grace` after the first timeout.
+        """
+        activity = self.activity
+        return (activity.answered > op.server_before and activity.last_answer is not None
+                and activity.last_answer >= op.due)
+
+    def _left(self) -> None:
+        """An operation left a retiring connection: close it once drained."""
+        if not self._ops and not self.closed:
+            self.close()
+
+    def _describe_wait(self, mid: int, op: _Op) -> str:
+        """What the connection did while ``op`` waited: tells a hung server from a lost answer."""
+        last = ("never" if self.last_data is None
+                else f"{self.reactor.seconds() - self.last_data:.2f} s ago")
+        return (f"message {mid}, {len(self._ops) - 1} others in flight, "
+                f"{self.answered - op.answered_before} answered meanwhile, "
+                f"last data {last}, {len(self._buf)} bytes unparsed, "
+                f"{_unsent(self.transport)} bytes unsent")
 
     def dataReceived(self, data: bytes):
         """Frame and dispatch responses; anything malformed ends the connection."""
+        self.last_data = self.reactor.seconds()
         self._buf += data
         try:
             while self._buf and not self.closed:
@@ -201,6 +303,11 @@ class LdapClientProtocol(Protocol):
             raise ber.ProtocolError("server sent an unsolicited notification (disconnecting)")
         op = self._ops.get(msg.message_id)
         if op is None:
+            if msg.message_id in self._abandoned:
+                # The late answer to an operation that timed out alone: dropped.
+                if msg.op_tag not in (ber.SEARCH_ENTRY, ber.SEARCH_REFERENCE):
+                    self._abandoned.discard(msg.message_id)
+                return
             raise ber.ProtocolError(f"response to message id {msg.message_id}, never sent")
         if msg.op_tag == ber.SEARCH_ENTRY and op.kind == ber.SEARCH_DONE:
             entry = ber.parse_entry(msg.op)
@@ -220,10 +327,15 @@ class LdapClientProtocol(Protocol):
         if op.timer is not None:
             op.timer.cancel()
         self.answered += 1
+        activity = self.activity
+        activity.answered += 1
+        activity.last_answer = self.reactor.seconds()
         if op.kind == ber.SEARCH_DONE:
             result = SearchResult(result.code, result.message, tuple(op.entries),
                                   tuple(op.references))
         op.deferred.callback(result)
+        if self.retiring:
+            self._left()
 
     def _fail_all(self, error: LdapError) -> None:
         error.reused = self.answered > 0
@@ -250,6 +362,14 @@ def _reference(op: bytes) -> str:
     if tag != ber.OCTET_STRING:
         raise ber.ProtocolError("search reference without a URL")
     return op[start:end].decode("utf-8", "replace")[:512]
+
+
+def _unsent(transport) -> int | str:
+    """Bytes written to ``transport`` and not yet handed to the kernel (Twisted's buffer)."""
+    try:
+        return (len(transport.dataBuffer) - transport.offset) + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return "?"
 
 
 def _describe(reason) -> str:

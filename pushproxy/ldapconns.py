@@ -23,7 +23,8 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from pushproxy.config import LdapConfig, LdapServer
-from pushproxy.ldapclient import LdapClientProtocol, LdapConnectionLost, LdapError
+from pushproxy.ldapclient import (LdapClientProtocol, LdapConnectionLost, LdapError,
+                                  ServerActivity)
 from pushproxy.ldapfront import ber
 from pushproxy.tlsnames import NameCheckedTLS
 
@@ -92,6 +93,9 @@ class ServerConnections:
         self._tls = None
         self._search: list[LdapClientProtocol] = []
         self._search_waiters: list[defer.Deferred] = []  # while a search connection opens
+        # What the server answered, on all its connections: an operation that
+        # timed out while the server answered others is slow, not hung.
+        self.activity = ServerActivity()
         self._idle: list[LdapClientProtocol] = []
         self._lent = 0  # user connections lent out or being opened
         self._waiting: deque[defer.Deferred] = deque()
@@ -117,8 +121,8 @@ class ServerConnections:
             raise ServerFailedError(f"TLS setup failed: {type(exc).__name__}: {exc}") from None
         if self.server.use_ssl:
             endpoint = endpoints.wrapClientTLS(options, endpoint)
-        factory = Factory.forProtocol(lambda: LdapClientProtocol(self.reactor,
-                                                                 cfg.response_timeout))
+        factory = Factory.forProtocol(lambda: LdapClientProtocol(
+            self.reactor, cfg.response_timeout, activity=self.activity))
         try:
             proto = yield confirmed_timeout(self.reactor, endpoint.connect(factory),
                                             cfg.connect_timeout)
@@ -148,8 +152,9 @@ class ServerConnections:
         """A service-bound connection to pipeline a search on."""
         if self.closing:
             return defer.fail(LdapConnectionLost("directory connections are closing"))
-        live = [p for p in self._search if not p.closed]
-        self._search = live
+        self._search = [p for p in self._search if not p.closed]
+        # A retiring connection (an operation timed out on it alone) takes no new work.
+        live = [p for p in self._search if not p.retiring]
         best = min(live, key=lambda p: p.in_flight, default=None)
         if best is not None and (best.in_flight < PIPELINE_SPREAD
                                  or len(live) >= SEARCH_CONNECTIONS or self._search_waiters):

@@ -44,6 +44,8 @@ HELP = {
     "ldap_busy": "Logins refused because the LDAP queue was full",
     "ldap_account_refusals": "Accounts the directory refused (AD account states), by state",
     "ldap_incomplete_answers": "Logins refused on a partial directory answer (referral, range)",
+    "ldap_op_timeouts": "LDAP operations that timed out alone while the server answered "
+                        "others (retried once; the server is not marked failed), by server",
     "audit_events": "Audit events written",
     "audit_write_errors": "Audit events that could not be written",
     "approval_transactions": "Approval transactions opened",

@@ -30,3 +30,18 @@ def test_installed_it_sees_real_collections_and_uninstalls():
     finally:
         watch.uninstall()
     assert watch not in gc.callbacks
+
+
+def test_tune_runs_full_collections_less_often_than_cpython_by_default():
+    """The daemon's thresholds (issue 22): young collections as CPython's, a full one
+    only after every 100 middle ones (not 10), so a fill of 20,000 held logins runs
+    2 full collections instead of 12 (bench.pendingmem --threshold)."""
+    from pushproxy.gcwatch import THRESHOLDS, tune
+
+    before = gc.get_threshold()
+    try:
+        tune()
+        assert gc.get_threshold() == THRESHOLDS
+        assert THRESHOLDS[0] == 700 and THRESHOLDS[2] >= 100
+    finally:
+        gc.set_threshold(*before)

@@ -133,7 +133,10 @@ def test_a_silent_server_times_out_every_operation_on_the_connection():
     clock.advance(1)
     second = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
     clock.advance(1.01)
+    assert not first  # judged after the grace (see the stall tests below)
+    clock.advance(proto.grace)
     assert first[0].check(LdapTimeout) and second[0].check(LdapTimeout)
+    assert not first[0].value.server_answering
     assert transport.disconnecting or proto.closed
     late = outcome(proto.bind("uid=a", "pw"))
     assert late[0].check(LdapConnectionLost)
@@ -236,3 +239,81 @@ def test_a_connection_made_during_a_stall_of_the_daemon_is_not_a_connect_timeout
     gave_up = outcome(confirmed_timeout(clock, never, 2))
     clock.advance(2)
     assert gave_up[0].check(defer.CancelledError) and not clock.getDelayedCalls()
+
+
+def run_overdue_timers(clock):
+    """What the reactor does first after the process stood still: the overdue timers."""
+    due = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+    for call in sorted(due, key=lambda c: c.getTime()):
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def test_a_request_still_in_the_daemons_buffer_during_a_stall_is_not_a_timeout():
+    """Regression (issue 22, a 20,000-login pending run): the response timer starts at
+    `transport.write`, which only buffers; the process stood still (a 4.6 s full
+    collection) before the reactor sent the request. After the stall the overdue
+    timer runs first, the loop then sends the request, and the answer comes a round
+    trip later -- after the next poll. The old one-turn check failed the connection
+    (and the only server) there; slapd's log showed it had the request only after
+    the stall and answered in 0.2 ms."""
+    proto, transport, clock = connected(timeout=5)
+    bind = outcome(proto.bind("uid=a", "pw"))
+    clock.rightNow += 5.5  # the stall, with the request still in Twisted's buffer
+    run_overdue_timers(clock)
+    clock.advance(0)  # the next loop turn: the request goes out, nothing to read yet
+    assert not bind and not proto.closed
+    clock.advance(0.01)  # the answer arrives a round trip later
+    proto.dataReceived(ber.bind_response(1, 0))
+    assert bind and not isinstance(bind[0], Failure) and bind[0].code == 0, bind
+    assert not proto.closed and not clock.getDelayedCalls()
+
+
+def test_a_hung_connection_still_fails_one_grace_after_the_timeout():
+    proto, transport, clock = connected(timeout=5)
+    seen = outcome(proto.bind("uid=a", "pw"))
+    clock.advance(5)
+    assert not seen
+    clock.advance(proto.grace)
+    assert seen[0].check(LdapTimeout) and proto.closed
+    assert not clock.getDelayedCalls()
+
+
+def test_one_slow_operation_on_a_server_answering_others_fails_alone():
+    """Busy is not broken: the server went on answering other operations (here on
+    another connection to it) while one search waited past its timeout. Only that
+    search fails (marked server_answering), the server is asked to abandon it, its
+    late answer is dropped, and the connection takes no new work and closes once
+    the operations still on it are answered. The old code failed every operation
+    on the connection and the caller marked the server failed."""
+    from pushproxy.ldapclient import ServerActivity
+
+    clock = Clock()
+    activity = ServerActivity()
+    proto = LdapClientProtocol(clock, 5.0, activity=activity)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    other = LdapClientProtocol(clock, 5.0, activity=activity)
+    other.makeConnection(StringTransport())
+    slow = outcome(proto.search("ou=p", compile_filter("(uid=a)"), ["uid"]))
+    clock.advance(3)
+    behind = outcome(proto.search("ou=p", compile_filter("(uid=b)"), ["uid"]))
+    clock.advance(2)  # the first one's timeout
+    for n in range(1, 4):  # the server answers others meanwhile
+        answered = outcome(other.bind("uid=x", "pw"))
+        clock.advance(0.1)
+        other.dataReceived(ber.bind_response(n, 0))
+        assert answered[0].code == 0
+    clock.advance(proto.grace)
+    assert slow[0].check(LdapTimeout) and slow[0].value.server_answering, slow
+    assert not behind and not proto.closed and proto.retiring
+    sent = bytearray(transport.value())
+    requests = [ber.next_message(sent, 1 << 20)[1] for _ in range(3)]
+    assert requests[2].op_tag == ber.ABANDON_REQUEST and requests[2].op == b"\x01"
+    # the late answer to the abandoned search is dropped, not a protocol error
+    proto.dataReceived(entry(1, "uid=a,ou=p", {"uid": ["a"]}) + done(1))
+    assert not proto.closed
+    proto.dataReceived(done(2))
+    assert behind == [SearchResult(0, "", ())]
+    assert proto.closed  # drained: the retired connection is closed (unbind)
+    assert not clock.getDelayedCalls()

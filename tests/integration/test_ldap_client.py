@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import defer, protocol, reactor, task, threads
 
 from pushproxy.decision import PrimaryStatus
 from pushproxy.ldapauth import LdapDirectory
@@ -43,6 +43,7 @@ class _Upstream(protocol.Protocol):
 class _Down(protocol.Protocol):
     def __init__(self, relay):
         self.relay, self.up, self.pending = relay, None, b""
+        self.requests = bytearray()  # "swallow" mode: requests framed one by one
 
     def connectionMade(self):
         self.relay.conns.append(self)
@@ -61,7 +62,17 @@ class _Down(protocol.Protocol):
         if mode == "garbage":
             self.transport.write(b"\x30\x05\x02\x01\x01\x61\x99")
             return
-        if mode == "wrong-type":  # every request answered "bind succeeded"
+        if mode == "swallow":  # the first request carrying relay.marker never reaches slapd
+            self.requests += data
+            data = b""
+            while (found := ber.next_message(self.requests, 1 << 20)) is not None:
+                if self.relay.marker is not None and self.relay.marker in found[0]:
+                    self.relay.marker, self.relay.swallowed = None, found[1].message_id
+                    continue
+                data += found[0]
+            if not data:
+                return
+        elif mode == "wrong-type":  # every request answered "bind succeeded"
             buf = bytearray(data)
             while (found := ber.next_message(buf, 1 << 20)) is not None:
                 self.transport.write(ber.bind_response(found[1].message_id, 0))
@@ -83,6 +94,7 @@ class Relay(protocol.Factory):
 
     def __init__(self, target: int):
         self.target, self.mode, self.conns = target, "forward", []
+        self.marker, self.swallowed = None, None  # for mode "swallow"
         self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
 
     def buildProtocol(self, addr):
@@ -97,6 +109,10 @@ class Relay(protocol.Factory):
         for conn in list(self.conns):
             conn.transport.abortConnection()
         yield self.port.stopListening()
+
+
+def deferLater(seconds: float):
+    return task.deferLater(reactor, seconds, lambda: None)
 
 
 def directory_for(tmp_path, slapd, servers, **changes):
@@ -141,6 +157,39 @@ def test_a_server_that_stops_answering_mid_operation_times_out_and_fails_over(sl
         later = yield directory.authenticate("bob", "bob-pw")  # the hung one is in backoff
         assert later.server == slapd.url
         assert directory.counters.get("ldap_server_errors") == 1
+    finally:
+        directory.stop()
+        yield relay.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_request_lost_while_the_only_server_answers_others_fails_only_that_one(
+        slapd, tmp_path):
+    """Busy is not broken (issue 22): one search never answered while slapd goes on
+    answering the other logins. Only that login's search times out; it is retried on
+    a fresh connection and succeeds; no other login fails and the server is not
+    marked failed (the old code failed every login on the connection and put the only
+    server into backoff, rejecting the rest as directory_unavailable)."""
+    relay = Relay(slapd.port)
+    directory = directory_for(tmp_path, slapd, [relay.url], response_timeout=2.0)
+    try:
+        yield directory.authenticate("alice", "alice-pw")  # connections open
+        relay.mode, relay.marker = "swallow", b"uid\x04\x05carol"  # carol's user search
+        slow = directory.authenticate("carol", "carol-pw")
+        finished = []
+        slow.addBoth(lambda r: finished.append(r) or r)
+        others = []
+        started = time.monotonic()
+        while not finished and time.monotonic() - started < 15:
+            others.append(directory.authenticate("alice", "alice-pw"))
+            yield deferLater(0.02)
+        result = yield slow
+        others = yield defer.gatherResults(others)
+        assert relay.swallowed is not None  # the request really was lost on the way
+        assert result.status is PrimaryStatus.NOT_IN_GROUP, result  # carol, answered
+        assert len(others) > 20 and {r.status for r in others} == {PrimaryStatus.OK}
+        assert directory.counters.get("ldap_op_timeouts") == 1
+        assert directory.counters.get("ldap_server_errors") == 0
     finally:
         directory.stop()
         yield relay.close()
