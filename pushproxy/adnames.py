@@ -177,7 +177,7 @@ def _under(dn: str, base: str) -> bool:
 
 def domain_of(ad: ActiveDirectory, dn: str) -> AdDomain | None:
     """The configured domain an entry's DN lies in (the deepest base that holds it)."""
-    from pushproxy.ldapauth import normalize_dn  # ldapauth imports this module
+    from pushproxy.ldapnames import normalize_dn  # ldapnames imports this module
 
     entry = normalize_dn(dn)
     holding = [d for d in ad.domains if _under(entry, normalize_dn(d.base))]

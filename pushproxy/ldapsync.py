@@ -18,7 +18,7 @@ from ldap3.core import exceptions as lexc
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.adnames import ForeignDomain, foreign_domain, user_search
-from pushproxy.ldapauth import conclude, group_query, normalize_dn, user_filter, values_of
+from pushproxy.ldapnames import conclude, group_query, normalize_dn, user_filter, values_of
 from pushproxy.ldaptls import ldap3_tls
 
 

@@ -136,8 +136,8 @@ class PolicyDecision:
 
 
 def _normalize(dn: str) -> str:
-    # Imported late: config.py imports this module and ldapauth imports config.
-    from pushproxy.ldapauth import normalize_dn
+    # Imported late: config.py imports this module and ldapnames imports config.
+    from pushproxy.ldapnames import normalize_dn
     return normalize_dn(dn)
 
 

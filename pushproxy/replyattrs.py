@@ -47,7 +47,7 @@ class ReplyMap:
 
     def attributes_for(self, *, groups, rule: str | None, client: str) -> tuple[Attr, ...]:
         """The attributes of every matching entry, in order."""
-        from pushproxy.ldapauth import normalize_dn
+        from pushproxy.ldapnames import normalize_dn
 
         have = {normalize_dn(g) for g in groups or ()}
         out: list[Attr] = []
@@ -82,7 +82,7 @@ def parse_attribute_list(c, value, path: str, names: Names) -> tuple[Attr, ...]:
 def parse_reply_attributes(c, value, path: str, *, names: Names, rule_names,
                            client_names) -> ReplyMap | None:
     """Validate the ``reply_attributes`` list (``rule_names``/``client_names``: None = unknown)."""
-    from pushproxy.ldapauth import normalize_dn
+    from pushproxy.ldapnames import normalize_dn
 
     if value is None:
         return None

@@ -13,7 +13,8 @@ from pushproxy.adnames import (ActiveDirectory, AdDomain, AdName, ForeignDomain,
                                canonical_account, parse_name, search_for)
 from pushproxy.config import ConfigError, parse_config
 from pushproxy.decision import PrimaryResult, PrimaryStatus, Reason
-from pushproxy.ldapauth import LdapDirectory, conclude
+from pushproxy.ldapauth import LdapDirectory
+from pushproxy.ldapnames import conclude
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import AdBind, BindKind, ad_bind, classify
 from pushproxy.metrics import Counters

@@ -19,7 +19,7 @@ from pushproxy.config import ConfigError, FailMode, NoDeviceMode, PushConfig, pa
 from pushproxy.decision import Outcome, PrimaryResult, PrimaryStatus, PushResult, PushStatus, Reason
 from pushproxy.engine import Engine, LoginRequest, join_key
 from pushproxy.fatigue import FatigueLimits
-from pushproxy.ldapauth import account_of
+from pushproxy.ldapnames import account_of
 from pushproxy.metrics import Counters
 from pushproxy.policy import Action, LoginContext, Policy, Rule, Verification, evaluate
 from tests.support import ScriptedProvider

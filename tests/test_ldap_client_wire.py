@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from pushproxy.ldapauth import normalize_dn, user_filter
+from pushproxy.ldapnames import normalize_dn, user_filter
 from pushproxy.ldapclient import (LdapClientProtocol, LdapConnectionLost, LdapProtocolError,
                                   LdapTimeout, SearchResult)
 from pushproxy.ldapfilter import FilterError, FilterTemplate, compile_filter

@@ -3,7 +3,7 @@
 import pytest
 
 from pushproxy.config import GroupMode
-from pushproxy.ldapauth import direct_bind_name, group_query, normalize_dn, user_filter
+from pushproxy.ldapnames import direct_bind_name, group_query, normalize_dn, user_filter
 
 TEMPLATE = "(&(objectClass=person)(uid={username}))"
 

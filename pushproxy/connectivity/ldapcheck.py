@@ -16,7 +16,7 @@ import ldap3
 from ldap3.core import exceptions as lexc
 
 from pushproxy.config import Config, GroupMode, LdapConfig, LdapServer
-from pushproxy.ldapauth import account_of, group_query, normalize_dn, user_filter
+from pushproxy.ldapnames import account_of, group_query, normalize_dn, user_filter
 from pushproxy.ldapsync import receive_timeout
 from pushproxy.ldaptls import ldap3_tls
 from pushproxy.connectivity.net import (address, describe_certificate, dns_problem,

@@ -17,7 +17,7 @@ from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 
 from pushproxy.adnames import ActiveDirectory, ForeignDomain, NameForm, parse_name, search_for
-from pushproxy.ldapauth import normalize_dn
+from pushproxy.ldapnames import normalize_dn
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfilter import FilterTemplate
 from pushproxy.ldapfront.config import LdapFrontConfig, SaslMode
@@ -176,7 +176,7 @@ def login_name(entry_attrs: dict[str, list[str]], attribute: str, dn: str) -> st
 
     A multi-valued attribute (uid may be) prefers the value in the DN, which
     is the one the entry is named by, else the first in casefold order: the
-    same choice as `pushproxy.ldapauth.account_of`, so one entry is one
+    same choice as `pushproxy.ldapnames.account_of`, so one entry is one
     account on both front ends.
     """
     values = [v for v in entry_attrs.get(attribute.lower(), []) if v]

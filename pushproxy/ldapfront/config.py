@@ -16,7 +16,7 @@ from pushproxy import sensitivity
 from pushproxy.sensitivity import ClientRequirements
 from pushproxy.checker import Checker
 from pushproxy.config import NoDeviceMode
-from pushproxy.ldapauth import normalize_dn
+from pushproxy.ldapnames import normalize_dn
 
 
 class SaslMode(enum.Enum):

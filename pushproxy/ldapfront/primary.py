@@ -15,7 +15,7 @@ from pushproxy import adgroups, adstate
 from pushproxy.adnames import ActiveDirectory, canonical_account
 from pushproxy.config import GroupMode
 from pushproxy.decision import PrimaryResult, PrimaryStatus
-from pushproxy.ldapauth import AD_IN_CHAIN, normalize_dn
+from pushproxy.ldapnames import AD_IN_CHAIN, normalize_dn
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import AdBind, login_name, rdn_value
 from pushproxy.ldapfront.upstream import Upstream, UpstreamFailed

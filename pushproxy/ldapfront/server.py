@@ -30,7 +30,7 @@ from pushproxy.adnames import ForeignDomain
 from pushproxy.adstate import AccountState, ad_diagnostic
 from pushproxy.decision import Decision, Outcome, PrimaryResult, PrimaryStatus, Reason
 from pushproxy.engine import LoginRequest
-from pushproxy.ldapauth import normalize_dn
+from pushproxy.ldapnames import normalize_dn
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import (PASS_THROUGH, REFUSAL_CODES, REFUSAL_MESSAGES,
                                        ad_bind, classify, in_subtree, is_dn, rdn_value)

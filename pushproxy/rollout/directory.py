@@ -19,7 +19,8 @@ from ldap3.core import exceptions as lexc
 from pushproxy.decision import PrimaryStatus
 from pushproxy import ldapsync
 from pushproxy.adnames import canonical_account
-from pushproxy.ldapauth import LdapDirectory, account_of
+from pushproxy.ldapauth import LdapDirectory
+from pushproxy.ldapnames import account_of
 from pushproxy.metrics import Counters
 
 MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberUid")
