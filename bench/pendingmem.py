@@ -22,7 +22,7 @@ from pyrad import packet as rpacket
 from twisted.internet import defer
 from twisted.internet import reactor
 
-from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import Device, SQLiteStore
 from pushproxy.audit import AuditLog
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         store.create_enrollment(f"u{i:06d}", f"h{i}", now, now + 900)
         store.redeem_enrollment(f"h{i}", now, Device(f"d{i}", f"u{i:06d}", "p", "K", None, now,
                                                      None, None))
-    service = ApprovalService(run=InlineRunner(store), reactor=reactor, counters=counters,
+    service = ApprovalService(store=AsyncStore.inline(store), reactor=reactor, counters=counters,
                               vapid_public_key="k")
     engine = Engine(clock=reactor, directory=_Directory(), provider=service,
                     push=PushConfig(timeout=600, failmode=FailMode.SECURE,

@@ -95,9 +95,10 @@ class PrimaryStatus(enum.Enum):
     CHALLENGE = "challenge"  # an upstream RADIUS server asked for another round trip (EAP)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PrimaryResult:
-    """What the directory said about a username and password."""
+    """What the directory said about a username and password (slotted: a pending
+    login keeps it for its reply attributes)."""
 
     status: PrimaryStatus
     dn: str | None = None

@@ -77,6 +77,20 @@ class _Waiting:
         self.deferred = deferred
 
 
+class _Withdraw:
+    """A waiting login's canceller: its transaction is withdrawn. A slotted record
+    rather than a closure, one per pending login (issue 16)."""
+
+    __slots__ = ("service", "txid")
+
+    def __init__(self, service: ApprovalService, txid: str):
+        self.service = service
+        self.txid = txid
+
+    def __call__(self, _deferred: Deferred) -> None:
+        self.service._withdraw(self.txid)
+
+
 def _unwrap(result):
     return result.deferred if isinstance(result, _Waiting) else result
 
@@ -166,7 +180,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise ProviderUnavailable(f"store: {exc}") from None
         if not devices:
             return PushResult(PushStatus.NO_DEVICE, request.txid)
-        waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
+        waiter: Deferred = Deferred(_Withdraw(self, tx.id))
         self._waiting[tx.id] = waiter
         self._open.add(tx)
         self._opened(tx, devices)

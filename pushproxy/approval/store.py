@@ -65,9 +65,10 @@ class Enrollment:
     device_id: str | None  # the device it enrolled, once used
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transaction:
-    """One request to approve a login, and its outcome."""
+    """One request to approve a login, and its outcome (slotted: this process keeps
+    one for every pending login, `pushproxy.approval.opentx`)."""
 
     id: str
     username: str
