@@ -23,6 +23,12 @@ from pushproxy.push import ApprovalRequest, ProviderUnavailable
 
 log = logging.getLogger("pushproxy.approval")
 
+# Seconds the store thread's last reading of SQLite's data_version may be old for
+# a device read before to be served again (`_device`): how long a revoke by
+# another process can go unseen by a device's long-poll or list. An answer is
+# refused in the store anyway (`decide_transaction`).
+VERSION_FRESH = 1.0
+
 # While the bus is down, what it would have woken (this node's waiters, long-polls)
 # re-reads the store this often instead: answers recorded at other nodes still
 # release logins here, late by up to this much.
@@ -126,16 +132,23 @@ class ClusterSide:
 
     async def _device(self, device_id, now: float):
         """The device with this id (revoked or not) or None: from the cache where it is
-        on (cluster mode on PostgreSQL), else from the store."""
+        on (cluster mode on PostgreSQL; SQLite while no other process wrote to the
+        file, see devicecache), else from the store."""
         caching = isinstance(device_id, str) and self._caching_devices()
-        if caching:
-            device = self._devices.get(device_id, now)
+        version = None
+        if isinstance(device_id, str) and not caching:
+            # read before the device: a commit by another process after it (a
+            # revoke) changes the version, and the entry is not served again
+            probe = getattr(self.store.runner, "data_version", None)
+            version = probe(VERSION_FRESH) if probe is not None else None
+        if caching or version is not None:
+            device = self._devices.get(device_id, now, version)
             if device is not None:
                 return device
         generation = self._devices.generation
         device = await self.store.device(device_id)
-        if caching and device is not None:
-            self._devices.put(device, now, generation)
+        if (caching or version is not None) and device is not None:
+            self._devices.put(device, now, generation, version)
         return device
 
     def await_decision(self, txid: str) -> Deferred[PushResult]:

@@ -127,6 +127,12 @@ class InlineRunner:
             self.counters.inc("store_commits", commits, method=name)
         return d
 
+    def data_version(self, max_age: float) -> int | None:
+        """The store's ``data_version`` now (see `ThreadRunner.data_version`); None
+        for a store without one."""
+        probe = getattr(self.store, "data_version", None)
+        return probe() if probe is not None else None
+
     def start(self) -> defer.Deferred:
         """Nothing to start."""
         return defer.succeed(None)
@@ -185,6 +191,9 @@ class ThreadRunner:
         self._gc = _GCClock()
         self._slow_logged = float("-inf")  # when the last store.slow_call line was written
         self._slow_unlogged = 0  # slow calls since, not logged
+        # (PRAGMA data_version, monotonic time it was read), by the store thread
+        # after every call: see data_version
+        self._version: tuple[int, float] | None = None
 
     # -- what admission control and /metrics read (any thread) --
 
@@ -207,6 +216,19 @@ class ThreadRunner:
         call = self._running
         started = call.started if call is not None else None
         return 0.0 if started is None else max(0.0, self.monotonic() - started)
+
+    def data_version(self, max_age: float) -> int | None:
+        """The store's ``data_version`` (SQLite: changes when another process commits)
+        as the store thread read it after its last call, if that was at most
+        ``max_age`` seconds ago; None when older, or for a store without one.
+
+        Lets the approval service serve a device it read before while nothing else
+        wrote to the file, without a round trip (issue 16, `ClusterSide._device`).
+        """
+        sample = self._version
+        if sample is None or self.monotonic() - sample[1] > max_age:
+            return None
+        return sample[0]
 
     def faulty(self) -> bool:
         """Whether the store is failing now: the running call is past ``stall``, or a
@@ -321,6 +343,7 @@ class ThreadRunner:
             cpu, process, gc_before = time.thread_time(), time.process_time(), self._gc.total
             ok, result = self._execute(call)
             call.finished = self.monotonic()
+            self._sample_version(call.finished)
             if call.finished - call.started >= SLOW_CALL:
                 self._slow(call, time.thread_time() - cpu, time.process_time() - process,
                            self._gc.total - gc_before)
@@ -332,6 +355,17 @@ class ThreadRunner:
                 self.reactor.callFromThread(self._deliver)
         if self._store is not None:
             self._store.close()
+
+    def _sample_version(self, at: float) -> None:
+        """On the store thread, after a call: read the store's data_version (a few
+        microseconds), stamped with a time before the read."""
+        probe = getattr(self._store, "data_version", None)
+        if probe is None:
+            return
+        try:
+            self._version = (probe(), at)
+        except Exception:  # noqa: BLE001 -- a failing store: serve nothing from memory
+            self._version = None
 
     def _slow(self, call: _Call, cpu: float, process: float, collecting: float) -> None:
         """On the store thread: log a slow call, at most one line a second. Little

@@ -470,8 +470,8 @@ class ApprovalService(ClusterSide, PasscodeSide):
                                                         now)
         if not won:
             current = await self.store.transaction(txid)
-            if self.cluster is not None and current.state == "pending" \
-                    and now < current.expires and txid not in self._expiring:
+            if current.state == "pending" and now < current.expires \
+                    and txid not in self._expiring:
                 # still open: the compare-and-set refused the device (revoked meanwhile)
                 raise self._unauthenticated(device.id, "unknown or revoked device")
             self.counters.inc("answers", outcome="late")
