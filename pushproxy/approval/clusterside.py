@@ -130,10 +130,15 @@ class ClusterSide:
         bus = self.cluster.bus if self.cluster is not None else None
         return bus is not None and bus.store_notifies and getattr(bus, "connected", False)
 
-    async def _device(self, device_id, now: float):
+    async def _device(self, device_id, now: float, for_answer: bool = False):
         """The device with this id (revoked or not) or None: from the cache where it is
-        on (cluster mode on PostgreSQL; SQLite while no other process wrote to the
-        file, see devicecache), else from the store."""
+        on (cluster mode on PostgreSQL; over SQLite for an answer, while no other
+        process wrote to the file, see devicecache), else from the store.
+
+        Over SQLite only an answer may take it from memory: its compare-and-set
+        refuses a revoked device in the store, while a long-poll, a list or a new
+        device link right after ``pushproxy devices revoke`` must be refused at once,
+        and the store thread's reading of the file can be up to a second old."""
         caching = isinstance(device_id, str) and self._caching_devices()
         version = None
         if isinstance(device_id, str) and not caching:
@@ -141,7 +146,7 @@ class ClusterSide:
             # revoke) changes the version, and the entry is not served again
             probe = getattr(self.store.runner, "data_version", None)
             version = probe(VERSION_FRESH) if probe is not None else None
-        if caching or version is not None:
+        if caching or (version is not None and for_answer):
             device = self._devices.get(device_id, now, version)
             if device is not None:
                 return device

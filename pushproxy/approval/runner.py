@@ -364,7 +364,6 @@ class ThreadRunner:
             cpu, process, gc_before = time.thread_time(), time.process_time(), self._gc.total
             ok, result = self._execute(call)
             call.finished = self.monotonic()
-            self._sample_version(call.finished)
             if call.finished - call.started >= SLOW_CALL:
                 self._slow(call, time.thread_time() - cpu, time.process_time() - process,
                            self._gc.total - gc_before)
@@ -374,6 +373,8 @@ class ThreadRunner:
                 self._done.append((call, ok, result))
             if first:
                 self.reactor.callFromThread(self._deliver)
+            # after the result is on its way, so it is not late for this
+            self._sample_version(call.finished)
         if self._store is not None:
             self._store.close()
 

@@ -315,13 +315,18 @@ class ApprovalService(ClusterSide, PasscodeSide):
         return device
 
     def authenticate(self, device_id: str, timestamp: str, nonce: str, signature: str,
-                     method: str, path: str, body: bytes) -> Deferred[Device]:
-        """Check a device request's signature, time window and nonce."""
+                     method: str, path: str, body: bytes, *,
+                     for_answer: bool = False) -> Deferred[Device]:
+        """Check a device request's signature, time window and nonce.
+
+        ``for_answer``: the request is an answer, whose compare-and-set refuses a
+        revoked device in the store; over SQLite its device may then come from
+        memory (`ClusterSide._device`). Every other request reads it there."""
         return defer.ensureDeferred(self._authenticate(device_id, timestamp, nonce, signature,
-                                                       method, path, body))
+                                                       method, path, body, for_answer))
 
     async def _authenticate(self, device_id, timestamp, nonce, signature, method, path,
-                            body) -> Device:
+                            body, for_answer: bool = False) -> Device:
         now = self.wallclock()
         # Plain digits only: int() would take "+1", " 1", "1_0", and a 400-digit
         # number that no float can hold (found by tests/fuzz).
@@ -333,7 +338,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise self._unauthenticated(device_id, "timestamp outside the allowed window")
         if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
             raise self._unauthenticated(device_id, "bad nonce")
-        device = await self._device(device_id, now)
+        device = await self._device(device_id, now, for_answer)
         if device is None or device.revoked is not None:
             raise self._unauthenticated(device_id, "unknown or revoked device")
         self._forget_nonces(now)
