@@ -110,9 +110,10 @@ class PrimaryStatus(enum.Enum):
     ACCOUNT_REFUSED = "account_refused"  # disabled, locked, expired...: see account_state
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PrimaryResult:
-    """What the directory said about a username and password."""
+    """What the directory said about a username and password (slotted: a pending
+    login keeps it for its reply attributes)."""
 
     status: PrimaryStatus
     dn: str | None = None

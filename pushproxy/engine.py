@@ -77,9 +77,12 @@ class Directory(Protocol):
         """Fires with a PrimaryResult; never errbacks."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoginRequest:
-    """A login as any front end (RADIUS, later LDAP) hands it to the engine."""
+    """A login as any front end (RADIUS, later LDAP) hands it to the engine.
+
+    Slotted: a pending login keeps it until the phone answers (issue 16).
+    """
 
     protocol: str
     username: str | None
@@ -142,26 +145,61 @@ def join_key(req: LoginRequest, user: str) -> tuple | None:
 
 
 class _PendingLogin:
-    """A keyed login running: what a later login of its session compares and joins."""
+    """A login running: what a later login of its session compares and joins, and
+    its end (`done`), as bound methods of this one record rather than closures
+    and callbacks with arguments (each of those costs hundreds of bytes per
+    pending login, issue 16)."""
 
-    __slots__ = ("digest", "fanout")
+    __slots__ = ("engine", "key", "req", "started", "digest", "fanout")
 
-    def __init__(self, digest: bytes, fanout: Fanout):
+    def __init__(self, engine: Engine, key: tuple | None, req: LoginRequest, started: float,
+                 digest: bytes):
+        self.engine = engine
+        self.key = key
+        self.req = req
+        self.started = started
         self.digest = digest
-        self.fanout = fanout
+        self.fanout: Fanout | None = None  # made when a login joins this one
+
+    def wait(self) -> Deferred[Decision]:
+        """A Deferred that fires with this login's decision (a joining login)."""
+        if self.fanout is None:
+            self.fanout = Fanout()
+        return self.fanout.wait()
+
+    def done(self, decision: Decision) -> Decision:
+        """The login is decided: unregister, tell the joined logins, count and audit."""
+        engine, key = self.engine, self.key
+        if key is None:
+            engine._unkeyed -= 1
+        elif engine._logins.get(key) is self:
+            del engine._logins[key]
+        if self.fanout is not None:
+            self.fanout.fire(decision)
+        return engine._finish(decision, self.req, self.started, False)
+
+    def crashed(self, failure) -> Decision:
+        """Any unexpected error: a Reject, never an Accept and never a hang."""
+        return self.done(self.engine._crashed(failure))
 
 
 class _AwaitPush:
     """A login whose push is out: all the engine keeps while the phone decides."""
 
-    __slots__ = ("push", "req", "rule", "remember", "primary")
+    __slots__ = ("engine", "push", "req", "rule", "remember", "primary")
 
-    def __init__(self, push: Deferred, req: LoginRequest, rule: str | None, remember: bool):
-        self.push = push
+    def __init__(self, engine: Engine, push: Deferred, req: LoginRequest, rule: str | None,
+                 remember: bool):
+        self.engine = engine
+        self.push: Deferred | None = push
         self.req = req
         self.rule = rule
         self.remember = remember
         self.primary: PrimaryResult | None = None
+
+    def pushed(self, result) -> Decision:
+        """The push answered (or the fatigue limits refused it)."""
+        return self.engine._pushed(result, self)
 
 
 class Engine(Pushes, VerifiedPush):
@@ -241,33 +279,25 @@ class Engine(Pushes, VerifiedPush):
             # The NAS gave up on us and sent the same login again (new id, or
             # via its second server): wait for the login already running.
             self.counters.inc("logins_joined")
-            d = pending.fanout.wait()
+            d = pending.wait()
             d.addCallback(self._finish, req, started, True)
             return d
-        mine = _PendingLogin(digest, Fanout())
+        mine = _PendingLogin(self, key, req, started, digest)
         if pending is None and key is not None:
             self._logins[key] = mine
         elif key is None:
             self._unkeyed += 1
+        return self._run(req, cred, digest).addCallbacks(self._resume).addCallbacks(
+            mine.done, mine.crashed)
 
-        def done(decision: Decision) -> Decision:
-            if key is None:
-                self._unkeyed -= 1
-            elif self._logins.get(key) is mine:
-                del self._logins[key]
-            mine.fanout.fire(decision)
-            return self._finish(decision, req, started, False)
-
-        return self._guarded(self._run(req, cred, digest).addCallback(self._resume)
-                             ).addCallback(done)
+    def _crashed(self, failure) -> Decision:
+        log.error("engine.internal_error %s", failure.getTraceback())
+        self.counters.inc("internal_errors")
+        return Decision.of(Reason.INTERNAL_ERROR)
 
     def _guarded(self, d: Deferred) -> Deferred[Decision]:
         """Any unexpected error becomes a Reject, never an Accept and never a hang."""
-        def crashed(failure):
-            log.error("engine.internal_error %s", failure.getTraceback())
-            self.counters.inc("internal_errors")
-            return Decision.of(Reason.INTERNAL_ERROR)
-        return d.addErrback(crashed)
+        return d.addErrback(self._crashed)
 
     @defer.inlineCallbacks
     def _run(self, req: LoginRequest, cred, digest: bytes):
@@ -311,7 +341,8 @@ class Engine(Pushes, VerifiedPush):
         # limits, locks, passcodes, remembered logins, policy rules, joins and the
         # audit trail never see the spelling typed.
         account, sent = self.user_key(req, primary), req.username
-        req = dataclasses.replace(req, username=account)
+        if account != req.username:  # the same name: no second copy held while pending
+            req = dataclasses.replace(req, username=account)
         key = join_key(req, account)
         cred = cred or Credential("", Factor.PUSH_DEFAULT)
         if self.context is not None:
@@ -341,7 +372,8 @@ class Engine(Pushes, VerifiedPush):
     def _resume(self, result):
         """A login waiting for its push: the rest of it runs when the push answers."""
         if isinstance(result, _AwaitPush):
-            return result.push.addCallback(self._pushed, result)
+            push, result.push = result.push, None  # no cycle through the record
+            return push.addCallbacks(result.pushed)
         return result
 
     def _pushed(self, result, wait: "_AwaitPush") -> Decision:
@@ -429,7 +461,7 @@ class Engine(Pushes, VerifiedPush):
         if verification is not Verification.NONE:
             return (yield self._challenge(req, verification, policy.rule, now, primary, sent))
         # Not waited for in this generator: see `_resume` and `_pushed`.
-        return _AwaitPush(self._push_for(req, key), req, policy.rule, remember)
+        return _AwaitPush(self, self._push_for(req, key), req, policy.rule, remember)
 
     def _after_push(self, req: LoginRequest, result: PushResult, rule: str | None, *,
                     response: str | None, mode: Verification = Verification.NONE,

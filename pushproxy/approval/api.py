@@ -212,17 +212,19 @@ class ApprovalApi:
             answer["otpauth_uri"] = passcodes.otpauth_uri(device.totp_secret, device.username)
         return 201, answer
 
-    async def _device(self, request: server.Request) -> tuple[Any, bytes]:
+    async def _device(self, request: server.Request,
+                      for_answer: bool = False) -> tuple[Any, bytes]:
         """Authenticate the request's device; returns it and the raw body."""
         source = _limit(self.auth_limit, request)
         try:
-            return await self._authenticate(request)
+            return await self._authenticate(request, for_answer)
         except ApprovalError as exc:
             if exc.status == 401 and self.auth_limit is not None:
                 self.auth_limit.failed(source)
             raise
 
-    async def _authenticate(self, request: server.Request) -> tuple[Any, bytes]:
+    async def _authenticate(self, request: server.Request,
+                            for_answer: bool = False) -> tuple[Any, bytes]:
         values = []
         for name in AUTH_HEADERS:
             raw = request.requestHeaders.getRawHeaders(name.encode("ascii"))  # bytes in, bytes out
@@ -242,7 +244,7 @@ class ApprovalApi:
             raise _bad_request("the request line is not ASCII") from None
         device_id, timestamp, nonce, signature = values
         device = await self.service.authenticate(device_id, timestamp, nonce, signature,
-                                                 method, path, body)
+                                                 method, path, body, for_answer=for_answer)
         return device, body
 
     async def pending(self, request: server.Request) -> tuple[int, dict]:
@@ -257,7 +259,8 @@ class ApprovalApi:
 
     async def answer(self, request: server.Request) -> tuple[int, dict]:
         """``POST /v1/device/answer``: a signed approve / deny / fraud."""
-        device, body = await self._device(request)
+        # for_answer: the compare-and-set checks the device in the store again
+        device, body = await self._device(request, for_answer=True)
         fields = _json_object(body)
         txid = _string(fields, "txid")
         decision = _string(fields, "decision")

@@ -23,6 +23,12 @@ from pushproxy.push import ApprovalRequest, ProviderUnavailable
 
 log = logging.getLogger("pushproxy.approval")
 
+# Seconds the store thread's last reading of SQLite's data_version may be old for
+# a device read before to be served again (`_device`): how long a revoke by
+# another process can go unseen by a device's long-poll or list. An answer is
+# refused in the store anyway (`decide_transaction`).
+VERSION_FRESH = 1.0
+
 # While the bus is down, what it would have woken (this node's waiters, long-polls)
 # re-reads the store this often instead: answers recorded at other nodes still
 # release logins here, late by up to this much.
@@ -124,18 +130,30 @@ class ClusterSide:
         bus = self.cluster.bus if self.cluster is not None else None
         return bus is not None and bus.store_notifies and getattr(bus, "connected", False)
 
-    async def _device(self, device_id, now: float):
+    async def _device(self, device_id, now: float, for_answer: bool = False):
         """The device with this id (revoked or not) or None: from the cache where it is
-        on (cluster mode on PostgreSQL), else from the store."""
+        on (cluster mode on PostgreSQL; over SQLite for an answer, while no other
+        process wrote to the file, see devicecache), else from the store.
+
+        Over SQLite only an answer may take it from memory: its compare-and-set
+        refuses a revoked device in the store, while a long-poll, a list or a new
+        device link right after ``pushproxy devices revoke`` must be refused at once,
+        and the store thread's reading of the file can be up to a second old."""
         caching = isinstance(device_id, str) and self._caching_devices()
-        if caching:
-            device = self._devices.get(device_id, now)
+        version = None
+        if isinstance(device_id, str) and not caching:
+            # read before the device: a commit by another process after it (a
+            # revoke) changes the version, and the entry is not served again
+            probe = getattr(self.store.runner, "data_version", None)
+            version = probe(VERSION_FRESH) if probe is not None else None
+        if caching or (version is not None and for_answer):
+            device = self._devices.get(device_id, now, version)
             if device is not None:
                 return device
         generation = self._devices.generation
         device = await self.store.device(device_id)
-        if caching and device is not None:
-            self._devices.put(device, now, generation)
+        if (caching or version is not None) and device is not None:
+            self._devices.put(device, now, generation, version)
         return device
 
     def await_decision(self, txid: str) -> Deferred[PushResult]:

@@ -4,8 +4,12 @@ authenticated without a store round trip each (issue 16: the store off the hot p
 Only where every revocation is heard: in cluster mode on PostgreSQL, the store
 announces ``device <id>`` with ``pg_notify`` in the very statement that revokes
 it (from a node or from ``pushproxy revoke``), and every node drops the entry.
-Elsewhere (one process, or workers over SQLite) ``pushproxy revoke`` writes the
-file from another process without telling anyone, so the cache stays off there.
+Over SQLite (one process, or workers) ``pushproxy revoke`` writes the file from
+another process without telling anyone; there an entry carries the file's
+``data_version`` read before the device was (`ThreadRunner.data_version`), and
+is served only while the store thread, at most a second ago, still saw that
+version: any commit by another process (a revoke, an enrollment, another
+worker's login) makes every entry a miss.
 
 Never trusted more than the bus is:
 
@@ -36,7 +40,7 @@ class DeviceCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self.generation = 0  # changes at every invalidation
-        self._entries: OrderedDict[str, tuple[Device, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Device, float, int | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -44,23 +48,26 @@ class DeviceCache:
     def __contains__(self, device_id: object) -> bool:
         return device_id in self._entries
 
-    def get(self, device_id: str, now: float) -> Device | None:
-        """The cached active device, or None (unknown, expired: read the store)."""
+    def get(self, device_id: str, now: float, version: int | None = None) -> Device | None:
+        """The cached active device, or None (unknown, expired, or stored under another
+        ``version`` of the file: read the store)."""
         entry = self._entries.get(device_id)
         if entry is None:
             return None
-        device, stored = entry
-        if not stored <= now < stored + self.ttl:
+        device, stored, stored_version = entry
+        if not stored <= now < stored + self.ttl or stored_version != version:
             del self._entries[device_id]
             return None
         return device
 
-    def put(self, device: Device, now: float, generation: int) -> None:
-        """Keep an active ``device`` read from the store when the cache had ``generation``;
-        not kept if something was invalidated since (the read may predate it)."""
+    def put(self, device: Device, now: float, generation: int,
+            version: int | None = None) -> None:
+        """Keep an active ``device`` read from the store when the cache had ``generation``
+        (and the file ``version``, read before the device); not kept if something was
+        invalidated since (the read may predate it)."""
         if generation != self.generation or device.revoked is not None:
             return
-        self._entries[device.id] = (device, now)
+        self._entries[device.id] = (device, now, version)
         self._entries.move_to_end(device.id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
@@ -69,7 +76,7 @@ class DeviceCache:
         """Replace a cached device by a newer copy of itself (its last_seen moved)."""
         entry = self._entries.get(device.id)
         if entry is not None:
-            self._entries[device.id] = (device, entry[1])
+            self._entries[device.id] = (device, entry[1], entry[2])
 
     def forget(self, device_id: str) -> None:
         """``device <id>`` was announced: the device changed (revoked)."""

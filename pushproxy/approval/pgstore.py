@@ -264,6 +264,11 @@ class PostgresStore(PostgresLoginState, PgClusterMethods, PostgresRolloutMethods
                          "ORDER BY created, id", args)
         return [_device(row) for row in rows]
 
+    def data_version(self) -> int | None:
+        """None: PostgreSQL has no counter like SQLite's ``PRAGMA data_version``; a
+        node caches devices only through the bus (`pushproxy.approval.devicecache`)."""
+        return None
+
     def device(self, device_id: str) -> Device | None:
         row = self._one(f"SELECT {_DEVICE} FROM devices WHERE id = %s", (device_id,))
         return None if row is None else _device(row)

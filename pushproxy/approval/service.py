@@ -78,6 +78,20 @@ class _Waiting:
         self.deferred = deferred
 
 
+class _Withdraw:
+    """A waiting login's canceller: its transaction is withdrawn. A slotted record
+    rather than a closure, one per pending login (issue 16)."""
+
+    __slots__ = ("service", "txid")
+
+    def __init__(self, service: ApprovalService, txid: str):
+        self.service = service
+        self.txid = txid
+
+    def __call__(self, _deferred: Deferred) -> None:
+        self.service._withdraw(self.txid)
+
+
 def _unwrap(result):
     return result.deferred if isinstance(result, _Waiting) else result
 
@@ -174,7 +188,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise ProviderUnavailable(f"store: {exc}") from None
         if not devices:
             return PushResult(PushStatus.NO_DEVICE, request.txid)
-        waiter: Deferred = Deferred(lambda _: self._withdraw(tx.id))
+        waiter: Deferred = Deferred(_Withdraw(self, tx.id))
         self._waiting[tx.id] = waiter
         self._open.add(tx)
         self._opened(tx, devices)
@@ -311,13 +325,18 @@ class ApprovalService(ClusterSide, PasscodeSide):
         return device
 
     def authenticate(self, device_id: str, timestamp: str, nonce: str, signature: str,
-                     method: str, path: str, body: bytes) -> Deferred[Device]:
-        """Check a device request's signature, time window and nonce."""
+                     method: str, path: str, body: bytes, *,
+                     for_answer: bool = False) -> Deferred[Device]:
+        """Check a device request's signature, time window and nonce.
+
+        ``for_answer``: the request is an answer, whose compare-and-set refuses a
+        revoked device in the store; over SQLite its device may then come from
+        memory (`ClusterSide._device`). Every other request reads it there."""
         return defer.ensureDeferred(self._authenticate(device_id, timestamp, nonce, signature,
-                                                       method, path, body))
+                                                       method, path, body, for_answer))
 
     async def _authenticate(self, device_id, timestamp, nonce, signature, method, path,
-                            body) -> Device:
+                            body, for_answer: bool = False) -> Device:
         now = self.wallclock()
         # Plain digits only: int() would take "+1", " 1", "1_0", and a 400-digit
         # number that no float can hold (found by tests/fuzz).
@@ -329,7 +348,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
             raise self._unauthenticated(device_id, "timestamp outside the allowed window")
         if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
             raise self._unauthenticated(device_id, "bad nonce")
-        device = await self._device(device_id, now)
+        device = await self._device(device_id, now, for_answer)
         if device is None or device.revoked is not None:
             raise self._unauthenticated(device_id, "unknown or revoked device")
         self._forget_nonces(now)
@@ -483,8 +502,8 @@ class ApprovalService(ClusterSide, PasscodeSide):
                                                         now)
         if not won:
             current = await self.store.transaction(txid)
-            if self.cluster is not None and current.state == "pending" \
-                    and now < current.expires and txid not in self._expiring:
+            if current.state == "pending" and now < current.expires \
+                    and txid not in self._expiring:
                 # still open: the compare-and-set refused the device (revoked meanwhile)
                 raise self._unauthenticated(device.id, "unknown or revoked device")
             self.counters.inc("answers", outcome="late")

@@ -67,9 +67,10 @@ class Enrollment:
     device_id: str | None  # the device it enrolled, once used
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transaction:
-    """One request to approve a login, and its outcome."""
+    """One request to approve a login, and its outcome (slotted: this process keeps
+    one for every pending login, `pushproxy.approval.opentx`)."""
 
     id: str
     username: str
@@ -519,9 +520,12 @@ class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods,
         if state in ANSWERS and not device_id:
             raise ValueError(f"state {state!r} needs the deciding device")
         # one conditional UPDATE is the compare-and-set: of racing answers,
-        # from any process, exactly one finds the row still pending
-        deadline = " AND expires > ?" if state in ANSWERS else ""
-        args = (state, device_id, now, txid) + ((now,) if deadline else ())
+        # from any process, exactly one finds the row still pending; an answer
+        # also needs its device still active (revoked by `pushproxy devices
+        # revoke` after the request was authenticated: refused here, in the store)
+        deadline = (" AND expires > ? AND NOT EXISTS (SELECT 1 FROM devices WHERE id = ? "
+                    "AND revoked IS NOT NULL)") if state in ANSWERS else ""
+        args = (state, device_id, now, txid) + ((now, device_id) if deadline else ())
         return self._change("UPDATE transactions SET state = ?, decided_by = ?, decided_at = ? "
                             "WHERE id = ? AND state = 'pending'" + deadline, args) == 1
 
@@ -664,6 +668,15 @@ class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods,
             db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)",
                        (key, candidate))
             return db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes whenever another connection (another
+        process: ``pushproxy devices revoke``, a worker) committed to the file since
+        this connection last looked; never for this connection's own commits. The
+        store thread reads it after every call (`ThreadRunner.data_version`), so a
+        device read from here may be served again while nothing else wrote."""
+        with self._guard():
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     def close(self) -> None:
         if self._checkpointer is not None:

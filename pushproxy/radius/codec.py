@@ -63,9 +63,16 @@ def load_dictionary() -> Dictionary:
         return Dictionary(str(real))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccessRequest:
-    """A verified Access-Request (or Status-Server) from a known client."""
+    """A verified Access-Request (or Status-Server) from a known client.
+
+    Holds what the decision and the reply need, not the decoded packet: a
+    pending login keeps its request until the phone answers, and pyrad's
+    packet (an ordered dict of attribute lists) cost about 2 KB of each
+    (issue 16). The reply is built from the id, the authenticator, the
+    secret and the Proxy-State values (`encode_reply`).
+    """
 
     code: int
     id: int
@@ -79,7 +86,10 @@ class AccessRequest:
     nas_identifier: str | None
     has_message_authenticator: bool
     state: bytes | None  # State (24): present in the answer to an Access-Challenge
-    packet: rpacket.AuthPacket  # kept to build the reply (Proxy-State, authenticator)
+    raw: bytes  # the datagram as received (relayed upstream, EAP's failure)
+    secret: bytes  # the client's shared secret (signs the reply, hides attributes)
+    proxy_state: tuple[bytes, ...]  # Proxy-State (33) values in order, copied into the reply
+    dictionary: Dictionary  # names the attributes of the reply
     # NAS-Port (5) and NAS-Port-Id (87) as one text, "5" / "id=eth0" / "5 id=eth0":
     # which session of the NAS this is (logins of different ports never join).
     nas_port: str | None = None
@@ -168,7 +178,8 @@ def _request(pkt, code: int, password: str | None, has_ma: bool, *, v11: bool) -
         nas_identifier=_text(pkt, 32, "NAS-Identifier"),
         has_message_authenticator=has_ma,
         state=_single_octets(pkt, 24, "State"),
-        packet=pkt,
+        raw=pkt.raw_packet, secret=pkt.secret,
+        proxy_state=tuple(dict.get(pkt, 33, ())), dictionary=pkt.dict,
         nas_port=_nas_port(pkt),
         v11=v11,
     )
@@ -288,11 +299,23 @@ def encode_reply(request: AccessRequest, code: int, *,
     return data
 
 
+def _reply_packet(request: AccessRequest, code: int) -> rpacket.AuthPacket:
+    """An empty reply to ``request``, as pyrad's CreateReply makes it: the
+    request's id, authenticator, secret, and its Proxy-State copied in order
+    (RFC 2865 5.33)."""
+    reply = rpacket.AuthPacket(code, request.id, request.secret, request.authenticator,
+                               dict=request.dictionary)
+    reply._request_code = request.code
+    if request.proxy_state:
+        OrderedDict.__setitem__(reply, 33, list(request.proxy_state))
+    return reply
+
+
 def _encode_reply(request: AccessRequest, code: int, reply_message: str | None,
                   state: bytes | None, attributes: tuple[tuple[str, object], ...],
                   raw: tuple[Attr, ...]) -> bytes:
-    reply = request.packet.CreateReply()
-    reply.code = code
+    reply = _reply_packet(request, code)
+    reply.message_authenticator = True
     if reply_message:
         # Reply-Message is at most 253 octets per attribute.
         reply.AddAttribute("Reply-Message", reply_message.encode("utf-8")[:253])
@@ -301,7 +324,7 @@ def _encode_reply(request: AccessRequest, code: int, reply_message: str | None,
     for name, value in attributes:
         reply.AddAttribute(name, value)
     for attr in raw:
-        value = wire_value(attr, request.packet.secret, request.authenticator)
+        value = wire_value(attr, request.secret, request.authenticator)
         key = (attr.vendor, attr.type) if attr.vendor else attr.type
         # OrderedDict's own method: dict.setdefault would bypass its order list.
         OrderedDict.setdefault(reply, key, []).append(value)
@@ -314,8 +337,7 @@ def _encode_reply_v11(request: AccessRequest, code: int, reply_message: str | No
                       raw: tuple[Attr, ...]) -> bytes:
     """RFC 9765 section 5: Reserved-1 zero, the request's Token and Reserved-2
     echoed, no Message-Authenticator, hidden attributes sent in clear."""
-    reply = request.packet.CreateReply(message_authenticator=False)
-    reply.code = code
+    reply = _reply_packet(request, code)
     if reply_message:
         reply.AddAttribute("Reply-Message", reply_message.encode("utf-8")[:253])
     if state is not None:

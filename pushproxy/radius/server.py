@@ -14,6 +14,7 @@ import logging
 import socket
 
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from pushproxy import logs
 from pushproxy.config import RadiusClient
@@ -101,7 +102,7 @@ class RadiusProtocol(DatagramProtocol):
         if client is None:
             self._drop(DropReason.UNKNOWN_CLIENT, host, None)
             return
-        self.receive(data, host, port, client, lambda reply: self.transport.write(reply, addr))
+        self.receive(data, host, port, client, _SendTo(self, addr))
 
     def receive(self, data: bytes, host: str, port: int, client: RadiusClient, send, *,
                 v11: bool = False) -> DropReason | None:
@@ -152,28 +153,29 @@ class RadiusProtocol(DatagramProtocol):
         if request.code == codec.STATUS_SERVER:
             # RFC 5997: a verified Status-Server is answered with Access-Accept.
             return self._send(key, send, codec.encode_reply(request, codec.ACCESS_ACCEPT))
+        reply = _Reply(self, request, host, key, send)
+        # One LoginRequest per login (a pending login keeps it): made with its
+        # reply's hooks, not copied to add them.
         login = LoginRequest(
             protocol="radius", username=request.username,
             password=request.password, client_name=client.name, source=host,
             calling_station=request.calling_station, nas=request.nas,
             nas_ip=request.nas_ip, port=request.nas_port,
             no_device=client.no_device or self.default_no_device,
-            state=request.state, verification=client.verification, requires=client.requires)
-        eap = False
+            state=request.state, verification=client.verification, requires=client.requires,
+            finalize=reply.finalize, deliver=reply.deliver)
         upstream = self.upstreams.get(client.name) if client.upstream is not None else None
         if upstream is not None:
             try:
-                login, eap = self._upstream_login(login, request, upstream, now)
+                login, reply.eap = self._upstream_login(login, request, upstream, now)
             except AttributeError_ as exc:
                 # pyrad tolerates a last attribute running past the end; the
                 # raw parse for forwarding does not.
                 self.table.abandon(key)
                 return self._drop(DropReason.MALFORMED, host, client, str(exc))
-        reply = _Reply(self, request, eap, host, key, send)
-        d = self.engine.login(dataclasses.replace(login, finalize=reply.finalize,
-                                                   deliver=reply.deliver))
-        d.addCallback(self._decided, reply, key, send)
-        d.addErrback(self._failed, key)
+        # Bound methods of the reply, no arguments: the cheapest callbacks a
+        # pending login can hold (issue 16).
+        self.engine.login(login).addCallbacks(reply.decided, reply.failed)
         return None
 
     def _upstream_login(self, login: LoginRequest, request: codec.AccessRequest,
@@ -184,7 +186,7 @@ class RadiusProtocol(DatagramProtocol):
         sends the follow-up back to that server (EAP's next round); any other
         State is the engine's own (verified push).
         """
-        raw = request.packet.raw_packet
+        raw = request.raw
         pinned = None
         if request.state is not None:
             pinned = self.upstream_states.take(request.state, login.client_name, now)
@@ -248,6 +250,20 @@ class RadiusProtocol(DatagramProtocol):
         return reason
 
 
+class _SendTo:
+    """``send(bytes)`` to one NAS address through the listener (a slotted record:
+    every pending login holds one)."""
+
+    __slots__ = ("proto", "addr")
+
+    def __init__(self, proto: RadiusProtocol, addr):
+        self.proto = proto
+        self.addr = addr
+
+    def __call__(self, data: bytes) -> None:
+        self.proto.transport.write(data, self.addr)
+
+
 class _Reply:
     """One request's reply: encoded when the engine finalizes its decision.
 
@@ -257,15 +273,18 @@ class _Reply:
     really gets: a plain Reject, reason ``reply_too_large``.
     """
 
-    def __init__(self, proto: RadiusProtocol, request: codec.AccessRequest, eap: bool,
-                 host: str, key: RequestKey | None = None, send=None):
+    # Slotted: one of these lives for every pending login (issue 16).
+    __slots__ = ("proto", "host", "key", "send", "sent", "request", "eap", "decision", "data")
+
+    def __init__(self, proto: RadiusProtocol, request: codec.AccessRequest,
+                 host: str, key: RequestKey | None = None, send=None, eap: bool = False):
         self.proto = proto
         self.host = host
         self.key = key
         self.send = send  # bytes -> None: to the NAS's address, or its RadSec connection
         self.sent = False
         self.request = request
-        self.eap = eap
+        self.eap = eap  # an EAP conversation relayed upstream (set after the upstream parse)
         self.decision: Decision | None = None
         self.data: bytes | None = None
 
@@ -296,6 +315,17 @@ class _Reply:
             self.sent = True
             self.proto._send(self.key, self.send, self.data)
 
+    def decided(self, decision: Decision) -> None:
+        """The engine's Deferred fired: send the reply unless `deliver` already did."""
+        try:
+            return self.proto._decided(decision, self, self.key, self.send)
+        except Exception:  # as an errback after this callback would see it
+            return self.proto._failed(Failure(), self.key)
+
+    def failed(self, failure) -> None:
+        """The engine's Deferred failed (it never should): no reply, never an Accept."""
+        return self.proto._failed(failure, self.key)
+
     def encoded(self, decision: Decision) -> bytes | None:
         """The bytes for ``decision``: those made at finalize, or made now."""
         if self.decision is not decision:
@@ -315,7 +345,7 @@ class _Reply:
         if eap and decision.outcome is Outcome.REJECT and not relayed:
             # Our own Reject (push denied) ends the EAP conversation with an
             # EAP-Failure for the device (RFC 3579 2.6.3).
-            failure = upstream_packets.eap_failure(request.packet.raw_packet)
+            failure = upstream_packets.eap_failure(request.raw)
             attributes = (failure,) if failure is not None else ()
         return codec.encode_reply(request, _CODES[decision.outcome], reply_message=message,
                                   state=decision.state, raw=attributes)

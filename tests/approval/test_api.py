@@ -43,6 +43,7 @@ class StandInService:
         self.fail = {}
         self.polls = []
         self.poll_cancelled = []
+        self.for_answer = []  # authenticate's for_answer, per call
 
     def _result(self, name, value):
         if name in self.fail:
@@ -59,9 +60,11 @@ class StandInService:
         self.calls.append(("enroll", token, public_key, name, subscription, signature))
         return self._result("enroll", DEVICE)
 
-    def authenticate(self, device_id, timestamp, nonce, signature, method, path, body):
+    def authenticate(self, device_id, timestamp, nonce, signature, method, path, body,
+                     for_answer=False):
         self.calls.append(("authenticate", device_id, timestamp, nonce, signature, method,
                            path, body))
+        self.for_answer.append(for_answer)
         return self._result("authenticate", DEVICE)
 
     def pending(self, device, wait):
@@ -402,6 +405,10 @@ async def test_authenticate_gets_headers_method_uri_as_sent_and_raw_body(base, h
         ("authenticate", "dev1", "1796000000", "n" * 22, "sig", "POST",
          "/v1/device/answer?x=1&y=%41", raw)]
     assert service.called("answer") == [("answer", "dev1", "t1", "approve", "s")]
+    # only an answer may take its device from memory (its compare-and-set checks it)
+    assert service.for_answer == [True]
+    status, _, _, _ = await call(http, "GET", base + "/v1/device/pending", headers=AUTH)
+    assert status == 200 and service.for_answer == [True, False]
 
 
 @pytest_twisted.ensureDeferred

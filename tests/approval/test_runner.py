@@ -265,3 +265,29 @@ def test_slow_calls_are_logged_at_most_once_a_second_with_what_they_waited_for(c
     assert len(lines) == 2
     assert "thread_cpu_s=0.01" in lines[0] and "process_cpu_s=0.5" in lines[0]
     assert "not_logged_since=1" in lines[1]
+
+
+def test_calls_submitted_in_one_turn_wake_the_idle_store_thread_once_after_it():
+    """An idle store thread is woken once per turn of the event loop, when the turn's
+    work is done, not once per call in the middle of it (each wake-up is a switch of
+    threads; the largest own cost in the push path's profile, issue 16)."""
+    from twisted.internet.task import Clock
+
+    class Counting(threading.Condition):
+        def notify(self, n=1):
+            notified.append(n)
+            super().notify(n)
+
+    notified: list[int] = []
+    clock, store = Clock(), BlockingStore()
+    runner = ThreadRunner(clock, lambda: store, timeout=5)
+    runner._wake = Counting()
+    runner._sleeping = True  # the store thread waits for work (not started here)
+    for i in range(5):
+        runner.submit(store.quick, i)
+    assert notified == [] and len(runner._queue) == 5
+    clock.advance(0)  # the end of the turn
+    assert notified == [1]
+    runner.submit(store.quick, 5)  # the thread has not run yet: the next turn wakes it again
+    clock.advance(0)
+    assert notified == [1, 1]

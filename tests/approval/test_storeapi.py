@@ -18,8 +18,10 @@ from pushproxy.approval.storeapi import StoreAPI, store_methods
 from pushproxy.metrics import Counters
 
 # Public methods a backend may have beyond the interface (not used by the daemon):
-# PostgreSQL's schema version for test-connection, and bulk work for store migrate.
-EXTRAS = {SQLiteStore: set(), PostgresStore: {"schema_version", "write_transaction"}}
+# PostgreSQL's schema version for test-connection, and bulk work for store migrate;
+# the data_version the store thread reads itself (not a submitted call).
+EXTRAS = {SQLiteStore: {"data_version"},
+          PostgresStore: {"schema_version", "write_transaction", "data_version"}}
 
 
 def public_methods(cls) -> set[str]:

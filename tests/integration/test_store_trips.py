@@ -5,8 +5,9 @@ radclient and the command-line authenticator long-polling and approving.
 The approved login's path on a single node: the lock check and the transaction
 (`user_lock`, `open_transaction`), then the device's three requests (the long-poll,
 the list before answering, the answer), each authenticated, and the answer's
-compare-and-set. What is served from memory (the node's own pending transactions)
-costs no round trip; the compare-and-set always goes to the store.
+compare-and-set. What is served from memory (the node's own pending transactions,
+and over SQLite the answer's device, read before while no other process wrote to
+the file) costs no round trip; the compare-and-set always goes to the store.
 
 Run with ``-s`` to see the figures (docs/benchmarks.md, "Store round trips per login").
 """
@@ -52,7 +53,11 @@ def test_an_approved_push_login_costs_few_store_round_trips(stacks):
     print(f"store commits per login: {sum(commits.values()):.2f} {commits}")
     # the answer's compare-and-set is durable: one commit per login at least
     assert calls.get("decide_transaction") == 1 and commits.get("decide_transaction") == 1
-    assert sum(calls.values()) <= 6.5
+    # The device: read by every request before (3 per login); the answer's now comes
+    # from memory while nothing else writes the file (measured 2.0; 3 only if the
+    # store thread sat idle over a second between list and answer, VERSION_FRESH).
+    assert calls.get("device", 0) < 3
+    assert sum(calls.values()) < 6.25  # measured 5.25 (was 6.25)
 
 
 # Background calls of a cluster node, not made by a login.
