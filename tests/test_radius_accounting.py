@@ -192,3 +192,31 @@ def test_hostile_values_are_logged_escaped_and_shortened(caplog):
     assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
     assert "S" * 128 + "..." in line and "S" * 129 not in line
     assert SECRET.decode() not in line
+
+
+def test_accounting_is_off_by_default_and_parsed_when_configured(tmp_path):
+    from tests.test_config import ENV, GOOD, parse
+
+    assert parse(GOOD, tmp_path, ENV).radius.accounting_listen == ()
+    text = GOOD.replace("radius:\n", 'radius:\n  accounting_listen: ["0.0.0.0:1813", '
+                                     '"[::1]:1813"]\n')
+    assert parse(text, tmp_path, ENV).radius.accounting_listen == (("0.0.0.0", 1813),
+                                                                    ("::1", 1813))
+
+
+def test_accounting_config_mistakes_are_all_named_with_their_paths(tmp_path):
+    from tests.test_config import ENV, GOOD, problems
+
+    text = GOOD.replace("radius:\n", 'radius:\n  listen: ["127.0.0.1:1812"]\n'
+                                     '  accounting_listen: ["1813", "127.0.0.1:1812"]\n'
+                                     '  accounting: {listen: x}\n')
+    found = problems(text, tmp_path, ENV)
+    assert any("radius.accounting_listen[0]" in p for p in found)
+    assert any("radius.accounting_listen[1]" in p and "also in radius.listen" in p
+               for p in found)
+    assert any("radius.accounting" in p and "unknown" in p.lower() for p in found)
+    workers = GOOD.replace("radius:\n", 'radius:\n  accounting_listen: ["127.0.0.1:0"]\n') \
+        + "daemon:\n  workers: 2\n"
+    workers = workers.replace('database: ":memory:"', "database: /tmp/x.db")
+    assert any("radius.accounting_listen" in p and "port 0" in p
+               for p in problems(workers, tmp_path, ENV))
