@@ -124,3 +124,34 @@ def test_hostile_values_are_answered_and_logged_safely(acct, caplog):
     assert line.isascii() and "\n" not in line
     assert "\\u202e" in line and "S" * 128 + "..." in line and "S" * 129 not in line
     assert SECRET not in line
+
+
+def test_both_workers_share_the_accounting_port(slapd, tmp_path):
+    """`daemon.workers: 2`: the accounting port is shared (SO_REUSEPORT) and both answer."""
+    import re
+
+    from tests.integration.harness import ServeProcess
+    from tests.integration.served_login import free_port
+    from tests.integration.test_operations import served_config
+
+    path, _, _ = served_config(tmp_path, slapd)
+    acct_port = free_port(socket.SOCK_DGRAM)
+    path.write_text(path.read_text().replace("daemon:\n", "daemon:\n  workers: 2\n").replace(
+        "radius:\n", f'radius:\n  accounting_listen: ["127.0.0.1:{acct_port}"]\n', 1))
+    serve = ServeProcess(path)
+    try:
+        serve.wait_for("workers.ready", 30)
+        answered = 0
+        for ident in range(40):  # each from its own source port: spread over both workers
+            pkt = rpacket.AcctPacket(id=ident, secret=SECRET.encode(), dict=None)
+            OrderedDict.__setitem__(pkt, 40, [(3).to_bytes(4, "big")])
+            OrderedDict.__setitem__(pkt, 1, [b"alice"])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(pkt.RequestPacket(), ("127.0.0.1", acct_port))
+                answered += sock.recv(4096)[0] == 5
+        assert answered == 40
+        workers = re.findall(r"radius\.accounting .*worker=(\d)", serve.output())
+        assert len(workers) == 40 and set(workers) == {"0", "1"}, serve.output()
+    finally:
+        serve.close()
