@@ -220,3 +220,20 @@ def test_accounting_config_mistakes_are_all_named_with_their_paths(tmp_path):
     workers = workers.replace('database: ":memory:"', "database: /tmp/x.db")
     assert any("radius.accounting_listen" in p and "port 0" in p
                for p in problems(workers, tmp_path, ENV))
+
+
+def test_an_internal_error_drops_counts_and_leaves_the_request_answerable(monkeypatch):
+    """A bug while answering: no crash, a counter, and the NAS's resend is served later."""
+    from pushproxy.radius import accounting
+
+    proto, _ = make()
+    real = accounting.encode_accounting_response
+    monkeypatch.setattr(accounting, "encode_accounting_response",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    data = acct()
+    proto.datagramReceived(data, NAS)
+    assert proto.transport.sent == []
+    assert proto.counters.get("radius_accounting_drops", reason="internal_error") == 1
+    monkeypatch.setattr(accounting, "encode_accounting_response", real)
+    proto.datagramReceived(data, NAS)  # the retransmit is a new request, not "in flight"
+    assert len(proto.transport.sent) == 1 and check_response(proto.transport.sent[0][0], data)

@@ -208,11 +208,14 @@ class AccountingProtocol(DatagramProtocol):
             return
         try:
             request = decode_accounting(data, client.secret)
+            reply = encode_accounting_response(request, client.secret)
         except DropPacket as exc:
             self.table.abandon(key)
             self._drop(exc.reason.value, host, client.name, exc.detail)
             return
-        reply = encode_accounting_response(request, client.secret)
+        except Exception:
+            self.table.abandon(key)  # else its retransmits would be dropped for good
+            raise
         self.table.answer(key, reply, now)
         self.counters.inc("radius_accounting", client=client.name, status=request.status)
         logs.event(log, logging.INFO, "radius.accounting", status=request.status,
