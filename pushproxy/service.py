@@ -127,7 +127,8 @@ class Daemon:
         from pushproxy.radius.accounting import AccountingProtocol
 
         proto = AccountingProtocol(clients=self.clients, table=self.accounting_table,
-                                   clock=self.reactor, counters=self.counters)
+                                   clock=self.reactor, counters=self.counters,
+                                   dictionary=self.dictionary)
         self.accounting.append(proto)
         if self.config.daemon.workers > 1:
             from pushproxy import reuseport

@@ -237,3 +237,21 @@ def test_an_internal_error_drops_counts_and_leaves_the_request_answerable(monkey
     monkeypatch.setattr(accounting, "encode_accounting_response", real)
     proto.datagramReceived(data, NAS)  # the retransmit is a new request, not "in flight"
     assert len(proto.transport.sent) == 1 and check_response(proto.transport.sent[0][0], data)
+
+
+def test_status_server_on_the_accounting_port_gets_a_signed_accounting_response():
+    """RFC 5997 3: a verified Status-Server is answered with an Accounting-Response;
+    one without Message-Authenticator is dropped."""
+    proto, _ = make()
+    pkt = rpacket.AuthPacket(code=rpacket.StatusServer, id=3, secret=SECRET, dict=DICT)
+    pkt.add_message_authenticator()
+    data = pkt.RequestPacket()
+    proto.datagramReceived(data, NAS)
+    reply = proto.transport.sent[0][0]
+    rep = rpacket.Packet(packet=reply, secret=SECRET, dict=DICT)
+    assert rep.code == 5 and reply[20] == 80 and pkt.VerifyReply(rep, reply)
+    bare = rpacket.AuthPacket(code=rpacket.StatusServer, id=4, secret=SECRET, dict=DICT)
+    proto.datagramReceived(bare.RequestPacket(), NAS)
+    assert len(proto.transport.sent) == 1
+    assert proto.counters.get("radius_accounting_drops",
+                              reason="missing_message_authenticator") == 1

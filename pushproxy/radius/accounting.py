@@ -10,6 +10,7 @@ alone; it neither forwards nor stores the records (the log line and the
     -> header -> retransmit table (same key as auth: address, port, id, authenticator)
     -> verify Request Authenticator (+ Message-Authenticator when present)
     -> one ``radius.accounting`` log line + counter -> Accounting-Response
+    (a verified Status-Server, RFC 5997 3, gets an Accounting-Response too)
 
 Message-Authenticator is verified when present but never required: the
 Request Authenticator of an Accounting-Request is already a keyed MD5 over the
@@ -171,8 +172,10 @@ class AccountingProtocol(DatagramProtocol):
     the identical cached response.
     """
 
-    def __init__(self, *, clients, table: RetransmitTable, clock, counters: Counters):
+    def __init__(self, *, clients, table: RetransmitTable, clock, counters: Counters,
+                 dictionary=None):
         self.clients = clients
+        self.dictionary = dictionary if dictionary is not None else codec.load_dictionary()
         self.table = table
         self.clock = clock
         self.counters = counters
@@ -207,6 +210,15 @@ class AccountingProtocol(DatagramProtocol):
         if lookup.state is State.IN_FLIGHT:  # cannot last: answered in this call
             return
         try:
+            if data[0] == codec.STATUS_SERVER:
+                # RFC 5997 3: a verified Status-Server on an accounting port is answered
+                # with an Accounting-Response (Message-Authenticator required by the codec).
+                status = codec.decode_request(data, client.secret, self.dictionary,
+                                              require_message_authenticator=True)
+                self._send(key, codec.encode_reply(status, ACCOUNTING_RESPONSE), addr, now)
+                self.counters.inc("radius_accounting", client=client.name,
+                                  status="status-server")
+                return
             request = decode_accounting(data, client.secret)
             reply = encode_accounting_response(request, client.secret)
         except DropPacket as exc:
@@ -216,11 +228,14 @@ class AccountingProtocol(DatagramProtocol):
         except Exception:
             self.table.abandon(key)  # else its retransmits would be dropped for good
             raise
-        self.table.answer(key, reply, now)
         self.counters.inc("radius_accounting", client=client.name, status=request.status)
         logs.event(log, logging.INFO, "radius.accounting", status=request.status,
                    user=request.username, session=request.session_id, nas=request.nas,
                    client=client.name, source=host)
+        self._send(key, reply, addr, now)
+
+    def _send(self, key: RequestKey, reply: bytes, addr, now: float) -> None:
+        self.table.answer(key, reply, now)
         self.transport.write(reply, addr)
 
     def _drop(self, reason: str, host: str, client: str | None, detail: str = "") -> None:

@@ -61,6 +61,16 @@ def test_message_authenticator_from_radclient_is_verified_and_answered(acct):
 
 
 @pytest_twisted.inlineCallbacks
+def test_radclient_status_server_on_the_accounting_port_is_answered(acct):
+    daemon, addr = yield acct()
+    result = yield radclient(addr, SECRET, [("Message-Authenticator", "0x00")], code="status",
+                             timeout=3)
+    assert result.code == "Accounting-Response", result.stderr
+    assert daemon.counters.get("radius_accounting", client="test-nas",
+                               status="status-server") == 1
+
+
+@pytest_twisted.inlineCallbacks
 def test_wrong_secret_gets_no_answer_and_is_counted(acct):
     daemon, addr = yield acct()
     result = yield radclient(addr, "a-wrong-shared-secret", record("Start"), code="acct",
