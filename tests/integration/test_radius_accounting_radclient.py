@@ -165,3 +165,17 @@ def test_both_workers_share_the_accounting_port(slapd, tmp_path):
         assert len(workers) == 40 and set(workers) == {"0", "1"}, serve.output()
     finally:
         serve.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reload_gives_the_accounting_listener_the_new_client_secrets(acct):
+    daemon, addr = yield acct()
+    new_secret = b"a-new-long-shared-secret"
+    client = dataclasses.replace(daemon.config.radius.clients[0], secret=new_secret)
+    new = dataclasses.replace(daemon.config, radius=dataclasses.replace(
+        daemon.config.radius, clients=(client,)))
+    assert not any("accounting" in line for line in daemon.reload(new))
+    old = yield radclient(addr, SECRET, record("Start"), code="acct", timeout=1)
+    assert old.code is None
+    fresh = yield radclient(addr, new_secret.decode(), record("Start"), code="acct", timeout=3)
+    assert fresh.code == "Accounting-Response", fresh.stderr
