@@ -77,7 +77,7 @@ class Daemon:
             ldap_queue=lambda: getattr(self.directory, "outstanding", 0))
         self.protocols: list[RadiusProtocol] = []
         # Accounting listeners (radius.accounting_listen): same clients, own retransmit table
-        self.accounting: list = []
+        self.accounting: list = []  # of pushproxy.radius.accounting.AccountingProtocol
         self.accounting_table = RetransmitTable(hold=config.radius.reply_cache_seconds)
         self.ports = []
         self.components = []  # started before and stopped after the listeners

@@ -209,18 +209,18 @@ class AccountingProtocol(DatagramProtocol):
             return
         if lookup.state is State.IN_FLIGHT:  # cannot last: answered in this call
             return
+        request = None
         try:
             if data[0] == codec.STATUS_SERVER:
                 # RFC 5997 3: a verified Status-Server on an accounting port is answered
                 # with an Accounting-Response (Message-Authenticator required by the codec).
-                status = codec.decode_request(data, client.secret, self.dictionary,
-                                              require_message_authenticator=True)
-                self._send(key, codec.encode_reply(status, ACCOUNTING_RESPONSE), addr, now)
-                self.counters.inc("radius_accounting", client=client.name,
-                                  status="status-server")
-                return
-            request = decode_accounting(data, client.secret)
-            reply = encode_accounting_response(request, client.secret)
+                # Counted, not logged: watchdogs ask every few seconds.
+                probe = codec.decode_request(data, client.secret, self.dictionary,
+                                             require_message_authenticator=True)
+                reply = codec.encode_reply(probe, ACCOUNTING_RESPONSE)
+            else:
+                request = decode_accounting(data, client.secret)
+                reply = encode_accounting_response(request, client.secret)
         except DropPacket as exc:
             self.table.abandon(key)
             self._drop(exc.reason.value, host, client.name, exc.detail)
@@ -228,14 +228,14 @@ class AccountingProtocol(DatagramProtocol):
         except Exception:
             self.table.abandon(key)  # else its retransmits would be dropped for good
             raise
-        self.counters.inc("radius_accounting", client=client.name, status=request.status)
-        logs.event(log, logging.INFO, "radius.accounting", status=request.status,
-                   user=request.username, session=request.session_id, nas=request.nas,
-                   client=client.name, source=host)
-        self._send(key, reply, addr, now)
-
-    def _send(self, key: RequestKey, reply: bytes, addr, now: float) -> None:
         self.table.answer(key, reply, now)
+        if request is None:
+            self.counters.inc("radius_accounting", client=client.name, status="status-server")
+        else:
+            self.counters.inc("radius_accounting", client=client.name, status=request.status)
+            logs.event(log, logging.INFO, "radius.accounting", status=request.status,
+                       user=request.username, session=request.session_id, nas=request.nas,
+                       client=client.name, source=host)
         self.transport.write(reply, addr)
 
     def _drop(self, reason: str, host: str, client: str | None, detail: str = "") -> None:
