@@ -255,3 +255,29 @@ def test_status_server_on_the_accounting_port_gets_a_signed_accounting_response(
     assert len(proto.transport.sent) == 1
     assert proto.counters.get("radius_accounting_drops",
                               reason="missing_message_authenticator") == 1
+
+
+def test_mutated_packets_only_ever_drop_or_decode():
+    """Random octet flips, cuts and length fields (seeded): the pure check raises nothing
+    but DropPacket, and the listener answers nothing it could not verify."""
+    import random
+
+    rng = random.Random(2866)
+    good = acct(proxy_state=(b"\x01ps",), ma=True)
+    proto, _ = make()
+    for ident in range(1500):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            data[at] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[:rng.randrange(len(data) + 1)]
+        data = bytes(data)
+        try:
+            decode_accounting(data, SECRET)
+        except DropPacket:
+            pass
+        proto.datagramReceived(data, ("127.0.0.1", 30000 + ident))
+    assert proto.counters.get("radius_accounting_drops", reason="internal_error") == 0
+    for reply, _ in proto.transport.sent:  # only what still verified (a flip in padding)
+        assert reply[0] == 5
