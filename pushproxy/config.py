@@ -101,6 +101,8 @@ class RadiusConfig:
     receive_buffer: int
     reply_cache_seconds: float
     radsec: "RadsecConfig | None" = None  # RADIUS over TLS (pushproxy.radsec); None: off
+    # Accounting-Request listeners (pushproxy.radius.accounting); empty: off
+    accounting_listen: tuple[tuple[str, int], ...] = ()
 
     @property
     def all_clients(self) -> tuple[RadiusClient, ...]:
@@ -443,6 +445,8 @@ def _check_workers(c: Checker, daemon, radius, approval) -> None:
     if daemon is None or daemon.workers == 1:
         return
     ports = [("radius.listen", port) for _, port in (radius.listen if radius else ())]
+    ports += [("radius.accounting_listen", port)
+              for _, port in (radius.accounting_listen if radius else ())]
     ports += [("approval.listen", approval.listen[1])] if approval else []
     ports += [("daemon.metrics_listen", daemon.metrics_listen[1])] \
         if daemon.metrics_listen else []
@@ -482,7 +486,8 @@ def default_node_name() -> str:
 
 def _radius(c: Checker, value) -> RadiusConfig | None:
     m = c.mapping(value, "radius", required=("clients",),
-                  optional=("listen", "receive_buffer", "reply_cache_seconds", "radsec"))
+                  optional=("listen", "receive_buffer", "reply_cache_seconds", "radsec",
+                            "accounting_listen"))
     if m is None:
         return None
     listen = []
@@ -490,6 +495,14 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
         addr = c.host_port(item, f"radius.listen[{i}]")
         if addr:
             listen.append(addr)
+    accounting = []
+    for i, item in enumerate(c.seq(m, "accounting_listen", "radius.accounting_listen", [])):
+        addr = c.host_port(item, f"radius.accounting_listen[{i}]")
+        if addr and addr in listen and addr[1] != 0:
+            c.problem(f"radius.accounting_listen[{i}]", f"{item} is also in radius.listen: "
+                      "accounting needs a port of its own (usually 1813)")
+        elif addr:
+            accounting.append(addr)
     clients = []
     for i, item in enumerate(c.seq(m, "clients", "radius.clients", None, min_len=1)):
         client = _radius_client(c, item, f"radius.clients[{i}]")
@@ -515,6 +528,7 @@ def _radius(c: Checker, value) -> RadiusConfig | None:
         reply_cache_seconds=c.number(m, "reply_cache_seconds", "radius.reply_cache_seconds",
                                      30, minimum=1, maximum=600),
         radsec=radsec,
+        accounting_listen=tuple(accounting),
     )
 
 

@@ -33,6 +33,10 @@ HELP = {
     "radius_retransmits": "Retransmitted requests, by client and state (in_flight: dropped; "
                           "answered: cached reply resent)",
     "radius_replies": "RADIUS replies sent",
+    "radius_accounting": "Accounting-Requests answered (radius.accounting_listen), by client "
+                         "and Acct-Status-Type",
+    "radius_accounting_drops": "Accounting datagrams dropped without an answer, by reason",
+    "radius_accounting_retransmits": "Accounting retransmits answered from the cache, by client",
     "decisions": "Login decisions, by client, outcome and reason",
     "logins_joined": "Logins that joined an identical pending login",
     "pushes_requested": "Push approvals requested",

@@ -76,6 +76,9 @@ class Daemon:
             store=getattr(getattr(provider, "store", None), "runner", None), lag=self.loop_lag,
             ldap_queue=lambda: getattr(self.directory, "outstanding", 0))
         self.protocols: list[RadiusProtocol] = []
+        # Accounting listeners (radius.accounting_listen): same clients, own retransmit table
+        self.accounting: list = []  # of pushproxy.radius.accounting.AccountingProtocol
+        self.accounting_table = RetransmitTable(hold=config.radius.reply_cache_seconds)
         self.ports = []
         self.components = []  # started before and stopped after the listeners
 
@@ -116,12 +119,35 @@ class Daemon:
             self.ports.append(listening)
             bound = listening.getHost()
             logs.event(log, logging.INFO, "radius.listening", address=bound.host, port=bound.port)
+        for host, port in self.config.radius.accounting_listen:
+            self._listen_accounting(host, port)
+
+    def _listen_accounting(self, host: str, port: int) -> None:
+        """One Accounting-Request listener, shared by workers like the auth port."""
+        from pushproxy.radius.accounting import AccountingProtocol
+
+        proto = AccountingProtocol(clients=self.clients, table=self.accounting_table,
+                                   clock=self.reactor, counters=self.counters,
+                                   dictionary=self.dictionary)
+        self.accounting.append(proto)
+        if self.config.daemon.workers > 1:
+            from pushproxy import reuseport
+
+            listening = reuseport.listen_udp(self.reactor, port, proto, host)
+        else:
+            listening = self.reactor.listenUDP(port, proto, interface=host)
+        self.ports.append(listening)
+        bound = listening.getHost()
+        logs.event(log, logging.INFO, "radius.accounting_listening", address=bound.host,
+                   port=bound.port)
 
     def reload(self, new: Config) -> list[str]:
         """Apply ``new`` in place; returns what still needs a restart to take effect."""
         old = self.config
         restart = [f"{section} changed: restart to apply" for section, a, b in (
             ("radius.listen", old.radius.listen, new.radius.listen),
+            ("radius.accounting_listen", old.radius.accounting_listen,
+             new.radius.accounting_listen),
             ("radius.radsec", old.radius.radsec, new.radius.radsec),
             ("approval", old.approval, new.approval),
             ("daemon.metrics_listen", old.daemon.metrics_listen, new.daemon.metrics_listen),
@@ -137,6 +163,9 @@ class Daemon:
             if hasattr(component, "reload") and new.ldap_front is not None:
                 restart += component.reload(new)
         self.clients = ClientTable(new.radius.clients)
+        for proto in self.accounting:
+            proto.clients = self.clients
+        self.accounting_table.hold = new.radius.reply_cache_seconds
         for proto in self.protocols:
             proto.clients = self.clients
             proto.default_no_device = new.push.no_device

@@ -42,6 +42,7 @@ class DropReason(enum.Enum):
     UNSUPPORTED_CODE = "unsupported_code"
     MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
     BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
+    BAD_REQUEST_AUTHENTICATOR = "bad_request_authenticator"  # accounting (wrong secret)
     RETRANSMIT_IN_FLIGHT = "retransmit_in_flight"
     OVERLOADED = "overloaded"
     SHUTTING_DOWN = "shutting_down"

@@ -4,9 +4,9 @@ The same layout as tests/integration/ocserv_ns.py (veth between the
 namespaces, RADIUS relayed over a UNIX socket to pushproxy on the host's
 loopback), with OpenVPN in place of ocserv: server 10.213.0.1:1194/udp, tunnel
 network 10.215.0.0/24 (the server is 10.215.0.1). radiusplugin also sends
-Accounting-Requests to the same server and expects answers; pushproxy answers
-authentication only, so a small accounting responder in the server's
-namespace answers them, as a site's accounting server would.
+Accounting-Requests to the same server's port 1813 and expects answers:
+a second relay carries them to pushproxy's own accounting listener
+(radius.accounting_listen).
 """
 
 from __future__ import annotations
@@ -16,27 +16,11 @@ import subprocess
 import sys
 import time
 
-from tests.integration.ocserv_ns import SERVER_ADDR, OcservPair
+from tests.integration.ocserv_ns import RELAY_IN_NAMESPACE, SERVER_ADDR, HostRelay, OcservPair
 
 TUN_SERVER = "10.215.0.1"
 PORT = 1194
 PLUGIN = "/usr/lib/openvpn/radiusplugin.so"
-
-ACCOUNTING = r'''
-import hashlib, socket, struct, sys
-secret = sys.argv[1].encode()
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("127.0.0.1", 1813))
-print("ready", flush=True)
-while True:
-    data, peer = sock.recvfrom(4096)
-    if len(data) < 20 or data[0] != 4:
-        continue
-    head = struct.pack("!BBH", 5, data[1], 20)
-    auth = hashlib.md5(head + data[4:20] + secret).digest()
-    sock.sendto(head + auth, peer)
-'''
-
 
 def unavailable() -> str | None:
     """Why OpenVPN with radiusplugin cannot run here (None: it can)."""
@@ -57,14 +41,16 @@ def unavailable() -> str | None:
 class OpenvpnPair(OcservPair):
     """An OpenVPN server (radiusplugin -> pushproxy) and a place to run the client."""
 
+    def __init__(self, radius: tuple[str, int], secret: str, *,
+                 accounting: tuple[str, int], **kwargs):
+        super().__init__(radius, secret, **kwargs)
+        self.accounting = accounting  # pushproxy's radius.accounting_listen address
+        self.accounting_relay: HostRelay | None = None
+
     def start(self) -> "OpenvpnPair":
         self._tls_and_namespaces()
         self._start_relay()
-        accounting = subprocess.Popen(["ip", "netns", "exec", self.srv, sys.executable, "-c",
-                                       ACCOUNTING, self.secret], stdout=subprocess.PIPE,
-                                      text=True)
-        self.procs.append(accounting)
-        assert accounting.stdout.readline().strip() == "ready"
+        self._start_accounting_relay()
         self._write_openvpn_configs()
         server = subprocess.Popen(
             ["ip", "netns", "exec", self.srv, "openvpn", "--config",
@@ -79,6 +65,23 @@ class OpenvpnPair(OcservPair):
                 return self
             time.sleep(0.3)
         raise RuntimeError("openvpn server did not start:\n" + self.log.read_text())
+
+    def _start_accounting_relay(self) -> None:
+        """Port 1813 in the server's namespace -> pushproxy's accounting listener."""
+        inner, outer = str(self.dir / "acct-ns.sock"), str(self.dir / "acct-host.sock")
+        self.accounting_relay = HostRelay(outer, inner, self.accounting)
+        self.accounting_relay.start()
+        proc = subprocess.Popen(["ip", "netns", "exec", self.srv, sys.executable, "-c",
+                                 RELAY_IN_NAMESPACE, inner, outer, "1813"],
+                                stdout=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+
+    def close(self) -> None:
+        """Stop everything, the accounting relay included."""
+        super().close()
+        if self.accounting_relay is not None:
+            self.accounting_relay.close()
 
     def _write_openvpn_configs(self) -> None:
         d = self.dir

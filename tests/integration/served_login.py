@@ -30,9 +30,13 @@ def cli(*args, timeout=60) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def served_with_phones(slapd, tmp_path, client: str, users=("alice", "bob")):
+def served_with_phones(slapd, tmp_path, client: str, users=("alice", "bob"), *,
+                       accounting_port: int | None = None, served: list | None = None):
     """``pushproxy serve`` with the RADIUS ``client`` entry; yields (radius_port, phones),
-    phones mapping each user to the state folder of an enrolled CLI authenticator."""
+    phones mapping each user to the state folder of an enrolled CLI authenticator.
+
+    ``accounting_port``: also answer Accounting-Requests there (radius.accounting_listen);
+    ``served``: a list that gets the ServeProcess (to read its log)."""
     http_port, radius_port = free_port(), free_port(socket.SOCK_DGRAM)
     config = write_config(tmp_path, slapd, clients=client, push="timeout: 20",
                           approval=textwrap.dedent(f"""\
@@ -43,7 +47,12 @@ def served_with_phones(slapd, tmp_path, client: str, users=("alice", "bob")):
         """))
     config.write_text(config.read_text().replace('listen: ["127.0.0.1:0"]',
                                                  f'listen: ["127.0.0.1:{radius_port}"]'))
+    if accounting_port is not None:
+        config.write_text(config.read_text().replace(
+            "radius:\n", f'radius:\n  accounting_listen: ["127.0.0.1:{accounting_port}"]\n', 1))
     serve = ServeProcess(config)
+    if served is not None:
+        served.append(serve)
     try:
         serve.wait_for("daemon.ready", deadline=30)
         phones = {}
