@@ -108,56 +108,75 @@ class SilentServer:
 
 
 class ServeProcess:
-    """`pushproxy serve` as a child process; its stderr is read without ever blocking forever."""
+    """`pushproxy serve` as a child process; its stderr is drained by a thread.
+
+    The daemon logs to stderr: a pipe nobody reads fills (64 KiB) and then
+    blocks the daemon's next log line, freezing it mid-test. A reader thread
+    keeps the pipe empty whatever the test does meanwhile.
+    """
 
     def __init__(self, config_path: Path, env: dict | None = None, preexec_fn=None):
         import os
         import subprocess
         import sys
+        import threading
 
         self.lines: list[str] = []
-        self._buffer = b""
+        self._seen = threading.Condition()
+        self._ended = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pushproxy.cli", "serve", "--config", str(config_path)],
             stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
             preexec_fn=preexec_fn)  # e.g. a low RLIMIT_NOFILE for the daemon alone
+        threading.Thread(target=self._drain, name="serve-stderr", daemon=True).start()
 
-    def _read(self, timeout: float) -> bool:
+    def _drain(self) -> None:
         import os
-        import select
 
-        ready, _, _ = select.select([self.proc.stderr], [], [], max(timeout, 0))
-        if not ready:
-            return False
-        chunk = os.read(self.proc.stderr.fileno(), 65536)
-        if not chunk:
-            return False
-        self._buffer += chunk
-        *complete, self._buffer = self._buffer.split(b"\n")
-        self.lines.extend(line.decode("utf-8", "replace") for line in complete)
-        return True
+        buffer = b""
+        fd = self.proc.stderr.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            with self._seen:
+                self.lines.extend(line.decode("utf-8", "replace") for line in complete)
+                self._seen.notify_all()
+        with self._seen:
+            if buffer:
+                self.lines.append(buffer.decode("utf-8", "replace"))
+            self._ended = True
+            self._seen.notify_all()
 
     def wait_for(self, needle: str, deadline: float = 15.0, start: int = 0) -> str:
         """Wait until a log line (from index ``start`` on) contains ``needle``; return it."""
         import time
 
         end = time.monotonic() + deadline
-        while True:
-            for line in self.lines[start:]:
-                if needle in line:
-                    return line
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                break
-            if not self._read(min(remaining, 0.5)) and self.proc.poll() is not None:
-                break
-        raise AssertionError(f"{needle!r} not logged; got:\n" + "\n".join(self.lines))
+        with self._seen:
+            while True:
+                for line in self.lines[start:]:
+                    if needle in line:
+                        return line
+                remaining = end - time.monotonic()
+                if remaining <= 0 or self._ended:
+                    break
+                self._seen.wait(min(remaining, 0.5))
+            got = "\n".join(self.lines)
+        raise AssertionError(f"{needle!r} not logged; got:\n" + got)
 
     def output(self) -> str:
-        """Everything logged so far (reads what is waiting)."""
-        while self._read(0.05):
-            pass
-        return "\n".join(self.lines)
+        """Everything logged so far (after a moment for what is on its way)."""
+        import time
+
+        time.sleep(0.05)
+        with self._seen:
+            return "\n".join(self.lines)
 
     def close(self) -> None:
         """Kill the process if it still runs."""

@@ -73,8 +73,14 @@ def test_init_then_serve_then_a_login_approved_by_the_cli_authenticator(slapd, t
         login = pool.submit(radclient_sync, f"127.0.0.1:{radius_port}", secret,
                             [("User-Name", "alice"), ("User-Password", "alice-pw"),
                              ("Message-Authenticator", "0x00")], timeout=40)
-        approved = cli("authenticator", "watch", "--state", state, "--auto", "approve",
-                       "--count", "1", timeout=40)
+        try:
+            approved = cli("authenticator", "watch", "--state", state, "--auto", "approve",
+                           "--count", "1", timeout=40)
+        except subprocess.TimeoutExpired:
+            # say why: the login's own answer (if it came) and the daemon's log
+            answer = login.result(5) if login.done() else "no answer yet"
+            raise AssertionError(f"no request reached the phone in 40 s; login: {answer}; "
+                                 f"daemon log:\n{serve.output()[-6000:]}") from None
         assert approved.returncode == 0, approved.stdout + approved.stderr
         result = login.result(45)
         assert result.code == "Access-Accept", result.stdout + result.stderr
