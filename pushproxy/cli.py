@@ -170,7 +170,7 @@ def cmd_serve(args) -> int:
     def failed(failure):
         logs.event(log, logging.ERROR, "startup.failed", error=failure.getErrorMessage())
         exit_code[0] = 1
-        reactor.stop()
+        workers.stop_reactor(reactor)  # the supervisor's SIGTERM may be on its way
 
     def ready(_):
         # Every listener is bound and the store is open: only now may systemd

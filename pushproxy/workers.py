@@ -300,6 +300,20 @@ def worker_notifier(fd: int = CHANNEL_FD):
     return notify
 
 
+def stop_reactor(reactor) -> None:
+    """Stop ``reactor`` once, deaf to SIGTERM and SIGINT from now on.
+
+    Twisted's own handlers answer those signals with ``reactor.stop()``, which
+    raises (and logs a traceback) once the reactor is already stopping: a
+    worker whose start failed is often sent SIGTERM by the supervisor, which
+    is giving up on it, at the same moment. The process is ending either way.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if reactor.running:
+        reactor.stop()
+
+
 def die_with_parent(environ=None) -> None:
     """Ask Linux for SIGTERM when the supervisor dies (a graceful stop, not an orphan)."""
     environ = os.environ if environ is None else environ
@@ -375,7 +389,7 @@ def supervise(config_path: str, config) -> int:
 
     def finished(code):
         if not shutting_down:  # the supervisor gave up on its own: end the reactor too
-            reactor.stop()
+            stop_reactor(reactor)
 
     def stopping():
         shutting_down.append(True)
