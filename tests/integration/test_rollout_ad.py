@@ -1,5 +1,6 @@
-"""Rollout listings against a real Samba AD DC: a group's members include the users
-whose *primary group* it is, whom AD keeps out of the group's ``member`` list.
+"""The command-line tools against a real Samba AD DC: a rollout's group members include
+the users whose *primary group* it is, whom AD keeps out of the group's ``member``
+list; ``baseline show|forget`` resolve AD spellings as logins key them.
 
 dora's ``primaryGroupID`` is vpn-users' RID (`samba_dc.USERS`); vpn-users lists
 bob and, through vpn-staff and vpn-team, alice. ``pushproxy rollout status`` and
@@ -68,3 +69,26 @@ def test_rollout_status_and_enroll_name_the_primary_group_member(samba_dc, ad_co
     assert any(line.startswith("dora: ") and "refused" not in line
                for line in out.splitlines()), out
 
+
+def test_baseline_show_and_forget_take_every_ad_spelling(samba_dc, ad_config):
+    """``pushproxy baseline`` keys on the account logins key on: CORP\\alice and
+    alice@corp.example are alice's baseline; a domain not served is refused."""
+    from pushproxy.approval.store import SQLiteStore
+
+    config = parse_config(ad_config.read_text(), base_dir=ad_config.parent, env={})
+    store = SQLiteStore(config.approval.database)
+    try:
+        store.learn_login("alice", 1_800_000_000.0, [("hour", "8"), ("country", "DE")],
+                          (52.52, 13.405, "DE"), 64)
+    finally:
+        store.close()
+    for spelling in ("CORP\\alice", "alice@corp.example", "ALICE"):
+        code, out, err = cli("baseline", "show", spelling, "--config", str(ad_config))
+        assert code == 0, err
+        assert out.startswith("alice: 1 approved login(s)"), (spelling, out)
+    code, out, err = cli("baseline", "forget", "EVIL\\alice", "--config", str(ad_config))
+    assert code == 1 and "baseline: 'EVIL\\\\alice' names a domain not in" in err, err
+    code, out, err = cli("baseline", "forget", "alice@corp.example", "--config", str(ad_config))
+    assert code == 0 and "forgot alice's baseline" in out, (out, err)
+    code, out, _ = cli("baseline", "show", "CORP\\alice", "--config", str(ad_config))
+    assert "alice: nothing learned yet" in out
