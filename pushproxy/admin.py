@@ -81,15 +81,37 @@ def ad_account(config, name: str | None) -> tuple[str | None, str | None]:
     return resolve_account(config, name)
 
 
-def _resolved(args, config, store, command: str) -> bool:
-    """Replace ``args.user`` by its account key; False (said why, store closed) if none."""
-    user, why = ad_account(config, getattr(args, "user", None))
-    if why is not None:
+def account_key(config, name: str | None) -> tuple[str | None, str | None]:
+    """``name`` as the key logins give the user's state (devices, locks, baselines):
+    an AD spelling resolved (`ad_account`), any other name casefolded, as
+    `pushproxy.engine.Engine.user_key` keys a login. (None, why) when an AD
+    spelling finds no single account."""
+    user, why = ad_account(config, name)
+    return (user.casefold() if user is not None else None), why
+
+
+def with_store(args, command: str, body, *, resolve_user: bool = False) -> int:
+    """What every store command does around its own work: load the config, open the
+    store, (``resolve_user``) replace ``args.user`` by its account key
+    (`account_key`), run ``body(config, store, args)`` for the exit status, close the
+    store. A StoreError, there or in ``body``, is printed with the database and
+    gives 1; so does a name that resolves to no account."""
+    config, store = _store(args)
+    if store is None:
+        return 1
+    try:
+        if resolve_user:
+            user, why = account_key(config, args.user)
+            if why is not None:
+                print(f"{command}: {why}", file=sys.stderr)
+                return 1
+            args.user = user
+        return body(config, store, args)
+    except StoreError as exc:
+        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
+        return 1
+    finally:
         store.close()
-        print(f"{command}: {why}", file=sys.stderr)
-        return False
-    args.user = user
-    return True
 
 
 def cmd_enroll(args) -> int:
@@ -102,22 +124,19 @@ def cmd_enroll(args) -> int:
         print("enroll: name a user (or --group DN to mail a whole group)", file=sys.stderr)
         return 2
     args.user = args.user[0]
-    config, store = _store(args)
-    if store is None:
-        return 1
+    return with_store(args, "enroll", _enroll)
+
+
+def _enroll(config, store, args) -> int:
     ttl = args.ttl or config.approval.enrollment_ttl
     user = args.user.casefold()
-    try:
-        if not args.no_directory_check:
-            user, why = resolve_account(config, args.user)
-            if user is None:
-                print(f"enroll: {why}; nothing enrolled (--no-directory-check enrolls the "
-                      "name as given, for users the directory cannot look up)",
-                      file=sys.stderr)
-                return 1
-        link = new_enrollment(store, user, config.approval.public_url, ttl, time.time())
-    finally:
-        store.close()
+    if not args.no_directory_check:
+        user, why = resolve_account(config, args.user)
+        if user is None:
+            print(f"enroll: {why}; nothing enrolled (--no-directory-check enrolls the "
+                  "name as given, for users the directory cannot look up)", file=sys.stderr)
+            return 1
+    link = new_enrollment(store, user, config.approval.public_url, ttl, time.time())
     qr = segno.make(link, error="m")
     if not args.no_qr:
         qr.terminal(out=sys.stdout, compact=True)
@@ -130,15 +149,13 @@ def cmd_enroll(args) -> int:
 
 def cmd_devices_list(args) -> int:
     """List enrolled devices (all users, or one)."""
-    config, store = _store(args)
-    if store is None or not _resolved(args, config, store, "devices"):
-        return 1
-    try:
-        devices = store.devices(args.user, include_revoked=args.all)
-        # presence (docs/presence.md): which devices can approve with a face or fingerprint
-        with_passkey = {d.id for d in devices if store.passkeys(d.id)}
-    finally:
-        store.close()
+    return with_store(args, "devices", _devices_list, resolve_user=True)
+
+
+def _devices_list(config, store, args) -> int:
+    devices = store.devices(args.user, include_revoked=args.all)
+    # presence (docs/presence.md): which devices can approve with a face or fingerprint
+    with_passkey = {d.id for d in devices if store.passkeys(d.id)}
     if not devices:
         print("no devices")
         return 0
@@ -161,16 +178,14 @@ def cmd_devices_revoke(args) -> int:
     "add a device" link (or the thief may read the mailbox a rollout link went
     to), and such a link would enroll a new device after the revocation. The
     admin hands out a fresh link afterwards."""
-    config, store = _store(args)
-    if store is None:
-        return 1
+    return with_store(args, "devices", _devices_revoke)
+
+
+def _devices_revoke(config, store, args) -> int:
     now = time.time()
-    try:
-        device = store.device(args.device_id)
-        revoked = store.revoke_device(args.device_id, now)
-        ended = store.end_open_enrollments(device.username, now, None) if revoked else 0
-    finally:
-        store.close()
+    device = store.device(args.device_id)
+    revoked = store.revoke_device(args.device_id, now)
+    ended = store.end_open_enrollments(device.username, now, None) if revoked else 0
     if not revoked:
         print(f"no active device {args.device_id!r}", file=sys.stderr)
         return 1
@@ -183,36 +198,26 @@ def cmd_devices_revoke(args) -> int:
 
 def cmd_bypass(args) -> int:
     """Issue one-time bypass codes for a user; printed once, stored only hashed."""
-    config, store = _store(args)
-    if store is None or not _resolved(args, config, store, "bypass"):
-        return 1
+    return with_store(args, "bypass", _bypass, resolve_user=True)
+
+
+def _bypass(config, store, args) -> int:
     now = time.time()
+    # Each code starts with a selector no unused code of the user has, so
+    # a login checks a typed code against that one hash only.
+    taken = set() if args.replace else store.bypass_selectors(args.user)
+    codes = []
     try:
-        # Each code starts with a selector no unused code of the user has, so
-        # a login checks a typed code against that one hash only.
-        taken = set() if args.replace else store.bypass_selectors(args.user)
-        codes = []
         for _ in range(args.count):
             codes.append(passcodes.new_bypass_code(taken))
             taken.add(passcodes.bypass_selector(codes[-1]))
     except ValueError as exc:
-        store.close()
         print(f"{args.user}: {exc}; use --replace", file=sys.stderr)
         return 1
-    except StoreError as exc:
-        store.close()
-        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
-        return 1
-    hashes = [passcodes.hash_bypass_code(code) for code in codes]  # slow: before the lock
-    try:
-        store.add_bypass_codes(args.user, hashes, now, now + args.ttl, replace=args.replace,
-                               selectors=[passcodes.bypass_selector(code) for code in codes])
-        remaining = len(store.bypass_candidates(args.user, now)) - len(codes)
-    except StoreError as exc:
-        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    hashes = [passcodes.hash_bypass_code(code) for code in codes]  # slow: before the write
+    store.add_bypass_codes(args.user, hashes, now, now + args.ttl, replace=args.replace,
+                           selectors=[passcodes.bypass_selector(code) for code in codes])
+    remaining = len(store.bypass_candidates(args.user, now)) - len(codes)
     print(f"Bypass codes for {args.user}, each works once, valid until "
           f"{utc_stamp(now + args.ttl)}; type one after the password (password,CODE).")
     print("They are shown only now: the server keeps only their hashes.")
@@ -225,20 +230,15 @@ def cmd_bypass(args) -> int:
 
 def cmd_unlock(args) -> int:
     """Lift a fraud or guessing lock: logins resume, and passcode failures start from zero."""
-    config, store = _store(args)
-    if store is None or not _resolved(args, config, store, "unlock"):
-        return 1
-    try:
-        lock = store.user_lock(args.user)
-        unlocked = store.unlock_user(args.user)
-        # The failures behind a guessing lock go too, or the next wrong code
-        # would lock the user again at once.
-        cleared = store.clear_passcode_failures(args.user)
-    except StoreError as exc:
-        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    return with_store(args, "unlock", _unlock, resolve_user=True)
+
+
+def _unlock(config, store, args) -> int:
+    lock = store.user_lock(args.user)
+    unlocked = store.unlock_user(args.user)
+    # The failures behind a guessing lock go too, or the next wrong code
+    # would lock the user again at once.
+    cleared = store.clear_passcode_failures(args.user)
     if not unlocked and cleared:
         print(f"{args.user} is not locked; forgot {cleared} passcode failure(s) "
               f"(a passcode pause ends now)")
@@ -253,16 +253,11 @@ def cmd_unlock(args) -> int:
 
 def cmd_locks(args) -> int:
     """List users locked after a fraud report or passcode guessing."""
-    config, store = _store(args)
-    if store is None:
-        return 1
-    try:
-        locks = store.locked_users()
-    except StoreError as exc:
-        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    return with_store(args, "locks", _locks)
+
+
+def _locks(config, store, args) -> int:
+    locks = store.locked_users()
     if not locks:
         print("no locked users")
         return 0

@@ -4,47 +4,38 @@
 countries, networks and hours the risk signals compare against (docs/context.md);
 ``forget`` drops it all, for a user who moved for good or a baseline learned
 from a compromised period (the next logins start a new learning period).
-Usernames are the account logins key on (casefolded), as for ``unlock``.
+USER is the account logins key on, as for ``unlock``: a name is casefolded,
+and with ``ldap.active_directory`` an AD spelling (``CORP\\alice``,
+``alice@corp.example``) is looked up in the directory as a login would be
+(`pushproxy.admin.account_key`).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 DEFAULT_CONFIG = "/etc/pushproxy/config.yaml"
 
 
-def _open(args):
-    from pushproxy.admin import _store
-
-    return _store(args)
-
-
 def cmd_show(args) -> int:
     """Print the user's baseline."""
-    from pushproxy.approval.store import StoreError
+    from pushproxy.admin import with_store
+
+    return with_store(args, "baseline", _show, resolve_user=True)
+
+
+def _show(config, store, args) -> int:
     from pushproxy.audit import utc_stamp
     from pushproxy.risk import RiskSettings
 
-    config, store = _open(args)
-    if store is None:
-        return 1
-    user = args.user.casefold()
-    try:
-        b = store.user_baseline(user)
-    except StoreError as exc:
-        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    b = store.user_baseline(args.user)
     if not b.approved:
-        print(f"{user}: nothing learned yet (no approved login since baselines were on)")
+        print(f"{args.user}: nothing learned yet (no approved login since baselines were on)")
         return 0
     risk = (config.context.risk if config.context else None) or RiskSettings()
     days = (time.time() - b.first_at) / 86400
     learned = b.approved >= risk.learning_logins and days >= risk.learning_days
-    print(f"{user}: {b.approved} approved login(s), first {utc_stamp(b.first_at)}, "
+    print(f"{args.user}: {b.approved} approved login(s), first {utc_stamp(b.first_at)}, "
           f"last {utc_stamp(b.last_at)}; "
           + ("learned" if learned else f"learning ({risk.learning_logins} logins, "
              f"{risk.learning_days:g} days)"))
@@ -59,21 +50,15 @@ def cmd_show(args) -> int:
 
 def cmd_forget(args) -> int:
     """Drop the user's baseline."""
-    from pushproxy.approval.store import StoreError
+    from pushproxy.admin import with_store
 
-    config, store = _open(args)
-    if store is None:
-        return 1
-    user = args.user.casefold()
-    try:
-        rows = store.forget_baseline(user)
-    except StoreError as exc:
-        print(f"store {config.approval.database}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    print(f"forgot {user}'s baseline ({rows} row(s)); the next logins learn anew"
-          if rows else f"{user}: nothing learned to forget")
+    return with_store(args, "baseline", _forget, resolve_user=True)
+
+
+def _forget(config, store, args) -> int:
+    rows = store.forget_baseline(args.user)
+    print(f"forgot {args.user}'s baseline ({rows} row(s)); the next logins learn anew"
+          if rows else f"{args.user}: nothing learned to forget")
     return 0
 
 
@@ -84,6 +69,7 @@ def add_parser(sub) -> None:
     for name, func, text in (("show", cmd_show, "print the user's login baseline"),
                              ("forget", cmd_forget, "drop the user's login baseline")):
         q = bsub.add_parser(name, help=text)
-        q.add_argument("user", help="the account (as logins key on it)")
+        q.add_argument("user", help="the account, or an AD spelling of it (DOMAIN\\user, "
+                                    "user@domain) with ldap.active_directory")
         q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="default %(default)s")
         q.set_defaults(func=func)

@@ -12,9 +12,13 @@ import dataclasses
 import enum
 import unicodedata
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pushproxy.adstate import AccountState
 from pushproxy.config import FailMode, NoDeviceMode
+
+if TYPE_CHECKING:
+    from pushproxy.geoip import Location
 
 
 class Outcome(enum.Enum):
@@ -192,6 +196,9 @@ class Decision:
     user: str | None = None  # the account the login was decided for, when the primary proved one
     signals: tuple[str, ...] = ()  # risk signals this login raised (pushproxy.risk)
     presence: str | None = None  # the push's `PushResult.presence`, for the audit trail
+    # where the context step located the login (`pushproxy.geoip.Location`), so
+    # the audit does not look the address up a second time; None: not located
+    location: Location | None = None
 
     @classmethod
     def of(cls, reason: Reason, push: PushResult | None = None, *,

@@ -363,8 +363,9 @@ class Engine(Pushes, VerifiedPush):
         if decision.outcome is Outcome.ACCEPT:
             decision = dataclasses.replace(
                 decision, attributes=primary.attributes + self._mapped(req, primary, decision))
-        if req.context is not None and req.context.signals:
-            decision = dataclasses.replace(decision, signals=req.context.signals)
+        if req.context is not None:
+            decision = dataclasses.replace(decision, signals=req.context.signals,
+                                           location=req.context.location)
         if decision.reason is Reason.NO_DEVICE_ENROLL and self.enroll_mail is not None:
             self.enroll_mail(req.username, primary.dn)  # off the login's path; never raises
         return dataclasses.replace(decision, user=req.username)
@@ -569,7 +570,9 @@ class Engine(Pushes, VerifiedPush):
                       rule=decision.rule, latency_ms=round(elapsed * 1000.0, 1),
                       txid=decision.txid, device=decision.device, joined=joined,
                       sent_user=req.username, presence=decision.presence)
-        location = self.context.locate(req.calling_station) if self.context else None
+        # Located once: the context step's location when it ran (`_completed`).
+        location = decision.location if decision.location is not None else \
+            self.context.locate(req.calling_station) if self.context else None
         # The record first, the reply after it: every reply a client gets is in
         # the audit trail and the daemon log, even if the process dies right after
         # sending it, and whoever reads either after the reply finds it there.

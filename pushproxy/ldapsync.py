@@ -15,6 +15,7 @@ import ssl
 import ldap3
 from ldap3.core import exceptions as lexc
 
+from pushproxy import adgroups
 from pushproxy.config import GroupMode, LdapConfig, LdapServer
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.adnames import ForeignDomain, foreign_domain, user_search
@@ -99,7 +100,7 @@ def _close(conn) -> None:
 
 
 def _lookup_on(config, conn, server, username, candidates, required) -> PrimaryResult:
-    wanted = [config.username_attribute]
+    wanted = [config.username_attribute, adgroups.PRIMARY_GROUP_ID]
     if config.group_mode is GroupMode.MEMBER_OF:
         wanted.append("memberOf")
     search = user_search(config, username)
@@ -129,4 +130,20 @@ def _lookup_on(config, conn, server, username, candidates, required) -> PrimaryR
             if any(e.get("type") == "searchResEntry" for e in conn.response or []):
                 found.add(group)
         groups = frozenset(found)
+    groups |= _primary_groups(conn, dn, attrs, candidates - groups)
     return conclude(config, required, server.url, dn, attrs, groups)
+
+
+def _primary_groups(conn, dn: str, attrs: dict, candidates: frozenset[str]) -> frozenset[str]:
+    """Which of ``candidates`` is the user's AD primary group, which no member list
+    names (`pushproxy.adgroups`): the group whose primaryGroupToken is the user's
+    primaryGroupID. The daemon's logins count it too (`pushproxy.ldapauth`)."""
+    rid = adgroups.primary_group_id(attrs)
+    token_attrs = adgroups.primary_group_query()[1]
+    for group in adgroups.primary_group_candidates(normalize_dn(dn), sorted(candidates), rid):
+        conn.search(group, "(objectClass=*)", search_scope=ldap3.BASE, attributes=token_attrs)
+        entries = [(e["dn"], e.get("attributes", {})) for e in conn.response or []
+                   if e.get("type") == "searchResEntry"]
+        if adgroups.is_primary_group(rid, entries):
+            return frozenset({group})  # a user has one primary group
+    return frozenset()

@@ -246,10 +246,8 @@ def explain(policy: Policy, ctx: LoginContext, requires=None,
     if decision.action is Action.PUSH:
         from pushproxy import sensitivity
 
-        requires = requires or sensitivity.ClientRequirements()
-        chosen = decision.verification if decision.rule_sets_verification \
-            else (client_verification or decision.verification)
-        needs = sensitivity.apply(requires, chosen, decision.user_verification)
+        needs = sensitivity.needs_for(decision, requires or sensitivity.ClientRequirements(),
+                                      client_verification)
         lines.append(f"Result: push with {needs.verification.value} verification ({where})")
         if needs.raised_by_client:
             lines.append(f"Client sensitivity: client {ctx.client_name!r} requires "

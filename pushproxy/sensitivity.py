@@ -63,6 +63,19 @@ def apply(requires: ClientRequirements, verification: Verification,
                      presence_by_client=requires.user_verification and not user_verification)
 
 
+def needs_for(decision, requires: ClientRequirements,
+              client_verification: Verification | None = None) -> PushNeeds:
+    """What the push for a login the policy decided to push (``decision``, a
+    `pushproxy.policy.PolicyDecision` with action PUSH) must have.
+
+    The verification is the rule's when it named one, else the client's own
+    ``verification`` setting, else the policy's default; then the client's floor.
+    """
+    chosen = decision.verification if decision.rule_sets_verification \
+        else (client_verification or decision.verification)
+    return apply(requires, chosen, decision.user_verification)
+
+
 def parse(c, m: dict, path: str, *, verification_allowed: bool = True) -> ClientRequirements:
     """The client block ``m``'s sensitivity keys (absent: nothing required).
 

@@ -3,6 +3,7 @@ SQLite store through the inline AsyncStore, a scripted phone and a recording ale
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 
@@ -153,3 +154,30 @@ def test_an_application_peer_is_located_but_never_assessed_or_learned(setup):
     engine.provider.answer(status=PushStatus.APPROVED)
     assert out[0].reason is Reason.PUSH_APPROVED
     assert store.user_baseline("alice").approved == 2  # not learned
+
+
+def test_a_located_login_is_looked_up_in_the_database_once(setup):
+    """The context step's location is the audit's too: one GeoIP lookup per login,
+    whether it is approved, denied by a signal, or refused before the context step."""
+    engine, clock, store, alerts, tmp_path = setup
+    geo, looked_up = engine.context.geo, []
+    real = geo.locate
+
+    def locate(address):
+        looked_up.append(address)
+        return real(address)
+
+    geo.locate = locate  # the real lookup, counted
+    assert run(engine, "192.0.2.1").reason is Reason.PUSH_APPROVED
+    clock.advance(3600)
+    assert run(engine, "192.0.2.2").reason is Reason.PUSH_APPROVED
+    assert looked_up == ["192.0.2.1", "192.0.2.2"]
+    assert audit(tmp_path)[-1]["location"]["city"] == "Berlin"
+    clock.advance(600)  # ten minutes after Berlin, from Tokyo: denied
+    assert run(engine, "203.0.113.9").reason is Reason.RISK_DENY
+    out = []
+    engine.login(dataclasses.replace(login("198.51.100.7"), password="nope")
+                 ).addCallback(out.append)
+    assert out[0].reason is Reason.BAD_CREDENTIALS
+    assert looked_up == ["192.0.2.1", "192.0.2.2", "203.0.113.9", "198.51.100.7"]
+    assert [e["location"]["country_code"] for e in audit(tmp_path)[-2:]] == ["JP", "PT"]

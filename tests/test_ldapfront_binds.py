@@ -11,9 +11,12 @@ import pytest
 from pushproxy.config import ConfigError, parse_config
 from pushproxy.decision import Decision, Reason
 from pushproxy.ldapfront import ber
-from pushproxy.ldapfront.binds import BindCache, BindKind, classify, login_name, rdn_value
+from pushproxy.ldapfront.binds import (BindCache, BindKind, cache_may_answer, classify,
+                                       login_name, rdn_value)
 from pushproxy.ldapfront.config import SaslMode
 from pushproxy.ldapfront.server import bind_result
+from pushproxy.policy import Action, LoginContext, Policy, Rule, Verification
+from pushproxy.sensitivity import ClientRequirements
 
 ALICE = "uid=alice,ou=people,dc=example,dc=com"
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +180,34 @@ def test_policy_rules_may_name_the_front_end(tmp_path):
           require_tls: false
         """), base_dir=ROOT, env={})
     assert cfg.ldap_front.name == "wiki-ldap"
+
+
+ADMINS = "cn=admins,ou=groups,dc=example,dc=com"
+USERS = "cn=vpn-users,ou=groups,dc=example,dc=com"
+
+
+def test_a_cached_approval_answers_only_a_bind_that_needs_a_plain_push_now():
+    """Presence (rule, policy default or the front end's floor), a verified push, an
+    allow/deny rule or a required group the user is not in: the engine decides."""
+    def why(policy=Policy(), groups=(USERS,), requires=ClientRequirements(),
+            required=frozenset({USERS})):
+        ctx = LoginContext(username="alice", client_name="ldap-apps", client_ip="10.0.0.5",
+                           groups=frozenset(groups), now=0.0, peer_is_application=True)
+        return cache_may_answer(policy, ctx, requires, required)
+
+    admins_presence = Policy(rules=(
+        Rule("admins", Action.PUSH, groups=frozenset({ADMINS}), user_verification=True),))
+    assert why() is None
+    assert why(admins_presence) is None
+    assert why(admins_presence, groups=(USERS, ADMINS)) == "presence_required"
+    assert why(Policy(require_user_verification=True)) == "presence_required"
+    assert why(requires=ClientRequirements(user_verification=True)) == "presence_required"
+    assert why(Policy(rules=(Rule("apps", Action.PUSH, clients=frozenset({"ldap-apps"}),
+                                  verification=Verification.NUMBER_MATCH),))) \
+        == "verification_required"
+    # the policy's default verification is not the front end's: LDAP binds push plainly
+    assert why(Policy(default_verification=Verification.NUMBER_MATCH)) is None
+    assert why(Policy(rules=(Rule("no", Action.DENY),))) == "policy_deny"
+    assert why(Policy(rules=(Rule("yes", Action.ALLOW),))) == "policy_allow"
+    assert why(groups=()) == "not_in_required_group"
+    assert why(groups=(), required=frozenset()) is None

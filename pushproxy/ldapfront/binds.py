@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 
+from pushproxy import sensitivity
 from pushproxy.adnames import ActiveDirectory, ForeignDomain, NameForm, parse_name, search_for
 from pushproxy.ldapnames import normalize_dn
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfilter import FilterTemplate
 from pushproxy.ldapfront.config import LdapFrontConfig, SaslMode
+from pushproxy.policy import Action, LoginContext, Policy, Verification, evaluate
+from pushproxy.sensitivity import ClientRequirements
 
 
 class BindKind(enum.Enum):
@@ -186,6 +189,32 @@ def login_name(entry_attrs: dict[str, list[str]], attribute: str, dn: str) -> st
     if named is not None and any(v.casefold() == named.casefold() for v in values):
         return next(v for v in values if v.casefold() == named.casefold())
     return min(values, key=lambda v: (v.casefold(), v))
+
+
+def cache_may_answer(policy: Policy, ctx: LoginContext, requires: ClientRequirements,
+                     required_groups: frozenset[str]) -> str | None:
+    """Why a cached approval may not answer this bind now; None: it may.
+
+    Asked at every hit, with the groups the bind just read and the policy and
+    client floor in force now (a reload, or a user added to a group, changes
+    what this bind needs). Only a bind whose push would be plain and without
+    presence is spared: presence (a face or fingerprint) is asked for every
+    bind, like every RADIUS login that needs it (docs/presence.md); a verified
+    push (number matching) cannot be answered over LDAP, so it is the engine's
+    to refuse; allow and deny rules are the engine's to decide and audit.
+    """
+    if required_groups and not ctx.groups & required_groups:
+        return "not_in_required_group"
+    decision = evaluate(policy, ctx)
+    if decision.action is not Action.PUSH:
+        return f"policy_{decision.action.value}"
+    # LDAP binds carry no verification of their own (server.py: Verification.NONE).
+    needs = sensitivity.needs_for(decision, requires, Verification.NONE)
+    if needs.user_verification:
+        return "presence_required"
+    if needs.verification is not Verification.NONE:
+        return "verification_required"
+    return None
 
 
 class BindCache:

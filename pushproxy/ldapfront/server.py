@@ -33,12 +33,14 @@ from pushproxy.engine import LoginRequest
 from pushproxy.ldapnames import normalize_dn
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import (PASS_THROUGH, REFUSAL_CODES, REFUSAL_MESSAGES,
-                                       ad_bind, classify, in_subtree, is_dn, rdn_value)
+                                       ad_bind, cache_may_answer, classify, in_subtree,
+                                       is_dn, rdn_value)
 from pushproxy.ldapfront.primary import read_user
 from pushproxy.ldapfront.upstream import Upstream, UpstreamFailed
 from pushproxy.netaddr import peer_address
 from pushproxy.passcodes import parse_password
-from pushproxy.policy import Verification
+from pushproxy.policy import LoginContext, Verification
+from pushproxy.push import ProviderUnavailable
 from pushproxy.radius.loglimit import LogLimiter
 
 log = logging.getLogger("pushproxy.ldapfront")
@@ -392,13 +394,22 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         if self.closed:
             return
         if cached and result.status is PrimaryStatus.OK:
-            front.counters.inc("ldap_front_bind_cache_hits")
-            logs.event(log, logging.INFO, "ldap_front.bind_cached", user=username,
-                       dn=req.name, source=self.peer)
-            self.transport.write(ber.bind_response(mid, ber.SUCCESS))
-            return
+            passed_over = await self._cache_passed_over(username, result)
+            if self.closed:
+                return
+            if passed_over is None:
+                front.counters.inc("ldap_front_bind_cache_hits")
+                logs.event(log, logging.INFO, "ldap_front.bind_cached", user=username,
+                           dn=req.name, source=self.peer)
+                self.transport.write(ber.bind_response(mid, ber.SUCCESS))
+                return
+            # This bind needs more than the approval cached for it (presence, a
+            # group it left, a lock): the engine decides, as for a first bind.
+            front.counters.inc("ldap_front_bind_cache_passed_over", why=passed_over)
+            logs.event(log, logging.INFO, "ldap_front.bind_cache_passed_over", user=username,
+                       dn=req.name, source=self.peer, why=passed_over)
         if cached:
-            front.cache.forget(key)  # the password no longer works upstream
+            front.cache.forget(key)  # the password no longer works upstream, or needs more
         if result.status is PrimaryStatus.OK and result.dn and not is_dn(req.name):
             # An AD name (svc@corp.example, CORP\svc) of a service account or of an
             # exempt OU: known only now, from the entry the directory bound.
@@ -430,7 +441,10 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             verification=Verification.NONE, primary=_Known(result),
             requires=front.config.requires))
         if decision.outcome is Outcome.ACCEPT:
-            front.cache.remember(key, front.reactor.seconds())
+            if decision.presence is None:
+                # An approval made with presence is not remembered: the face or
+                # fingerprint is asked for every bind (docs/presence.md).
+                front.cache.remember(key, front.reactor.seconds())
         else:
             # The upstream connection may be bound as the user (password right,
             # push denied): never let the client use it. The next operation
@@ -439,6 +453,24 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         if not self.closed:
             code, text = bind_result(decision)
             self.transport.write(ber.bind_response(mid, code, text))
+
+    async def _cache_passed_over(self, username: str, result: PrimaryResult) -> str | None:
+        """Why the bind cache may not answer this bind (see `cache_may_answer`), or a lock
+        (a fraud report, passcode guessing) set since the approval; None: it may."""
+        front = self.front
+        engine = front.engine
+        account = (result.account or username).casefold()
+        why = cache_may_answer(engine.policy, LoginContext(
+            username=account, client_name=front.config.name, client_ip=self.peer,
+            groups=result.groups, now=engine.wallclock(), peer_is_application=True),
+            front.config.requires, front.required_groups)
+        if why is not None or engine.factors is None:
+            return why
+        try:
+            locked = await engine.factors.lock_of(account)
+        except ProviderUnavailable:
+            return "lock_unknown"  # the engine meets the same failure and decides
+        return "locked" if locked else None
 
     async def _primary(self, mid: int, dn: str, password: str) -> tuple[PrimaryResult, str]:
         """Bind as the user on this client's upstream connection, then read the entry."""

@@ -1,5 +1,11 @@
 """The directory side of a rollout: a group's members, and each user's account and mail.
 
+A group's members are those its ``member``/``uniqueMember``/``memberUid``
+values name, nested groups followed, and, in Active Directory, the users whose
+*primary group* it is: AD lists those in no ``member`` value, only in their own
+``primaryGroupID`` (the group's RID, its ``primaryGroupToken``), so they are
+searched for under the group's domain (see `pushproxy.adgroups`).
+
 Blocking (ldap3 in the calling thread): for the command line only, never the
 reactor. Every user is looked up exactly the way a login looks them up
 (`LdapDirectory.lookup_blocking`: ``ldap.user_base``, ``user_filter``,
@@ -16,15 +22,21 @@ from enum import Enum
 import ldap3
 from ldap3.core import exceptions as lexc
 
+from pushproxy import adgroups, ldapsync
+from pushproxy.adnames import canonical_account, domain_of
 from pushproxy.decision import PrimaryStatus
-from pushproxy import ldapsync
-from pushproxy.adnames import canonical_account
 from pushproxy.ldapauth import LdapDirectory
-from pushproxy.ldapnames import account_of
+from pushproxy.ldapnames import account_of, normalize_dn
 from pushproxy.metrics import Counters
 
 MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberUid")
+# What a listed entry is read with: its name, its members (a nested group), its
+# class (an empty group is a group, not a user) and, in AD, its RID as a group.
+ENTRY_ATTRIBUTES = MEMBER_ATTRIBUTES + ("objectClass", adgroups.PRIMARY_GROUP_TOKEN)
+GROUP_CLASSES = frozenset({"group", "groupofnames", "groupofuniquenames", "posixgroup"})
 MAX_NESTING = 8  # groups in groups; a cycle stops at the first repeat anyway
+PAGE_SIZE = 500  # AD answers at most 1000 entries per page (MaxPageSize)
+PAGED_RESULTS = "1.2.840.113556.1.4.319"
 
 
 class DirectoryError(Exception):
@@ -80,26 +92,46 @@ class RolloutDirectory:
 
     def _search(self, base: str, attributes) -> list[tuple[str, dict]]:
         """A base-scope read of ``base`` as the service account: [(dn, attributes)]."""
+        return self._query(base, "(objectClass=*)", ldap3.BASE, attributes)[0]
+
+    def _search_all(self, base: str, filter_: str, attributes) -> list[tuple[str, dict]]:
+        """A subtree search as the service account, every page of it."""
+        found, cookie = [], None
+        while True:
+            entries, cookie = self._query(base, filter_, ldap3.SUBTREE, attributes, cookie)
+            found += entries
+            if not cookie:
+                return found
+
+    def _query(self, base: str, filter_: str, scope, attributes,
+               cookie: bytes | None = None) -> tuple[list[tuple[str, dict]], bytes | None]:
+        """One search (a page of it, for a subtree): its entries and the next page's cookie.
+
+        A connection that fails is opened again once, except in the middle of
+        a paged search (the server's cookie belongs to the old connection)."""
         if self.config.bind_dn is None:
             raise DirectoryError("ldap.bind_dn is needed to read groups and mail addresses")
-        for attempt in range(2):
+        paged = {} if scope == ldap3.BASE else {"paged_size": PAGE_SIZE, "paged_cookie": cookie}
+        for attempt in range(1 if cookie else 2):
             if self._conn is None or self._conn.closed:
                 self._conn = self._open()
             try:
-                self._conn.search(base, "(objectClass=*)", search_scope=ldap3.BASE,
-                                  attributes=list(attributes))
+                self._conn.search(base, filter_, search_scope=scope,
+                                  attributes=list(attributes), **paged)
             except (lexc.LDAPException, OSError, ssl.SSLError) as exc:
                 self.close()
-                if attempt:
+                if attempt or cookie:
                     raise DirectoryError(f"{type(exc).__name__}: {exc}") from None
                 continue
             code = self._conn.result.get("result", 0)
             if code == 32:  # noSuchObject
-                return []
+                return [], None
             if code != 0:
                 raise DirectoryError(f"reading {base}: {self._conn.result.get('description')}")
-            return [(e["dn"], e.get("attributes", {})) for e in self._conn.response or []
-                    if e.get("type") == "searchResEntry"]
+            entries = [(e["dn"], e.get("attributes", {})) for e in self._conn.response or []
+                       if e.get("type") == "searchResEntry"]
+            control = (self._conn.result.get("controls") or {}).get(PAGED_RESULTS) or {}
+            return entries, (control.get("value") or {}).get("cookie") or None
         raise AssertionError("unreachable")
 
     def _open(self):
@@ -115,17 +147,20 @@ class RolloutDirectory:
         """The names of the group's members (nested groups followed), in directory order.
 
         A member DN gives its entry's ``ldap.username_attribute``; ``memberUid``
-        values are names already. DirectoryError if the group does not exist."""
-        found = self._search(group_dn, MEMBER_ATTRIBUTES)
+        values are names already; in AD the users whose primary group it is
+        (or a nested group is) come after each group's listed members.
+        DirectoryError if the group does not exist."""
+        found = self._search(group_dn, ENTRY_ATTRIBUTES)
         if not found:
             raise DirectoryError(f"no group {group_dn!r} in the directory")
         names: list[str] = []
         seen_dns = {found[0][0].lower()}
-        self._collect(found[0][1], names, seen_dns, depth=0)
+        self._collect(found[0][0], found[0][1], names, seen_dns, depth=0)
         unique = list(dict.fromkeys(names))
         return unique
 
-    def _collect(self, attrs: dict, names: list[str], seen: set[str], depth: int) -> None:
+    def _collect(self, group_dn: str, attrs: dict, names: list[str], seen: set[str],
+                 depth: int) -> None:
         for value in _values(attrs, "memberUid"):
             names.append(value)
         for dn in _values(attrs, "member") + _values(attrs, "uniqueMember"):
@@ -133,18 +168,37 @@ class RolloutDirectory:
             if dn.lower() in seen:
                 continue
             seen.add(dn.lower())
-            entries = self._search(dn, (self.config.username_attribute,) + MEMBER_ATTRIBUTES)
+            entries = self._search(dn, (self.config.username_attribute,) + ENTRY_ATTRIBUTES)
             if not entries:
                 continue  # a dangling member value: nobody to mail
             entry_dn, entry = entries[0]
-            if any(_values(entry, a) for a in MEMBER_ATTRIBUTES):
+            if _is_group(entry):
                 if depth < MAX_NESTING:
-                    self._collect(entry, names, seen, depth + 1)
+                    self._collect(entry_dn, entry, names, seen, depth + 1)
                 continue
-            account = account_of(entry, self.config.username_attribute, entry_dn)
-            if account:
-                account = canonical_account(self.config.active_directory, account, entry_dn)
-                names.append(account)
+            self._add(entry_dn, entry, names)
+        rid = adgroups.group_rid([(group_dn, attrs)])
+        if rid is not None:
+            for entry_dn, entry in self._search_all(self._domain_base(group_dn),
+                                                    f"({adgroups.PRIMARY_GROUP_ID}={rid})",
+                                                    (self.config.username_attribute,)):
+                if entry_dn.lower() not in seen:
+                    seen.add(entry_dn.lower())
+                    self._add(entry_dn, entry, names)
+
+    def _add(self, entry_dn: str, entry: dict, names: list[str]) -> None:
+        account = account_of(entry, self.config.username_attribute, entry_dn)
+        if account:
+            names.append(canonical_account(self.config.active_directory, account, entry_dn))
+
+    def _domain_base(self, group_dn: str) -> str:
+        """Where a group's primary members live: its domain (a primary group is
+        always in its members' own domain), as configured or read from its DN."""
+        ad = self.config.active_directory
+        domain = domain_of(ad, group_dn) if ad is not None else None
+        if domain is not None:
+            return domain.base
+        return adgroups.domain_of(normalize_dn(group_dn)) or self.config.user_base
 
     def user(self, name: str) -> DirectoryUser:
         """Look ``name`` up as a login would, then read its mail address."""
@@ -165,6 +219,12 @@ class RolloutDirectory:
             mail = addresses[0] if addresses else None
         return DirectoryUser(name, UserStatus.FOUND, account=found.account, dn=found.dn,
                              mail=mail)
+
+
+def _is_group(entry: dict) -> bool:
+    """Whether a listed entry is a group (it has members, or a group's object class)."""
+    return any(_values(entry, a) for a in MEMBER_ATTRIBUTES) or \
+        any(c.lower() in GROUP_CLASSES for c in _values(entry, "objectClass"))
 
 
 def _values(attrs: dict, name: str) -> list[str]:

@@ -28,6 +28,8 @@ mustchange      mustchange@corp.example pwdLastSet=0 (data 773)
 acctexpired     acctexpired@corp.example accountExpires in the past (data 701)
 locked          locked@corp.example     locked out at start (data 775)
 nohours         nohours@corp.example    no logon hours (data 530)
+dora            dora@corp.example       primary group vpn-users (primaryGroupID
+                                        its RID): in no group's ``member``
 svc-pushproxy   svc-pushproxy@corp.example the proxy's search account
 ==============  ======================  =====================================
 
@@ -81,13 +83,14 @@ class AdUser:
     account_expired: bool = False
     no_logon_hours: bool = False
     lockout_after: int = 0  # a PSO locks the account after this many wrong passwords
+    primary_group: str | None = None  # primaryGroupID: this group's RID (AD hides it in member)
 
     def spec(self) -> dict:
         """The seed script's JSON form of this user."""
         out = {"name": self.name, "password": self.password, "upn": self.upn,
                "given_name": self.name.capitalize()}
         for flag in ("disabled", "must_change", "password_expired", "account_expired",
-                     "no_logon_hours", "lockout_after"):
+                     "no_logon_hours", "lockout_after", "primary_group"):
             if getattr(self, flag):
                 out[flag] = getattr(self, flag)
         return out
@@ -105,6 +108,7 @@ USERS: dict[str, AdUser] = {u.name: u for u in (
            account_expired=True),
     AdUser("locked", "Shut-Out-49", f"locked@{DNS_DOMAIN}", lockout_after=2),
     AdUser("nohours", "Night-Shift-50", f"nohours@{DNS_DOMAIN}", no_logon_hours=True),
+    AdUser("dora", "Main-Group-52", f"dora@{DNS_DOMAIN}", primary_group="vpn-users"),
     AdUser(SERVICE_ACCOUNT, "Svc-Search-51", f"{SERVICE_ACCOUNT}@{DNS_DOMAIN}"),
 )}
 

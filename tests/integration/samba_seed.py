@@ -9,6 +9,9 @@ DC keeps them) and writes, from the JSON spec:
 - the extra UPN suffixes on ``CN=Partitions,CN=Configuration`` (``uPNSuffixes``);
 - users (sAMAccountName, password, UPN, given name), disabled or not;
 - nested groups (each group lists its member users and member groups);
+- a user's primary group (``primaryGroupID`` = the group's RID): the user is
+  made a member first, as AD demands, and the DC then keeps the user out of
+  the group's ``member`` list, as AD does;
 - account states that need more than a flag: ``pwdLastSet=0`` (must change),
   ``pwdLastSet`` 400 days back (expired password), ``accountExpires`` in the
   past, ``logonHours`` all zero, and a fine-grained password settings object
@@ -29,6 +32,8 @@ import time
 import ldb
 import samba
 from samba.auth import system_session
+from samba.dcerpc import security
+from samba.ndr import ndr_unpack
 from samba.param import LoadParm
 from samba.samdb import SamDB
 
@@ -106,6 +111,20 @@ def seed(conf: str, spec: dict) -> None:
         members = list(group.get("users", [])) + list(group.get("groups", []))
         if members:
             samdb.add_remove_group_members(group["name"], members, add_members_operation=True)
+    for user in spec["users"]:
+        if user.get("primary_group"):
+            _set_primary_group(samdb, f"CN={user['name']},{users_dn}", user["name"],
+                               user["primary_group"])
+
+
+def _set_primary_group(samdb: SamDB, dn: str, name: str, group: str) -> None:
+    """Make *group* the primary group of *name* (its RID in ``primaryGroupID``)."""
+    samdb.add_remove_group_members(group, [name], add_members_operation=True)
+    found = samdb.search(base=samdb.domain_dn(), scope=ldb.SCOPE_SUBTREE,
+                         expression=f"(&(objectClass=group)(sAMAccountName={group}))",
+                         attrs=["objectSid"])
+    sid = str(ndr_unpack(security.dom_sid, found[0]["objectSid"][0]))
+    _replace(samdb, dn, "primaryGroupID", sid.rsplit("-", 1)[1])
 
 
 def age_passwords(conf: str, spec: dict) -> None:

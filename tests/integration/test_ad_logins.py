@@ -186,12 +186,14 @@ def test_enrollment_resolves_every_spelling_to_the_canonical_account(samba_dc, t
     # devices, bypass and unlock act on the same key
     assert ad_account(config, "alice@corp.example") == ("alice", None)
     assert ad_account(config, "eu\\alice")[0] is None
-    # Group rollouts: members through nested groups, each under the key its logins use.
+    # Group rollouts: members through nested groups (and dora, whose primary group
+    # it is: test_rollout_ad.py), each under the key its logins use.
     from pushproxy.rollout.directory import RolloutDirectory, UserStatus
 
     rollout = RolloutDirectory(config.ldap)
     try:
-        assert sorted(rollout.members(samba_dc.group_dn("vpn-users"))) == ["alice", "bob"]
+        assert sorted(rollout.members(samba_dc.group_dn("vpn-users"))) == \
+            ["alice", "bob", "dora"]
         found = rollout.user("CORP\\alice")
         assert (found.status, found.account) == (UserStatus.FOUND, "alice")
         assert rollout.user("EVIL\\alice").status is UserStatus.UNKNOWN

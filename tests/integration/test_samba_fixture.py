@@ -74,6 +74,19 @@ def test_nested_groups_three_levels(samba_dc):
     assert [e.sAMAccountName.value for e in direct] == ["bob"]
 
 
+def test_a_primary_group_member_is_in_no_member_list(samba_dc):
+    """dora's primaryGroupID is vpn-users' RID (its primaryGroupToken); AD, and so the
+    fixture, keeps her out of the group's member list and her memberOf."""
+    users = samba_dc.group_dn("vpn-users")
+    (group,) = _search(samba_dc, users, "(objectClass=*)",
+                       ["primaryGroupToken", "member"], scope=ldap3.BASE)
+    (dora,) = _search(samba_dc, "DC=corp,DC=example", "(sAMAccountName=dora)",
+                      ["primaryGroupID", "memberOf"])
+    assert dora.primaryGroupID.value == group.primaryGroupToken.value
+    assert not any("dora" in m.lower() for m in group.member.values)
+    assert users.lower() not in [m.lower() for m in dora.memberOf.values]
+
+
 def test_ldaps_certificate_is_verified(samba_dc, tmp_path):
     """A client trusting another CA cannot bind: the fixture's LDAPS really is verified."""
     other = TestCA(tmp_path, "Other CA")
