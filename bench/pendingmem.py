@@ -13,6 +13,10 @@ daemon's RSS: this one names the lines that allocate (``-v``).
 `pushproxy.gcwatch.tune`) and prints the collections the fill triggered
 (count, total and longest pause per generation): run it once each way to
 compare what a threshold costs and saves (docs/benchmarks.md, issue 22).
+``--freeze`` also runs the daemon's `pushproxy.gcwatch.Freezer`, ticked every
+``--tick`` logins (default 400: about what a daemon takes in per second, its
+tick's period), and prints what it froze: run with and without to see what
+freezing the survivors of slow full collections saves.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pushproxy.audit import AuditLog
 from pushproxy.config import FailMode, NoDeviceMode, PushConfig, RadiusClient
 from pushproxy.decision import PrimaryResult, PrimaryStatus
 from pushproxy.engine import Engine
-from pushproxy.gcwatch import GcWatch, tune
+from pushproxy.gcwatch import Freezer, GcWatch, tune
 from pushproxy.metrics import Counters
 from pushproxy.radius import codec
 from pushproxy.radius.retransmit import RetransmitTable
@@ -96,20 +100,28 @@ def main(argv: list[str]) -> int:
     proto.datagramReceived(raws[count], ("127.0.0.1", 1))  # warm: imports, first objects
     gc.collect()
     gc.freeze()
+    frozen_at_start = gc.get_freeze_count()
     if threshold == "daemon":
         tune()
     elif threshold != "default":
         gc.set_threshold(*(int(x) for x in threshold.split(",")))
     watch = GcWatch().install()
+    freezer = Freezer(lambda: engine.pending, watch=watch) if "--freeze" in argv else None
+    tick = int(argv[argv.index("--tick") + 1]) if "--tick" in argv else 400
     tracemalloc.start(1)
     before, objects = tracemalloc.take_snapshot(), len(gc.get_objects())
     started = time.perf_counter()
     for i in range(count):
         proto.datagramReceived(raws[i], ("127.0.0.1", 2000 + i))
+        if freezer is not None and i % tick == tick - 1:
+            freezer.tick()
     fill = time.perf_counter() - started
     watch.uninstall()
+    frozen = gc.get_freeze_count() - frozen_at_start
     gc.collect()
-    after, objects = tracemalloc.take_snapshot(), len(gc.get_objects()) - objects
+    # Frozen objects are not in gc.get_objects(): count what --freeze moved there too.
+    after = tracemalloc.take_snapshot()
+    objects = len(gc.get_objects()) + gc.get_freeze_count() - frozen_at_start - objects
     tracemalloc.stop()
     held = engine.pending - 1
     diff = after.compare_to(before, "lineno")
@@ -121,9 +133,13 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         gc.collect()
         pauses.append(time.perf_counter() - started)
-    print(f"one full collection with them held: {sorted(pauses)[2] * 1000:.1f} ms")
+    print(f"one full collection with them held: {sorted(pauses)[2] * 1000:.1f} ms"
+          + (" (what the freezer left unfrozen)" if freezer is not None else ""))
     print(f"the fill under gc thresholds {gc.get_threshold()} ({threshold}): {fill:.2f} s "
           "(with tracemalloc)")
+    if freezer is not None:
+        print(f"  froze the survivors of {freezer.freezes} slow full collections "
+              f"({frozen:,} objects frozen at the end)")
     for gen, name in enumerate(("young", "middle", "full")):
         print(f"  {name:6} collections {watch.count[gen]:5}, pauses total "
               f"{watch.total[gen] * 1000:8.1f} ms, longest {watch.longest[gen] * 1000:7.1f} ms")

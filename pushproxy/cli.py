@@ -184,6 +184,8 @@ def cmd_serve(args) -> int:
         # while thousands of logins are held (gcwatch.tune, issue 22).
         gc.freeze()
         gcwatch.tune()
+        # Held logins' objects out of later full collections once one is slow.
+        gcwatch.FREEZER.start(reactor, lambda: daemon.engine.pending)
         interval = sdnotify.watchdog_interval()
         if interval:
             task.LoopingCall(notify, "WATCHDOG=1").start(interval)

@@ -187,8 +187,9 @@ class MetricsComponent:
                                        lambda: int(bool(getattr(cluster.bus, "connected", 1))))
         gauges["shed_waiting"] = ("Shed requests remembered so that their resends are "
                                   "served before newcomers", lambda: admission.waiting)
-        from pushproxy.gcwatch import WATCH  # collector pauses (issue 16)
+        from pushproxy.gcwatch import FREEZER, WATCH  # collector pauses (issue 16)
         gauges.update(WATCH.install().gauges())
+        gauges.update(FREEZER.gauges())
         # Served by a process of its own: a scrape must not wait for a busy daemon.
         self.server = MetricsServer(
             self.listen, metrics_http.registry(self.daemon.counters, gauges),
