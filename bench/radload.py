@@ -10,11 +10,19 @@ of the way). It keeps many requests outstanding over several UDP sockets (256
 identifiers each), stamps every reply with ``time.monotonic()`` (the same
 clock in every process on the machine, so the device process's timestamps can
 be compared with it) and checks each reply's Response Authenticator.
+
+Each reply also carries the time the kernel took the datagram in
+(``SIOCGSTAMPNS`` on the socket, read right after the read, turned to the
+same monotonic clock): ``received`` includes the wait for this process's
+event loop to get to the socket, ``arrived`` does not. On a machine whose
+cores are shared by the daemon, the phones' process and this one, that wait
+is the generator's, not the daemon's (docs/benchmarks.md, issue 16).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import hmac
 import os
@@ -124,6 +132,31 @@ def encode_request(ident: int, authenticator: bytes, secret: bytes, user: str, p
     return unsigned[:-16] + mac
 
 
+# ioctl: the kernel's receive time of the last datagram read from a socket
+# (struct timespec, CLOCK_REALTIME); the first call switches the stamping on.
+SIOCGSTAMPNS = 0x8907
+
+
+def enable_arrival_stamps(sock: socket.socket) -> None:
+    """Have the kernel stamp every datagram ``sock`` takes in (see `arrival`)."""
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCGSTAMPNS, bytes(16))
+    except OSError:
+        pass  # ENOENT: nothing received yet (expected); stamping is on from now
+
+
+def arrival(fd: int, now: float) -> float | None:
+    """When the kernel took in the datagram just read from ``fd``, on the
+    ``time.monotonic()`` clock (never after ``now``, the time it was read); None
+    where the kernel gives no stamp."""
+    try:
+        sec, nsec = struct.unpack("@ll", fcntl.ioctl(fd, SIOCGSTAMPNS, bytes(16)))
+    except OSError:
+        return None
+    offset = time.time() - time.monotonic()  # CLOCK_REALTIME - CLOCK_MONOTONIC now
+    return min(now, sec + nsec / 1e9 - offset)
+
+
 @dataclass(frozen=True)
 class LoginResult:
     """One login as the client saw it."""
@@ -133,6 +166,9 @@ class LoginResult:
     sent: float  # time.monotonic() at send
     received: float | None  # time.monotonic() when the reply arrived
     retransmits: int = 0  # NAS-style resends of the same request before the reply
+    # time.monotonic() when the kernel took the reply in (before this process's
+    # event loop got to it); None without a reply or a kernel stamp
+    arrived: float | None = None
 
     @property
     def rtt(self) -> float | None:
@@ -149,9 +185,13 @@ class _Socket(asyncio.DatagramProtocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else None
 
     def datagram_received(self, data, addr):
         now = time.monotonic()
+        # read now, before anything else is read from the socket
+        arrived = arrival(self.fd, now) if self.fd is not None else None
         if len(data) < 20:
             return
         code, ident, length = struct.unpack("!BBH", data[:4])
@@ -165,7 +205,7 @@ class _Socket(asyncio.DatagramProtocol):
             self.owner.bad_replies += 1
             return
         if not future.done():
-            future.set_result((code, now))
+            future.set_result((code, now, arrived))
 
 
 class RadiusClient:
@@ -189,6 +229,7 @@ class RadiusClient:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.bind(("127.0.0.1", 0))
+            enable_arrival_stamps(sock)
             _, proto = await loop.create_datagram_endpoint(lambda: _Socket(self), sock=sock)
             self.sockets.append(proto)
         self._slot = asyncio.Semaphore(256 * self.count)
@@ -227,13 +268,13 @@ class RadiusClient:
                         left, retransmit[min(resends, len(retransmit) - 1)]
                         * random.uniform(0.75, 1.25))
                     try:
-                        code, received = await asyncio.wait_for(asyncio.shield(future),
-                                                                max(wait, 0.0))
+                        code, received, arrived = await asyncio.wait_for(
+                            asyncio.shield(future), max(wait, 0.0))
                         outcome = CODE_NAMES.get(code, str(code))
                         break
                     except asyncio.TimeoutError:
                         if time.monotonic() >= sent + timeout - 1e-3:
-                            outcome, received = None, None
+                            outcome, received, arrived = None, None, None
                             break
                         resends += 1
                         self.retransmits += 1
@@ -243,7 +284,7 @@ class RadiusClient:
                     future.cancel()
                 del proto.waiting[ident]
                 proto.free.insert(0, ident)  # reuse an identifier as late as possible
-            return LoginResult(user, outcome, sent, received, resends)
+            return LoginResult(user, outcome, sent, received, resends, arrived)
 
 
 async def closed_loop(client: RadiusClient, logins: list[tuple[str, str]], concurrency: int,
