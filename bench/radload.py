@@ -10,12 +10,20 @@ of the way). It keeps many requests outstanding over several UDP sockets (256
 identifiers each), stamps every reply with ``time.monotonic()`` (the same
 clock in every process on the machine, so the device process's timestamps can
 be compared with it) and checks each reply's Response Authenticator.
+
+Each reply also carries the time the kernel took the datagram in
+(``SIOCGSTAMPNS`` on the socket, read right after the read, turned to the
+same monotonic clock): ``received`` includes the wait for this process's
+event loop to get to the socket, ``arrived`` does not. On a machine whose
+cores are shared by the daemon, the phones' process and this one, that wait
+is the generator's, not the daemon's (docs/benchmarks.md, issue 16).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import hashlib
 import hmac
 import os
@@ -125,6 +133,31 @@ def encode_request(ident: int, authenticator: bytes, secret: bytes, user: str, p
     return unsigned[:-16] + mac
 
 
+# ioctl: the kernel's receive time of the last datagram read from a socket
+# (struct timespec, CLOCK_REALTIME); the first call switches the stamping on.
+SIOCGSTAMPNS = 0x8907
+
+
+def enable_arrival_stamps(sock: socket.socket) -> None:
+    """Have the kernel stamp every datagram ``sock`` takes in (see `arrival`)."""
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCGSTAMPNS, bytes(16))
+    except OSError:
+        pass  # ENOENT: nothing received yet (expected); stamping is on from now
+
+
+def arrival(fd: int, now: float) -> float | None:
+    """When the kernel took in the datagram just read from ``fd``, on the
+    ``time.monotonic()`` clock (never after ``now``, the time it was read); None
+    where the kernel gives no stamp."""
+    try:
+        sec, nsec = struct.unpack("@ll", fcntl.ioctl(fd, SIOCGSTAMPNS, bytes(16)))
+    except OSError:
+        return None
+    offset = time.time() - time.monotonic()  # CLOCK_REALTIME - CLOCK_MONOTONIC now
+    return min(now, sec + nsec / 1e9 - offset)
+
+
 @dataclass(frozen=True)
 class LoginResult:
     """One login as the client saw it."""
@@ -134,6 +167,9 @@ class LoginResult:
     sent: float  # time.monotonic() at send
     received: float | None  # time.monotonic() when the reply arrived
     retransmits: int = 0  # NAS-style resends of the same request before the reply
+    # time.monotonic() when the kernel took the reply in (before this process's
+    # event loop got to it); None without a reply or a kernel stamp
+    arrived: float | None = None
 
     @property
     def rtt(self) -> float | None:
@@ -150,9 +186,13 @@ class _Socket(asyncio.DatagramProtocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else None
 
     def datagram_received(self, data, addr):
         now = time.monotonic()
+        # read now, before anything else is read from the socket
+        arrived = arrival(self.fd, now) if self.fd is not None else None
         if len(data) < 20:
             return
         code, ident, length = struct.unpack("!BBH", data[:4])
@@ -166,7 +206,7 @@ class _Socket(asyncio.DatagramProtocol):
             self.owner.bad_replies += 1
             return
         if not future.done():
-            future.set_result((code, now))
+            future.set_result((code, now, arrived))
 
 
 class RadiusClient:
@@ -191,6 +231,7 @@ class RadiusClient:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.bind(("127.0.0.1", 0))
+            enable_arrival_stamps(sock)
             _, proto = await loop.create_datagram_endpoint(lambda: _Socket(self), sock=sock)
             self.sockets.append(proto)
         self._ready = collections.deque(self.sockets)
@@ -231,7 +272,7 @@ class RadiusClient:
             timer = _Resender(self, proto, data, future, sent + timeout, retransmit)
             timer.arm(loop)
             try:
-                code, received = await future
+                code, received, arrived = await future
             finally:
                 timer.stop()
                 del proto.waiting[ident]
@@ -239,7 +280,7 @@ class RadiusClient:
                 if len(proto.free) == 1:
                     self._ready.append(proto)  # it was full: offered again
             outcome = None if code is None else CODE_NAMES.get(code, str(code))
-            return LoginResult(user, outcome, sent, received, timer.resends)
+            return LoginResult(user, outcome, sent, received, timer.resends, arrived)
 
     def _pick(self) -> "_Socket":
         """A socket with a free identifier, round robin (the semaphore guarantees one).
@@ -278,7 +319,7 @@ class _Resender:
         if self.future.done():
             return
         if time.monotonic() >= self.deadline - 1e-3:
-            self.future.set_result((None, None))
+            self.future.set_result((None, None, None))
             return
         self.resends += 1
         self.client.retransmits += 1

@@ -537,17 +537,22 @@ class DeviceProcess:
 def _latency(results, answers: dict) -> dict:
     """Login round trips, and approve-to-accept: answer sent (device) -> reply in (client)."""
     sent = {a["user"]: a for a in answers["records"] if a["status"] == 200}
-    approve_to_accept, post_rtt = [], []
+    approve_to_accept, at_socket, post_rtt = [], [], []
     for r in results:
         a = sent.get(r.user)
         if r.outcome == "accept" and a is not None and r.received is not None:
             approve_to_accept.append(r.received - a["sent"])
+            # the same, ending when the kernel took the Accept in: without the
+            # generator's own wait for its event loop (radload.arrival)
+            if r.arrived is not None:
+                at_socket.append(r.arrived - a["sent"])
             post_rtt.append(a["done"] - a["sent"])
     return {"outcomes": dict(Counter(r.outcome or "lost" for r in results)),
             "login_rtt_ms_in_order": [None if r.rtt is None else round(r.rtt * 1000, 2)
                                       for r in sorted(results, key=lambda r: r.sent)],
             "login_rtt": summary_ms([r.rtt for r in results if r.outcome == "accept"]),
             "approve_to_accept": summary_ms(approve_to_accept),
+            "approve_to_accept_at_socket": summary_ms(at_socket),
             "answer_post_rtt": summary_ms(post_rtt),
             "device": DeviceProcess.brief(answers)}
 

@@ -19,12 +19,15 @@ import time
 from twisted.logger import LogLevel, formatEvent, globalLogBeginner
 
 _twisted_routed = False
-_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@[]+=,")
+# Values made only of these (ASCII) characters are written bare, anything else
+# quoted. One compiled pattern, not a test per character: every login's
+# decision line has a dozen values, written before its reply (issue 16).
+_SAFE = re.compile(r"[a-zA-Z0-9\-_.:/@\[\]+=,]+")
 
 
 def _value(value: object) -> str:
     text = str(value)
-    if text and all(ch in _SAFE for ch in text):
+    if _SAFE.fullmatch(text) is not None:
         return text
     return json.dumps(text, ensure_ascii=True)
 

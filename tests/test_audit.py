@@ -67,3 +67,25 @@ def test_a_write_error_on_a_device_is_counted_not_raised():
                             reason="policy_allow", rule=None, latency_ms=1.0, txid=None,
                             device=None, joined=False))
     assert counters.get("audit_write_errors") == 1 and counters.get("audit_events") == 0
+
+
+def test_an_event_is_written_with_every_field_in_schema_order(tmp_path):
+    """The trail's line is the event's fields in schema order, nested values as they
+    are: the same JSON `dataclasses.asdict` gave (its deep copy is not needed)."""
+    import dataclasses
+
+    event = AuditEvent(time="2026-12-02T12:00:00.000Z", protocol="radius", user="alice",
+                       client="vpn", source="192.0.2.1", calling_station="198.51.100.7",
+                       nas="gw1", outcome="accept", reason="push_approved", rule="staff",
+                       latency_ms=12.5, txid="tx1", device="dev1", joined=False,
+                       sent_user="Alice", location={"country": "DE", "asn": 64500},
+                       signals=["new_country", "odd_hour"], presence="verified")
+    assert event.as_dict() == dataclasses.asdict(event)
+    assert list(event.as_dict()) == [f.name for f in dataclasses.fields(AuditEvent)]
+    path = tmp_path / "audit.jsonl"
+    counters = Counters()
+    audit = AuditLog(str(path), counters)
+    audit.record(event)
+    audit.close()
+    assert path.read_text() == json.dumps(dataclasses.asdict(event), ensure_ascii=True,
+                                          separators=(",", ":")) + "\n"

@@ -76,3 +76,19 @@ def test_sdnotify_is_silent_without_a_socket_and_sends_to_abstract_ones():
         assert s.recv(100) == b"READY=1"
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+
+
+def test_log_values_are_bare_exactly_when_made_of_the_safe_ascii_characters():
+    """`logs._value` (a compiled pattern since issue 16) writes a value bare exactly
+    when every character is one of the safe ASCII set, as the per-character test
+    did: non-ASCII letters and digits ("²", "é", the Kelvin sign), spaces, quotes,
+    newlines and the empty string are quoted."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@[]+=,")
+    samples = [chr(c) for c in range(0x3000)] + [
+        "", "alice", "10.0.0.1", "[::1]:1812", "a b", 'x"y', "a\nb", "\u00b2", "caf\u00e9",
+        "\u212a", "x" * 300, "ok-" + "\u0661", "-", "a=b,c"]
+    for text in samples:
+        bare = bool(text) and all(ch in safe for ch in text)
+        expected = text if bare else json.dumps(text, ensure_ascii=True)
+        assert logs._value(text) == expected, repr(text)
+    assert logs._value(12.5) == "12.5" and logs._value(None) == "None"

@@ -45,6 +45,14 @@ stale call. Results come back to the reactor in batches (one wake-up for
 every call finished meanwhile), and each call is counted by method with the
 commits it made (``store_calls``, ``store_commits`` in /metrics).
 
+Two calls end a login that waits for its reply: an answer's compare-and-set
+(``decide_transaction``, ``answer_transaction`` in cluster mode: `PROMPT`). An
+idle store thread is woken for them at once, not at the end of the reactor's
+turn, and their results are delivered first among those finished together:
+the Accept waits for nothing else (issue 16). The store thread still takes
+calls in the order they came: an answer never overtakes a write submitted
+before it (the batch that closes withdrawn transactions, say).
+
 A call is a bound method of the open store (`store`), never a method name:
 `pushproxy.approval.asyncstore.AsyncStore` submits one per operation, so the
 calls are type-checked against `pushproxy.approval.storeapi.StoreAPI`.
@@ -85,6 +93,9 @@ MAX_QUEUED = 30.0
 CONFIRM = 0.25
 # Store calls running longer than this are logged (``store.slow_call``).
 SLOW_CALL = 0.5
+# Calls whose result releases a login waiting for its reply (the answer's
+# compare-and-set): woken for at once and delivered first (module docstring).
+PROMPT = frozenset({"decide_transaction", "answer_transaction"})
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +157,7 @@ class _Call:
     """One queued store call; ``started`` is set by the store thread."""
 
     __slots__ = ("function", "method", "args", "kwargs", "deferred", "submitted", "started",
-                 "finished", "abandoned", "timer", "commits", "suspect")
+                 "finished", "abandoned", "timer", "commits", "suspect", "prompt")
 
     def __init__(self, function: Callable[..., Any], args: tuple, kwargs: dict,
                  submitted: float):
@@ -163,6 +174,11 @@ class _Call:
         self.commits = 0
         # when the watchdog first found it past the stall bound (not yet failed)
         self.suspect: float | None = None
+        self.prompt = self.method in PROMPT  # a waiting login's reply depends on it
+
+
+def _not_prompt(item: tuple[_Call, bool, Any]) -> bool:
+    return not item[0].prompt
 
 
 class ThreadRunner:
@@ -266,6 +282,13 @@ class ThreadRunner:
             call.timer = self.reactor.callLater(self.timeout, self._check, call)
         with self._wake:
             self._queue.append(call)
+            if call.prompt and self._sleeping:
+                # A login's reply waits on this one: wake the thread now. It runs
+                # the call beside the rest of this turn (SQLite lets go of the
+                # interpreter lock), instead of after it (issue 16).
+                self._sleeping = False
+                self._wake.notify()
+                return call.deferred
             # Wake an idle store thread once per turn of the event loop, after the
             # turn, not once per call in it: each wake-up is a switch of threads
             # (and of the interpreter lock) in the middle of the reactor's work, and
@@ -332,6 +355,9 @@ class ThreadRunner:
         """On the reactor: fire every call finished since the last delivery."""
         with self._wake:
             done, self._done = self._done, []
+        if len(done) > 1:
+            # A login's reply first (stable: the rest keep their order).
+            done.sort(key=_not_prompt)
         for call, ok, result in done:
             if call.timer is not None and call.timer.active():
                 call.timer.cancel()

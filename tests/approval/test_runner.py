@@ -291,3 +291,97 @@ def test_calls_submitted_in_one_turn_wake_the_idle_store_thread_once_after_it():
     runner.submit(store.quick, 5)  # the thread has not run yet: the next turn wakes it again
     clock.advance(0)
     assert notified == [1, 1]
+
+
+class AnsweringStore(BlockingStore):
+    """Also has the answer's compare-and-set, by its store method's name."""
+
+    def __init__(self):
+        super().__init__()
+        self.answered = threading.Event()
+
+    def decide_transaction(self, txid, state="approved", device_id="d", now=0.0):
+        self.ran.append(f"decide:{txid}")
+        self.answered.set()
+        return True
+
+
+def test_an_answer_wakes_the_idle_store_thread_at_once_other_calls_after_the_turn():
+    """The answer's compare-and-set (a login waits on it for its reply) wakes an idle
+    store thread when it is submitted, not at the end of the reactor's turn; other
+    calls keep the once-per-turn wake-up."""
+    from twisted.internet.task import Clock
+
+    class Counting(threading.Condition):
+        def notify(self, n=1):
+            notified.append(n)
+            super().notify(n)
+
+    notified: list[int] = []
+    clock, store = Clock(), AnsweringStore()
+    runner = ThreadRunner(clock, lambda: store, timeout=5)
+    runner._wake = Counting()
+    runner._sleeping = True  # the store thread waits for work (not started here)
+    runner.submit(store.quick, 1)
+    assert notified == []  # after the turn
+    runner.submit(store.decide_transaction, "tx1")
+    assert notified == [1]  # now, in the middle of the turn
+    # the store thread takes calls in the order they came
+    assert [c.method for c in runner._queue] == ["quick", "decide_transaction"]
+
+
+def test_an_answer_submitted_to_a_busy_store_thread_waits_its_turn_in_the_queue():
+    """A busy store thread is not woken (it looks at the queue again by itself), and
+    an answer never overtakes a call submitted before it."""
+    from twisted.internet.task import Clock
+
+    clock, store = Clock(), AnsweringStore()
+    runner = ThreadRunner(clock, lambda: store, timeout=5)
+    runner._sleeping = False  # running a call
+    runner.submit(store.quick, 1)
+    runner.submit(store.decide_transaction, "tx1")
+    runner.submit(store.quick, 2)
+    assert [c.method for c in runner._queue] == ["quick", "decide_transaction", "quick"]
+    assert clock.getDelayedCalls() and all(c.func != runner._kick
+                                           for c in clock.getDelayedCalls())
+
+
+def test_results_finished_together_are_delivered_answer_first():
+    """Calls the store thread finished before the reactor got to them are fired in
+    one turn; the answer's first, the rest in the order they were submitted."""
+    clock, store, runner = _clocked_runner()
+    store = AnsweringStore()
+    runner._store = store
+    fired: list = []
+    for call_of in (lambda: runner.submit(store.quick, "first"),
+                    lambda: runner.submit(store.decide_transaction, "tx1"),
+                    lambda: runner.submit(store.quick, "last")):
+        call_of().addCallback(fired.append)
+    while runner._queue:  # play the store thread: run each, in order
+        call = runner._queue.popleft()
+        runner._done.append((call, *runner._execute(call)))
+    assert store.ran == ["quick:first", "decide:tx1", "quick:last"]
+    runner._deliver()
+    assert fired == [True, "first", "last"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_store_thread_runs_an_answer_while_the_reactor_turn_that_submitted_it_goes_on():
+    """With the real store thread: the answer's call runs while the turn that submitted
+    it is still going (here: blocked waiting for it, releasing the interpreter lock as
+    a socket call would). With a wake-up only at the end of the turn it would not."""
+    store = AnsweringStore()
+    runner = ThreadRunner(reactor, lambda: store, timeout=5)
+    yield runner.start()
+    try:
+        for _ in range(500):  # until the thread sleeps, waiting for work
+            if runner._sleeping:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert runner._sleeping
+        d = runner.submit(store.decide_transaction, "tx1")
+        ran_within_the_turn = store.answered.wait(10)  # this turn does not end meanwhile
+        assert ran_within_the_turn
+        assert (yield d) is True
+    finally:
+        runner.stop()

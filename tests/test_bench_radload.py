@@ -1,0 +1,39 @@
+"""The load generator's reply stamps (bench/radload.py, issue 16): ``arrived`` is when
+the kernel took the datagram in, on the monotonic clock the other processes stamp
+with -- not when the generator's event loop got around to reading it."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from bench import radload
+
+
+def test_the_arrival_stamp_is_the_kernels_receive_time_on_the_monotonic_clock():
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        radload.enable_arrival_stamps(rx)
+        before = time.monotonic()
+        tx.sendto(b"reply", rx.getsockname())
+        time.sleep(0.05)  # the datagram waits in the socket, as for a busy event loop
+        assert rx.recv(100) == b"reply"
+        read = time.monotonic()
+        arrived = radload.arrival(rx.fileno(), read)
+        assert arrived is not None
+        # sent, then taken in by the kernel, and only read at least 50 ms later
+        assert before - 0.001 <= arrived <= read - 0.04
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_a_socket_without_a_stamp_gives_none_not_a_wrong_time():
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        assert radload.arrival(rx.fileno(), time.monotonic()) is None  # nothing received
+    finally:
+        rx.close()
