@@ -37,7 +37,6 @@ from pushproxy import logs, passcodes
 from pushproxy.approval import crypto, nonceclaim, pushtarget
 from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.clusterside import ClusterSide
-from pushproxy.approval.clusterstore import Answer
 from pushproxy.approval.devicecache import DeviceCache
 from pushproxy.approval.opentx import OpenTransactions
 from pushproxy.approval.presence import Presence, Refusal, RelyingParty
@@ -154,6 +153,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._expiring: dict[str, None] = {}  # withdrawn transactions not yet closed
+        self._answering: dict[str, bool] = {}  # cluster: answers in the store now (_record_answer)
         self._expire_call = None
         # cluster mode (a pushproxy.cluster.ClusterContext with enabled=True): store-backed
         self.cluster = cluster if cluster is not None and cluster.enabled else None
@@ -535,18 +535,9 @@ class ApprovalService(ClusterSide, PasscodeSide):
             code = f"{secrets.randbelow(10 ** 6):06d}"
         if self.cluster is not None:
             # stored with its outcome and code: a waiter on any node reads them back
-            won = tx.state == "pending" and now < tx.expires
-            if won and nonce is not None and not nonce.claimed:
-                nonce.claimed = True  # the request's nonce, in the same transaction
-                answered = await self.store.claim_and_answer(
-                    device.id, nonce.value, nonce.expires, txid, _STATES[decision], now,
-                    status.value, code)
-                if answered is Answer.REPLAYED:
-                    raise self._unauthenticated(device.id, "replayed request")
-                won = answered is Answer.WON
-            elif won:
-                won = await self.store.answer_transaction(txid, _STATES[decision], device.id,
-                                                          now, status.value, code)
+            won = tx.state == "pending" and now < tx.expires and \
+                await self._record_answer(txid, device.id, nonce, _STATES[decision], now,
+                                          status.value, code)
         else:
             # Withdrawn but not yet closed in the store (flush_expired): too late.
             won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \

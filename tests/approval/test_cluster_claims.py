@@ -10,11 +10,19 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
-from pushproxy.approval import crypto
-from pushproxy.approval.service import ApprovalError
-from tests.approval.test_cluster_service import Phone, fired, nodes, request, until  # noqa: F401
+from pushproxy.approval import crypto, notify
+from pushproxy.approval.asyncstore import AsyncStore
+from pushproxy.approval.pgstore import PostgresStore
+from pushproxy.approval.runner import InlineRunner
+from pushproxy.approval.service import ApprovalError, ApprovalService
+from pushproxy.cluster import ClusterContext
+from pushproxy.decision import PushStatus
+from pushproxy.metrics import Counters
+from tests.approval.test_cluster_service import (Node, Phone, fired, nodes,  # noqa: F401
+                                                 request, until)
+from tests.pg import PASSWORD
 
 PENDING = "/v1/device/pending?wait=0"
 ANSWER = "/v1/device/answer"
@@ -142,3 +150,95 @@ def test_a_replayed_answer_that_reaches_a_node_first_decides_nothing_there(nodes
     assert [(e.status, e.message) for e in refused] == [(401, "replayed request")]
     assert a.counters.get("answers", outcome="late") + \
         b.counters.get("answers", outcome="late") == 0
+
+
+class HoldingRunner(InlineRunner):
+    """Inline, except the answer's compare-and-set: held until ``release`` (``run_now``:
+    run at once, its result delivered on ``release``), as a store thread that is
+    slow to report back."""
+
+    def __init__(self, store, counters, run_now: bool):
+        super().__init__(store, counters)
+        self.run_now = run_now
+        self.held = []
+
+    def submit(self, method, *args, **kwargs):
+        if method.__name__ not in ("claim_and_answer", "answer_transaction"):
+            return super().submit(method, *args, **kwargs)
+        d = defer.Deferred()
+        done = super().submit(method, *args, **kwargs) if self.run_now else None
+        self.held.append((d, method, args, done))
+        return d
+
+    def release(self):
+        held, self.held = self.held, []
+        for d, method, args, done in held:
+            (done or InlineRunner.submit(self, method, *args)).chainDeferred(d)
+
+
+def holding_node(url, name, run_now):
+    node = Node.__new__(Node)
+    node.url, node.name = url, name
+    node.store = PostgresStore(url, password=PASSWORD, timeout=2.0)
+    node.bus = notify.PostgresBus(url, reactor, password=PASSWORD)
+    node.counters = Counters()
+    node.runner = HoldingRunner(node.store, node.counters, run_now)
+    node.service = ApprovalService(
+        store=AsyncStore(node.runner), reactor=reactor, counters=node.counters,
+        vapid_public_key="k", wallclock=time.time,
+        cluster=ClusterContext(f"{name}/0", node.bus, enabled=True))
+    return node
+
+
+@pytest.fixture
+def holding(postgres):
+    url = postgres.new_database()
+    made = []
+
+    def make(name, run_now=False):
+        node = holding_node(url, name, run_now) if name == "a" else Node(url, name)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_own_answers_announcement_is_not_read_back(holding):
+    """The store announces the answer as it commits; heard before the store call
+    reports back, it costs no read: the answer settles the login itself."""
+    a = holding("a", run_now=True)
+    yield a.start()
+    phone = yield Phone().enroll(a)
+    got = fired(a.service.request_approval(request("t1")))
+    (tx,) = yield a.service.pending(phone.device, 0)
+    body = fired(phone.answer(a, tx))
+    yield until(lambda: a.service._answering.get("t1"))  # the announcement was heard
+    a.runner.release()
+    yield until(lambda: got and body)
+    assert got[0].status is PushStatus.APPROVED and body == [{"status": "recorded"}]
+    assert a.counters.get("store_calls", method="watch_transaction") == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_answer_that_lost_while_the_winners_announcement_came_reads_it_back(holding):
+    """Node a's own answer is in flight when node b's answer decides: the announcement
+    heard meanwhile is read back once a's answer lost, so the login at a gets b's
+    answer at once, not at its timeout."""
+    a, b = holding("a"), holding("b")
+    yield a.start()
+    yield b.start()
+    first = yield Phone().enroll(a)
+    second = yield Phone().enroll(a)
+    got = fired(a.service.request_approval(request("t1")))
+    (tx,) = yield a.service.pending(first.device, 0)
+    late = fired(first.answer(a, tx, "approve"))  # held before its compare-and-set
+    assert "t1" in a.service._answering
+    assert (yield second.answer(b, tx, "deny")) == {"status": "recorded"}
+    yield until(lambda: a.service._answering.get("t1"))  # b's announcement, heard at a
+    a.runner.release()
+    yield until(lambda: got and late)
+    assert (got[0].status, got[0].device) == (PushStatus.DENIED, second.device.id)
+    assert late[0].value.status == 409
