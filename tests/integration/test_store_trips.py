@@ -109,7 +109,7 @@ def test_an_approved_push_login_on_a_postgresql_cluster_node(slapd, postgres, tm
     assert "transaction" not in calls  # answered at the node that opened it: in memory
     # The nonces travel with the long-poll's and the list's reads and with the
     # answer; the lock check with fatigue_admit; the answer's transaction ends the
-    # push for the fatigue limits (measured 6.75; was 12.00 with these calls).
+    # push for the fatigue limits (measured 6.50; was 11.50-12.00 with these calls).
     for alone in ("claim_device_nonce", "user_lock", "fatigue_push_ended",
                   "answer_transaction"):
         assert alone not in calls, alone
