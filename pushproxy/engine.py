@@ -419,25 +419,17 @@ class Engine(Pushes, VerifiedPush):
             return Decision.of(Reason.RISK_DENY, rule=policy.rule)
         # A signal set to step_up: number matching, and no remembered login.
         step_up = risk is not None and risk.action is RiskAction.STEP_UP
-        try:
-            # The lock first: a locked user's passcode is not even checked.
-            locked = self.factors is not None and (yield self.factors.lock_of(req.username.casefold()))
-            user = req.username.casefold()
-            if locked:
-                self.state.saw_locked(user, now)
-                guessing = getattr(locked, "reason", None) == LOCK_REASON
-                return Decision.of(Reason.USER_LOCKED_GUESSING if guessing else Reason.USER_LOCKED,
-                                   rule=policy.rule)
-            self.state.saw_unlocked(user, now)  # after an unlock the denials behind it go
-        except ProviderUnavailable as exc:
-            # The fraud-lock check failed: the push layer is unreachable, as for a push.
-            self.counters.inc("push_provider_errors")
-            logs.event(log, logging.WARNING, "push.unavailable", user=req.username,
-                       detail=f"lock check: {exc}")
-            if cred.factor is Factor.PASSCODE:
-                return Decision.of(Reason.BAD_PASSCODE, rule=policy.rule)  # never failmode
-            return push_decision(PushResult(PushStatus.UNAVAILABLE), self.push.failmode,
-                                 req.no_device)
+        # The lock first: a locked user's passcode is not even checked. Where the
+        # store's fatigue admission checks the lock with the push (cluster mode), a
+        # push login asks it there, or before a remembered login or an in-process
+        # join is served (which ask no admission).
+        lock_at_admit = self.factors is not None and cred.factor is not Factor.PASSCODE \
+            and getattr(self.state, "locks_at_admit", False) \
+            and (key is None or key not in self._pushes)
+        if not lock_at_admit:
+            refused = yield self._lock_check(req, cred, now, policy.rule)
+            if refused is not None:
+                return refused
         if cred.factor is Factor.PASSCODE:
             return (yield self._passcode(req, cred.code, now, policy.rule))
         # The LDAP front end's peer is the application server: a login remembered
@@ -453,7 +445,9 @@ class Engine(Pushes, VerifiedPush):
                                       user_verification=self.policy.user_verification_fallback)
         if cred.factor is not Factor.PUSH_FORCED and remember and not step_up \
                 and (yield self._is_remembered(req, now)):
-            return Decision.of(Reason.REMEMBERED, rule=policy.rule)
+            refused = (yield self._lock_check(req, cred, now, policy.rule)) \
+                if lock_at_admit else None
+            return refused or Decision.of(Reason.REMEMBERED, rule=policy.rule)
         if self._stopping:
             return Decision.of(Reason.SHUTTING_DOWN)
         verification = needs.verification
@@ -463,6 +457,30 @@ class Engine(Pushes, VerifiedPush):
             return (yield self._challenge(req, verification, policy.rule, now, primary, sent))
         # Not waited for in this generator: see `_resume` and `_pushed`.
         return _AwaitPush(self, self._push_for(req, key), req, policy.rule, remember)
+
+    @defer.inlineCallbacks
+    def _lock_check(self, req: LoginRequest, cred, now: float, rule: str | None):
+        """The user's lock (fraud report, passcode guessing): a refusing Decision, or
+        None when the login may go on."""
+        try:
+            locked = self.factors is not None and (yield self.factors.lock_of(req.username.casefold()))
+            user = req.username.casefold()
+            if locked:
+                self.state.saw_locked(user, now)
+                guessing = getattr(locked, "reason", None) == LOCK_REASON
+                return Decision.of(Reason.USER_LOCKED_GUESSING if guessing else Reason.USER_LOCKED,
+                                   rule=rule)
+            self.state.saw_unlocked(user, now)  # after an unlock the denials behind it go
+        except ProviderUnavailable as exc:
+            # The fraud-lock check failed: the push layer is unreachable, as for a push.
+            self.counters.inc("push_provider_errors")
+            logs.event(log, logging.WARNING, "push.unavailable", user=req.username,
+                       detail=f"lock check: {exc}")
+            if cred.factor is Factor.PASSCODE:
+                return Decision.of(Reason.BAD_PASSCODE, rule=rule)  # never failmode
+            return push_decision(PushResult(PushStatus.UNAVAILABLE), self.push.failmode,
+                                 req.no_device)
+        return None
 
     def _after_push(self, req: LoginRequest, result: PushResult, rule: str | None, *,
                     response: str | None, mode: Verification = Verification.NONE,

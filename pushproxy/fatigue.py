@@ -46,6 +46,9 @@ class BlockReason(enum.Enum):
     PAUSED = "push_paused_after_denials"
     TOO_MANY_PENDING = "push_already_pending"
     RATE_LIMITED = "push_rate_limited"
+    # in the store only (cluster mode): `fatigue_admit` checks the user's lock too
+    LOCKED = "user_locked_after_fraud_report"
+    LOCKED_GUESSING = "user_locked_after_passcode_guessing"
 
 
 @dataclass(frozen=True)

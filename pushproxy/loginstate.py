@@ -61,8 +61,10 @@ class LoginState(Protocol):
         """Why a push must not be sent, else None with push ``txid`` counted as started
         (or, in the store, joining the pending push of the same ``join_key``)."""
 
-    def push_ended(self, user: str, txid: str, now: float) -> None:
-        """Push ``txid`` ended: no longer pending."""
+    def push_ended(self, user: str, txid: str, now: float, answered: bool = False) -> None:
+        """Push ``txid`` ended: no longer pending. ``answered``: by a device's answer that
+        the provider recorded in the shared store, which ended the push there in the
+        answer's transaction (`answer_transaction`): nothing left to write."""
 
     def denial(self, user: str, now: float, txid: str | None) -> Deferred[bool]:
         """Count a denial (once per ``txid`` in the store); True when it paused pushes."""
@@ -114,7 +116,7 @@ class LocalState:
     def admit(self, user, now, txid, expires, join_key=None):
         return defer.succeed(self.fatigue.admit(user, now))
 
-    def push_ended(self, user, txid, now):
+    def push_ended(self, user, txid, now, answered=False):
         self.fatigue.push_finished(user)
 
     def denial(self, user, now, txid):
@@ -178,6 +180,10 @@ class StoreState:
     through the provider's ``await_decision``.
     """
 
+    # `admit` refuses a locked user (the store's `fatigue_admit` reads the lock in its
+    # transaction): the engine asks no separate lock check before a push
+    locks_at_admit = True
+
     def __init__(self, store: AsyncStore, limits: FatigueLimits | None = None,
                  counters=None):
         self.store = store
@@ -222,7 +228,11 @@ class StoreState:
         return self._call(self.store.fatigue_admit(user, now, self.fatigue.limits, txid,
                                                    expires, join_key))
 
-    def push_ended(self, user, txid, now):
+    def push_ended(self, user, txid, now, answered=False):
+        if answered:
+            # the answer's transaction ended the push (its fatigue row; a login that
+            # joined another's push has none): no call of its own
+            return
         self._background(self.store.fatigue_push_ended, txid, now)
 
     def denial(self, user, now, txid):

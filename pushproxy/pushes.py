@@ -30,7 +30,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("pushproxy.engine")
 
 _BLOCKS = {"PAUSED": Reason.PUSHES_PAUSED, "TOO_MANY_PENDING": Reason.TOO_MANY_PENDING,
-           "RATE_LIMITED": Reason.RATE_LIMITED}
+           "RATE_LIMITED": Reason.RATE_LIMITED, "LOCKED": Reason.USER_LOCKED,
+           "LOCKED_GUESSING": Reason.USER_LOCKED_GUESSING}
+
+
+# A device's answers: what the store's `answer_transaction` records.
+ANSWERED = frozenset({PushStatus.APPROVED, PushStatus.DENIED, PushStatus.FRAUD,
+                      PushStatus.NUMBER_MISMATCH, PushStatus.PRESENCE_NOT_VERIFIED})
 
 
 def _cancel(call: Deferred) -> None:
@@ -198,7 +204,12 @@ class Pushes:
     def _push_finished(self, result: PushResult, txid: str, user: str, timer) -> PushResult:
         timer.cancel()
         self._push_calls.pop(txid, None)
-        self.state.push_ended(user, txid, self.wallclock())
+        # a device's answer, recorded by a provider whose store answer ends the push
+        # for the fatigue limits in its own transaction (the approval service in
+        # cluster mode): no separate write
+        answered = result.device is not None and result.status in ANSWERED \
+            and getattr(self.provider, "answers_end_pushes", False)
+        self.state.push_ended(user, txid, self.wallclock(), answered)
         return result
 
     def _push_failed(self, failure, request: ApprovalRequest, timer=None) -> PushResult:

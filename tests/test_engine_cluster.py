@@ -8,6 +8,7 @@ approval service offers in cluster mode.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from pushproxy.approval.runner import InlineRunner
 from pushproxy.audit import AuditLog
 from pushproxy.cluster import cluster_mode
 from pushproxy.config import FailMode, NoDeviceMode, PushConfig
-from pushproxy.decision import Outcome, PushResult, PushStatus, Reason
+from pushproxy.decision import Outcome, PrimaryStatus, PushResult, PushStatus, Reason
 from pushproxy.engine import Engine, LoginRequest
 from pushproxy.fatigue import FatigueLimits
 from pushproxy.loginstate import LocalState, StoreState
@@ -437,3 +438,82 @@ def test_code_to_login_answered_at_node_b_checks_the_code_from_the_push_result(c
         outcomes.append(follow_up[0].reason)
         cluster.clock.advance(1)
     assert outcomes == [Reason.PUSH_APPROVED, Reason.WRONG_LOGIN_CODE]
+
+
+class CountingFactors(StoreFactors):
+    """StoreFactors that count the separate lock checks."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.lock_checks = 0
+
+    def lock_of(self, username):
+        self.lock_checks += 1
+        return super().lock_of(username)
+
+
+def counting(cluster):
+    for engine in cluster.engines:
+        engine.factors = CountingFactors(engine.factors.store)
+    return [engine.factors for engine in cluster.engines]
+
+
+def test_a_push_login_is_refused_for_a_lock_made_at_another_node_by_the_admission(clusters):
+    """Cluster mode: the lock check travels with the fatigue admission (no separate
+    call), and a lock made at any node still stops the next push, its challenge too."""
+    cluster = clusters(2, limits=LIMITS, provider=ClusterProvider(PushStatus.APPROVED))
+    a, b = cluster.engines
+    factors = counting(cluster)
+    assert result(b.login(req()))[0].reason is Reason.PUSH_APPROVED
+    cluster.stores[0].lock_user("alice", START, "fraud", None)
+    assert result(b.login(req(station="198.51.100.8")))[0].reason is Reason.USER_LOCKED
+    challenge = result(b.login(req(station="198.51.100.9",
+                                   verification=Verification.NUMBER_MATCH)))[0]
+    assert challenge.reason is Reason.USER_LOCKED
+    assert len(cluster.provider.requests) == 1
+    assert [f.lock_checks for f in factors] == [0, 0]
+    # seen locked: once unlocked, the denials behind the lock go (as saw_locked did)
+    cluster.stores[1].unlock_user("alice")
+    assert result(a.login(req(station="198.51.100.10")))[0].reason is Reason.PUSH_APPROVED
+
+
+def test_a_locked_users_remembered_login_is_refused_in_cluster_mode(clusters):
+    """A remembered login asks no admission: the lock is checked before it is served."""
+    cluster = clusters(2, limits=LIMITS, provider=ClusterProvider(PushStatus.APPROVED),
+                       remember_minutes=60)
+    a, b = cluster.engines
+    factors = counting(cluster)
+    assert result(a.login(req()))[0].reason is Reason.PUSH_APPROVED
+    assert result(b.login(req()))[0].reason is Reason.REMEMBERED
+    cluster.stores[0].lock_user("alice", START, "fraud", None)
+    assert result(b.login(req()))[0].reason is Reason.USER_LOCKED
+    assert factors[1].lock_checks == 2  # with each remembered login only
+    assert len(cluster.provider.requests) == 1
+
+
+class AliasDirectory(ScriptedDirectory):
+    """Several login names for one account (as a directory matching mail or uid does)."""
+
+    def authenticate(self, username, password):
+        name = "alice" if username in ("alice", "alice.smith", "asmith") else username
+        d = super().authenticate(name, password)
+        return d.addCallback(lambda r: dataclasses.replace(r, account=name)
+                             if r.status is PrimaryStatus.OK else r)
+
+
+def test_a_locked_user_does_not_join_the_push_pending_in_process(clusters):
+    """A login of the same session under another name of the same account joins the
+    push pending at its node without an admission: the lock is checked first, as
+    before the push was admitted."""
+    cluster = clusters(1, limits=LIMITS, provider=ClusterProvider())
+    (a,) = cluster.engines
+    a.directory = AliasDirectory()
+    factors = counting(cluster)
+    first = result(a.login(req()))
+    assert first == [] and len(cluster.provider.requests) == 1
+    assert result(a.login(req(user="alice.smith"))) == []  # joined: the same push
+    assert a.counters.get("pushes_joined") == 1 and factors[0].lock_checks == 1
+    cluster.stores[0].lock_user("alice", START, "fraud", None)
+    late = result(a.login(req(user="asmith")))
+    assert late[0].reason is Reason.USER_LOCKED
+    assert len(cluster.provider.requests) == 1

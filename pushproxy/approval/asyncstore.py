@@ -22,7 +22,7 @@ from pushproxy.approval.runner import InlineRunner
 
 if TYPE_CHECKING:
     from pushproxy.approval.baselinestore import Baseline
-    from pushproxy.approval.clusterstore import Opened
+    from pushproxy.approval.clusterstore import Answer, Opened
     from pushproxy.approval.loginstore import ChallengeRow
     from pushproxy.approval.passkeystore import Passkey
     from pushproxy.approval.rolloutstore import UserRollout
@@ -299,6 +299,20 @@ class AsyncStore:
         """`StoreAPI.claim_device_nonce`, where the store runs."""
         return self._runner.submit(self._runner.store.claim_device_nonce,
                                    device_id, nonce, expires)
+
+    def claim_and_list_waiting(self, device_id: str, nonce: str, expires: float,
+                               username: str, now: float,
+                               live_since: float) -> Deferred[list[Transaction] | None]:
+        """`StoreAPI.claim_and_list_waiting`, where the store runs."""
+        return self._runner.submit(self._runner.store.claim_and_list_waiting,
+                                   device_id, nonce, expires, username, now, live_since)
+
+    def claim_and_answer(self, device_id: str, nonce: str, expires: float, txid: str,
+                         state: str, now: float, outcome: str,
+                         code: str | None) -> Deferred[Answer]:
+        """`StoreAPI.claim_and_answer`, where the store runs."""
+        return self._runner.submit(self._runner.store.claim_and_answer, device_id, nonce,
+                                   expires, txid, state, now, outcome, code)
 
     # -- the rollout: open links and enrollment mails (RolloutStore)
 

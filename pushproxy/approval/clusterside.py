@@ -5,7 +5,8 @@ opening a push or joining the pending one with the same join key on any node,
 `await_decision` (released by an answer recorded on any node), the bus events
 that wake waiters and long-polls, and the node's start (retire its own stale
 work, heartbeat) and stop. The attributes used (store, reactor, wallclock,
-counters, cluster, node, waiters, life, _pollers, _devices) are set by ApprovalService.
+counters, cluster, node, waiters, life, _pollers, _devices, _answering) are set by
+ApprovalService.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 
 from pushproxy import logs
+from pushproxy.approval.clusterstore import Answer
 from pushproxy.approval.store import StoreError
 from pushproxy.approval.waiters import ClusterLife, result_of
 from pushproxy.decision import PushResult, PushStatus
@@ -105,7 +107,11 @@ class ClusterSide:
     def _on_event(self, kind: str, key: str) -> None:
         # a hint from the bus: read the store again (never trust the event itself)
         if kind == "decided":
-            if key in self.waiters:
+            if key in self._answering:
+                # most likely this node's own answer, announced as it commits; read
+                # again by `_record_answer` if that answer did not decide
+                self._answering[key] = True
+            elif key in self.waiters:
                 self.waiters.recheck(key)
         elif kind == "device":  # revoked (on any node, or by pushproxy revoke)
             self._devices.forget(key)
@@ -155,6 +161,34 @@ class ClusterSide:
         if (caching or version is not None) and device is not None:
             self._devices.put(device, now, generation, version)
         return device
+
+    async def _record_answer(self, txid: str, device_id: str, nonce, state: str, now: float,
+                             outcome: str, code: str | None) -> bool:
+        """An answer's compare-and-set at a cluster node; whether it decided ``txid``.
+
+        With the request's nonce when it is still to be claimed (`nonceclaim`), in the
+        same transaction: a replay (seen at any node) is refused, and decides nothing.
+        A ``decided`` event for ``txid`` heard meanwhile is this answer's own (the
+        store announces it as it commits; the caller settles the waiters), so it is
+        not read back; unless this answer did not decide, then the row is read."""
+        self._answering.setdefault(txid, False)
+        won = False
+        try:
+            if nonce is not None and not nonce.claimed:
+                nonce.claimed = True
+                answered = await self.store.claim_and_answer(
+                    device_id, nonce.value, nonce.expires, txid, state, now, outcome, code)
+                if answered is Answer.REPLAYED:
+                    raise self._unauthenticated(device_id, "replayed request")
+                won = answered is Answer.WON
+            else:
+                won = await self.store.answer_transaction(txid, state, device_id, now,
+                                                          outcome, code)
+            return won
+        finally:
+            heard = self._answering.pop(txid, False)
+            if heard and not won and txid in self.waiters:
+                self.waiters.recheck(txid)
 
     def await_decision(self, txid: str) -> Deferred[PushResult]:
         """Wait for the decision of ``txid``, wherever it is answered.

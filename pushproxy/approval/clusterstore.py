@@ -17,6 +17,7 @@ bus after the call returns, i.e. after the commit.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,6 +42,14 @@ class Opened:
     tx: Transaction
     devices: list[Device]
     joined: bool
+
+
+class Answer(enum.Enum):
+    """What `claim_and_answer` did with a device's answer."""
+
+    REPLAYED = "replayed"  # the request's nonce was seen before: nothing was changed
+    WON = "won"  # the nonce was new and this answer decided the transaction
+    LOST = "lost"  # the nonce was new; the transaction was not pending (or the device revoked)
 
 
 def _full(row: tuple):
@@ -149,24 +158,51 @@ class ClusterMethods:
         a PushStatus value) and the code of an approved code-to-login request; whether
         this call decided it. Announced as ``decided txid`` and ``closed username``.
         A revoked device's answer never counts (a node may have authenticated it from
-        its device cache just before the revocation reached it)."""
+        its device cache just before the revocation reached it). The push's fatigue
+        row (`fatigue_admit`) ends in the same transaction: its pending slot is free
+        when the answer commits, with no `fatigue_push_ended` call."""
+        self._check_answer(state, device_id)
+        with self._write() as db:
+            return self._answer(db, txid, state, device_id, now, outcome, code)
+
+    def claim_and_answer(self, device_id: str, nonce: str, expires: float, txid: str,
+                         state: str, now: float, outcome: str, code: str | None) -> Answer:
+        """`claim_device_nonce` and, if the nonce was new, `answer_transaction`, in one
+        transaction: a request replayed to any node changes nothing (REPLAYED); else
+        the nonce is kept whether or not the answer decided (WON, LOST)."""
+        self._check_answer(state, device_id)
+        with self._write() as db:
+            if not self._claim(db, device_id, nonce, expires):
+                return Answer.REPLAYED
+            won = self._answer(db, txid, state, device_id, now, outcome, code)
+        return Answer.WON if won else Answer.LOST
+
+    @staticmethod
+    def _check_answer(state: str, device_id: str) -> None:
         from pushproxy.approval.store import ANSWERS
 
         if state not in ANSWERS or not device_id:
             raise ValueError(f"not an answer: {state!r} by {device_id!r}")
+
+    def _answer(self, db, txid: str, state: str, device_id: str, now: float, outcome: str,
+                code: str | None) -> bool:
         p = self.P
-        with self._write() as db:
-            row = db.execute(
-                f"UPDATE transactions SET state = {p}, decided_by = {p}, decided_at = {p}, "
-                f"outcome = {p}, code = {p} WHERE id = {p} AND state = 'pending' "
-                f"AND expires > {p} AND NOT EXISTS (SELECT 1 FROM devices WHERE id = {p} "
-                "AND revoked IS NOT NULL) RETURNING username",
-                (state, device_id, now, outcome, code, txid, now, device_id)).fetchall()
-            row = row[0] if row else None
-            if row is not None:
-                self._notify(db, "decided", txid)
-                self._notify(db, "closed", row[0])
-        return row is not None
+        row = db.execute(
+            f"UPDATE transactions SET state = {p}, decided_by = {p}, decided_at = {p}, "
+            f"outcome = {p}, code = {p} WHERE id = {p} AND state = 'pending' "
+            f"AND expires > {p} AND NOT EXISTS (SELECT 1 FROM devices WHERE id = {p} "
+            "AND revoked IS NOT NULL) RETURNING username",
+            (state, device_id, now, outcome, code, txid, now, device_id)).fetchall()
+        row = row[0] if row else None
+        if row is None:
+            return False
+        # the push is no longer pending for the fatigue limits (its row has the
+        # transaction's id: the login that opened it; a joined login has none)
+        db.execute(f"UPDATE fatigue_events SET ends = {p} WHERE kind = 'push' AND txid = {p} "
+                   f"AND ends > {p}", (now, txid, now))
+        self._notify(db, "decided", txid)
+        self._notify(db, "closed", row[0])
+        return True
 
     def release_transactions(self, txids: list[str], node: str, now: float,
                              live_since: float) -> int:
@@ -226,13 +262,8 @@ class ClusterMethods:
                              live_since: float) -> list[Transaction]:
         """The user's pending transactions open at ``now`` that a live node waits on
         (what a device should show), oldest first."""
-        p = self.P
-        rows = self._all(
-            f"SELECT {_FULL} FROM transactions WHERE username = {p} AND state = 'pending' "
-            f"AND expires > {p} AND EXISTS (SELECT 1 FROM transaction_waiters w JOIN nodes n "
-            f"ON n.id = w.node WHERE w.txid = transactions.id AND n.seen >= {p}) "
-            "ORDER BY created, id", (username, now, live_since))
-        return [_full(r) for r in rows]
+        return [_full(r) for r in self._all(self._waiting_sql(),
+                                            (username, now, live_since))]
 
     def claim_device_nonce(self, device_id: str, nonce: str, expires: float) -> bool:
         """Record a device request's nonce until ``expires``; False if it was seen before
@@ -241,6 +272,30 @@ class ClusterMethods:
         return self._change(f"INSERT INTO device_nonces (device_id, nonce, expires) "
                             f"VALUES ({p}, {p}, {p}) ON CONFLICT DO NOTHING",
                             (device_id, nonce, expires)) == 1
+
+    def claim_and_list_waiting(self, device_id: str, nonce: str, expires: float,
+                               username: str, now: float,
+                               live_since: float) -> list[Transaction] | None:
+        """`claim_device_nonce` and, if the nonce was new, `waiting_transactions`, in one
+        transaction; None (nothing read) if the nonce was seen before."""
+        with self._write() as db:
+            if not self._claim(db, device_id, nonce, expires):
+                return None
+            return [_full(r) for r in db.execute(
+                self._waiting_sql(), (username, now, live_since)).fetchall()]
+
+    def _claim(self, db, device_id: str, nonce: str, expires: float) -> bool:
+        p = self.P
+        return db.execute(f"INSERT INTO device_nonces (device_id, nonce, expires) "
+                          f"VALUES ({p}, {p}, {p}) ON CONFLICT DO NOTHING",
+                          (device_id, nonce, expires)).rowcount == 1
+
+    def _waiting_sql(self) -> str:
+        p = self.P
+        return (f"SELECT {_FULL} FROM transactions WHERE username = {p} AND state = 'pending' "
+                f"AND expires > {p} AND EXISTS (SELECT 1 FROM transaction_waiters w JOIN nodes n "
+                f"ON n.id = w.node WHERE w.txid = transactions.id AND n.seen >= {p}) "
+                "ORDER BY created, id")
 
 
 class SQLiteClusterMethods(ClusterMethods):
@@ -274,3 +329,21 @@ class PgClusterMethods(ClusterMethods):
     def _alias(self, db, alias: str, txid: str) -> None:
         db.execute("INSERT INTO transaction_aliases (alias, txid) VALUES (%s, %s) "
                    "ON CONFLICT DO NOTHING", (alias, txid))
+
+    def claim_and_list_waiting(self, device_id: str, nonce: str, expires: float,
+                               username: str, now: float,
+                               live_since: float) -> list[Transaction] | None:
+        # One statement (autocommit: no BEGIN and COMMIT round trips). The claim's
+        # count comes on every row; the transactions are read only when it is 1.
+        sql = ("WITH claimed AS (INSERT INTO device_nonces (device_id, nonce, expires) "
+               "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1) "
+               "SELECT c.n, t.* FROM (SELECT count(*) AS n FROM claimed) c "
+               f"LEFT JOIN LATERAL ({self._waiting_sql()}) t ON c.n = 1 "
+               "ORDER BY t.created, t.id")
+        with self._guard():
+            rows = self._conn().execute(sql, (device_id, nonce, expires, username, now,
+                                              live_since)).fetchall()
+            self.commits += 1
+        if not rows or rows[0][0] != 1:
+            return None
+        return [_full(r[1:]) for r in rows if r[1] is not None]

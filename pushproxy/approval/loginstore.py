@@ -20,7 +20,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from pushproxy.fatigue import Block, FatigueLimits, block_for, denials_pause
+from pushproxy.fatigue import Block, BlockReason, FatigueLimits, block_for, denials_pause
+from pushproxy.passcode_limits import LOCK_REASON
 
 # pg_advisory_xact_lock(key, user hash): serializes one user's fatigue writes ("fatg")
 FATIGUE_LOCK = 0x66617467
@@ -54,10 +55,14 @@ class LoginStateStore(Protocol):
         ``expires`` or `fatigue_push_ended`) and return None; in one transaction.
         A pending push with the same ``join_key`` (the same login, failed over from
         another node) admits without counting: the provider joins that push.
-        A user whose lock was lifted since a login saw it locked is cleared first."""
+        A locked user (`Store.user_lock`) is refused first (LOCKED, or LOCKED_GUESSING
+        after passcode guessing), recorded as `fatigue_locked` records it: a cluster
+        node asks no separate lock check before a push. A user whose lock was lifted
+        since a login saw it locked is cleared first."""
 
     def fatigue_push_ended(self, txid: str, now: float) -> None:
-        """Push ``txid`` ended (answered, timed out, withdrawn): no longer pending."""
+        """Push ``txid`` ended (timed out, withdrawn, failed): no longer pending. An answer
+        needs no call: `answer_transaction` ends its push in its own transaction."""
 
     def fatigue_denial(self, username: str, now: float, limits: FatigueLimits,
                        txid: str | None) -> bool:
@@ -117,21 +122,33 @@ class _LoginStateSQL:
                       expires: float, join_key: str | None) -> Block | None:
         with self._write() as db:
             self._serialize(db, username)
+            # The lock first, before a join: a user locked on any node (fraud report,
+            # passcode guessing) gets no push and joins none.
+            lock = self._exec(db, "SELECT reason FROM user_locks WHERE username = ?",
+                              (username,)).fetchone()
+            marker = self._exec(db, "SELECT 1 FROM fatigue_events WHERE username = ? "
+                                    "AND kind = 'locked'", (username,)).fetchone()
+            if lock is not None:
+                if marker is None:  # what `fatigue_locked` records, in this transaction
+                    self._exec(db, "INSERT INTO fatigue_events (username, kind, at, ends, "
+                                   "txid) VALUES (?, 'locked', ?, NULL, NULL)", (username, now))
+                return Block(BlockReason.LOCKED_GUESSING if lock[0] == LOCK_REASON
+                             else BlockReason.LOCKED)
             if join_key is not None and self._exec(
                     db, "SELECT 1 FROM fatigue_events WHERE username = ? AND kind = 'push' "
                         "AND join_key = ? AND ends > ?", (username, join_key, now)).fetchone():
                 return None
-            marker = self._exec(db, "SELECT 1 FROM fatigue_events WHERE username = ? "
-                                    "AND kind = 'locked'", (username,)).fetchone()
-            if marker is not None and self._exec(
-                    db, "SELECT 1 FROM user_locks WHERE username = ?",
-                    (username,)).fetchone() is None:
+            if marker is not None:
                 # an admin ran `pushproxy unlock`: the denials behind the lock go too
                 self._clear_events(db, username, now)
             paused = self._exec(db, "SELECT MAX(ends) FROM fatigue_events WHERE username = ? "
                                     "AND kind = 'pause' AND ends > ?", (username, now)).fetchone()
-            pending = self._exec(db, "SELECT COUNT(*) FROM fatigue_events WHERE username = ? "
-                                     "AND kind = 'push' AND ends > ?", (username, now)).fetchone()
+            # a push whose transaction was decided is over even if its row was not
+            # ended (an answer recorded by an older node, a lost fatigue_push_ended)
+            pending = self._exec(db, "SELECT COUNT(*) FROM fatigue_events f WHERE username = ? "
+                                     "AND kind = 'push' AND ends > ? AND NOT EXISTS (SELECT 1 "
+                                     "FROM transactions t WHERE t.id = f.txid "
+                                     "AND t.state != 'pending')", (username, now)).fetchone()
             # a second of slack: the pure rule decides the window's edge exactly
             pushes = self._exec(db, "SELECT at FROM fatigue_events WHERE username = ? "
                                     "AND kind = 'push' AND at > ? ORDER BY at DESC LIMIT ?",

@@ -34,7 +34,7 @@ from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 
 from pushproxy import logs, passcodes
-from pushproxy.approval import crypto, pushtarget
+from pushproxy.approval import crypto, nonceclaim, pushtarget
 from pushproxy.approval.asyncstore import AsyncStore
 from pushproxy.approval.clusterside import ClusterSide
 from pushproxy.approval.devicecache import DeviceCache
@@ -153,6 +153,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self._pollers: dict[str, list[Deferred]] = defaultdict(list)  # username -> long-polls
         self._nonces: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._expiring: dict[str, None] = {}  # withdrawn transactions not yet closed
+        self._answering: dict[str, bool] = {}  # cluster: answers in the store now (_record_answer)
         self._expire_call = None
         # cluster mode (a pushproxy.cluster.ClusterContext with enabled=True): store-backed
         self.cluster = cluster if cluster is not None and cluster.enabled else None
@@ -165,6 +166,13 @@ class ApprovalService(ClusterSide, PasscodeSide):
         if self.cluster is not None:
             self.cluster.bus.subscribe(self._on_event)
             self.cluster.bus.on_resync(self._resync)
+
+    @property
+    def answers_end_pushes(self) -> bool:
+        """Whether a device's answer ends its push for the shared fatigue limits in the
+        answer's own store transaction (cluster mode: `answer_transaction`), so the
+        engine writes no `fatigue_push_ended` for it."""
+        return self.cluster is not None
 
     @property
     def waiting(self) -> int:
@@ -357,7 +365,10 @@ class ApprovalService(ClusterSide, PasscodeSide):
         text = crypto.request_text(method, path, timestamp, nonce, body)
         if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
             raise self._unauthenticated(device_id, "bad signature")
-        if self.cluster is not None and not await self.store.claim_device_nonce(
+        # Cluster: the nonce is claimed in the store (a replay to another node is
+        # refused); by the long-poll/list and the answer with their own store call.
+        later = self.cluster is not None and (for_answer or nonceclaim.pending_path(method, path))
+        if self.cluster is not None and not later and not await self.store.claim_device_nonce(
                 device_id, nonce, now + NONCE_MEMORY):
             # seen by another node (or worker) of the cluster
             raise self._unauthenticated(device_id, "replayed request")
@@ -366,7 +377,13 @@ class ApprovalService(ClusterSide, PasscodeSide):
             # For `pushproxy devices list`; throttled so long-polls do not write constantly.
             self.store.touch_device(device.id, now).addErrback(lambda _: None)
             self._devices.refresh(dataclasses.replace(device, last_seen=now))
-        return device
+        return nonceclaim.claim_due(device, nonce, now + NONCE_MEMORY) if later else device
+
+    async def _claim_now(self, device_id: str, nonce: nonceclaim.Nonce) -> None:
+        """A deferred nonce claim on its own (a request that ends without its combined call)."""
+        nonce.claimed = True
+        if not await self.store.claim_device_nonce(device_id, nonce.value, nonce.expires):
+            raise self._unauthenticated(device_id, "replayed request")
 
     def _unauthenticated(self, device_id, why: str) -> ApprovalError:
         self.counters.inc("device_auth_failures")
@@ -384,19 +401,27 @@ class ApprovalService(ClusterSide, PasscodeSide):
         """Open requests for the device's user; with ``wait``, a long-poll."""
         return defer.ensureDeferred(self._pending(device, min(max(wait, 0.0), MAX_WAIT)))
 
-    async def _live(self, username: str) -> list[Transaction]:
+    async def _live(self, username: str, device: Device | None = None) -> list[Transaction]:
         # Only requests a login is still waiting for: a store write can land after
         # its caller gave up (the store thread was stuck behind another process's
         # lock, and that login already ended on failmode); a device must not be
         # shown, and approve, a request that nothing waits for.
         if self.cluster is not None:  # waited for by a live node, any node
             now = self.wallclock()
-            return await self.store.waiting_transactions(username, now, now - LIVE_FOR)
+            nonce = nonceclaim.due(device)
+            if nonce is None:
+                return await self.store.waiting_transactions(username, now, now - LIVE_FOR)
+            nonce.claimed = True  # the request's nonce, with the read (nonceclaim)
+            txs = await self.store.claim_and_list_waiting(
+                device.id, nonce.value, nonce.expires, username, now, now - LIVE_FOR)
+            if txs is None:  # seen by another node (or worker) of the cluster
+                raise self._unauthenticated(device.id, "replayed request")
+            return txs
         # One process: its own logins are the whole truth, kept in memory.
         return self._open.of_user(username, self.wallclock())
 
     async def _pending(self, device: Device, wait: float) -> list[dict]:
-        txs = await self._live(device.username)
+        txs = await self._live(device.username, device)
         if txs or wait <= 0:
             return [transaction_view(tx) for tx in txs]
         poll: Deferred = Deferred(lambda d: self._unpoll(device.username, d))
@@ -442,6 +467,21 @@ class ApprovalService(ClusterSide, PasscodeSide):
 
     async def _answer(self, device: Device, txid: str, decision: str, signature: str,
                       number: str | None, webauthn: dict | None = None) -> dict:
+        nonce = nonceclaim.due(device)  # cluster: claimed with the compare-and-set
+        if nonce is None:
+            return await self._answer_claimed(device, txid, decision, signature, number,
+                                              webauthn, None)
+        try:
+            return await self._answer_claimed(device, txid, decision, signature, number,
+                                              webauthn, nonce)
+        except Exception:
+            if not nonce.claimed:  # refused before its compare-and-set: claimed first
+                await self._claim_now(device.id, nonce)
+            raise
+
+    async def _answer_claimed(self, device: Device, txid: str, decision: str, signature: str,
+                              number: str | None, webauthn: dict | None,
+                              nonce: nonceclaim.Nonce | None) -> dict:
         if decision not in _STATES:
             raise ApprovalError(400, "bad_request", "decision must be approve, deny or fraud")
         # A transaction this process waits on is in memory (its nonce and context
@@ -477,7 +517,10 @@ class ApprovalService(ClusterSide, PasscodeSide):
         if status is PushStatus.APPROVED and tx.context.get("user_verification") \
                 and tx.state == "pending" and now < tx.expires:
             # in the answer's own path, before its compare-and-set: a refused
-            # presence check is recorded as this request's answer (audited)
+            # presence check is recorded as this request's answer (audited). The
+            # nonce first: a replay must not use up the passkey challenge.
+            if nonce is not None and not nonce.claimed:
+                await self._claim_now(device.id, nonce)
             try:
                 presence = await self.presence.check_approval(
                     device, tx, webauthn, tx.context["user_verification"])
@@ -493,8 +536,8 @@ class ApprovalService(ClusterSide, PasscodeSide):
         if self.cluster is not None:
             # stored with its outcome and code: a waiter on any node reads them back
             won = tx.state == "pending" and now < tx.expires and \
-                await self.store.answer_transaction(txid, _STATES[decision], device.id, now,
-                                                    status.value, code)
+                await self._record_answer(txid, device.id, nonce, _STATES[decision], now,
+                                          status.value, code)
         else:
             # Withdrawn but not yet closed in the store (flush_expired): too late.
             won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \

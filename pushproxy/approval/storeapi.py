@@ -36,7 +36,7 @@ from pushproxy.approval.store import Store
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from pushproxy.approval.clusterstore import Opened
+    from pushproxy.approval.clusterstore import Answer, Opened
     from pushproxy.approval.store import Transaction
 
 P = ParamSpec("P")
@@ -87,6 +87,17 @@ class ClusterStore(Protocol):
 
     def claim_device_nonce(self, device_id: str, nonce: str, expires: float) -> bool:
         """Record a device request's nonce until ``expires``; False if seen before."""
+
+    def claim_and_list_waiting(self, device_id: str, nonce: str, expires: float,
+                               username: str, now: float,
+                               live_since: float) -> list[Transaction] | None:
+        """`claim_device_nonce`, then, if the nonce was new, `waiting_transactions`, in
+        one transaction; None (nothing read) if it was seen before."""
+
+    def claim_and_answer(self, device_id: str, nonce: str, expires: float, txid: str,
+                         state: str, now: float, outcome: str, code: str | None) -> Answer:
+        """`claim_device_nonce`, then, if the nonce was new, `answer_transaction`, in one
+        transaction: REPLAYED (nothing changed), WON or LOST."""
 
 
 class StoreAPI(Store, LoginStateStore, ClusterStore, RolloutStore, BaselineStore, PasskeyStore,

@@ -83,7 +83,8 @@ def test_an_unlock_clears_the_denials_behind_the_lock(stores, backend):
     a.fatigue_denial("dave", 2.0, LIMITS, "x2")
     a.lock_user("dave", 2.0, "fraud", "x2")
     a.fatigue_locked("dave", 3.0)
-    assert b.fatigue_admit("dave", 4.0, LIMITS, "x3", 9.0, None).reason is BlockReason.PAUSED
+    # locked: refused by the lock first (the pause stays behind it)
+    assert b.fatigue_admit("dave", 4.0, LIMITS, "x3", 9.0, None).reason is BlockReason.LOCKED
     b.unlock_user("dave")
     assert b.fatigue_admit("dave", 5.0, LIMITS, "x4", 9.0, None) is None
 
