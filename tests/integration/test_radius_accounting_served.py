@@ -171,10 +171,10 @@ def counters_reach(port: int, wanted: dict[str, float], before: str,
         time.sleep(0.2)
 
 
-def drop_lines(serve: ServeProcess, reason: str, source: str = "127.0.0.1") -> list[str]:
-    return [line for line in serve.output().splitlines()
-            if "radius.accounting_drop " in line and f"reason={reason} " in line + " "
-            and f"source={source}" in line]
+def drop_logged(serve: ServeProcess, reason: str, source: str = "127.0.0.1") -> str:
+    """The ``radius.accounting_drop`` line for ``reason`` from ``source`` (waited for)."""
+    pattern = rf"radius\.accounting_drop reason={reason} source={re.escape(source)}( |$)"
+    return serve.wait_count(pattern, 1)[0]
 
 
 def reject_for_wrong_password(radius_port: int) -> str | None:
@@ -225,7 +225,7 @@ def test_malformed_and_oversized_datagrams_are_dropped_counted_and_logged(served
     text = counters_reach(metrics_port, {"malformed": len(HOSTILE)}, before)
     # an oversized datagram (past the 4,096 octets RADIUS allows) is malformed too
     assert drops(text, "malformed") - drops(before, "malformed") == len(HOSTILE)
-    assert drop_lines(serve, "malformed"), serve.output()[-3000:]
+    assert "detail=" in drop_logged(serve, "malformed")
     assert "Traceback" not in serve.output() and "accounting_failed" not in serve.output()
     assert reject_for_wrong_password(radius_port) == "Access-Reject"
 
@@ -255,7 +255,7 @@ def test_wrong_secret_bad_message_authenticator_and_other_codes_are_dropped(serv
     text = counters_reach(metrics_port, wanted, before)
     for reason, count in wanted.items():
         assert drops(text, reason) - drops(before, reason) == count, reason
-        assert drop_lines(serve, reason), (reason, serve.output()[-3000:])
+        drop_logged(serve, reason)
     assert SECRET not in serve.output()  # the log names the reason, never the secret
     assert reject_for_wrong_password(radius_port) == "Access-Reject"
 
@@ -279,7 +279,7 @@ def test_an_unknown_source_address_is_dropped_counted_and_logged(served):
     assert others == [] and stray == [], (others, stray)
     text = counters_reach(metrics_port, {"unknown_client": 1}, before)
     assert drops(text, "unknown_client") - drops(before, "unknown_client") == 1
-    assert drop_lines(serve, "unknown_client", source="127.0.0.2"), serve.output()[-3000:]
+    drop_logged(serve, "unknown_client", source="127.0.0.2")
 
 
 def test_a_retransmit_is_handled_once_and_answered_with_the_identical_bytes(served):
@@ -311,8 +311,7 @@ def test_a_retransmit_is_handled_once_and_answered_with_the_identical_bytes(serv
         time.sleep(0.2)
     # the peer may have resent on its own 2 s timer on a slow machine: only more resends
     assert handled == 2 and resent >= 2, (handled, resent)
-    logged = [line for line in serve.output().splitlines()
-              if "radius.accounting " in line and f"session={session.decode()}" in line]
+    logged = serve.wait_count(rf"radius\.accounting .*session={session.decode()}", 2)
     assert len(logged) == 2, logged  # one line per request, none per retransmit
 
 
@@ -321,7 +320,7 @@ def test_a_flood_of_hostile_datagrams_is_dropped_while_logins_are_answered(serve
     lines in all, and Access-Requests answered throughout."""
     serve, acct_port, radius_port, metrics_port = served
     before = scrape(metrics_port)
-    lines_before = len(serve.output().splitlines())
+    lines_before = len(serve.lines)
     kinds = [accounting_request(i % 256, record(), secret=b"flooder") for i in range(50)] \
         + list(HOSTILE.values())
     known, stranger = Peer(acct_port), Peer(acct_port, host="127.0.0.3")
@@ -350,7 +349,9 @@ def test_a_flood_of_hostile_datagrams_is_dropped_while_logins_are_answered(serve
     # daemon read were all counted as drops (none answered, none lost to an error).
     assert 0 < counted <= sent, (counted, sent)
     assert drops(text, "internal_error") == 0
-    new_lines = serve.output().splitlines()[lines_before:]
+    serve.wait_count(r"radius\.accounting_drop reason=unknown_client source=127\.0\.0\.3$", 1,
+                     start=lines_before)
+    new_lines = serve.lines[lines_before:]
     logged = [line for line in new_lines if "radius.accounting_drop " in line]
     assert 0 < len(logged) <= 20, logged  # rate-limited, not one line per datagram
     assert not any(re.search(r"\berror\b|Traceback", line) for line in new_lines), new_lines[:20]
