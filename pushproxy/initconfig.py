@@ -96,6 +96,18 @@ def _public_url(value: str) -> str:
     return value
 
 
+def gateway_secret() -> str:
+    """A new RADIUS shared secret: 32 URL-safe characters (192 bits), never a leading "-".
+
+    Admins paste it into command lines (``radclient ... auth SECRET``, radtest):
+    one starting with "-" is taken for options there (getopt permutes), and the
+    request is never sent -- one secret in 64 did that."""
+    while True:
+        secret = secrets_mod.token_urlsafe(24)
+        if not secret.startswith("-"):
+            return secret
+
+
 def gather(args, ask=input, ask_secret=getpass.getpass, interactive=None) -> Answers:
     """The answers from the flags, asking for the missing ones when interactive."""
     interactive = sys.stdin.isatty() if interactive is None else interactive
@@ -241,7 +253,7 @@ def cmd_init(args) -> int:
     secret_dir.mkdir(mode=0o700, exist_ok=True)
     if owner is not None:
         os.chown(secret_dir, *owner)
-    radius_secret = secrets_mod.token_urlsafe(24)
+    radius_secret = gateway_secret()
     _write(targets[1], radius_secret + "\n", 0o600, owner)
     _write(targets[2], answers.bind_password + "\n", 0o600, owner)
     # The config holds no secret; the service reads it through its group.

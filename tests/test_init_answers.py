@@ -45,3 +45,13 @@ def test_without_a_terminal_every_missing_flag_is_named_at_once():
                    "--gateway: missing", "--public-url: 'ftp://x' is not an https:// URL",
                    "--gateway-name:", "--bind-password-env or --bind-password-file"):
         assert needle in text
+
+
+def test_a_generated_gateway_secret_never_starts_with_a_dash():
+    """A leading "-" made radclient read the secret as options (one init in 64):
+    2,000 secrets would include ~31 such on the old generator."""
+    from pushproxy.initconfig import gateway_secret
+
+    made = [gateway_secret() for _ in range(2000)]
+    assert not [s for s in made if s.startswith("-")]
+    assert all(len(s) == 32 for s in made) and len(set(made)) == 2000

@@ -179,6 +179,23 @@ def test_garbled_packets_are_dropped_and_the_listener_keeps_serving(mangle):
     assert len(proto.transport.sent) == 1
 
 
+def test_a_datagram_past_4096_octets_is_dropped_even_as_padding_and_as_a_retransmit():
+    """Octets past Length are padding (RFC 2866 3), but no datagram may pass 4,096
+    octets (RFC 2865 3): padded past that, even a copy of an answered request is
+    dropped, not answered from the cache."""
+    proto, _ = make()
+    data = acct(ident=5)
+    proto.datagramReceived(data + bytes(4096 - len(data)), NAS)  # 4,096 octets: padding
+    assert len(proto.transport.sent) == 1
+    proto.datagramReceived(data + bytes(4097 - len(data)), NAS)
+    proto.datagramReceived(acct(ident=6) + bytes(8000), NAS)
+    assert len(proto.transport.sent) == 1
+    assert proto.counters.get("radius_accounting_drops", reason="malformed") == 2
+    with pytest.raises(DropPacket) as caught:
+        decode_accounting(data + bytes(4097 - len(data)), SECRET)
+    assert caught.value.reason is DropReason.MALFORMED
+
+
 def test_hostile_values_are_logged_escaped_and_shortened(caplog):
     """Odd Unicode, control characters and a long session id make one safe log line."""
     proto, _ = make()

@@ -7,6 +7,7 @@ alone; it neither forwards nor stores the records (the log line and the
 ``radius_accounting`` counter are all that remains).
 
     datagram -> client by source address (the auth server's ClientTable)
+    -> size (more than RADIUS's 4,096 octets: malformed, even as "padding")
     -> header -> retransmit table (same key as auth: address, port, id, authenticator)
     -> verify Request Authenticator (+ Message-Authenticator when present)
     -> one ``radius.accounting`` log line + counter -> Accounting-Response
@@ -87,6 +88,17 @@ def _message_authenticator(packet: bytes, offset: int, secret: bytes) -> bytes:
     return hmac.new(secret, zeroed, hashlib.md5).digest()
 
 
+def check_size(data: bytes) -> None:
+    """DropPacket for a datagram longer than a RADIUS packet may be (RFC 2865 3).
+
+    RFC 2866 3 lets octets past Length be padding, but not past 4,096 octets:
+    FreeRADIUS drops such datagrams too. Checked before the retransmit table,
+    so a padded copy of an answered request is not answered from the cache."""
+    if len(data) > codec.MAX_PACKET:
+        raise DropPacket(DropReason.MALFORMED, f"{len(data)} octets is more than "
+                                               f"{codec.MAX_PACKET}")
+
+
 def decode_accounting(data: bytes, secret: bytes) -> AccountingRequest:
     """Decode and verify an Accounting-Request from a client sharing ``secret``.
 
@@ -94,6 +106,7 @@ def decode_accounting(data: bytes, secret: bytes) -> AccountingRequest:
     packet, another code, a wrong Request Authenticator (usually a wrong
     secret) or a wrong Message-Authenticator.
     """
+    check_size(data)
     code, ident, authenticator = codec.peek_header(data)
     if code != ACCOUNTING_REQUEST:
         raise DropPacket(DropReason.UNSUPPORTED_CODE, f"code {code}")
@@ -196,6 +209,7 @@ class AccountingProtocol(DatagramProtocol):
             self._drop(DropReason.UNKNOWN_CLIENT.value, host, None)
             return
         try:
+            check_size(data)
             _, ident, authenticator = codec.peek_header(data)
         except DropPacket as exc:
             self._drop(exc.reason.value, host, client.name, exc.detail)

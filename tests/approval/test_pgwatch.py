@@ -6,21 +6,36 @@ import time
 from pushproxy.approval.pgwatch import Watchdog
 
 
+class StepClock:
+    """The watchdog's clock, moved only by the test: however slow the machine, no
+    limit passes between two lines of the test unless the test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_an_overrunning_call_has_its_socket_shut_down_and_a_disarmed_one_not():
-    dog = Watchdog(0.05)
+    clock = StepClock()
+    dog = Watchdog(0.05, clock=clock)
     ours, theirs = socket.socketpair()
     try:
-        # A limit long enough that a busy machine cannot overrun it between the
-        # two calls; the sleep then outlasts it, so only disarm keeps the socket.
         dog.arm(ours.fileno(), limit=0.5)
         dog.disarm()  # ended in time
-        time.sleep(0.8)
+        clock.now = 10.0  # far past that limit: a disarmed call is never cut
+        time.sleep(0.8)  # the watching thread looks again meanwhile (past its 0.5 s wait)
         assert dog.fired == 0
         theirs.sendall(b"x")
         assert ours.recv(1) == b"x"  # still open
         dog.arm(ours.fileno())
+        clock.now = 20.0  # this call overruns
         ours.settimeout(10)
         assert ours.recv(1) == b""  # a blocked read returns: the socket was shut down
+        end = time.monotonic() + 10  # counted just after the shutdown, on its thread
+        while dog.fired == 0 and time.monotonic() < end:
+            time.sleep(0.01)
         assert dog.fired == 1
     finally:
         dog.close()

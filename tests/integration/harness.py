@@ -170,10 +170,44 @@ class ServeProcess:
             got = "\n".join(self.lines)
         raise AssertionError(f"{needle!r} not logged; got:\n" + got)
 
-    def output(self) -> str:
-        """Everything logged so far (after a moment for what is on its way)."""
+    def wait_count(self, pattern: str, count: int, deadline: float = 15.0,
+                   start: int = 0) -> list[str]:
+        """Wait until at least ``count`` log lines (from index ``start`` on) match the
+        regular expression ``pattern``; return the matching lines.
+
+        A line the daemon wrote before it answered may not have been read from the
+        pipe yet when the answer arrives (the reader is a thread): wait for it."""
+        import re
         import time
 
+        compiled = re.compile(pattern)
+        end = time.monotonic() + deadline
+        with self._seen:
+            while True:
+                found = [line for line in self.lines[start:] if compiled.search(line)]
+                remaining = end - time.monotonic()
+                if len(found) >= count or remaining <= 0 or self._ended:
+                    break
+                self._seen.wait(min(remaining, 0.5))
+            if len(found) >= count:
+                return found
+            got = "\n".join(self.lines)
+        raise AssertionError(f"{count} lines matching {pattern!r} not logged "
+                             f"({len(found)} were); got:\n" + got)
+
+    def output(self) -> str:
+        """Everything logged so far: all of it once the process has exited (the reader
+        is waited for, bounded), else what the reader has taken from the pipe by now
+        (after a moment for what is on its way: say `wait_for` or `wait_count` for a
+        line that must be there)."""
+        import time
+
+        if self.proc.poll() is not None:
+            end = time.monotonic() + 10
+            with self._seen:
+                while not self._ended and time.monotonic() < end:
+                    self._seen.wait(0.5)
+                return "\n".join(self.lines)
         time.sleep(0.05)
         with self._seen:
             return "\n".join(self.lines)

@@ -170,7 +170,8 @@ def _argv(host_port: str, secret: str, retries: int, timeout: float, count: int,
     argv = ["-x", "-r", str(retries), "-t", str(timeout), "-c", str(count)]
     if raddb is not None:
         argv += ["-d", raddb]
-    return argv + [host_port, code, secret]
+    # "--": a secret starting with "-" is not an option (getopt permutes arguments)
+    return argv + ["--", host_port, code, secret]
 
 
 def _deadline(retries: int, timeout: float, count: int) -> float:

@@ -255,6 +255,23 @@ def test_radclient_parses_access_accept_with_reply_message(responder):
 
 @requires_radclient
 @pytest_twisted.inlineCallbacks
+def test_radclient_takes_a_secret_that_starts_with_a_dash(tmp_path):
+    """A secret beginning with "-" (one generated secret in 64) is a secret, not options."""
+    path = tmp_path / "dash-dictionary"
+    path.write_text(_DICTIONARY)
+    proto = PyradResponder(b"-V9x_secret", Dictionary(str(path)))
+    port = reactor.listenUDP(0, proto, interface="127.0.0.1")
+    try:
+        result = yield radclient(f"127.0.0.1:{port.getHost().port}", "-V9x_secret",
+                                 [("User-Name", "dash"), ("User-Password", "good")])
+    finally:
+        yield port.stopListening()
+    assert result.code == "Access-Accept", result.stderr
+    assert proto.requests[-1][1] == "good"
+
+
+@requires_radclient
+@pytest_twisted.inlineCallbacks
 def test_radclient_quotes_special_characters_both_ways(responder):
     """Quotes, backslashes, tabs and UTF-8 in values survive the round trip."""
     host_port, proto = responder

@@ -161,6 +161,8 @@ def test_both_workers_share_the_accounting_port(slapd, tmp_path):
                 sock.sendto(pkt.RequestPacket(), ("127.0.0.1", acct_port))
                 answered += sock.recv(4096)[0] == 5
         assert answered == 40
+        # each line is written before its answer, but maybe not yet read from the pipe
+        serve.wait_count(r"radius\.accounting .*worker=\d", 40)
         workers = re.findall(r"radius\.accounting .*worker=(\d)", serve.output())
         assert len(workers) == 40 and set(workers) == {"0", "1"}, serve.output()
     finally:

@@ -80,6 +80,20 @@ def radsec_section(pki: Pki, **extra) -> str:
     return "".join(f"  {line}\n" for line in lines)
 
 
+@defer.inlineCallbacks
+def eventually(condition, within: float = 15.0):
+    """Let the reactor run until ``condition()`` holds, at most ``within`` seconds."""
+    end = time.monotonic() + within
+    while not condition() and time.monotonic() < end:
+        yield task.deferLater(reactor, 0.05, lambda: None)
+
+
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket is bound to 127.0.0.1:``port`` (from /proc/net/udp)."""
+    with open("/proc/net/udp") as table:
+        return any(line.split()[1] == f"0100007F:{port:04X}" for line in list(table)[1:])
+
+
 class Stack:
     """The daemon with its RadSec listener, and radsecproxy in front of it."""
 
@@ -137,8 +151,13 @@ class Stack:
         """))
         self.proxy = subprocess.Popen([RADSECPROXY, "-f", "-c", str(conf)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)
+        # Until it listens (a single radclient attempt sent before is lost), bounded.
+        end = time.monotonic() + 20
+        while not udp_bound(udp) and time.monotonic() < end:
+            assert self.proxy.poll() is None, self.proxy.stderr.read().decode()
+            time.sleep(0.05)
         assert self.proxy.poll() is None, self.proxy.stderr.read().decode()
+        assert udp_bound(udp), "radsecproxy did not listen within 20 s: " + self.proxy_log()
         return f"127.0.0.1:{udp}"
 
     def proxy_log(self) -> str:
@@ -292,7 +311,8 @@ def test_certificate_from_another_ca_is_refused_at_the_handshake(stack):
         return closed_by_server(sock)
 
     assert (yield threads.deferToThread(attempt))
-    yield task.deferLater(reactor, 0.2, lambda: None)  # the server side notices the close
+    # the server side notices the close (a loaded machine: a while after the client)
+    yield eventually(lambda: s.daemon.counters.get("radsec_refused", reason="tls_handshake"))
     assert s.daemon.counters.get("radsec_connections") == 1
     assert s.daemon.counters.get("radsec_refused", reason="tls_handshake") == 1
     assert not any("radius_requests" in str(k) for k in s.daemon.counters.snapshot())
@@ -606,6 +626,6 @@ def test_a_wrong_psk_identity_or_key_is_refused(psk_stack, identity, key):
                    "-psk", key], v10_request(code=rpacket.StatusServer), 4)
     assert reply == b""
     assert s.daemon.counters.get("radius_requests", client="psk-gw") == 0
-    yield task.deferLater(reactor, 0.3, lambda: None)  # the server notices the close
     (psk_factory,) = s.listener.extra_factories
+    yield eventually(lambda: psk_factory.psk.identities == {})  # the server notices the close
     assert psk_factory.psk.identities == {}  # nothing left behind by the failed handshake

@@ -72,8 +72,12 @@ def login(port: int, user="alice", password="alice-pw", station="10.1.2.3",
     return None if reply is None else reply[0]
 
 
-def decisions(serve: ServeProcess) -> list[int]:
-    """The worker index of every login.decision line so far."""
+def decisions(serve: ServeProcess, at_least: int = 0) -> list[int]:
+    """The worker index of every login.decision line so far (once ``at_least`` are
+    logged: a worker writes the line before it answers, but the test's reader of
+    the log may not have taken it from the pipe yet)."""
+    if at_least:
+        serve.wait_count(WORKER.pattern, at_least, 30)
     return [int(m.group(1)) for m in map(WORKER.search, serve.output().splitlines()) if m]
 
 
@@ -123,13 +127,13 @@ def test_both_workers_answer_logins_from_many_source_ports_and_ready_waits_for_b
     ready = messages(notify, "READY=1")
     assert "2 workers" in ready[-1]
     # READY=1 only after both workers said so (and from the supervisor, not a worker)
-    assert len(re.findall(r"daemon\.ready .*worker=\d", serve.output())) == 2
-    assert "workers.ready" in serve.output()
+    assert len(serve.wait_count(r"daemon\.ready .*worker=\d", 2)) == 2
+    serve.wait_for("workers.ready")
     codes = [login(port, ident=i % 256) for i in range(40)]  # allowed by policy: no push
     assert codes == [rpacket.AccessAccept] * 40, serve.output()
     # alice has no device: a login outside the allowed network is rejected
     assert login(port, station="192.0.2.9") == rpacket.AccessReject
-    seen = decisions(serve)
+    seen = decisions(serve, at_least=41)
     assert len(seen) == 41 and set(seen) == {0, 1}, seen  # 40 source ports: both workers
     # the approval port is shared too, each worker serves its own /metrics on port + I
     assert requests.get(f"http://127.0.0.1:{http_port}/v1/info", timeout=5).ok
@@ -151,7 +155,7 @@ def test_a_retransmit_from_the_same_source_port_gets_the_cached_reply_from_the_s
         data = [request("alice", "alice-pw", 7, "10.9.9.9") for _ in sockets]
         first = [exchange(s, d, port) for s, d in zip(sockets, data)]
         assert all(reply is not None and reply[0] == rpacket.AccessAccept for reply in first)
-        before = decisions(serve)
+        before = decisions(serve, at_least=len(sockets))
         again = [exchange(s, d, port) for s, d in zip(sockets, data)]
     finally:
         for s in sockets:
@@ -209,7 +213,9 @@ def test_workers_that_die_at_start_make_the_supervisor_exit_non_zero(slapd, tmp_
     blocker.bind(("127.0.0.1", radius_port))
     serve = ServeProcess(path)
     try:
-        assert serve.proc.wait(60) == 1
+        # Five starts of a worker (an interpreter and its imports each, 10 s or more on
+        # a loaded machine) and 7.5 s of backoff before the supervisor gives up.
+        assert serve.proc.wait(240) == 1
         out = serve.output()
         assert "workers.giving_up" in out and "worker.died" in out
         assert "Traceback" not in out
