@@ -10,7 +10,6 @@ walkthrough it keeps serving and prints the commands to try it by hand.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import sys
 import tempfile
@@ -31,8 +30,10 @@ def _free_port(kind: int) -> int:
 def write_demo_config(folder: Path, ldap_url: str, radius_port: int, http_port: int) -> Path:
     """The demo's config.yaml (a real config, validated like any other)."""
     from pushproxy import demo_directory
+    from pushproxy.initconfig import gateway_secret
 
-    (folder / "radius.secret").write_text(secrets.token_urlsafe(18) + "\n")
+    # Never a leading "-": the demo prints a radclient/radtest line with it.
+    (folder / "radius.secret").write_text(gateway_secret() + "\n")
     (folder / "ldap.secret").write_text(demo_directory.DEMO_SERVICE_PASSWORD + "\n")
     for name in ("radius.secret", "ldap.secret"):
         os.chmod(folder / name, 0o600)

@@ -95,3 +95,14 @@ def test_sigterm_ends_a_serving_demo(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_the_demo_radius_secret_never_starts_with_a_dash(tmp_path, monkeypatch):
+    """The demo prints a radtest/radclient line with its secret: a leading "-" would be
+    read as options there (one secret in 64 from token_urlsafe)."""
+    from pushproxy import demo, initconfig
+
+    made = iter(["-starts-with-a-dash-xxxxxxxxxxxxx", "fine-secret-xxxxxxxxxxxxxxxxxxxxx"])
+    monkeypatch.setattr(initconfig.secrets_mod, "token_urlsafe", lambda n: next(made))
+    demo.write_demo_config(tmp_path, "ldap://127.0.0.1:1", 11812, 18080)
+    assert (tmp_path / "radius.secret").read_text() == "fine-secret-xxxxxxxxxxxxxxxxxxxxx\n"
