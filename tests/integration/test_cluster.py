@@ -87,6 +87,8 @@ def test_failover_after_sigkill_joins_the_push_on_the_phone(cluster):
     c[1].kill()
     # The gateway fails over: same station, NAS and port, a new request (new id).
     second = c.login(c[2], session, timeout=25)
+    # Node 2 has taken the login in and joined (else the poll below proves nothing).
+    c[2].serve.wait_for("approval.joined", 30)
     seen = distinct_txids(at3, 3.0)
     assert seen == {pushed[0]["txid"]}, "the failover login must join the pending push"
     assert auth.answer(at3, pushed[0]["txid"], "approve")["status"] == "recorded"
@@ -104,6 +106,7 @@ def test_failover_with_both_nodes_alive_one_approval_accepts_both(cluster):
     first = c.login(c[1], session, timeout=25)
     pushed = wait_pending(at3, 1)
     second = c.login(c[2], session, timeout=25)
+    c[2].serve.wait_for("approval.joined", 30)  # taken in and joined at node 2
     assert distinct_txids(at3, 3.0) == {pushed[0]["txid"]}
     assert auth.answer(at3, pushed[0]["txid"], "approve")["status"] == "recorded"
     assert first.result(timeout=30).code == "Access-Accept", c.output()
