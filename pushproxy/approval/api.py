@@ -84,24 +84,19 @@ class Endpoint(resource.Resource):
             request.setHeader(b"Allow", allowed)
             return set_json(request, 405, error_body("method_not_allowed",
                                                   f"allowed: {allowed.decode()}"))
-        # Before the handler runs: a long-poll it starts is cancelled by its own
-        # notifyFinish errback, which must find the client already marked gone.
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
         try:
             result = handler(request)
             if iscoroutine(result):
                 result = defer.ensureDeferred(result)
         except ApprovalError as exc:  # refused before anything waited (a bad header)
-            _respond(_refusal(exc), request, gone)
+            _respond(_refusal(exc), request)
             return server.NOT_DONE_YET
         except Exception:
             result = defer.fail()
         if not isinstance(result, defer.Deferred):
-            _respond(result, request, gone)
+            _respond(result, request)
             return server.NOT_DONE_YET
-        result.addCallbacks(_respond, _failed, callbackArgs=(request, gone),
-                            errbackArgs=(request, gone))
+        result.addCallbacks(_respond, _failed, callbackArgs=(request,), errbackArgs=(request,))
         # _respond and _failed catch everything; this only keeps a bug there from vanishing.
         result.addErrback(lambda f: logs.event(log, logging.ERROR, "approval.http.serve_failed",
                                                traceback=f.getTraceback()))
@@ -113,24 +108,34 @@ def _refusal(exc: ApprovalError) -> tuple[int, dict]:
     return status, error_body(exc.code, exc.message)
 
 
-def _respond(answer: tuple[int, dict], request: server.Request, gone: list) -> None:
+def _gone(request: server.Request) -> bool:
+    """Whether the client left before its answer was written.
+
+    `Request.connectionLost` drops the channel before it fails the
+    ``notifyFinish`` Deferreds, so a long-poll cancelled from one of those
+    already finds it gone; no Deferred per request is needed to know.
+    """
+    return request.channel is None
+
+
+def _respond(answer: tuple[int, dict], request: server.Request) -> None:
     """Write a handler's (status, JSON object), unless the client left meanwhile."""
-    if gone:
+    if _gone(request):
         return
     status, obj = answer
     request.write(set_json(request, status, obj))
     request.finish()
 
 
-def _failed(failure: Failure, request: server.Request, gone: list) -> None:
+def _failed(failure: Failure, request: server.Request) -> None:
     """A handler failed: its refusal, or a logged 500 (nothing when the client left)."""
     if isinstance(failure.value, ApprovalError):
-        _respond(_refusal(failure.value), request, gone)
+        _respond(_refusal(failure.value), request)
         return
-    if gone and failure.check(defer.CancelledError):
+    if _gone(request) and failure.check(defer.CancelledError):
         return  # the long-poll was withdrawn because the client left: nobody to answer
     _log_internal(request, failure)
-    _respond((500, {"error": "internal"}), request, gone)
+    _respond((500, {"error": "internal"}), request)
 
 
 def _log_internal(request: server.Request, failure: Failure) -> None:
