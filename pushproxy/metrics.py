@@ -55,7 +55,15 @@ class Counters:
 
     @staticmethod
     def _key(name: str, labels: dict[str, str]) -> _Key:
-        return name, tuple(sorted((k, str(v)) for k, v in labels.items()))
+        # Called for every count: most have no label or one (no sort, no generator).
+        if not labels:
+            return name, ()
+        if len(labels) == 1:
+            [(k, v)] = labels.items()
+            return name, ((k, v if v.__class__ is str else str(v)),)
+        items = [(k, v if v.__class__ is str else str(v)) for k, v in labels.items()]
+        items.sort()
+        return name, tuple(items)
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         """Add ``amount`` to the counter ``name`` with these labels."""

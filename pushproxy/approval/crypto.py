@@ -16,12 +16,14 @@ import time
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (decode_dss_signature,
-                                                             encode_dss_signature)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from pushproxy.approval.webpush import b64url_decode, b64url_encode
 
 DECISIONS = ("approve", "deny", "fraud")
+
+# One algorithm object for every signature (building it costs as much as the DER below).
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 class BadKey(ValueError):
@@ -48,9 +50,27 @@ def public_key_text(key: ec.EllipticCurvePublicKey) -> str:
 
 def sign(private_key: ec.EllipticCurvePrivateKey, text: str) -> str:
     """Sign ``text`` (UTF-8) the way a WebCrypto device does: b64u of r || s."""
-    der = private_key.sign(text.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+    der = private_key.sign(text.encode("utf-8"), _ECDSA_SHA256)
     r, s = decode_dss_signature(der)
     return b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+def _der_integer(octets: bytes) -> bytes:
+    """A DER INTEGER of the unsigned big-endian ``octets`` (at most 32, as here)."""
+    octets = octets.lstrip(b"\0") or b"\0"
+    if octets[0] & 0x80:
+        octets = b"\0" + octets  # positive: a high bit set needs a leading zero
+    return b"\x02" + bytes((len(octets),)) + octets
+
+
+def raw_to_der(raw: bytes) -> bytes:
+    """A 64-octet WebCrypto ``r || s`` as the DER SEQUENCE OpenSSL verifies.
+
+    The same octets as ``encode_dss_signature(r, s)``, without the detour
+    through two Python integers (every device request and answer passes here).
+    """
+    body = _der_integer(raw[:32]) + _der_integer(raw[32:])
+    return b"\x30" + bytes((len(body),)) + body
 
 
 def verify(public_key: ec.EllipticCurvePublicKey, text: str, signature: str) -> bool:
@@ -61,9 +81,9 @@ def verify(public_key: ec.EllipticCurvePublicKey, text: str, signature: str) -> 
         return False
     if len(raw) != 64:
         return False
-    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    der = raw_to_der(raw)
     try:
-        public_key.verify(der, text.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+        public_key.verify(der, text.encode("utf-8"), _ECDSA_SHA256)
     except (InvalidSignature, UnicodeEncodeError):  # a lone surrogate: no device signed that
         return False
     return True

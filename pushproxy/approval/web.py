@@ -46,9 +46,13 @@ SECURITY_HEADERS = (
 IDLE_TIMEOUT = 60
 
 
+# json.dumps builds a new encoder for every call with non-default arguments.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_bytes(obj: Any) -> bytes:
     """Compact JSON, UTF-8."""
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return _COMPACT.encode(obj).encode("utf-8")
 
 
 def error_body(code: str, message: str) -> dict:
@@ -203,6 +207,8 @@ class ApiSite(server.Site):
         """
         code = request.code
         level = logging.DEBUG if code < 400 else logging.INFO if code < 500 else logging.WARNING
+        if not log.isEnabledFor(level):  # the usual case: the fields cost more than the check
+            return
         device = request.requestHeaders.getRawHeaders(b"X-Device-Id", [None])[-1]
         logs.event(log, level, "approval.http", method=header_text(request.method),
                    path=header_text(request.path), status=code, client=client_address(request),

@@ -523,7 +523,9 @@ async def test_long_poll_answers_when_the_service_fires(reactor, base, http, ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_disconnect_cancels_the_long_poll(reactor, base, http, service):
+async def test_client_disconnect_cancels_the_long_poll(reactor, base, http, service, caplog):
+    """The poll is withdrawn, and its cancellation is no internal error: nobody to answer."""
+    caplog.set_level(logging.INFO, logger="pushproxy.approval.api")
     d = defer.ensureDeferred(call(http, "GET", base + "/v1/device/pending?wait=25",
                                   headers=AUTH))
     await _poll_reached(reactor, service)
@@ -536,6 +538,9 @@ async def test_client_disconnect_cancels_the_long_poll(reactor, base, http, serv
             break
         await task.deferLater(reactor, 0.02, lambda: None)
     assert service.poll_cancelled == [True]
+    await task.deferLater(reactor, 0.05, lambda: None)
+    assert not [r for r in caplog.records if "internal_error" in r.getMessage()
+                or "serve_failed" in r.getMessage()]
 
 
 # -- logging
