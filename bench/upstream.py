@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench import budget as budget_mod
 from bench import pushproxyd, radload
+from bench.scenarios import BenchFailure
 from bench.stats import summary_ms
 from tests.integration.freeradius_upstream import UpstreamRadius
 from tests.integration.freeradius_upstream import available as upstream_available
@@ -196,7 +197,10 @@ def scenario(bench, log=print) -> dict:
                          upstream.address)
         try:
             # warm: imports done, upstream sockets open (the users file holds only these users)
-            asyncio.run(bench._logins(daemon.radius_port, bench.tp[-s.warmup:], 8))
+            warm = _timed(daemon.radius_port, SECRET, bench.tp[-s.warmup:], 8, {})
+            if warm["outcomes"] != {"accept": len(bench.tp[-s.warmup:])}:
+                raise BenchFailure(f"upstream: the warm-up logins got {warm['outcomes']}, "
+                                   f"not Accept (see {daemon.log_path})")
             log("upstream: through pushproxy (primary: radius, policy allow)")
             out["via_pushproxy"] = _timed(daemon.radius_port, SECRET, bench.tp, s.concurrency,
                                           {"daemon": [daemon.pid],
