@@ -125,7 +125,9 @@ def ceilings(run: dict) -> dict:
     - ``ratio_ceiling_*``: the same with a daemon that costs nothing (only the
       harness and slapd left): no daemon can get past it on this benchmark;
     - ``daemon_budget_*_ms``: the daemon CPU ms per login that would still reach
-      the issue's target ratio (negative: not reachable at all on this harness)."""
+      the issue's target ratio (negative: not reachable at all on this harness);
+    - ``one_process_ceiling_*``: 1000 / daemon ms per login, the most one daemon
+      process can do while its interpreter runs on one core at a time."""
     out: dict = {}
     fr = _ms(run, "freeradius")
     for side, key, target in (("pushproxy_push", "push", TARGET_PUSH),
@@ -135,6 +137,8 @@ def ceilings(run: dict) -> dict:
             continue
         rest = total - daemon
         out[f"rest_{key}_ms"] = round(rest, 3)
+        # one daemon process runs Python on one core at a time (the GIL)
+        out[f"one_process_ceiling_{key}"] = round(1000 / daemon, 1) if daemon else None
         if fr:
             out[f"ratio_cpu_{key}"] = round(fr / total, 4)
             out[f"ratio_ceiling_{key}"] = round(fr / rest, 4) if rest > 0 else None
@@ -189,5 +193,6 @@ def ceilings_lines(c: dict) -> list[str]:
             f"{key}: ratio {c[f'ratio_cpu_{key}']:.3f} if every side were bound by CPU; "
             f"at most {c[f'ratio_ceiling_{key}'] or 0:.3f} with a daemon costing nothing "
             f"(harness + slapd {c[f'rest_{key}_ms']:.3f} ms/login); the daemon may take "
-            f"{c[f'daemon_budget_{key}_ms']:.3f} ms/login for >= {target}")
+            f"{c[f'daemon_budget_{key}_ms']:.3f} ms/login for >= {target}; one daemon "
+            f"process tops out at {c[f'one_process_ceiling_{key}'] or 0:,.0f} logins/s")
     return ["", *lines] if lines else []

@@ -137,7 +137,8 @@ def test_every_throughput_run_has_a_cpu_budget_per_process(smoke):
         assert 0 <= budget["harness_share"] <= 1
     if result["freeradius_used"]:
         for key in ("ratio_cpu_push", "ratio_ceiling_push", "daemon_budget_push_ms",
-                    "ratio_cpu_allow", "ratio_ceiling_allow", "daemon_budget_allow_ms"):
+                    "ratio_cpu_allow", "ratio_ceiling_allow", "daemon_budget_allow_ms",
+                    "one_process_ceiling_push", "one_process_ceiling_allow"):
             assert key in run["ceilings"]
     assert "CPU budget per login" in stdout and "| devices |" in stdout
 
