@@ -4,6 +4,7 @@
     python -m bench --runs 5 --out /tmp/results.json
     python -m bench --smoke              # a few dozen logins: checks that it works
     python -m bench --only workers       # 1 and 2 workers, SQLite and PostgreSQL (issue 15)
+    python -m bench --only upstream --only ldap-front   # beside their direct baselines
 
 As root it installs what is missing (apt-get: freeradius, freeradius-ldap,
 freeradius-utils, slapd, ldap-utils; pip: py-spy); ``--no-install`` never
@@ -90,9 +91,11 @@ def parse_args(argv):
                    help="pushproxy only (no reference, no ratio)")
     p.add_argument("--only", action="append",
                    choices=("throughput", "pending", "overhead", "burst", "workers",
-                            "pending-curve"),
+                            "pending-curve", "upstream", "ldap-front"),
                    help="run only these scenarios (repeatable); pending-curve: memory and "
-                        "other logins' latency at --curve pending logins (issue 16)")
+                        "other logins' latency at --curve pending logins (issue 16); "
+                        "upstream, ldap-front: the primary: radius path and the LDAP front "
+                        "end beside FreeRADIUS and slapd directly (issue 16)")
     p.add_argument("--curve-baseline", metavar="REV", default=None,
                    help="pending-curve: run it first against git revision REV's daemon "
                         "(before/after in one run)")
@@ -118,7 +121,8 @@ def main(argv=None) -> int:
     runs = 1 if args.smoke and args.runs == 3 else max(1, args.runs)
     only = set(args.only or ("throughput", "pending", "overhead", "burst"))
     if args.smoke and not args.only:
-        only.add("pending-curve")  # at tiny sizes: does the curve still work?
+        # at tiny sizes: do the curve and the paths beside their baselines still work?
+        only.update(("pending-curve", "upstream", "ldap-front"))
     want_profile = not (args.smoke or args.no_profile) and "throughput" in only
 
     def log(text):
@@ -164,6 +168,16 @@ def main(argv=None) -> int:
 
                 run["workers"] = workers_mod.run(bench, log=log)
                 print(workers_mod.table(run["workers"]), flush=True)
+            if "upstream" in only:
+                from bench import upstream
+
+                log(f"run {n}: upstream RADIUS path (primary: radius) beside FreeRADIUS")
+                run["upstream"] = upstream.scenario(bench, log=log)
+            if "ldap-front" in only:
+                from bench import ldap_front
+
+                log(f"run {n}: LDAP front end beside slapd directly")
+                run["ldap_front"] = ldap_front.scenario(bench, log=log)
             if "pending-curve" in only:
                 from bench import pendingcurve
 

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from bench import budget as budget_mod
 from bench.stats import median
+
+
+def _budget_rows(side: str, label: str) -> list[tuple]:
+    """Rows of one throughput run's CPU budget: a row per process, the sum, the ceiling."""
+    names = ["freeradius"] if side == "freeradius" else ["daemon", "devices"]
+    rows = [(f"cpu_{side}_{name}", f"  {label}: {name} CPU ms/login", "ms",
+             (side, "cpu_budget", "processes", name, "ms_per_login"), None)
+            for name in names + ["generator", "slapd"]]
+    rows += [
+        (f"cpu_{side}_sum", f"  {label}: sum of its processes, ms/login", "ms",
+         (side, "cpu_budget", "sum_ms_per_login"), None),
+        (f"cpu_{side}_ceiling", f"  {label}: ceiling, cores x 1000 / sum", "/s",
+         (side, "cpu_budget", "ceiling_logins_per_s"), None),
+        (f"cpu_{side}_busy", f"  {label}: machine busy share (all jobs)", "",
+         (side, "cpu_budget", "machine_busy_share"), None),
+    ]
+    return rows
+
 
 # (key, label, unit, path in a run, target as (operator, value) or None)
 ROWS = [
@@ -13,14 +32,36 @@ ROWS = [
      ("pushproxy_push", "logins_per_s"), None),
     ("allow_rate", "pushproxy policy allow (no push) logins/s", "/s",
      ("pushproxy_allow", "logins_per_s"), None),
-    ("ratio_push", "throughput ratio push / FreeRADIUS", "", "ratio_push", (">=", 0.8)),
-    ("ratio_allow", "  ratio allow / FreeRADIUS (information)", "", "ratio_allow", None),
+    # issue 16's targets (issue 7 had asked 0.8 for the push)
+    ("ratio_push", "throughput ratio push / FreeRADIUS", "", "ratio_push",
+     (">=", budget_mod.TARGET_PUSH)),
+    ("ratio_allow", "  ratio allow / FreeRADIUS", "", "ratio_allow",
+     (">=", budget_mod.TARGET_ALLOW)),
     ("fr_cpu", "FreeRADIUS CPU ms per login", "ms", ("freeradius", "server_cpu_ms_per_login"),
      None),
     ("push_cpu", "pushproxy CPU ms per login (push)", "ms",
      ("pushproxy_push", "server_cpu_ms_per_login"), None),
     ("allow_cpu", "pushproxy CPU ms per login (allow)", "ms",
      ("pushproxy_allow", "server_cpu_ms_per_login"), None),
+    # The CPU budget per login of every process of the throughput runs (bench.budget)
+    *_budget_rows("freeradius", "FreeRADIUS"),
+    *_budget_rows("pushproxy_push", "push"),
+    *_budget_rows("pushproxy_allow", "allow"),
+    ("ratio_cpu_push", "push ratio if CPU-bound (FreeRADIUS sum / push sum)", "",
+     ("ceilings", "ratio_cpu_push"), None),
+    ("ratio_ceiling_push", "  push ratio ceiling, daemon costing 0 (harness+slapd)", "",
+     ("ceilings", "ratio_ceiling_push"), None),
+    ("daemon_budget_push", f"  daemon ms/login that allows push >= {budget_mod.TARGET_PUSH}",
+     "ms", ("ceilings", "daemon_budget_push_ms"), None),
+    ("one_process_push", "  push: one daemon process, 1000 / daemon ms", "/s",
+     ("ceilings", "one_process_ceiling_push"), None),
+    ("ratio_cpu_allow", "allow ratio if CPU-bound", "", ("ceilings", "ratio_cpu_allow"), None),
+    ("ratio_ceiling_allow", "  allow ratio ceiling, daemon costing 0", "",
+     ("ceilings", "ratio_ceiling_allow"), None),
+    ("daemon_budget_allow", f"  daemon ms/login that allows allow >= {budget_mod.TARGET_ALLOW}",
+     "ms", ("ceilings", "daemon_budget_allow_ms"), None),
+    ("one_process_allow", "  allow: one daemon process, 1000 / daemon ms", "/s",
+     ("ceilings", "one_process_ceiling_allow"), None),
     ("held", "logins held pending at once", "", ("pending", "held_at_once"), None),
     ("fill", "  seconds to get them all pending", "s", ("pending", "fill_s"), None),
     ("bytes_pending", "memory per pending login (RSS delta / count)", "B",
@@ -60,6 +101,34 @@ ROWS = [
      ("pending", "metrics_watch", "slowest_s"), ("<=", 1)),
     ("pending_scrape_gen", "  slowest scrape from the busy generator itself", "s",
      ("pending", "metrics_slowest_scrape_s"), None),
+    ("up_direct", "upstream: FreeRADIUS (users file) directly, logins/s", "/s",
+     ("upstream", "direct", "logins_per_s"), None),
+    ("up_via", "  through pushproxy (primary: radius, allow), /s", "/s",
+     ("upstream", "via_pushproxy", "logins_per_s"), None),
+    ("up_ratio", "upstream RADIUS path / FreeRADIUS direct", "", ("upstream", "ratio"),
+     (">=", 0.5)),
+    ("up_daemon_cpu", "  upstream path: daemon CPU ms/login", "ms",
+     ("upstream", "via_pushproxy", "cpu_budget", "processes", "daemon", "ms_per_login"), None),
+    ("up_fr_cpu", "  upstream path: FreeRADIUS CPU ms/login", "ms",
+     ("upstream", "via_pushproxy", "cpu_budget", "processes", "freeradius", "ms_per_login"),
+     None),
+    ("up_gen_cpu", "  upstream path: generator CPU ms/login", "ms",
+     ("upstream", "via_pushproxy", "cpu_budget", "processes", "generator", "ms_per_login"),
+     None),
+    ("up_ceiling", "  upstream path: ceiling, cores x 1000 / sum", "/s",
+     ("upstream", "via_pushproxy", "cpu_budget", "ceiling_logins_per_s"), None),
+    ("up_direct_ceiling", "  direct: ceiling, cores x 1000 / sum", "/s",
+     ("upstream", "direct", "cpu_budget", "ceiling_logins_per_s"), None),
+    ("lf_direct_p50", "LDAP front: slapd directly, user bind+search p50", "ms",
+     ("ldap_front", "direct_user", "p50_ms"), None),
+    ("lf_engine_p50", "  through pushproxy, engine every time, p50", "ms",
+     ("ldap_front", "front_user_engine", "p50_ms"), None),
+    ("lf_overhead", "LDAP front end overhead p50 (engine every bind)", "ms",
+     ("ldap_front", "overhead_p50_ms"), ("<=", 1)),
+    ("lf_overhead_cached", "  same, bind cache hit", "ms",
+     ("ldap_front", "overhead_cached_p50_ms"), None),
+    ("lf_overhead_service", "  same, service account passed through", "ms",
+     ("ldap_front", "overhead_service_p50_ms"), None),
     ("burst_secure_shed", "burst, failmode secure: requests shed", "",
      ("burst_secure", "shed_total"), None),
     ("burst_secure_resent", "  logins answered after a NAS-style resend", "",
@@ -93,6 +162,7 @@ def _ratios(run: dict) -> None:
     for key, side in (("ratio_push", "pushproxy_push"), ("ratio_allow", "pushproxy_allow")):
         value = _get(run, (side, "logins_per_s"))
         run[key] = round(value / fr, 4) if fr and value is not None else None
+    run["ceilings"] = budget_mod.ceilings(run)
 
 
 def _holds(value, target) -> bool | None:
@@ -158,6 +228,11 @@ def print_table(result: dict) -> None:
           f"load average at start {m['loadavg_at_start'][0]:.2f}")
     for line in table_lines(result):
         print(line)
+    for run in result["runs"]:
+        text = budget_mod.table(run)
+        if text:
+            print(f"\nCPU budget per login, run {run['run']}:")
+            print(text)
     profile = result.get("profile") or {}
     for mode, title in (("active_threads", "every busy thread, native calls included"),
                         ("gil", "the thread holding the GIL")):

@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import budget as budget_mod
 from bench import freeradius as fr_mod
 from bench import profile as profiling
 from bench import pushproxyd, radload
@@ -218,7 +219,8 @@ class Bench:
     def throughput_freeradius(self) -> dict:
         """FreeRADIUS + rlm_ldap: logins/s with the asyncio generator, and with radclient."""
         logins = self.tp * self.sizes.freeradius_repeat
-        result = self._timed(self.freeradius.port, logins, self.freeradius.pid)
+        result = self._timed(self.freeradius.port, logins, self.freeradius.pid,
+                             {"freeradius": [self.freeradius.pid]})
         if not os.access(radload.RADCLIENT_BIN, os.X_OK):
             return result
         load = self.workdir / "freeradius-load.txt"
@@ -245,7 +247,10 @@ class Bench:
             if profile_to is not None:
                 spy = profiling.start(daemon.pid, profile_to, rate=250, gil=profile_gil)
                 time.sleep(1.0)
-            result = self._timed(daemon.radius_port, self.tp, daemon.pid)
+            others = {"daemon": [daemon.pid]}
+            if dev is not None:
+                others["devices"] = [dev.proc.pid]
+            result = self._timed(daemon.radius_port, self.tp, daemon.pid, others)
             if spy is not None:
                 profiling.stop(spy)
                 spy = None
@@ -261,12 +266,20 @@ class Bench:
                 profiling.stop(spy)
             daemon.stop()
 
-    def _timed(self, port: int, logins, pid: int) -> dict:
+    def budget(self, processes: dict[str, list[int]]) -> budget_mod.Budget:
+        """A CPU budget over ``processes`` plus slapd (and this process, the generator)."""
+        return budget_mod.Budget({**processes, "slapd": [self.slapd.pid]})
+
+    def _timed(self, port: int, logins, pid: int, processes: dict[str, list[int]]) -> dict:
+        """The logins through the generator, timed; ``processes``: the run's other
+        processes by name (server, devices), for the CPU budget per login."""
         cpu0 = _cpu_of(pid)
         gen0 = time.process_time()
+        budget = self.budget(processes)
         started = time.monotonic()
         results = asyncio.run(self._logins(port, logins, self.sizes.concurrency))
         elapsed = time.monotonic() - started
+        cpu_budget = budget.finish(len(results), elapsed)
         outcomes = Counter(r.outcome or "lost" for r in results)
         server_cpu = _cpu_of(pid) - cpu0
         return {"logins": len(results), "elapsed_s": round(elapsed, 3),
@@ -276,7 +289,7 @@ class Bench:
                 "server_cpu_ms_per_login": round(server_cpu * 1000 / max(1, len(results)), 3),
                 "generator_cpu_s": round(time.process_time() - gen0, 3),
                 "latency": summary_ms([r.rtt for r in results if r.rtt is not None]),
-                "loadavg_before": os.getloadavg()[0]}
+                "loadavg_before": os.getloadavg()[0], "cpu_budget": cpu_budget}
 
     # -- pending capacity and decision latency --
 

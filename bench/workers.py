@@ -111,12 +111,17 @@ def throughput(bench, pg: Postgres, *, allow_all: bool, workers: int, backend: s
             dev = bench.devices(daemon, [u for u, _ in bench.tp], window=bench.sizes.window,
                                 name="throughput")
         pids = daemon.pids()
+        processes = {"daemon": pids}
+        if dev is not None:
+            processes["devices"] = [dev.proc.pid]
+        budget = bench.budget(processes)
         cpu0 = _cpu(pids)
         started = time.monotonic()
         results = asyncio.run(bench._logins(daemon.radius_port, bench.tp,
                                             bench.sizes.concurrency))
         elapsed = time.monotonic() - started
         cpu = _cpu(pids) - cpu0
+        cpu_budget = budget.finish(len(results), elapsed)
         outcomes = Counter(r.outcome or "lost" for r in results)
         result = {"workers": workers, "backend": backend,
                   "path": "allow" if allow_all else "push", "logins": len(results),
@@ -125,7 +130,7 @@ def throughput(bench, pg: Postgres, *, allow_all: bool, workers: int, backend: s
                   "outcomes": dict(outcomes), "server_cpu_s": round(cpu, 3),
                   "server_cpu_ms_per_login": round(cpu * 1000 / max(1, len(results)), 3),
                   "latency": summary_ms([r.rtt for r in results if r.rtt is not None]),
-                  "loadavg_before": os.getloadavg()[0]}
+                  "loadavg_before": os.getloadavg()[0], "cpu_budget": cpu_budget}
         if dev is not None:
             result["device"] = dev.brief(dev.finish(timeout=60))
         result["daemon_decisions"] = daemon.metrics().value("pushproxy_decisions_total")
@@ -160,17 +165,29 @@ def run(bench, log=print) -> dict:
 def table(out: dict) -> str:
     """A Markdown table of one `run`."""
     rows = ["| server | path | store | workers | logins/s | server CPU ms/login | p50 ms "
-            "| p99 ms | outcomes |", "|---|---|---|---|---|---|---|---|---|"]
+            "| p99 ms | outcomes | devices, generator, slapd ms/login | sum ms/login "
+            "| ceiling logins/s |", "|---" * 12 + "|"]
     fr = out.get("freeradius")
     if fr:
         rows.append(f"| FreeRADIUS + rlm_ldap | password only | - | - | {fr['logins_per_s']} "
                     f"| {fr['server_cpu_ms_per_login']} | {fr['latency'].get('p50_ms')} "
-                    f"| {fr['latency'].get('p99_ms')} | {fr['outcomes']} |")
+                    f"| {fr['latency'].get('p99_ms')} | {fr['outcomes']} | {_rest(fr)} |")
     for key, r in out.items():
         if not isinstance(r, dict) or "workers" not in r:
             continue
         rows.append(f"| pushproxy | {r['path']} | {r['backend']} | {r['workers']} "
                     f"| {r['logins_per_s']} | {r['server_cpu_ms_per_login']} "
                     f"| {r['latency'].get('p50_ms')} | {r['latency'].get('p99_ms')} "
-                    f"| {r['outcomes']} |")
+                    f"| {r['outcomes']} | {_rest(r)} |")
     return "\n".join(rows)
+
+
+def _rest(result: dict) -> str:
+    """The CPU budget columns: the harness and slapd per login, the sum, the ceiling."""
+    budget = result.get("cpu_budget")
+    if not budget:
+        return "- | - | -"
+    per = budget["processes"]
+    rest = ", ".join("-" if name not in per else f"{per[name]['ms_per_login']:.2f}"
+                     for name in ("devices", "generator", "slapd"))
+    return f"{rest} | {budget['sum_ms_per_login']:.2f} | {budget['ceiling_logins_per_s']}"

@@ -6,7 +6,9 @@ and that every login got an answer; it never asserts a timing -- those are
 benchmark results (docs/benchmarks.md), not properties of the code.
 FreeRADIUS takes part only when it is installed. The smoke includes a short
 burst at full speed (issue 22); the run itself exits 1 if any login was
-decided by push.failmode or an internal error.
+decided by push.failmode or an internal error. Issue 16: the throughput runs
+carry a CPU budget per login for every process of the run, and the upstream
+RADIUS and LDAP front end paths are measured beside their direct baselines.
 """
 
 from __future__ import annotations
@@ -110,3 +112,59 @@ def test_a_burst_at_full_speed_is_shed_and_resent_never_decided_by_failmode(smok
         assert burst["accept_without_approval"] == 0
         assert burst["outcomes"] == {"accept": result["sizes"]["burst"]}
         assert not any(r.startswith("push_unavailable") for r in burst["decisions"])
+
+
+def test_every_throughput_run_has_a_cpu_budget_per_process(smoke):
+    """Issue 16: each throughput run says what every one of its processes spent per
+    login (the daemon, the device process, the generator, slapd; FreeRADIUS in the
+    reference run), their sum and the ceiling on logins/s the sum implies."""
+    result, stdout = smoke
+    (run,) = result["runs"]
+    expected = {"pushproxy_push": {"daemon", "devices", "generator", "slapd"},
+                "pushproxy_allow": {"daemon", "generator", "slapd"}}
+    if result["freeradius_used"]:
+        expected["freeradius"] = {"freeradius", "generator", "slapd"}
+    for side, names in expected.items():
+        budget = run[side]["cpu_budget"]
+        assert set(budget["processes"]) == names, side
+        assert budget["logins"] == run[side]["logins"]
+        for figures in budget["processes"].values():
+            assert figures["cpu_s"] >= 0 and figures["ms_per_login"] >= 0
+        assert budget["sum_ms_per_login"] == pytest.approx(
+            sum(p["ms_per_login"] for p in budget["processes"].values()), abs=0.01)
+        assert budget["sum_ms_per_login"] > 0
+        assert budget["ceiling_logins_per_s"] > 0
+        assert 0 <= budget["harness_share"] <= 1
+    if result["freeradius_used"]:
+        for key in ("ratio_cpu_push", "ratio_ceiling_push", "daemon_budget_push_ms",
+                    "ratio_cpu_allow", "ratio_ceiling_allow", "daemon_budget_allow_ms",
+                    "one_process_ceiling_push", "one_process_ceiling_allow"):
+            assert key in run["ceilings"]
+    assert "CPU budget per login" in stdout and "| devices |" in stdout
+
+
+def test_the_upstream_and_ldap_front_paths_are_measured_beside_their_baselines(smoke):
+    """Issue 16 item 5: the primary: radius path beside FreeRADIUS directly (every
+    login accepted on both), and the LDAP front end beside slapd directly; both in the
+    targets."""
+    result, _ = smoke
+    (run,) = result["runs"]
+    sizes = result["sizes"]
+    front = run["ldap_front"]
+    for line in ("direct_user", "direct_service", "front_service", "front_user_cached",
+                 "front_user_engine"):
+        assert front[line]["n"] == sizes["overhead"], line
+    assert front["failmode_decisions"] == {}
+    assert isinstance(front["overhead_p50_ms"], float)
+    upstream = run["upstream"]
+    targets = {t["key"] for t in result["targets"]}
+    assert {"lf_overhead", "up_ratio", "ratio_push", "ratio_allow"} <= targets
+    if "skipped" in upstream:
+        return
+    assert upstream["direct"]["outcomes"] == {
+        "accept": sizes["throughput"] * sizes["freeradius_repeat"]}
+    assert upstream["via_pushproxy"]["outcomes"] == {"accept": sizes["throughput"]}
+    assert upstream["via_pushproxy"]["failmode_decisions"] == {}
+    assert upstream["ratio"] > 0
+    assert set(upstream["via_pushproxy"]["cpu_budget"]["processes"]) == {
+        "daemon", "freeradius", "generator"}
