@@ -67,6 +67,7 @@ class _FakeGc:
         self.frozen = 0
 
     def get_freeze_count(self):
+        self.calls.append(("get_freeze_count",))
         return self.frozen
 
 
@@ -88,10 +89,15 @@ def test_a_slow_full_collection_has_its_survivors_frozen_and_a_quick_one_not():
     _full_collection(watch, 0.4)
     assert freezer.tick() == "freeze"
     # the young generations first (recent short-lived cycles are not frozen), then freeze
-    assert fake.calls == [("collect", 1), ("freeze",)]
+    assert fake.calls == [("collect", 1), ("freeze",), ("get_freeze_count",)]
     assert freezer.frozen_with == 20000 and freezer.freezes == 1
     assert freezer.tick() is None  # the same collection is not frozen twice
-    assert freezer.gauges()["gc_frozen_objects"][1]() == 1000
+    # The gauge is the count taken at the freeze: gc.get_freeze_count() walks every
+    # frozen object with the interpreter lock held (0.1 s per million), and a
+    # scrape every 0.1 s calling it starved the daemon in a 100,000-login run.
+    calls = len(fake.calls)
+    assert [freezer.gauges()["gc_frozen_objects"][1]() for _ in range(3)] == [1000] * 3
+    assert len(fake.calls) == calls
 
 
 def test_the_frozen_objects_are_handed_back_once_the_pending_logins_are_few():
@@ -112,6 +118,7 @@ def test_the_frozen_objects_are_handed_back_once_the_pending_logins_are_few():
     pending[0] = 4000
     assert freezer.tick() == "unfreeze"
     assert fake.calls[-1] == ("unfreeze",) and freezer.frozen_with is None
+    assert freezer.gauges()["gc_frozen_objects"][1]() == 0
     assert freezer.tick() is None  # nothing frozen: nothing more to do
     assert (freezer.freezes, freezer.unfreezes) == (2, 1)
 
@@ -144,7 +151,7 @@ def test_the_daemon_freezer_runs_on_the_event_loop_and_logs_what_it_did(caplog):
         assert fake.calls == []  # nothing happens inside the collector
         with caplog.at_level(logging.INFO, logger="pushproxy.gcwatch"):
             clock.advance(Freezer.EVERY)
-        assert fake.calls[-1] == ("freeze",)
+        assert ("freeze",) in fake.calls
         assert "gc.freeze" in caplog.text and "25000" in caplog.text
     finally:
         freezer.stop()
