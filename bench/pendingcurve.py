@@ -67,7 +67,10 @@ def baseline_source(rev: str, folder: Path) -> Path:
 def run(bench, *, steps: list[int], probes: int, timeout: float, source: Path | None = None,
         label: str = "this tree") -> dict:
     """One curve on a fresh daemon (its code from ``source``, default this tree)."""
-    daemon = bench.new_daemon(push_timeout=timeout, source=source)
+    # The shipped daemon.overload.max_pending (100,000) sheds every login past it:
+    # at the 100,000 step the other users' logins must still get in.
+    daemon = bench.new_daemon(push_timeout=timeout, source=source, overload={
+        "max_pending": max(100_000, steps[-1] + 2 * probes + 1000)})
     try:
         bench.warm(daemon)
         result = asyncio.run(_curve(bench, daemon, steps, probes, timeout))
