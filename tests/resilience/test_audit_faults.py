@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,17 @@ def test_audit_disk_full_logins_still_decided_counted_logged_no_torn_line_then_r
         fill(serve.inside / "filler")
         decided_before = serve.count("login.decision")
         full = logins("full", 40)  # the audit file's last page still takes a few
-        scrape = Metrics(rig.requests_get(f"http://127.0.0.1:{metrics_port}/metrics"))
-        errors = scrape.value("pushproxy_audit_write_errors_total")
-        failed_logged = serve.count("audit.write_failed")
+        # /metrics is rendered by the daemon's feed thread and served by a process of
+        # its own: a scrape right after the logins may still show the previous
+        # rendering (CI saw 0 errors beside 34 logged). Wait, bounded, for both to agree.
+        give_up = time.monotonic() + 15
+        while True:
+            scrape = Metrics(rig.requests_get(f"http://127.0.0.1:{metrics_port}/metrics"))
+            errors = scrape.value("pushproxy_audit_write_errors_total")
+            failed_logged = serve.count("audit.write_failed")
+            if (errors == failed_logged and errors >= 10) or time.monotonic() > give_up:
+                break
+            time.sleep(0.2)
         decided_full = serve.count("login.decision") - decided_before
         lines_full = audit_lines()
         (serve.inside / "filler").unlink()
