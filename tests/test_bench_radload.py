@@ -10,12 +10,19 @@ import time
 from bench import radload
 
 
-def test_the_arrival_stamp_is_the_kernels_receive_time_on_the_monotonic_clock():
+def _wall_offset() -> float:
+    return time.time() - time.monotonic()
+
+
+def _one_stamp() -> tuple[float, float, float, float]:
+    """(before send, arrival stamp, read, how far the wall clock moved against the
+    monotonic clock meanwhile)."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         rx.bind(("127.0.0.1", 0))
         radload.enable_arrival_stamps(rx)
+        offset = _wall_offset()
         before = time.monotonic()
         tx.sendto(b"reply", rx.getsockname())
         time.sleep(0.05)  # the datagram waits in the socket, as for a busy event loop
@@ -23,11 +30,26 @@ def test_the_arrival_stamp_is_the_kernels_receive_time_on_the_monotonic_clock():
         read = time.monotonic()
         arrived = radload.arrival(rx.fileno(), read)
         assert arrived is not None
-        # sent, then taken in by the kernel, and only read at least 50 ms later
-        assert before - 0.001 <= arrived <= read - 0.04
+        return before, arrived, read, abs(_wall_offset() - offset)
     finally:
         rx.close()
         tx.close()
+
+
+def test_the_arrival_stamp_is_the_kernels_receive_time_on_the_monotonic_clock():
+    # The kernel stamps on the wall clock and `arrival` converts with the offset it
+    # reads then; a wall clock stepped between the two (time sync on a virtual
+    # machine: seen once in CI, a stamp 50 ms late) says nothing about the stamp,
+    # so such an attempt is taken again, a few times at most.
+    for _ in range(5):
+        before, arrived, read, moved = _one_stamp()
+        if moved < 0.005:
+            break
+    else:
+        raise AssertionError(f"the wall clock moved {moved:.3f} s against the monotonic "
+                             "clock in every attempt")
+    # sent, then taken in by the kernel, and only read at least 50 ms later
+    assert before - 0.001 <= arrived <= read - 0.04
 
 
 def test_a_socket_without_a_stamp_gives_none_not_a_wrong_time():
