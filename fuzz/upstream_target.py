@@ -161,10 +161,10 @@ def clean_name(name: str) -> bool:
 
 def verify_reply(data: bytes, request: bytes, server: int) -> list | None:
     """The attributes of ``data`` if it is a valid reply to the forwarded ``request``, else None."""
-    if len(data) < 20:
+    if len(data) < 20 or len(data) > 4096:  # padding, but no datagram over 4,096 octets
         return None
     code, ident, length = struct.unpack("!BBH", data[:4])
-    if length < 20 or length > len(data) or length > 4096:
+    if length < 20 or length > len(data):
         return None
     data = data[:length]
     if code not in (2, 3, 11) or ident != request[1]:

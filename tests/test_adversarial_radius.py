@@ -178,12 +178,19 @@ def test_a_datagram_longer_than_4096_octets_is_dropped_as_malformed():
     assert proto.transport.sent == [] and drops(proto, "malformed") == 1
 
 
-def test_octets_past_the_length_field_are_padding_and_ignored():
+def test_octets_past_the_length_field_are_padding_within_4096_octets_only():
+    """The accounting port's rule (`codec.peek_header`, one for both ports): padding
+    up to a 4,096-octet datagram is ignored; past that the datagram is malformed,
+    even a padded copy of a request already answered (not served from the cache)."""
     proto = make_protocol()
     raw = signed(password="wrong")
-    proto.datagramReceived(raw + b"\xff" * 60_000, NAS)
+    proto.datagramReceived(raw + b"\xff" * (4096 - len(raw)), NAS)
     (reply, _), = proto.transport.sent
     assert check_reply(reply, raw, SECRET) == rpacket.AccessReject
+    for size in (4097, 8192, 60_000):
+        proto.datagramReceived(raw + b"\xff" * (size - len(raw)), NAS)
+    assert len(proto.transport.sent) == 1 and drops(proto, "malformed") == 3
+    assert proto.counters.get("radius_retransmits", client="vpn", state="answered") == 0
 
 
 @pytest.mark.parametrize("secret, addr, ma", [(SECRET, NAS, True),
@@ -243,3 +250,44 @@ def test_codec_reports_every_oversize_as_a_drop_reason():
     with pytest.raises(codec.DropPacket) as exc:
         codec.peek_header(b"\x01\x01\x10\x01" + bytes(4097))
     assert exc.value.reason is codec.DropReason.MALFORMED
+
+
+@pytest.mark.parametrize("data, detail", [
+    (b"\x01\x01\x00\x14" + bytes(4092), None),  # 4,096 octets, Length 20: padding
+    (b"\x01\x01\x10\x00" + bytes(4092), None),  # Length 4,096, exact
+    (b"\x01\x01\x00\x14" + bytes(4093), "4097 octets is more than 4096"),
+    (b"\x01\x01\x00\x14" + bytes(8188), "8192 octets is more than 4096"),
+    (b"\x01\x01\x00\x13" + bytes(40), "length field 19 does not fit 44 octets received"),
+    (b"\x01\x01\x00\x40" + bytes(40), "length field 64 does not fit 44 octets received"),
+    (b"\x01\x01\x00\x14" + bytes(10), "14 octets is shorter than a header"),
+], ids=["padded_4096", "exact_4096", "4097", "8192", "length_19", "length_past_end",
+        "short"])
+def test_one_size_rule_for_every_port(data, detail):
+    """`peek_header` is the size rule of the authentication and accounting ports
+    (and of replies from upstream servers): one place, one reason, one detail."""
+    if detail is None:
+        assert codec.peek_header(data)[:2] == (1, 1)
+        return
+    with pytest.raises(codec.DropPacket) as exc:
+        codec.peek_header(data)
+    assert (exc.value.reason, exc.value.detail) == (codec.DropReason.MALFORMED, detail)
+
+
+def test_the_udp_read_takes_more_than_a_radius_packet():
+    """A datagram longer than the read is cut by the kernel: the read must stay
+    longer than 4,096 octets, so that a cut datagram is still seen as oversized
+    and never passes as a padded packet."""
+    import inspect
+
+    from twisted.internet import reactor
+    from twisted.internet.protocol import DatagramProtocol
+
+    from pushproxy import reuseport
+
+    port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")  # as the daemon
+    try:
+        assert port.maxPacketSize > codec.MAX_PACKET
+    finally:
+        port.stopListening()
+    default = inspect.signature(reuseport.listen_udp).parameters["max_packet"].default
+    assert default > codec.MAX_PACKET  # the workers' shared ports

@@ -111,6 +111,17 @@ def test_reply_verification_refuses_forgeries_and_reveals_mppe_keys():
         decode_reply(bad_mac, req, b"up", NAMES, require_message_authenticator=True)
 
 
+def test_a_reply_follows_the_size_rule_of_the_ports_padding_up_to_4096_octets():
+    req = build_request(downstream(Attr(0, 1, b"a")), ident=3, secret=b"up", password="pw")
+    good = reply_for(req, 2, [Attr(0, 25, b"cls")], b"up")
+    padded = good + bytes(4096 - len(good))
+    assert decode_reply(padded, req, b"up", NAMES, require_message_authenticator=True).code == 2
+    with pytest.raises(ReplyError, match="4097 octets is more than 4096"):
+        decode_reply(padded + b"\0", req, b"up", NAMES, require_message_authenticator=True)
+    with pytest.raises(ReplyError, match="does not fit"):
+        decode_reply(good[:-1], req, b"up", NAMES, require_message_authenticator=True)
+
+
 def test_pass_filter_applies_to_accepts_only_and_never_drops_protocol_keys():
     attrs = (Attr(0, 25, b"c"), Attr(0, 11, b"f"), Attr(311, 16, b"k", 2), Attr(0, 79, b"e"))
     accept = relayed(UpstreamReply(2, attrs), frozenset({(0, 25)}))

@@ -85,9 +85,7 @@ class Endpoint(resource.Resource):
             return set_json(request, 405, error_body("method_not_allowed",
                                                   f"allowed: {allowed.decode()}"))
         try:
-            result = handler(request)
-            if iscoroutine(result):
-                result = defer.ensureDeferred(result)
+            result = self._run(handler, request)
         except ApprovalError as exc:  # refused before anything waited (a bad header)
             _respond(_refusal(exc), request)
             return server.NOT_DONE_YET
@@ -101,6 +99,47 @@ class Endpoint(resource.Resource):
         result.addErrback(lambda f: logs.event(log, logging.ERROR, "approval.http.serve_failed",
                                                traceback=f.getTraceback()))
         return server.NOT_DONE_YET
+
+    def _run(self, handler: _Handler, request: server.Request):
+        """The handler's answer: a value, or a Deferred of it (a coroutine is started)."""
+        result = handler(request)
+        return defer.ensureDeferred(result) if iscoroutine(result) else result
+
+
+class DeviceEndpoint(Endpoint):
+    """A device-authenticated path (``/v1/device/...``) under the per-source limit.
+
+    A source with too many refused authentications is answered 429 before its
+    handler runs. Every 401 a handler ends with counts against the source, here
+    and only here, wherever the refusal was made: the signature check
+    (`ApprovalApi._device`), or a nonce found used in the store by the request's
+    own call later on (a long-poll's list or an answer's compare-and-set at a
+    cluster node, `pushproxy.approval.nonceclaim`): a replay to another node
+    counts as one to this one does. Other refusals (409 already answered, ...)
+    do not count.
+    """
+
+    def __init__(self, handlers: dict[bytes, _Handler], limiter: FailureLimiter | None):
+        super().__init__(handlers)
+        self.limiter = limiter
+
+    def _run(self, handler: _Handler, request: server.Request):
+        if self.limiter is None:
+            return super()._run(handler, request)
+        source = _limit(self.limiter, request)
+        try:
+            result = super()._run(handler, request)
+        except ApprovalError as exc:
+            self._refused(Failure(exc), source)
+            raise
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._refused, source)
+        return result
+
+    def _refused(self, failure: Failure, source: str | None) -> Failure:
+        if isinstance(failure.value, ApprovalError) and failure.value.status == 401:
+            self.limiter.failed(source)
+        return failure
 
 
 def _refusal(exc: ApprovalError) -> tuple[int, dict]:
@@ -253,22 +292,14 @@ class ApprovalApi:
         """Authenticate the request's device: a Deferred of (device, raw body).
 
         A plain Deferred (no coroutine): every phone request passes here (issue 16).
-        Raises `ApprovalError` at once for a source that failed too often; a
-        refused authentication (401) counts against the source either way.
+        The per-source limit (``auth_limit``) is the `DeviceEndpoint`'s: it refuses
+        a source that failed too often before this runs, and counts every 401 the
+        request ends with, this one's or a later one (a replay found by the store).
         """
-        source = _limit(self.auth_limit, request)
         try:
-            d = self._authenticate(request, for_answer)
+            return self._authenticate(request, for_answer)
         except ApprovalError as exc:
-            d = defer.fail(exc)
-        if self.auth_limit is not None:
-            d.addErrback(self._auth_failed, source)
-        return d
-
-    def _auth_failed(self, failure: Failure, source: str | None) -> Failure:
-        if isinstance(failure.value, ApprovalError) and failure.value.status == 401:
-            self.auth_limit.failed(source)
-        return failure
+            return defer.fail(exc)
 
     def _authenticate(self, request: server.Request, for_answer: bool = False) -> defer.Deferred:
         values = []
@@ -393,16 +424,18 @@ class ApiRoot(resource.Resource):
         v1.putChild(b"info", Endpoint({b"GET": api.info}))
         v1.putChild(b"enroll", Endpoint({b"POST": api.enroll}))
         device = _Directory()
-        device.putChild(b"pending", Endpoint({b"GET": api.pending}))
-        device.putChild(b"answer", Endpoint({b"POST": api.answer}))
-        device.putChild(b"subscription", Endpoint({b"PUT": api.subscription}))
-        device.putChild(b"enrollment", Endpoint({b"POST": api.device_link}))
         from pushproxy.approval.presence_api import PresenceApi
 
         presence = PresenceApi(api)
-        device.putChild(b"passkey-options", Endpoint({b"POST": presence.passkey_options}))
-        device.putChild(b"passkey", Endpoint({b"POST": presence.passkey}))
-        device.putChild(b"presence", Endpoint({b"POST": presence.presence}))
+        for name, method, handler in (
+                (b"pending", b"GET", api.pending), (b"answer", b"POST", api.answer),
+                (b"subscription", b"PUT", api.subscription),
+                (b"enrollment", b"POST", api.device_link),
+                (b"passkey-options", b"POST", presence.passkey_options),
+                (b"passkey", b"POST", presence.passkey),
+                (b"presence", b"POST", presence.presence)):
+            # every one device-authenticated (ApprovalApi._device), under auth_limit
+            device.putChild(name, DeviceEndpoint({method: handler}, api.auth_limit))
         v1.putChild(b"device", device)
         self.putChild(b"v1", v1)
 

@@ -7,8 +7,9 @@ alone; it neither forwards nor stores the records (the log line and the
 ``radius_accounting`` counter are all that remains).
 
     datagram -> client by source address (the auth server's ClientTable)
-    -> size (more than RADIUS's 4,096 octets: malformed, even as "padding")
-    -> header -> retransmit table (same key as auth: address, port, id, authenticator)
+    -> size and header (`codec.peek_header`: the authentication port's rule; octets
+       past Length are padding, a datagram over 4,096 octets is malformed)
+    -> retransmit table (same key as auth: address, port, id, authenticator)
     -> verify Request Authenticator (+ Message-Authenticator when present)
     -> one ``radius.accounting`` log line + counter -> Accounting-Response
     (a verified Status-Server, RFC 5997 3, gets an Accounting-Response too)
@@ -88,17 +89,6 @@ def _message_authenticator(packet: bytes, offset: int, secret: bytes) -> bytes:
     return hmac.new(secret, zeroed, hashlib.md5).digest()
 
 
-def check_size(data: bytes) -> None:
-    """DropPacket for a datagram longer than a RADIUS packet may be (RFC 2865 3).
-
-    RFC 2866 3 lets octets past Length be padding, but not past 4,096 octets:
-    FreeRADIUS drops such datagrams too. Checked before the retransmit table,
-    so a padded copy of an answered request is not answered from the cache."""
-    if len(data) > codec.MAX_PACKET:
-        raise DropPacket(DropReason.MALFORMED, f"{len(data)} octets is more than "
-                                               f"{codec.MAX_PACKET}")
-
-
 def decode_accounting(data: bytes, secret: bytes) -> AccountingRequest:
     """Decode and verify an Accounting-Request from a client sharing ``secret``.
 
@@ -106,8 +96,7 @@ def decode_accounting(data: bytes, secret: bytes) -> AccountingRequest:
     packet, another code, a wrong Request Authenticator (usually a wrong
     secret) or a wrong Message-Authenticator.
     """
-    check_size(data)
-    code, ident, authenticator = codec.peek_header(data)
+    code, ident, authenticator = codec.peek_header(data)  # the size rule of every port
     if code != ACCOUNTING_REQUEST:
         raise DropPacket(DropReason.UNSUPPORTED_CODE, f"code {code}")
     length = struct.unpack("!H", data[2:4])[0]
@@ -209,7 +198,7 @@ class AccountingProtocol(DatagramProtocol):
             self._drop(DropReason.UNKNOWN_CLIENT.value, host, None)
             return
         try:
-            check_size(data)
+            # before the retransmit table: a copy padded past 4,096 octets is no retransmit
             _, ident, authenticator = codec.peek_header(data)
         except DropPacket as exc:
             self._drop(exc.reason.value, host, client.name, exc.detail)

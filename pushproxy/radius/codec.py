@@ -105,7 +105,28 @@ class AccessRequest:
 
 
 def peek_header(data: bytes) -> tuple[int, int, bytes]:
-    """Code, identifier and authenticator of a datagram, or DropPacket."""
+    """Code, identifier and authenticator of a datagram, or DropPacket (MALFORMED).
+
+    The one size rule of every RADIUS port, authentication and accounting alike
+    (RFC 2865 section 3, RFC 2866 section 3), checked first on each, before the
+    retransmit table:
+
+    - a packet (its Length field) is 20 to 4,096 octets, and a datagram shorter
+      than its Length is dropped;
+    - octets past Length are padding, ignored (`decode_request` and
+      `decode_accounting` read the Length octets only);
+    - but a datagram longer than 4,096 octets is dropped, whatever its Length:
+      one RADIUS packet per datagram, and no packet is longer. So a copy of an
+      answered request padded past that is not answered from the cache, and
+      every datagram served was read whole (the UDP read takes up to 8,192
+      octets, Twisted's ``maxPacketSize``; the kernel cuts a longer datagram to
+      that, still over 4,096).
+
+    RadSec frames its stream by Length (pushproxy.radsec.framing): no padding
+    reaches here from it.
+    """
+    if len(data) > MAX_PACKET:
+        raise DropPacket(DropReason.MALFORMED, f"{len(data)} octets is more than {MAX_PACKET}")
     if len(data) < 20:
         raise DropPacket(DropReason.MALFORMED, f"{len(data)} octets is shorter than a header")
     code, ident, length = struct.unpack("!BBH", data[:4])

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from pushproxy.radius.attributes import (PLAIN, USER_PASSWORD_HIDING, Attr, AttributeError_,
                                          Names, encode_attributes, parse_attributes, reveal)
+from pushproxy.radius.codec import DropPacket, peek_header
 
 ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE = 1, 2, 3, 11
 USER_NAME, USER_PASSWORD, CHAP_PASSWORD, STATE = 1, 2, 3, 24
@@ -125,11 +126,13 @@ def build_request(raw_request: bytes, *, ident: int, secret: bytes, password: st
 def decode_reply(data: bytes, request: UpstreamRequest, secret: bytes, names: Names, *,
                  require_message_authenticator: bool) -> UpstreamReply:
     """Verify ``data`` as the reply to ``request``; ReplyError if it is not one."""
-    if len(data) < 20:
-        raise ReplyError("shorter than a header")
+    try:
+        # the size rule of pushproxy's own ports: octets past Length are padding,
+        # a datagram over 4,096 octets is no RADIUS packet
+        peek_header(data)
+    except DropPacket as exc:
+        raise ReplyError(exc.detail) from None
     code, ident, length = struct.unpack("!BBH", data[:4])
-    if length < 20 or length > len(data) or length > 4096:
-        raise ReplyError(f"bad length field {length}")
     data = data[:length]
     if code not in (ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE):
         raise ReplyError(f"unexpected code {code}")

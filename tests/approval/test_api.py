@@ -411,6 +411,31 @@ async def test_authenticate_gets_headers_method_uri_as_sent_and_raw_body(base, h
     assert status == 200 and service.for_answer == [True, False]
 
 
+@pytest.mark.parametrize("method,path,call_name", [("GET", "/v1/device/pending", "pending"),
+                                                   ("POST", "/v1/device/answer", "answer")])
+@pytest_twisted.ensureDeferred
+async def test_a_401_after_the_authentication_counts_against_the_source(
+        base, http, service, method, path, call_name):
+    """A cluster node finds a replayed nonce with the long-poll's list or the answer's
+    compare-and-set, after the signature check: that 401 counts like a bad signature
+    (the default limit is 10 per source); other refusals (409) never count."""
+    body = b'{"txid":"t1","decision":"approve","signature":"s"}'
+    service.fail[call_name] = ApprovalError(409, "already_decided", "already answered")
+    for _ in range(12):
+        status, *_ = await call(http, method, base + path, raw=body, headers=AUTH)
+        assert status == 409
+    service.fail[call_name] = ApprovalError(401, "unauthenticated", "replayed request")
+    for _ in range(10):
+        status, *_ = await call(http, method, base + path, raw=body, headers=AUTH)
+        assert status == 401
+    calls = len(service.calls)
+    status, headers, refused, _ = await call(http, method, base + path, raw=body,
+                                             headers=AUTH)
+    assert (status, refused["error"]) == (429, "too_many_failures")
+    assert header(headers, "Retry-After")
+    assert len(service.calls) == calls  # refused before the service is asked anything
+
+
 @pytest_twisted.ensureDeferred
 async def test_refused_authentication_is_401_before_the_body_is_judged(base, http, service):
     service.fail["authenticate"] = ApprovalError(401, "unauthenticated", "bad signature")

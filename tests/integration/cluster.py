@@ -166,8 +166,9 @@ class Cluster:
 
     def __init__(self, tmp_path: Path, slapd, postgres: PostgresServer, *, count: int = 3,
                  push: str = "timeout: 20\nlimits: {max_pending: 10}", clients: str | None = None,
-                 workers: int = 1, database: str | None = None):
+                 workers: int = 1, database: str | None = None, approval: str = ""):
         self.tmp_path = tmp_path
+        self.approval_extra = approval  # more ``approval:`` lines, e.g. "  max_failures: 4\n"
         self.postgres = postgres
         # ``database``: a URL of the caller's (the failover drill's multi-host URL)
         self.database = database or postgres.new_database()
@@ -185,7 +186,7 @@ class Cluster:
     def _configure(self, node: Node, slapd, push: str, clients: str | None) -> None:
         approval = (f'approval:\n  listen: "127.0.0.1:{node.http_port}"\n'
                     f'  public_url: "{node.url}"\n  database: "{self.database}"\n'
-                    "  database_password_file: db.pw\n")
+                    "  database_password_file: db.pw\n" + self.approval_extra)
         path = write_config(node.folder, slapd, approval=approval, push=push, clients=clients)
         (node.folder / "db.pw").write_text(PASSWORD + "\n")
         (node.folder / "db.pw").chmod(0o600)
