@@ -79,6 +79,7 @@ class Flood(threading.Thread):
         self.slots: list[list] = [[src, None, False] for _ in range(PER_SOURCE)
                                   for src in SOURCES]
         self.stop_event = threading.Event()
+        self.paused = threading.Event()  # set: hold what is open, open nothing new
         self.opened = self.closed_by_peer = 0
         self.max_open = 0
 
@@ -118,6 +119,9 @@ class Flood(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
+            if self.paused.is_set():
+                self.stop_event.wait(0.05)
+                continue
             open_now = 0
             for slot in self.slots:
                 if slot[1] is not None and not self._alive(slot):
@@ -268,7 +272,21 @@ def test_2000_slow_http_and_2000_idle_ldap_connections_do_not_stop_a_push(slapd,
 
         health = requests.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5)
         assert health.status_code == 200, health.text
+        # A fresh LDAP client gets in by evicting a flood connection that has waited
+        # on its peer a second or more. While the flood reconnects from 100 sources
+        # without pause, every slot freed that way is raced by its queued connects
+        # too, so the newcomer's chance depends on the machine's speed (CI saw 10
+        # attempts in a row refused under load). Here the flood holds its connections
+        # (the listener stays full) and opens no new ones while the client connects.
+        floods[1].paused.set()
+        time.sleep(1.5)  # the held connections pass the budget's min_wait (1 s)
+        evicted = metric(scrape(metrics_port), "pushproxy_ldap_front_evicted_total")
         assert ldap_answers(front_port)
+        # it got in at the full listener: a held flood connection made room for it
+        wait_for_metrics(metrics_port, lambda text: metric(
+            text, "pushproxy_ldap_front_evicted_total") > evicted,
+            "a flood connection evicted for the fresh client", deadline=15)
+        floods[1].paused.clear()
 
         # The slow ones were cut: by their 10 s head / first-message deadline
         # (trickling did not keep them open), or evicted first by newer ones.
