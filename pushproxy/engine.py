@@ -23,7 +23,6 @@ clock and every backend are passed in, so tests drive time with
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import logging
 import secrets
@@ -273,7 +272,7 @@ class Engine(Pushes, VerifiedPush):
             else b"proof:" + req.credential
         # Keyed HMAC so that equal passwords can be recognised without keeping
         # them; the key is shared by the nodes of a cluster (their joins compare).
-        digest = hmac.new(self.state.digest_key, proof, hashlib.sha256).digest()
+        digest = hmac.digest(self.state.digest_key, proof, "sha256")
         pending = self._logins.get(key) if key is not None else None
         if pending is not None and hmac.compare_digest(pending.digest, digest):
             # The NAS gave up on us and sent the same login again (new id, or
@@ -360,15 +359,15 @@ class Engine(Pushes, VerifiedPush):
     def _completed(self, decision: Decision, req: LoginRequest,
                    primary: PrimaryResult) -> Decision:
         """The mapped reply attributes of an Accept, and the account it was decided for."""
+        changes = {"user": req.username}  # one copy of the decision, not one per change
         if decision.outcome is Outcome.ACCEPT:
-            decision = dataclasses.replace(
-                decision, attributes=primary.attributes + self._mapped(req, primary, decision))
+            changes["attributes"] = primary.attributes + self._mapped(req, primary, decision)
         if req.context is not None:
-            decision = dataclasses.replace(decision, signals=req.context.signals,
-                                           location=req.context.location)
+            changes["signals"] = req.context.signals
+            changes["location"] = req.context.location
         if decision.reason is Reason.NO_DEVICE_ENROLL and self.enroll_mail is not None:
             self.enroll_mail(req.username, primary.dn)  # off the login's path; never raises
-        return dataclasses.replace(decision, user=req.username)
+        return dataclasses.replace(decision, **changes)
 
     def _resume(self, result):
         """A login waiting for its push: the rest of it runs when the push answers."""
@@ -401,10 +400,13 @@ class Engine(Pushes, VerifiedPush):
         return self.reply_map.attributes_for(groups=primary.groups, rule=decision.rule,
                                              client=req.client_name)
 
-    @defer.inlineCallbacks
     def _second_factor(self, req: LoginRequest, cred, key: tuple | None,
                        primary: PrimaryResult, *, sent: str | None = None):
-        """Policy, passcode, locks, remembered logins, fatigue and the push."""
+        """Policy, passcode, locks, remembered logins, fatigue and the push.
+
+        A Decision at once when a rule allows or denies (no generator, no
+        Deferred: the allow path runs this for every login, issue 16), else a
+        Deferred from `_beyond_policy`."""
         now = self.wallclock()
         policy = evaluate(self.policy, LoginContext(
             username=req.username, client_name=req.client_name, client_ip=req.calling_station,
@@ -413,6 +415,12 @@ class Engine(Pushes, VerifiedPush):
             return Decision.of(Reason.POLICY_DENY, rule=policy.rule)
         if policy.action is Action.ALLOW:
             return Decision.of(Reason.POLICY_ALLOW, rule=policy.rule)
+        return self._beyond_policy(req, cred, key, primary, sent, now, policy)
+
+    @defer.inlineCallbacks
+    def _beyond_policy(self, req: LoginRequest, cred, key: tuple | None,
+                       primary: PrimaryResult, sent: str | None, now: float, policy):
+        """`_second_factor` once the policy asked for a second factor."""
         risk = req.context.assessment if req.context is not None else None
         if risk is not None and risk.action is RiskAction.DENY:
             self.context.alert(req, risk.deciding(), req.context.location, now)
