@@ -301,10 +301,13 @@ class LdapDirectory:
     def _refused(self, server: LdapServer, dn: str | None, attrs: dict,
                  refusal: adstate.BindRefusal | None = None) -> PrimaryResult | None:
         """`account_refusal` for this login (counted); None when the account is usable."""
+        now = self._now()
+        if refusal is None and adstate.entry_state(attrs, now) is None:
+            return None  # usable (every login that gets on): no account to name
         account = account_of(attrs, self.config.username_attribute, dn) if dn else None
         if account is not None:
             account = canonical_account(self.config.active_directory, account, dn)
-        result = account_refusal(server.url, dn, account, attrs, refusal, self._now())
+        result = account_refusal(server.url, dn, account, attrs, refusal, now)
         if result is not None and result.account_state is not None:
             self.counters.inc("ldap_account_refusals", state=result.account_state.value)
         return result
