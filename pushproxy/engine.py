@@ -23,6 +23,7 @@ clock and every backend are passed in, so tests drive time with
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import logging
 import secrets
@@ -272,7 +273,7 @@ class Engine(Pushes, VerifiedPush):
             else b"proof:" + req.credential
         # Keyed HMAC so that equal passwords can be recognised without keeping
         # them; the key is shared by the nodes of a cluster (their joins compare).
-        digest = hmac.digest(self.state.digest_key, proof, "sha256")
+        digest = hmac.new(self.state.digest_key, proof, hashlib.sha256).digest()
         pending = self._logins.get(key) if key is not None else None
         if pending is not None and hmac.compare_digest(pending.digest, digest):
             # The NAS gave up on us and sent the same login again (new id, or
