@@ -299,17 +299,33 @@ class Engine(Pushes, VerifiedPush):
         """Any unexpected error becomes a Reject, never an Accept and never a hang."""
         return d.addErrback(self._crashed)
 
-    @defer.inlineCallbacks
-    def _run(self, req: LoginRequest, cred, digest: bytes):
-        source = self._source(req)
-        if self.passwords.blocked_until(self.push.password_limits, source,
-                                        self.clock.seconds()) is not None:
-            # Before any bind: the directory never sees this source's guesses
-            # while it waits, so they cannot lock accounts out there.
-            self.counters.inc("password_throttled", client=req.client_name)
-            return Decision.of(Reason.PASSWORDS_THROTTLED)
-        primary = yield (req.primary or self.directory).authenticate(
-            req.username, cred.password if cred is not None else None)
+    def _run(self, req: LoginRequest, cred, digest: bytes) -> Deferred:
+        """The login up to its decision or its push: the source's password throttle,
+        the first factor, then `_authenticated`.
+
+        A chain of callbacks rather than a generator: every login runs it, and the
+        generator's Deferred machinery cost more than the steps (issue 16). Never
+        raises: an error fails the Deferred, which `_PendingLogin.crashed` answers.
+        """
+        try:
+            source = self._source(req)
+            if self.passwords.blocked_until(self.push.password_limits, source,
+                                            self.clock.seconds()) is not None:
+                # Before any bind: the directory never sees this source's guesses
+                # while it waits, so they cannot lock accounts out there.
+                self.counters.inc("password_throttled", client=req.client_name)
+                return defer.succeed(Decision.of(Reason.PASSWORDS_THROTTLED))
+            d = (req.primary or self.directory).authenticate(
+                req.username, cred.password if cred is not None else None)
+        except Exception:
+            return defer.fail()
+        if not isinstance(d, Deferred):
+            d = defer.succeed(d)
+        return d.addCallback(self._authenticated, req, cred, digest, source)
+
+    def _authenticated(self, primary: PrimaryResult, req: LoginRequest, cred, digest: bytes,
+                       source: str):
+        """The first factor answered: a decision if it refused, else the second factor."""
         if primary.wrong_password and self.passwords.failed(
                 self.push.password_limits, source, self.clock.seconds()):
             limits = self.push.password_limits
@@ -344,15 +360,31 @@ class Engine(Pushes, VerifiedPush):
         if account != req.username:  # the same name: no second copy held while pending
             req = dataclasses.replace(req, username=account)
         key = join_key(req, account)
+        key = key and key + (digest,)
         cred = cred or Credential("", Factor.PUSH_DEFAULT)
         if self.context is not None:
-            req = dataclasses.replace(req, context=(yield self.context.prepare(
-                req, self.wallclock())))
-        decision = yield self._second_factor(req, cred, key and key + (digest,), primary,
-                                             sent=sent)
+            prepared = self.context.prepare(req, self.wallclock())
+            if isinstance(prepared, Deferred):
+                return prepared.addCallback(self._in_context, req, cred, key, primary, sent)
+            return self._in_context(prepared, req, cred, key, primary, sent)
+        return self._decide(req, cred, key, primary, sent)
+
+    def _in_context(self, risk, req: LoginRequest, cred, key, primary: PrimaryResult,
+                    sent: str):
+        """The context step answered: the login goes on with its location and risk."""
+        return self._decide(dataclasses.replace(req, context=risk), cred, key, primary, sent)
+
+    def _decide(self, req: LoginRequest, cred, key, primary: PrimaryResult, sent: str):
+        """The second factor, then `_factored` (at once when a rule decided)."""
+        decision = self._second_factor(req, cred, key, primary, sent=sent)
+        if isinstance(decision, Deferred):
+            return decision.addCallback(self._factored, req, primary)
+        return self._factored(decision, req, primary)
+
+    def _factored(self, decision, req: LoginRequest, primary: PrimaryResult):
         if isinstance(decision, _AwaitPush):
-            # The push is out: this generator ends here, and the login waits as
-            # one small record on the push's Deferred (`_resume`).
+            # The push is out: the login waits as one small record on the push's
+            # Deferred (`_resume`).
             decision.primary = primary
             return decision
         return self._completed(decision, req, primary)
