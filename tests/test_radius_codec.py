@@ -97,3 +97,14 @@ def test_a_reply_without_attributes_is_the_bytes_pyrad_makes(code, proxy_state, 
     via_pyrad = codec._encode_reply_packet(request, code, message, state, (), ())
     assert direct == via_pyrad
     assert direct[20:22] == b"\x50\x12"  # Message-Authenticator first
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_hmac_md5_is_rfc_2104s(seed):
+    import hmac
+
+    rng = random.Random(seed)
+    secret = rng.randbytes(rng.choice([0, 1, 16, 63, 64, 65, 200]))
+    data = rng.randbytes(rng.randrange(0, 4096))
+    assert codec.hmac_md5(secret, data) == hmac.digest(secret, data, "md5")
+    assert codec.hmac_md5(secret, data) == hmac.digest(secret, data, "md5")  # remembered pads
