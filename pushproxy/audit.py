@@ -63,10 +63,19 @@ class AuditEvent:
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def utc_stamp(epoch: float) -> str:
     """RFC 3339 UTC time with milliseconds."""
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
-    return f"{whole}.{int((epoch % 1) * 1000):03d}Z"
+    # One strftime per second, not per login (a tuple swapped whole: thread-safe).
+    global _last_second
+    second = int(epoch // 1)
+    last = _last_second
+    if last[0] != second:
+        last = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                     time.gmtime(second)))
+    return f"{last[1]}.{int((epoch % 1) * 1000):03d}Z"
 
 
 def _private(path: str, flags: int) -> int:

@@ -299,17 +299,33 @@ class Engine(Pushes, VerifiedPush):
         """Any unexpected error becomes a Reject, never an Accept and never a hang."""
         return d.addErrback(self._crashed)
 
-    @defer.inlineCallbacks
-    def _run(self, req: LoginRequest, cred, digest: bytes):
-        source = self._source(req)
-        if self.passwords.blocked_until(self.push.password_limits, source,
-                                        self.clock.seconds()) is not None:
-            # Before any bind: the directory never sees this source's guesses
-            # while it waits, so they cannot lock accounts out there.
-            self.counters.inc("password_throttled", client=req.client_name)
-            return Decision.of(Reason.PASSWORDS_THROTTLED)
-        primary = yield (req.primary or self.directory).authenticate(
-            req.username, cred.password if cred is not None else None)
+    def _run(self, req: LoginRequest, cred, digest: bytes) -> Deferred:
+        """The login up to its decision or its push: the source's password throttle,
+        the first factor, then `_authenticated`.
+
+        A chain of callbacks rather than a generator: every login runs it, and the
+        generator's Deferred machinery cost more than the steps (issue 16). Never
+        raises: an error fails the Deferred, which `_PendingLogin.crashed` answers.
+        """
+        try:
+            source = self._source(req)
+            if self.passwords.blocked_until(self.push.password_limits, source,
+                                            self.clock.seconds()) is not None:
+                # Before any bind: the directory never sees this source's guesses
+                # while it waits, so they cannot lock accounts out there.
+                self.counters.inc("password_throttled", client=req.client_name)
+                return defer.succeed(Decision.of(Reason.PASSWORDS_THROTTLED))
+            d = (req.primary or self.directory).authenticate(
+                req.username, cred.password if cred is not None else None)
+        except Exception:
+            return defer.fail()
+        if not isinstance(d, Deferred):
+            d = defer.succeed(d)
+        return d.addCallback(self._authenticated, req, cred, digest, source)
+
+    def _authenticated(self, primary: PrimaryResult, req: LoginRequest, cred, digest: bytes,
+                       source: str):
+        """The first factor answered: a decision if it refused, else the second factor."""
         if primary.wrong_password and self.passwords.failed(
                 self.push.password_limits, source, self.clock.seconds()):
             limits = self.push.password_limits
@@ -344,15 +360,31 @@ class Engine(Pushes, VerifiedPush):
         if account != req.username:  # the same name: no second copy held while pending
             req = dataclasses.replace(req, username=account)
         key = join_key(req, account)
+        key = key and key + (digest,)
         cred = cred or Credential("", Factor.PUSH_DEFAULT)
         if self.context is not None:
-            req = dataclasses.replace(req, context=(yield self.context.prepare(
-                req, self.wallclock())))
-        decision = yield self._second_factor(req, cred, key and key + (digest,), primary,
-                                             sent=sent)
+            prepared = self.context.prepare(req, self.wallclock())
+            if isinstance(prepared, Deferred):
+                return prepared.addCallback(self._in_context, req, cred, key, primary, sent)
+            return self._in_context(prepared, req, cred, key, primary, sent)
+        return self._decide(req, cred, key, primary, sent)
+
+    def _in_context(self, risk, req: LoginRequest, cred, key, primary: PrimaryResult,
+                    sent: str):
+        """The context step answered: the login goes on with its location and risk."""
+        return self._decide(dataclasses.replace(req, context=risk), cred, key, primary, sent)
+
+    def _decide(self, req: LoginRequest, cred, key, primary: PrimaryResult, sent: str):
+        """The second factor, then `_factored` (at once when a rule decided)."""
+        decision = self._second_factor(req, cred, key, primary, sent=sent)
+        if isinstance(decision, Deferred):
+            return decision.addCallback(self._factored, req, primary)
+        return self._factored(decision, req, primary)
+
+    def _factored(self, decision, req: LoginRequest, primary: PrimaryResult):
         if isinstance(decision, _AwaitPush):
-            # The push is out: this generator ends here, and the login waits as
-            # one small record on the push's Deferred (`_resume`).
+            # The push is out: the login waits as one small record on the push's
+            # Deferred (`_resume`).
             decision.primary = primary
             return decision
         return self._completed(decision, req, primary)
@@ -360,15 +392,15 @@ class Engine(Pushes, VerifiedPush):
     def _completed(self, decision: Decision, req: LoginRequest,
                    primary: PrimaryResult) -> Decision:
         """The mapped reply attributes of an Accept, and the account it was decided for."""
+        changes = {"user": req.username}  # one copy of the decision, not one per change
         if decision.outcome is Outcome.ACCEPT:
-            decision = dataclasses.replace(
-                decision, attributes=primary.attributes + self._mapped(req, primary, decision))
+            changes["attributes"] = primary.attributes + self._mapped(req, primary, decision)
         if req.context is not None:
-            decision = dataclasses.replace(decision, signals=req.context.signals,
-                                           location=req.context.location)
+            changes["signals"] = req.context.signals
+            changes["location"] = req.context.location
         if decision.reason is Reason.NO_DEVICE_ENROLL and self.enroll_mail is not None:
             self.enroll_mail(req.username, primary.dn)  # off the login's path; never raises
-        return dataclasses.replace(decision, user=req.username)
+        return dataclasses.replace(decision, **changes)
 
     def _resume(self, result):
         """A login waiting for its push: the rest of it runs when the push answers."""
@@ -401,10 +433,13 @@ class Engine(Pushes, VerifiedPush):
         return self.reply_map.attributes_for(groups=primary.groups, rule=decision.rule,
                                              client=req.client_name)
 
-    @defer.inlineCallbacks
     def _second_factor(self, req: LoginRequest, cred, key: tuple | None,
                        primary: PrimaryResult, *, sent: str | None = None):
-        """Policy, passcode, locks, remembered logins, fatigue and the push."""
+        """Policy, passcode, locks, remembered logins, fatigue and the push.
+
+        A Decision at once when a rule allows or denies (no generator, no
+        Deferred: the allow path runs this for every login, issue 16), else a
+        Deferred from `_beyond_policy`."""
         now = self.wallclock()
         policy = evaluate(self.policy, LoginContext(
             username=req.username, client_name=req.client_name, client_ip=req.calling_station,
@@ -413,6 +448,12 @@ class Engine(Pushes, VerifiedPush):
             return Decision.of(Reason.POLICY_DENY, rule=policy.rule)
         if policy.action is Action.ALLOW:
             return Decision.of(Reason.POLICY_ALLOW, rule=policy.rule)
+        return self._beyond_policy(req, cred, key, primary, sent, now, policy)
+
+    @defer.inlineCallbacks
+    def _beyond_policy(self, req: LoginRequest, cred, key: tuple | None,
+                       primary: PrimaryResult, sent: str | None, now: float, policy):
+        """`_second_factor` once the policy asked for a second factor."""
         risk = req.context.assessment if req.context is not None else None
         if risk is not None and risk.action is RiskAction.DENY:
             self.context.alert(req, risk.deciding(), req.context.location, now)

@@ -193,9 +193,9 @@ class LdapDirectory:
 
         def crashed(failure):
             log.error("ldap.internal_error %s", failure.getTraceback())
-            return PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="internal error")
+            return finished(PrimaryResult(PrimaryStatus.UNAVAILABLE, detail="internal error"))
 
-        return d.addErrback(crashed).addBoth(finished)
+        return d.addCallbacks(finished, crashed)
 
     def _order(self) -> tuple[list[_ServerState], bool]:
         """The servers to try, and whether they are backoff probes (to release after)."""
@@ -301,10 +301,13 @@ class LdapDirectory:
     def _refused(self, server: LdapServer, dn: str | None, attrs: dict,
                  refusal: adstate.BindRefusal | None = None) -> PrimaryResult | None:
         """`account_refusal` for this login (counted); None when the account is usable."""
+        now = self._now()
+        if refusal is None and adstate.entry_state(attrs, now) is None:
+            return None  # usable (every login that gets on): no account to name
         account = account_of(attrs, self.config.username_attribute, dn) if dn else None
         if account is not None:
             account = canonical_account(self.config.active_directory, account, dn)
-        result = account_refusal(server.url, dn, account, attrs, refusal, self._now())
+        result = account_refusal(server.url, dn, account, attrs, refusal, now)
         if result is not None and result.account_state is not None:
             self.counters.inc("ldap_account_refusals", state=result.account_state.value)
         return result
@@ -348,23 +351,36 @@ class LdapDirectory:
 
         def connected(search):
             return self._find_user(search, username).addCallback(searched, search)
-        return pool.search_connection().addCallback(connected)
+        ready = pool.ready_search_connection()
+        if ready is None:
+            return pool.search_connection().addCallback(connected)
+        try:  # no wait for a connection: the usual case, without one more Deferred
+            return connected(ready)
+        except Exception:  # as the callback would have carried it
+            return defer.fail()
 
     def _with_groups(self, pool, search, server, dn: str, username: str, attrs: dict):
-        """`conclude` once the user's groups are known (the search connection asks)."""
+        """`conclude` once the user's groups are known (the search connection asks).
+
+        Runs inside a callback: returns the PrimaryResult itself when the groups
+        are known from the entry (memberOf), else a Deferred of it."""
         refused = self._refused(server, dn, attrs)  # the password is proved (or looked up)
         if refused is not None:
-            return succeed(refused)
+            return refused
         # member_of reads the entry alone, unless AD's primary group is to be compared.
         needs_search = self._candidates and (self.config.group_mode is not GroupMode.MEMBER_OF
                                              or adgroups.primary_group_id(attrs) is not None)
         if (search.closed or search.retiring) and needs_search:  # the group queries need one
             d = pool.search_connection()
-        else:
-            d = succeed(search)
-        d.addCallback(lambda conn: self._member_groups(conn, dn, username, attrs))
-        return d.addCallback(lambda groups: conclude(self.config, self._required, server.url,
-                                                     dn, attrs, groups))
+            d.addCallback(lambda conn: self._member_groups(conn, dn, username, attrs))
+            return d.addCallback(self._concluded, server, dn, attrs)
+        groups = self._member_groups(search, dn, username, attrs)
+        if isinstance(groups, defer.Deferred):
+            return groups.addCallback(self._concluded, server, dn, attrs)
+        return self._concluded(groups, server, dn, attrs)
+
+    def _concluded(self, groups: frozenset[str], server, dn: str, attrs: dict) -> PrimaryResult:
+        return conclude(self.config, self._required, server.url, dn, attrs, groups)
 
     @defer.inlineCallbacks
     def _direct(self, server, username, password):
@@ -422,7 +438,10 @@ class LdapDirectory:
                 pool.give_back(conn, healthy=not isinstance(result, Failure))
                 return result
             return self._bind(conn, name, password).addBoth(back)
-        return pool.borrow().addCallback(lent)
+        idle = pool.borrow_idle()
+        if idle is None:
+            return pool.borrow().addCallback(lent)
+        return lent(idle)  # an idle connection: no Deferred to wait on
 
     def _bind(self, conn, name: str, password: str):
         """Fires None (bound) or the BindRefusal of invalid credentials; others fail the server."""
@@ -433,9 +452,10 @@ class LdapDirectory:
         return conn.bind(name, password).addCallback(bind_refusal)
 
     def _member_groups(self, conn, dn: str, username: str, attrs: dict):
-        """Which of the groups we care about hold the user (Deferred of normalized DNs)."""
+        """Which of the groups we care about hold the user (normalized DNs): the set
+        itself when the entry's memberOf says it, else a Deferred of it."""
         if not self._candidates:
-            return succeed(frozenset())
+            return frozenset()
         direct: frozenset[str] = frozenset()
         groups: list[str] = []
         if self.config.group_mode is GroupMode.MEMBER_OF:
@@ -457,7 +477,7 @@ class LdapDirectory:
             elif group_rid == rid:
                 direct |= {group}
         if not groups and not primary:
-            return succeed(direct)
+            return direct
         searches = []
         for group in groups:  # pipelined: every query is on the wire before the first answer
             base, flt = group_query(self.config.group_mode, dn, username, group)

@@ -152,18 +152,28 @@ class ServerConnections:
         """A service-bound connection to pipeline a search on."""
         if self.closing:
             return defer.fail(LdapConnectionLost("directory connections are closing"))
-        self._search = [p for p in self._search if not p.closed]
-        # A retiring connection (an operation timed out on it alone) takes no new work.
-        live = [p for p in self._search if not p.retiring]
-        best = min(live, key=lambda p: p.in_flight, default=None)
-        if best is not None and (best.in_flight < PIPELINE_SPREAD
-                                 or len(live) >= SEARCH_CONNECTIONS or self._search_waiters):
+        best = self.ready_search_connection()
+        if best is not None:
             return defer.succeed(best)
         waiter = defer.Deferred()
         self._search_waiters.append(waiter)
         if len(self._search_waiters) == 1:  # the first asks for the connection, all share it
             self.open(service=True).addBoth(self._search_opened)
         return waiter
+
+    def ready_search_connection(self) -> LdapClientProtocol | None:
+        """`search_connection`'s answer when it needs no wait (a kept connection takes
+        the search), without a Deferred: the usual case of every login; else None."""
+        if self.closing:
+            return None
+        self._search = [p for p in self._search if not p.closed]
+        # A retiring connection (an operation timed out on it alone) takes no new work.
+        live = [p for p in self._search if not p.retiring]
+        best = min(live, key=lambda p: p.in_flight, default=None)
+        if best is not None and (best.in_flight < PIPELINE_SPREAD
+                                 or len(live) >= SEARCH_CONNECTIONS or self._search_waiters):
+            return best
+        return None
 
     def _search_opened(self, result) -> None:
         waiters, self._search_waiters = self._search_waiters, []
@@ -185,17 +195,27 @@ class ServerConnections:
         """A connection for one login's bind; give it back with `give_back`."""
         if self.closing:
             return defer.fail(LdapConnectionLost("directory connections are closing"))
-        while self._idle:
-            proto = self._idle.pop()
-            if not proto.closed:
-                self._lent += 1
-                return defer.succeed(proto)
+        proto = self.borrow_idle()
+        if proto is not None:
+            return defer.succeed(proto)
         if self._lent < self.config.pool_size:
             self._lent += 1
             return self.open(service=False).addErrback(self._open_failed)
         waiter = defer.Deferred()
         self._waiting.append(waiter)
         return waiter
+
+    def borrow_idle(self) -> LdapClientProtocol | None:
+        """An idle connection lent at once, without a Deferred (give it back with
+        `give_back`); None when none is idle or the connections are closing."""
+        if self.closing:
+            return None
+        while self._idle:
+            proto = self._idle.pop()
+            if not proto.closed:
+                self._lent += 1
+                return proto
+        return None
 
     def _open_failed(self, failure):
         self._lent -= 1

@@ -8,6 +8,8 @@ every path keys one entry on one account and asks for groups the same way.
 
 from __future__ import annotations
 
+import functools
+
 from ldap3.core import exceptions as lexc
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
@@ -20,8 +22,12 @@ from pushproxy.decision import PrimaryResult, PrimaryStatus
 AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_dn(dn: str) -> str:
-    """A DN in a form where equal DNs compare equal (case, spacing)."""
+    """A DN in a form where equal DNs compare equal (case, spacing).
+
+    Remembered for the last 4,096 DNs: every login of a member normalizes the
+    same group DNs (its memberOf values) again (issue 16)."""
     if "\\" not in dn and '"' not in dn and "+" not in dn and "#" not in dn:
         # A plain DN (every group DN in practice): split here, as ldap3 would.
         parts = [p.split("=") for p in dn.split(",")]

@@ -37,12 +37,26 @@ def event(logger: logging.Logger, level: int, name: str, /, **fields: object) ->
     if not logger.isEnabledFor(level):
         return
     fields = {k: v for k, v in fields.items() if v is not None}
-    logger.log(level, " ".join([name] + [f"{k}={_value(v)}" for k, v in fields.items()]),
-               extra={"event": name, "fields": fields})
+    text = " ".join([name] + [f"{k}={_value(v)}" for k, v in fields.items()])
+    # The record made here rather than by `Logger.log`, which would also walk the
+    # stack for the caller's file, line and function: no formatter here prints
+    # them, and every login writes a line before its reply (issue 16).
+    logger.handle(logger.makeRecord(logger.name, level, "(unknown file)", 0, text, (), None,
+                                    extra={"event": name, "fields": fields}))
+
+
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _stamp(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+    # One strftime per second, not per line (a tuple swapped whole: any thread may log).
+    global _last_second
+    second = int(record.created)
+    last = _last_second
+    if last[0] != second:
+        last = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                     time.gmtime(second)))
+    return last[1]
 
 
 class TextFormatter(logging.Formatter):
@@ -95,6 +109,9 @@ def setup(level: str = "info", stream=None, *, fmt: str = "text",
         handlers.append(syslog)
     root = logging.getLogger()
     root.handlers[:] = handlers
+    # No formatter here prints a record's thread or process: skip looking them up
+    # for every record (the logging HOWTO's "Optimization"; issue 16).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root.setLevel(level.upper())
     if use_syslog and len(handlers) == 1:
         root.warning("log.syslog_unavailable path=/dev/log")

@@ -155,8 +155,12 @@ def _address(text: str | None):
     return getattr(ip, "ipv4_mapped", None) or ip
 
 
-def _misses(rule: Rule, ctx: LoginContext, ip, local: datetime) -> list[str]:
-    """Every condition of ``rule`` that this login fails (empty: the rule matches)."""
+def _misses(rule: Rule, ctx: LoginContext, ip, local: datetime | None) -> list[str]:
+    """Every condition of ``rule`` that this login fails (empty: the rule matches).
+
+    ``local`` (the login's local time) and ``ip`` (its Calling-Station-Id as an
+    address) are read only by the conditions on them; ``local`` is given
+    whenever a rule has days or hours, ``ip`` whenever one has networks."""
     out = []
     if rule.clients is not None and ctx.client_name not in rule.clients:
         out.append(f"client {ctx.client_name!r} is not one of {', '.join(sorted(rule.clients))}")
@@ -190,10 +194,14 @@ def _misses(rule: Rule, ctx: LoginContext, ip, local: datetime) -> list[str]:
 
 def evaluate(policy: Policy, ctx: LoginContext) -> PolicyDecision:
     """The first rule whose conditions all hold decides; no match: push, default verification."""
-    local = datetime.fromtimestamp(ctx.now, zoneinfo.ZoneInfo(policy.timezone))
-    ip = _address(ctx.client_ip)
+    rules = policy.rules
+    # The local time and the address only when a rule looks at them: every login
+    # asks, and parsing both was a tenth of the policy's own cost (issue 16).
+    local = datetime.fromtimestamp(ctx.now, zoneinfo.ZoneInfo(policy.timezone)) \
+        if any(r.days is not None or r.hours is not None for r in rules) else None
+    ip = _address(ctx.client_ip) if any(r.networks is not None for r in rules) else None
     reasons = []
-    for rule in policy.rules:
+    for rule in rules:
         misses = _misses(rule, ctx, ip, local)
         if not misses:
             verification = None

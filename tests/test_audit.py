@@ -11,12 +11,12 @@ import subprocess
 import sys
 import textwrap
 
-from pushproxy.audit import AuditEvent, AuditLog
+from pushproxy.audit import AuditEvent, AuditLog, utc_stamp
 from pushproxy.metrics import Counters
 
 CHILD = textwrap.dedent("""\
     import json, resource, signal, sys
-    from pushproxy.audit import AuditEvent, AuditLog
+    from pushproxy.audit import AuditEvent, AuditLog, utc_stamp
     from pushproxy.metrics import Counters
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
@@ -89,3 +89,15 @@ def test_an_event_is_written_with_every_field_in_schema_order(tmp_path):
     audit.close()
     assert path.read_text() == json.dumps(dataclasses.asdict(event), ensure_ascii=True,
                                           separators=(",", ":")) + "\n"
+
+
+def test_stamps_are_right_across_seconds_and_milliseconds():
+    """utc_stamp formats each second once and reuses it: every stamp must still be
+    the instant given, also when instants go back and forth across seconds."""
+    import time
+
+    for epoch in (1_764_000_000.0, 1_764_000_000.999, 1_764_000_001.0005, 1_764_000_000.5,
+                  0.25, 1_764_086_399.9994, 1_764_086_400.0):
+        whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+        assert utc_stamp(epoch) == f"{whole}.{int((epoch % 1) * 1000):03d}Z"
+    assert utc_stamp(1_764_086_399.9994) == "2025-11-25T15:59:59.999Z"

@@ -206,6 +206,21 @@ def test_most_specific_client_network_wins():
     assert table.match("not-an-ip") is None
 
 
+def test_client_lookups_are_remembered_within_a_bound_and_stay_right():
+    """Each source's answer is remembered (no address parsed per datagram), a flood of
+    spoofed sources cannot grow that memory, and answers stay right across it."""
+    a = RadiusClient("wide", ipaddress.ip_network("10.0.0.0/8"), b"x" * 12, True, None)
+    b = RadiusClient("narrow", ipaddress.ip_network("10.1.0.0/16"), b"y" * 12, True, None)
+    table = ClientTable((a, b))
+    for n in range(3 * ClientTable.REMEMBER):
+        host = f"192.0.{n // 256 % 256}.{n % 256}" if n % 3 else f"10.1.{n // 256 % 256}.{n % 256}"
+        expected = None if n % 3 else "narrow"
+        got = table.match(host)
+        assert (got.name if got else None) == expected
+        assert len(table._known) <= ClientTable.REMEMBER
+    assert table.match("10.2.0.1").name == "wide" and table.match("10.2.0.1").name == "wide"
+
+
 def test_drop_log_lines_are_rate_limited_but_every_drop_is_counted(caplog):
     proto, clock = make()
     pkt, raw = request()

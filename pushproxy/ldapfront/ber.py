@@ -17,6 +17,7 @@ Every error is a `ProtocolError`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 # Universal tags
@@ -240,16 +241,22 @@ def parse_entry(op: bytes) -> tuple[str, dict[str, list[str]]]:
 
 # -- encoding --
 
+_BYTE = tuple(bytes((i,)) for i in range(256))
+
+
 def _length(n: int) -> bytes:
     if n < 0x80:
-        return bytes([n])
+        return _BYTE[n]
     raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
+    return _BYTE[0x80 | len(raw)] + raw
 
 
 def tlv(tag: int, value: bytes) -> bytes:
     """One element."""
-    return bytes([tag]) + _length(len(value)) + value
+    n = len(value)
+    if n < 0x80:  # short form: most elements of a login's requests
+        return bytes((tag, n)) + value
+    return _BYTE[tag] + _length(n) + value
 
 
 def integer(value: int, tag: int = INTEGER) -> bytes:
@@ -325,7 +332,20 @@ def f_extensible(rule: str, attr: str, value: str) -> bytes:
 def search_request(message_id: int, base: str, filter_: bytes, attributes: list[str], *,
                    scope: int = 0, size_limit: int = 0, time_limit: int = 0) -> bytes:
     """A SearchRequest (scope 0: base object), never dereferencing aliases."""
-    body = (octets(base) + integer(scope, ENUMERATED) + integer(0, ENUMERATED)
-            + integer(size_limit) + integer(time_limit) + tlv(BOOLEAN, b"\x00") + filter_
-            + tlv(SEQUENCE, b"".join(octets(a) for a in attributes)))
+    body = (octets(base) + _search_limits(scope, size_limit, time_limit) + filter_
+            + _attribute_list(tuple(attributes)))
     return message(message_id, SEARCH_REQUEST, body)
+
+
+@functools.lru_cache(maxsize=64)
+def _search_limits(scope: int, size_limit: int, time_limit: int) -> bytes:
+    """scope, derefAliases (never), sizeLimit, timeLimit, typesOnly (false): the same
+    few for every search the daemon sends, so encoded once each (issue 16)."""
+    return (integer(scope, ENUMERATED) + integer(0, ENUMERATED) + integer(size_limit)
+            + integer(time_limit) + tlv(BOOLEAN, b"\x00"))
+
+
+@functools.lru_cache(maxsize=64)
+def _attribute_list(attributes: tuple[str, ...]) -> bytes:
+    """The AttributeSelection (a login asks for the same list every time)."""
+    return tlv(SEQUENCE, b"".join(octets(a) for a in attributes))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class State(enum.Enum):
@@ -35,9 +36,12 @@ _TRANSITIONS = {
 }
 
 
-@dataclass(frozen=True)
-class RequestKey:
-    """Identifies one request and its retransmits."""
+class RequestKey(NamedTuple):
+    """Identifies one request and its retransmits.
+
+    A named tuple, not a dataclass: the table hashes a key five or six times per
+    login, and a tuple hashes and compares in C (issue 16); it is also smaller
+    in every pending login that holds one."""
 
     host: str
     port: int
@@ -51,6 +55,11 @@ class Lookup:
 
     state: State
     reply: bytes | None = None
+
+
+# The answers without a reply, made once (they are immutable).
+_NEW = Lookup(State.NEW)
+_IN_FLIGHT = Lookup(State.IN_FLIGHT)
 
 
 class RetransmitTable:
@@ -82,10 +91,10 @@ class RetransmitTable:
         if state is State.NEW:
             self._move(state, "receive")
             self._in_flight.add(key)
-            return Lookup(State.NEW)
+            return _NEW
         if state is State.ANSWERED:
             return Lookup(State.ANSWERED, self._answered[key][1])
-        return Lookup(State.IN_FLIGHT)
+        return _IN_FLIGHT
 
     def answer(self, key: RequestKey, reply: bytes, now: float) -> None:
         """The reply for ``key`` was sent; keep it for retransmits."""

@@ -45,11 +45,30 @@ _CODES = {Outcome.ACCEPT: codec.ACCESS_ACCEPT, Outcome.REJECT: codec.ACCESS_REJE
 class ClientTable:
     """Finds the configured client for a source address; the most specific network wins."""
 
+    #: sources remembered (known or not) before the memory is cleared: a flood of
+    #: spoofed addresses cannot grow it
+    REMEMBER = 4096
+
     def __init__(self, clients: tuple[RadiusClient, ...]):
         self._clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
+        # host text -> its client (or None): every datagram asked again, and
+        # parsing the address was a few percent of a login (issue 16). A reload
+        # builds a new table, so nothing here outlives the clients it names.
+        self._known: dict[str, RadiusClient | None] = {}
 
     def match(self, host: str) -> RadiusClient | None:
         """The client for ``host``, or None for an unknown source."""
+        try:
+            return self._known[host]
+        except KeyError:
+            pass
+        client = self._match(host)
+        if len(self._known) >= self.REMEMBER:
+            self._known.clear()
+        self._known[host] = client
+        return client
+
+    def _match(self, host: str) -> RadiusClient | None:
         addr = peer_address(host)
         if addr is None:
             return None
