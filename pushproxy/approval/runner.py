@@ -214,6 +214,13 @@ class ThreadRunner:
         # (`_submit`): both under ``_wake``.
         self._sleeping = False  # the store thread waits for work
         self._kick_due = False  # a wake-up is scheduled for the end of this turn
+        # The watchdog (reactor thread only): bounded calls not yet finished nor past
+        # their first deadline, in the order submitted (so by deadline: every call
+        # gets the same ``timeout``), and the one DelayedCall for the first of them.
+        # One timer for all, not a DelayedCall (and its cancellation) per call
+        # (issue 16); a call past its deadline gets a timer of its own (`_check`).
+        self._watched: collections.deque[_Call] = collections.deque()
+        self._patrol_call = None
 
     # -- what admission control and /metrics read (any thread) --
 
@@ -279,7 +286,9 @@ class ThreadRunner:
                 bounded: bool) -> defer.Deferred:
         call = _Call(method, args, kwargs, self.monotonic())
         if bounded:
-            call.timer = self.reactor.callLater(self.timeout, self._check, call)
+            self._watched.append(call)
+            if self._patrol_call is None:
+                self._patrol_call = self.reactor.callLater(self.timeout, self._patrol)
         with self._wake:
             self._queue.append(call)
             if call.prompt and self._sleeping:
@@ -306,6 +315,24 @@ class ThreadRunner:
         with self._wake:
             self._kick_due = False
             self._wake.notify()
+
+    def _patrol(self) -> None:
+        """The watchdog's round: every watched call at its deadline is checked (`_check`,
+        which gives one still unfinished a timer of its own); then the next round is
+        set for the next call's deadline."""
+        self._patrol_call = None
+        watched, now = self._watched, self.monotonic()
+        while watched:
+            call = watched[0]
+            if call.finished is not None or call.deferred.called:
+                watched.popleft()  # answered (its delivery may still wait for the loop)
+                continue
+            left = call.submitted + self.timeout - now
+            if left > 0:
+                self._patrol_call = self.reactor.callLater(max(left, 0.01), self._patrol)
+                return
+            watched.popleft()
+            self._check(call)
 
     def _check(self, call: _Call) -> None:
         """The watchdog of one call: fail it on a fault, else look again later."""
@@ -358,10 +385,12 @@ class ThreadRunner:
         if len(done) > 1:
             # A login's reply first (stable: the rest keep their order).
             done.sort(key=_not_prompt)
+        watched = self._watched
         for call, ok, result in done:
-            if call.timer is not None and call.timer.active():
-                call.timer.cancel()
-            call.timer = None
+            if call.timer is not None:
+                if call.timer.active():
+                    call.timer.cancel()
+                call.timer = None
             if self.counters is not None:
                 self.counters.inc("store_calls", method=call.method)
                 if call.commits:
@@ -372,6 +401,10 @@ class ThreadRunner:
                 call.deferred.callback(result)
             else:
                 call.deferred.errback(result)
+        # The store thread finishes calls in the order they came: the delivered ones
+        # are at the head of the watch.
+        while watched and watched[0].finished is not None:
+            watched.popleft()
 
     # -- the store thread --
 
@@ -463,6 +496,9 @@ class ThreadRunner:
 
     def stop(self) -> None:
         """Stop the thread once the queued calls are done; it closes the store."""
+        if self._patrol_call is not None and self._patrol_call.active():
+            self._patrol_call.cancel()
+        self._patrol_call = None
         with self._wake:
             self._stopping = True
             self._wake.notify()

@@ -385,3 +385,35 @@ def test_the_store_thread_runs_an_answer_while_the_reactor_turn_that_submitted_i
         assert (yield d) is True
     finally:
         runner.stop()
+
+
+def test_one_watchdog_timer_serves_every_call_and_each_is_checked_at_its_own_deadline():
+    """The watchdog is one reactor timer for all calls, not one per call (issue 16);
+    a call is still looked at when its own deadline passes, in the order submitted."""
+    clock, store, runner = _clocked_runner()  # timeout 0.3: stall 0.6
+    first = runner.submit(store.quick, 1)
+    clock.advance(0.1)
+    second = runner.submit(store.stuck)
+    clock.advance(0.1)
+    third = runner.submit(store.quick, 3)
+    for _ in range(50):
+        runner.submit(store.quick, 0).addErrback(lambda _: None)
+    assert len(clock.getDelayedCalls()) == 1  # 53 calls, one timer
+    # play the store thread: the first call answered, the second hangs (a frozen disk)
+    call = runner._queue.popleft()
+    call.started = clock.seconds()
+    runner._done.append((call, *runner._execute(call)))
+    call.finished = clock.seconds()
+    runner._deliver()
+    assert first.result == 1
+    stuck = runner._queue.popleft()
+    runner._running = stuck
+    stuck.started = clock.seconds()
+    clock.advance(0.15)  # past the first call's deadline (answered): nothing fails
+    assert not second.called and not third.called
+    for _ in range(12):  # the loop runs on: the stuck call fails, then the one behind it
+        clock.advance(0.1)
+    assert "did not answer stuck" in str(second.result.value)
+    assert "stuck on a call" in str(third.result.value)
+    for d in (second, third):
+        d.addErrback(lambda _: None)
