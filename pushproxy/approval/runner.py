@@ -93,6 +93,11 @@ MAX_QUEUED = 30.0
 CONFIRM = 0.25
 # Store calls running longer than this are logged (``store.slow_call``).
 SLOW_CALL = 0.5
+# Seconds between two readings of the store's data_version by the store thread (after
+# a call; see `ThreadRunner.data_version`): each reading is a statement of its own
+# (two steps of SQLite, each letting go of the interpreter lock), and reading it
+# after every call doubled the steps of a device read (issue 16).
+VERSION_EVERY = 0.1
 # Calls whose result releases a login waiting for its reply (the answer's
 # compare-and-set): woken for at once and delivered first (module docstring).
 PROMPT = frozenset({"decide_transaction", "answer_transaction"})
@@ -208,7 +213,7 @@ class ThreadRunner:
         self._slow_logged = float("-inf")  # when the last store.slow_call line was written
         self._slow_unlogged = 0  # slow calls since, not logged
         # (PRAGMA data_version, monotonic time it was read), by the store thread
-        # after every call: see data_version
+        # after a call, at most every VERSION_EVERY seconds: see data_version
         self._version: tuple[int, float] | None = None
         # Wake-ups of an idle store thread, at most one per turn of the event loop
         # (`_submit`): both under ``_wake``.
@@ -246,8 +251,9 @@ class ThreadRunner:
 
     def data_version(self, max_age: float) -> int | None:
         """The store's ``data_version`` (SQLite: changes when another process commits)
-        as the store thread read it after its last call, if that was at most
-        ``max_age`` seconds ago; None when older, or for a store without one.
+        as the store thread last read it (after a call, at most every
+        `VERSION_EVERY` seconds while calls come), if that was at most ``max_age``
+        seconds ago; None when older, or for a store without one.
 
         Lets the approval service serve a device it read before while nothing else
         wrote to the file, without a round trip (issue 16, `ClusterSide._device`).
@@ -433,7 +439,9 @@ class ThreadRunner:
             if first:
                 self.reactor.callFromThread(self._deliver)
             # after the result is on its way, so it is not late for this
-            self._sample_version(call.finished)
+            sample = self._version
+            if sample is None or call.finished - sample[1] >= VERSION_EVERY:
+                self._sample_version(call.finished)
         if self._store is not None:
             self._store.close()
 

@@ -417,3 +417,38 @@ def test_one_watchdog_timer_serves_every_call_and_each_is_checked_at_its_own_dea
     assert "stuck on a call" in str(third.result.value)
     for d in (second, third):
         d.addErrback(lambda _: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_store_s_data_version_is_read_at_most_every_version_every_seconds():
+    """The store thread reads data_version after a call only when its last reading is
+    `VERSION_EVERY` old (each reading is a statement of its own, issue 16); what it
+    serves is stamped with the time of that reading."""
+    from pushproxy.approval.runner import VERSION_EVERY
+
+    class VersionedStore(BlockingStore):
+        def __init__(self):
+            super().__init__()
+            self.versions_read = 0
+
+        def data_version(self):
+            self.versions_read += 1
+            return 7
+
+    now = [50.0]
+    store = VersionedStore()
+    runner = ThreadRunner(reactor, lambda: store, timeout=5, monotonic=lambda: now[0])
+    yield runner.start()
+    try:
+        for i in range(5):
+            assert (yield runner.submit(store.quick, i)) == i
+        assert store.versions_read == 1  # after the first call (the open)
+        assert runner.data_version(1.0) == 7
+        now[0] += VERSION_EVERY
+        yield runner.submit(store.quick, 5)
+        yield runner.submit(store.quick, 6)  # taken after the reading that followed 5
+        assert store.versions_read == 2
+        now[0] += 1.5  # no call since: the reading is too old to serve
+        assert runner.data_version(1.0) is None
+    finally:
+        runner.stop()
