@@ -17,7 +17,14 @@ Per login, as a phone and the engine do it:
    Deferred fires with APPROVED and the device gets its 200.
 
 Only the server's side is timed (``time.thread_time``): the phone's signing
-and parsing happen between the timed sections. Logging is set up as the
+and parsing happen between the timed sections.
+
+``--store-thread``: the store runs on the daemon's store thread (`ThreadRunner`)
+instead of inline, and each section lasts until every store call it made has
+been delivered back (`_Turns` plays the reactor's part: the end-of-turn wake-up
+and the deliveries from the store thread). The sections are then timed with
+``time.process_time`` (both threads), and callgrind counts both: what the
+hand-offs cost shows. Logging is set up as the
 daemon's (info level, text lines) into /dev/null. The figures are CPU
 microseconds per login, per section and total: the median over every login
 of ``--repeat`` runs (a busy machine's bursts hit some logins, not the
@@ -32,6 +39,7 @@ import gc
 import json
 import logging
 import os
+import queue
 import statistics
 import time
 
@@ -44,6 +52,7 @@ from pushproxy.connlimit import ConnectionBudget
 from pushproxy.approval import crypto
 from pushproxy.approval.api import build_site
 from pushproxy.approval.asyncstore import AsyncStore
+from pushproxy.approval.runner import ThreadRunner
 from pushproxy.approval.service import ApprovalService
 from pushproxy.approval.store import SQLiteStore
 from pushproxy.approval.webpush import VapidKeys
@@ -83,12 +92,61 @@ class Phone:
         return int(head.split(b" ", 2)[1]), json.loads(body)
 
 
-def _world(devices: int):
+class _Turns:
+    """The reactor as the store thread's runner sees it: deliveries from the store
+    thread (`callFromThread`) and end-of-turn calls (``callLater(0, ...)``) are run
+    by `settle`; every other timer goes to the real reactor, which never runs."""
+
+    def __init__(self, clock, runner_of=lambda: None):
+        self.clock = clock
+        self.runner_of = runner_of
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay, f, *args, **kwargs):
+        if delay == 0:
+            self.calls.put((f, args))
+            return None
+        return self.clock.callLater(delay, f, *args, **kwargs)
+
+    def callFromThread(self, f, *args):
+        self.calls.put((f, args))
+
+    def settle(self) -> None:
+        """Run what comes back until the store thread has nothing left for us. Blocks
+        without polling (so callgrind's counts do not depend on wall time): while a
+        call is queued, running or finished but not delivered, a delivery or a
+        wake-up is on its way into ``calls``."""
+        runner = self.runner_of()
+        while True:
+            with runner._wake:
+                idle = runner.depth() == 0 and not runner._done
+            if idle and self.calls.empty():
+                return
+            f, args = self.calls.get()
+            f(*args)
+
+
+def _world(devices: int, store_thread: bool = False):
     from twisted.internet import reactor as clock
 
-    store = SQLiteStore(":memory:")
-    service = ApprovalService(store=AsyncStore.inline(store), reactor=clock, counters=Counters(),
-                              vapid_public_key=VapidKeys.generate().public_key_b64url)
+    if store_thread:
+        turns = _Turns(clock)
+        runner = ThreadRunner(turns, lambda: SQLiteStore(":memory:"))
+        turns.runner_of = lambda: runner
+        runner.start()
+        turns.settle()
+        store = runner.store
+        service = ApprovalService(store=AsyncStore(runner), reactor=clock, counters=Counters(),
+                                  vapid_public_key=VapidKeys.generate().public_key_b64url)
+    else:
+        turns = None
+        store = SQLiteStore(":memory:")
+        service = ApprovalService(store=AsyncStore.inline(store), reactor=clock,
+                                  counters=Counters(),
+                                  vapid_public_key=VapidKeys.generate().public_key_b64url)
     site = build_site(service, max_body=16384, reactor=clock, app=None)
     # as the daemon's listener (pushproxy.wiring): channels report to a budget
     site.budget = ConnectionBudget("approval", total=4096, per_source=0)
@@ -97,20 +155,26 @@ def _world(devices: int):
     phones = []
     for n in range(devices):
         token = f"token-{n}-{os.urandom(8).hex()}"
-        store.create_enrollment(f"user{n}", crypto.token_hash(token), clock.seconds(),
-                                clock.seconds() + 600)
-        signature = crypto.sign(key, crypto.enroll_text(token, public, f"phone{n}"))
         got = []
+        service.store.create_enrollment(f"user{n}", crypto.token_hash(token), clock.seconds(),
+                                        clock.seconds() + 600).addBoth(got.append)
+        if turns is not None:
+            turns.settle()
+        signature = crypto.sign(key, crypto.enroll_text(token, public, f"phone{n}"))
         service.enroll(token, public, f"phone{n}", None, signature).addBoth(got.append)
-        device = got[0]
+        if turns is not None:
+            turns.settle()
+        device = got[1]
         assert device.username == f"user{n}", device
         phones.append(Phone(site, n, device.id, key))
-    return clock, service, phones
+    return clock, service, phones, turns
 
 
-def run(logins: int, devices: int) -> dict[str, list[float]]:
+def run(logins: int, devices: int, store_thread: bool = False) -> dict[str, list[float]]:
     """CPU microseconds of each login, per section and in total."""
-    clock, service, phones = _world(devices)
+    clock, service, phones, turns = _world(devices, store_thread)
+    settle = turns.settle if turns is not None else (lambda: None)
+    cpu = time.process_time if turns is not None else time.thread_time
     spent: dict[str, list[float]] = {"poll": [], "open": [], "answer": [], "total": []}
     gc.collect()
     for i in range(logins):
@@ -118,17 +182,19 @@ def run(logins: int, devices: int) -> dict[str, list[float]]:
         user = f"user{i % devices}"
         target = f"/v1/device/pending?wait={WAIT}"
         data = phone.request("GET", target)
-        t0 = time.thread_time()
+        t0 = cpu()
         phone.channel.dataReceived(data)
-        t1 = time.thread_time()
+        settle()
+        t1 = cpu()
         assert not phone.transport.value(), "the long-poll answered before a login"
         now = clock.seconds()
         request = ApprovalRequest(txid=f"tx{i}", username=user, application="vpn",
                                   client_ip="198.51.100.7", nas="gw1", created=now,
                                   expires=now + 60)
-        t2 = time.thread_time()
+        t2 = cpu()
         login = service.request_approval(request)
-        t3 = time.thread_time()
+        settle()
+        t3 = cpu()
         status, body = phone.response()
         assert status == 200 and len(body["requests"]) == 1, (status, body)
         entry = body["requests"][0]
@@ -139,9 +205,10 @@ def run(logins: int, devices: int) -> dict[str, list[float]]:
         data = phone.request("POST", "/v1/device/answer", answer)
         results = []
         login.addBoth(results.append)
-        t4 = time.thread_time()
+        t4 = cpu()
         phone.channel.dataReceived(data)
-        t5 = time.thread_time()
+        settle()
+        t5 = cpu()
         status, body = phone.response()
         assert status == 200 and body == {"status": "recorded"}, (status, body)
         assert results and results[0].status is PushStatus.APPROVED, results
@@ -151,6 +218,9 @@ def run(logins: int, devices: int) -> dict[str, list[float]]:
         spent["total"].append((t1 - t0 + t3 - t2 + t5 - t4) * 1e6)
         if i % 64 == 63:
             clock.runUntilCurrent()  # as each reactor turn does: drops cancelled timers
+    if turns is not None:
+        settle()
+        turns.runner_of().stop()
     return spent
 
 
@@ -159,16 +229,19 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=3000)
     parser.add_argument("--devices", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--store-thread", action="store_true",
+                        help="the store on its own thread, as in the daemon")
     args = parser.parse_args()
     with open(os.devnull, "w") as sink:
         logs.setup("info", sink)
-        run(min(args.logins, 300), args.devices)  # warm-up: imports, caches
-        runs = [run(args.logins, args.devices) for _ in range(args.repeat)]
+        run(min(args.logins, 300), args.devices, args.store_thread)  # warm-up
+        runs = [run(args.logins, args.devices, args.store_thread) for _ in range(args.repeat)]
     logging.shutdown()
     mean_of_runs = [statistics.fmean(r["total"]) for r in runs]
     every = {k: [x for r in runs for x in r[k]] for k in runs[0]}
     print(json.dumps({
         "logins": args.logins, "devices": args.devices, "repeat": args.repeat,
+        "store_thread": args.store_thread,
         # each login's CPU, median over every login of every run: robust to the
         # bursts of a busy machine (and blind to rare costs, a GC pass)
         "median_us": {k: round(statistics.median(v), 1) for k, v in every.items()},

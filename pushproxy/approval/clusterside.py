@@ -136,15 +136,18 @@ class ClusterSide:
         bus = self.cluster.bus if self.cluster is not None else None
         return bus is not None and bus.store_notifies and getattr(bus, "connected", False)
 
-    async def _device(self, device_id, now: float, for_answer: bool = False):
-        """The device with this id (revoked or not) or None: from the cache where it is
-        on (cluster mode on PostgreSQL; over SQLite for an answer, while no other
-        process wrote to the file, see devicecache), else from the store.
+    def _device(self, device_id, now: float, for_answer: bool = False) -> Deferred:
+        """The device with this id (revoked or not) or None, as a Deferred: from the cache
+        where it is on (cluster mode on PostgreSQL; over SQLite for an answer, while no
+        other process wrote to the file, see devicecache), else from the store.
 
         Over SQLite only an answer may take it from memory: its compare-and-set
         refuses a revoked device in the store, while a long-poll, a list or a new
         device link right after ``pushproxy devices revoke`` must be refused at once,
-        and the store thread's reading of the file can be up to a second old."""
+        and the store thread's reading of the file can be up to a second old.
+
+        A plain Deferred, already fired when the device came from memory: every
+        device request passes here (issue 16)."""
         caching = isinstance(device_id, str) and self._caching_devices()
         version = None
         if isinstance(device_id, str) and not caching:
@@ -155,12 +158,12 @@ class ClusterSide:
         if caching or (version is not None and for_answer):
             device = self._devices.get(device_id, now, version)
             if device is not None:
-                return device
-        generation = self._devices.generation
-        device = await self.store.device(device_id)
-        if (caching or version is not None) and device is not None:
-            self._devices.put(device, now, generation, version)
-        return device
+                return defer.succeed(device)
+        generation = self._devices.generation  # before the read (see DeviceCache.put)
+        d = self.store.device(device_id)
+        if caching or version is not None:
+            d.addCallback(self._devices.keep, now, generation, version)
+        return d
 
     async def _record_answer(self, txid: str, device_id: str, nonce, state: str, now: float,
                              outcome: str, code: str | None) -> bool:

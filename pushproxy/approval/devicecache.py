@@ -72,6 +72,14 @@ class DeviceCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def keep(self, device: Device | None, now: float, generation: int,
+             version: int | None = None) -> Device | None:
+        """`put` a device just read (None: nothing to keep), and return it: a callback
+        on the store's read."""
+        if device is not None:
+            self.put(device, now, generation, version)
+        return device
+
     def refresh(self, device: Device) -> None:
         """Replace a cached device by a newer copy of itself (its last_seen moved)."""
         entry = self._entries.get(device.id)

@@ -93,6 +93,11 @@ MAX_QUEUED = 30.0
 CONFIRM = 0.25
 # Store calls running longer than this are logged (``store.slow_call``).
 SLOW_CALL = 0.5
+# Seconds between two readings of the store's data_version by the store thread (after
+# a call; see `ThreadRunner.data_version`): each reading is a statement of its own
+# (two steps of SQLite, each letting go of the interpreter lock), and reading it
+# after every call doubled the steps of a device read (issue 16).
+VERSION_EVERY = 0.1
 # Calls whose result releases a login waiting for its reply (the answer's
 # compare-and-set): woken for at once and delivered first (module docstring).
 PROMPT = frozenset({"decide_transaction", "answer_transaction"})
@@ -208,12 +213,19 @@ class ThreadRunner:
         self._slow_logged = float("-inf")  # when the last store.slow_call line was written
         self._slow_unlogged = 0  # slow calls since, not logged
         # (PRAGMA data_version, monotonic time it was read), by the store thread
-        # after every call: see data_version
+        # after a call, at most every VERSION_EVERY seconds: see data_version
         self._version: tuple[int, float] | None = None
         # Wake-ups of an idle store thread, at most one per turn of the event loop
         # (`_submit`): both under ``_wake``.
         self._sleeping = False  # the store thread waits for work
         self._kick_due = False  # a wake-up is scheduled for the end of this turn
+        # The watchdog (reactor thread only): bounded calls not yet finished nor past
+        # their first deadline, in the order submitted (so by deadline: every call
+        # gets the same ``timeout``), and the one DelayedCall for the first of them.
+        # One timer for all, not a DelayedCall (and its cancellation) per call
+        # (issue 16); a call past its deadline gets a timer of its own (`_check`).
+        self._watched: collections.deque[_Call] = collections.deque()
+        self._patrol_call = None
 
     # -- what admission control and /metrics read (any thread) --
 
@@ -239,8 +251,9 @@ class ThreadRunner:
 
     def data_version(self, max_age: float) -> int | None:
         """The store's ``data_version`` (SQLite: changes when another process commits)
-        as the store thread read it after its last call, if that was at most
-        ``max_age`` seconds ago; None when older, or for a store without one.
+        as the store thread last read it (after a call, at most every
+        `VERSION_EVERY` seconds while calls come), if that was at most ``max_age``
+        seconds ago; None when older, or for a store without one.
 
         Lets the approval service serve a device it read before while nothing else
         wrote to the file, without a round trip (issue 16, `ClusterSide._device`).
@@ -279,7 +292,9 @@ class ThreadRunner:
                 bounded: bool) -> defer.Deferred:
         call = _Call(method, args, kwargs, self.monotonic())
         if bounded:
-            call.timer = self.reactor.callLater(self.timeout, self._check, call)
+            self._watched.append(call)
+            if self._patrol_call is None:
+                self._patrol_call = self.reactor.callLater(self.timeout, self._patrol)
         with self._wake:
             self._queue.append(call)
             if call.prompt and self._sleeping:
@@ -306,6 +321,24 @@ class ThreadRunner:
         with self._wake:
             self._kick_due = False
             self._wake.notify()
+
+    def _patrol(self) -> None:
+        """The watchdog's round: every watched call at its deadline is checked (`_check`,
+        which gives one still unfinished a timer of its own); then the next round is
+        set for the next call's deadline."""
+        self._patrol_call = None
+        watched, now = self._watched, self.monotonic()
+        while watched:
+            call = watched[0]
+            if call.finished is not None or call.deferred.called:
+                watched.popleft()  # answered (its delivery may still wait for the loop)
+                continue
+            left = call.submitted + self.timeout - now
+            if left > 0:
+                self._patrol_call = self.reactor.callLater(max(left, 0.01), self._patrol)
+                return
+            watched.popleft()
+            self._check(call)
 
     def _check(self, call: _Call) -> None:
         """The watchdog of one call: fail it on a fault, else look again later."""
@@ -358,10 +391,12 @@ class ThreadRunner:
         if len(done) > 1:
             # A login's reply first (stable: the rest keep their order).
             done.sort(key=_not_prompt)
+        watched = self._watched
         for call, ok, result in done:
-            if call.timer is not None and call.timer.active():
-                call.timer.cancel()
-            call.timer = None
+            if call.timer is not None:
+                if call.timer.active():
+                    call.timer.cancel()
+                call.timer = None
             if self.counters is not None:
                 self.counters.inc("store_calls", method=call.method)
                 if call.commits:
@@ -372,6 +407,10 @@ class ThreadRunner:
                 call.deferred.callback(result)
             else:
                 call.deferred.errback(result)
+        # The store thread finishes calls in the order they came: the delivered ones
+        # are at the head of the watch.
+        while watched and watched[0].finished is not None:
+            watched.popleft()
 
     # -- the store thread --
 
@@ -400,7 +439,9 @@ class ThreadRunner:
             if first:
                 self.reactor.callFromThread(self._deliver)
             # after the result is on its way, so it is not late for this
-            self._sample_version(call.finished)
+            sample = self._version
+            if sample is None or call.finished - sample[1] >= VERSION_EVERY:
+                self._sample_version(call.finished)
         if self._store is not None:
             self._store.close()
 
@@ -463,6 +504,9 @@ class ThreadRunner:
 
     def stop(self) -> None:
         """Stop the thread once the queued calls are done; it closes the store."""
+        if self._patrol_call is not None and self._patrol_call.active():
+            self._patrol_call.cancel()
+        self._patrol_call = None
         with self._wake:
             self._stopping = True
             self._wake.notify()

@@ -69,15 +69,6 @@ class ApprovalError(Exception):
         self.message = message
 
 
-class _Waiting:
-    """A login's wait for its answer, handed out of the coroutine that opened it."""
-
-    __slots__ = ("deferred",)
-
-    def __init__(self, deferred: Deferred):
-        self.deferred = deferred
-
-
 class _Withdraw:
     """A waiting login's canceller: its transaction is withdrawn. A slotted record
     rather than a closure, one per pending login (issue 16)."""
@@ -92,8 +83,47 @@ class _Withdraw:
         self.service._withdraw(self.txid)
 
 
-def _unwrap(result):
-    return result.deferred if isinstance(result, _Waiting) else result
+class _Signed:
+    """What `ApprovalService.authenticate` checks once the device is read."""
+
+    __slots__ = ("device_id", "timestamp", "nonce", "signature", "method", "path", "body",
+                 "for_answer", "now")
+
+    def __init__(self, device_id, timestamp, nonce, signature, method, path, body,
+                 for_answer, now):
+        self.device_id = device_id
+        self.timestamp = timestamp
+        self.nonce = nonce
+        self.signature = signature
+        self.method = method
+        self.path = path
+        self.body = body
+        self.for_answer = for_answer
+        self.now = now
+
+
+def _login_code(status: PushStatus, tx: Transaction) -> str | None:
+    """The code an approved code-to-login request shows on the phone, else None."""
+    if status is PushStatus.APPROVED and tx.context.get("verification") == "code_to_login":
+        return f"{secrets.randbelow(10 ** 6):06d}"
+    return None
+
+
+def _lock_failed(failure, username: str) -> None:
+    failure.trap(StoreError)
+    logs.event(log, logging.ERROR, "approval.lock_failed", user=username,
+               error=str(failure.value))
+
+
+def _stop_timer(result, timer):
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+def _store_unavailable(failure):
+    failure.trap(StoreError)
+    raise ProviderUnavailable(f"store: {failure.value}")
 
 
 def transaction_view(tx: Transaction) -> dict:
@@ -183,26 +213,23 @@ class ApprovalService(ClusterSide, PasscodeSide):
 
     def request_approval(self, request: ApprovalRequest) -> Deferred[PushResult]:
         """Open a transaction for this login and wait for the first valid answer."""
-        return defer.ensureDeferred(self._request(request)).addCallback(_unwrap)
-
-    async def _request(self, request: ApprovalRequest) -> PushResult:
         if self.cluster is not None:
-            return await self._request_cluster(request)
+            return defer.ensureDeferred(self._request_cluster(request))
         tx = self._new_transaction(request)
-        try:
-            # One store call: the devices, and the transaction if there is one.
-            devices = await self.store.open_transaction(tx)
-        except StoreError as exc:
-            raise ProviderUnavailable(f"store: {exc}") from None
+        # One store call: the devices, and the transaction if there is one. A plain
+        # Deferred chain (no coroutine: one per push login, issue 16).
+        return self.store.open_transaction(tx).addCallbacks(
+            self._recorded, _store_unavailable, callbackArgs=(tx,))
+
+    def _recorded(self, devices: list[Device], tx: Transaction) -> PushResult | Deferred:
         if not devices:
-            return PushResult(PushStatus.NO_DEVICE, request.txid)
+            return PushResult(PushStatus.NO_DEVICE, tx.id)
         waiter: Deferred = Deferred(_Withdraw(self, tx.id))
         self._waiting[tx.id] = waiter
         self._open.add(tx)
         self._opened(tx, devices)
-        # Not awaited here: the coroutine (frame, context, Deferreds) ends now
-        # and the login waits on this one Deferred alone (issue 16).
-        return _Waiting(waiter)
+        # The login waits on this one Deferred alone (issue 16).
+        return waiter
 
     def _opened(self, tx: Transaction, devices: list[Device]) -> None:
         self.counters.inc("approval_transactions")
@@ -339,40 +366,57 @@ class ApprovalService(ClusterSide, PasscodeSide):
 
         ``for_answer``: the request is an answer, whose compare-and-set refuses a
         revoked device in the store; over SQLite its device may then come from
-        memory (`ClusterSide._device`). Every other request reads it there."""
-        return defer.ensureDeferred(self._authenticate(device_id, timestamp, nonce, signature,
-                                                       method, path, body, for_answer))
+        memory (`ClusterSide._device`). Every other request reads it there.
 
-    async def _authenticate(self, device_id, timestamp, nonce, signature, method, path,
-                            body, for_answer: bool = False) -> Device:
+        A plain Deferred chain, no coroutine: every device request passes here
+        (issue 16). Never raises; a refusal is a failed Deferred."""
         now = self.wallclock()
-        # Plain digits only: int() would take "+1", " 1", "1_0", and a 400-digit
-        # number that no float can hold (found by tests/fuzz).
-        if not (isinstance(timestamp, str) and 1 <= len(timestamp) <= 12
-                and timestamp.isascii() and timestamp.isdigit()):
-            raise self._unauthenticated(device_id, "bad timestamp")
-        stamp = int(timestamp)
-        if abs(now - stamp) > CLOCK_SKEW:
-            raise self._unauthenticated(device_id, "timestamp outside the allowed window")
-        if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
-            raise self._unauthenticated(device_id, "bad nonce")
-        device = await self._device(device_id, now, for_answer)
+        try:
+            # Plain digits only: int() would take "+1", " 1", "1_0", and a 400-digit
+            # number that no float can hold (found by tests/fuzz).
+            if not (isinstance(timestamp, str) and 1 <= len(timestamp) <= 12
+                    and timestamp.isascii() and timestamp.isdigit()):
+                raise self._unauthenticated(device_id, "bad timestamp")
+            if abs(now - int(timestamp)) > CLOCK_SKEW:
+                raise self._unauthenticated(device_id, "timestamp outside the allowed window")
+            if not isinstance(nonce, str) or not 22 <= len(nonce) <= 128:
+                raise self._unauthenticated(device_id, "bad nonce")
+            d = self._device(device_id, now, for_answer)
+        except Exception:  # noqa: BLE001 -- as a coroutine's: a failed Deferred
+            return defer.fail()
+        return d.addCallback(self._authenticated, _Signed(device_id, timestamp, nonce,
+                                                          signature, method, path, body,
+                                                          for_answer, now))
+
+    def _authenticated(self, device: Device | None, signed: _Signed):
+        """The device read: the rest of `authenticate` (the device, or a Deferred of it
+        where a cluster node claims the nonce first)."""
+        device_id, nonce, now = signed.device_id, signed.nonce, signed.now
         if device is None or device.revoked is not None:
             raise self._unauthenticated(device_id, "unknown or revoked device")
         self._forget_nonces(now)
         if (device_id, nonce) in self._nonces:
             raise self._unauthenticated(device_id, "replayed request")
-        text = crypto.request_text(method, path, timestamp, nonce, body)
-        if not crypto.verify(crypto.load_public_key(device.public_key), text, signature):
+        text = crypto.request_text(signed.method, signed.path, signed.timestamp, nonce,
+                                   signed.body)
+        if not crypto.verify(crypto.load_public_key(device.public_key), text, signed.signature):
             raise self._unauthenticated(device_id, "bad signature")
         # Cluster: the nonce is claimed in the store (a replay to another node is
         # refused); by the long-poll/list and the answer with their own store call.
-        later = self.cluster is not None and (for_answer or nonceclaim.pending_path(method, path))
-        if self.cluster is not None and not later and not await self.store.claim_device_nonce(
-                device_id, nonce, now + NONCE_MEMORY):
-            # seen by another node (or worker) of the cluster
-            raise self._unauthenticated(device_id, "replayed request")
-        self._nonces[(device_id, nonce)] = now + NONCE_MEMORY
+        later = self.cluster is not None and (
+            signed.for_answer or nonceclaim.pending_path(signed.method, signed.path))
+        if self.cluster is not None and not later:
+            d = self.store.claim_device_nonce(device_id, nonce, now + NONCE_MEMORY)
+            return d.addCallback(self._claimed, device, nonce, now)
+        return self._admitted(device, nonce, now, later)
+
+    def _claimed(self, new: bool, device: Device, nonce: str, now: float) -> Device:
+        if not new:  # seen by another node (or worker) of the cluster
+            raise self._unauthenticated(device.id, "replayed request")
+        return self._admitted(device, nonce, now, False)
+
+    def _admitted(self, device: Device, nonce: str, now: float, later: bool) -> Device:
+        self._nonces[(device.id, nonce)] = now + NONCE_MEMORY
         if device.last_seen is None or now - device.last_seen > LAST_SEEN_EVERY:
             # For `pushproxy devices list`; throttled so long-polls do not write constantly.
             self.store.touch_device(device.id, now).addErrback(lambda _: None)
@@ -399,7 +443,27 @@ class ApprovalService(ClusterSide, PasscodeSide):
 
     def pending(self, device: Device, wait: float) -> Deferred[list[dict]]:
         """Open requests for the device's user; with ``wait``, a long-poll."""
-        return defer.ensureDeferred(self._pending(device, min(max(wait, 0.0), MAX_WAIT)))
+        wait = min(max(wait, 0.0), MAX_WAIT)
+        if self.cluster is not None:
+            return defer.ensureDeferred(self._pending(device, wait))
+        # One process: its own logins, in memory (`_live`), and a plain Deferred
+        # rather than a coroutine: every phone's long-poll passes here (issue 16).
+        username = device.username
+        txs = self._open.of_user(username, self.wallclock())
+        if txs or wait <= 0:
+            return defer.succeed([transaction_view(tx) for tx in txs])
+        return self._park(username, wait).addCallback(self._open_views, username)
+
+    def _open_views(self, _woken, username: str) -> list[dict]:
+        return [transaction_view(tx) for tx in self._open.of_user(username, self.wallclock())]
+
+    def _park(self, username: str, wait: float) -> Deferred:
+        """A long-poll of ``username``'s device: fires when something changes for the
+        user (`_wake`) or after ``wait`` seconds; cancelling it withdraws it."""
+        poll: Deferred = Deferred(lambda d: self._unpoll(username, d))
+        self._pollers[username].append(poll)
+        timer = self.reactor.callLater(wait, self._end_poll, username, poll)
+        return poll.addBoth(_stop_timer, timer)
 
     async def _live(self, username: str, device: Device | None = None) -> list[Transaction]:
         # Only requests a login is still waiting for: a store write can land after
@@ -424,14 +488,7 @@ class ApprovalService(ClusterSide, PasscodeSide):
         txs = await self._live(device.username, device)
         if txs or wait <= 0:
             return [transaction_view(tx) for tx in txs]
-        poll: Deferred = Deferred(lambda d: self._unpoll(device.username, d))
-        self._pollers[device.username].append(poll)
-        timer = self.reactor.callLater(wait, self._end_poll, device.username, poll)
-        try:
-            await poll
-        finally:
-            if timer.active():
-                timer.cancel()
+        await self._park(device.username, wait)
         return [transaction_view(tx) for tx in await self._live(device.username)]
 
     def _end_poll(self, username: str, poll: Deferred) -> None:
@@ -462,8 +519,38 @@ class ApprovalService(ClusterSide, PasscodeSide):
         that needs presence (`pushproxy.approval.presence`); an Approve whose
         presence check fails is recorded as refused, then answered 403.
         """
+        tx = self._open.get(txid) if self.cluster is None else None
+        if tx is not None and not tx.context.get("user_verification"):
+            # The usual answer: to a login this process waits on, without a passkey.
+            # The same checks as `_answer_claimed`, as a plain Deferred chain around
+            # the compare-and-set rather than a coroutine (issue 16).
+            try:
+                return self._answer_open(device, tx, decision, signature, number)
+            except Exception:  # noqa: BLE001 -- as a coroutine's: a failed Deferred
+                return defer.fail()
         return defer.ensureDeferred(self._answer(device, txid, decision, signature, number,
                                                  webauthn))
+
+    def _answer_open(self, device: Device, tx: Transaction, decision: str, signature: str,
+                     number: str | None) -> Deferred[dict]:
+        """`answer` to a pending transaction of this process that needs no passkey (one
+        process, no cluster: its nonce is not claimed in the store)."""
+        if decision not in _STATES:
+            raise ApprovalError(400, "bad_request", "decision must be approve, deny or fraud")
+        decision, status = self._checked_answer(device, tx, tx.id, decision, signature, number)
+        now = self.wallclock()
+        code = _login_code(status, tx)
+        # Withdrawn but not yet closed in the store (flush_expired): too late.
+        if not (now < tx.expires and tx.id not in self._expiring):
+            return defer.ensureDeferred(self._not_won(tx.id, device, now))
+        d = self.store.decide_transaction(tx.id, _STATES[decision], device.id, now)
+        return d.addCallback(self._decided_open, device, tx, status, now, code)
+
+    def _decided_open(self, won: bool, device: Device, tx: Transaction, status: PushStatus,
+                      now: float, code: str | None):
+        if not won:
+            return defer.ensureDeferred(self._not_won(tx.id, device, now))
+        return self._won(device, tx, tx.id, status, now, code, None, None)
 
     async def _answer(self, device: Device, txid: str, decision: str, signature: str,
                       number: str | None, webauthn: dict | None = None) -> dict:
@@ -489,6 +576,48 @@ class ApprovalService(ClusterSide, PasscodeSide):
         tx = self._open.get(txid)
         if tx is None and isinstance(txid, str):
             tx = await self.store.transaction(txid)
+        decision, status = self._checked_answer(device, tx, txid, decision, signature, number)
+        now = self.wallclock()
+        presence, refusal = None, None
+        if status is PushStatus.APPROVED and tx.context.get("user_verification") \
+                and tx.state == "pending" and now < tx.expires:
+            # in the answer's own path, before its compare-and-set: a refused
+            # presence check is recorded as this request's answer (audited). The
+            # nonce first: a replay must not use up the passkey challenge.
+            if nonce is not None and not nonce.claimed:
+                await self._claim_now(device.id, nonce)
+            try:
+                presence = await self.presence.check_approval(
+                    device, tx, webauthn, tx.context["user_verification"])
+            except Refusal as exc:
+                refusal, presence = exc, f"refused:{exc.code}"
+                decision, status = "deny", PushStatus.PRESENCE_NOT_VERIFIED
+                logs.event(log, logging.WARNING, "approval.presence_refused", device=device.id,
+                           user=tx.username, txid=txid, code=exc.code, why=exc.why)
+            now = self.wallclock()
+        code = _login_code(status, tx)
+        if self.cluster is not None:
+            # stored with its outcome and code: a waiter on any node reads them back
+            won = tx.state == "pending" and now < tx.expires and \
+                await self._record_answer(txid, device.id, nonce, _STATES[decision], now,
+                                          status.value, code)
+        else:
+            # Withdrawn but not yet closed in the store (flush_expired): too late.
+            won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \
+                and await self.store.decide_transaction(txid, _STATES[decision], device.id,
+                                                        now)
+        if not won:
+            await self._not_won(txid, device, now)
+        body = self._won(device, tx, txid, status, now, code, presence, refusal)
+        if isinstance(body, Deferred):
+            body = await body
+        return body
+
+    def _checked_answer(self, device: Device, tx: Transaction | None, txid, decision: str,
+                        signature: str, number: str | None) -> tuple[str, PushStatus]:
+        """An answer's checks before its compare-and-set (the transaction is the device's
+        user's, the number's form, the answer's signature); the decision and status it
+        stands for (a wrong number is a "deny"). Raises `ApprovalError` 404, 400, 403."""
         if tx is None or tx.username != device.username:
             if tx is not None:
                 logs.event(log, logging.WARNING, "approval.cross_user_answer", device=device.id,
@@ -508,54 +637,31 @@ class ApprovalService(ClusterSide, PasscodeSide):
             logs.event(log, logging.WARNING, "approval.bad_answer_signature", device=device.id,
                        txid=txid)
             raise ApprovalError(403, "bad_signature", "the answer is not signed by this device")
-        now = self.wallclock()
         status = _RESULTS[_STATES[decision]]
         if matching and not hmac.compare_digest(number, tx.context.get("number") or ""):
             # A wrong number is a "no": most likely a login the user did not start.
             decision, status = "deny", PushStatus.NUMBER_MISMATCH
-        presence, refusal = None, None
-        if status is PushStatus.APPROVED and tx.context.get("user_verification") \
-                and tx.state == "pending" and now < tx.expires:
-            # in the answer's own path, before its compare-and-set: a refused
-            # presence check is recorded as this request's answer (audited). The
-            # nonce first: a replay must not use up the passkey challenge.
-            if nonce is not None and not nonce.claimed:
-                await self._claim_now(device.id, nonce)
-            try:
-                presence = await self.presence.check_approval(
-                    device, tx, webauthn, tx.context["user_verification"])
-            except Refusal as exc:
-                refusal, presence = exc, f"refused:{exc.code}"
-                decision, status = "deny", PushStatus.PRESENCE_NOT_VERIFIED
-                logs.event(log, logging.WARNING, "approval.presence_refused", device=device.id,
-                           user=tx.username, txid=txid, code=exc.code, why=exc.why)
-            now = self.wallclock()
-        code = None
-        if status is PushStatus.APPROVED and tx.context.get("verification") == "code_to_login":
-            code = f"{secrets.randbelow(10 ** 6):06d}"
-        if self.cluster is not None:
-            # stored with its outcome and code: a waiter on any node reads them back
-            won = tx.state == "pending" and now < tx.expires and \
-                await self._record_answer(txid, device.id, nonce, _STATES[decision], now,
-                                          status.value, code)
-        else:
-            # Withdrawn but not yet closed in the store (flush_expired): too late.
-            won = tx.state == "pending" and now < tx.expires and txid not in self._expiring \
-                and await self.store.decide_transaction(txid, _STATES[decision], device.id,
-                                                        now)
-        if not won:
-            current = await self.store.transaction(txid)
-            if current.state == "pending" and now < current.expires \
-                    and txid not in self._expiring:
-                # still open: the compare-and-set refused the device (revoked meanwhile)
-                raise self._unauthenticated(device.id, "unknown or revoked device")
-            self.counters.inc("answers", outcome="late")
-            if current.state in ("expired", "cancelled") or now >= current.expires \
-                    or txid in self._expiring:
-                raise ApprovalError(410, "expired", "this request has expired")
-            raise ApprovalError(409, "already_decided", "this request was already answered")
-        # The waiting login first (its RADIUS reply goes out in this call), then
-        # what can wait: the log line, events, other devices, alerts (issue 16).
+        return decision, status
+
+    async def _not_won(self, txid: str, device: Device, now: float):
+        """The answer did not decide ``txid``: why, as the `ApprovalError` raised."""
+        current = await self.store.transaction(txid)
+        if current.state == "pending" and now < current.expires \
+                and txid not in self._expiring:
+            # still open: the compare-and-set refused the device (revoked meanwhile)
+            raise self._unauthenticated(device.id, "unknown or revoked device")
+        self.counters.inc("answers", outcome="late")
+        if current.state in ("expired", "cancelled") or now >= current.expires \
+                or txid in self._expiring:
+            raise ApprovalError(410, "expired", "this request has expired")
+        raise ApprovalError(409, "already_decided", "this request was already answered")
+
+    def _won(self, device: Device, tx: Transaction, txid: str, status: PushStatus, now: float,
+             code: str | None, presence: str | None, refusal: Refusal | None):
+        """The answer decided ``txid``: the waiting login first (its RADIUS reply goes out
+        in this call), then what can wait: the log line, events, other devices, alerts
+        (issue 16). The device's body, or a Deferred of it (a fraud report locks the
+        user first)."""
         result = PushResult(status, txid, device.id, code=code, presence=presence)
         waiter = self._waiting.pop(txid, None)
         self._open.discard(txid)
@@ -573,11 +679,13 @@ class ApprovalService(ClusterSide, PasscodeSide):
         self._wake(tx.username)  # other devices see it closed
         if status is PushStatus.FRAUD:
             # "This wasn't me": someone has the password. No more pushes until an admin looks.
-            try:
-                await self.store.lock_user(tx.username, now, "fraud report", tx.id)
-            except StoreError as exc:
-                logs.event(log, logging.ERROR, "approval.lock_failed", user=tx.username,
-                           error=str(exc))
+            d = self.store.lock_user(tx.username, now, "fraud report", tx.id)
+            d.addErrback(_lock_failed, tx.username)
+            return d.addCallback(self._alerted, body, status, tx, device, now, refusal)
+        return self._alerted(None, body, status, tx, device, now, refusal)
+
+    def _alerted(self, _locked, body: dict, status: PushStatus, tx: Transaction,
+                 device: Device, now: float, refusal: Refusal | None) -> dict:
         if status is not PushStatus.APPROVED and self.alerter is not None:
             self.alerter.alert(status.value, tx, device, now)
         if refusal is not None:

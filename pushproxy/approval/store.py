@@ -673,7 +673,8 @@ class SQLiteStore(SQLiteLoginState, SQLiteClusterMethods, SQLiteRolloutMethods,
         """SQLite's ``PRAGMA data_version``: changes whenever another connection (another
         process: ``pushproxy devices revoke``, a worker) committed to the file since
         this connection last looked; never for this connection's own commits. The
-        store thread reads it after every call (`ThreadRunner.data_version`), so a
+        store thread reads it after a call, at most every 0.1 s
+        (`ThreadRunner.data_version`), so a
         device read from here may be served again while nothing else wrote."""
         with self._guard():
             return self._db.execute("PRAGMA data_version").fetchone()[0]

@@ -385,3 +385,70 @@ def test_the_store_thread_runs_an_answer_while_the_reactor_turn_that_submitted_i
         assert (yield d) is True
     finally:
         runner.stop()
+
+
+def test_one_watchdog_timer_serves_every_call_and_each_is_checked_at_its_own_deadline():
+    """The watchdog is one reactor timer for all calls, not one per call (issue 16);
+    a call is still looked at when its own deadline passes, in the order submitted."""
+    clock, store, runner = _clocked_runner()  # timeout 0.3: stall 0.6
+    first = runner.submit(store.quick, 1)
+    clock.advance(0.1)
+    second = runner.submit(store.stuck)
+    clock.advance(0.1)
+    third = runner.submit(store.quick, 3)
+    for _ in range(50):
+        runner.submit(store.quick, 0).addErrback(lambda _: None)
+    assert len(clock.getDelayedCalls()) == 1  # 53 calls, one timer
+    # play the store thread: the first call answered, the second hangs (a frozen disk)
+    call = runner._queue.popleft()
+    call.started = clock.seconds()
+    runner._done.append((call, *runner._execute(call)))
+    call.finished = clock.seconds()
+    runner._deliver()
+    assert first.result == 1
+    stuck = runner._queue.popleft()
+    runner._running = stuck
+    stuck.started = clock.seconds()
+    clock.advance(0.15)  # past the first call's deadline (answered): nothing fails
+    assert not second.called and not third.called
+    for _ in range(12):  # the loop runs on: the stuck call fails, then the one behind it
+        clock.advance(0.1)
+    assert "did not answer stuck" in str(second.result.value)
+    assert "stuck on a call" in str(third.result.value)
+    for d in (second, third):
+        d.addErrback(lambda _: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_store_s_data_version_is_read_at_most_every_version_every_seconds():
+    """The store thread reads data_version after a call only when its last reading is
+    `VERSION_EVERY` old (each reading is a statement of its own, issue 16); what it
+    serves is stamped with the time of that reading."""
+    from pushproxy.approval.runner import VERSION_EVERY
+
+    class VersionedStore(BlockingStore):
+        def __init__(self):
+            super().__init__()
+            self.versions_read = 0
+
+        def data_version(self):
+            self.versions_read += 1
+            return 7
+
+    now = [50.0]
+    store = VersionedStore()
+    runner = ThreadRunner(reactor, lambda: store, timeout=5, monotonic=lambda: now[0])
+    yield runner.start()
+    try:
+        for i in range(5):
+            assert (yield runner.submit(store.quick, i)) == i
+        assert store.versions_read == 1  # after the first call (the open)
+        assert runner.data_version(1.0) == 7
+        now[0] += VERSION_EVERY
+        yield runner.submit(store.quick, 5)
+        yield runner.submit(store.quick, 6)  # taken after the reading that followed 5
+        assert store.versions_read == 2
+        now[0] += 1.5  # no call since: the reading is too old to serve
+        assert runner.data_version(1.0) is None
+    finally:
+        runner.stop()
