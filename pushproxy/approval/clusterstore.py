@@ -330,6 +330,56 @@ class PgClusterMethods(ClusterMethods):
         db.execute("INSERT INTO transaction_aliases (alias, txid) VALUES (%s, %s) "
                    "ON CONFLICT DO NOTHING", (alias, txid))
 
+    # The answer in one statement (autocommit: one statement is one transaction, with
+    # no BEGIN and COMMIT round trips): the nonce's claim when there is one, the
+    # compare-and-set, the push's fatigue row and both announcements, each part
+    # running only when the one before it counted. Data-modifying CTEs all run to
+    # completion in the statement's one snapshot, and commit or fail together.
+    _ANSWER_SQL = (
+        "{claim}answered AS (UPDATE transactions SET state = %s, decided_by = %s, "
+        "decided_at = %s, outcome = %s, code = %s WHERE id = %s AND state = 'pending' "
+        "AND expires > %s AND NOT EXISTS (SELECT 1 FROM devices WHERE id = %s "
+        "AND revoked IS NOT NULL){claimed} RETURNING username), "
+        "ended AS (UPDATE fatigue_events SET ends = %s WHERE kind = 'push' AND txid = %s "
+        "AND ends > %s AND EXISTS (SELECT 1 FROM answered)) "
+        # CASE: the announcements only for an answer that decided (pg_notify is
+        # volatile: evaluated per row, only where the branch is taken)
+        "SELECT c.n, a.username, "
+        "CASE WHEN a.username IS NOT NULL THEN pg_notify(%s, %s) END, "
+        "CASE WHEN a.username IS NOT NULL THEN pg_notify(%s, 'closed ' || a.username) END "
+        "FROM (SELECT {count} AS n) c LEFT JOIN answered a ON true")
+    _CLAIM_SQL = ("claimed AS (INSERT INTO device_nonces (device_id, nonce, expires) "
+                  "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1), ")
+
+    def _answer_once(self, claim: tuple | None, txid: str, state: str, device_id: str,
+                     now: float, outcome: str, code: str | None) -> tuple[int, str | None]:
+        """(nonce claimed: 1 or 0, the deciding username or None), in one statement."""
+        sql = "WITH " + self._ANSWER_SQL.format(
+            claim=self._CLAIM_SQL if claim else "",
+            claimed=" AND EXISTS (SELECT 1 FROM claimed)" if claim else "",
+            count="(SELECT count(*) FROM claimed)" if claim else "1")
+        args = (claim or ()) + (state, device_id, now, outcome, code, txid, now, device_id,
+                                now, txid, now, CHANNEL, f"decided {txid}", CHANNEL)
+        with self._guard():
+            row = self._conn().execute(sql, args).fetchone()
+            self.commits += 1
+        return row[0], row[1]
+
+    def answer_transaction(self, txid: str, state: str, device_id: str, now: float,
+                           outcome: str, code: str | None) -> bool:
+        self._check_answer(state, device_id)
+        return self._answer_once(None, txid, state, device_id, now, outcome,
+                                 code)[1] is not None
+
+    def claim_and_answer(self, device_id: str, nonce: str, expires: float, txid: str,
+                         state: str, now: float, outcome: str, code: str | None) -> Answer:
+        self._check_answer(state, device_id)
+        claimed, username = self._answer_once((device_id, nonce, expires), txid, state,
+                                              device_id, now, outcome, code)
+        if claimed != 1:
+            return Answer.REPLAYED
+        return Answer.WON if username is not None else Answer.LOST
+
     def claim_and_list_waiting(self, device_id: str, nonce: str, expires: float,
                                username: str, now: float,
                                live_since: float) -> list[Transaction] | None:
