@@ -330,6 +330,73 @@ class PgClusterMethods(ClusterMethods):
         db.execute("INSERT INTO transaction_aliases (alias, txid) VALUES (%s, %s) "
                    "ON CONFLICT DO NOTHING", (alias, txid))
 
+    def open_or_join_transaction(self, tx: Transaction, owner: str, join_key: str | None,
+                                 now: float) -> Opened:
+        # The same contract in two statements in the common case, each its own
+        # transaction (autocommit, no BEGIN and COMMIT round trips): the devices with
+        # the pending transaction holding the key, then the insert with its waiter
+        # and announcement, or the join (waiter and alias). Every write is one
+        # statement, so each is atomic on its own; READ COMMITTED gave the devices
+        # read no more protection inside a transaction (nothing is locked by it).
+        from pushproxy.approval.store import _DEVICE, STATES, StoreError, _device
+
+        if tx.state not in STATES:
+            raise ValueError(f"not a transaction state: {tx.state!r}")
+        width = len(_DEVICE.split(","))
+        with self._guard():
+            db = self._conn()
+            rows = db.execute(
+                f"SELECT d.*, j.* FROM (SELECT {_DEVICE} FROM devices WHERE username = %s "
+                "AND revoked IS NULL) d LEFT JOIN LATERAL (SELECT "
+                f"{_FULL} FROM transactions WHERE join_key = %s AND state = 'pending') j "
+                "ON true ORDER BY d.created, d.id", (tx.username, join_key)).fetchall()
+            if not rows:
+                return Opened(tx, [], False)
+            devices = [_device(r[:width]) for r in rows]
+            found = rows[0][width:] if rows[0][width] is not None else None
+            # Two rounds cover a row that was decided between the insert's conflict
+            # and the read (a third is a fault), as in `ClusterMethods`.
+            for _ in range(3):
+                if found is not None and join_key is not None:
+                    if found[5] <= now:
+                        # past its expiry: its owner died before closing it
+                        db.execute("WITH s AS (UPDATE transactions SET state = 'expired', "
+                                   "decided_by = NULL, decided_at = %s WHERE join_key = %s "
+                                   "AND state = 'pending' AND expires <= %s RETURNING id) "
+                                   "SELECT pg_notify(%s, 'decided ' || id) FROM s",
+                                   (now, join_key, now, CHANNEL)).fetchall()
+                        self.commits += 1
+                    elif found[1] == tx.username:
+                        joined = found[0]
+                        if tx.id != joined:
+                            db.execute("WITH w AS (INSERT INTO transaction_waiters (txid, node) "
+                                       "VALUES (%s, %s) ON CONFLICT DO NOTHING) "
+                                       "INSERT INTO transaction_aliases (alias, txid) "
+                                       "VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                       (joined, owner, tx.id, joined))
+                        else:
+                            self._waiter(db, joined, owner)
+                        self.commits += 1
+                        return Opened(_full(found), devices, True)
+                    else:
+                        join_key = None  # another user's key (cannot happen with keyed hashes)
+                inserted = db.execute(
+                    f"WITH i AS (INSERT INTO transactions ({_INSERT}) VALUES "
+                    f"({', '.join(['%s'] * 11)}) ON CONFLICT (join_key) WHERE "
+                    "state = 'pending' AND join_key IS NOT NULL DO NOTHING RETURNING id), "
+                    "w AS (INSERT INTO transaction_waiters (txid, node) SELECT id, %s FROM i "
+                    "ON CONFLICT DO NOTHING) SELECT id, pg_notify(%s, %s) FROM i",
+                    _insert_args(tx, owner, join_key)
+                    + (owner, CHANNEL, f"created {tx.username}")).fetchall()
+                self.commits += 1
+                if inserted:
+                    return Opened(tx, devices, False)
+                # another node's push holds the key now (its insert committed since
+                # our read): the next statement sees it
+                found = db.execute(f"SELECT {_FULL} FROM transactions WHERE join_key = %s "
+                                   "AND state = 'pending'", (join_key,)).fetchone()
+            raise StoreError("open_or_join_transaction: the join key kept changing hands")
+
     # The answer in one statement (autocommit: one statement is one transaction, with
     # no BEGIN and COMMIT round trips): the nonce's claim when there is one, the
     # compare-and-set, the push's fatigue row and both announcements, each part
