@@ -330,6 +330,123 @@ class PgClusterMethods(ClusterMethods):
         db.execute("INSERT INTO transaction_aliases (alias, txid) VALUES (%s, %s) "
                    "ON CONFLICT DO NOTHING", (alias, txid))
 
+    def open_or_join_transaction(self, tx: Transaction, owner: str, join_key: str | None,
+                                 now: float) -> Opened:
+        # The same contract in two statements in the common case, each its own
+        # transaction (autocommit, no BEGIN and COMMIT round trips): the devices with
+        # the pending transaction holding the key, then the insert with its waiter
+        # and announcement, or the join (waiter and alias). Every write is one
+        # statement, so each is atomic on its own; READ COMMITTED gave the devices
+        # read no more protection inside a transaction (nothing is locked by it).
+        from pushproxy.approval.store import _DEVICE, STATES, StoreError, _device
+
+        if tx.state not in STATES:
+            raise ValueError(f"not a transaction state: {tx.state!r}")
+        width = len(_DEVICE.split(","))
+        with self._guard():
+            db = self._conn()
+            rows = db.execute(
+                f"SELECT d.*, j.* FROM (SELECT {_DEVICE} FROM devices WHERE username = %s "
+                "AND revoked IS NULL) d LEFT JOIN LATERAL (SELECT "
+                f"{_FULL} FROM transactions WHERE join_key = %s AND state = 'pending') j "
+                "ON true ORDER BY d.created, d.id", (tx.username, join_key)).fetchall()
+            if not rows:
+                return Opened(tx, [], False)
+            devices = [_device(r[:width]) for r in rows]
+            found = rows[0][width:] if rows[0][width] is not None else None
+            # Two rounds cover a row that was decided between the insert's conflict
+            # and the read (a third is a fault), as in `ClusterMethods`.
+            for _ in range(3):
+                if found is not None and join_key is not None:
+                    if found[5] <= now:
+                        # past its expiry: its owner died before closing it
+                        db.execute("WITH s AS (UPDATE transactions SET state = 'expired', "
+                                   "decided_by = NULL, decided_at = %s WHERE join_key = %s "
+                                   "AND state = 'pending' AND expires <= %s RETURNING id) "
+                                   "SELECT pg_notify(%s, 'decided ' || id) FROM s",
+                                   (now, join_key, now, CHANNEL)).fetchall()
+                        self.commits += 1
+                    elif found[1] == tx.username:
+                        joined = found[0]
+                        if tx.id != joined:
+                            db.execute("WITH w AS (INSERT INTO transaction_waiters (txid, node) "
+                                       "VALUES (%s, %s) ON CONFLICT DO NOTHING) "
+                                       "INSERT INTO transaction_aliases (alias, txid) "
+                                       "VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                       (joined, owner, tx.id, joined))
+                        else:
+                            self._waiter(db, joined, owner)
+                        self.commits += 1
+                        return Opened(_full(found), devices, True)
+                    else:
+                        join_key = None  # another user's key (cannot happen with keyed hashes)
+                inserted = db.execute(
+                    f"WITH i AS (INSERT INTO transactions ({_INSERT}) VALUES "
+                    f"({', '.join(['%s'] * 11)}) ON CONFLICT (join_key) WHERE "
+                    "state = 'pending' AND join_key IS NOT NULL DO NOTHING RETURNING id), "
+                    "w AS (INSERT INTO transaction_waiters (txid, node) SELECT id, %s FROM i "
+                    "ON CONFLICT DO NOTHING) SELECT id, pg_notify(%s, %s) FROM i",
+                    _insert_args(tx, owner, join_key)
+                    + (owner, CHANNEL, f"created {tx.username}")).fetchall()
+                self.commits += 1
+                if inserted:
+                    return Opened(tx, devices, False)
+                # another node's push holds the key now (its insert committed since
+                # our read): the next statement sees it
+                found = db.execute(f"SELECT {_FULL} FROM transactions WHERE join_key = %s "
+                                   "AND state = 'pending'", (join_key,)).fetchone()
+            raise StoreError("open_or_join_transaction: the join key kept changing hands")
+
+    # The answer in one statement (autocommit: one statement is one transaction, with
+    # no BEGIN and COMMIT round trips): the nonce's claim when there is one, the
+    # compare-and-set, the push's fatigue row and both announcements, each part
+    # running only when the one before it counted. Data-modifying CTEs all run to
+    # completion in the statement's one snapshot, and commit or fail together.
+    _ANSWER_SQL = (
+        "{claim}answered AS (UPDATE transactions SET state = %s, decided_by = %s, "
+        "decided_at = %s, outcome = %s, code = %s WHERE id = %s AND state = 'pending' "
+        "AND expires > %s AND NOT EXISTS (SELECT 1 FROM devices WHERE id = %s "
+        "AND revoked IS NOT NULL){claimed} RETURNING username), "
+        "ended AS (UPDATE fatigue_events SET ends = %s WHERE kind = 'push' AND txid = %s "
+        "AND ends > %s AND EXISTS (SELECT 1 FROM answered)) "
+        # CASE: the announcements only for an answer that decided (pg_notify is
+        # volatile: evaluated per row, only where the branch is taken)
+        "SELECT c.n, a.username, "
+        "CASE WHEN a.username IS NOT NULL THEN pg_notify(%s, %s) END, "
+        "CASE WHEN a.username IS NOT NULL THEN pg_notify(%s, 'closed ' || a.username) END "
+        "FROM (SELECT {count} AS n) c LEFT JOIN answered a ON true")
+    _CLAIM_SQL = ("claimed AS (INSERT INTO device_nonces (device_id, nonce, expires) "
+                  "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1), ")
+
+    def _answer_once(self, claim: tuple | None, txid: str, state: str, device_id: str,
+                     now: float, outcome: str, code: str | None) -> tuple[int, str | None]:
+        """(nonce claimed: 1 or 0, the deciding username or None), in one statement."""
+        sql = "WITH " + self._ANSWER_SQL.format(
+            claim=self._CLAIM_SQL if claim else "",
+            claimed=" AND EXISTS (SELECT 1 FROM claimed)" if claim else "",
+            count="(SELECT count(*) FROM claimed)" if claim else "1")
+        args = (claim or ()) + (state, device_id, now, outcome, code, txid, now, device_id,
+                                now, txid, now, CHANNEL, f"decided {txid}", CHANNEL)
+        with self._guard():
+            row = self._conn().execute(sql, args).fetchone()
+            self.commits += 1
+        return row[0], row[1]
+
+    def answer_transaction(self, txid: str, state: str, device_id: str, now: float,
+                           outcome: str, code: str | None) -> bool:
+        self._check_answer(state, device_id)
+        return self._answer_once(None, txid, state, device_id, now, outcome,
+                                 code)[1] is not None
+
+    def claim_and_answer(self, device_id: str, nonce: str, expires: float, txid: str,
+                         state: str, now: float, outcome: str, code: str | None) -> Answer:
+        self._check_answer(state, device_id)
+        claimed, username = self._answer_once((device_id, nonce, expires), txid, state,
+                                              device_id, now, outcome, code)
+        if claimed != 1:
+            return Answer.REPLAYED
+        return Answer.WON if username is not None else Answer.LOST
+
     def claim_and_list_waiting(self, device_id: str, nonce: str, expires: float,
                                username: str, now: float,
                                live_since: float) -> list[Transaction] | None:

@@ -15,6 +15,7 @@ idle connection (a restart, a failover), so it is replaced rather than failing.
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import threading
@@ -26,7 +27,12 @@ class Watchdog:
 
     One per store; ``arm`` when a call starts, ``disarm`` when it ends (both from
     the store's thread). The watching thread starts at the first ``arm`` and
-    sleeps on a condition, so an idle store costs nothing."""
+    sleeps on a condition, so an idle store costs nothing. ``arm`` wakes it only
+    when it would otherwise wake too late: idle, or asleep until a later deadline
+    than the new one. A busy store (calls back to back, each armed with the same
+    limit) thus wakes it about once per ``limit``, not once per call: every wake-up
+    was a switch of threads and of the interpreter lock beside the store thread's
+    work (issue 16)."""
 
     def __init__(self, limit: float, clock=time.monotonic):
         self.limit = limit
@@ -37,6 +43,8 @@ class Watchdog:
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        # the deadline the watching thread sleeps until (inf: until notified)
+        self._wakes_at = math.inf
 
     def arm(self, fd: int, limit: float | None = None) -> None:
         """Watch the socket ``fd`` for ``limit`` seconds (default: the watchdog's)."""
@@ -47,7 +55,8 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._run, name="store-watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._deadline < self._wakes_at:
+                self._cond.notify()
 
     def disarm(self) -> None:
         """The call ended in time: stop watching."""
@@ -68,10 +77,12 @@ class Watchdog:
         with self._cond:
             while not self._closed:
                 if self._deadline is None:
+                    self._wakes_at = math.inf
                     self._cond.wait()
                     continue
                 left = self._deadline - self.clock()
                 if left > 0:
+                    self._wakes_at = self._deadline
                     self._cond.wait(left)
                     continue
                 # Under the lock: disarm cannot run meanwhile, so the socket is

@@ -55,3 +55,24 @@ def test_a_longer_limit_for_one_call():
         dog.close()
         ours.close()
         theirs.close()
+
+
+def test_a_shorter_limit_after_a_long_one_is_still_kept():
+    """``arm`` leaves a sleeping watcher alone only while it would wake in time: a
+    call armed with a shorter limit than the one it sleeps for (a migration's long
+    limit, then a login's call) wakes it, and an overrun is cut at the new limit."""
+    clock = StepClock()
+    dog = Watchdog(0.05, clock=clock)
+    ours, theirs = socket.socketpair()
+    try:
+        dog.arm(ours.fileno(), limit=600)
+        time.sleep(0.2)  # the watcher sleeps until that deadline
+        dog.disarm()
+        dog.arm(ours.fileno())  # 0.05 s of the step clock
+        clock.now = 20.0
+        ours.settimeout(10)  # far less than the 600 s the watcher slept for
+        assert ours.recv(1) == b""
+    finally:
+        dog.close()
+        ours.close()
+        theirs.close()

@@ -190,6 +190,31 @@ def test_postgres_changes_are_announced_after_commit(backend, store):
     assert got == ["created alice", "decided t1", "closed alice"]
 
 
+def test_postgres_announces_only_an_answer_that_decides(backend, store):
+    """An answer is one statement on PostgreSQL: a replayed answer and one that finds
+    the transaction decided change nothing, and announce nothing."""
+    if backend.name != "postgresql":
+        pytest.skip("SQLite has no notifications in the store")
+    from pushproxy.approval.clusterstore import Answer
+
+    enrolled(store)
+    store.open_or_join_transaction(tx("t1"), "a/0", None, T0)
+    listener = psycopg.connect(backend.target, password=PASSWORD, autocommit=True)
+    try:
+        listener.execute("LISTEN pushproxy")
+        answer = ("t1", "approved", T0 + 1, "approved", None)
+        assert store.claim_and_answer("dev1", "n1", T0 + 300, *answer) is Answer.WON
+        assert store.claim_and_answer("dev1", "n1", T0 + 300, *answer) is Answer.REPLAYED
+        assert store.claim_and_answer("dev1", "n2", T0 + 300, *answer) is Answer.LOST
+        assert not store.answer_transaction("t1", "denied", "dev1", T0 + 2, "denied", None)
+        store.open_or_join_transaction(tx("t2"), "a/0", None, T0)  # the last event
+        got = [n.payload for n in listener.notifies(timeout=2, stop_after=3)]
+    finally:
+        listener.close()
+    assert got == ["decided t1", "closed alice", "created alice"]
+    assert store.transaction("t1").state == "approved"
+
+
 def test_sqlite_migrates_an_old_store_to_version_4(tmp_path):
     path = str(tmp_path / "a.db")
     SQLiteStore(path).close()
