@@ -45,8 +45,9 @@ stale call. Results come back to the reactor in batches (one wake-up for
 every call finished meanwhile), and each call is counted by method with the
 commits it made (``store_calls``, ``store_commits`` in /metrics).
 
-Two calls end a login that waits for its reply: an answer's compare-and-set
-(``decide_transaction``, ``answer_transaction`` in cluster mode: `PROMPT`). An
+Three calls end a login that waits for its reply: an answer's compare-and-set
+(``decide_transaction``; in cluster mode ``answer_transaction``, or
+``claim_and_answer`` with the request's nonce claim: `PROMPT`). An
 idle store thread is woken for them at once, not at the end of the reactor's
 turn, and their results are delivered first among those finished together:
 the Accept waits for nothing else (issue 16). The store thread still takes
@@ -100,7 +101,7 @@ SLOW_CALL = 0.5
 VERSION_EVERY = 0.1
 # Calls whose result releases a login waiting for its reply (the answer's
 # compare-and-set): woken for at once and delivered first (module docstring).
-PROMPT = frozenset({"decide_transaction", "answer_transaction"})
+PROMPT = frozenset({"decide_transaction", "answer_transaction", "claim_and_answer"})
 
 log = logging.getLogger(__name__)
 

@@ -452,3 +452,16 @@ def test_the_store_s_data_version_is_read_at_most_every_version_every_seconds():
         assert runner.data_version(1.0) is None
     finally:
         runner.stop()
+
+
+def test_every_call_that_ends_a_waiting_login_is_prompt_and_a_store_method():
+    """The answer's compare-and-set in each of its forms: a single process's
+    ``decide_transaction``, a cluster node's ``answer_transaction`` and the usual
+    ``claim_and_answer`` (the request's nonce claim in the same call). A name that
+    no store method has would silently never be prompt."""
+    from pushproxy.approval import runner as runner_mod
+    from pushproxy.approval.storeapi import StoreAPI
+
+    assert runner_mod.PROMPT == {"decide_transaction", "answer_transaction",
+                                 "claim_and_answer"}
+    assert all(callable(getattr(StoreAPI, name, None)) for name in runner_mod.PROMPT)
