@@ -82,8 +82,9 @@ def test_the_cache_remembers_approved_binds_for_its_window_only():
     cache = BindCache(seconds=30, max_entries=100)
     key = cache.key("10.0.0.1", ALICE, b"pw")
     assert not cache.hit(key, 0)
-    cache.remember(key, 100)
-    assert cache.hit(key, 129.9) and not cache.hit(key, 130)
+    cache.remember(key, 100, "alice")
+    assert cache.hit(key, 129.9) and cache.account_of(key) == "alice"
+    assert not cache.hit(key, 130) and cache.account_of(key) is None
     assert len(cache) == 0  # expired entries go
 
 

@@ -251,7 +251,8 @@ class BindCache:
         self.seconds = seconds
         self.max_entries = max_entries
         self._key = secrets.token_bytes(32)
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        # key -> (expiry, the account the approval was for: its lock is read early)
+        self._entries: OrderedDict[bytes, tuple[float, str | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -265,24 +266,30 @@ class BindCache:
 
     def hit(self, key: bytes, now: float) -> bool:
         """Whether ``key`` was approved less than ``seconds`` ago."""
-        expires = self._entries.get(key)
-        if expires is None:
+        entry = self._entries.get(key)
+        if entry is None:
             return False
-        if expires <= now:
+        if entry[0] <= now:
             del self._entries[key]
             return False
         return True
 
-    def remember(self, key: bytes, now: float) -> None:
-        """Note an approved bind (a no-op when the cache is off)."""
+    def account_of(self, key: bytes) -> str | None:
+        """The account the approval remembered under ``key`` was for (None: not given,
+        or no entry). A hint only: the bind's own entry names the account."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def remember(self, key: bytes, now: float, account: str | None = None) -> None:
+        """Note an approved bind of ``account`` (a no-op when the cache is off)."""
         if self.seconds <= 0:
             return
         self._entries.pop(key, None)
-        self._entries[key] = now + self.seconds
+        self._entries[key] = (now + self.seconds, account)
         # Entries are in expiry order (same lifetime, appended): drop the
         # expired from the front, then the oldest while over the limit.
         while self._entries:
-            first_key, first_expires = next(iter(self._entries.items()))
+            first_key, (first_expires, _) = next(iter(self._entries.items()))
             if first_expires > now and len(self._entries) <= self.max_entries:
                 break
             del self._entries[first_key]
