@@ -12,7 +12,7 @@ from pushproxy.config import ConfigError, parse_config
 from pushproxy.decision import Decision, Reason
 from pushproxy.ldapfront import ber
 from pushproxy.ldapfront.binds import (BindCache, BindKind, cache_may_answer, classify,
-                                       login_name, rdn_value)
+                                       is_dn, login_name, rdn_value)
 from pushproxy.ldapfront.config import SaslMode
 from pushproxy.ldapfront.server import bind_result
 from pushproxy.policy import Action, LoginContext, Policy, Rule, Verification
@@ -82,8 +82,9 @@ def test_the_cache_remembers_approved_binds_for_its_window_only():
     cache = BindCache(seconds=30, max_entries=100)
     key = cache.key("10.0.0.1", ALICE, b"pw")
     assert not cache.hit(key, 0)
-    cache.remember(key, 100)
-    assert cache.hit(key, 129.9) and not cache.hit(key, 130)
+    cache.remember(key, 100, "alice")
+    assert cache.hit(key, 129.9) and cache.account_of(key) == "alice"
+    assert not cache.hit(key, 130) and cache.account_of(key) is None
     assert len(cache) == 0  # expired entries go
 
 
@@ -125,6 +126,21 @@ def test_usernames_come_from_the_entry_and_prefer_the_value_naming_it():
     assert rdn_value("uid=o'brien(x),ou=people,dc=x", "uid") == "o'brien(x)"
     assert rdn_value(r"uid=a\,b,ou=p", "uid") == "a,b"
     assert rdn_value("cn=Alice,ou=p", "uid") is None
+
+
+def test_names_read_the_same_whether_remembered_or_too_long_to_be_and_the_memo_is_bounded():
+    """A bind's name is parsed once (`binds._dn_parts`); a long one every time, alike."""
+    from pushproxy.ldapfront import binds
+
+    long_ou = ",".join(f"ou=o{i}" for i in range(60))  # over binds._MEMO_NAME
+    for tail in ("ou=people,dc=x", long_ou):
+        name = r"uid=a\,b," + tail
+        assert [rdn_value(name, "uid") for _ in range(2)] == ["a,b", "a,b"]
+        assert is_dn(name) and is_dn(name)
+        assert not is_dn("uid=a,=" + tail) and rdn_value("uid=a,=" + tail, "uid") is None
+    for i in range(1000):
+        is_dn(f"uid=u{i},dc=x")
+    assert binds._dn_parts_memo.cache_info().currsize <= 128
 
 
 def test_decisions_map_to_bind_results_in_one_place():

@@ -289,3 +289,72 @@ def test_user_binds_are_answered_busy_while_the_daemon_sheds_and_served_after():
     proto._user_bind = user_bind
     proto.dataReceived(ber.bind_request(2, "uid=alice,ou=people,dc=example,dc=com", "pw"))
     assert started == ["uid=alice,ou=people,dc=example,dc=com"]
+
+
+class RecordingFactors:
+    """The engine's second factors as far as a cache hit asks them: who was looked up."""
+
+    def __init__(self, locks=(), down=False):
+        self.locks = dict(locks)
+        self.down = down
+        self.asked = []
+
+    def lock_of(self, account):
+        from twisted.internet import defer
+
+        from pushproxy.push import ProviderUnavailable
+
+        self.asked.append(account)
+        if self.down:
+            return defer.fail(ProviderUnavailable("store: disk I/O error"))
+        return defer.succeed(self.locks.get(account))
+
+
+def cache_hit(front, factors, remembered, entry_account):
+    """A cache hit's re-check (`_cache_passed_over`) with a lock read started for
+    ``remembered`` as the bind arrived; the bind's entry names ``entry_account``."""
+    from twisted.internet import defer
+
+    from pushproxy.decision import PrimaryResult, PrimaryStatus
+    from pushproxy.policy import Policy
+
+    front.engine = type("Engine", (), {"policy": Policy(), "factors": factors,
+                                       "wallclock": staticmethod(lambda: 1e9)})()
+    front.required_groups = frozenset()
+    proto, _ = connect(front)
+    ahead = proto._read_lock(remembered)
+    asked_early = list(factors.asked)
+    out = []
+    defer.ensureDeferred(proto._cache_passed_over(
+        entry_account, PrimaryResult(PrimaryStatus.OK, account=entry_account),
+        ahead)).addBoth(out.append)
+    return asked_early, out[0]
+
+
+def test_a_cache_hit_reads_the_lock_as_the_bind_arrives_and_once():
+    factors = RecordingFactors()
+    assert cache_hit(FrontState(), factors, "alice", "alice") == (["alice"], None)
+    assert factors.asked == ["alice"]
+    factors = RecordingFactors(locks={"alice": "fraud_report"})
+    assert cache_hit(FrontState(), factors, "alice", "alice") == (["alice"], "locked")
+
+
+def test_a_lock_read_early_for_another_account_is_not_trusted():
+    """The remembered account is a hint: the entry the bind read names the account."""
+    factors = RecordingFactors(locks={"bob": "fraud_report"})
+    assert cache_hit(FrontState(), factors, "alice", "bob") == (["alice"], "locked")
+    assert factors.asked == ["alice", "bob"]
+
+
+def test_a_lock_the_store_cannot_read_passes_the_cache_over_and_logs_no_stray_error():
+    from twisted.python.failure import Failure
+
+    factors = RecordingFactors(down=True)
+    assert cache_hit(FrontState(), factors, "alice", "alice") == (["alice"], "lock_unknown")
+    # a read nobody waits for (the password changed meanwhile) holds no unhandled failure
+    front = FrontState()
+    front.engine = type("Engine", (), {"factors": factors})()
+    proto, _ = connect(front)
+    seen = []
+    proto._read_lock("alice")[1].addBoth(seen.append)
+    assert len(seen) == 1 and not isinstance(seen[0], Failure)

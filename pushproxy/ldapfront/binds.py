@@ -7,6 +7,7 @@ Pure: `classify` maps a BindRequest and the config to a `BindKind`; the
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import secrets
@@ -65,12 +66,34 @@ REFUSAL_MESSAGES = {
 }
 
 
+# Names up to this long are parsed once and remembered (`_dn_parts`); a bind
+# asks about its name four or five times, and ldap3's parser is pure Python.
+_MEMO_NAME = 256
+
+
+def _dn_parts(name: str) -> tuple[tuple[str, str, str], ...] | None:
+    """ldap3's parse of ``name`` (attribute, value, separator per RDN), or None if
+    it is not a DN."""
+    if len(name) <= _MEMO_NAME:
+        return _dn_parts_memo(name)
+    return _parse(name)
+
+
+def _parse(name: str) -> tuple[tuple[str, str, str], ...] | None:
+    try:
+        return tuple(tuple(part) for part in parse_dn(name, escape=False, strip=True))
+    except (LDAPInvalidDnError, ValueError, IndexError):
+        return None
+
+
+# Bounded: 128 names of at most _MEMO_NAME characters, about 5 KB each parsed
+# into the most RDNs that fit: under a megabyte whatever clients send.
+_dn_parts_memo = functools.lru_cache(maxsize=128)(_parse)
+
+
 def is_dn(name: str) -> bool:
     """Whether ``name`` parses as a DN."""
-    try:
-        return bool(parse_dn(name, escape=False, strip=True))
-    except (LDAPInvalidDnError, ValueError, IndexError):
-        return False
+    return bool(_dn_parts(name))
 
 
 def in_subtree(dn: str, base: str) -> bool:
@@ -145,10 +168,7 @@ def ad_bind(ad: ActiveDirectory, name: str, user_filter: str) -> AdBind | Foreig
 
 def rdn_value(dn: str, attribute: str) -> str | None:
     """The value of the DN's first RDN when its type is ``attribute`` (uid=alice,... -> alice)."""
-    try:
-        parts = parse_dn(dn, escape=False, strip=True)
-    except (LDAPInvalidDnError, ValueError, IndexError):
-        return None
+    parts = _dn_parts(dn)
     if parts and parts[0][0].lower() == attribute.lower() and parts[0][2] != "+":
         return _unescape(parts[0][1])
     return None
@@ -231,7 +251,8 @@ class BindCache:
         self.seconds = seconds
         self.max_entries = max_entries
         self._key = secrets.token_bytes(32)
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        # key -> (expiry, the account the approval was for: its lock is read early)
+        self._entries: OrderedDict[bytes, tuple[float, str | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -245,24 +266,30 @@ class BindCache:
 
     def hit(self, key: bytes, now: float) -> bool:
         """Whether ``key`` was approved less than ``seconds`` ago."""
-        expires = self._entries.get(key)
-        if expires is None:
+        entry = self._entries.get(key)
+        if entry is None:
             return False
-        if expires <= now:
+        if entry[0] <= now:
             del self._entries[key]
             return False
         return True
 
-    def remember(self, key: bytes, now: float) -> None:
-        """Note an approved bind (a no-op when the cache is off)."""
+    def account_of(self, key: bytes) -> str | None:
+        """The account the approval remembered under ``key`` was for (None: not given,
+        or no entry). A hint only: the bind's own entry names the account."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def remember(self, key: bytes, now: float, account: str | None = None) -> None:
+        """Note an approved bind of ``account`` (a no-op when the cache is off)."""
         if self.seconds <= 0:
             return
         self._entries.pop(key, None)
-        self._entries[key] = now + self.seconds
+        self._entries[key] = (now + self.seconds, account)
         # Entries are in expiry order (same lifetime, appended): drop the
         # expired from the front, then the oldest while over the limit.
         while self._entries:
-            first_key, first_expires = next(iter(self._entries.items()))
+            first_key, (first_expires, _) = next(iter(self._entries.items()))
             if first_expires > now and len(self._entries) <= self.max_entries:
                 break
             del self._entries[first_key]

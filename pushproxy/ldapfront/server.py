@@ -98,6 +98,12 @@ def client_address(host: str) -> str:
 
 
 _CONNECTIONS = itertools.count(1)
+_LOCK_UNKNOWN = object()  # a lock read the store could not answer (ProviderUnavailable)
+
+
+def _unknown_lock(failure):
+    failure.trap(ProviderUnavailable)
+    return _LOCK_UNKNOWN
 
 
 class LdapFrontProtocol(Protocol, TimeoutMixin):
@@ -390,11 +396,14 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
         now = front.reactor.seconds()
         key = front.cache.key(self.peer, req.name, req.password)
         cached = front.cache.hit(key, now)
+        # A hit's lock is read beside the upstream bind, not after it: the store's
+        # round trip overlaps the directory's (the read still follows the bind's arrival).
+        lock_ahead = self._read_lock(front.cache.account_of(key)) if cached else None
         result, username = await self._primary(mid, req.name, first)
         if self.closed:
             return
         if cached and result.status is PrimaryStatus.OK:
-            passed_over = await self._cache_passed_over(username, result)
+            passed_over = await self._cache_passed_over(username, result, lock_ahead)
             if self.closed:
                 return
             if passed_over is None:
@@ -444,7 +453,8 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             if decision.presence is None:
                 # An approval made with presence is not remembered: the face or
                 # fingerprint is asked for every bind (docs/presence.md).
-                front.cache.remember(key, front.reactor.seconds())
+                front.cache.remember(key, front.reactor.seconds(),
+                                     (result.account or username).casefold())
         else:
             # The upstream connection may be bound as the user (password right,
             # push denied): never let the client use it. The next operation
@@ -454,9 +464,23 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             code, text = bind_result(decision)
             self.transport.write(ber.bind_response(mid, code, text))
 
-    async def _cache_passed_over(self, username: str, result: PrimaryResult) -> str | None:
+    def _read_lock(self, account: str | None) -> tuple[str, defer.Deferred] | None:
+        """Start reading ``account``'s lock now: (account, Deferred firing with the lock,
+        or `_LOCK_UNKNOWN` when the store cannot say); None without an account or locks."""
+        factors = self.front.engine.factors
+        if account is None or factors is None:
+            return None
+        # Trapped here, so that a read nobody waits for (a wrong password now) logs nothing.
+        return account, defer.maybeDeferred(factors.lock_of, account).addErrback(_unknown_lock)
+
+    async def _cache_passed_over(self, username: str, result: PrimaryResult,
+                                 lock_ahead: tuple[str, defer.Deferred] | None = None
+                                 ) -> str | None:
         """Why the bind cache may not answer this bind (see `cache_may_answer`), or a lock
-        (a fraud report, passcode guessing) set since the approval; None: it may."""
+        (a fraud report, passcode guessing) set since the approval; None: it may.
+
+        ``lock_ahead``: a read of the lock started when the bind arrived (`_read_lock`),
+        used when it was for the account this bind's entry names."""
         front = self.front
         engine = front.engine
         account = (result.account or username).casefold()
@@ -466,9 +490,10 @@ class LdapFrontProtocol(Protocol, TimeoutMixin):
             front.config.requires, front.required_groups)
         if why is not None or engine.factors is None:
             return why
-        try:
-            locked = await engine.factors.lock_of(account)
-        except ProviderUnavailable:
+        if lock_ahead is None or lock_ahead[0] != account:
+            lock_ahead = self._read_lock(account)
+        locked = await lock_ahead[1]
+        if locked is _LOCK_UNKNOWN:
             return "lock_unknown"  # the engine meets the same failure and decides
         return "locked" if locked else None
 
