@@ -78,21 +78,23 @@ def check_response(reply: bytes, request: bytes, secret: bytes = KEY) -> None:
 
 
 class Peer:
-    """A UDP socket on ``host`` talking to the accounting port."""
+    """A UDP socket on ``host`` talking to one port of the daemon (accounting by
+    default; tests/integration/test_radius_size_rule.py uses it on both)."""
 
     def __init__(self, port: int, host: str = "127.0.0.1"):
         self.port = port
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)  # 65,507 octets
         self.sock.bind((host, 0))
 
     def send(self, data: bytes) -> None:
-        self.sock.sendto(data, ("127.0.0.1", self.port))
+        assert self.sock.sendto(data, ("127.0.0.1", self.port)) == len(data)
 
-    def exchange(self, request: bytes, deadline: float = 20.0) -> tuple[bytes, list[bytes]]:
-        """Send ``request`` (again every 2 s, as a NAS retransmits) until it is answered.
-
-        Returns the answer and every other datagram that came before it."""
+    def exchange(self, request: bytes, code: int = ACCOUNTING_RESPONSE,
+                 deadline: float = 20.0) -> tuple[bytes, list[bytes]]:
+        """Send ``request`` (again every 2 s, as a NAS retransmits) until the reply with
+        its id and ``code`` comes; the reply and every datagram received before it."""
         others: list[bytes] = []
         end = time.monotonic() + deadline
         while time.monotonic() < end:
@@ -101,7 +103,7 @@ class Peer:
             try:
                 while True:
                     data = self.sock.recv(65536)
-                    if data[:2] == bytes([ACCOUNTING_RESPONSE, request[1]]):
+                    if data[:2] == bytes([code, request[1]]):
                         return data, others
                     others.append(data)
             except socket.timeout:

@@ -22,7 +22,6 @@ arrive before the probe's.
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 
@@ -32,7 +31,7 @@ from fuzz.radius_target import check_reply
 from pushproxy.radius import codec
 from tests.integration.harness import SECRET
 from tests.integration.test_radius_accounting_served import (  # noqa: F401 - a fixture
-    ACCOUNTING_RESPONSE, accounting_request, check_response, record, scrape, served)
+    ACCOUNTING_RESPONSE, Peer, accounting_request, check_response, record, scrape, served)
 from tests.integration.test_operations import metric
 
 DICT = codec.load_dictionary()
@@ -61,41 +60,6 @@ def status_server(ident: int) -> bytes:
                              dict=DICT)
     pkt.add_message_authenticator()
     return pkt.RequestPacket()
-
-
-class Peer:
-    """One UDP socket talking to one port of the daemon."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-
-    def send(self, data: bytes) -> None:
-        assert self.sock.sendto(data, ("127.0.0.1", self.port)) == len(data)
-
-    def exchange(self, request: bytes, code: int,
-                 deadline: float = 20.0) -> tuple[bytes, list[bytes]]:
-        """Send ``request`` (again every 2 s, as a NAS retransmits) until the reply with
-        its id and ``code`` comes; the reply and every datagram received before it."""
-        others: list[bytes] = []
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            self.send(request)
-            self.sock.settimeout(2.0)
-            try:
-                while True:
-                    data = self.sock.recv(65536)
-                    if data[:2] == bytes([code, request[1]]):
-                        return data, others
-                    others.append(data)
-            except socket.timeout:
-                continue
-        raise AssertionError(f"no answer in {deadline:g} s")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def hostile(answered: bytes, make) -> dict[str, bytes]:
