@@ -117,9 +117,11 @@ STATE_ATTRIBUTES = ("userAccountControl", "msDS-User-Account-Control-Computed",
                     "accountExpires", "pwdLastSet")
 
 
-def _integer(attrs: dict, name: str) -> int | None:
-    """The single integer value of ``name``; None when absent, repeated or not an integer."""
-    values = next((v for k, v in attrs.items() if k.lower() == name.lower()), None)
+_STATE_NAMES = frozenset(name.lower() for name in STATE_ATTRIBUTES)
+
+
+def _integer(values) -> int | None:
+    """The one integer in an attribute's ``values``; None if absent, repeated or not one."""
     if isinstance(values, (str, bytes)):
         values = [values]
     if not values or len(values) != 1:
@@ -142,22 +144,32 @@ def entry_state(attrs: dict, now: float) -> AccountState | None:
     the account is locked now. A value that is not one plain integer is
     ignored (the bind, which AD checks itself, still decides).
     """
+    # One pass over the entry's attribute names (the first spelling of each
+    # name, any case, counts); an entry with none of them, as every OpenLDAP
+    # entry, is usable without reading four names (issue 16).
+    found: dict = {}
+    for key, values in attrs.items():
+        lowered = key.lower()
+        if lowered in _STATE_NAMES and lowered not in found:
+            found[lowered] = values
+    if not found:
+        return None
     flags = 0
-    for name in ("userAccountControl", "msDS-User-Account-Control-Computed"):
-        value = _integer(attrs, name)
+    for name in ("useraccountcontrol", "msds-user-account-control-computed"):
+        value = _integer(found.get(name))
         if value is not None:
             flags |= value & 0xFFFFFFFF  # AD writes the 32 bits signed or unsigned
     if flags & ACCOUNTDISABLE:
         return AccountState.ACCOUNT_DISABLED
     if flags & LOCKOUT:
         return AccountState.ACCOUNT_LOCKED
-    expires = _integer(attrs, "accountExpires")
+    expires = _integer(found.get("accountexpires"))
     if expires is not None and 0 < expires < _NEVER:
         if now * 10_000_000 + _EPOCH_AS_FILETIME >= expires:
             return AccountState.ACCOUNT_EXPIRED
     if flags & PASSWORD_EXPIRED:
         return AccountState.PASSWORD_EXPIRED
-    if _integer(attrs, "pwdLastSet") == 0 and not flags & DONT_EXPIRE_PASSWORD:
+    if _integer(found.get("pwdlastset")) == 0 and not flags & DONT_EXPIRE_PASSWORD:
         return AccountState.MUST_CHANGE_PASSWORD
     return None
 

@@ -61,6 +61,9 @@ class AuditEvent:
 
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
+# One encoder for every line (json.dumps with these options builds one per call);
+# it keeps no state between calls, so any thread may use it.
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
 _last_second: tuple[int, str] = (-1, "")
@@ -100,7 +103,7 @@ class AuditLog:
 
     def record(self, event: AuditEvent) -> None:
         """Write one event; errors are logged and counted, never raised."""
-        line = json.dumps(event.as_dict(), ensure_ascii=True, separators=(",", ":"))
+        line = _encode(event.as_dict())
         start = None
         try:
             f = self._open()

@@ -400,7 +400,7 @@ class Engine(Pushes, VerifiedPush):
             changes["location"] = req.context.location
         if decision.reason is Reason.NO_DEVICE_ENROLL and self.enroll_mail is not None:
             self.enroll_mail(req.username, primary.dn)  # off the login's path; never raises
-        return dataclasses.replace(decision, **changes)
+        return decision.but(**changes)
 
     def _resume(self, result):
         """A login waiting for its push: the rest of it runs when the push answers."""

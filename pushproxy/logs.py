@@ -23,6 +23,10 @@ _twisted_routed = False
 # quoted. One compiled pattern, not a test per character: every login's
 # decision line has a dozen values, written before its reply (issue 16).
 _SAFE = re.compile(r"[a-zA-Z0-9\-_.:/@\[\]+=,]+")
+# The same test for a whole line's values at once, joined by spaces: when it
+# passes and the line has no spaces but the joins, as most lines, every value
+# is bare (one search per line, not one per value).
+_ALL_SAFE = re.compile(r"[a-zA-Z0-9\-_.:/@\[\]+=,]+(?: [a-zA-Z0-9\-_.:/@\[\]+=,]+)*")
 
 
 def _value(value: object) -> str:
@@ -37,7 +41,12 @@ def event(logger: logging.Logger, level: int, name: str, /, **fields: object) ->
     if not logger.isEnabledFor(level):
         return
     fields = {k: v for k, v in fields.items() if v is not None}
-    text = " ".join([name] + [f"{k}={_value(v)}" for k, v in fields.items()])
+    texts = [str(v) for v in fields.values()]
+    if texts:
+        joined = " ".join(texts)
+        if _ALL_SAFE.fullmatch(joined) is None or joined.count(" ") != len(texts) - 1:
+            texts = [_value(v) for v in texts]
+    text = " ".join([name] + [f"{k}={t}" for k, t in zip(fields, texts)])
     # The record made here rather than by `Logger.log`, which would also walk the
     # stack for the caller's file, line and function: no formatter here prints
     # them, and every login writes a line before its reply (issue 16).

@@ -207,3 +207,23 @@ def test_audit_write_failure_does_not_break_the_login(tmp_path):
     got = result_of(engine.login(login(password="wrong")))
     assert got[0].outcome is Outcome.REJECT
     assert engine.counters.get("audit_write_errors") == 1
+
+
+def test_a_decision_copy_is_what_dataclasses_replace_makes():
+    import dataclasses
+
+    from pushproxy.decision import Decision
+
+    base = Decision(Outcome.ACCEPT, Reason.PUSH_APPROVED, txid="t", rule="r",
+                    signals=("new_country",))
+    for changes in ({}, {"user": "bob"}, {"user": "bob", "attributes": ((1, b"x"),),
+                                          "signals": (), "location": None},
+                    {"outcome": Outcome.REJECT, "reason": Reason.PUSH_DENIED, "rule": None}):
+        copy = base.but(**changes)
+        assert copy == dataclasses.replace(base, **changes) and copy is not base
+        assert hash(copy) == hash(dataclasses.replace(base, **changes))
+    assert base.user is None  # the original is left as it was
+    with pytest.raises(TypeError):
+        base.but(usr="bob")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.but(user="bob").user = "eve"

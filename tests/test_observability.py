@@ -92,3 +92,36 @@ def test_log_values_are_bare_exactly_when_made_of_the_safe_ascii_characters():
         expected = text if bare else json.dumps(text, ensure_ascii=True)
         assert logs._value(text) == expected, repr(text)
     assert logs._value(12.5) == "12.5" and logs._value(None) == "None"
+
+
+def test_a_line_is_the_per_value_rule_applied_to_each_value():
+    """`logs.event` tests a line's values together (one search, issue 16); the line
+    must be what the per-value rule (`logs._value`) makes of each: values with
+    spaces, empty ones and unsafe characters in any position among safe ones."""
+    import random
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    seen: list[str] = []
+    logger = logging.getLogger("pushproxy.test.lines")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = Lines()
+    logger.addHandler(handler)
+    rnd = random.Random(16)
+    alphabet = ["a", "1", "=", ",", " ", "", '"', "\n", "\u00e9", ":"]
+    cases = [{}, {"a": ""}, {"a": "x y"}, {"a": "", "b": "x y"}, {"a": "x y", "b": ""},
+             {"a": 1.5, "b": True, "c": None, "d": 7}, {"a": " ", "b": "x"}]
+    cases += [{f"k{i}": "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 3)))
+               for i in range(rnd.randint(1, 4))} for _ in range(3000)]
+    try:
+        for fields in cases:
+            seen.clear()
+            logs.event(logger, logging.INFO, "ev", **fields)
+            expected = " ".join(["ev"] + [f"{k}={logs._value(v)}" for k, v in fields.items()
+                                          if v is not None])
+            assert seen == [expected], fields
+    finally:
+        logger.removeHandler(handler)

@@ -99,10 +99,27 @@ def read_tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
 
 
 def _expect(data: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, int]:
-    got, start, stop = read_tlv(data, pos, end)
+    # `read_tlv` and a tag check, written out: a login's three answers are read
+    # through about twenty of these (issue 16). The same checks in the same order.
+    if pos + 2 > end:
+        raise ProtocolError("truncated element")
+    got, first = data[pos], data[pos + 1]
+    if got & 0x1F == 0x1F:
+        raise ProtocolError("multi-byte tags are not used in LDAP")
+    pos += 2
+    if first >= 0x80:
+        count = first & 0x7F
+        if count == 0 or count > 4 or pos + count > end:
+            raise ProtocolError("bad length")
+        length = int.from_bytes(data[pos:pos + count], "big")
+        pos += count
+    else:
+        length = first
+    if pos + length > end:
+        raise ProtocolError("element longer than its container")
     if got != tag:
         raise ProtocolError(f"{what}: expected tag 0x{tag:02x}, got 0x{got:02x}")
-    return start, stop
+    return pos, pos + length
 
 
 def _int(data: bytes, start: int, stop: int) -> int:
