@@ -118,3 +118,40 @@ def test_a_deeply_nested_message_is_framed_without_being_decoded():
     raw = ber.search_request(5, "dc=x", filt, ["uid"])
     msg = ber.parse_message(raw)
     assert ber.frame_length(raw, 1 << 20) == len(raw) and msg.op_tag == ber.SEARCH_REQUEST
+
+
+def _expect_by_read_tlv(data, pos, end, tag, what):
+    """`ber._expect` as it was: `read_tlv` and a tag check."""
+    got, start, stop = ber.read_tlv(data, pos, end)
+    if got != tag:
+        raise ber.ProtocolError(f"{what}: expected tag 0x{tag:02x}, got 0x{got:02x}")
+    return start, stop
+
+
+def _outcome(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except ber.ProtocolError as exc:
+        return ("refused", str(exc))
+
+
+def test_expect_is_read_tlv_and_a_tag_check_on_any_input():
+    """`_expect` is written out for speed (issue 16): it must take and refuse exactly
+    what `read_tlv` followed by a tag check does, with the same messages, on
+    elements whole, truncated, overlong, with long-form lengths and wrong tags."""
+    import random
+
+    rng = random.Random(16)
+    heads = [b"\x30", b"\x04", b"\x0a", b"\x1f", b"\x3f", b"\x61"]
+    lengths = [b"\x00", b"\x05", b"\x7f", b"\x80", b"\x81\x03", b"\x82\x00\x04",
+               b"\x84\x00\x00\x00\x02", b"\x85\x00\x00\x00\x00\x01", b"\x81"]
+    for _ in range(4000):
+        data = (rng.choice(heads) + rng.choice(lengths)
+                + bytes(rng.randrange(256) for _ in range(rng.randrange(8))))
+        if rng.random() < 0.3:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 10)))
+        pos = rng.randrange(0, 2) if len(data) > 1 else 0
+        end = rng.randrange(pos, len(data) + 1)
+        tag = rng.choice([0x30, 0x04, 0x0a, 0x61, data[pos] if pos < len(data) else 0x30])
+        assert _outcome(ber._expect, data, pos, end, tag, "x") == \
+            _outcome(_expect_by_read_tlv, data, pos, end, tag, "x"), (data, pos, end, tag)
