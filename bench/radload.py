@@ -149,13 +149,17 @@ def enable_arrival_stamps(sock: socket.socket) -> None:
 def arrival(fd: int, now: float) -> float | None:
     """When the kernel took in the datagram just read from ``fd``, on the
     ``time.monotonic()`` clock (never after ``now``, the time it was read); None
-    where the kernel gives no stamp."""
+    where the kernel gives no stamp (or only the time of asking)."""
     try:
         sec, nsec = struct.unpack("@ll", fcntl.ioctl(fd, SIOCGSTAMPNS, bytes(16)))
     except OSError:
         return None
     offset = time.time() - time.monotonic()  # CLOCK_REALTIME - CLOCK_MONOTONIC now
-    return min(now, sec + nsec / 1e9 - offset)
+    stamp = sec + nsec / 1e9 - offset
+    # A datagram the kernel took in before stamping was on (the first ioctl turns it
+    # on system-wide through a deferred work item, which a busy machine runs late)
+    # has no stamp, and the ioctl then answers the time of asking: after the read.
+    return None if stamp > now else stamp
 
 
 @dataclass(frozen=True)
